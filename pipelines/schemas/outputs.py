@@ -1,0 +1,357 @@
+"""The published datasets of ../shared/spec/outputs.md, declared once.
+
+Column names are exact. Counts that disclosure control may blank are ``suppress="count"``
+(publishing adds ``<column>_suppressed``); rates computed from fewer than 8 records are
+``suppress="rate"`` with the ``denominator`` count they come from.
+"""
+
+from __future__ import annotations
+
+from pipelines.schemas import (
+    PERIOD,
+    Dataset,
+    b,
+    cols,
+    d,
+    dates,
+    f,
+    i,
+    register,
+    s,
+    strings,
+    ts,
+)
+
+SETTINGS = (
+    "IP", "AE", "MAT_ANTENATAL", "MAT_BIRTH", "MAT_POSTNATAL_WARD",
+    "MAT_POSTNATAL_COMMUNITY", "OP", "COMMUNITY", "MH", "AMB", "GP",
+)
+SOURCES = ("gp", "sus_apc", "hes_apc", "fft")
+OUTLIER_STATUS = ("alarm_high", "alert_high", "as_expected", "alert_low", "alarm_low", "insufficient_data")
+
+# --------------------------------------------------------------------------- linkage
+linkage_coverage_practice = register(Dataset(
+    name="linkage_coverage_practice",
+    zone="public",
+    grain="period, GP practice",
+    description="care.data linkage coverage of each active GP practice in a month.",
+    columns=cols(
+        PERIOD,
+        s("practice_code", "ODS code of the GP practice (epraccur).", nullable=False),
+        s("commissioner_code", "CCG/ICB the practice belongs to (epraccur column 15)."),
+        b("extract_received", "True where the practice provided an extract dated in the period.", nullable=False),
+        d("extract_date", "Date of the practice's newest extract dated in the period; empty where none."),
+        i("registered_patients", "Patients registered on the extract date (type 1 rows never counted, type 2 counted); empty without an extract.", suppress="count"),
+        i("type1_objections", "Type 1 objections (9Nu0) in the practice's newest extract of the period; empty without an extract.", suppress="count"),
+        i("type2_objections", "Type 2 objections (9Nu4) in the practice's newest extract of the period; empty without an extract.", suppress="count"),
+        i("episodes_expected", "SUS episodes ending in the period whose GPPRAC is this practice.", suppress="count"),
+        i("episodes_linked", "Of episodes_expected, those linked (any rank) to a patient whose registration here covers the episode start.", suppress="count"),
+        f("pct_linked", "100 x episodes_linked / episodes_expected.", unit="percent", suppress="rate", denominator="episodes_expected"),
+        b("linked_to_hospital_data", "Provides an extract and pct_linked is at least the configured threshold (90%).", nullable=False),
+    ),
+))
+
+linkage_coverage_provider = register(Dataset(
+    name="linkage_coverage_provider",
+    zone="public",
+    grain="period, provider",
+    description="NHS number completeness and linkage of each provider's SUS episodes in a month.",
+    columns=cols(
+        PERIOD,
+        s("provider_code", "ODS code of the provider (PROCODE3).", nullable=False),
+        s("commissioner_code", "Host CCG/ICB of the provider (providers.csv)."),
+        i("episodes", "Episodes in the current view ending in the period.", suppress="count"),
+        i("episodes_valid_nhs_number", "Episodes with a valid NHS number (Modulus 11).", suppress="count"),
+        f("pct_valid_nhs_number", "100 x episodes_valid_nhs_number / episodes.", unit="percent", suppress="rate", denominator="episodes"),
+        i("episodes_verified_nhs_number", "Episodes with NHSNOIND 01 (present and verified).", suppress="count"),
+        f("pct_verified_nhs_number", "100 x episodes_verified_nhs_number / episodes.", unit="percent", suppress="rate", denominator="episodes"),
+        i("episodes_linked", "Episodes linked to a GP-registered patient, any rank.", suppress="count"),
+        f("pct_linked", "100 x episodes_linked / episodes.", unit="percent", suppress="rate", denominator="episodes"),
+        i("linked_rank_1", "Episodes linked at rank 1 (NHS number, date of birth, sex, postcode).", suppress="count"),
+        i("linked_rank_2", "Episodes linked at rank 2 (NHS number, date of birth, sex).", suppress="count"),
+        i("linked_rank_3", "Episodes linked at rank 3 (NHS number, month and year of birth, sex).", suppress="count"),
+        i("linked_rank_4", "Episodes linked at rank 4 (NHS number only).", suppress="count"),
+        i("linked_rank_5", "Episodes linked at rank 5 (no valid NHS number; date of birth, sex, postcode unique).", suppress="count"),
+        b("meets_nhs_number_standard", "pct_valid_nhs_number is at least the configured standard (99%).", nullable=False),
+    ),
+))
+
+linkage_coverage_summary = register(Dataset(
+    name="linkage_coverage_summary",
+    zone="public",
+    grain="period, area (national or commissioner)",
+    description="Practices providing extracts and linked, and providers meeting the NHS number standard, nationally and per commissioner.",
+    columns=cols(
+        PERIOD,
+        s("area_level", "national or commissioner.", nullable=False, codes=("national", "commissioner")),
+        s("area_code", "ENG for national, else the CCG/ICB code.", nullable=False),
+        i("practices", "Active GP practices (status A, prescribing setting 4)."),
+        i("practices_providing_extract", "Of those, practices with an extract dated in the period."),
+        f("pct_practices_providing_extract", "100 x practices_providing_extract / practices.", unit="percent"),
+        i("practices_linked", "Practices linked to hospital data (extract and linkage rate at least 90%)."),
+        f("pct_practices_linked", "100 x practices_linked / practices.", unit="percent"),
+        i("providers", "Providers with episodes in the period."),
+        i("providers_meeting_nhs_number_standard", "Providers whose valid NHS number rate is at least 99%."),
+        f("pct_providers_meeting_nhs_number_standard", "100 x providers_meeting_nhs_number_standard / providers.", unit="percent"),
+    ),
+))
+
+programme_targets = register(Dataset(
+    name="programme_targets",
+    zone="public",
+    grain="period, area, target",
+    description="The care.data programme targets of the planning documents, measured month by month.",
+    columns=cols(
+        PERIOD,
+        s("area_level", "national or commissioner.", nullable=False, codes=("national", "commissioner")),
+        s("area_code", "ENG for national, else the CCG/ICB code.", nullable=False),
+        s("target_id", "Identifier of the target (configuration).", nullable=False),
+        s("measure", "What is measured, in words."),
+        f("target_pct", "The target level.", unit="percent"),
+        d("due_date", "Date the target falls due; empty where not set in configuration."),
+        f("actual_pct", "The measured level in the period.", unit="percent"),
+        s("status", "met, not_met, or not_yet_due (period ends before the due date).", codes=("met", "not_met", "not_yet_due")),
+    ),
+))
+
+# --------------------------------------------------------------------------- outcomes
+_window = (
+    s("window_start", "First month of the window, YYYY-MM.", nullable=False),
+    s("window_end", "Last month of the window, YYYY-MM (the partition).", nullable=False),
+)
+
+consultant_outcomes = register(Dataset(
+    name="consultant_outcomes",
+    zone="public",
+    grain="window, specialty, provider, consultant",
+    description="Activity and risk-adjusted outcomes of each consultant in the ten specialties.",
+    partition_by="period",
+    columns=cols(
+        PERIOD,
+        *_window,
+        s("specialty", "One of the ten specialties (methods.md).", nullable=False),
+        s("provider_code", "Provider of the episode holding the index procedure.", nullable=False),
+        s("consultant_code", "CONSULT of that episode: C + 7-digit GMC number.", nullable=False),
+        i("procedures", "Index procedures in the window (published for every consultant)."),
+        i("deaths_30d", "Deaths within 30 days of the procedure.", suppress="count"),
+        f("crude_mortality_pct", "100 x deaths_30d / procedures (published: the consultant-level exception).", unit="percent"),
+        f("expected_deaths", "Sum of the risk model's probabilities over the consultant's procedures."),
+        f("smr", "Standardised mortality ratio: observed / expected deaths."),
+        f("risk_adjusted_mortality_pct", "SMR x the specialty's crude national rate.", unit="percent"),
+        f("smr_lower_95", "Lower 95% exact Poisson limit for O given E, on the SMR scale."),
+        f("smr_upper_95", "Upper 95% exact Poisson limit, on the SMR scale."),
+        f("smr_lower_998", "Lower 99.8% exact Poisson limit, on the SMR scale."),
+        f("smr_upper_998", "Upper 99.8% exact Poisson limit, on the SMR scale."),
+        s("outlier_status", "alarm_high, alert_high, as_expected, alert_low, alarm_low or insufficient_data.", codes=OUTLIER_STATUS),
+        i("readmissions_30d", "Emergency readmissions 1 to 30 days after discharge, any provider.", suppress="count"),
+        f("readmission_pct", "100 x readmissions_30d / index spells discharged alive.", unit="percent"),
+        f("median_los_days", "Median length of stay of the index spells.", unit="days"),
+    ),
+))
+
+specialty_outcomes = register(Dataset(
+    name="specialty_outcomes",
+    zone="public",
+    grain="window, specialty",
+    description="National outcomes and risk-model discrimination of each specialty.",
+    columns=cols(
+        PERIOD,
+        *_window,
+        s("specialty", "One of the ten specialties.", nullable=False),
+        i("procedures", "Index procedures in the window."),
+        i("consultants", "Consultants with at least one index procedure."),
+        i("deaths_30d", "Deaths within 30 days (national: not suppressed)."),
+        f("crude_mortality_pct", "100 x deaths_30d / procedures.", unit="percent"),
+        f("readmission_pct", "30-day emergency readmissions over index spells discharged alive.", unit="percent"),
+        f("median_los_days", "Median length of stay.", unit="days"),
+        f("c_statistic", "Area under the ROC curve of the specialty's risk model."),
+    ),
+))
+
+specialty_calibration = register(Dataset(
+    name="specialty_calibration",
+    zone="public",
+    grain="window, specialty, decile of risk",
+    description="Calibration of each specialty's risk model: observed and expected deaths by decile of predicted risk.",
+    columns=cols(
+        PERIOD,
+        *_window,
+        s("specialty", "One of the ten specialties.", nullable=False),
+        i("risk_decile", "1 (lowest predicted risk) to 10.", nullable=False),
+        i("procedures", "Index procedures in the decile."),
+        i("observed_deaths", "Observed 30-day deaths (national: not suppressed)."),
+        f("expected_deaths", "Sum of predicted probabilities."),
+    ),
+))
+
+# --------------------------------------------------------------------------- FFT
+_fft_counts = (
+    i("responses", "Responses T (the sum of the six counts).", nullable=True),
+    i("extremely_likely", "Answer 1."),
+    i("likely", "Answer 2."),
+    i("neither", "Answer 3."),
+    i("unlikely", "Answer 4."),
+    i("extremely_unlikely", "Answer 5."),
+    i("dont_know", "Answer 6."),
+    f("pct_recommend", "100 x (extremely_likely + likely) / responses (2014 method).", unit="percent"),
+    f("pct_not_recommend", "100 x (unlikely + extremely_unlikely) / responses.", unit="percent"),
+    f("net_score", "100 x (c1 - (c3 + c4 + c5)) / (T - c6), -100 to +100 (2013 scorecard); empty where T - c6 is 0."),
+    b("suppressed", "True where counts and percentages are suppressed by NHS England's FFT rules.", nullable=False),
+)
+
+fft_scores = register(Dataset(
+    name="fft_scores",
+    zone="public",
+    grain="period, setting, level, organisation",
+    description="Friends and Family Test results at ward, site, provider, commissioner and national level.",
+    columns=cols(
+        PERIOD,
+        s("setting", "FFT setting (IP, AE, MAT_*, OP, COMMUNITY, MH, AMB, GP).", nullable=False, codes=SETTINGS),
+        s("level", "ward, site, provider, commissioner or national.", nullable=False,
+          codes=("ward", "site", "provider", "commissioner", "national")),
+        s("org_code", "Organisation code; a ward is <site>/<ward>; national is ENG.", nullable=False),
+        s("parent_code", "Code of the parent organisation (empty for national)."),
+        *_fft_counts,
+    ),
+))
+
+fft_by_specialty = register(Dataset(
+    name="fft_by_specialty",
+    zone="public",
+    grain="period, provider, treatment function",
+    description="Inpatient FFT responses linked to the spell discharged 0 to 2 days before, by the treatment function of its last episode.",
+    columns=cols(
+        PERIOD,
+        s("provider_code", "Provider of the response and the spell.", nullable=False),
+        s("tretspef", "Treatment function of the spell's last episode.", nullable=False),
+        *_fft_counts,
+    ),
+))
+
+# --------------------------------------------------------------------------- data quality
+data_quality = register(Dataset(
+    name="data_quality",
+    zone="public",
+    grain="period, source, submitter, rule",
+    description="Each validation rule's result for each submitter's current or held submissions of the month.",
+    columns=cols(
+        PERIOD,
+        s("source", "gp, sus_apc, hes_apc or fft.", nullable=False, codes=SOURCES),
+        s("submitter_code", "Practice or provider code.", nullable=False),
+        s("rule_id", "Identifier of the rule (expectations/).", nullable=False),
+        s("field", "The field the rule reads."),
+        s("severity", "reject (row quarantined) or warn (row kept, flagged).", codes=("reject", "warn")),
+        i("rows_checked", "Rows the rule was applied to."),
+        i("rows_failed", "Rows that broke the rule."),
+        f("pct_passed", "100 x (rows_checked - rows_failed) / rows_checked.", unit="percent"),
+    ),
+))
+
+data_quality_summary = register(Dataset(
+    name="data_quality_summary",
+    zone="public",
+    grain="period, source, submitter",
+    description="Data-quality score (DQMI-style), sanction flag and hold status of each submitter's month.",
+    columns=cols(
+        PERIOD,
+        s("source", "gp, sus_apc, hes_apc or fft.", nullable=False, codes=SOURCES),
+        s("submitter_code", "Practice or provider code.", nullable=False),
+        i("rows_received", "Rows received (type 1 objections never counted)."),
+        i("rows_quarantined", "Rows rejected to quarantine."),
+        i("rows_kept", "Rows kept (rows_received - rows_quarantined)."),
+        f("dq_score", "100 x mean item score over the scored fields.", unit="score"),
+        f("pct_valid_nhs_number", "Share of rows with a valid NHS number.", unit="percent"),
+        b("below_sanction_threshold", "dq_score under 95 or valid NHS number rate under 99%.", nullable=False),
+        b("held", "True when any current-or-held submission of the month is held.", nullable=False),
+        s("held_reason", "Why it was held, in plain words."),
+    ),
+))
+
+submissions = register(Dataset(
+    name="submissions",
+    zone="public",
+    grain="file seen in the landing zone; period is the month (UTC) it was first seen",
+    description="The ledger of every file seen in the landing zone and what became of it.",
+    columns=cols(
+        PERIOD,
+        s("file_name", "Path relative to the landing root.", nullable=False),
+        s("source", "reference, gp, sus_apc, hes_apc or fft.", codes=("reference",) + SOURCES),
+        s("submitter_code", "Practice or provider code from the file name."),
+        s("reporting_period", "Reporting month from the file name, YYYY-MM."),
+        ts("submitted_at", "Submission time from the file name (UTC)."),
+        s("protocol", "BULK or NET for SUS; empty otherwise."),
+        s("sha256", "SHA-256 of the file's bytes as stored.", nullable=False),
+        s("status", "current, superseded, held or rejected.", codes=("current", "superseded", "held", "rejected")),
+        s("reason", "Plain words; empty when current."),
+        i("rows_received", "Rows read (type 1 never counted); empty for a rejected file."),
+        i("rows_quarantined", "Rows quarantined; empty for a rejected file."),
+        i("rows_kept", "Rows kept; empty for a rejected file."),
+    ),
+))
+
+# --------------------------------------------------------------------------- restricted
+linked_episodes = register(Dataset(
+    name="linked_episodes",
+    zone="restricted",
+    grain="SUS episode",
+    description="Pseudonymised SUS episodes linked to GP registrations. No type 2 patients.",
+    columns=cols(
+        PERIOD,
+        s("person_id", "Keyed pseudonym: first 32 hex of HMAC-SHA256(key, NHS number or HESID:...)."),
+        s("provider_code", "PROCODE3.", nullable=False),
+        s("susrecid", "CDS unique identifier of the episode.", nullable=False),
+        s("spell_id", "Hospital provider spell identifier."),
+        s("epiorder", "Order of the episode in its spell."),
+        d("admidate", "Admission date of the spell."),
+        d("epistart", "Episode start."),
+        d("epiend", "Episode end."),
+        d("disdate", "Discharge date of the spell."),
+        s("admimeth", "Admission method."),
+        s("dismeth", "Discharge method."),
+        s("classpat", "Patient classification."),
+        s("mainspef", "Main specialty."),
+        s("tretspef", "Treatment function."),
+        s("consultant_code", "CONSULT."),
+        strings("diagnoses", "ICD-10 codes in order."),
+        strings("procedures", "OPCS-4 codes in order."),
+        i("age_at_admission", "Age in whole years at admission.", unit="years"),
+        s("sex", "1 male, 2 female, 0/9 not known/specified."),
+        s("lsoa", "LSOA 2011 of the linked patient's GP record."),
+        s("registered_practice", "Practice whose registration covers the episode start."),
+        i("match_rank", "Linkage rank 1-5; empty when unlinked."),
+        d("date_of_death", "Date of death from the linked GP record."),
+    ),
+))
+
+linked_spells = register(Dataset(
+    name="linked_spells",
+    zone="restricted",
+    grain="hospital spell",
+    description="Pseudonymised hospital spells built from linked episodes, with their index procedure and outcomes. No type 2 patients.",
+    columns=cols(
+        PERIOD,
+        s("person_id", "Keyed pseudonym (methods.md)."),
+        s("provider_code", "Provider.", nullable=False),
+        s("spell_id", "Spell identifier.", nullable=False),
+        d("admidate", "Admission date."),
+        d("disdate", "Discharge date."),
+        s("admimeth", "Admission method of the first episode."),
+        s("dismeth", "Discharge method of the last episode."),
+        i("los_days", "disdate - admidate.", unit="days"),
+        s("specialty", "Specialty of the index procedure, if any."),
+        s("index_procedure", "OPCS-4 code of the index procedure."),
+        d("index_procedure_date", "Its date."),
+        s("consultant_code", "Consultant of the episode holding the index procedure."),
+        i("charlson_index", "Charlson comorbidity index (Quan ICD-10) from the spell's diagnoses."),
+        b("death_30d", "Died within 30 days of the index procedure."),
+        b("emergency_readmission_30d", "Emergency admission 1-30 days after discharge, any provider."),
+    ),
+))
+
+PUBLIC = [d for d in (
+    linkage_coverage_practice, linkage_coverage_provider, linkage_coverage_summary,
+    programme_targets, consultant_outcomes, specialty_outcomes, specialty_calibration,
+    fft_scores, fft_by_specialty, data_quality, data_quality_summary, submissions,
+)]
+RESTRICTED = [linked_episodes, linked_spells]
+_ = (dates,)  # available for declarations that need a list of dates

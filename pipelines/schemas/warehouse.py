@@ -1,0 +1,227 @@
+"""Internal warehouse tables: the contract between pipeline stages.
+
+Internal tables are never published as they are. They may hold NHS numbers (the
+warehouse is the data centre's own store) but never a type 1 objector's GP row.
+Layout in the warehouse root (see :mod:`pipelines.warehouse`)::
+
+    ledger/files.parquet                                    every file seen (unpartitioned)
+    reference/<table>.parquet                               practices, providers, sites
+    silver/<source>/period=YYYY-MM/<submission_id>.parquet  validated, typed, kept rows
+    quarantine/<source>/period=YYYY-MM/<submission_id>.parquet  rejected rows + rules
+    dq/rules/period=YYYY-MM/<submission_id>.parquet         per-rule counts per submission
+    dq/fields/period=YYYY-MM/<submission_id>.parquet        per-field item scores
+    current/<table>/period=YYYY-MM/part-00000.parquet       the current view (protocols applied)
+    linked/<table>/period=YYYY-MM/part-00000.parquet        linkage results (internal)
+"""
+
+from __future__ import annotations
+
+from pipelines.schemas import PERIOD, Dataset, b, cols, d, dates, i, register, s, strings, ts
+
+_sub = (
+    s("submission_id", "Identity of the submission: the file name without extension.", nullable=False),
+    i("line", "Line number in the file (1 = header; first data row is 2).", nullable=False),
+)
+_warn = strings("dq_warnings", "Ids of the warn-severity rules the row broke.")
+
+ref_practices = register(Dataset(
+    name="ref_practices", zone="internal", grain="GP practice (epraccur row)", partition_by=None,
+    description="GP practices from ODS epraccur.",
+    columns=cols(
+        s("practice_code", "epraccur column 1.", nullable=False),
+        s("name", "epraccur column 2."),
+        s("postcode", "epraccur column 10."),
+        d("open_date", "epraccur column 11."),
+        d("close_date", "epraccur column 12."),
+        s("status", "epraccur column 13: A, C, D or P."),
+        s("commissioner_code", "epraccur column 15."),
+        s("prescribing_setting", "epraccur column 26: 4 is a GP practice."),
+    ),
+))
+
+ref_providers = register(Dataset(
+    name="ref_providers", zone="internal", grain="provider", partition_by=None,
+    description="NHS trusts and other providers.",
+    columns=cols(
+        s("provider_code", "3-character code.", nullable=False),
+        s("name", "Name."),
+        s("commissioner_code", "Host CCG/ICB."),
+    ),
+))
+
+ref_sites = register(Dataset(
+    name="ref_sites", zone="internal", grain="site", partition_by=None,
+    description="Provider sites.",
+    columns=cols(
+        s("site_code", "5-character code.", nullable=False),
+        s("provider_code", "Provider."),
+        s("name", "Name."),
+    ),
+))
+
+ledger = register(Dataset(
+    name="ledger", zone="internal", grain="file seen in the landing zone", partition_by=None,
+    description="Every file seen, with its hash and outcome; the public 'submissions' dataset is derived from it.",
+    columns=cols(
+        s("file_name", "Path relative to the landing root.", nullable=False),
+        s("submission_id", "File name without folder and extension."),
+        s("source", "reference, gp, sus_apc, hes_apc or fft."),
+        s("submitter_code", "Practice or provider code from the name."),
+        s("reporting_period", "YYYY-MM from the name (GP: the extract date's month)."),
+        ts("submitted_at", "Submission time from the name (GP: extract date midnight)."),
+        s("protocol", "BULK or NET for SUS."),
+        s("sha256", "SHA-256 of the bytes.", nullable=False),
+        i("size_bytes", "Size of the file in bytes."),
+        ts("first_seen_at", "When the pipeline first saw the file (UTC)."),
+        s("status", "current, superseded, held or rejected."),
+        s("reason", "Plain words; empty when current."),
+        i("rows_received", "Rows read (type 1 excluded)."),
+        i("rows_quarantined", "Rows quarantined."),
+        i("rows_kept", "Rows kept."),
+        i("type1_objections", "GP only: type 1 rows dropped on read."),
+    ),
+))
+
+gp_patients = register(Dataset(
+    name="gp_patients", zone="internal", grain="GP extract row (kept), per submission",
+    description="Validated GP extract rows. Type 1 rows never reach this table.",
+    columns=cols(
+        PERIOD, *_sub,
+        s("practice_code", "Practice from the file name.", nullable=False),
+        d("extract_date", "Extract date from the file name.", nullable=False),
+        s("nhs_number", "Canonical 10-digit NHS number; empty when invalid or missing."),
+        b("nhs_number_valid", "Modulus 11 valid.", nullable=False),
+        d("date_of_birth", "Date of birth."),
+        s("sex", "0, 1, 2 or 9."),
+        s("postcode", "Postcode, spaces removed, upper case."),
+        s("lsoa", "LSOA 2011."),
+        s("ethnic_category", "Ethnic category."),
+        d("registration_date", "Registration start."),
+        d("deregistration_date", "Registration end."),
+        d("date_of_death", "Date of death."),
+        b("type2_objection", "OBJECTION is 9Nu4.", nullable=False),
+        _warn,
+    ),
+))
+
+sus_episodes = register(Dataset(
+    name="sus_episodes", zone="internal", grain="SUS/HES episode row (kept), per submission",
+    description="Validated SUS APC (and HES APC) episodes, typed.",
+    columns=cols(
+        PERIOD, *_sub,
+        s("source", "sus_apc or hes_apc.", nullable=False),
+        s("provider_code", "PROCODE3.", nullable=False),
+        s("susrecid", "SUSRECID (HES: EPIKEY where SUSRECID is absent).", nullable=False),
+        s("cds_update_type", "9 insert/replace, 1 delete (BULK and HES rows: 9)."),
+        s("spell_id", "SUSSPELLID."),
+        s("epiorder", "EPIORDER."),
+        s("epistat", "EPISTAT."),
+        d("epistart", "EPISTART."),
+        d("epiend", "EPIEND."),
+        d("admidate", "ADMIDATE."),
+        d("disdate", "DISDATE."),
+        s("admimeth", "ADMIMETH."),
+        s("dismeth", "DISMETH."),
+        s("admisorc", "ADMISORC."),
+        s("disdest", "DISDEST."),
+        s("classpat", "CLASSPAT."),
+        s("sex", "SEX."),
+        s("nhs_number", "Canonical NEWNHSNO; empty when invalid or missing."),
+        b("nhs_number_valid", "NEWNHSNO is a valid NHS number.", nullable=False),
+        s("nhsnoind", "NHSNOIND."),
+        d("dob", "DOB."),
+        i("birth_year", "Year of birth (DOB, else MYDOB)."),
+        i("birth_month", "Month of birth (DOB, else MYDOB)."),
+        s("postcode", "HOMEADD, spaces removed, upper case."),
+        s("gpprac", "GPPRAC."),
+        s("consultant_code", "CONSULT."),
+        s("mainspef", "MAINSPEF."),
+        s("tretspef", "TRETSPEF."),
+        strings("diagnoses", "DIAG_4_01..20, present ones in order."),
+        strings("procedures", "OPERTN_4_01..24, present ones in order ('-' placeholders dropped)."),
+        dates("procedure_dates", "OPDATE_nn aligned with procedures (empty where absent)."),
+        s("pseudo_hesid", "PSEUDO_HESID."),
+        _warn,
+    ),
+))
+
+fft_responses = register(Dataset(
+    name="fft_responses", zone="internal", grain="FFT response (kept), per submission",
+    description="Validated FFT responses.",
+    columns=cols(
+        PERIOD, *_sub,
+        s("provider_code", "PROVIDER_CODE.", nullable=False),
+        s("response_id", "RESPONSE_ID.", nullable=False),
+        s("site_code", "SITE_CODE."),
+        s("ward_code", "WARD_CODE."),
+        s("setting", "SETTING."),
+        d("response_date", "RESPONSE_DATE."),
+        s("response", "1..6."),
+        s("nhs_number", "Canonical NHS number; empty when invalid or missing."),
+        b("nhs_number_valid", "Valid NHS number.", nullable=False),
+        s("tretspef", "TRETSPEF."),
+        s("mode", "MODE."),
+        _warn,
+    ),
+))
+
+quarantine = register(Dataset(
+    name="quarantine", zone="internal", grain="rejected row",
+    description="Rows that broke a reject rule, with every rule they broke. Restricted; never published.",
+    columns=cols(
+        PERIOD, *_sub,
+        s("source", "gp, sus_apc, hes_apc or fft.", nullable=False),
+        s("file_name", "Path relative to the landing root.", nullable=False),
+        s("submitter_code", "Practice or provider."),
+        strings("rule_ids", "Every rule the row broke (reject and warn)."),
+        strings("messages", "The rules' messages, in order."),
+        s("raw", "The row as read, JSON (for the operator chasing the submitter)."),
+    ),
+))
+
+dq_rules = register(Dataset(
+    name="dq_rules", zone="internal", grain="submission, rule",
+    description="Each rule's counts for each submission.",
+    columns=cols(
+        PERIOD,
+        s("submission_id", "Submission.", nullable=False),
+        s("source", "Feed."),
+        s("submitter_code", "Submitter."),
+        s("rule_id", "Rule id."),
+        s("field", "Field."),
+        s("severity", "reject or warn."),
+        i("rows_checked", "Rows checked."),
+        i("rows_failed", "Rows failing."),
+        strings("example_lines", "Up to 5 line numbers of failing rows (never identifiers)."),
+    ),
+))
+
+dq_fields = register(Dataset(
+    name="dq_fields", zone="internal", grain="submission, scored field",
+    description="DQMI item scores: rows whose value is present and valid, per field.",
+    columns=cols(
+        PERIOD,
+        s("submission_id", "Submission.", nullable=False),
+        s("source", "Feed."),
+        s("submitter_code", "Submitter."),
+        s("field", "Scored field."),
+        i("rows", "Rows scored."),
+        i("rows_valid", "Rows present and valid."),
+    ),
+))
+
+gp_extracts = register(Dataset(
+    name="gp_extracts", zone="internal", grain="GP extract (submission)",
+    description="Each GP extract taken in, with its objection counts.",
+    partition_by=None,
+    columns=cols(
+        s("submission_id", "Submission.", nullable=False),
+        s("practice_code", "Practice.", nullable=False),
+        d("extract_date", "Extract date.", nullable=False),
+        s("period", "Month of the extract date."),
+        i("rows_received", "Rows (type 1 excluded)."),
+        i("type1_objections", "Type 1 rows dropped."),
+        i("type2_objections", "Type 2 rows."),
+        b("held", "Held by the data-quality rule (more than half rows rejected)."),
+    ),
+))

@@ -1,0 +1,196 @@
+"""One interface over a local folder or an S3 prefix.
+
+``Store("path/to/dir")`` or ``Store("s3://bucket/prefix", endpoint_url=...)``. Paths given
+to its methods are relative to the root and use ``/``. S3 goes through boto3 for listing,
+reading and writing, and through ``pyarrow.fs.S3FileSystem`` for Arrow datasets, so DuckDB
+reads it as Arrow and needs no extension.
+
+Writes are atomic for a reader: locally a temporary file is renamed into place; on S3 a
+PUT is atomic per object.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    path: str  # relative to the store root, '/'-separated
+    size: int
+    modified: datetime
+
+
+class Store:
+    def __init__(self, root: str | os.PathLike, endpoint_url: str | None = None):
+        root = str(root)
+        self.url = root
+        self.endpoint_url = endpoint_url or os.environ.get("CAREDATA_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+        if root.startswith("s3://"):
+            parsed = urlparse(root)
+            self.is_s3 = True
+            self.bucket = parsed.netloc
+            self.prefix = parsed.path.strip("/")
+            self._client = None
+        else:
+            self.is_s3 = False
+            self.root = Path(root).expanduser().resolve()
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    # ------------------------------------------------------------------ S3 plumbing
+    @property
+    def client(self):
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client(
+                "s3",
+                endpoint_url=self.endpoint_url,
+                region_name=os.environ.get("AWS_DEFAULT_REGION", "eu-west-2"),
+            )
+        return self._client
+
+    def _key(self, path: str) -> str:
+        path = path.strip("/")
+        return f"{self.prefix}/{path}" if self.prefix else path
+
+    def _rel(self, key: str) -> str:
+        return key[len(self.prefix) + 1:] if self.prefix else key
+
+    # ------------------------------------------------------------------ API
+    def uri(self, path: str = "") -> str:
+        if self.is_s3:
+            return f"s3://{self.bucket}/{self._key(path)}"
+        return str(self.root / path) if path else str(self.root)
+
+    def list(self, prefix: str = "") -> list[FileInfo]:
+        """Every file under ``prefix`` (recursive), sorted by path."""
+        out: list[FileInfo] = []
+        if self.is_s3:
+            paginator = self.client.get_paginator("list_objects_v2")
+            key_prefix = self._key(prefix)
+            if prefix and not key_prefix.endswith("/"):
+                key_prefix += "/"
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=key_prefix):
+                for obj in page.get("Contents", []):
+                    if obj["Key"].endswith("/"):
+                        continue
+                    out.append(FileInfo(self._rel(obj["Key"]), obj["Size"], obj["LastModified"]))
+        else:
+            base = self.root / prefix if prefix else self.root
+            if base.exists():
+                for p in base.rglob("*"):
+                    if p.is_file() and not p.name.startswith(".tmp-"):
+                        st = p.stat()
+                        out.append(
+                            FileInfo(
+                                p.relative_to(self.root).as_posix(),
+                                st.st_size,
+                                datetime.fromtimestamp(st.st_mtime, tz=timezone.utc),
+                            )
+                        )
+        return sorted(out, key=lambda f: f.path)
+
+    def exists(self, path: str) -> bool:
+        if self.is_s3:
+            try:
+                self.client.head_object(Bucket=self.bucket, Key=self._key(path))
+                return True
+            except self.client.exceptions.ClientError:
+                return False
+        return (self.root / path).is_file()
+
+    def read_bytes(self, path: str) -> bytes:
+        if self.is_s3:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(path))["Body"].read()
+        return (self.root / path).read_bytes()
+
+    def open(self, path: str):
+        """A binary file object for reading (streams on S3)."""
+        if self.is_s3:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(path))["Body"]
+        return open(self.root / path, "rb")
+
+    def iter_chunks(self, path: str, size: int = 8 << 20) -> Iterator[bytes]:
+        with self.open(path) as fh:
+            while True:
+                chunk = fh.read(size)
+                if not chunk:
+                    return
+                yield chunk
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        if self.is_s3:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(path), Body=data)
+            return
+        target = self.root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def delete(self, path: str) -> None:
+        if self.is_s3:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(path))
+        else:
+            p = self.root / path
+            if p.exists():
+                p.unlink()
+
+    def delete_prefix(self, prefix: str) -> None:
+        for f in self.list(prefix):
+            self.delete(f.path)
+
+    # ------------------------------------------------------------------ Arrow
+    def arrow_fs(self) -> tuple[pafs.FileSystem, str]:
+        """A pyarrow filesystem and the base path of the root within it."""
+        if self.is_s3:
+            kw = {"region": os.environ.get("AWS_DEFAULT_REGION", "eu-west-2")}
+            if self.endpoint_url:
+                parsed = urlparse(self.endpoint_url)
+                kw["endpoint_override"] = parsed.netloc or parsed.path
+                kw["scheme"] = parsed.scheme or "https"
+            base = f"{self.bucket}/{self.prefix}".rstrip("/")
+            return pafs.S3FileSystem(**kw), base
+        return pafs.LocalFileSystem(), str(self.root)
+
+    def write_parquet(self, path: str, table: pa.Table, **kw) -> None:
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression=kw.pop("compression", "zstd"), **kw)
+        self.write_bytes(path, buf.getvalue())
+
+    def read_parquet(self, path: str) -> pa.Table:
+        return pq.read_table(io.BytesIO(self.read_bytes(path)))
+
+    def read_parquet_many(self, paths: list[str], schema: pa.Schema | None = None) -> pa.Table:
+        """Read several Parquet files as one table (streams through pyarrow.dataset)."""
+        import pyarrow.dataset as ds
+
+        if not paths:
+            if schema is None:
+                raise ValueError("no files and no schema")
+            return schema.empty_table()
+        fs, base = self.arrow_fs()
+        full = [f"{base}/{p}" for p in paths]
+        return ds.dataset(full, filesystem=fs, format="parquet", schema=schema).to_table()

@@ -1,0 +1,113 @@
+"""Reading and writing the internal warehouse (layout in :mod:`pipelines.schemas.warehouse`).
+
+Every internal table is a :class:`~pipelines.schemas.Dataset` with ``zone="internal"``;
+files go under ``<area>/<table>/period=YYYY-MM/<part>.parquet`` (or ``<area>/<table>.parquet``
+for unpartitioned tables). Parts are whole files written atomically, so a stage that
+rewrites a part leaves readers either the old or the new one.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from pipelines import schemas
+from pipelines.storage import Store
+
+AREAS = {
+    "ledger": "ledger",
+    "gp_extracts": "ledger",
+    "ref_practices": "reference",
+    "ref_providers": "reference",
+    "ref_sites": "reference",
+    "gp_patients": "silver",
+    "sus_episodes": "silver",
+    "fft_responses": "silver",
+    "quarantine": "quarantine",
+    "dq_rules": "dq",
+    "dq_fields": "dq",
+}
+
+
+class Warehouse:
+    def __init__(self, store: Store):
+        self.store = store
+
+    def _dir(self, table: str) -> str:
+        area = AREAS.get(table, "tables")
+        return f"{area}/{table}"
+
+    def path(self, table: str, period: str | None = None, part: str = "part-00000") -> str:
+        ds = schemas.get(table) if table in schemas.REGISTRY or _known(table) else None
+        if ds is not None and ds.partition_by is None:
+            return f"{self._dir(table)}.parquet"
+        if period is None:
+            raise ValueError(f"{table} is partitioned by period: give one")
+        return f"{self._dir(table)}/period={period}/{part}.parquet"
+
+    def write(self, table: str, data: pa.Table, period: str | None = None, part: str = "part-00000") -> str:
+        """Write one part, conformed to the declared schema (partition column dropped)."""
+        ds = schemas.get(table)
+        if ds.partition_by and ds.partition_by in data.column_names:
+            data = data.drop_columns([ds.partition_by])
+        data = ds.conform(data, include_partition=False)
+        path = self.path(table, period, part)
+        self.store.write_parquet(path, data)
+        return path
+
+    def delete_part(self, table: str, period: str, part: str) -> None:
+        self.store.delete(self.path(table, period, part))
+
+    def periods(self, table: str) -> list[str]:
+        prefix = self._dir(table) + "/"
+        found = set()
+        for f in self.store.list(self._dir(table)):
+            rest = f.path[len(prefix):]
+            if rest.startswith("period="):
+                found.add(rest.split("/", 1)[0][len("period="):])
+        return sorted(found)
+
+    def parts(self, table: str, periods: list[str] | None = None) -> list[str]:
+        prefix = self._dir(table) + "/"
+        out = []
+        for f in self.store.list(self._dir(table)):
+            if not f.path.endswith(".parquet"):
+                continue
+            rest = f.path[len(prefix):]
+            period = rest.split("/", 1)[0][len("period="):] if rest.startswith("period=") else None
+            if periods is None or period in periods:
+                out.append(f.path)
+        return out
+
+    def read(self, table: str, periods: list[str] | None = None, parts: list[str] | None = None) -> pa.Table:
+        """Read a table (all periods, some periods, or named parts), with ``period`` as a
+        column for partitioned tables."""
+        ds = schemas.get(table)
+        if ds.partition_by is None:
+            path = self.path(table)
+            if not self.store.exists(path):
+                return ds.arrow_schema().empty_table()
+            return self.store.read_parquet(path)
+        paths = parts if parts is not None else self.parts(table, periods)
+        schema = ds.arrow_schema(include_partition=False)
+        tables = []
+        for p in paths:
+            t = self.store.read_parquet(p)
+            t = ds.conform(t, include_partition=False)
+            period = p.split("period=", 1)[1].split("/", 1)[0]
+            t = t.append_column(
+                ds.arrow_schema(include_partition=True).field("period"),
+                pa.array([period] * t.num_rows, pa.string()),
+            )
+            tables.append(t)
+        if not tables:
+            full = ds.arrow_schema(include_partition=True)
+            return full.empty_table()
+        return pa.concat_tables(tables).select(ds.arrow_schema(include_partition=True).names)
+
+    def exists(self, table: str, period: str | None = None, part: str = "part-00000") -> bool:
+        return self.store.exists(self.path(table, period, part))
+
+
+def _known(table: str) -> bool:
+    schemas._load_all()
+    return table in schemas.REGISTRY
