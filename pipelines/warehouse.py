@@ -33,7 +33,10 @@ class Warehouse:
         self.store = store
 
     def _dir(self, table: str) -> str:
-        area = AREAS.get(table, "tables")
+        area = AREAS.get(table)
+        if area is None:
+            ds = schemas.REGISTRY.get(table)
+            area = "staged" if ds is not None and ds.zone != "internal" else "tables"
         return f"{area}/{table}"
 
     def path(self, table: str, period: str | None = None, part: str = "part-00000") -> str:
@@ -88,21 +91,38 @@ class Warehouse:
                 return ds.arrow_schema().empty_table()
             return self.store.read_parquet(path)
         paths = parts if parts is not None else self.parts(table, periods)
-        schema = ds.arrow_schema(include_partition=False)
+        staged = ds.zone == "public"  # public datasets are staged here, unsuppressed
+        full = ds.arrow_schema(include_partition=True, staged=staged)
         tables = []
         for p in paths:
             t = self.store.read_parquet(p)
-            t = ds.conform(t, include_partition=False)
+            t = ds.conform(t, include_partition=False, staged=staged)
             period = p.split("period=", 1)[1].split("/", 1)[0]
-            t = t.append_column(
-                ds.arrow_schema(include_partition=True).field("period"),
-                pa.array([period] * t.num_rows, pa.string()),
-            )
+            t = t.append_column(full.field("period"), pa.array([period] * t.num_rows, pa.string()))
             tables.append(t)
         if not tables:
-            full = ds.arrow_schema(include_partition=True)
             return full.empty_table()
-        return pa.concat_tables(tables).select(ds.arrow_schema(include_partition=True).names)
+        return pa.concat_tables(tables).select(full.names)
+
+    # -- undeclared intermediates (e.g. linkage working tables) ------------------------
+    def write_raw(self, name: str, data: pa.Table, period: str, part: str = "part-00000") -> str:
+        if "period" in data.column_names:
+            data = data.drop_columns(["period"])
+        path = f"work/{name}/period={period}/{part}.parquet"
+        self.store.write_parquet(path, data)
+        return path
+
+    def read_raw(self, name: str, periods: list[str] | None = None) -> pa.Table | None:
+        tables = []
+        for f in self.store.list(f"work/{name}"):
+            period = f.path.split("period=", 1)[1].split("/", 1)[0]
+            if periods is not None and period not in periods:
+                continue
+            t = self.store.read_parquet(f.path)
+            tables.append(t.append_column("period", pa.array([period] * t.num_rows, pa.string())))
+        if not tables:
+            return None
+        return pa.concat_tables(tables, promote_options="default")
 
     def exists(self, table: str, period: str | None = None, part: str = "part-00000") -> bool:
         return self.store.exists(self.path(table, period, part))

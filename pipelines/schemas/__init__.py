@@ -89,10 +89,13 @@ class Dataset:
                 )
         return out
 
-    def arrow_schema(self, *, include_partition: bool = False) -> pa.Schema:
+    def arrow_schema(self, *, include_partition: bool = False, staged: bool = False) -> pa.Schema:
         """The Parquet schema of the files. The partition column lives in the path, so it
-        is left out unless ``include_partition``."""
-        cols = self.published_columns() if self.zone == "public" else list(self.columns)
+        is left out unless ``include_partition``. A public dataset is *staged* (computed,
+        not yet disclosure-controlled) without its ``*_suppressed`` flags, and *published*
+        with them."""
+        published = self.zone == "public" and not staged
+        cols = self.published_columns() if published else list(self.columns)
         fields = [
             c.arrow_field()
             for c in cols
@@ -108,10 +111,18 @@ class Dataset:
             },
         )
 
-    def conform(self, table: pa.Table, *, include_partition: bool = True) -> pa.Table:
+    def suppression_flags(self) -> list[str]:
+        return [f"{c.name}_suppressed" for c in self.columns if c.suppress == "count"]
+
+    def conform(self, table: pa.Table, *, include_partition: bool = True, staged: bool | None = None) -> pa.Table:
         """Select and cast ``table`` to this declaration (column order, exact types,
-        descriptions). Missing declared columns are an error, not silently added."""
-        schema = self.arrow_schema(include_partition=include_partition)
+        descriptions). Missing declared columns are an error, not silently added.
+        ``staged=None`` decides from the table: a public table without its
+        ``*_suppressed`` flags is staged."""
+        if staged is None:
+            flags = self.suppression_flags()
+            staged = bool(flags) and not all(f in table.column_names for f in flags)
+        schema = self.arrow_schema(include_partition=include_partition, staged=staged)
         missing = [n for n in schema.names if n not in table.column_names]
         if missing:
             raise ValueError(f"dataset {self.name}: missing columns {missing}")
