@@ -1,0 +1,55 @@
+"""From the current views to the datasets of outputs.md (staged in the warehouse,
+unsuppressed; disclosure control and publishing are in assets/publish.py)."""
+
+import dagster as dg
+
+from assets.ingest import _md, fft_current, gp_bronze, sus_apc_current
+from pipelines import stages
+from pipelines.partitions import period_partitions
+from pipelines.resources import CareDataConfig
+
+# Outcomes look back over a 36-month window (configurable; the mapping is the default).
+WINDOW = dg.TimeWindowPartitionMapping(start_offset=-35, end_offset=0)
+
+
+def _specs(names, deps):
+    return [dg.AssetSpec(n, description=stages.describe(n), deps=deps) for n in names]
+
+
+@dg.asset(group_name="linkage", partitions_def=period_partitions, deps=[sus_apc_current, gp_bronze],
+          description="SUS episodes of the period linked to GP registrations (five match ranks), internal.")
+def linked_episodes_work(context: dg.AssetExecutionContext, caredata: CareDataConfig) -> dg.MaterializeResult:
+    return dg.MaterializeResult(metadata=_md(stages.link(caredata.settings(), context.partition_key)))
+
+
+@dg.multi_asset(group_name="linkage", partitions_def=period_partitions,
+                specs=_specs(stages.LINKAGE_DATASETS, [linked_episodes_work]))
+def linkage_coverage(context: dg.AssetExecutionContext, caredata: CareDataConfig):
+    report = stages.linkage_outputs(caredata.settings(), context.partition_key)
+    for name in stages.LINKAGE_DATASETS:
+        yield dg.MaterializeResult(asset_key=name, metadata=_md(report[name]))
+
+
+@dg.multi_asset(group_name="fft", partitions_def=period_partitions,
+                specs=_specs(stages.FFT_DATASETS, [fft_current, linked_episodes_work]))
+def fft_results(context: dg.AssetExecutionContext, caredata: CareDataConfig):
+    report = stages.fft_outputs(caredata.settings(), context.partition_key)
+    for name in stages.FFT_DATASETS:
+        yield dg.MaterializeResult(asset_key=name, metadata=_md(report[name]))
+
+
+@dg.multi_asset(group_name="outcomes", partitions_def=period_partitions,
+                specs=_specs(stages.OUTCOME_DATASETS, [dg.AssetDep(linked_episodes_work, partition_mapping=WINDOW)]))
+def consultant_outcomes_window(context: dg.AssetExecutionContext, caredata: CareDataConfig):
+    report = stages.outcome_outputs(caredata.settings(), context.partition_key)
+    for name in stages.OUTCOME_DATASETS:
+        yield dg.MaterializeResult(asset_key=name, metadata=_md(report[name]))
+
+
+@dg.multi_asset(group_name="quality", partitions_def=period_partitions,
+                specs=_specs(stages.QUALITY_DATASETS,
+                             ["gp_bronze", "sus_apc_bronze", "fft_bronze", "hes_apc_bronze", sus_apc_current, fft_current]))
+def quality_reports(context: dg.AssetExecutionContext, caredata: CareDataConfig):
+    report = stages.quality_outputs(caredata.settings(), context.partition_key)
+    for name in stages.QUALITY_DATASETS:
+        yield dg.MaterializeResult(asset_key=name, metadata=_md(report[name]))

@@ -1,0 +1,84 @@
+"""Landing zone to warehouse: ledger scan, reference data, per-feed ingest and validation,
+and the current views the submission protocols define."""
+
+
+import dagster as dg
+
+from pipelines import stages
+from pipelines.partitions import period_partitions
+from pipelines.resources import CareDataConfig
+
+
+def _md(report: dict) -> dict:
+    """Dagster metadata from a stage report: numbers stay numbers, lists become JSON."""
+    out = {}
+    for k, v in report.items():
+        if isinstance(v, bool) or v is None:
+            out[k] = dg.MetadataValue.text(str(v))
+        elif isinstance(v, (int, float)):
+            out[k] = v
+        elif isinstance(v, (list, dict)):
+            out[k] = dg.MetadataValue.json(v)
+        else:
+            out[k] = dg.MetadataValue.text(str(v))
+    return out
+
+
+@dg.asset(group_name="ingest", description="Every file in the landing zone recorded in the ledger (name, size, SHA-256, outcome).")
+def landing_scan(context: dg.AssetExecutionContext, caredata: CareDataConfig) -> dg.MaterializeResult:
+    report = stages.scan(caredata.settings())
+    return dg.MaterializeResult(metadata=_md(report))
+
+
+@dg.asset(group_name="ingest", deps=[landing_scan], description="ODS reference data: GP practices (epraccur), providers, sites.")
+def reference_data(context: dg.AssetExecutionContext, caredata: CareDataConfig) -> dg.MaterializeResult:
+    return dg.MaterializeResult(metadata=_md(stages.load_reference(caredata.settings())))
+
+
+@dg.asset(group_name="ingest", deps=[landing_scan, reference_data],
+          description="HES APC extracts (many providers and periods), validated into the warehouse as net change.")
+def hes_apc_bronze(context: dg.AssetExecutionContext, caredata: CareDataConfig) -> dg.MaterializeResult:
+    return dg.MaterializeResult(metadata=_md(stages.ingest_hes(caredata.settings())))
+
+
+def _bronze_asset(source: str, description: str) -> dg.AssetsDefinition:
+    name = f"{source}_bronze"
+    checks = [
+        dg.AssetCheckSpec("rows_accounted_for", asset=name, blocking=True,
+                          description="Rows received = kept + quarantined for every submission of the period."),
+        dg.AssetCheckSpec("no_held_submissions", asset=name,
+                          description="No submission of the period is held (more than half its rows rejected)."),
+        dg.AssetCheckSpec("no_rejected_files", asset=name,
+                          description="No file of the period was rejected whole (name, columns, parse)."),
+    ]
+
+    @dg.asset(name=name, group_name="ingest", partitions_def=period_partitions,
+              deps=[landing_scan, reference_data], check_specs=checks, description=description)
+    def _asset(context: dg.AssetExecutionContext, caredata: CareDataConfig):
+        report = stages.ingest_feed(caredata.settings(), source, context.partition_key)
+        yield dg.MaterializeResult(metadata=_md(report["metadata"]))
+        for check in stages.ingest_checks(report):
+            yield dg.AssetCheckResult(
+                check_name=check["name"], passed=check["passed"],
+                severity=dg.AssetCheckSeverity.ERROR if check["severity"] == "error" else dg.AssetCheckSeverity.WARN,
+                description=check["description"], metadata=_md(check["metadata"]),
+            )
+
+    return _asset
+
+
+gp_bronze = _bronze_asset("gp", "GP extracts of the period: type 1 rows dropped on read, rows validated, kept or quarantined.")
+sus_apc_bronze = _bronze_asset("sus_apc", "SUS APC submissions of the period (BULK and NET), validated, kept or quarantined.")
+fft_bronze = _bronze_asset("fft", "FFT returns of the period, validated, kept or quarantined.")
+
+
+@dg.asset(group_name="ingest", partitions_def=period_partitions, deps=[sus_apc_bronze, hes_apc_bronze],
+          description="Current SUS episodes of the period: bulk replacement and net change applied in submission-time order.")
+def sus_apc_current(context: dg.AssetExecutionContext, caredata: CareDataConfig) -> dg.MaterializeResult:
+    return dg.MaterializeResult(metadata=_md(stages.current_sus(caredata.settings(), context.partition_key)))
+
+
+@dg.asset(group_name="ingest", partitions_def=period_partitions, deps=[fft_bronze],
+          description="Current FFT responses of the period: the newest file per provider.")
+def fft_current(context: dg.AssetExecutionContext, caredata: CareDataConfig) -> dg.MaterializeResult:
+    return dg.MaterializeResult(metadata=_md(stages.current_fft(caredata.settings(), context.partition_key)))

@@ -1,0 +1,71 @@
+"""Custom Great Expectations expectations of the care.data suites.
+
+* ``ExpectColumnValuesToBeValidNhsNumber``: Modulus 11 valid NHS number (methods.md
+  "NHS number"; spaces and hyphens allowed, ten identical digits invalid), through
+  :func:`pipelines.nhs_number.valid_series`.
+* ``ExpectColumnValuesToBeIsoDates``: ``YYYY-MM-DD`` and a real calendar date
+  (``2023-02-30`` fails).
+
+Both are column map expectations: missing values are not checked (a separate
+not-null rule says whether a value is required), and failing rows come back in
+``unexpected_index_list``. Defining the classes registers them with GX.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+from great_expectations.execution_engine import PandasExecutionEngine
+from great_expectations.expectations.expectation import ColumnMapExpectation
+from great_expectations.expectations.metrics import ColumnMapMetricProvider, column_condition_partial
+
+from pipelines.nhs_number import valid_series
+
+ISO_DATE_RE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+
+
+def parse_iso_dates(values: pd.Series) -> pd.Series:
+    """``YYYY-MM-DD`` strings to datetime64; NaT where missing, misshapen or not a real
+    calendar date."""
+    text = values.astype("string").str.strip()
+    shaped = text.str.fullmatch(ISO_DATE_RE).fillna(False).astype(bool)
+    parsed = pd.to_datetime(text.where(shaped), format="%Y-%m-%d", errors="coerce")
+    return pd.Series(parsed, index=values.index).astype("datetime64[s]")
+
+
+class ColumnValuesValidNhsNumber(ColumnMapMetricProvider):
+    condition_metric_name = "column_values.valid_nhs_number"
+
+    @column_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column: pd.Series, **kwargs) -> pd.Series:
+        return valid_series(column)
+
+
+class ExpectColumnValuesToBeValidNhsNumber(ColumnMapExpectation):
+    """Expect column values to be valid NHS numbers (10 digits after removing spaces and
+    hyphens, Modulus 11 check digit, not ten identical digits)."""
+
+    map_metric = "column_values.valid_nhs_number"
+    success_keys = ("mostly",)
+    library_metadata = {"tags": ["nhs", "care.data"], "contributors": ["care.data"]}
+
+
+class ColumnValuesIsoDate(ColumnMapMetricProvider):
+    condition_metric_name = "column_values.iso_calendar_date"
+
+    @column_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column: pd.Series, **kwargs) -> pd.Series:
+        return parse_iso_dates(column).notna()
+
+
+class ExpectColumnValuesToBeIsoDates(ColumnMapExpectation):
+    """Expect column values to be real calendar dates written YYYY-MM-DD."""
+
+    map_metric = "column_values.iso_calendar_date"
+    success_keys = ("mostly",)
+    library_metadata = {"tags": ["dates", "care.data"], "contributors": ["care.data"]}
+
+
+CUSTOM = {
+    "ExpectColumnValuesToBeValidNhsNumber": ExpectColumnValuesToBeValidNhsNumber,
+    "ExpectColumnValuesToBeIsoDates": ExpectColumnValuesToBeIsoDates,
+}

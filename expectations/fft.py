@@ -1,0 +1,86 @@
+"""Suite of the Friends and Family Test feed (``fft/``), inputs.md "Friends and Family Test"."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+
+from expectations.rules import KEY, R, W, Env, Rule, ScoredField, column_rules, date_col, nhs_number, not_null
+from pipelines.schemas.inputs import FFT
+
+FEED = FFT
+SOURCES = ("fft",)
+
+
+def _submitter(env: Env) -> dict | None:
+    """value_set = [the provider in the file name]"""
+    return {"column": "PROVIDER_CODE", "value_set": [env.submitter]} if env.submitter else None
+
+
+def _sites(env: Env) -> dict | None:
+    """value_set = the provider's sites in reference/sites.csv (not applied when the
+    reference data is not given or lists no site for the provider)"""
+    if not env.site_providers or not env.submitter:
+        return None
+    sites = sorted(s for s, p in env.site_providers.items() if p == env.submitter)
+    return {"column": "SITE_CODE", "value_set": sites} if sites else None
+
+
+def _in_period(env: Env) -> dict | None:
+    """between the first and last day of the file's period"""
+    bounds = env.period_bounds
+    if bounds is None:
+        return None
+    lo, hi = (dt.datetime.combine(d, dt.time()) for d in bounds)
+    return {"column": date_col("RESPONSE_DATE"), "min_value": lo, "max_value": hi}
+
+
+def _rules() -> list[Rule]:
+    out: list[Rule] = []
+    for c in FEED.columns:
+        if c.name == "NHS_NUMBER":
+            out += nhs_number("NHS_NUMBER", missing=None)  # optional: given if the patient wishes
+            continue
+        out += column_rules(FEED, c)
+        if c.name == "RESPONSE_ID":
+            out.append(Rule("RESPONSE_ID_DUPLICATE", "RESPONSE_ID", R,
+                            "RESPONSE_ID appears more than once in the file: the response is ambiguous.",
+                            "ExpectColumnValuesToBeUnique", {"column": KEY}))
+        elif c.name == "PROVIDER_CODE":
+            out.append(Rule("PROVIDER_CODE_SUBMITTER", "PROVIDER_CODE", R,
+                            "PROVIDER_CODE is not the provider in the file name.",
+                            "ExpectColumnValuesToBeInSet", _submitter))
+        elif c.name == "SITE_CODE":
+            out.append(Rule("SITE_CODE_FORMAT", "SITE_CODE", R, "SITE_CODE is not 5 letters or digits.",
+                            "ExpectColumnValuesToMatchRegex", {"column": "SITE_CODE", "regex": r"^[A-Z0-9]{5}$"}))
+            out.append(Rule("SITE_CODE_PROVIDER", "SITE_CODE", R,
+                            "SITE_CODE is not a site of the provider (reference/sites.csv).",
+                            "ExpectColumnValuesToBeInSet", _sites))
+        elif c.name == "RESPONSE_DATE":
+            out.append(Rule("RESPONSE_DATE_PERIOD", "RESPONSE_DATE", R,
+                            "RESPONSE_DATE is not in the file's reporting month.",
+                            "ExpectColumnValuesToBeBetween", _in_period))
+        elif c.name == "TRETSPEF":
+            out.append(Rule("TRETSPEF_FORMAT", "TRETSPEF", W, "TRETSPEF is not a 3-digit treatment function code.",
+                            "ExpectColumnValuesToMatchRegex", {"column": "TRETSPEF", "regex": r"^[0-9]{3}$"}))
+    return out
+
+
+RULES = _rules()
+
+SCORED = (
+    ScoredField("PROVIDER_CODE"),
+    ScoredField("SITE_CODE"),
+    ScoredField("SETTING"),
+    ScoredField("RESPONSE_DATE"),
+    ScoredField("RESPONSE"),
+    ScoredField("NHS_NUMBER"),  # reported (pct_valid_nhs_number), not in the FFT dq_score
+)
+
+KEY_COLUMNS = ("RESPONSE_ID",)
+
+
+def prepare(frame: pd.DataFrame, env: Env) -> pd.DataFrame:
+    frame[KEY] = frame["RESPONSE_ID"].astype("string").str.strip()
+    return frame

@@ -1,0 +1,203 @@
+"""The Rule declaration: one data-quality rule, the GX expectation that implements it.
+
+Every rule has an id, the field it reads, a severity (``reject``: the row is unusable
+and goes to quarantine; ``warn``: the row is kept and the failure counted), a message a
+person understands, and the Great Expectations expectation (class name and arguments)
+that implements it. The feed modules (:mod:`expectations.gp`, :mod:`expectations.sus_apc`,
+:mod:`expectations.fft`) declare their rules with the helpers below, mostly generated from
+the feed declarations of :mod:`pipelines.schemas.inputs`.
+
+A rule's arguments may depend on the submission (its submitter, period, protocol) and on
+reference data; they are then a function of :class:`Env` returning the expectation's
+keyword arguments, or ``None`` when the rule does not apply to this submission (for
+example the provider check in a HES extract, which holds many providers).
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+from pipelines.schemas.inputs import Feed, InputColumn
+
+Severity = Literal["reject", "warn"]
+
+# Derived columns added before validation (see each feed's ``prepare``).
+DATE_SUFFIX = "__as_date"  # "EPISTART__as_date": the parsed date, NaT when missing/invalid
+KEY = "__key"  # the record key whose uniqueness is checked (also used to batch rows)
+BIRTH = "__birth_month_start"  # DOB, else the first day of the MYDOB month
+
+# ODS pseudo practice codes for "no registered practice / not known" (valid GPPRAC values).
+PRACTICE_PLACEHOLDERS = ("V81997", "V81998", "V81999")
+
+# The NHS number field of each feed, and the feeds whose NHS number rate is a sanction
+# measure (FFT respondents give their NHS number only if they wish).
+NHS_NUMBER_FIELD = {"gp": "NHS_NUMBER", "sus_apc": "NEWNHSNO", "hes_apc": "NEWNHSNO", "fft": "NHS_NUMBER"}
+NHS_NUMBER_SANCTIONED = ("gp", "sus_apc", "hes_apc")
+
+
+def date_col(name: str) -> str:
+    return f"{name}{DATE_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class Env:
+    """What a rule may know about the submission being validated."""
+
+    source: str
+    period: str | None = None  # YYYY-MM
+    submitter: str | None = None
+    file_name: str = ""
+    protocol: str | None = None  # BULK or NET (SUS)
+    site_providers: dict[str, str] | None = None
+    practice_codes: frozenset[str] | None = None
+    today: dt.date = field(default_factory=dt.date.today)
+
+    @property
+    def period_bounds(self) -> tuple[dt.date, dt.date] | None:
+        if not self.period:
+            return None
+        year, month = int(self.period[:4]), int(self.period[5:7])
+        return dt.date(year, month, 1), dt.date(year, month, calendar.monthrange(year, month)[1])
+
+
+Args = dict[str, Any] | Callable[[Env], dict[str, Any] | None]
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    field: str
+    severity: Severity
+    message: str
+    expectation: str  # class name in gx.expectations or expectations.custom
+    args: Args
+    sources: tuple[str, ...] = ()  # empty: every source the module serves
+
+    def applies_to(self, source: str) -> bool:
+        return not self.sources or source in self.sources
+
+    def kwargs(self, env: Env) -> dict[str, Any] | None:
+        if not self.applies_to(env.source):
+            return None
+        return self.args(env) if callable(self.args) else dict(self.args)
+
+    def describe_args(self) -> str:
+        """The expectation's arguments for the docs (callables described by their doc)."""
+        if callable(self.args):
+            return (self.args.__doc__ or "depends on the submission").strip()
+        return ", ".join(f"{k}={v!r}" for k, v in self.args.items())
+
+
+@dataclass(frozen=True)
+class ScoredField:
+    """A DQMI item: rows whose value is present (any of ``columns`` non-empty) and valid
+    (no rule on any of ``columns`` failed)."""
+
+    name: str
+    columns: tuple[str, ...] = ()
+
+    @property
+    def cols(self) -> tuple[str, ...]:
+        return self.columns or (self.name,)
+
+
+# ------------------------------------------------------------------ helpers
+R = "reject"
+W = "warn"
+
+
+def not_null(col: str, sev: Severity, msg: str | None = None, rid: str | None = None, **kw) -> Rule:
+    return Rule(rid or f"{col}_MISSING", col, sev, msg or f"{col} is missing; it is required.",
+                "ExpectColumnValuesToNotBeNull", {"column": col}, **kw)
+
+
+def in_set(col: str, codes: tuple[str, ...], sev: Severity, what: str | None = None, **kw) -> Rule:
+    return Rule(f"{col}_CODE", col, sev,
+                f"{col} is not a valid {what or 'code'} (allowed: {', '.join(codes)}).",
+                "ExpectColumnValuesToBeInSet", {"column": col, "value_set": list(codes)}, **kw)
+
+
+def regex(col: str, pattern: str, sev: Severity, msg: str, rid: str | None = None, **kw) -> Rule:
+    return Rule(rid or f"{col}_FORMAT", col, sev, msg, "ExpectColumnValuesToMatchRegex",
+                {"column": col, "regex": pattern}, **kw)
+
+
+def iso_date(col: str, sev: Severity, **kw) -> Rule:
+    return Rule(f"{col}_DATE", col, sev, f"{col} is not a real date written YYYY-MM-DD.",
+                "ExpectColumnValuesToBeIsoDates", {"column": col}, **kw)
+
+
+def not_future(col: str, sev: Severity, **kw) -> Rule:
+    def args(env: Env) -> dict:
+        """max_value = today (ValidationContext.today)"""
+        return {"column": date_col(col), "max_value": dt.datetime.combine(env.today, dt.time())}
+
+    return Rule(f"{col}_FUTURE", col, sev, f"{col} is in the future.",
+                "ExpectColumnValuesToBeBetween", args, **kw)
+
+
+def not_before(later: str, earlier: str, sev: Severity, rid: str, msg: str, *,
+               a: str | None = None, b: str | None = None, **kw) -> Rule:
+    """``later`` must be on or after ``earlier`` (rows where either is missing or invalid
+    are not checked: their own date rules catch them)."""
+    return Rule(rid, later, sev, msg, "ExpectColumnPairValuesAToBeGreaterThanB",
+                {"column_A": a or date_col(later), "column_B": b or date_col(earlier),
+                 "or_equal": True, "ignore_row_if": "either_value_is_missing"}, **kw)
+
+
+def nhs_number(col: str, *, missing: Severity | None, **kw) -> list[Rule]:
+    out = []
+    if missing:
+        out.append(not_null(col, missing, f"{col} is missing: the record cannot be linked by NHS number.", **kw))
+    out.append(Rule(f"{col}_INVALID", col, W,
+                    f"{col} is not a valid NHS number (10 digits, Modulus 11 check digit): "
+                    "the record cannot be linked by NHS number.",
+                    "ExpectColumnValuesToBeValidNhsNumber", {"column": col}, **kw))
+    return out
+
+
+POSTCODE_RE = r"(?i)^\s*[A-Z]{1,2}[0-9][A-Z0-9]?\s*[0-9][A-Z]{2}\s*$"
+LSOA_RE = r"^E01[0-9]{6}$"
+PRACTICE_RE = r"^[A-Z][0-9]{5}$"
+CONSULTANT_RE = r"^C[0-9]{7}$"
+MYDOB_RE = r"^(0[1-9]|1[0-2])[0-9]{4}$"
+# ICD-10 without the dot: letter, 2 digits, optional 4th character (digit or X, as in
+# HES 'R69X'); '-' is HES's "no diagnosis in this position".
+ICD10_RE = r"^([A-Z][0-9]{2}[0-9X]?|-)$"
+# OPCS-4: letter + 3 digits; '-' (padded '-   ') means no procedure.
+OPCS4_RE = r"^([A-Z][0-9]{3}|-\s*)$"
+SPECIALTY_RE = r"^[0-9]{3}$"
+
+
+def column_rules(feed: Feed, c: InputColumn, *, skip: tuple[str, ...] = ()) -> list[Rule]:
+    """The rules a column's declaration implies: required -> not null (reject), code set ->
+    in set (reject when required, else warn), date -> real date and not in the future,
+    and the format of postcodes, LSOAs, MYDOB, consultant, ICD-10 and OPCS-4 codes."""
+    sev: Severity = R if c.required else W
+    out: list[Rule] = []
+    if c.kind == "nhs_number":
+        return out  # declared by the feed (missing/invalid are warn)
+    if c.required and "missing" not in skip:
+        out.append(not_null(c.name, R))
+    if c.codes and "codes" not in skip:
+        out.append(in_set(c.name, c.codes, sev))
+    if c.kind == "date":
+        out.append(iso_date(c.name, sev))
+        out.append(not_future(c.name, sev))
+    elif c.kind == "postcode":
+        out.append(regex(c.name, POSTCODE_RE, W, f"{c.name} is not shaped like a UK postcode."))
+    elif c.kind == "lsoa":
+        out.append(regex(c.name, LSOA_RE, W, f"{c.name} is not a 2011 LSOA code (E01 + 6 digits)."))
+    elif c.kind == "mydob":
+        out.append(regex(c.name, MYDOB_RE, W, f"{c.name} is not a month and year of birth written MMYYYY."))
+    elif c.kind == "consultant":
+        out.append(regex(c.name, CONSULTANT_RE, W, f"{c.name} is not a consultant code (C + 7-digit GMC number)."))
+    elif c.kind == "icd10":
+        out.append(regex(c.name, ICD10_RE, W,
+                         f"{c.name} is not an ICD-10 code (letter, 2 digits, optional 4th character, no dot)."))
+    elif c.kind == "opcs4":
+        out.append(regex(c.name, OPCS4_RE, W, f"{c.name} is not an OPCS-4 code (letter + 3 digits, no dot)."))
+    return out

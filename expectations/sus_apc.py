@@ -1,0 +1,150 @@
+"""Suite of SUS admitted patient care submissions (``sus_apc/``) and, with the HES
+differences, HES APC extracts (``hes_apc/``), inputs.md "SUS admitted patient care" and
+"HES APC extracts".
+
+HES differences: a HES extract covers many providers and periods, so the checks against
+the file name's provider do not apply; the record key is ``PROCODE3`` with ``SUSRECID``,
+or ``EPIKEY`` where ``SUSRECID`` is absent; ``CDS_UPDATE_TYPE`` does not exist (every row is
+an insert or replacement).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from expectations.custom import parse_iso_dates
+from expectations.rules import (
+    BIRTH, KEY, PRACTICE_PLACEHOLDERS, PRACTICE_RE, R, SPECIALTY_RE, W, Env, Rule, ScoredField,
+    column_rules, date_col, in_set, nhs_number, not_before, not_null, regex,
+)
+from pipelines.schemas.inputs import CDS_UPDATE_TYPES, HES_APC, SUS_APC
+
+FEED = SUS_APC
+SOURCES = ("sus_apc", "hes_apc")
+SUS = ("sus_apc",)
+HES = ("hes_apc",)
+
+
+def _submitter(env: Env) -> dict | None:
+    """value_set = [the provider in the file name]"""
+    return {"column": "PROCODE3", "value_set": [env.submitter]} if env.submitter else None
+
+
+def _practices(env: Env) -> dict | None:
+    """value_set = practices of reference/epraccur.csv and V81997-V81999 (only when the
+    reference data is given)"""
+    if not env.practice_codes:
+        return None
+    return {"column": "GPPRAC", "value_set": sorted(set(env.practice_codes) | set(PRACTICE_PLACEHOLDERS))}
+
+
+def _net_only(env: Env) -> dict | None:
+    """applies to NET submissions only"""
+    return {"column": "CDS_UPDATE_TYPE"} if env.protocol == "NET" else None
+
+
+def _rules() -> list[Rule]:
+    out: list[Rule] = []
+    for c in FEED.columns:
+        n = c.name
+        if n == "NEWNHSNO":
+            out += nhs_number("NEWNHSNO", missing=W)
+        elif n == "PROCODE3":
+            out.append(not_null("PROCODE3", R))
+            out.append(Rule("PROCODE3_SUBMITTER", "PROCODE3", R,
+                            "PROCODE3 is not the provider in the file name.",
+                            "ExpectColumnValuesToBeInSet", _submitter, sources=SUS))
+            out.append(regex("PROCODE3", r"^[A-Z0-9]{3}$", R, "PROCODE3 is not a 3-character provider code.",
+                             sources=HES))
+        elif n == "SUSRECID":
+            out.append(not_null("SUSRECID", R, "SUSRECID is missing: the episode has no identifier.",
+                                sources=SUS))
+            out.append(Rule("SUSRECID_MISSING", "SUSRECID", R,
+                            "Both SUSRECID and EPIKEY are missing: the episode has no identifier.",
+                            "ExpectColumnValuesToNotBeNull", {"column": KEY}, sources=HES))
+            out.append(Rule("SUSRECID_DUPLICATE", "SUSRECID", R,
+                            "The episode's key (SUSRECID; in HES, PROCODE3 with SUSRECID or EPIKEY) "
+                            "appears more than once in the file: which row is right is unknown.",
+                            "ExpectColumnValuesToBeUnique", {"column": KEY}))
+        elif n == "CDS_UPDATE_TYPE":
+            out.append(Rule("CDS_UPDATE_TYPE_MISSING", n, R,
+                            "CDS_UPDATE_TYPE is missing in a NET submission: insert or delete is unknown.",
+                            "ExpectColumnValuesToNotBeNull", _net_only, sources=SUS))
+            out.append(in_set(n, CDS_UPDATE_TYPES, R, "CDS update type", sources=SUS))
+        elif n == "GPPRAC":
+            out.append(regex("GPPRAC", PRACTICE_RE, W, "GPPRAC is not a GP practice code (letter + 5 digits)."))
+            out.append(Rule("GPPRAC_UNKNOWN", "GPPRAC", W,
+                            "GPPRAC is not a practice in the ODS reference file (epraccur).",
+                            "ExpectColumnValuesToBeInSet", _practices))
+        elif n in ("MAINSPEF", "TRETSPEF"):
+            out.append(regex(n, SPECIALTY_RE, W, f"{n} is not a 3-digit code."))
+        elif n == "EPIORDER":
+            out.append(regex(n, r"^[0-9]{1,2}$", W, "EPIORDER is not a 1- or 2-digit episode order."))
+        else:
+            out += column_rules(FEED, c)
+        if n == "EPIEND":
+            out.append(not_before("EPIEND", "EPISTART", R, "EPIEND_BEFORE_EPISTART",
+                                  "EPIEND is before EPISTART: the episode ends before it starts."))
+        elif n == "ADMIDATE":
+            out.append(not_before("EPISTART", "ADMIDATE", W, "EPISTART_BEFORE_ADMIDATE",
+                                  "EPISTART is before ADMIDATE: the episode starts before its admission."))
+        elif n == "DISDATE":
+            out.append(not_before("DISDATE", "ADMIDATE", W, "DISDATE_BEFORE_ADMIDATE",
+                                  "DISDATE is before ADMIDATE: the spell ends before it starts."))
+        elif n == "MYDOB":
+            out.append(not_before("ADMIDATE", "DOB", W, "DOB_AFTER_ADMIDATE",
+                                  "The date of birth (DOB, else MYDOB) is after ADMIDATE.",
+                                  a=date_col("ADMIDATE"), b=BIRTH))
+    # The rule on DOB after ADMIDATE reads DOB: its field is DOB.
+    return [Rule(r.id, "DOB", r.severity, r.message, r.expectation, r.args, r.sources)
+            if r.id == "DOB_AFTER_ADMIDATE" else r for r in out]
+
+
+RULES = _rules()
+
+SCORED = (
+    ScoredField("NEWNHSNO"),
+    ScoredField("DOB", ("DOB", "MYDOB")),
+    ScoredField("SEX"),
+    ScoredField("HOMEADD"),
+    ScoredField("GPPRAC"),
+    ScoredField("ADMIDATE"),
+    ScoredField("EPISTART"),
+    ScoredField("EPIEND"),
+    ScoredField("ADMIMETH"),
+    ScoredField("DISMETH"),
+    ScoredField("ADMISORC"),
+    ScoredField("DISDEST"),
+    ScoredField("MAINSPEF"),
+    ScoredField("TRETSPEF"),
+    ScoredField("CONSULT"),
+    ScoredField("DIAG_4_01"),
+)
+
+KEY_COLUMNS = ("PROCODE3", "SUSRECID", "EPIKEY")
+
+
+def prepare(frame: pd.DataFrame, env: Env) -> pd.DataFrame:
+    def strip(name: str) -> pd.Series:
+        if name not in frame.columns:
+            return pd.Series(pd.NA, index=frame.index, dtype="string")
+        s = frame[name].astype("string").str.strip()
+        return s.mask(s == "")
+
+    if env.source == "hes_apc":
+        ident = strip("SUSRECID").fillna(strip("EPIKEY"))
+        frame[KEY] = (strip("PROCODE3").fillna("") + "|" + ident).where(ident.notna())
+    else:
+        frame[KEY] = strip("SUSRECID")
+    # Birth: DOB, else the first day of the MYDOB month (MMYYYY).
+    mydob = strip("MYDOB")
+    ok = mydob.str.fullmatch(r"(0[1-9]|1[0-2])[0-9]{4}").fillna(False).astype(bool)
+    from_mydob = parse_iso_dates((mydob.str[2:] + "-" + mydob.str[:2] + "-01").where(ok))
+    dob = frame[date_col("DOB")] if date_col("DOB") in frame.columns else parse_iso_dates(strip("DOB"))
+    frame[BIRTH] = dob.where(dob.notna(), from_mydob)
+    _ = np  # noqa
+    return frame
+
+
+HES_FEED = HES_APC

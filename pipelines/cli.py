@@ -1,0 +1,112 @@
+"""The ``caredata`` command.
+
+    caredata synth OUT_DIR [--seed N] [--scale X] [--months N] [--start YYYY-MM]
+    caredata run --landing PATH_OR_S3 --warehouse PATH_OR_S3 --publish PATH_OR_S3 [--config FILE] [--demo-mode]
+    caredata demo [--out DIR]
+
+Exit status is non-zero only when the run itself failed (a step raised, or a blocking check
+refused a publication), never because a submission was bad: bad submissions are recorded
+in the ledger and reported as held back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _synth(args) -> int:
+    from pipelines.synth import generate
+
+    summary = generate(
+        args.out_dir, seed=args.seed, scale=args.scale, months=args.months, start=args.start,
+        truth_dir=args.truth_dir, progress=not args.quiet,
+    )
+    print(f"landing zone written to {args.out_dir}")
+    for k, v in summary.items():
+        if isinstance(v, (int, float, str)):
+            print(f"  {k}: {v}")
+    return 0
+
+
+def _run(args) -> int:
+    from pipelines.config import ConfigError, Settings
+    from pipelines.runner import print_summary, run_pipeline
+
+    try:
+        settings = Settings.load(
+            args.config, landing=args.landing, warehouse=args.warehouse, publish=args.publish,
+            s3_endpoint_url=args.s3_endpoint_url, demo_mode=True if args.demo_mode else None,
+        )
+    except ConfigError as exc:
+        print(f"caredata: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if settings.effective_pseudo_key is None:
+        print("caredata: no pseudonymisation key (CAREDATA_PSEUDO_KEY or CAREDATA_PSEUDO_KEY_FILE): "
+              "the restricted zone will not be written; public datasets are.", file=sys.stderr)
+    summary = run_pipeline(settings, progress=lambda m: print(m, file=sys.stderr))
+    print_summary(summary, settings)
+    return 0 if summary.ok else 1
+
+
+def _demo(args) -> int:
+    out = Path(args.out).resolve()
+    landing = out / "landing"
+    if not landing.exists():
+        from pipelines.synth import generate
+
+        print(f"caredata demo: generating a small landing zone in {landing}", file=sys.stderr)
+        generate(landing, seed=args.seed, scale=args.scale, months=args.months, start=args.start,
+                 truth_dir=out / "ground_truth", progress=True)
+    os.environ.setdefault("DAGSTER_HOME", str(out / ".dagster_home"))
+    ns = argparse.Namespace(
+        config=None, landing=str(landing), warehouse=str(out / "warehouse"), publish=str(out / "publish"),
+        s3_endpoint_url=None, demo_mode=True,
+    )
+    rc = _run(ns)
+    print(f"\nDatasets: {out / 'publish'}  (public/ and restricted/; data dictionary: "
+          f"{out / 'publish' / 'public' / 'data_dictionary.html'})")
+    print(f"Ledger of every file: {out / 'publish' / 'public' / 'submissions'}")
+    print("Open the Dagster UI on this demo: make dev")
+    return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="caredata", description="The care.data pipeline.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write a generated landing zone (and its ground truth)")
+    p.add_argument("out_dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scale", type=float, default=0.002, help="1.0 = one national month (6,500 practices)")
+    p.add_argument("--months", type=int, default=3)
+    p.add_argument("--start", default="2014-01", help="first period, YYYY-MM")
+    p.add_argument("--truth-dir", default=None, help="default: <OUT_DIR>_truth beside it")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_synth)
+
+    p = sub.add_parser("run", help="run the whole pipeline for every period in the landing zone")
+    p.add_argument("--landing", required=True, help="folder or s3://bucket/prefix")
+    p.add_argument("--warehouse", required=True, help="folder or s3://bucket/prefix")
+    p.add_argument("--publish", required=True, help="folder or s3://bucket/prefix")
+    p.add_argument("--config", default=None, help="YAML file overriding thresholds (defaults.yaml)")
+    p.add_argument("--s3-endpoint-url", default=None, help="a non-AWS S3 endpoint")
+    p.add_argument("--demo-mode", action="store_true", help="pseudonymise with the public demo key")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("demo", help="synth a small landing zone, run, print where the datasets are")
+    p.add_argument("--out", default="demo")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scale", type=float, default=0.002)
+    p.add_argument("--months", type=int, default=3)
+    p.add_argument("--start", default="2014-01")
+    p.set_defaults(func=_demo)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,395 @@
+"""Friends and Family Test: scores at every level with NHS England's suppression, and
+responses linked to hospital spells (../shared/spec/methods.md "Friends and Family Test").
+
+Plain functions over Arrow tables or pandas DataFrames; no Dagster. The method, and how
+this module reads the suppression rules, is written out for analysts in
+``docs/methods-fft.md``. In short:
+
+* c1..c6 count the answers ``1``..``6``, T = c1 + ... + c6;
+  pct_recommend = 100 (c1 + c2) / T, pct_not_recommend = 100 (c4 + c5) / T,
+  net_score = 100 (c1 - (c3 + c4 + c5)) / (T - c6), empty where T - c6 = 0.
+* Levels per period and setting: ward (``<site>/<ward>``, parent site), site (parent
+  provider), provider (parent host commissioner), commissioner (parent ``ENG``),
+  national (``ENG``).
+* Suppression below national: rule 1 (1..suppress_max responses), rule 2 (a lone rule-1
+  child of a parent takes its next-smallest sibling with it), rule 3 (a parent suppressed
+  by rule 2 has at least two of its children suppressed; no further cascade).
+
+Thresholds come from ``settings.t("fft", "suppress_max_responses")`` and
+``settings.t("fft", "link_max_days")``; callers pass them as keyword arguments.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from pipelines import schemas
+
+TableLike = Union[pa.Table, pd.DataFrame]
+
+NATIONAL_CODE = "ENG"
+# Order of levels in the output: the order of the declared codes (fft_scores.level).
+LEVELS = ("ward", "site", "provider", "commissioner", "national")
+_LEVEL_ORDER = {lvl: k for k, lvl in enumerate(LEVELS)}
+# Parent-child pairs that rules 2 and 3 work on (methods.md: "ward of a site, site of a
+# provider, provider of a commissioner"). Commissioners under ENG are not among them.
+_CHILD_LEVEL_OF = {"site": "ward", "provider": "site", "commissioner": "provider"}
+_RULE2_CHILD_LEVELS = ("ward", "site", "provider")
+_RULE3_PARENT_LEVELS = ("site", "provider")  # parents that can be suppressed by rule 2
+
+ANSWERS = ("1", "2", "3", "4", "5", "6")
+COUNT_COLUMNS = ("extremely_likely", "likely", "neither", "unlikely", "extremely_unlikely", "dont_know")
+SCORE_COLUMNS = ("pct_recommend", "pct_not_recommend", "net_score")
+# HES/SUS "not known" treatment function, used where a linked spell's last episode has none.
+TRETSPEF_NOT_KNOWN = "&"
+# EPIORDER codes that are not an order (HES: 98 not applicable, 99 not known).
+_EPIORDER_NOT_AN_ORDER = (98, 99)
+
+LINKED_SCHEMA = pa.schema([
+    pa.field("period", pa.string()),
+    pa.field("provider_code", pa.string()),
+    pa.field("response_id", pa.string()),
+    pa.field("tretspef", pa.string()),
+    pa.field("response", pa.string()),
+])
+
+SPELLS_SCHEMA = pa.schema([
+    pa.field("provider_code", pa.string()),
+    pa.field("spell_id", pa.string()),
+    pa.field("nhs_number", pa.string()),
+    pa.field("disdate", pa.date32()),
+    pa.field("tretspef_last", pa.string()),
+])
+
+
+# --------------------------------------------------------------------------- helpers
+def _frame(table: TableLike | None, columns: list[str] | None = None) -> pd.DataFrame:
+    """A pandas copy of ``table``; checks that ``columns`` are present."""
+    if table is None:
+        df = pd.DataFrame(columns=columns or [])
+    elif isinstance(table, pa.Table):
+        df = table.to_pandas()
+    elif isinstance(table, pd.DataFrame):
+        df = table.copy()
+    else:
+        raise TypeError(f"expected a pyarrow Table or pandas DataFrame, got {type(table).__name__}")
+    if columns:
+        missing = [c for c in columns if c not in df.columns]
+        if missing:
+            raise ValueError(f"missing columns {missing}")
+    return df
+
+
+def _code(series: pd.Series) -> pd.Series:
+    """Codes as stripped strings (object dtype), empty and missing as None."""
+    values = [None if _missing(v) else (str(v).strip() or None) for v in series.astype(object)]
+    return pd.Series(values, index=series.index, dtype=object)
+
+
+def _missing(value: object) -> bool:
+    return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and np.isnan(value))
+
+
+def _dates(series: pd.Series) -> pd.Series:
+    return pd.to_datetime(series, errors="coerce").astype("datetime64[s]")
+
+
+def _answer_counts(df: pd.DataFrame) -> pd.DataFrame:
+    """Add c1..c6 indicator columns (named as the published counts) from ``response``."""
+    resp = _code(df["response"])
+    bad = resp.isna() | ~resp.isin(ANSWERS)
+    if bad.any():
+        raise ValueError(
+            f"{int(bad.sum())} FFT response(s) whose answer is not 1 to 6: "
+            "such rows should have been quarantined by validation"
+        )
+    for answer, col in zip(ANSWERS, COUNT_COLUMNS):
+        df[col] = (resp == answer).astype("int64")
+    return df
+
+
+def _scores(df: pd.DataFrame) -> pd.DataFrame:
+    """responses, pct_recommend, pct_not_recommend, net_score from the six counts."""
+    c1, c2, c3, c4, c5, c6 = (df[c].astype("float64") for c in COUNT_COLUMNS)
+    total = c1 + c2 + c3 + c4 + c5 + c6
+    df["responses"] = total.astype("int64")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df["pct_recommend"] = np.where(total > 0, 100.0 * (c1 + c2) / total, np.nan)
+        df["pct_not_recommend"] = np.where(total > 0, 100.0 * (c4 + c5) / total, np.nan)
+        known = total - c6
+        df["net_score"] = np.where(known > 0, 100.0 * (c1 - (c3 + c4 + c5)) / known, np.nan)
+    return df
+
+
+def _blank_suppressed(df: pd.DataFrame) -> pd.DataFrame:
+    """Counts, responses, percentages and net score empty where ``suppressed``."""
+    for col in ("responses", *COUNT_COLUMNS):
+        df[col] = df[col].astype("Int64").mask(df["suppressed"])
+    for col in SCORE_COLUMNS:
+        df[col] = df[col].astype("float64").mask(df["suppressed"])
+    return df
+
+
+def _to_arrow(df: pd.DataFrame, dataset: str) -> pa.Table:
+    ds = schemas.get(dataset)
+    schema = ds.arrow_schema(include_partition=True)
+    arrays = []
+    for field in schema:
+        values = df[field.name] if field.name in df.columns else pd.Series([None] * len(df))
+        if pa.types.is_floating(field.type):
+            values = values.astype("float64")  # NaN -> null below
+            arr = pa.array(values.to_numpy(), type=field.type, from_pandas=True)
+        elif pa.types.is_integer(field.type):
+            arr = pa.array(values.astype("Int64"), type=field.type, from_pandas=True)
+        elif pa.types.is_boolean(field.type):
+            arr = pa.array(values.astype(bool).to_numpy(), type=field.type)
+        else:
+            arr = pa.array(list(_code(values)) if len(values) else [], type=pa.string())
+        arrays.append(arr)
+    return ds.conform(pa.Table.from_arrays(arrays, names=schema.names))
+
+
+# --------------------------------------------------------------------------- scores
+def _hierarchy_nodes(responses: pd.DataFrame, providers: pd.DataFrame) -> pd.DataFrame:
+    """One row per (period, setting, level, org_code) with its parent and six counts."""
+    df = responses
+    for col in ("period", "setting", "provider_code", "site_code", "ward_code"):
+        df[col] = _code(df[col])
+    if df["period"].isna().any() or df["setting"].isna().any() or df["provider_code"].isna().any():
+        raise ValueError("FFT responses without a period, setting or provider code")
+
+    # A site belongs to exactly one provider (the one that submitted its responses); the
+    # hierarchy must be a tree for the suppression rules to protect anything.
+    with_site = df[df["site_code"].notna()]
+    owners = with_site.groupby("site_code")["provider_code"].nunique()
+    clashing = sorted(owners[owners > 1].index)
+    if clashing:
+        raise ValueError(f"FFT site codes reported under more than one provider: {clashing[:10]}")
+
+    prov = _frame(providers, ["provider_code", "commissioner_code"])
+    prov["provider_code"] = _code(prov["provider_code"])
+    prov["commissioner_code"] = _code(prov["commissioner_code"])
+    host = prov.dropna(subset=["provider_code"]).drop_duplicates("provider_code").set_index("provider_code")
+    df["commissioner_code"] = _code(df["provider_code"].map(host["commissioner_code"]))
+
+    counts = list(COUNT_COLUMNS)
+    parts = []
+
+    def level(frame: pd.DataFrame, name: str, org: pd.Series, parent: pd.Series | None) -> None:
+        if frame.empty:
+            return
+        g = pd.DataFrame({
+            "period": frame["period"], "setting": frame["setting"],
+            "org_code": org, "parent_code": parent if parent is not None else None,
+        })
+        g[counts] = frame[counts]
+        g["parent_code"] = g["parent_code"].astype(object).fillna("\x00")  # groupby key
+        out = g.groupby(["period", "setting", "org_code", "parent_code"], sort=False, as_index=False)[counts].sum()
+        out["parent_code"] = pd.Series([None if v == "\x00" else v for v in out["parent_code"]],
+                                       index=out.index, dtype=object)
+        out.insert(2, "level", name)
+        parts.append(out)
+
+    wards = df[df["ward_code"].notna() & df["site_code"].notna()]
+    level(wards, "ward", wards["site_code"] + "/" + wards["ward_code"], wards["site_code"])
+    sites = df[df["site_code"].notna()]
+    level(sites, "site", sites["site_code"], sites["provider_code"])
+    level(df, "provider", df["provider_code"], df["commissioner_code"])
+    comm = df[df["commissioner_code"].notna()]
+    level(comm, "commissioner", comm["commissioner_code"], pd.Series(NATIONAL_CODE, index=comm.index))
+    level(df, "national", pd.Series(NATIONAL_CODE, index=df.index), None)
+    return pd.concat(parts, ignore_index=True)
+
+
+def _apply_suppression(nodes: pd.DataFrame, suppress_max: int) -> pd.DataFrame:
+    """Adds boolean columns rule1, rule2, rule3 and suppressed (see docs/methods-fft.md)."""
+    n = nodes
+    total = n[list(COUNT_COLUMNS)].sum(axis=1)
+    n["_t"] = total
+    below = n["level"] != "national"
+
+    # Rule 1: 1..suppress_max responses, any level below national.
+    n["rule1"] = below & (total >= 1) & (total <= suppress_max)
+
+    # Rule 2: within each parent's children (ward|site, site|provider, provider|commissioner)
+    # where exactly one child is suppressed by rule 1, suppress the unsuppressed sibling with
+    # the fewest responses (ties: ascending org_code).
+    n["rule2"] = False
+    key = ["period", "setting", "level", "parent_code"]
+    kids = n[n["level"].isin(_RULE2_CHILD_LEVELS) & n["parent_code"].notna()]
+    if not kids.empty:
+        lone = kids.groupby(key)["rule1"].transform("sum") == 1
+        cand = kids[lone & ~kids["rule1"]].sort_values(key + ["_t", "org_code"])
+        picked = cand.drop_duplicates(subset=key, keep="first").index
+        pass
+
+    # Rule 3: a site or provider suppressed by rule 2 has its children suppressed, fewest
+    # responses first (ties: ascending org_code), until at least two of them are suppressed
+    # (children suppressed by rule 1 or 2 count). Children suppressed here do not cascade.
+    n["rule3"] = False
+    parents = n[n["rule2"] & n["level"].isin(_RULE3_PARENT_LEVELS)]
+    if not parents.empty:
+        targets = pd.DataFrame({
+            "period": parents["period"], "setting": parents["setting"],
+            "level": parents["level"].map(_CHILD_LEVEL_OF), "parent_code": parents["org_code"],
+        }).drop_duplicates()
+        children = n.reset_index().merge(targets, on=key, how="inner").set_index("index")
+        children["_done"] = children["rule1"] | children["rule2"]
+        children["_need"] = (2 - children.groupby(key)["_done"].transform("sum")).clip(lower=0)
+        free = children[~children["_done"]].copy()
+        free = free.sort_values(key + ["_t", "org_code"])
+        rank = free.groupby(key).cumcount()
+        n.loc[free.index[(rank < free["_need"]).to_numpy()], "rule3"] = True
+
+    n["suppressed"] = n["rule1"] | n["rule2"] | n["rule3"]
+    return n.drop(columns="_t")
+
+
+def fft_nodes(responses: TableLike, sites: TableLike | None, providers: TableLike | None,
+              *, suppress_max: int = 4) -> pd.DataFrame:
+    """Every organisation's unsuppressed counts and scores with the rule that suppressed it
+    (columns rule1, rule2, rule3, suppressed): for checking and audit, never published."""
+    df = _frame(responses, ["period", "provider_code", "site_code", "ward_code", "setting", "response"])
+    _ = sites  # the hierarchy is taken from the responses themselves (docs/methods-fft.md)
+    if df.empty:
+        cols = ["period", "setting", "level", "org_code", "parent_code", *COUNT_COLUMNS,
+                "responses", *SCORE_COLUMNS, "rule1", "rule2", "rule3", "suppressed"]
+        return pd.DataFrame(columns=cols)
+    df = _answer_counts(df)
+    nodes = _hierarchy_nodes(df, providers if providers is not None else pd.DataFrame(
+        {"provider_code": [], "commissioner_code": []}))
+    nodes = _apply_suppression(nodes, suppress_max)
+    nodes = _scores(nodes)
+    nodes["_lvl"] = nodes["level"].map(_LEVEL_ORDER)
+    nodes = nodes.sort_values(["period", "setting", "_lvl", "org_code"], kind="mergesort")
+    return nodes.drop(columns="_lvl").reset_index(drop=True)
+
+
+def fft_scores(responses: TableLike, sites: TableLike | None, providers: TableLike | None,
+               *, suppress_max: int = 4) -> pa.Table:
+    """FFT counts and scores per period, setting, level and organisation, with NHS
+    England's suppression; conformed to ``schemas.get("fft_scores")``.
+
+    ``responses``: current FFT responses (warehouse ``fft_responses`` columns), one or
+    more periods. ``sites``: ``ref_sites``. ``providers``: ``ref_providers`` (the host
+    commissioner of each provider). Sorted by period, setting, level (ward, site,
+    provider, commissioner, national) and org_code.
+    """
+    nodes = fft_nodes(responses, sites, providers, suppress_max=suppress_max)
+    if nodes.empty:
+        return _to_arrow(nodes, "fft_scores")
+    nodes = _blank_suppressed(nodes)
+    return _to_arrow(nodes, "fft_scores")
+
+
+# --------------------------------------------------------------------------- linkage
+def spells_for_fft_linkage(episodes: TableLike) -> pa.Table:
+    """One row per hospital spell (provider_code + spell_id) from current SUS episodes:
+    provider_code, spell_id, nhs_number, disdate, tretspef_last.
+
+    The spell's last episode is the one with the highest EPIORDER (98/99 and non-numeric
+    values rank below every real order), then the latest EPIEND, then the highest
+    susrecid; disdate and tretspef_last come from it. nhs_number is the spell's valid NHS
+    number: empty where no episode has one, or where its episodes carry two different
+    valid numbers (we cannot tell whose spell it is). Episodes without a spell id are
+    left out, and so are deletions (cds_update_type 1) if any reach this far.
+    """
+    df = _frame(episodes, ["provider_code", "spell_id", "epiorder", "nhs_number",
+                           "nhs_number_valid", "disdate", "epiend", "tretspef"])
+    if df.empty:
+        return SPELLS_SCHEMA.empty_table()
+    if "cds_update_type" in df.columns:
+        df = df[_code(df["cds_update_type"]) != "1"].copy()
+    for col in ("provider_code", "spell_id", "nhs_number", "tretspef"):
+        df[col] = _code(df[col])
+    df = df[df["provider_code"].notna() & df["spell_id"].notna()].copy()
+    if df.empty:
+        return SPELLS_SCHEMA.empty_table()
+    order = pd.to_numeric(_code(df["epiorder"]), errors="coerce")
+    df["_order"] = order.where(~order.isin(_EPIORDER_NOT_AN_ORDER))
+    df["_epiend"] = _dates(df["epiend"])
+    df["disdate"] = _dates(df["disdate"])
+    df["_rec"] = _code(df["susrecid"]) if "susrecid" in df.columns else None
+    df = df.sort_values(["provider_code", "spell_id", "_order", "_epiend", "_rec"],
+                        na_position="first", kind="mergesort")
+    last = df.drop_duplicates(["provider_code", "spell_id"], keep="last").set_index(["provider_code", "spell_id"])
+
+    valid = df[df["nhs_number_valid"].fillna(False).astype(bool) & df["nhs_number"].notna()]
+    numbers = valid.groupby(["provider_code", "spell_id"])["nhs_number"].agg(["nunique", "first"])
+    numbers = numbers[numbers["nunique"] == 1]["first"]
+
+    out = pd.DataFrame({
+        "provider_code": last.index.get_level_values(0),
+        "spell_id": last.index.get_level_values(1),
+        "nhs_number": numbers.reindex(last.index).to_numpy(),
+        "disdate": last["disdate"].to_numpy(),
+        "tretspef_last": last["tretspef"].to_numpy(),
+    }).sort_values(["provider_code", "spell_id"])
+    return pa.Table.from_arrays([
+        pa.array(list(_code(out["provider_code"])), pa.string()),
+        pa.array(list(_code(out["spell_id"])), pa.string()),
+        pa.array(list(_code(out["nhs_number"])), pa.string()),
+        pa.array(out["disdate"].to_numpy(), pa.timestamp("s"), from_pandas=True).cast(pa.date32()),
+        pa.array(list(_code(out["tretspef_last"])), pa.string()),
+    ], schema=SPELLS_SCHEMA)
+
+
+def link_responses_to_spells(responses: TableLike, spells: TableLike, *, max_days: int = 2) -> pa.Table:
+    """Inpatient (setting ``IP``) responses with a valid NHS number, each linked to that
+    person's spell at the same provider discharged 0 to ``max_days`` days before the
+    response date; the latest such discharge where there are several (then the highest
+    spell_id). One row per linked response: period, provider_code, response_id,
+    tretspef (the spell's last episode's treatment function), response."""
+    r = _frame(responses, ["period", "provider_code", "response_id", "setting", "response_date",
+                           "response", "nhs_number", "nhs_number_valid"])
+    s = _frame(spells, ["nhs_number", "provider_code", "spell_id", "disdate", "tretspef_last"])
+    if r.empty or s.empty:
+        return LINKED_SCHEMA.empty_table()
+    for col in ("period", "provider_code", "response_id", "setting", "response", "nhs_number"):
+        r[col] = _code(r[col])
+    r["_date"] = _dates(r["response_date"])
+    r["_rid"] = np.arange(len(r))
+    r = r[(r["setting"] == "IP") & r["nhs_number_valid"].fillna(False).astype(bool)
+          & r["nhs_number"].notna() & r["_date"].notna()]
+    for col in ("nhs_number", "provider_code", "spell_id", "tretspef_last"):
+        s[col] = _code(s[col])
+    s["_dis"] = _dates(s["disdate"])
+    s = s[s["nhs_number"].notna() & s["provider_code"].notna() & s["_dis"].notna()]
+    if r.empty or s.empty:
+        return LINKED_SCHEMA.empty_table()
+
+    m = r[["_rid", "period", "provider_code", "response_id", "response", "nhs_number", "_date"]].merge(
+        s[["nhs_number", "provider_code", "spell_id", "_dis", "tretspef_last"]],
+        on=["nhs_number", "provider_code"], how="inner")
+    days = (m["_date"] - m["_dis"]).dt.days
+    m = m[(days >= 0) & (days <= max_days)]
+    m = m.sort_values(["_rid", "_dis", "spell_id"], ascending=[True, False, False], na_position="last")
+    m = m.drop_duplicates("_rid", keep="first")
+    m = m.sort_values(["period", "provider_code", "response_id", "_rid"], kind="mergesort")
+    return pa.Table.from_arrays([
+        pa.array(list(_code(m[c])), pa.string())
+        for c in ("period", "provider_code", "response_id", "tretspef_last", "response")
+    ], schema=LINKED_SCHEMA)
+
+
+def fft_by_specialty(linked: TableLike, *, suppress_max: int = 4) -> pa.Table:
+    """Linked inpatient responses grouped by period, provider and the treatment function of
+    the spell's last episode (``&``, not known, where it has none), with rule 1 only;
+    conformed to ``schemas.get("fft_by_specialty")``."""
+    df = _frame(linked, ["period", "provider_code", "tretspef", "response"])
+    if df.empty:
+        return _to_arrow(pd.DataFrame(columns=["period", "provider_code", "tretspef", "suppressed"]),
+                         "fft_by_specialty")
+    df = _answer_counts(df)
+    for col in ("period", "provider_code", "tretspef"):
+        df[col] = _code(df[col])
+    df["tretspef"] = df["tretspef"].fillna(TRETSPEF_NOT_KNOWN)
+    g = df.groupby(["period", "provider_code", "tretspef"], as_index=False)[list(COUNT_COLUMNS)].sum()
+    g = _scores(g)
+    g["suppressed"] = (g["responses"] >= 1) & (g["responses"] <= suppress_max)
+    g = _blank_suppressed(g).sort_values(["period", "provider_code", "tretspef"], kind="mergesort")
+    return _to_arrow(g.reset_index(drop=True), "fft_by_specialty")

@@ -1,0 +1,574 @@
+"""Consultant-level outcomes for the ten specialties (methods.md "Consultant-level outcomes").
+
+Plain functions over Arrow and pandas, no Dagster:
+
+* :func:`load_cohorts` -- the editable cohort table (specialty, OPCS-4 prefix, required and
+  excluded diagnosis prefixes).
+* :func:`build_spells` -- linked episodes -> one row per hospital spell with its index
+  procedure, Charlson index, 30-day death and 30-day emergency readmission.
+* :func:`window_outcomes` -- one window (the ``window_months`` months ending with a period):
+  one risk model per specialty, then ``consultant_outcomes``, ``specialty_outcomes`` and
+  ``specialty_calibration``, conformed and **not yet suppressed** (the publisher applies
+  disclosure control).
+* :func:`linked_spells_restricted` -- the pseudonymised ``linked_spells`` dataset.
+
+The table from :func:`build_spells` is internal: it carries the person's NHS number
+(``person_nhs_number``) so that readmissions can be followed across providers. It is
+never published as it is.
+
+Choices where the spec is silent are listed in docs/methods-outcomes.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines import charlson, schemas
+from pipelines.funnel import control_limits, outlier_status
+
+log = logging.getLogger(__name__)
+
+EMERGENCY_ADMIMETH = frozenset({"21", "22", "23", "24", "25", "28", "2A", "2B", "2C", "2D"})
+DIED_DISMETH = "4"
+NOT_ALIVE_DISMETH = frozenset({"4", "5"})  # 4 died, 5 stillbirth
+UNKNOWN_CONSULTANT = "&"  # HES convention for "not known"
+
+COHORT_COLUMNS = ("specialty", "opcs4_prefix", "requires_diagnosis_prefix", "excludes_diagnosis_prefix")
+
+SPELL_COLUMNS = (
+    "provider_code", "spell_id", "person_nhs_number", "pseudo_hesid", "period",
+    "admidate", "disdate", "admimeth", "dismeth", "los_days", "age", "sex", "emergency",
+    "specialty", "index_procedure", "index_procedure_date", "consultant_code", "opcs_group",
+    "charlson_index", "death_30d", "discharged_alive", "emergency_readmission_30d",
+    "type2_objection",
+)
+_SPELL_DATES = ("admidate", "disdate", "index_procedure_date")
+
+
+# --------------------------------------------------------------------------- cohorts
+def _packaged_cohorts() -> Path:
+    return Path(str(resources.files("pipelines").joinpath("reference/specialty_cohorts.csv")))
+
+
+def load_cohorts(path: str | Path | None = None, settings: Any = None) -> pd.DataFrame:
+    """The cohort table. ``path`` wins; else ``settings.t("outcomes", "cohorts_file")``
+    when set; else the packaged ``pipelines/reference/specialty_cohorts.csv``.
+
+    Diagnosis prefix cells may list several prefixes separated by ``|`` or ``;``."""
+    if path is None and settings is not None:
+        path = settings.t("outcomes", "cohorts_file")
+    path = Path(path) if path else _packaged_cohorts()
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in COHORT_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"cohort file {path.name}: missing columns {missing}")
+    df = df[list(COHORT_COLUMNS)].copy()
+    for c in COHORT_COLUMNS:
+        df[c] = df[c].astype(str).str.strip()
+    for c in COHORT_COLUMNS[1:]:
+        df[c] = df[c].str.upper().str.replace(r"[.\s-]", "", regex=True)
+    df["requires_diagnosis_prefix"] = df["requires_diagnosis_prefix"].str.replace(";", "|")
+    df["excludes_diagnosis_prefix"] = df["excludes_diagnosis_prefix"].str.replace(";", "|")
+    bad = df[(df["specialty"] == "") | (df["opcs4_prefix"] == "")]
+    if len(bad):
+        raise ValueError(f"cohort file {path.name}: {len(bad)} rows without specialty or OPCS-4 prefix")
+    df = df.drop_duplicates().reset_index(drop=True)
+    df["cohort_order"] = np.arange(len(df))
+    return df
+
+
+# --------------------------------------------------------------------------- helpers
+def _clean_codes(s: pd.Series) -> pd.Series:
+    return s.astype("string").str.upper().str.replace(r"[^A-Z0-9]", "", regex=True)
+
+
+def _flatten(table: pa.Table, column: str, value_name: str) -> pd.DataFrame:
+    """A list column as long rows: ``row`` (index into ``table``), ``pos`` (0-based), value."""
+    arr = table.column(column).combine_chunks()
+    if len(arr) == 0 or arr.null_count == len(arr):
+        return pd.DataFrame({"row": pd.Series([], dtype="int64"), "pos": pd.Series([], dtype="int64"),
+                             value_name: pd.Series([], dtype=object)})
+    parents = pc.list_parent_indices(arr).to_numpy()
+    values = pc.list_flatten(arr)
+    offsets = arr.offsets.to_numpy()
+    pos = np.arange(len(values)) - (offsets[parents] - offsets[0])
+    vals = values.to_pandas(date_as_object=False) if pa.types.is_date(values.type) else values.to_pandas()
+    return pd.DataFrame({"row": parents.astype("int64"), "pos": pos.astype("int64"), value_name: vals})
+
+
+def _age(on: pd.Series, dob: pd.Series, by: pd.Series, bm: pd.Series) -> pd.Series:
+    """Age in whole years on a date. From DOB when present; else from year and month of
+    birth, counting the birthday as reached only from the month after the birth month
+    (never makes a 17-year-old 18); else from the year alone, minus one. Null when unknown."""
+    on_y, on_m, on_d = on.dt.year, on.dt.month, on.dt.day
+    from_dob = on_y - dob.dt.year - (
+        (on_m < dob.dt.month) | ((on_m == dob.dt.month) & (on_d < dob.dt.day))).astype("Int64")
+    by = pd.to_numeric(by, errors="coerce").astype("Float64")
+    bm = pd.to_numeric(bm, errors="coerce").astype("Float64")
+    from_ym = on_y - by - (on_m <= bm).astype("Float64")
+    from_y = on_y - by - 1
+    age = from_dob.astype("Float64")
+    age = age.fillna(from_ym.where(bm.notna()))
+    age = age.fillna(from_y)
+    return age.round().astype("Int64")
+
+
+def _has_prefix(codes: pd.DataFrame, prefixes: str) -> set:
+    """Spell indexes with a diagnosis starting with any of the ``|``-separated prefixes."""
+    pats = tuple(p for p in prefixes.split("|") if p)
+    if not pats or codes.empty:
+        return set()
+    hit = codes["code"].str.startswith(pats).fillna(False)
+    return set(codes.loc[hit.to_numpy(dtype=bool), "spell"].unique())
+
+
+def _charlson_by_spell(diag: pd.DataFrame, n_spells: int) -> np.ndarray:
+    """Charlson index of each spell from the long (spell, code) table."""
+    out = np.zeros(n_spells, dtype="int64")
+    if diag.empty:
+        return out
+    pairs = diag[["spell", "code"]].dropna().drop_duplicates()
+    unique_codes = pairs["code"].unique()
+    cond_of = {c: charlson._conditions_of_code(str(c)) for c in unique_codes}
+    rows = [(s, cond) for s, c in zip(pairs["spell"].to_numpy(), pairs["code"].to_numpy()) for cond in cond_of[c]]
+    if not rows:
+        return out
+    long = pd.DataFrame(rows, columns=["spell", "cond"]).drop_duplicates()
+    wide = pd.crosstab(long["spell"], long["cond"]).clip(upper=1)
+    for severe, mild in charlson.HIERARCHY:
+        if severe in wide.columns and mild in wide.columns:
+            wide[mild] = wide[mild].where(wide[severe] == 0, 0)
+    weights = np.array([charlson.WEIGHTS[c] for c in wide.columns])
+    out[wide.index.to_numpy(dtype="int64")] = wide.to_numpy() @ weights
+    return out
+
+
+def _to_arrow(df: pd.DataFrame, date_cols=()) -> pa.Table:
+    table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
+    for name in date_cols:
+        if name in table.column_names:
+            i = table.column_names.index(name)
+            table = table.set_column(i, name, table.column(name).cast(pa.date32()))
+    return table
+
+
+# --------------------------------------------------------------------------- spells
+_EPISODE_COLUMNS = (
+    "provider_code", "susrecid", "spell_id", "epiorder", "epistart", "epiend", "admidate",
+    "disdate", "admimeth", "dismeth", "sex", "dob", "birth_year", "birth_month",
+    "consultant_code", "nhs_number", "nhs_number_valid", "period", "linked_nhs_number",
+    "date_of_death", "type2_objection", "pseudo_hesid",
+)
+
+
+def build_spells(
+    episodes: pa.Table,
+    cohorts: pd.DataFrame | None = None,
+    *,
+    min_age: int = 18,
+    death_days: int = 30,
+    readmission_days: int = 30,
+) -> pa.Table:
+    """One row per hospital spell (``provider_code`` + ``spell_id``) of the linked
+    episodes, with its index procedure (if any) and outcomes. See the module docstring and
+    docs/methods-outcomes.md for the rules. Columns: :data:`SPELL_COLUMNS`."""
+    if cohorts is None:
+        cohorts = load_cohorts()
+    present = [c for c in _EPISODE_COLUMNS if c in episodes.column_names]
+    ep = episodes.select(present).to_pandas(date_as_object=False)
+    for c in _EPISODE_COLUMNS:
+        if c not in ep.columns:
+            ep[c] = None
+    for c in ("epistart", "epiend", "admidate", "disdate", "dob", "date_of_death"):
+        ep[c] = pd.to_datetime(ep[c])
+    for c in ("provider_code", "susrecid", "spell_id", "epiorder", "admimeth", "dismeth", "sex",
+              "consultant_code", "nhs_number", "linked_nhs_number", "pseudo_hesid", "period"):
+        ep[c] = ep[c].astype("string").str.strip().replace("", pd.NA)
+    ep["row"] = np.arange(len(ep))
+
+    # spell key; an episode without a spell id is a spell of its own
+    ep["spell_key"] = ep["spell_id"].fillna("EPI:" + ep["susrecid"].fillna(""))
+    ep["epiorder_num"] = pd.to_numeric(ep["epiorder"], errors="coerce")
+    ep = ep.sort_values(["provider_code", "spell_key", "epiorder_num", "epistart", "susrecid"],
+                        na_position="last", kind="stable")
+    ep["spell"] = ep.groupby(["provider_code", "spell_key"], sort=False).ngroup()
+    n = int(ep["spell"].max()) + 1 if len(ep) else 0
+    ep["t2"] = ep["type2_objection"].astype("boolean").fillna(False).astype(bool)
+    ep["valid_nhs"] = ep["nhs_number"].where(ep["nhs_number_valid"].fillna(False).astype(bool))
+
+    g = ep.groupby("spell", sort=True)
+    sp = pd.DataFrame({
+        "provider_code": g["provider_code"].first(),
+        "spell_id": g["spell_key"].first(),
+        "period": g["period"].max(),
+        "admidate": g["admidate"].first(),
+        "first_epistart": g["epistart"].min(),
+        "disdate": g["disdate"].last(),
+        "admimeth": g["admimeth"].first(),
+        "dismeth": g["dismeth"].last(),
+        "sex": g["sex"].first(),
+        "dob": g["dob"].first(),
+        "birth_year": g["birth_year"].first(),
+        "birth_month": g["birth_month"].first(),
+        "valid_nhs": g["valid_nhs"].first(),
+        "linked_nhs": g["linked_nhs_number"].first(),
+        "pseudo_hesid": g["pseudo_hesid"].first(),
+        "dod": g["date_of_death"].max(),
+        "type2": g["t2"].any(),
+    }).reindex(range(n))
+    sp["person_nhs_number"] = sp["valid_nhs"].fillna(sp["linked_nhs"])
+    on = sp["admidate"].fillna(sp["first_epistart"])
+    sp["age"] = _age(on, sp["dob"], sp["birth_year"], sp["birth_month"])
+    sp["los_days"] = (sp["disdate"] - sp["admidate"]).dt.days.astype("Int64")
+    sp["emergency"] = sp["admimeth"].isin(EMERGENCY_ADMIMETH).fillna(False).astype(bool)
+
+    # person-level facts: date of death and type 2 objection follow the person
+    person = sp["person_nhs_number"]
+    has_person = person.notna()
+    if has_person.any():
+        dod_p = sp[has_person].groupby("person_nhs_number")["dod"].max()
+        t2_p = sp[has_person].groupby("person_nhs_number")["type2"].any()
+        sp.loc[has_person, "dod"] = person[has_person].map(dod_p).to_numpy()
+        sp.loc[has_person, "type2"] = person[has_person].map(t2_p).to_numpy()
+
+    # diagnoses of the spell (all episodes)
+    diag = _flatten(episodes, "diagnoses", "code") if "diagnoses" in episodes.column_names else \
+        pd.DataFrame({"row": [], "pos": [], "code": []})
+    row_to_spell = pd.Series(ep["spell"].to_numpy(), index=ep["row"].to_numpy())
+    diag["spell"] = row_to_spell.reindex(diag["row"].to_numpy()).to_numpy()
+    diag["code"] = _clean_codes(diag["code"])
+    diag = diag[diag["code"].notna() & (diag["code"] != "")]
+    sp["charlson_index"] = _charlson_by_spell(diag, n)
+
+    # index procedure
+    index = _index_procedures(episodes, ep, sp, diag, cohorts, min_age)
+    sp = sp.join(index, how="left")
+    sp["opcs_group"] = sp["index_procedure"].str.slice(0, 3)
+
+    # 30-day death
+    has_index = sp["index_procedure"].notna()
+    limit = sp["index_procedure_date"] + pd.to_timedelta(death_days, unit="D")
+    died_in_spell = (sp["dismeth"] == DIED_DISMETH).fillna(False) & (sp["disdate"] <= limit).fillna(False)
+    died_gp = ((sp["dod"] >= sp["index_procedure_date"]) & (sp["dod"] <= limit)).fillna(False)
+    sp["death_30d"] = (died_in_spell | died_gp).astype("boolean").where(has_index, pd.NA)
+
+    # 30-day emergency readmission at any provider
+    sp["discharged_alive"] = (sp["disdate"].notna() & ~sp["dismeth"].isin(NOT_ALIVE_DISMETH).fillna(False)).astype(bool)
+    sp["emergency_readmission_30d"] = _readmissions(sp, readmission_days)
+    sp["type2_objection"] = sp["type2"].astype(bool)
+    out = sp[list(SPELL_COLUMNS)]
+    table = _to_arrow(out, _SPELL_DATES)
+    return table.cast(_spell_schema(table.schema))
+
+
+def _spell_schema(schema: pa.Schema) -> pa.Schema:
+    types = {
+        "age": pa.int64(), "los_days": pa.int64(), "charlson_index": pa.int64(),
+        "emergency": pa.bool_(), "death_30d": pa.bool_(), "discharged_alive": pa.bool_(),
+        "emergency_readmission_30d": pa.bool_(), "type2_objection": pa.bool_(),
+    }
+    fields = []
+    for f in schema:
+        t = types.get(f.name, pa.date32() if f.name in _SPELL_DATES else pa.string())
+        fields.append(pa.field(f.name, t))
+    return pa.schema(fields)
+
+
+def _index_procedures(episodes, ep, sp, diag, cohorts, min_age) -> pd.DataFrame:
+    cols = ["specialty", "index_procedure", "index_procedure_date", "consultant_code"]
+    empty = pd.DataFrame(columns=cols, index=pd.RangeIndex(0))
+    if "procedures" not in episodes.column_names or len(ep) == 0:
+        return empty
+    procs = _flatten(episodes, "procedures", "code")
+    if procs.empty:
+        return empty
+    if "procedure_dates" in episodes.column_names:
+        dates = _flatten(episodes, "procedure_dates", "opdate")
+        procs = procs.merge(dates, on=["row", "pos"], how="left")
+    else:
+        procs["opdate"] = pd.NaT
+    procs["opdate"] = pd.to_datetime(procs["opdate"])
+    procs["code"] = _clean_codes(procs["code"])
+    procs = procs[procs["code"].notna() & (procs["code"] != "")]
+    epi = ep.set_index("row")[["spell", "epiorder_num", "epistart", "consultant_code"]]
+    procs = procs.join(epi, on="row")
+    # adults only
+    adult = sp["age"].ge(min_age).fillna(False).astype(bool)
+    procs = procs[adult.reindex(procs["spell"].to_numpy()).to_numpy()]
+    # cohort match by prefix (prefixes may be of any length)
+    matches = []
+    cohorts = cohorts.copy()
+    cohorts["plen"] = cohorts["opcs4_prefix"].str.len()
+    for plen, sub in cohorts.groupby("plen"):
+        key = procs["code"].str.slice(0, int(plen))
+        m = procs.assign(opcs4_prefix=key).merge(sub, on="opcs4_prefix", how="inner")
+        matches.append(m)
+    if not matches:
+        return empty
+    cand = pd.concat(matches, ignore_index=True)
+    if cand.empty:
+        return empty
+    # diagnosis requirements of the spell
+    keep = np.ones(len(cand), dtype=bool)
+    for value in cand["requires_diagnosis_prefix"].unique():
+        if value:
+            ok = _has_prefix(diag, value)
+            sel = (cand["requires_diagnosis_prefix"] == value).to_numpy()
+            keep &= ~sel | cand["spell"].isin(ok).to_numpy()
+    for value in cand["excludes_diagnosis_prefix"].unique():
+        if value:
+            bad = _has_prefix(diag, value)
+            sel = (cand["excludes_diagnosis_prefix"] == value).to_numpy()
+            keep &= ~(sel & cand["spell"].isin(bad).to_numpy())
+    cand = cand[keep]
+    if cand.empty:
+        return empty
+    # first by procedure date (OPDATE, else the episode's EPISTART), then episode order,
+    # then position in the episode; ties between specialties by the cohort file's order
+    cand = cand.assign(proc_date=cand["opdate"].fillna(cand["epistart"]))
+    cand = cand.sort_values(["spell", "proc_date", "epiorder_num", "epistart", "row", "pos", "cohort_order"],
+                            na_position="last", kind="stable")
+    first = cand.drop_duplicates("spell", keep="first").set_index("spell")
+    out = pd.DataFrame({
+        "specialty": first["specialty"],
+        "index_procedure": first["code"],
+        "index_procedure_date": first["proc_date"],
+        "consultant_code": first["consultant_code"],
+    })
+    out.index.name = None
+    return out
+
+
+def _readmissions(sp: pd.DataFrame, days: int) -> pd.Series:
+    """True when the person has an emergency admission (any provider) starting 1..days
+    after this spell's discharge; False when discharged alive without one; null when not
+    discharged alive or no person key to follow."""
+    result = pd.Series(pd.NA, index=sp.index, dtype="boolean")
+    base = sp["discharged_alive"] & sp["person_nhs_number"].notna()
+    result[base] = False
+    adm = sp[sp["emergency"] & sp["person_nhs_number"].notna() & sp["admidate"].notna()]
+    if adm.empty or not base.any():
+        return result
+    idx = sp[base][["person_nhs_number", "disdate"]].reset_index(names="spell")
+    adm = adm[["person_nhs_number", "admidate"]]
+    pairs = idx.merge(adm, on="person_nhs_number", how="inner")
+    gap = (pairs["admidate"] - pairs["disdate"]).dt.days
+    hit = pairs.loc[(gap >= 1) & (gap <= days), "spell"].unique()
+    result.loc[hit] = True
+    return result
+
+
+# --------------------------------------------------------------------------- models
+def _months_back(period: str, months: int) -> str:
+    y, m = (int(x) for x in period.split("-"))
+    total = y * 12 + (m - 1) - (months - 1)
+    return f"{total // 12:04d}-{total % 12 + 1:02d}"
+
+
+def _design(df: pd.DataFrame, *, with_group: bool, min_group: int = 30) -> pd.DataFrame:
+    X = pd.DataFrame(index=df.index)
+    X["age10"] = (df["age"].astype(float) - 65.0) / 10.0
+    X["female"] = (df["sex"] == "2").fillna(False).astype(float)
+    X["sex_unknown"] = (~df["sex"].isin(["1", "2"]).fillna(False)).astype(float)
+    X["emergency"] = df["emergency"].astype(float)
+    X["charlson"] = df["charlson_index"].astype(float).clip(upper=10)
+    if with_group:
+        y = df["death_30d"].astype(int)
+        grp = df["opcs_group"].astype(str)
+        stats_ = pd.DataFrame({"n": grp.value_counts(), "d": y.groupby(grp).sum()})
+        ok = stats_[(stats_["n"] >= min_group) & (stats_["d"] > 0) & (stats_["d"] < stats_["n"])].index
+        grp = grp.where(grp.isin(ok), "other")
+        levels = grp.value_counts()
+        if len(levels) > 1:
+            ref = levels.index[0]
+            dummies = pd.get_dummies(grp, prefix="opcs", dtype=float)
+            X = X.join(dummies.drop(columns=f"opcs_{ref}"))
+    X = X.loc[:, X.std(ddof=0) > 0]
+    X.insert(0, "const", 1.0)
+    return X
+
+
+def _fit_glm(y: np.ndarray, X: pd.DataFrame) -> np.ndarray | None:
+    import statsmodels.api as sm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            res = sm.GLM(y, X, family=sm.families.Binomial()).fit(maxiter=100)
+        except Exception as exc:  # perfect separation, singular matrix: try a simpler model
+            log.info("risk model failed (%s); falling back", type(exc).__name__)
+            return None
+    if not getattr(res, "converged", True):
+        return None
+    p = np.asarray(res.predict(X), dtype=float)
+    if not np.all(np.isfinite(p)) or not np.all(np.isfinite(res.params)):
+        return None
+    return p
+
+
+def fit_risk_model(df: pd.DataFrame) -> tuple[np.ndarray, float | None, str]:
+    """Predicted 30-day death probabilities for one specialty's index procedures, the
+    c-statistic, and which model was used: ``full`` (age, sex, emergency, Charlson, OPCS-4
+    group), ``no_group`` (the same without the group, when the full model does not
+    converge), or ``crude`` (every procedure gets the crude rate: no deaths, all deaths,
+    or no model converged; c-statistic null)."""
+    from sklearn.metrics import roc_auc_score
+
+    y = df["death_30d"].astype(int).to_numpy()
+    crude = float(y.mean()) if len(y) else 0.0
+    if len(y) == 0 or y.min() == y.max():
+        return np.full(len(y), crude), None, "crude"
+    for name, with_group in (("full", True), ("no_group", False)):
+        X = _design(df, with_group=with_group)
+        if X.shape[1] >= len(y):
+            continue
+        p = _fit_glm(y, X)
+        if p is not None:
+            return p, float(roc_auc_score(y, p)), name
+    return np.full(len(y), crude), None, "crude"
+
+
+def _deciles(p: np.ndarray) -> np.ndarray:
+    """Decile of predicted risk, 1 (lowest) to 10: equal-sized groups by rank (ties in
+    row order)."""
+    n = len(p)
+    order = np.argsort(p, kind="stable")
+    rank = np.empty(n, dtype=int)
+    rank[order] = np.arange(n)
+    return rank * 10 // max(n, 1) + 1
+
+
+def _pct(num, den):
+    return np.where(den > 0, 100.0 * num / np.where(den > 0, den, 1), np.nan)
+
+
+def window_outcomes(spells: pa.Table, window_end: str, settings: Any = None) -> dict[str, pa.Table]:
+    """Outcomes of one window: the ``outcomes.window_months`` months ending with
+    ``window_end`` (YYYY-MM). Index procedures whose date is in the window; their 30-day
+    follow-up was computed by :func:`build_spells` from all the data. Returns
+    ``consultant_outcomes``, ``specialty_outcomes`` and ``specialty_calibration`` conformed
+    to their schemas, with ``period`` = ``window_end``, before disclosure control
+    (``*_suppressed`` all False)."""
+    if settings is None:
+        from pipelines.config import Settings
+
+        settings = Settings()
+    months = int(settings.t("outcomes", "window_months"))
+    min_procs = int(settings.t("outcomes", "min_procedures"))
+    levels = tuple(float(x) for x in settings.t("outcomes", "limits"))
+    inner, outer = sorted(levels)
+    window_start = _months_back(window_end, months)
+    start = pd.Timestamp(f"{window_start}-01")
+    end = pd.Timestamp(f"{window_end}-01") + pd.offsets.MonthEnd(0)
+
+    df = spells.to_pandas(date_as_object=False)
+    df["index_procedure_date"] = pd.to_datetime(df["index_procedure_date"])
+    df = df[df["specialty"].notna() & df["index_procedure_date"].between(start, end)
+            & df["death_30d"].notna()].copy()
+    df["consultant_code"] = df["consultant_code"].fillna(UNKNOWN_CONSULTANT)
+    df = df.sort_values(["specialty", "provider_code", "consultant_code", "index_procedure_date", "spell_id"],
+                        kind="stable").reset_index(drop=True)
+
+    df["expected"] = 0.0
+    spec_rows, cal_rows = [], []
+    for specialty, sub in df.groupby("specialty", sort=True):
+        p, c_stat, model = fit_risk_model(sub)
+        df.loc[sub.index, "expected"] = p
+        y = sub["death_30d"].astype(int).to_numpy()
+        dec = _deciles(p)
+        for d in range(1, 11):
+            sel = dec == d
+            if sel.any():
+                cal_rows.append({"specialty": specialty, "risk_decile": d, "procedures": int(sel.sum()),
+                                 "observed_deaths": int(y[sel].sum()), "expected_deaths": float(p[sel].sum())})
+        alive = sub["emergency_readmission_30d"].notna()
+        spec_rows.append({
+            "specialty": specialty,
+            "procedures": len(sub),
+            "consultants": sub[["provider_code", "consultant_code"]].drop_duplicates().shape[0],
+            "deaths_30d": int(y.sum()),
+            "crude_mortality_pct": 100.0 * y.mean(),
+            "readmission_pct": (100.0 * sub.loc[alive, "emergency_readmission_30d"].astype(int).mean()
+                                if alive.any() else np.nan),
+            "median_los_days": float(sub["los_days"].median()) if sub["los_days"].notna().any() else np.nan,
+            "c_statistic": c_stat if c_stat is not None else np.nan,
+            "model": model,
+        })
+        log.info("outcomes %s %s: %d procedures, model %s, c=%s", window_end, specialty, len(sub), model, c_stat)
+
+    spec = pd.DataFrame(spec_rows, columns=["specialty", "procedures", "consultants", "deaths_30d",
+                                            "crude_mortality_pct", "readmission_pct", "median_los_days",
+                                            "c_statistic", "model"])
+    crude_rate = dict(zip(spec["specialty"], spec["crude_mortality_pct"]))
+
+    # consultants
+    df["death_i"] = df["death_30d"].astype(int)
+    df["readm_known"] = df["emergency_readmission_30d"].notna().astype(int)
+    df["readm_i"] = df["emergency_readmission_30d"].fillna(False).astype(int)
+    g = df.groupby(["specialty", "provider_code", "consultant_code"], sort=True)
+    cons = pd.DataFrame({
+        "procedures": g.size(),
+        "deaths_30d": g["death_i"].sum(),
+        "expected_deaths": g["expected"].sum(),
+        "readmissions_30d": g["readm_i"].sum(),
+        "readm_den": g["readm_known"].sum(),
+        "median_los_days": g["los_days"].median(),
+    }).reset_index()
+    O = cons["deaths_30d"].to_numpy(dtype=float)
+    E = cons["expected_deaths"].to_numpy(dtype=float)
+    pos = E > 0
+    cons["crude_mortality_pct"] = _pct(O, cons["procedures"].to_numpy(dtype=float))
+    cons["smr"] = np.where(pos, O / np.where(pos, E, 1), np.nan)
+    cons["risk_adjusted_mortality_pct"] = cons["smr"] * cons["specialty"].map(crude_rate)
+    for level, suffix in ((inner, "95"), (outer, "998")):
+        lo, hi = control_limits(np.where(pos, E, np.nan), level)
+        cons[f"smr_lower_{suffix}"] = np.where(pos, lo, np.nan)
+        cons[f"smr_upper_{suffix}"] = np.where(pos, hi, np.nan)
+    cons["outlier_status"] = [
+        outlier_status(int(o), float(e), int(n), levels=(inner, outer), min_procedures=min_procs)
+        for o, e, n in zip(cons["deaths_30d"], cons["expected_deaths"], cons["procedures"])
+    ]
+    cons["readmission_pct"] = _pct(cons["readmissions_30d"].to_numpy(dtype=float),
+                                   cons["readm_den"].to_numpy(dtype=float))
+    cons["deaths_30d_suppressed"] = False
+    cons["readmissions_30d_suppressed"] = False
+
+    cal = pd.DataFrame(cal_rows, columns=["specialty", "risk_decile", "procedures", "observed_deaths",
+                                          "expected_deaths"])
+    out = {}
+    for name, frame in (("consultant_outcomes", cons), ("specialty_outcomes", spec),
+                        ("specialty_calibration", cal)):
+        frame = frame.copy()
+        frame["period"] = window_end
+        frame["window_start"] = window_start
+        frame["window_end"] = window_end
+        ds = schemas.get(name)
+        table = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
+        if len(frame) == 0:
+            table = pa.table({c: pa.nulls(0) for c in ds.arrow_schema(include_partition=True).names})
+        out[name] = ds.conform(table)
+    return out
+
+
+# --------------------------------------------------------------------------- restricted
+def linked_spells_restricted(spells: pa.Table, key: str | bytes | None) -> pa.Table:
+    """The restricted ``linked_spells`` dataset: every spell of a person without a type 2
+    objection, the NHS number replaced by the keyed person id (:mod:`pipelines.pseudo`).
+    Raises ``pipelines.pseudo.MissingKeyError`` without a key."""
+    from pipelines import pseudo  # lazily: owned by another stage
+
+    mask = pc.invert(pc.fill_null(spells.column("type2_objection"), False))
+    kept = spells.filter(mask)
+    hesid = kept.column("pseudo_hesid") if "pseudo_hesid" in kept.column_names else None
+    ids = pseudo.person_ids(key, kept.column("person_nhs_number"), hesid)
+    table = kept.append_column("person_id", ids)
+    return schemas.get("linked_spells").conform(table)

@@ -1,0 +1,38 @@
+"""Dagster resources: the one place assets get their settings, stores and warehouse."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from pipelines.config import Settings
+
+
+class CareDataConfig(dg.ConfigurableResource):
+    """Roots and thresholds for every asset. Empty fields fall back to the environment
+    (CAREDATA_LANDING, ...) and the YAML configuration (CAREDATA_CONFIG). The
+    pseudonymisation key is never resource config (it would show in run config): it comes
+    from CAREDATA_PSEUDO_KEY or CAREDATA_PSEUDO_KEY_FILE."""
+
+    landing: str = ""
+    warehouse: str = ""
+    publish: str = ""
+    config_file: str = ""
+    s3_endpoint_url: str = ""
+    demo_mode: bool = False
+
+    _settings: Settings | None = PrivateAttr(default=None)
+
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = Settings.load(
+                self.config_file or None,
+                landing=self.landing or None,
+                warehouse=self.warehouse or None,
+                publish=self.publish or None,
+                s3_endpoint_url=self.s3_endpoint_url or None,
+                demo_mode=self.demo_mode or None,
+            )
+        return self._settings

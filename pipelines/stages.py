@@ -1,0 +1,420 @@
+"""The pipeline's stages as plain functions: settings and a period in, tables written to the
+warehouse, a small report (for Dagster metadata and the CLI) out.
+
+Each asset in ``assets/`` calls exactly one of these; each can be run and tested without
+Dagster. The domain logic lives in the modules they call (ingest, current, validation,
+linkage, fft, outcomes, quality, disclosure, publish).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from datetime import date
+from functools import lru_cache
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines import schemas
+from pipelines.config import Settings
+from pipelines.storage import Store
+from pipelines.warehouse import Warehouse
+
+LINKAGE_DATASETS = ["linkage_coverage_practice", "linkage_coverage_provider", "linkage_coverage_summary", "programme_targets"]
+FFT_DATASETS = ["fft_scores", "fft_by_specialty"]
+OUTCOME_DATASETS = ["consultant_outcomes", "specialty_outcomes", "specialty_calibration"]
+QUALITY_DATASETS = ["data_quality", "data_quality_summary", "submissions"]
+PUBLIC_DATASETS = LINKAGE_DATASETS + FFT_DATASETS + OUTCOME_DATASETS + QUALITY_DATASETS
+RESTRICTED_DATASETS = ["linked_episodes", "linked_spells"]
+
+
+def describe(name: str) -> str:
+    return schemas.get(name).description
+
+
+# --------------------------------------------------------------------------- plumbing
+def stores(settings: Settings) -> tuple[Store, Warehouse, Store]:
+    ep = settings.s3_endpoint_url
+    return Store(settings.landing, ep), Warehouse(Store(settings.warehouse, ep)), Store(settings.publish, ep)
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5)
+        if rev.returncode == 0 and rev.stdout.strip():
+            return rev.stdout.strip()
+    except Exception:  # noqa: BLE001 - no git: fall back to the package version
+        pass
+    from importlib.metadata import version
+
+    return version("caredata")
+
+
+def _shift(period: str, months: int) -> str:
+    y, m = int(period[:4]), int(period[5:7])
+    n = y * 12 + (m - 1) + months
+    return f"{n // 12:04d}-{n % 12 + 1:02d}"
+
+
+def _rows(t: pa.Table | None) -> int:
+    return 0 if t is None else t.num_rows
+
+
+# --------------------------------------------------------------------------- ingest
+def scan(settings: Settings) -> dict:
+    from pipelines import ingest
+
+    landing, wh, _ = stores(settings)
+    return ingest.scan_landing(landing, wh, settings)
+
+
+def load_reference(settings: Settings) -> dict:
+    from pipelines import ingest
+
+    landing, wh, _ = stores(settings)
+    return ingest.load_reference(landing, wh)
+
+
+def ingest_hes(settings: Settings) -> dict:
+    from pipelines import ingest
+
+    landing, wh, _ = stores(settings)
+    return _report_dict(ingest.ingest_hes(landing, wh, settings, data_docs_dir=_docs_dir(settings, "hes_apc")))
+
+
+def _docs_dir(settings: Settings, source: str, period: str | None = None) -> str | None:
+    if settings.warehouse.startswith("s3://"):
+        return None  # Data Docs are a local site; on S3 deployments they are built by the docs job
+    base = Path(settings.warehouse).resolve() / "data_docs" / source
+    return str(base / period) if period else str(base)
+
+
+def _report_dict(report) -> dict:
+    if isinstance(report, dict):
+        return report
+    if hasattr(report, "as_metadata"):
+        return report.as_metadata()
+    from dataclasses import asdict, is_dataclass
+
+    return asdict(report) if is_dataclass(report) else {"report": str(report)}
+
+
+def ingest_feed(settings: Settings, source: str, period: str) -> dict:
+    from pipelines import ingest
+
+    landing, wh, _ = stores(settings)
+    report = _report_dict(ingest.ingest(source, period, landing, wh, settings,
+                                        data_docs_dir=_docs_dir(settings, source, period)))
+    return {"metadata": report, "source": source, "period": period}
+
+
+def ingest_checks(report: dict) -> list[dict]:
+    """The bronze asset checks, from an ingest report: one per quality dimension."""
+    md = report["metadata"]
+    subs = md.get("submissions", []) or []
+    unbalanced = [s for s in subs if s.get("rows_received") is not None
+                  and s["rows_received"] != (s.get("rows_kept") or 0) + (s.get("rows_quarantined") or 0)]
+    held = [s for s in subs if s.get("held")]
+    rejected = md.get("rejected_files", []) or []
+    rule_counts = md.get("rule_counts", []) or []
+    return [
+        {"name": "rows_accounted_for", "passed": not unbalanced, "severity": "error",
+         "description": "every row kept or quarantined" if not unbalanced else
+         f"{len(unbalanced)} submission(s) where rows received != kept + quarantined",
+         "metadata": {"submissions": len(subs), "unbalanced": [s.get("file_name") for s in unbalanced]}},
+        {"name": "no_held_submissions", "passed": not held, "severity": "warn",
+         "description": "no submission held" if not held else
+         "; ".join(f"{s.get('file_name')}: {s.get('held_reason') or s.get('reason')}" for s in held),
+         "metadata": {"held": [s.get("file_name") for s in held], "failing_rules": rule_counts[:50]}},
+        {"name": "no_rejected_files", "passed": not rejected, "severity": "warn",
+         "description": "no file rejected" if not rejected else
+         "; ".join(f"{r.get('file_name')}: {r.get('reason')}" for r in rejected),
+         "metadata": {"rejected": rejected}},
+    ]
+
+
+def current_sus(settings: Settings, period: str) -> dict:
+    from pipelines import current
+
+    _, wh, _ = stores(settings)
+    table = current.current_sus(wh, period)
+    wh.write_raw("current_sus_episodes", table, period)
+    return {"episodes": table.num_rows,
+            "providers": len(set(table.column("provider_code").to_pylist())) if table.num_rows else 0}
+
+
+def current_fft(settings: Settings, period: str) -> dict:
+    from pipelines import current
+
+    _, wh, _ = stores(settings)
+    table = current.current_fft(wh, period)
+    wh.write_raw("current_fft_responses", table, period)
+    return {"responses": table.num_rows}
+
+
+def periods(settings: Settings) -> list[str]:
+    """Every reporting period with a taken-in submission (or HES rows), sorted."""
+    from pipelines import ingest
+
+    _, wh, _ = stores(settings)
+    return ingest.periods_with_data(wh)
+
+
+def pending_periods(settings: Settings) -> dict[str, str]:
+    """For the sensor: periods with landing files not yet in the ledger -> a fingerprint."""
+    from pipelines import ingest
+
+    landing, wh, _ = stores(settings)
+    return ingest.pending_periods(landing, wh)
+
+
+# --------------------------------------------------------------------------- linkage
+def _empty_or(t):
+    return t
+
+
+def link(settings: Settings, period: str) -> dict:
+    from pipelines import current, linkage
+
+    _, wh, _ = stores(settings)
+    episodes = wh.read_raw("current_sus_episodes", [period])
+    if episodes is None:
+        episodes = schemas.get("sus_episodes").arrow_schema(include_partition=True).empty_table()
+    newest, _, _ = current.gp_current(wh, period)
+    linked = linkage.link_episodes(episodes, newest)
+    wh.write_raw("linked_episodes", linked, period)
+    ranks = pc.value_counts(linked.column("match_rank")).to_pylist() if linked.num_rows else []
+    return {"episodes": linked.num_rows,
+            "linked": int(pc.sum(pc.is_valid(linked.column("match_rank"))).as_py() or 0) if linked.num_rows else 0,
+            "by_rank": {str(r["values"]): r["counts"] for r in ranks}}
+
+
+def linkage_outputs(settings: Settings, period: str) -> dict:
+    from pipelines import current, linkage
+
+    _, wh, _ = stores(settings)
+    linked = wh.read_raw("linked_episodes", [period])
+    if linked is None:
+        linked = linkage.link_episodes(
+            schemas.get("sus_episodes").arrow_schema(include_partition=True).empty_table(),
+            schemas.get("gp_patients").arrow_schema(include_partition=True).empty_table())
+    _, in_period, extracts = current.gp_current(wh, period)
+    out = linkage.coverage(period, linked, wh.read("ref_practices"), wh.read("ref_providers"),
+                           extracts, in_period, settings)
+    report = {}
+    for name in LINKAGE_DATASETS:
+        wh.write(name, out[name], period)
+        report[name] = {"rows": out[name].num_rows}
+    return report
+
+
+# --------------------------------------------------------------------------- FFT
+def fft_outputs(settings: Settings, period: str) -> dict:
+    from pipelines import fft
+
+    _, wh, _ = stores(settings)
+    responses = wh.read_raw("current_fft_responses", [period])
+    if responses is None:
+        responses = schemas.get("fft_responses").arrow_schema(include_partition=True).empty_table()
+    suppress_max = settings.t("fft", "suppress_max_responses")
+    scores = fft.fft_scores(responses, wh.read("ref_sites"), wh.read("ref_providers"), suppress_max=suppress_max)
+    # Spells discharged up to link_max_days before a response in this period may end in the
+    # previous month.
+    episodes = wh.read_raw("current_sus_episodes", [_shift(period, -1), period])
+    if episodes is None:
+        episodes = schemas.get("sus_episodes").arrow_schema(include_partition=True).empty_table()
+    spells = fft.spells_for_fft_linkage(episodes)
+    linked = fft.link_responses_to_spells(responses, spells, max_days=settings.t("fft", "link_max_days"))
+    by_spec = fft.fft_by_specialty(linked, suppress_max=suppress_max)
+    wh.write("fft_scores", scores, period)
+    wh.write("fft_by_specialty", by_spec, period)
+    return {"fft_scores": {"rows": scores.num_rows, "responses": responses.num_rows},
+            "fft_by_specialty": {"rows": by_spec.num_rows, "linked_responses": linked.num_rows}}
+
+
+# --------------------------------------------------------------------------- outcomes
+def outcome_outputs(settings: Settings, period: str) -> dict:
+    from pipelines import outcomes
+
+    _, wh, _ = stores(settings)
+    months = int(settings.t("outcomes", "window_months"))
+    follow = 2  # 30-day follow-up may look past the window's end as far as the data go
+    window = [_shift(period, -k) for k in range(months - 1, -follow - 1, -1)]
+    episodes = wh.read_raw("linked_episodes", window)
+    cohorts = outcomes.load_cohorts(settings.t("outcomes", "cohorts_file"))
+    report: dict = {}
+    if episodes is None or episodes.num_rows == 0:
+        for name in OUTCOME_DATASETS:
+            wh.write(name, schemas.get(name).arrow_schema(include_partition=True, staged=True).empty_table(), period)
+            report[name] = {"rows": 0}
+        return report
+    spells = outcomes.build_spells(
+        episodes, cohorts, min_age=settings.t("outcomes", "min_age"),
+        death_days=settings.t("outcomes", "death_days"), readmission_days=settings.t("outcomes", "readmission_days"))
+    out = outcomes.window_outcomes(spells, period, settings)
+    for name in OUTCOME_DATASETS:
+        wh.write(name, out[name], period)
+        report[name] = {"rows": out[name].num_rows}
+    wh.write_raw("spells", spells, period)
+    # Funnel plots, one per specialty and window.
+    co = out["consultant_outcomes"].to_pandas()
+    plots = 0
+    for spec in sorted(co["specialty"].unique()) if len(co) else []:
+        png = outcomes.funnel_plot(co[co["specialty"] == spec], spec, period)
+        wh.store.write_bytes(f"work/funnel_plots/period={period}/{spec}.png", png)
+        plots += 1
+    report["consultant_outcomes"]["funnel_plots"] = plots
+    return report
+
+
+# --------------------------------------------------------------------------- quality
+def quality_outputs(settings: Settings, period: str) -> dict:
+    from pipelines import ingest, quality
+
+    _, wh, _ = stores(settings)
+    ledger = ingest.read_ledger(wh)
+    out = quality.data_quality_tables(wh.read("dq_rules", [period]), wh.read("dq_fields", [period]), ledger, settings)
+    subs = ingest.submissions_dataset(wh, [period])
+    out["submissions"] = subs
+    report = {}
+    for name in QUALITY_DATASETS:
+        table = out[name]
+        if "period" in table.column_names:
+            table = table.filter(pc.equal(table.column("period"), period))
+        wh.write(name, table, period)
+        report[name] = {"rows": table.num_rows}
+    _notify_quality(settings, out["data_quality_summary"], period)
+    return report
+
+
+def _notify_quality(settings: Settings, summary: pa.Table, period: str) -> None:
+    url = settings.t("data_quality", "webhook_url")
+    if not url or summary.num_rows == 0:
+        return
+    from pipelines.notify import notify
+
+    for row in summary.to_pylist():
+        if row.get("held") or row.get("below_sanction_threshold"):
+            what = "held" if row.get("held") else "below the sanction threshold"
+            notify(url, {
+                "event": "submission_held" if row.get("held") else "below_sanction_threshold",
+                "text": f"care.data {period}: {row['source']} submitter {row['submitter_code']} is {what}"
+                        + (f" ({row.get('held_reason')})" if row.get("held_reason") else "")
+                        + f"; DQ score {row.get('dq_score')}",
+                "period": period, "source": row["source"], "submitter_code": row["submitter_code"],
+                "dq_score": row.get("dq_score"), "held": bool(row.get("held")),
+                "held_reason": row.get("held_reason"),
+            })
+
+
+# --------------------------------------------------------------------------- release
+def _release_path(zone: str, name: str, period: str) -> str:
+    return f"release/{zone}/{name}/period={period}/part-00000.parquet"
+
+
+def release(settings: Settings, period: str) -> dict:
+    """Disclosure control: staged -> release candidates, and every rule checked."""
+    from pipelines import disclosure, linkage, outcomes
+
+    _, wh, _ = stores(settings)
+    violations: list[str] = []
+    md: dict = {}
+    for name in PUBLIC_DATASETS:
+        ds = schemas.get(name)
+        staged = wh.read(name, [period])
+        public = disclosure.apply_small_numbers(
+            ds, staged, small_max=settings.t("disclosure", "small_count_max"),
+            min_denominator=settings.t("disclosure", "min_denominator"))
+        violations += [f"{name}: {v}" for v in disclosure.check_public(ds, public, settings)]
+        wh.store.write_parquet(_release_path("public", name, period), public)
+        md[name] = public.num_rows
+    key = settings.effective_pseudo_key
+    if key is None:
+        md["restricted"] = "not written: no pseudonymisation key configured"
+    else:
+        linked = wh.read_raw("linked_episodes", [period])
+        if linked is not None:
+            t = linkage.linked_episodes_restricted(linked, key)
+            violations += [f"linked_episodes: {v}" for v in disclosure.check_restricted(schemas.get("linked_episodes"), t)]
+            wh.store.write_parquet(_release_path("restricted", "linked_episodes", period), t)
+            md["linked_episodes"] = t.num_rows
+        spells = wh.read_raw("spells", [period])
+        if spells is not None:
+            # A spell belongs to the period of its discharge (the window's spells are all
+            # stored under the window's end; publish those discharged in this period).
+            t = outcomes.linked_spells_restricted(spells, key)
+            t = t.filter(pc.equal(t.column("period"), period)) if "period" in t.column_names else t
+            violations += [f"linked_spells: {v}" for v in disclosure.check_restricted(schemas.get("linked_spells"), t)]
+            wh.store.write_parquet(_release_path("restricted", "linked_spells", period), t)
+            md["linked_spells"] = t.num_rows
+    return {"metadata": md, "violations": violations}
+
+
+def publish(settings: Settings, period: str, *, run_id: str = "cli") -> dict:
+    from pipelines import ingest, publish as pub
+    from pipelines.dictionary import write_dictionary
+
+    _, wh, out = stores(settings)
+    ledger = ingest.read_ledger(wh)
+    inputs = sorted(
+        r["file_name"] for r in ledger.to_pylist()
+        if r.get("status") in ("current", "held") and (r.get("reporting_period") == period or r.get("source") == "reference")
+    )
+    report = {}
+    for zone in ("public", "restricted"):
+        for name in PUBLIC_DATASETS if zone == "public" else RESTRICTED_DATASETS:
+            path = _release_path(zone, name, period)
+            if not wh.store.exists(path):
+                continue
+            table = wh.store.read_parquet(path)
+            if "period" not in table.column_names:
+                table = table.append_column("period", pa.array([period] * table.num_rows, pa.string()))
+            res = pub.publish_dataset(
+                out, schemas.get(name), table, run_id=run_id, code_version=code_version(),
+                input_submissions={period: inputs}, thresholds=settings.thresholds,
+                key_label=settings.key_label if zone == "restricted" else None,
+            )
+            report[f"{zone}/{name}"] = table.num_rows
+    for f in wh.store.list(f"work/funnel_plots/period={period}"):
+        spec = f.path.rsplit("/", 1)[1]
+        pub.publish_file(out, "public", f"funnel_plots/period={period}/{spec}", wh.store.read_bytes(f.path))
+    write_dictionary(out)
+    return report
+
+
+# --------------------------------------------------------------------------- summaries
+def published_summary(settings: Settings) -> list[dict]:
+    _, _, out = stores(settings)
+    rows = []
+    for zone in ("public", "restricted"):
+        for name in PUBLIC_DATASETS if zone == "public" else RESTRICTED_DATASETS:
+            path = f"{zone}/{name}/_manifest.json"
+            if not out.exists(path):
+                continue
+            manifest = json.loads(out.read_bytes(path))
+            parts = manifest.get("partitions", {})
+            n = sum(sum(f.get("rows", 0) for f in p.get("files", [])) for p in parts.values())
+            rows.append({"zone": zone, "dataset": name, "partitions": len(parts), "rows": n})
+    return rows
+
+
+def held_back_summary(settings: Settings) -> list[dict]:
+    from pipelines import ingest
+
+    _, wh, _ = stores(settings)
+    ledger = ingest.read_ledger(wh)
+    out = []
+    for r in ledger.to_pylist():
+        if r.get("status") in ("rejected", "held"):
+            out.append({"what": f"{r['status']} {r['file_name']}", "why": r.get("reason") or ""})
+    if settings.effective_pseudo_key is None:
+        out.append({"what": "restricted zone", "why": "no pseudonymisation key configured"})
+    return out
+
+
+_ = (hashlib, date)

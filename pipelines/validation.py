@@ -1,0 +1,299 @@
+"""Row validation of a landing file with Great Expectations (inputs.md "Bad rows",
+methods.md "Data quality").
+
+:func:`validate` runs the feed's expectation suite (``expectations/<feed>.py``) over the
+file's rows in one ephemeral GX context, in row batches (``BATCH_ROWS`` rows per GX batch,
+rows with the same record key always in the same batch so that uniqueness holds across
+the whole file), and returns per row whether it is rejected and every rule it broke, per
+rule its counts, and per scored field its DQMI item-score inputs.
+
+Nothing here logs a value of a row: only rule ids, counts and line numbers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pandas as pd
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+logging.getLogger("great_expectations").setLevel(logging.ERROR)
+
+import great_expectations as gx  # noqa: E402
+
+from expectations import fft as fft_suite  # noqa: E402
+from expectations import gp as gp_suite  # noqa: E402
+from expectations import sus_apc as sus_suite  # noqa: E402
+from expectations.custom import CUSTOM, parse_iso_dates  # noqa: E402
+from expectations.rules import KEY, Env, Rule, date_col  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+BATCH_ROWS = 500_000
+LINE = "_line"
+
+SUITES: dict[str, ModuleType] = {"gp": gp_suite, "sus_apc": sus_suite, "hes_apc": sus_suite, "fft": fft_suite}
+
+# Only counts go into Data Docs: never a value of a row (NHS numbers, postcodes, dates
+# of birth would otherwise appear in the "unexpected values" of the rendered pages).
+_DOCS_RESULT_KEYS = (
+    "element_count", "missing_count", "missing_percent", "unexpected_count",
+    "unexpected_percent", "unexpected_percent_nonmissing", "unexpected_percent_total",
+)
+
+
+@dataclass
+class ValidationContext:
+    """Reference data the rules may use."""
+
+    site_providers: dict[str, str] | None = None  # site_code -> provider_code
+    practice_codes: set[str] | None = None
+    today: dt.date | None = None  # "no future dates" reference; default date.today()
+
+
+@dataclass
+class ValidationOutcome:
+    rejected: np.ndarray  # bool per input row: True = quarantine (a reject rule failed)
+    rule_ids: list[list[str]]  # per input row: every rule id it broke (reject and warn), in rule order
+    messages: list[list[str]]  # per input row: the matching messages
+    rule_counts: pd.DataFrame  # rule_id, field, severity, rows_checked, rows_failed, example_lines
+    field_scores: pd.DataFrame  # field, rows, rows_valid
+    data_docs: str | None = None  # path of the Data Docs index of this validation, if built
+    stats: dict = field(default_factory=dict)  # rows, batches, seconds, rows_per_second
+
+
+class ValidationError(RuntimeError):
+    """An expectation could not be evaluated (a bug or an unusable frame), never a bad row."""
+
+
+def rules_for(source: str) -> list[Rule]:
+    """Every rule declared for a source, in rule order (applicable or not)."""
+    return [r for r in SUITES[source].RULES if r.applies_to(source)]
+
+
+def _feed_columns(source: str) -> list[str]:
+    mod = SUITES[source]
+    names = list(mod.FEED.column_names)
+    if source == "hes_apc":
+        names += [c for c in mod.HES_FEED.column_names if c not in names]
+    return names
+
+
+def _protocol(source: str, file_name: str) -> str | None:
+    m = SUITES[source].FEED.name_pattern.match(Path(file_name).name)
+    return m.groupdict().get("protocol") if m else None
+
+
+def _work_frame(source: str, frame: pd.DataFrame, env: Env) -> pd.DataFrame:
+    """The declared columns as strings (absent ones all missing; blank means missing),
+    plus the derived columns the rules read."""
+    mod = SUITES[source]
+    n = len(frame)
+    cols: dict[str, pd.Series] = {}
+    index = pd.RangeIndex(n)
+    for name in _feed_columns(source):
+        if name in frame.columns:
+            s = pd.Series(frame[name].to_numpy(), index=index).astype("string")
+            cols[name] = s.mask(s.str.strip() == "")
+        else:
+            cols[name] = pd.Series(pd.NA, index=index, dtype="string")
+    work = pd.DataFrame(cols, index=index)
+    for c in mod.FEED.columns:
+        if c.kind == "date":
+            work[date_col(c.name)] = parse_iso_dates(work[c.name])
+    return mod.prepare(work, env)
+
+
+def _expectation(rule: Rule, kwargs: dict) -> gx.expectations.Expectation:
+    cls = CUSTOM.get(rule.expectation) or getattr(gx.expectations, rule.expectation)
+    return cls(
+        **kwargs,
+        meta={"rule_id": rule.id, "field": rule.field, "severity": rule.severity},
+        notes=f"{rule.id} ({rule.severity}): {rule.message}",
+    )
+
+
+def _raised(info) -> str | None:
+    if not info:
+        return None
+    if isinstance(info, dict) and "raised_exception" in info:
+        return info.get("exception_message") if info.get("raised_exception") else None
+    if isinstance(info, dict):
+        for v in info.values():
+            msg = _raised(v if isinstance(v, dict) else getattr(v, "to_json_dict", lambda: {})())
+            if msg:
+                return msg
+    return None
+
+
+def _batches(work: pd.DataFrame, batch_rows: int) -> list[np.ndarray]:
+    n = len(work)
+    if n <= batch_rows:
+        return [np.arange(n)]
+    nb = -(-n // batch_rows)
+    if KEY in work.columns:
+        # Rows sharing a key land in the same batch, so within-batch uniqueness is
+        # uniqueness in the file.
+        h = pd.util.hash_pandas_object(work[KEY].fillna(""), index=False).to_numpy()
+        which = (h % np.uint64(nb)).astype(np.int64)
+        return [np.flatnonzero(which == b) for b in range(nb)]
+    return [np.arange(b * batch_rows, min(n, (b + 1) * batch_rows)) for b in range(nb)]
+
+
+def validate(
+    source: str,
+    frame: pd.DataFrame,
+    *,
+    period: str | None,
+    submitter: str | None,
+    file_name: str,
+    context: ValidationContext | None = None,
+    data_docs_dir: str | None = None,
+    batch_rows: int | None = None,
+) -> ValidationOutcome:
+    """Validate a file's rows against its feed's suite. See the module docstring."""
+    if source not in SUITES:
+        raise ValueError(f"no expectation suite for source {source!r}")
+    started = time.perf_counter()
+    ctx_in = context or ValidationContext()
+    hes = source == "hes_apc"
+    env = Env(
+        source=source,
+        period=None if hes else period,
+        submitter=None if hes else submitter,
+        file_name=file_name,
+        protocol=None if hes else _protocol(source, file_name),
+        site_providers=ctx_in.site_providers,
+        practice_codes=frozenset(ctx_in.practice_codes) if ctx_in.practice_codes else None,
+        today=ctx_in.today or dt.date.today(),
+    )
+    n = len(frame)
+    lines = (frame[LINE].to_numpy(dtype=np.int64) if LINE in frame.columns
+             else np.arange(2, n + 2, dtype=np.int64))
+    work = _work_frame(source, frame, env)
+
+    # The suite: every rule that applies to this submission.
+    active: list[tuple[Rule, dict]] = []
+    for rule in SUITES[source].RULES:
+        kw = rule.kwargs(env)
+        if kw is not None:
+            active.append((rule, kw))
+
+    gctx = gx.get_context(mode="ephemeral")
+    gctx.variables.progress_bars = {"globally": False, "metric_calculations": False}
+    suite_name = f"caredata_{source}"
+    suite = gx.ExpectationSuite(name=suite_name)
+    for rule, kw in active:
+        suite.add_expectation(_expectation(rule, kw))
+    suite = gctx.suites.add(suite)
+    batch_def = (gctx.data_sources.add_pandas("landing").add_dataframe_asset(source)
+                 .add_batch_definition_whole_dataframe("rows"))
+
+    checked = {r.id: 0 for r, _ in active}
+    failed: dict[str, list[np.ndarray]] = {r.id: [] for r, _ in active}
+    results = []
+    batches = _batches(work, batch_rows or BATCH_ROWS)
+    for positions in batches:
+        part = work.iloc[positions]
+        part.index = pd.Index(positions)  # unexpected_index_list gives file positions
+        batch = batch_def.get_batch(batch_parameters={"dataframe": part})
+        res = batch.validate(suite, result_format={
+            "result_format": "COMPLETE", "partial_unexpected_count": 0,
+            "include_unexpected_rows": False, "return_unexpected_index_query": False,
+        })
+        for r in res.results:
+            rid = r.expectation_config.meta["rule_id"]
+            err = _raised(r.exception_info)
+            if err:
+                raise ValidationError(f"{file_name}: rule {rid} could not be evaluated: {err}")
+            out = r.result or {}
+            elements = int(out.get("element_count", len(part)))
+            checked[rid] += elements - int(out.get("missing_count", 0) or 0)
+            idx = out.get("unexpected_index_list") or []
+            if idx and isinstance(idx[0], dict):  # defensive: index given as columns
+                idx = [next(iter(d.values())) for d in idx]
+            if len(idx) != int(out.get("unexpected_count", 0) or 0):
+                raise ValidationError(f"{file_name}: rule {rid}: failing rows could not be located")
+            failed[rid].append(np.asarray(idx, dtype=np.int64))
+        results.append(res)
+
+    # Per row: every rule broken, in rule order.
+    rejected = np.zeros(n, dtype=bool)
+    rule_ids: list[list[str]] = [[] for _ in range(n)]
+    messages: list[list[str]] = [[] for _ in range(n)]
+    fails: dict[str, np.ndarray] = {}
+    rows = []
+    for rule, _ in active:
+        pos = np.unique(np.concatenate(failed[rule.id])) if failed[rule.id] else np.zeros(0, np.int64)
+        fails[rule.id] = pos
+        if rule.severity == "reject":
+            rejected[pos] = True
+        for p in pos.tolist():
+            rule_ids[p].append(rule.id)
+            messages[p].append(rule.message)
+        rows.append({
+            "rule_id": rule.id, "field": rule.field, "severity": rule.severity,
+            "rows_checked": int(checked[rule.id]), "rows_failed": int(len(pos)),
+            "example_lines": [int(x) for x in np.sort(lines[pos])[:5]],
+        })
+    rule_counts = pd.DataFrame(rows, columns=["rule_id", "field", "severity", "rows_checked",
+                                              "rows_failed", "example_lines"])
+
+    # DQMI item-score inputs: present and valid (no rule on the field failed).
+    scores = []
+    for sf in SUITES[source].SCORED:
+        present = np.zeros(n, dtype=bool)
+        for c in sf.cols:
+            present |= work[c].notna().to_numpy()
+        invalid = np.zeros(n, dtype=bool)
+        for rule, _ in active:
+            if rule.field in sf.cols:
+                invalid[fails[rule.id]] = True
+        scores.append({"field": sf.name, "rows": n, "rows_valid": int((present & ~invalid).sum())})
+    field_scores = pd.DataFrame(scores, columns=["field", "rows", "rows_valid"])
+
+    docs = _build_docs(gctx, results, suite_name, file_name, data_docs_dir) if data_docs_dir else None
+    seconds = time.perf_counter() - started
+    stats = {"rows": n, "batches": len(batches), "rules": len(active), "seconds": seconds,
+             "rows_per_second": n / seconds if seconds > 0 else None}
+    log.info("validated %s (%s): %d rows, %d rejected, %d rules, %d batch(es), %.1fs",
+             file_name, source, n, int(rejected.sum()), len(active), len(batches), seconds)
+    return ValidationOutcome(rejected, rule_ids, messages, rule_counts, field_scores, docs, stats)
+
+
+def _build_docs(gctx, results, suite_name: str, file_name: str, folder: str) -> str:
+    """A local GX Data Docs site for this validation, with counts only."""
+    from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.data_context.types.resource_identifiers import (
+        ExpectationSuiteIdentifier, ValidationResultIdentifier,
+    )
+
+    base = Path(folder).resolve()
+    base.mkdir(parents=True, exist_ok=True)
+    gctx.add_data_docs_site(site_name="caredata", site_config={
+        "class_name": "SiteBuilder",
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(base)},
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+    })
+    run_id = RunIdentifier(run_name=Path(file_name).name,
+                           run_time=dt.datetime.now(dt.timezone.utc))
+    keys = []
+    for b, res in enumerate(results):
+        for r in res.results:
+            r.result = {k: v for k, v in (r.result or {}).items() if k in _DOCS_RESULT_KEYS}
+        key = ValidationResultIdentifier(
+            expectation_suite_identifier=ExpectationSuiteIdentifier(name=suite_name),
+            run_id=run_id, batch_identifier=f"rows-batch-{b + 1:03d}")
+        gctx.validation_results_store.set(key, res)
+        keys.append(key)
+    gctx.build_data_docs(site_names=["caredata"])
+    pages = gctx.get_docs_sites_urls(resource_identifier=keys[0], site_name="caredata")
+    url = pages[0]["site_url"] if pages else (base / "index.html").as_uri()
+    return url[len("file://"):] if url.startswith("file://") else url

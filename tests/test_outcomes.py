@@ -1,0 +1,374 @@
+"""Consultant-level outcomes: cohorts, spells, 30-day outcomes, risk models, windows."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from pipelines import outcomes, pseudo, schemas
+from pipelines.config import Settings
+from pipelines.nhs_number import with_check_digit
+
+D = dt.date
+NHS_A = with_check_digit("943476591")
+NHS_B = with_check_digit("401023213")
+assert NHS_A and NHS_B
+
+_SCHEMA = pa.schema([
+    ("provider_code", pa.string()), ("susrecid", pa.string()), ("spell_id", pa.string()),
+    ("epiorder", pa.string()), ("epistart", pa.date32()), ("epiend", pa.date32()),
+    ("admidate", pa.date32()), ("disdate", pa.date32()), ("admimeth", pa.string()),
+    ("dismeth", pa.string()), ("sex", pa.string()), ("dob", pa.date32()),
+    ("birth_year", pa.int64()), ("birth_month", pa.int64()), ("consultant_code", pa.string()),
+    ("tretspef", pa.string()), ("diagnoses", pa.list_(pa.string())),
+    ("procedures", pa.list_(pa.string())), ("procedure_dates", pa.list_(pa.date32())),
+    ("nhs_number", pa.string()), ("nhs_number_valid", pa.bool_()), ("period", pa.string()),
+    ("match_rank", pa.int64()), ("linked_nhs_number", pa.string()), ("date_of_death", pa.date32()),
+    ("type2_objection", pa.bool_()),
+])
+
+
+def episode(**kw) -> dict:
+    row = dict(
+        provider_code="RAA", susrecid=None, spell_id="S1", epiorder="01",
+        epistart=D(2024, 3, 1), epiend=D(2024, 3, 5), admidate=D(2024, 3, 1),
+        disdate=D(2024, 3, 5), admimeth="11", dismeth="1", sex="1", dob=D(1950, 6, 15),
+        birth_year=None, birth_month=None, consultant_code="C1111111", tretspef="110",
+        diagnoses=[], procedures=["W371"], procedure_dates=None, nhs_number=NHS_A,
+        nhs_number_valid=True, period="2024-03", match_rank=2, linked_nhs_number=NHS_A,
+        date_of_death=None, type2_objection=False,
+    )
+    row.update(kw)
+    if row["procedure_dates"] is None:
+        row["procedure_dates"] = [None] * len(row["procedures"])
+    if row["dob"] is not None:
+        row["birth_year"] = row["birth_year"] or row["dob"].year
+        row["birth_month"] = row["birth_month"] or row["dob"].month
+    return row
+
+
+def episodes(*rows: dict) -> pa.Table:
+    rows = [dict(r, susrecid=r["susrecid"] or f"E{i}") for i, r in enumerate(rows)]
+    return pa.Table.from_pylist(rows, schema=_SCHEMA)
+
+
+def spells_of(*rows: dict, **kw) -> pd.DataFrame:
+    table = outcomes.build_spells(episodes(*rows), **kw)
+    return table.to_pandas().set_index("spell_id", drop=False)
+
+
+# --------------------------------------------------------------------------- cohorts
+def test_packaged_cohorts_cover_ten_specialties():
+    c = outcomes.load_cohorts()
+    assert c["specialty"].nunique() == 10
+    assert set(c.loc[c["opcs4_prefix"] == "G28", "specialty"]) == {"upper_gi_surgery", "bariatric_surgery"}
+
+
+def test_cohorts_file_from_settings(tmp_path):
+    path = tmp_path / "cohorts.csv"
+    path.write_text("specialty,opcs4_prefix,requires_diagnosis_prefix,excludes_diagnosis_prefix\n"
+                    "hips,W371,,\n")
+    settings = Settings(thresholds={"outcomes": {"cohorts_file": str(path)}})
+    c = outcomes.load_cohorts(settings=settings)
+    assert list(c["specialty"]) == ["hips"]
+    s = spells_of(episode(spell_id="A", procedures=["W371"]), episode(spell_id="B", procedures=["W381"]),
+                  cohorts=c)
+    assert s.loc["A", "specialty"] == "hips"
+    assert pd.isna(s.loc["B", "specialty"])
+
+
+def test_index_procedure_by_prefix():
+    s = spells_of(
+        episode(spell_id="ortho", procedures=["W37.1"]),
+        episode(spell_id="cabg", procedures=["X999", "K401"]),
+        episode(spell_id="none", procedures=["W361", "Z942"]),
+        episode(spell_id="noproc", procedures=[]),
+    )
+    assert s.loc["ortho", "specialty"] == "orthopaedic_surgery"
+    assert s.loc["ortho", "index_procedure"] == "W371"
+    assert s.loc["ortho", "opcs_group"] == "W37"
+    assert s.loc["cabg", "specialty"] == "adult_cardiac_surgery"
+    assert s.loc["cabg", "index_procedure"] == "K401"
+    assert pd.isna(s.loc["none", "specialty"]) and pd.isna(s.loc["none", "death_30d"])
+    assert pd.isna(s.loc["noproc", "index_procedure"])
+
+
+def test_age_18_boundary_at_admission():
+    s = spells_of(
+        episode(spell_id="18today", dob=D(2006, 3, 1)),      # 18th birthday on admission
+        episode(spell_id="18tomorrow", dob=D(2006, 3, 2)),   # still 17 on admission
+        episode(spell_id="ym_after", dob=None, birth_year=2006, birth_month=2),   # Feb 2006: 18
+        episode(spell_id="ym_same", dob=None, birth_year=2006, birth_month=3),    # March: unsure, 17
+        episode(spell_id="unknown", dob=None, birth_year=None, birth_month=None),
+    )
+    assert s.loc["18today", "age"] == 18 and s.loc["18today", "specialty"] == "orthopaedic_surgery"
+    assert s.loc["18tomorrow", "age"] == 17 and pd.isna(s.loc["18tomorrow", "specialty"])
+    assert s.loc["ym_after", "specialty"] == "orthopaedic_surgery"
+    assert pd.isna(s.loc["ym_same", "specialty"])
+    assert pd.isna(s.loc["unknown", "specialty"])
+
+
+def test_obesity_diagnosis_splits_bariatric_from_upper_gi():
+    s = spells_of(
+        episode(spell_id="bar", procedures=["G281"], diagnoses=["E66.0"]),
+        episode(spell_id="ugi", procedures=["G281"], diagnoses=["K210"]),
+        # the E66 may be on another episode of the same spell
+        episode(spell_id="bar2", epiorder="01", procedures=["G301"], diagnoses=["I10X"]),
+        episode(spell_id="bar2", epiorder="02", procedures=[], diagnoses=["E669"]),
+        episode(spell_id="g30_no_e66", procedures=["G301"], diagnoses=["K219"]),
+        episode(spell_id="g01_e66", procedures=["G011"], diagnoses=["E66"]),
+    )
+    assert s.loc["bar", "specialty"] == "bariatric_surgery"
+    assert s.loc["ugi", "specialty"] == "upper_gi_surgery"
+    assert s.loc["bar2", "specialty"] == "bariatric_surgery"
+    assert pd.isna(s.loc["g30_no_e66", "specialty"])
+    assert pd.isna(s.loc["g01_e66", "specialty"])  # upper GI excludes obese spells
+
+
+def test_first_procedure_by_opdate_then_episode_and_position():
+    s = spells_of(
+        # OPDATE decides: the colorectal one came later although listed first
+        episode(spell_id="opdate", procedures=["H041", "W371"],
+                procedure_dates=[D(2024, 3, 4), D(2024, 3, 2)]),
+        # no OPDATE: the episode's EPISTART, then position
+        episode(spell_id="position", procedures=["H041", "W371"]),
+        # procedure in the second episode belongs to that episode's consultant
+        episode(spell_id="ep2", epiorder="01", consultant_code="C0000001", procedures=["Z942"]),
+        episode(spell_id="ep2", epiorder="02", consultant_code="C0000002", epistart=D(2024, 3, 3),
+                procedures=["M611"]),
+    )
+    assert s.loc["opdate", "index_procedure"] == "W371"
+    assert s.loc["opdate", "index_procedure_date"] == D(2024, 3, 2)
+    assert s.loc["position", "index_procedure"] == "H041"
+    assert s.loc["position", "index_procedure_date"] == D(2024, 3, 1)   # EPISTART
+    assert s.loc["ep2", "specialty"] == "urological_surgery"
+    assert s.loc["ep2", "consultant_code"] == "C0000002"
+    assert s.loc["ep2", "index_procedure_date"] == D(2024, 3, 3)
+
+
+def test_spell_fields_from_first_and_last_episode():
+    s = spells_of(
+        episode(spell_id="x", epiorder="02", epistart=D(2024, 3, 4), admimeth="99", dismeth="1",
+                disdate=D(2024, 3, 9), diagnoses=["E112"]),
+        episode(spell_id="x", epiorder="01", epistart=D(2024, 3, 1), admimeth="21", dismeth="8",
+                disdate=D(2024, 3, 9), diagnoses=["I21.0"]),
+    )
+    row = s.loc["x"]
+    assert row["admimeth"] == "21" and row["emergency"]
+    assert row["dismeth"] == "1"
+    assert row["los_days"] == 8
+    assert row["charlson_index"] == 3  # MI 1 + diabetes with complications 2
+
+
+# --------------------------------------------------------------------------- 30-day death
+def test_death_within_30_days_in_hospital_and_after_discharge():
+    proc = D(2024, 3, 2)
+    s = spells_of(
+        episode(spell_id="died30", procedure_dates=[proc], dismeth="4", disdate=proc + dt.timedelta(30),
+                nhs_number=None, nhs_number_valid=False, linked_nhs_number=None),
+        episode(spell_id="died31", procedure_dates=[proc], dismeth="4", disdate=proc + dt.timedelta(31),
+                nhs_number=None, nhs_number_valid=False, linked_nhs_number=None),
+        episode(spell_id="gp30", procedure_dates=[proc], nhs_number=NHS_A,
+                date_of_death=proc + dt.timedelta(30)),
+        episode(spell_id="gp31", procedure_dates=[proc], nhs_number=NHS_B, linked_nhs_number=NHS_B,
+                date_of_death=proc + dt.timedelta(31)),
+        episode(spell_id="alive", procedure_dates=[proc], nhs_number=None, nhs_number_valid=False,
+                linked_nhs_number=None),
+    )
+    assert s.loc["died30", "death_30d"] is True or s.loc["died30", "death_30d"] == True  # noqa: E712
+    assert s.loc["died31", "death_30d"] == False  # noqa: E712
+    assert s.loc["gp30", "death_30d"] == True  # noqa: E712
+    assert s.loc["gp31", "death_30d"] == False  # noqa: E712
+    assert s.loc["alive", "death_30d"] == False  # noqa: E712
+    assert not s.loc["died30", "discharged_alive"]
+
+
+def test_gp_death_date_follows_the_person_to_other_spells():
+    # the death date is only on a later episode of the same person at another provider
+    s = spells_of(
+        episode(spell_id="op", procedure_dates=[D(2024, 3, 2)]),
+        episode(spell_id="later", provider_code="RBB", admidate=D(2024, 3, 20), epistart=D(2024, 3, 20),
+                disdate=D(2024, 3, 22), procedures=[], date_of_death=D(2024, 3, 25)),
+    )
+    assert s.loc["op", "death_30d"] == True  # noqa: E712
+
+
+# --------------------------------------------------------------------------- readmission
+def _readmission(days: int, admimeth: str = "21", provider: str = "RBB", **kw) -> object:
+    disdate = D(2024, 3, 5)
+    s = spells_of(
+        episode(spell_id="index", disdate=disdate, **kw),
+        episode(spell_id="back", provider_code=provider, admimeth=admimeth,
+                admidate=disdate + dt.timedelta(days), epistart=disdate + dt.timedelta(days),
+                disdate=disdate + dt.timedelta(days + 2), procedures=[]),
+    )
+    return s.loc["index", "emergency_readmission_30d"]
+
+
+def test_readmission_window_and_method():
+    assert _readmission(1) == True  # noqa: E712  another provider counts
+    assert _readmission(30) == True  # noqa: E712
+    assert _readmission(0) == False  # noqa: E712  same-day: a transfer
+    assert _readmission(31) == False  # noqa: E712
+    assert _readmission(5, admimeth="11") == False  # noqa: E712  elective
+    assert _readmission(5, admimeth="2B") == True  # noqa: E712
+    assert _readmission(5, provider="RAA") == True  # noqa: E712  same provider counts too
+
+
+def test_readmission_person_through_linked_patient():
+    # index episode has no valid NHS number: its linked patient is the person
+    assert _readmission(3, nhs_number=None, nhs_number_valid=False, linked_nhs_number=NHS_A) == True  # noqa: E712
+    # no number and no link: cannot be followed
+    assert pd.isna(_readmission(3, nhs_number=None, nhs_number_valid=False, linked_nhs_number=None))
+
+
+def test_no_readmission_when_died():
+    s = spells_of(episode(spell_id="index", dismeth="4"),
+                  episode(spell_id="back", admidate=D(2024, 3, 8), epistart=D(2024, 3, 8), admimeth="21",
+                          procedures=[]))
+    assert pd.isna(s.loc["index", "emergency_readmission_30d"])
+
+
+# --------------------------------------------------------------------------- restricted
+def test_linked_spells_restricted_drops_type2_and_pseudonymises():
+    t = outcomes.build_spells(episodes(
+        episode(spell_id="keep", nhs_number=NHS_A, linked_nhs_number=NHS_A),
+        episode(spell_id="t2", nhs_number=NHS_B, linked_nhs_number=NHS_B, type2_objection=True),
+        # another spell of the type 2 person, the flag not on its episodes: dropped too
+        episode(spell_id="t2b", nhs_number=NHS_B, linked_nhs_number=NHS_B, admidate=D(2024, 5, 1),
+                epistart=D(2024, 5, 1), disdate=D(2024, 5, 2)),
+    ))
+    out = outcomes.linked_spells_restricted(t, "k")
+    assert out.schema.names == schemas.get("linked_spells").arrow_schema(include_partition=True).names
+    rows = out.to_pandas()
+    assert list(rows["spell_id"]) == ["keep"]
+    assert rows.loc[0, "person_id"] == pseudo.person_id("k", NHS_A)
+    assert NHS_A not in str(out.to_pylist())
+    with pytest.raises(pseudo.MissingKeyError):
+        outcomes.linked_spells_restricted(t, None)
+
+
+# --------------------------------------------------------------------------- windows
+def _spells_table(n_rows: int, **cols) -> pa.Table:
+    base = {
+        "provider_code": ["RAA"] * n_rows,
+        "spell_id": [f"S{i}" for i in range(n_rows)],
+        "person_nhs_number": [None] * n_rows, "pseudo_hesid": [None] * n_rows,
+        "period": ["2024-03"] * n_rows,
+        "admidate": [D(2024, 3, 1)] * n_rows, "disdate": [D(2024, 3, 5)] * n_rows,
+        "admimeth": ["11"] * n_rows, "dismeth": ["1"] * n_rows, "los_days": [4] * n_rows,
+        "age": [65] * n_rows, "sex": ["1"] * n_rows, "emergency": [False] * n_rows,
+        "specialty": ["orthopaedic_surgery"] * n_rows, "index_procedure": ["W371"] * n_rows,
+        "index_procedure_date": [D(2024, 3, 2)] * n_rows, "consultant_code": ["C1111111"] * n_rows,
+        "opcs_group": ["W37"] * n_rows, "charlson_index": [0] * n_rows,
+        "death_30d": [False] * n_rows, "discharged_alive": [True] * n_rows,
+        "emergency_readmission_30d": [False] * n_rows, "type2_objection": [False] * n_rows,
+    }
+    for k, v in cols.items():
+        base[k] = list(v)
+    if "opcs_group" not in cols:
+        base["opcs_group"] = [p[:3] for p in base["index_procedure"]]
+    return pa.table(base)
+
+
+def _settings(**outcomes_over) -> Settings:
+    s = Settings()
+    th = dict(s.thresholds)
+    th["outcomes"] = {**th["outcomes"], **outcomes_over}
+    return Settings(thresholds=th)
+
+
+def test_window_bounds_and_degenerate_specialty():
+    dates = [D(2021, 3, 31), D(2021, 4, 1), D(2024, 3, 31), D(2024, 4, 1)] + [D(2023, 1, 1)] * 8
+    t = _spells_table(12, index_procedure_date=dates)
+    out = outcomes.window_outcomes(t, "2024-03", _settings())
+    spec = out["specialty_outcomes"].to_pandas()
+    assert spec.loc[0, "window_start"] == "2021-04" and spec.loc[0, "window_end"] == "2024-03"
+    assert spec.loc[0, "period"] == "2024-03"
+    assert spec.loc[0, "procedures"] == 10       # 2021-03-31 and 2024-04-01 are outside
+    assert pd.isna(spec.loc[0, "c_statistic"])   # no deaths: no model
+    cons = out["consultant_outcomes"].to_pandas()
+    assert cons.loc[0, "expected_deaths"] == 0 and pd.isna(cons.loc[0, "smr"])
+    assert cons.loc[0, "outlier_status"] == "as_expected"
+    for name, table in out.items():
+        assert table.schema == schemas.get(name).arrow_schema(include_partition=True), name
+
+
+def test_small_consultant_and_readmission_pct():
+    n = 30
+    cons_codes = ["C1"] * 20 + ["C2"] * 10
+    deaths = [True] * 4 + [False] * 26
+    readm = [None] * 4 + [True] * 2 + [False] * 24  # the four dead: not discharged alive
+    los = list(range(n))
+    t = _spells_table(n, consultant_code=cons_codes, death_30d=deaths, emergency_readmission_30d=readm,
+                      los_days=los, age=[50 + i for i in range(n)])
+    out = outcomes.window_outcomes(t, "2024-03", _settings(min_procedures=15))
+    cons = out["consultant_outcomes"].to_pandas().set_index("consultant_code")
+    assert cons.loc["C1", "procedures"] == 20 and cons.loc["C1", "deaths_30d"] == 4
+    assert cons.loc["C1", "crude_mortality_pct"] == pytest.approx(20.0)
+    assert cons.loc["C1", "readmission_pct"] == pytest.approx(100 * 2 / 16)
+    assert cons.loc["C1", "median_los_days"] == pytest.approx(9.5)
+    assert cons.loc["C2", "outlier_status"] == "insufficient_data"
+    assert not cons["deaths_30d_suppressed"].any()
+    spec = out["specialty_outcomes"].to_pandas()
+    # an unpenalised logistic model with an intercept reproduces the total deaths
+    assert cons["expected_deaths"].sum() == pytest.approx(4, rel=1e-4)
+    assert spec.loc[0, "crude_mortality_pct"] == pytest.approx(100 * 4 / 30)
+    ram = cons.loc["C1", "smr"] * 100 * 4 / 30
+    assert cons.loc["C1", "risk_adjusted_mortality_pct"] == pytest.approx(ram)
+
+
+def _simulate(seed: int = 20241):
+    rng = np.random.default_rng(seed)
+    n_cons, per = 60, 80
+    n = n_cons * per
+    consultant = np.repeat([f"C{1000000 + i}" for i in range(n_cons)], per)
+    provider = np.repeat([f"R{i % 12:02d}" for i in range(n_cons)], per)
+    age = rng.integers(40, 91, n)
+    emergency = rng.random(n) < 0.25
+    charl = np.minimum(rng.poisson(0.8, n), 8)
+    sex = np.where(rng.random(n) < 0.5, "1", "2")
+    group = rng.choice(["W37", "W38", "W39", "W40"], n)
+    logit = -4.3 + 0.07 * (age - 65) + 1.6 * emergency + 0.3 * charl + (group == "W40") * 0.4
+    p = 1 / (1 + np.exp(-logit))
+    planted = [f"C{1000000 + i}" for i in (5, 27, 49)]
+    p = np.where(np.isin(consultant, planted), np.minimum(4 * p, 0.95), p)
+    death = rng.random(n) < p
+    start = np.datetime64("2022-01-01")
+    dates = (start + rng.integers(0, 800, n).astype("timedelta64[D]")).astype(object)
+    table = _spells_table(
+        n, provider_code=provider, consultant_code=consultant, age=age.tolist(),
+        emergency=emergency.tolist(), charlson_index=charl.tolist(), sex=sex.tolist(),
+        index_procedure=[g + "1" for g in group], death_30d=death.tolist(),
+        index_procedure_date=dates, spell_id=[f"S{i}" for i in range(n)],
+        emergency_readmission_30d=[None if d else False for d in death],
+    )
+    return table, planted
+
+
+def test_simulation_flags_planted_consultants():
+    table, planted = _simulate()
+    out = outcomes.window_outcomes(table, "2024-03", _settings())
+    cons = out["consultant_outcomes"].to_pandas().set_index("consultant_code")
+    spec = out["specialty_outcomes"].to_pandas()
+    status = cons["outlier_status"]
+    for c in planted:
+        assert status[c] in ("alarm_high", "alert_high"), (c, status[c], cons.loc[c, "smr"])
+    others = status.drop(planted)
+    assert (others == "alarm_high").sum() <= 2
+    assert (others == "alert_high").sum() <= 8
+    assert spec.loc[0, "c_statistic"] > 0.7
+    assert spec.loc[0, "consultants"] == 60
+    # calibration deciles add up to the specialty's totals
+    cal = out["specialty_calibration"].to_pandas()
+    assert list(cal["risk_decile"]) == list(range(1, 11))
+    assert cal["procedures"].sum() == spec.loc[0, "procedures"]
+    assert cal["observed_deaths"].sum() == spec.loc[0, "deaths_30d"]
+    assert cal["expected_deaths"].sum() == pytest.approx(cons["expected_deaths"].sum())
+    # the model is calibrated: expected rises with the decile, observed follows
+    assert cal["expected_deaths"].is_monotonic_increasing
+    assert cal["observed_deaths"].iloc[-1] > cal["observed_deaths"].iloc[0]
