@@ -43,9 +43,13 @@ def is_valid(value: object) -> bool:
 
 
 def with_check_digit(first_nine: str) -> str | None:
-    """Complete nine digits into a valid NHS number, or None if no digit works."""
+    """Complete nine digits into a valid NHS number, or None if none exists (check result
+    10, or ten identical digits)."""
     cd = check_digit(first_nine)
-    return None if cd is None else f"{first_nine}{cd}"
+    if cd is None:
+        return None
+    full = f"{first_nine}{cd}"
+    return None if len(set(full)) == 1 else full
 
 
 def canonical_series(values: pd.Series) -> pd.Series:

@@ -150,6 +150,30 @@ class Store:
                 os.unlink(tmp)
             raise
 
+    def copy(self, src: str, dst: str) -> None:
+        """Copy ``src`` to ``dst`` within the store, atomic for a reader of ``dst`` (local:
+        temporary file renamed into place; S3: server-side copy, one object version)."""
+        if self.is_s3:
+            self.client.copy(
+                {"Bucket": self.bucket, "Key": self._key(src)}, self.bucket, self._key(dst)
+            )
+            return
+        import shutil
+
+        target = self.root / dst
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as out, open(self.root / src, "rb") as inp:
+                shutil.copyfileobj(inp, out, 8 << 20)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
     def delete(self, path: str) -> None:
         if self.is_s3:
             self.client.delete_object(Bucket=self.bucket, Key=self._key(path))

@@ -1,0 +1,553 @@
+"""Atomic, versioned, idempotent publication of datasets to a folder or an S3 prefix.
+
+Layout (outputs.md)::
+
+    <root>/<zone>/<dataset>/period=YYYY-MM/part-00000.parquet
+    <root>/<zone>/<dataset>/_manifest.json
+    <root>/<zone>/<file>                  loose files (data dictionary, funnel plots)
+    <root>/<zone>/_manifest.json          lists the loose files of the zone
+
+``period`` is in the path only, never inside the files. Files are zstd Parquet with the
+declared schema (:meth:`Dataset.arrow_schema`: exact types, a description of every column
+in the field metadata). Their bytes depend only on the rows and the declaration: rows are
+sorted on every column and nothing time- or run-dependent is written inside, so the same
+inputs give the same bytes.
+
+Manifest (``_manifest.json``, JSON, keys sorted)::
+
+    {"dataset", "description", "grain", "zone", "schema_version", "partition_by",
+     "format": "parquet", "compression": "zstd", "columns": [{name, type, description, unit}],
+     "updated_at", "run_id",                         # of the last run that changed anything
+     "partitions": {"YYYY-MM": {
+         "files": [{"path", "rows", "bytes", "sha256"}],   # path relative to the dataset folder
+         "rows", "run_id", "written_at", "code_version", "schema_version",
+         "input_submissions": [...], "thresholds": {...}, "key_label"?}},
+     "files": {...}}                                  # zone manifest: loose files
+
+The commit protocol
+-------------------
+The manifest is the commit point: a reader that follows it (:func:`read_published`) reads
+exactly the files it lists, whose SHA-256 it can check. The visible file names are fixed
+(``part-00000.parquet``), so a file the current manifest lists is never overwritten while
+listed. One publication of a dataset is:
+
+1. **Recover.** If the manifest lists files under ``_staging/`` (a run was killed after its
+   commit), finish that run's steps 4 to 6 first. Otherwise delete ``_staging/`` (leftovers
+   of a run killed before its commit).
+2. **Stage.** For each period in the table, build the Parquet bytes. If their SHA-256 equals
+   the manifest's and the file is there, the partition is unchanged: its entry (run id,
+   time, inputs) is kept as it is. Otherwise the bytes are written to
+   ``<dataset>/_staging/<txn>/period=P/part-00000.parquet``, a name no reader uses.
+3. **Commit.** The manifest is rewritten (atomically: temporary file + ``os.replace``
+   locally, one PUT on S3) with the changed partitions pointing at their staged files.
+   From this instant readers following the manifest see the whole new publication, all
+   changed partitions at once, and every listed file matches its digest.
+4. **Promote.** Each staged file is copied over ``period=P/part-00000.parquet`` (atomic
+   per file: rename locally, server-side copy on S3). The manifest does not list these
+   paths for the changed partitions, so nothing it lists changes. Readers of the folder
+   that ignore the manifest (pyarrow, Spark, DuckDB on ``period=*/*.parquet``) see each
+   file whole, old or new.
+5. **Point back.** The manifest is rewritten with the final paths (same digests).
+6. **Clean.** ``_staging/`` is deleted.
+
+A process killed at any point leaves a manifest whose every listed file exists with its
+digest: before step 3 the previous publication, from step 3 the new one. The next run
+completes or discards the interrupted one (step 1). Partitions absent from the table are
+never touched. Publishing the same inputs again writes nothing at all.
+
+Loose files (:func:`publish_file`) follow the same protocol with the zone's manifest.
+
+Concurrency: one writer per manifest. Locally a lock file (``fcntl``) serialises writers
+on one host; on S3 the orchestrator must not run two publications of the same dataset (or
+two loose-file publications of one zone) at once.
+
+No Dagster here; :mod:`pipelines.disclosure` is enforced before anything is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines import disclosure
+from pipelines.schemas import Dataset
+from pipelines.storage import Store
+
+__all__ = [
+    "MANIFEST",
+    "PART",
+    "PublishResult",
+    "PublicationError",
+    "publish_dataset",
+    "publish_file",
+    "read_manifest",
+    "read_published",
+    "verify_publication",
+    "parquet_bytes",
+]
+
+MANIFEST = "_manifest.json"
+STAGING = "_staging"
+PART = "part-00000.parquet"
+MANIFEST_VERSION = 1
+ZONES = ("public", "restricted")
+_PERIOD_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
+
+class PublicationError(RuntimeError):
+    pass
+
+
+@dataclass
+class PublishResult:
+    dataset: str
+    zone: str
+    manifest: str  # path of the manifest, relative to the store root
+    written: list[str] = field(default_factory=list)  # partitions (periods) written
+    unchanged: list[str] = field(default_factory=list)  # partitions identical to the published ones
+    rows: int = 0
+    recovered: bool = False  # an interrupted earlier publication was completed first
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.written)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _dump(manifest: Mapping) -> bytes:
+    return (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
+def _checkpoint(point: str) -> None:
+    """Test hook: with ``CAREDATA_PUBLISH_PAUSE_AT=<point>`` the process stops here (it
+    touches ``CAREDATA_PUBLISH_PAUSE_FILE`` and sleeps) so that a test can kill it.
+    Points: ``staging``, ``staged``, ``committed``, ``promoting``, ``promoted``,
+    ``finalised``."""
+    if os.environ.get("CAREDATA_PUBLISH_PAUSE_AT") == point:
+        marker = os.environ.get("CAREDATA_PUBLISH_PAUSE_FILE")
+        if marker:
+            Path(marker).write_text(point)
+        time.sleep(float(os.environ.get("CAREDATA_PUBLISH_PAUSE_SECONDS", "600")))
+
+
+@contextlib.contextmanager
+def _lock(store: Store, base: str) -> Iterator[None]:
+    """One writer per manifest on this host (local stores; a no-op on S3)."""
+    if store.is_s3:
+        yield
+        return
+    import fcntl
+
+    lock_dir = Path(tempfile.gettempdir()) / "caredata-publish-locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha256(store.uri(base).encode()).hexdigest()[:32]
+    with open(lock_dir / f"{name}.lock", "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _load(store: Store, base: str) -> dict | None:
+    path = f"{base}/{MANIFEST}"
+    if not store.exists(path):
+        return None
+    return json.loads(store.read_bytes(path))
+
+
+def _write_manifest(store: Store, base: str, manifest: dict) -> None:
+    store.write_bytes(f"{base}/{MANIFEST}", _dump(manifest))
+
+
+def _file_records(manifest: dict) -> Iterator[dict]:
+    for entry in manifest.get("partitions", {}).values():
+        yield from entry.get("files", [])
+    for entry in manifest.get("files", {}).values():
+        yield entry
+
+
+def _final_path(staged: str) -> str:
+    # "_staging/<txn>/period=P/part-00000.parquet" -> "period=P/part-00000.parquet"
+    parts = staged.split("/", 2)
+    if len(parts) != 3 or parts[0] != STAGING:
+        raise PublicationError(f"not a staged path: {staged}")
+    return parts[2]
+
+
+def _promote(store: Store, base: str, manifest: dict) -> bool:
+    """Steps 4-6 of the protocol for every staged file the manifest lists. Returns whether
+    anything was staged."""
+    staged = [r for r in _file_records(manifest) if r["path"].startswith(STAGING + "/")]
+    for n, rec in enumerate(sorted(staged, key=lambda r: r["path"])):
+        src = f"{base}/{rec['path']}"
+        if not store.exists(src):
+            raise PublicationError(
+                f"{base}: the manifest lists a staged file that is missing ({rec['path']}); "
+                "the publication cannot be completed")
+        store.copy(src, f"{base}/{_final_path(rec['path'])}")
+        if n == 0:
+            _checkpoint("promoting")
+    _checkpoint("promoted")
+    if staged:
+        for rec in staged:
+            rec["path"] = _final_path(rec["path"])
+        _write_manifest(store, base, manifest)
+        _checkpoint("finalised")
+    store.delete_prefix(f"{base}/{STAGING}")
+    return bool(staged)
+
+
+def _recover(store: Store, base: str) -> tuple[dict | None, bool]:
+    """Step 1: complete a committed but unfinished publication, drop an uncommitted one."""
+    if not store.is_s3:  # temporary files of a write killed half-way (never listed)
+        folder = store.root / base
+        if folder.exists():
+            for p in folder.rglob(".tmp-*"):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+    manifest = _load(store, base)
+    if manifest is not None and any(
+        r["path"].startswith(STAGING + "/") for r in _file_records(manifest)
+    ):
+        _promote(store, base, manifest)
+        return manifest, True
+    if store.list(f"{base}/{STAGING}"):
+        store.delete_prefix(f"{base}/{STAGING}")
+    return manifest, False
+
+
+def _sort_rows(table: pa.Table) -> pa.Table:
+    """A fixed row order: sort on every column (lists through a joined text key)."""
+    if table.num_rows < 2:
+        return table
+    keys, extra = [], {}
+    for i, f in enumerate(table.schema):
+        t = f.type
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            col = table.column(i)
+            if not (pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type)):
+                col = col.cast(pa.list_(pa.string()))
+            key = f"__sort_{i}"
+            extra[key] = pc.binary_join(col, "\x1f")
+            keys.append((key, "ascending"))
+        elif pa.types.is_nested(t) or pa.types.is_dictionary(t):
+            continue
+        else:
+            keys.append((f.name, "ascending"))
+    if not keys:
+        return table
+    keyed = table
+    for k, v in extra.items():
+        keyed = keyed.append_column(k, v)
+    return table.take(pc.sort_indices(keyed, sort_keys=keys))
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """Deterministic zstd Parquet bytes of ``table`` (rows sorted first)."""
+    table = _sort_rows(table)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd", write_statistics=True, store_schema=True)
+    return buf.getvalue()
+
+
+def _columns_doc(ds: Dataset) -> list[dict]:
+    schema = ds.arrow_schema(include_partition=True)
+    out = []
+    for f in schema:
+        meta = f.metadata or {}
+        out.append({
+            "name": f.name,
+            "type": str(f.type),
+            "description": meta.get(b"description", b"").decode(),
+            "unit": meta.get(b"unit", b"").decode() or None,
+            "in_path": f.name == ds.partition_by,
+        })
+    return out
+
+
+def _header(ds: Dataset) -> dict:
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "dataset": ds.name,
+        "zone": ds.zone,
+        "description": ds.description,
+        "grain": ds.grain,
+        "schema_version": ds.schema_version,
+        "partition_by": ds.partition_by,
+        "format": "parquet",
+        "compression": "zstd",
+        "columns": _columns_doc(ds),
+    }
+
+
+def _check_period(value: Any) -> str:
+    if not isinstance(value, str) or not _PERIOD_RE.match(value):
+        raise PublicationError(f"a partition value is not a period YYYY-MM: {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def publish_dataset(
+    store: Store,
+    ds: Dataset,
+    table: pa.Table,
+    *,
+    period_col: str = "period",
+    run_id: str,
+    code_version: str,
+    input_submissions: Mapping[str, list[str]] | None = None,
+    thresholds: Mapping | None = None,
+    key_label: str | None = None,
+    check: bool = True,
+) -> PublishResult:
+    """Publish the periods present in ``table`` (one partition each) atomically.
+
+    ``table`` has the dataset's published columns (public: after
+    :func:`pipelines.disclosure.apply_small_numbers`) and ``period_col``. Disclosure
+    control is checked first (``check``); any violation raises
+    :class:`pipelines.disclosure.DisclosureError` and nothing is written. ``thresholds`` is
+    recorded in each written partition's entry and gives the disclosure thresholds
+    (``thresholds["disclosure"]``) to check against.
+    """
+    if ds.zone not in ZONES:
+        raise PublicationError(f"{ds.name} is an {ds.zone} table and is never published")
+    if period_col not in table.column_names:
+        raise PublicationError(f"{ds.name}: the table has no {period_col} column to partition by")
+    part_key = ds.partition_by or "period"
+    periods_arr = table.column(period_col)
+    if periods_arr.null_count:
+        raise PublicationError(f"{ds.name}: {periods_arr.null_count} row(s) have no {period_col}")
+    periods = sorted({_check_period(p) for p in pc.unique(periods_arr).to_pylist()})
+
+    full = ds.conform(table, include_partition=ds.partition_by is not None
+                      and ds.partition_by in table.column_names)
+    if check:
+        violations = disclosure.check(ds, full, thresholds)
+        if violations:
+            raise disclosure.DisclosureError(ds.name, violations)
+    data = ds.conform(table, include_partition=False)
+    base = f"{ds.zone}/{ds.name}"
+    input_submissions = input_submissions or {}
+    thresholds = dict(thresholds or {})
+
+    with _lock(store, base):
+        manifest, recovered = _recover(store, base)
+        result = PublishResult(ds.name, ds.zone, f"{base}/{MANIFEST}", recovered=recovered,
+                               rows=table.num_rows)
+        old_parts = (manifest or {}).get("partitions", {})
+        existing = {f.path: f.size for f in store.list(base)}
+        txn = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:12]}"
+        written_at = _now()
+        staged: dict[str, dict] = {}
+        for period in periods:
+            mask = pc.equal(periods_arr, period)
+            part = data.filter(mask)
+            payload = parquet_bytes(part)
+            digest = _sha256(payload)
+            final = f"{part_key}={period}/{PART}"
+            old = old_parts.get(period)
+            if (
+                old is not None
+                and [f.get("sha256") for f in old.get("files", [])] == [digest]
+                and old["files"][0].get("path") == final
+                and existing.get(f"{base}/{final}") == len(payload)
+            ):
+                result.unchanged.append(period)
+                continue
+            rel = f"{STAGING}/{txn}/{final}"
+            store.write_bytes(f"{base}/{rel}", payload)
+            if not staged:
+                _checkpoint("staging")
+            entry = {
+                "files": [{"path": rel, "rows": part.num_rows, "bytes": len(payload), "sha256": digest}],
+                "rows": part.num_rows,
+                "run_id": run_id,
+                "written_at": written_at,
+                "code_version": code_version,
+                "schema_version": ds.schema_version,
+                "input_submissions": sorted(input_submissions.get(period, [])),
+                "thresholds": thresholds,
+            }
+            if key_label is not None:
+                entry["key_label"] = key_label
+            staged[period] = entry
+            result.written.append(period)
+        if not staged:
+            if manifest is None:  # an empty table and nothing published yet
+                manifest = {**_header(ds), "partitions": {}, "updated_at": written_at, "run_id": run_id}
+                _write_manifest(store, base, manifest)
+            return result
+        _checkpoint("staged")
+        new = {**(manifest or {}), **_header(ds)}
+        new["partitions"] = {**old_parts, **staged}
+        new["updated_at"] = written_at
+        new["run_id"] = run_id
+        _write_manifest(store, base, new)  # the commit
+        _checkpoint("committed")
+        _promote(store, base, new)
+        return result
+
+
+# --------------------------------------------------------------------------- loose files
+
+
+def _zone_header(zone: str) -> dict:
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "zone": zone,
+        "description": f"Files of the {zone} zone beside the datasets (data dictionary, plots); "
+                       "each dataset folder has its own manifest.",
+    }
+
+
+def publish_file(
+    store: Store,
+    zone: str,
+    rel_path: str,
+    data: bytes,
+    *,
+    run_id: str | None = None,
+    code_version: str | None = None,
+) -> bool:
+    """Publish ``<zone>/<rel_path>`` (a plot, the data dictionary) atomically, recorded in
+    the zone's ``_manifest.json`` under ``files``. Returns False when the same bytes were
+    already published (nothing written). A path inside a dataset folder is refused (it
+    would break readers of the folder)."""
+    from pipelines import schemas
+
+    if zone not in ZONES:
+        raise PublicationError(f"unknown zone {zone!r}")
+    rel_path = rel_path.strip("/")
+    parts = rel_path.split("/")
+    if not rel_path or any(p in ("", ".", "..") for p in parts) or parts[-1].startswith(("_", ".")) \
+            or parts[0] == STAGING:
+        raise PublicationError(f"not a publishable file name: {rel_path!r}")
+    if len(parts) > 1 and parts[0] in {d.name for d in schemas.datasets() if d.zone in ZONES}:
+        raise PublicationError(f"{rel_path}: loose files may not go inside the dataset folder {parts[0]}")
+    digest = _sha256(data)
+    with _lock(store, zone):
+        manifest, _ = _recover(store, zone)
+        manifest = manifest or _zone_header(zone)
+        old = manifest.get("files", {}).get(rel_path)
+        if old and old.get("sha256") == digest and old.get("path") == rel_path \
+                and store.exists(f"{zone}/{rel_path}"):
+            return False
+        txn = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:12]}"
+        staged = f"{STAGING}/{txn}/{rel_path}"
+        store.write_bytes(f"{zone}/{staged}", data)
+        _checkpoint("staged")
+        now = _now()
+        manifest = {**manifest, **_zone_header(zone)}
+        manifest["files"] = {**manifest.get("files", {}), rel_path: {
+            "path": staged, "bytes": len(data), "sha256": digest, "written_at": now,
+            "run_id": run_id, "code_version": code_version,
+        }}
+        manifest["updated_at"] = now
+        _write_manifest(store, zone, manifest)
+        _checkpoint("committed")
+        _promote(store, zone, manifest)
+        return True
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_manifest(store: Store, zone: str, dataset: str) -> dict:
+    manifest = _load(store, f"{zone}/{dataset}")
+    if manifest is None:
+        raise FileNotFoundError(f"{zone}/{dataset} has not been published")
+    return manifest
+
+
+def read_published(
+    store: Store,
+    zone: str,
+    dataset: str,
+    *,
+    periods: list[str] | None = None,
+    verify: bool = True,
+) -> pa.Table:
+    """The dataset as its manifest lists it, with ``period`` as a string column (from the
+    partition key). ``verify`` checks each file's SHA-256 against the manifest."""
+    from pipelines import schemas
+
+    base = f"{zone}/{dataset}"
+    manifest = read_manifest(store, zone, dataset)
+    key = manifest.get("partition_by") or "period"
+    try:
+        ds = schemas.get(dataset)
+        file_schema = ds.arrow_schema(include_partition=False)
+        schema = ds.arrow_schema(include_partition=True)
+    except KeyError:
+        ds = file_schema = schema = None
+    tables = []
+    for period, entry in sorted(manifest.get("partitions", {}).items()):
+        if periods is not None and period not in periods:
+            continue
+        for rec in entry.get("files", []):
+            payload = store.read_bytes(f"{base}/{rec['path']}")
+            if verify and _sha256(payload) != rec["sha256"]:
+                raise PublicationError(f"{base}/{rec['path']} does not match its manifest digest")
+            t = pq.read_table(io.BytesIO(payload))
+            if file_schema is not None and t.schema.names == file_schema.names:
+                t = t.cast(file_schema)  # e.g. Parquet stores timestamp[s] as [ms]
+            t = t.append_column(pa.field(key, pa.string(), nullable=False),
+                                pa.array([period] * t.num_rows, pa.string()))
+            tables.append(t)
+    if schema is not None and ds.partition_by == key:
+        tables = [t.select(schema.names).cast(schema) for t in tables]
+        if not tables:
+            return schema.empty_table()
+    elif not tables:
+        return pa.table({key: pa.array([], pa.string())})
+    return pa.concat_tables(tables)
+
+
+def verify_publication(store: Store, zone: str, dataset: str | None = None) -> list[str]:
+    """Problems with a publication as its manifest lists it (empty = whole and consistent):
+    a listed file missing, or its size or SHA-256 different. ``dataset=None`` checks the
+    zone's loose files."""
+    base = f"{zone}/{dataset}" if dataset else zone
+    manifest = _load(store, base)
+    if manifest is None:
+        return [f"{base}: no manifest"]
+    problems = []
+    for rec in _file_records(manifest):
+        path = f"{base}/{rec['path']}"
+        if not store.exists(path):
+            problems.append(f"{path}: listed but missing")
+            continue
+        payload = store.read_bytes(path)
+        if len(payload) != rec["bytes"]:
+            problems.append(f"{path}: {len(payload)} bytes, manifest says {rec['bytes']}")
+        if _sha256(payload) != rec["sha256"]:
+            problems.append(f"{path}: SHA-256 differs from the manifest")
+    return problems
