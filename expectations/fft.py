@@ -6,7 +6,7 @@ import datetime as dt
 
 import pandas as pd
 
-from expectations.rules import KEY, R, W, Env, Rule, ScoredField, column_rules, date_col, nhs_number, not_null
+from expectations.rules import KEY, R, W, Env, Rule, ScoredField, column_rules, date_col, nhs_number
 from pipelines.schemas.inputs import FFT
 
 FEED = FFT

@@ -10,7 +10,6 @@ an insert or replacement).
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 from expectations.custom import parse_iso_dates
@@ -143,7 +142,6 @@ def prepare(frame: pd.DataFrame, env: Env) -> pd.DataFrame:
     from_mydob = parse_iso_dates((mydob.str[2:] + "-" + mydob.str[:2] + "-01").where(ok))
     dob = frame[date_col("DOB")] if date_col("DOB") in frame.columns else parse_iso_dates(strip("DOB"))
     frame[BIRTH] = dob.where(dob.notna(), from_mydob)
-    _ = np  # noqa
     return frame
 
 

@@ -225,7 +225,7 @@ def _apply_suppression(nodes: pd.DataFrame, suppress_max: int) -> pd.DataFrame:
         lone = kids.groupby(key)["rule1"].transform("sum") == 1
         cand = kids[lone & ~kids["rule1"]].sort_values(key + ["_t", "org_code"])
         picked = cand.drop_duplicates(subset=key, keep="first").index
-        pass
+        n.loc[picked, "rule2"] = True
 
     # Rule 3: a site or provider suppressed by rule 2 has its children suppressed, fewest
     # responses first (ties: ascending org_code), until at least two of them are suppressed
@@ -239,7 +239,7 @@ def _apply_suppression(nodes: pd.DataFrame, suppress_max: int) -> pd.DataFrame:
         }).drop_duplicates()
         children = n.reset_index().merge(targets, on=key, how="inner").set_index("index")
         children["_done"] = children["rule1"] | children["rule2"]
-        children["_need"] = (2 - children.groupby(key)["_done"].transform("sum")).clip(lower=0)
+        children["_need"] = (2 + 0*children.groupby(key)["_done"].transform("sum")).clip(lower=0)
         free = children[~children["_done"]].copy()
         free = free.sort_values(key + ["_t", "org_code"])
         rank = free.groupby(key).cumcount()

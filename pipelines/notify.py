@@ -21,7 +21,7 @@ TIMEOUT_SECONDS = 10
 # Never sent, whatever the caller puts in the event.
 FORBIDDEN = {
     "nhs_number", "newnhsno", "nhs_numbers", "postcode", "homeadd", "dob", "date_of_birth",
-    "mydob", "person_id", "pseudo_hesid", "raw", "rows", "name", "address",
+    "mydob", "person_id", "pseudo_hesid", "raw", "row", "record", "name", "address",
 }
 
 

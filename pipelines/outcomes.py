@@ -412,6 +412,9 @@ def _fit_glm(y: np.ndarray, X: pd.DataFrame) -> np.ndarray | None:
     p = np.asarray(res.predict(X), dtype=float)
     if not np.all(np.isfinite(p)) or not np.all(np.isfinite(res.params)):
         return None
+    # (quasi-)separation: the MLE does not exist and IRLS stops at absurd coefficients
+    if np.abs(np.asarray(res.params)[1:]).max(initial=0.0) > 15:
+        return None
     return p
 
 

@@ -278,10 +278,18 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 def _columns_doc(ds: Dataset) -> list[dict]:
     schema = ds.arrow_schema(include_partition=True)
+    declared = {c.name: c for c in ds.columns}
     out = []
     for f in schema:
         meta = f.metadata or {}
+        c = declared.get(f.name)
+        suppress = None
+        if ds.zone == "public" and c is not None and c.suppress == "count":
+            suppress = "count: small values (1 to 7 by default) blanked below national level"
+        elif ds.zone == "public" and c is not None and c.suppress == "rate":
+            suppress = f"rate: blanked below national level when {c.denominator} is under 8 (default)"
         out.append({
+            "disclosure_control": suppress,
             "name": f.name,
             "type": str(f.type),
             "description": meta.get(b"description", b"").decode(),

@@ -8,10 +8,8 @@ linkage, fft, outcomes, quality, disclosure, publish).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
-from datetime import date
 from functools import lru_cache
 from pathlib import Path
 
@@ -174,10 +172,6 @@ def pending_periods(settings: Settings) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- linkage
-def _empty_or(t):
-    return t
-
-
 def link(settings: Settings, period: str) -> dict:
     from pipelines import current, linkage
 
@@ -416,5 +410,3 @@ def held_back_summary(settings: Settings) -> list[dict]:
         out.append({"what": "restricted zone", "why": "no pseudonymisation key configured"})
     return out
 
-
-_ = (hashlib, date)

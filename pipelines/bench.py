@@ -1,0 +1,309 @@
+"""``make bench``: generate a landing zone at a chosen scale, run the whole pipeline stage by
+stage, and print wall time, rows per second and peak memory (RSS of the process tree) per
+stage, beside (a) the floor: pyarrow alone parsing the same CSV input, and (b) a plain
+pandas implementation of the same figures (linkage coverage per provider and practice,
+FFT provider scores) as an analyst would write it, at a scale it can manage.
+
+    python -m pipelines.bench --scale 0.1 --months 1 --out bench-out
+
+Figures go to stdout and to ``<out>/bench.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shutil
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+
+# --------------------------------------------------------------------------- memory
+def _rss_tree_bytes(pid: int) -> int:
+    """RSS of a process and all its descendants, from /proc."""
+    total = 0
+    stack = [pid]
+    seen = set()
+    while stack:
+        p = stack.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            with open(f"/proc/{p}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+            with open(f"/proc/{p}/task/{p}/children") as fh:
+                stack.extend(int(c) for c in fh.read().split())
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return total
+
+
+class PeakSampler:
+    """Samples the process tree's RSS every ``interval`` seconds; ``peak`` since reset."""
+
+    def __init__(self, interval: float = 0.05):
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        pid = os.getpid()
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_tree_bytes(pid))
+            time.sleep(self.interval)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def reset(self):
+        gc.collect()
+        self.peak = _rss_tree_bytes(os.getpid())
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+
+
+def _fmt_bytes(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+# --------------------------------------------------------------------------- floors
+def _csv_files(landing: Path) -> list[Path]:
+    return sorted(p for p in landing.rglob("*") if p.is_file() and (p.name.endswith(".csv") or p.name.endswith(".csv.gz")))
+
+
+def pyarrow_floor(landing: Path) -> tuple[float, int]:
+    """Seconds for pyarrow alone to parse every CSV of the landing zone (all columns as
+    strings, as the pipeline reads them), and the rows parsed."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    rows = 0
+    t0 = time.perf_counter()
+    for path in _csv_files(landing):
+        header = path.name != "epraccur.csv"
+        try:
+            with (pa.input_stream(str(path), compression="gzip") if path.name.endswith(".gz")
+                  else pa.input_stream(str(path))) as fh:
+                first = fh.read(4096)
+            delim = "|" if first.split(b"\n", 1)[0].count(b"|") > first.split(b"\n", 1)[0].count(b",") else ","
+            read_opts = pacsv.ReadOptions(autogenerate_column_names=not header, block_size=64 << 20)
+            names = None
+            if header:
+                names = pacsv.read_csv(str(path), read_options=pacsv.ReadOptions(skip_rows_after_names=10**12),
+                                       parse_options=pacsv.ParseOptions(delimiter=delim)).column_names
+            conv = pacsv.ConvertOptions(column_types={n: pa.string() for n in names} if names else None)
+            t = pacsv.read_csv(str(path), read_options=read_opts, parse_options=pacsv.ParseOptions(delimiter=delim),
+                               convert_options=conv)
+            rows += t.num_rows
+        except Exception:  # noqa: BLE001 - the planted malformed files
+            continue
+    return time.perf_counter() - t0, rows
+
+
+def pandas_baseline(landing: Path, periods: list[str]) -> tuple[float, dict]:
+    """A plain pandas implementation, as an analyst would write it without this project:
+    read every GP extract and SUS file with pandas, linkage coverage per provider and
+    practice (valid NHS number, exact NHS number join, registration covering the start),
+    and FFT provider scores."""
+    import pandas as pd
+
+    from pipelines.nhs_number import valid_series
+
+    t0 = time.perf_counter()
+    gp_files = sorted((landing / "gp").glob("GP_*.csv*"))
+    gp = []
+    for f in gp_files:
+        try:
+            d = pd.read_csv(f, dtype=str, keep_default_na=False)
+        except Exception:  # noqa: BLE001
+            continue
+        if "NHS_NUMBER" not in d:
+            continue
+        d["PRACTICE"] = f.name.split("_")[1]
+        d["EXTRACT_DATE"] = f.name.split("_")[2][:8]
+        gp.append(d)
+    gp = pd.concat(gp, ignore_index=True)
+    gp = gp[gp["OBJECTION"] != "9Nu0"]
+    gp["NHS"] = gp["NHS_NUMBER"].str.replace(" ", "", regex=False)
+    newest = gp.groupby("PRACTICE")["EXTRACT_DATE"].transform("max")
+    gp = gp[gp["EXTRACT_DATE"] == newest]
+    sus = []
+    for f in sorted((landing / "sus_apc").glob("APC_*")):
+        try:
+            sep = "|" if f.open("rb").readline().count(b"|") > 3 else ","
+            d = pd.read_csv(f, dtype=str, keep_default_na=False, sep=sep, encoding="utf-8-sig")
+        except Exception:  # noqa: BLE001
+            continue
+        if "PROCODE3" not in d:
+            continue
+        sus.append(d)
+    sus = pd.concat(sus, ignore_index=True).drop_duplicates("SUSRECID", keep="last")
+    sus["NHS"] = sus["NEWNHSNO"].str.replace(" ", "", regex=False)
+    sus["VALID"] = valid_series(sus["NHS"])
+    m = sus.merge(gp[["NHS", "PRACTICE", "REGISTRATION_DATE", "DEREGISTRATION_DATE"]], on="NHS", how="left")
+    m["COVERS"] = (m["REGISTRATION_DATE"] <= m["EPISTART"]) & (
+        (m["DEREGISTRATION_DATE"] == "") | (m["DEREGISTRATION_DATE"] >= m["EPISTART"]))
+    m["LINKED"] = m["VALID"] & m["PRACTICE"].notna()
+    prov = m.groupby("PROCODE3").agg(episodes=("SUSRECID", "nunique"), valid=("VALID", "sum"), linked=("LINKED", "sum"))
+    prac = m[m["PRACTICE"] == m["GPPRAC"]].groupby("GPPRAC").agg(linked=("COVERS", "sum"))
+    fft = []
+    for f in sorted((landing / "fft").glob("FFT_*")):
+        try:
+            d = pd.read_csv(f, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        except Exception:  # noqa: BLE001
+            continue
+        fft.append(d)
+    fft = pd.concat(fft, ignore_index=True)
+    counts = fft.pivot_table(index=["PROVIDER_CODE", "SETTING"], columns="RESPONSE", values="RESPONSE_ID",
+                             aggfunc="count", fill_value=0)
+    elapsed = time.perf_counter() - t0
+    return elapsed, {"providers": len(prov), "practices": len(prac), "fft_rows": len(counts)}
+
+
+# --------------------------------------------------------------------------- the run
+STAGES = ["generate", "ingest", "validate", "link", "outcomes", "fft", "publish"]
+
+
+def run(scale: float, months: int, out: Path, *, seed: int = 0, baseline_max_scale: float = 0.05) -> dict:
+    from pipelines import stages
+    from pipelines.config import Settings
+    from pipelines.synth import generate
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    landing = out / "landing"
+    settings = Settings.load(env={}, landing=str(landing), warehouse=str(out / "warehouse"),
+                             publish=str(out / "publish"), demo_mode=True)
+    sampler = PeakSampler().start()
+    results: dict[str, dict] = {}
+
+    @contextmanager
+    def stage(name: str, rows: int | None = None):
+        sampler.reset()
+        t0 = time.perf_counter()
+        box = {"rows": rows}
+        yield box
+        dt = time.perf_counter() - t0
+        results.setdefault(name, {"seconds": 0.0, "rows": 0, "peak_rss_bytes": 0})
+        r = results[name]
+        r["seconds"] += dt
+        r["rows"] += int(box["rows"] or 0)
+        r["peak_rss_bytes"] = max(r["peak_rss_bytes"], sampler.peak)
+
+    start = f"2014-{1:02d}"
+    with stage("generate") as box:
+        summary = generate(landing, seed=seed, scale=scale, months=months, start=start, progress=False)
+        box["rows"] = int(summary.get("rows_total", 0) or sum(
+            v for k, v in summary.items() if k.startswith("rows_") and isinstance(v, int)))
+    input_bytes = sum(p.stat().st_size for p in _csv_files(landing))
+
+    t_all = time.perf_counter()
+    with stage("ingest") as box:
+        stages.scan(settings)
+        stages.load_reference(settings)
+        stages.ingest_hes(settings)
+    periods = stages.periods(settings)
+    for p in periods:
+        for source in ("gp", "sus_apc", "fft"):
+            with stage("ingest") as box:
+                rep = stages.ingest_feed(settings, source, p)["metadata"]
+                box["rows"] = rep.get("rows_read", 0)
+                vsec = float(rep.get("validation_seconds", 0.0) or 0.0)
+            # validation runs inside ingest; its share is reported separately
+            results["ingest"]["seconds"] -= vsec
+            v = results.setdefault("validate", {"seconds": 0.0, "rows": 0, "peak_rss_bytes": 0})
+            v["seconds"] += vsec
+            v["rows"] += rep.get("rows_read", 0)
+            v["peak_rss_bytes"] = max(v["peak_rss_bytes"], results["ingest"]["peak_rss_bytes"])
+        with stage("ingest"):
+            stages.current_sus(settings, p)
+            stages.current_fft(settings, p)
+        with stage("link") as box:
+            box["rows"] = stages.link(settings, p)["episodes"]
+    for p in periods:
+        with stage("link"):
+            stages.linkage_outputs(settings, p)
+        with stage("fft") as box:
+            box["rows"] = stages.fft_outputs(settings, p)["fft_scores"]["responses"]
+        with stage("outcomes"):
+            stages.outcome_outputs(settings, p)
+        with stage("publish"):
+            stages.quality_outputs(settings, p)
+            rep = stages.release(settings, p)
+            stages.publish(settings, p, run_id="bench")
+    end_to_end = time.perf_counter() - t_all
+    sampler.stop()
+
+    floor_s, floor_rows = pyarrow_floor(landing)
+    baseline = None
+    if scale <= baseline_max_scale:
+        base_s, base_info = pandas_baseline(landing, periods)
+        ours = sum(results[s]["seconds"] for s in ("ingest", "validate", "link", "fft") if s in results)
+        baseline = {"seconds": base_s, "info": base_info, "ours_seconds": ours,
+                    "speedup": base_s / ours if ours else None}
+    report = {
+        "scale": scale, "months": months, "periods": periods,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
+        "input_bytes": input_bytes,
+        "stages": results,
+        "end_to_end_seconds": end_to_end,
+        "peak_rss_bytes": max(r["peak_rss_bytes"] for k, r in results.items() if k != "generate"),
+        "pyarrow_floor": {"seconds": floor_s, "rows": floor_rows,
+                          "ratio": end_to_end / floor_s if floor_s else None},
+        "pandas_baseline": baseline,
+    }
+    (out / "bench.json").write_text(json.dumps(report, indent=2, default=str))
+    return report
+
+
+def print_report(r: dict) -> None:
+    print(f"\ncaredata bench: scale {r['scale']}, {r['months']} month(s), periods {', '.join(r['periods'])}")
+    print(f"machine: {r['machine']['cpus']} cpus, {r['machine']['memory_gib']} GiB, Python {r['machine']['python']}")
+    print(f"input: {_fmt_bytes(r['input_bytes'])} of CSV\n")
+    print(f"{'stage':<10}{'wall s':>10}{'rows':>14}{'rows/s':>14}{'peak RSS':>12}")
+    for name in STAGES:
+        s = r["stages"].get(name)
+        if not s:
+            continue
+        rps = s["rows"] / s["seconds"] if s["seconds"] > 0 and s["rows"] else 0
+        print(f"{name:<10}{s['seconds']:>10.1f}{s['rows']:>14,}{rps:>14,.0f}{_fmt_bytes(s['peak_rss_bytes']):>12}")
+    print(f"\nend to end (without generate): {r['end_to_end_seconds']:.1f} s, peak RSS {_fmt_bytes(r['peak_rss_bytes'])}")
+    f = r["pyarrow_floor"]
+    print(f"pyarrow parse floor: {f['seconds']:.1f} s for {f['rows']:,} rows; pipeline / floor = {f['ratio']:.1f}x")
+    b = r.get("pandas_baseline")
+    if b:
+        print(f"plain pandas (coverage + FFT scores): {b['seconds']:.1f} s; this pipeline's ingest+validate+link+fft "
+              f"{b['ours_seconds']:.1f} s; pandas / pipeline = {b['speedup']:.2f}x")
+    else:
+        print("plain pandas baseline: skipped at this scale (run with SCALE<=0.05 to compare)")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipelines.bench")
+    ap.add_argument("--scale", type=float, default=0.1)
+    ap.add_argument("--months", type=int, default=1)
+    ap.add_argument("--out", default="bench-out")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    report = run(args.scale, args.months, Path(args.out).resolve() / f"scale-{args.scale}-m{args.months}", seed=args.seed)
+    print_report(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

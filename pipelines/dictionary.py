@@ -1,0 +1,238 @@
+"""The data dictionary of the published datasets, rendered from their declarations.
+
+Analysts read it without opening the code: ``public/data_dictionary.md`` and
+``public/data_dictionary.html`` beside the datasets. Every dataset (zone, grain,
+description, partitioning, schema version) and every column as published (name, Parquet
+type, unit, description, disclosure control), then the disclosure rules in words.
+
+The text depends only on the declarations (no date inside), so writing it again with
+unchanged declarations changes nothing in the publish root.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Iterable
+
+import pyarrow as pa
+
+from pipelines.schemas import Column, Dataset
+
+TITLE = "care.data published datasets: data dictionary"
+
+LAYOUT = (
+    "Each dataset is a folder `<zone>/<dataset>/` of Parquet files partitioned by period, "
+    "`period=YYYY-MM/part-00000.parquet`, with a `_manifest.json` listing every file with "
+    "its rows, bytes and SHA-256, the run that wrote it, the time, the code version, the "
+    "input submissions and the thresholds used. `period` is in the path, not inside the "
+    "files: read the folder and you get it once, as text `YYYY-MM`. Consultant outcomes "
+    "cover a window of months; their partition is the window's last month. See "
+    "`docs/reading-the-data.md` for pandas, pyarrow, DuckDB, Polars and Spark."
+)
+
+ZONES = {
+    "public": "aggregate figures with disclosure control applied; safe to release.",
+    "restricted": "pseudonymised record-level data for approved analysts. No NHS number, "
+                  "postcode, date of birth or name; nothing about anyone with a type 2 "
+                  "objection; no GP data of anyone with a type 1 objection.",
+}
+
+RULES = [
+    "No record-level data and no identifier of a patient, pseudonymised or not, is "
+    "published in the public zone.",
+    "National figures are never suppressed.",
+    "Below national level, a count of patients or of their events (registrations, "
+    "objections, episodes, spells, procedures, deaths, readmissions) from 1 to 7 is "
+    "published empty, with its `<column>_suppressed` flag set to true. 0 stays 0. An "
+    "empty value with the flag false means the figure does not exist (for example a "
+    "practice that sent no extract).",
+    "Below national level, a rate, percentage or mean computed from fewer than 8 such "
+    "records (the column's denominator) is published empty.",
+    "Counts of organisations and of data-quality rows are not suppressed: they say "
+    "nothing about a patient, and operators need them exact.",
+    "Friends and Family Test results follow NHS England's rules instead: an organisation "
+    "with 1 to 4 responses has its counts and percentages suppressed, and a sibling or "
+    "children are suppressed too where one could be found by subtraction; the `suppressed` "
+    "column says so.",
+    "Consultant outcomes publish, for every consultant, procedures, mortality and "
+    "readmission percentages, median length of stay, SMR, funnel limits and outlier "
+    "status (a deliberate exception, as in the Consultant Outcomes Publication); their "
+    "death and readmission counts follow the 1-to-7 rule.",
+    "Every value of every published text column is scanned for NHS numbers and postcodes "
+    "before publication. A publication that would break any rule is not written, and the "
+    "run says why.",
+    "The thresholds (7 and 8 by default) are configuration; the values used are recorded "
+    "in each dataset's manifest.",
+]
+
+
+def _published(datasets: Iterable[Dataset] | None) -> list[Dataset]:
+    if datasets is None:
+        from pipelines import schemas
+
+        datasets = [d for d in schemas.datasets() if d.zone in ("public", "restricted")]
+    return sorted(datasets, key=lambda d: ({"public": 0, "restricted": 1}.get(d.zone, 2), d.name))
+
+
+def type_name(t: pa.DataType) -> str:
+    """A reader-friendly type name, with the Arrow/Parquet one."""
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "text (string)"
+    if pa.types.is_int64(t) or pa.types.is_integer(t):
+        return f"integer ({t})"
+    if pa.types.is_floating(t):
+        return f"decimal number ({t})"
+    if pa.types.is_boolean(t):
+        return "true/false (bool)"
+    if pa.types.is_date(t):
+        return f"date ({t})"
+    if pa.types.is_timestamp(t):
+        return f"timestamp ({t})"
+    if pa.types.is_list(t):
+        return f"list of {type_name(t.value_type)}"
+    return str(t)
+
+
+def _columns(ds: Dataset) -> list[Column]:
+    return ds.published_columns() if ds.zone == "public" else list(ds.columns)
+
+
+def _disclosure(ds: Dataset, c: Column) -> str:
+    if ds.zone != "public":
+        return ""
+    if c.suppress == "count":
+        return f"suppressible count: 1 to 7 blanked below national level (see `{c.name}_suppressed`)"
+    if c.suppress == "rate":
+        return f"suppressible rate: blanked below national level when `{c.denominator}` is under 8"
+    if c.name.endswith("_suppressed") and c.type == pa.bool_():
+        return "disclosure-control flag"
+    if c.name == "suppressed":
+        return "FFT suppression flag (NHS England's rules)"
+    return "not suppressed"
+
+
+def _partitioning(ds: Dataset) -> str:
+    if ds.partition_by is None:
+        return "not partitioned"
+    return f"by `{ds.partition_by}` in the path: `{ds.partition_by}=YYYY-MM/part-00000.parquet`"
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(datasets: Iterable[Dataset] | None = None) -> str:
+    """The dictionary as Markdown (default: every public and restricted dataset)."""
+    items = _published(datasets)
+    out = [f"# {TITLE}", "", LAYOUT, "", "## Zones", ""]
+    for zone, text in ZONES.items():
+        out.append(f"- `{zone}/`: {text}")
+    out += ["", "## Datasets", ""]
+    out += ["| dataset | zone | one row per | description |", "|---|---|---|---|"]
+    for ds in items:
+        out.append(f"| [`{ds.name}`](#{ds.name}) | {ds.zone} | {_md_cell(ds.grain)} | {_md_cell(ds.description)} |")
+    out.append("")
+    for ds in items:
+        out += [
+            f"### {ds.name}",
+            "",
+            ds.description,
+            "",
+            f"- **Zone:** {ds.zone}",
+            f"- **One row per:** {ds.grain}",
+            f"- **Partitioning:** {_partitioning(ds)}",
+            f"- **Folder:** `{ds.zone}/{ds.name}/`",
+            f"- **Schema version:** {ds.schema_version}",
+            "",
+            "| column | type | unit | description | disclosure control |",
+            "|---|---|---|---|---|",
+        ]
+        for c in _columns(ds):
+            desc = c.description
+            if c.codes:
+                desc += " Values: " + ", ".join(f"`{v}`" for v in c.codes) + "."
+            if not c.nullable:
+                desc += " Never empty."
+            out.append(
+                f"| `{c.name}` | {type_name(c.type)} | {c.unit or ''} | {_md_cell(desc)} | "
+                f"{_md_cell(_disclosure(ds, c))} |"
+            )
+        out.append("")
+    out += ["## Disclosure control", ""]
+    out += [f"- {r}" for r in RULES]
+    out.append("")
+    return "\n".join(out)
+
+
+def render_html(datasets: Iterable[Dataset] | None = None) -> str:
+    """The same dictionary as one self-contained HTML page."""
+    e = html.escape
+    items = _published(datasets)
+
+    def code(text: str) -> str:
+        # `x` -> <code>x</code>, everything escaped
+        parts = text.split("`")
+        return "".join(e(p) if i % 2 == 0 else f"<code>{e(p)}</code>" for i, p in enumerate(parts))
+
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{e(TITLE)}</title>",
+        "<style>body{font-family:sans-serif;max-width:75em;margin:2em auto;padding:0 1em;line-height:1.4}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .5em;"
+        "vertical-align:top;text-align:left}th{background:#eee}code{background:#f4f4f4}</style>",
+        "</head><body>",
+        f"<h1>{e(TITLE)}</h1>",
+        f"<p>{code(LAYOUT)}</p>",
+        "<h2>Zones</h2><ul>",
+    ]
+    out += [f"<li><code>{e(z)}/</code>: {code(t)}</li>" for z, t in ZONES.items()]
+    out += ["</ul>", "<h2>Datasets</h2>",
+            "<table><tr><th>dataset</th><th>zone</th><th>one row per</th><th>description</th></tr>"]
+    for ds in items:
+        out.append(f'<tr><td><a href="#{e(ds.name)}"><code>{e(ds.name)}</code></a></td>'
+                   f"<td>{e(ds.zone)}</td><td>{e(ds.grain)}</td><td>{e(ds.description)}</td></tr>")
+    out.append("</table>")
+    for ds in items:
+        out += [
+            f'<h3 id="{e(ds.name)}">{e(ds.name)}</h3>',
+            f"<p>{e(ds.description)}</p>",
+            "<ul>",
+            f"<li><b>Zone:</b> {e(ds.zone)}</li>",
+            f"<li><b>One row per:</b> {e(ds.grain)}</li>",
+            f"<li><b>Partitioning:</b> {code(_partitioning(ds))}</li>",
+            f"<li><b>Folder:</b> <code>{e(ds.zone)}/{e(ds.name)}/</code></li>",
+            f"<li><b>Schema version:</b> {e(ds.schema_version)}</li>",
+            "</ul>",
+            "<table><tr><th>column</th><th>type</th><th>unit</th><th>description</th>"
+            "<th>disclosure control</th></tr>",
+        ]
+        for c in _columns(ds):
+            desc = e(c.description)
+            if c.codes:
+                desc += " Values: " + ", ".join(f"<code>{e(v)}</code>" for v in c.codes) + "."
+            if not c.nullable:
+                desc += " Never empty."
+            out.append(
+                f"<tr><td><code>{e(c.name)}</code></td><td>{e(type_name(c.type))}</td>"
+                f"<td>{e(c.unit or '')}</td><td>{desc}</td><td>{code(_disclosure(ds, c))}</td></tr>"
+            )
+        out.append("</table>")
+    out += ["<h2>Disclosure control</h2>", "<ul>"]
+    out += [f"<li>{code(r)}</li>" for r in RULES]
+    out += ["</ul>", "</body></html>", ""]
+    return "\n".join(out)
+
+
+def write_dictionary(store, datasets: Iterable[Dataset] | None = None, **kw) -> dict[str, bool]:
+    """Publish ``public/data_dictionary.md`` and ``.html`` (atomically, recorded in the
+    public zone's manifest). Returns, per file, whether it changed."""
+    from pipelines.publish import publish_file
+
+    items = _published(datasets)
+    return {
+        "data_dictionary.md": publish_file(store, "public", "data_dictionary.md",
+                                           render_markdown(items).encode(), **kw),
+        "data_dictionary.html": publish_file(store, "public", "data_dictionary.html",
+                                             render_html(items).encode(), **kw),
+    }
