@@ -16,7 +16,7 @@ def _specs(names, deps):
     return [dg.AssetSpec(n, description=stages.describe(n), deps=deps) for n in names]
 
 
-@dg.asset(group_name="linkage", partitions_def=period_partitions, deps=[sus_apc_current, gp_bronze],
+@dg.asset(group_name="linkage", partitions_def=period_partitions, deps=[sus_apc_current, gp_bronze], pool="caredata_heavy",
           description="SUS episodes of the period linked to GP registrations (five match ranks), internal.")
 def linked_episodes_work(context: dg.AssetExecutionContext, caredata: CareDataConfig) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata=_md(stages.link(caredata.settings(), context.partition_key)))
@@ -38,7 +38,7 @@ def fft_results(context: dg.AssetExecutionContext, caredata: CareDataConfig):
         yield dg.MaterializeResult(asset_key=name, metadata=_md(report[name]))
 
 
-@dg.multi_asset(group_name="outcomes", partitions_def=period_partitions,
+@dg.multi_asset(group_name="outcomes", partitions_def=period_partitions, pool="caredata_heavy",
                 specs=_specs(stages.OUTCOME_DATASETS, [dg.AssetDep(linked_episodes_work, partition_mapping=WINDOW)]))
 def consultant_outcomes_window(context: dg.AssetExecutionContext, caredata: CareDataConfig):
     report = stages.outcome_outputs(caredata.settings(), context.partition_key)

@@ -35,7 +35,7 @@ def reference_data(context: dg.AssetExecutionContext, caredata: CareDataConfig) 
     return dg.MaterializeResult(metadata=_md(stages.load_reference(caredata.settings())))
 
 
-@dg.asset(group_name="ingest", deps=[landing_scan, reference_data],
+@dg.asset(group_name="ingest", deps=[landing_scan, reference_data], pool="caredata_heavy",
           description="HES APC extracts (many providers and periods), validated into the warehouse as net change.")
 def hes_apc_bronze(context: dg.AssetExecutionContext, caredata: CareDataConfig) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata=_md(stages.ingest_hes(caredata.settings())))

@@ -1,6 +1,8 @@
 """Disclosure control (a blocking check) and publishing to the public and restricted zones."""
 
 
+from datetime import timedelta
+
 import dagster as dg
 
 from assets.datasets import consultant_outcomes_window, fft_results, linkage_coverage, quality_reports
@@ -30,7 +32,12 @@ def release_candidate(context: dg.AssetExecutionContext, caredata: CareDataConfi
     )
 
 
+# Freshness (shown in the UI, evaluated by the daemon): a month is published every month.
+PUBLICATION_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(days=45), warn_window=timedelta(days=35))
+
+
 @dg.asset(group_name="publish", partitions_def=period_partitions, deps=[release_candidate],
+          freshness_policy=PUBLICATION_FRESHNESS,
           description="Atomic, versioned publication of the period to the publish root (public and restricted zones, manifests, data dictionary, funnel plots).")
 def published(context: dg.AssetExecutionContext, caredata: CareDataConfig) -> dg.MaterializeResult:
     report = stages.publish(caredata.settings(), context.partition_key, run_id=context.run_id)

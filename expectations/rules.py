@@ -163,12 +163,12 @@ POSTCODE_RE = r"(?i)^\s*[A-Z]{1,2}[0-9][A-Z0-9]?\s*[0-9][A-Z]{2}\s*$"
 LSOA_RE = r"^E01[0-9]{6}$"
 PRACTICE_RE = r"^[A-Z][0-9]{5}$"
 CONSULTANT_RE = r"^C[0-9]{7}$"
-MYDOB_RE = r"^(0[1-9]|1[0-2])[0-9]{4}$"
+MYDOB_RE = r"^(?:0[1-9]|1[0-2])[0-9]{4}$"
 # ICD-10 without the dot: letter, 2 digits, optional 4th character (digit or X, as in
 # HES 'R69X'); '-' is HES's "no diagnosis in this position".
-ICD10_RE = r"^([A-Z][0-9]{2}[0-9X]?|-)$"
+ICD10_RE = r"^(?:[A-Z][0-9]{2}[0-9X]?|-)$"
 # OPCS-4: letter + 3 digits; '-' (padded '-   ') means no procedure.
-OPCS4_RE = r"^([A-Z][0-9]{3}|-\s*)$"
+OPCS4_RE = r"^(?:[A-Z][0-9]{3}|-\s*)$"
 SPECIALTY_RE = r"^[0-9]{3}$"
 
 

@@ -239,7 +239,7 @@ def _apply_suppression(nodes: pd.DataFrame, suppress_max: int) -> pd.DataFrame:
         }).drop_duplicates()
         children = n.reset_index().merge(targets, on=key, how="inner").set_index("index")
         children["_done"] = children["rule1"] | children["rule2"]
-        children["_need"] = (2 + 0*children.groupby(key)["_done"].transform("sum")).clip(lower=0)
+        children["_need"] = (2 - children.groupby(key)["_done"].transform("sum")).clip(lower=0)
         free = children[~children["_done"]].copy()
         free = free.sort_values(key + ["_t", "org_code"])
         rank = free.groupby(key).cumcount()

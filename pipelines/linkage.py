@@ -167,13 +167,9 @@ def _statements(sql: str) -> list[str]:
 
 
 def _conform_public(name: str, table: pa.Table) -> pa.Table:
-    """Conform to a public declaration, unsuppressed: every ``<count>_suppressed`` flag
-    that publishing sets is present and False here."""
-    ds = schemas.get(name)
-    for col in ds.published_columns():
-        if col.name.endswith("_suppressed") and col.name not in table.column_names:
-            table = table.append_column(col.name, pa.array([False] * table.num_rows, pa.bool_()))
-    return ds.conform(table)
+    """Conform to a public declaration as *staged*: computed, not yet disclosure-controlled,
+    without the ``<count>_suppressed`` flags that publishing adds."""
+    return schemas.get(name).conform(table, staged=True)
 
 
 # --------------------------------------------------------------------------- linkage
@@ -335,7 +331,8 @@ def coverage(
 
     Returns ``linkage_coverage_practice``, ``linkage_coverage_provider``,
     ``linkage_coverage_summary`` and ``programme_targets``, each conformed to its
-    declaration with the ``period`` column (suppression flags all False).
+    declaration as staged (with ``period``; no ``*_suppressed`` flags: publishing applies
+    disclosure control from the declarations).
     """
     start, end = _period_bounds(period)
     practice_pct = float(settings.t("linkage", "practice_linked_pct"))

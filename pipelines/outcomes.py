@@ -13,8 +13,8 @@ Plain functions over Arrow and pandas, no Dagster:
 * :func:`linked_spells_restricted` -- the pseudonymised ``linked_spells`` dataset.
 
 The table from :func:`build_spells` is internal: it carries the person's NHS number
-(``person_nhs_number``) so that readmissions can be followed across providers. It is
-never published as it is.
+(``person_key``: the NHS number, else ``HESID:`` + PSEUDO_HESID) so that readmissions can
+be followed across providers. It is never published as it is.
 
 Choices where the spec is silent are listed in docs/methods-outcomes.md.
 """
@@ -41,11 +41,12 @@ EMERGENCY_ADMIMETH = frozenset({"21", "22", "23", "24", "25", "28", "2A", "2B", 
 DIED_DISMETH = "4"
 NOT_ALIVE_DISMETH = frozenset({"4", "5"})  # 4 died, 5 stillbirth
 UNKNOWN_CONSULTANT = "&"  # HES convention for "not known"
+MAX_AGE = 120
 
 COHORT_COLUMNS = ("specialty", "opcs4_prefix", "requires_diagnosis_prefix", "excludes_diagnosis_prefix")
 
 SPELL_COLUMNS = (
-    "provider_code", "spell_id", "person_nhs_number", "pseudo_hesid", "period",
+    "provider_code", "spell_id", "person_key", "pseudo_hesid", "period",
     "admidate", "disdate", "admimeth", "dismeth", "los_days", "age", "sex", "emergency",
     "specialty", "index_procedure", "index_procedure_date", "consultant_code", "opcs_group",
     "charlson_index", "death_30d", "discharged_alive", "emergency_readmission_30d",
@@ -119,6 +120,7 @@ def _age(on: pd.Series, dob: pd.Series, by: pd.Series, bm: pd.Series) -> pd.Seri
     age = from_dob.astype("Float64")
     age = age.fillna(from_ym.where(bm.notna()))
     age = age.fillna(from_y)
+    age = age.where((age >= 0) & (age <= MAX_AGE))  # birth after admission or absurd: unknown
     return age.round().astype("Int64")
 
 
@@ -225,18 +227,21 @@ def build_spells(
         "dod": g["date_of_death"].max(),
         "type2": g["t2"].any(),
     }).reindex(range(n))
-    sp["person_nhs_number"] = sp["valid_nhs"].fillna(sp["linked_nhs"])
+    # the person: valid NHS number on the episodes, else the linked GP patient's, else
+    # (HES extracts only) the PSEUDO_HESID
+    sp["person_key"] = sp["valid_nhs"].fillna(sp["linked_nhs"]).fillna("HESID:" + sp["pseudo_hesid"])
     on = sp["admidate"].fillna(sp["first_epistart"])
     sp["age"] = _age(on, sp["dob"], sp["birth_year"], sp["birth_month"])
-    sp["los_days"] = (sp["disdate"] - sp["admidate"]).dt.days.astype("Int64")
+    los = (sp["disdate"] - sp["admidate"]).dt.days.astype("Int64")
+    sp["los_days"] = los.where(los >= 0)  # discharge before admission: unknown
     sp["emergency"] = sp["admimeth"].isin(EMERGENCY_ADMIMETH).fillna(False).astype(bool)
 
     # person-level facts: date of death and type 2 objection follow the person
-    person = sp["person_nhs_number"]
+    person = sp["person_key"]
     has_person = person.notna()
     if has_person.any():
-        dod_p = sp[has_person].groupby("person_nhs_number")["dod"].max()
-        t2_p = sp[has_person].groupby("person_nhs_number")["type2"].any()
+        dod_p = sp[has_person].groupby("person_key")["dod"].max()
+        t2_p = sp[has_person].groupby("person_key")["type2"].any()
         sp.loc[has_person, "dod"] = person[has_person].map(dod_p).to_numpy()
         sp.loc[has_person, "type2"] = person[has_person].map(t2_p).to_numpy()
 
@@ -353,14 +358,14 @@ def _readmissions(sp: pd.DataFrame, days: int) -> pd.Series:
     after this spell's discharge; False when discharged alive without one; null when not
     discharged alive or no person key to follow."""
     result = pd.Series(pd.NA, index=sp.index, dtype="boolean")
-    base = sp["discharged_alive"] & sp["person_nhs_number"].notna()
+    base = sp["discharged_alive"] & sp["person_key"].notna()
     result[base] = False
-    adm = sp[sp["emergency"] & sp["person_nhs_number"].notna() & sp["admidate"].notna()]
+    adm = sp[sp["emergency"] & sp["person_key"].notna() & sp["admidate"].notna()]
     if adm.empty or not base.any():
         return result
-    idx = sp[base][["person_nhs_number", "disdate"]].reset_index(names="spell")
-    adm = adm[["person_nhs_number", "admidate"]]
-    pairs = idx.merge(adm, on="person_nhs_number", how="inner")
+    idx = sp[base][["person_key", "disdate"]].reset_index(names="spell")
+    adm = adm[["person_key", "admidate"]]
+    pairs = idx.merge(adm, on="person_key", how="inner")
     gap = (pairs["admidate"] - pairs["disdate"]).dt.days
     hit = pairs.loc[(gap >= 1) & (gap <= days), "spell"].unique()
     result.loc[hit] = True
@@ -407,9 +412,9 @@ def _fit_glm(y: np.ndarray, X: pd.DataFrame) -> np.ndarray | None:
         except Exception as exc:  # perfect separation, singular matrix: try a simpler model
             log.info("risk model failed (%s); falling back", type(exc).__name__)
             return None
-    if not getattr(res, "converged", True):
-        return None
-    p = np.asarray(res.predict(X), dtype=float)
+        if not getattr(res, "converged", True):
+            return None
+        p = np.asarray(res.predict(X), dtype=float)
     if not np.all(np.isfinite(p)) or not np.all(np.isfinite(res.params)):
         return None
     # (quasi-)separation: the MLE does not exist and IRLS stops at absurd coefficients
@@ -497,7 +502,8 @@ def window_outcomes(spells: pa.Table, window_end: str, settings: Any = None) -> 
         spec_rows.append({
             "specialty": specialty,
             "procedures": len(sub),
-            "consultants": sub[["provider_code", "consultant_code"]].drop_duplicates().shape[0],
+            "consultants": sub.loc[sub["consultant_code"] != UNKNOWN_CONSULTANT,
+                                   ["provider_code", "consultant_code"]].drop_duplicates().shape[0],
             "deaths_30d": int(y.sum()),
             "crude_mortality_pct": 100.0 * y.mean(),
             "readmission_pct": (100.0 * sub.loc[alive, "emergency_readmission_30d"].astype(int).mean()
@@ -572,6 +578,8 @@ def linked_spells_restricted(spells: pa.Table, key: str | bytes | None) -> pa.Ta
     mask = pc.invert(pc.fill_null(spells.column("type2_objection"), False))
     kept = spells.filter(mask)
     hesid = kept.column("pseudo_hesid") if "pseudo_hesid" in kept.column_names else None
-    ids = pseudo.person_ids(key, kept.column("person_nhs_number"), hesid)
+    # person_key is a valid NHS number, or "HESID:..." which person_ids does not take
+    # for a number and so hashes from the pseudo_hesid column instead
+    ids = pseudo.person_ids(key, kept.column("person_key"), hesid)
     table = kept.append_column("person_id", ids)
     return schemas.get("linked_spells").conform(table)

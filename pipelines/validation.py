@@ -143,7 +143,8 @@ def _batches(work: pd.DataFrame, batch_rows: int) -> list[np.ndarray]:
         # uniqueness in the file.
         h = pd.util.hash_pandas_object(work[KEY].fillna(""), index=False).to_numpy()
         which = (h % np.uint64(nb)).astype(np.int64)
-        return [np.flatnonzero(which == b) for b in range(nb)]
+        parts = [np.flatnonzero(which == b) for b in range(nb)]
+        return [p for p in parts if len(p)]
     return [np.arange(b * batch_rows, min(n, (b + 1) * batch_rows)) for b in range(nb)]
 
 

@@ -21,12 +21,17 @@ period_job = dg.define_asset_job(
     tags={"dagster/max_retries": "2", "dagster/retry_strategy": "FROM_FAILURE"},
 )
 
+# Scheduled and sensor runs go to the front of the run queue (deploy/dagster.yaml: a
+# backfill, priority 0 and at most 2 runs, cannot hold them back).
+PRIORITY_TAGS = {"dagster/priority": "10"}
+
 NIGHTLY_CRON = os.environ.get("CAREDATA_NIGHTLY_CRON", "0 2 * * *")
 NIGHTLY_TZ = os.environ.get("CAREDATA_TIMEZONE", "Europe/London")
 
 nightly_scan = dg.ScheduleDefinition(
     name="nightly_scan", job=scan_job, cron_schedule=NIGHTLY_CRON, execution_timezone=NIGHTLY_TZ,
     default_status=dg.DefaultScheduleStatus.RUNNING,
+    tags=PRIORITY_TAGS,
     description="02:00 Europe/London: take in what landed during the day (the sensor then runs each period).",
 )
 
@@ -38,8 +43,14 @@ def landing_sensor(context: dg.SensorEvaluationContext):
     pending = stages.pending_periods(settings)
     if not pending:
         return dg.SkipReason("no new submissions in the landing zone")
-    for period, fingerprint in sorted(pending.items()):
-        yield dg.RunRequest(partition_key=period, run_key=f"{period}:{fingerprint}")
+    # The run key makes a request once per period and set of files: the same files seen
+    # again (the sensor runs every 5 minutes) start nothing; a resubmission changes the
+    # fingerprint and reruns that period only.
+    return [
+        dg.RunRequest(partition_key=period, run_key=f"{period}:{fingerprint}",
+                      tags={**PRIORITY_TAGS, "caredata/trigger": "landing_sensor"})
+        for period, fingerprint in sorted(pending.items())
+    ]
 
 
 @dg.run_failure_sensor(default_status=dg.DefaultSensorStatus.RUNNING,
@@ -49,13 +60,22 @@ def run_failure_alert(context: dg.RunFailureSensorContext):
 
     settings = Settings.load()
     url = settings.t("data_quality", "webhook_url")
-    if url:
-        notify(url, {
-            "event": "run_failed",
-            "text": f"care.data run {context.dagster_run.run_id} ({context.dagster_run.job_name}) failed: "
-                    f"{context.failure_event.message}",
-            "run_id": context.dagster_run.run_id,
-        })
+    if not url:
+        return dg.SkipReason("no webhook configured (data_quality.webhook_url)")
+    run = context.dagster_run
+    tags = run.tags or {}
+    will_retry = tags.get("dagster/will_retry") == "true"
+    attempt = int(tags.get("dagster/retry_number", "0"))
+    what = f"{run.job_name}" + (f" for {tags['dagster/partition']}" if tags.get("dagster/partition") else "")
+    text = (f"care.data run {run.run_id} ({what}) failed: {context.failure_event.message}"
+            + (f" (attempt {attempt + 1}; it will be retried)" if will_retry else ""))
+    delivered = notify(url, {
+        "event": "run_failed", "text": text, "run_id": run.run_id, "job": run.job_name,
+        "period": tags.get("dagster/partition"), "will_retry": will_retry, "attempt": attempt + 1,
+        "backfill": tags.get("dagster/backfill"),
+    })
+    if not delivered:
+        context.log.warning("run-failure alert not delivered to the webhook")
 
 
 JOBS = [scan_job, period_job]

@@ -41,3 +41,7 @@ def s3_bucket(s3_endpoint):
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="eu-west-2").create_bucket(
         Bucket=name, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
     return name, s3_endpoint
+
+
+# A throwaway PostgreSQL server and a DAGSTER_HOME on it (deploy/dagster.yaml): tests/pg.py.
+from pg import dagster_home, pg_database, postgres  # noqa: E402,F401

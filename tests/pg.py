@@ -87,8 +87,12 @@ class PostgresServer:
         return conn
 
     def create_database(self, name: str) -> str:
-        with self.connect() as conn, conn.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
+        conn = self.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            conn.close()
         return name
 
     def psql(self, db: str, sql: str) -> list[list[str]]:

@@ -390,11 +390,10 @@ def test_coverage_outputs_are_conformed(cov):
     assert set(cov) == {"linkage_coverage_practice", "linkage_coverage_provider",
                         "linkage_coverage_summary", "programme_targets"}
     for name, table in cov.items():
-        assert table.schema.equals(schemas.get(name).arrow_schema(include_partition=True))
+        # staged: unsuppressed, without the *_suppressed flags publishing adds
+        assert table.schema.equals(schemas.get(name).arrow_schema(include_partition=True, staged=True))
+        assert not [c for c in table.column_names if c.endswith("_suppressed")]
         assert set(table.column("period").to_pylist()) == {"2014-03"}
-        for col in table.column_names:
-            if col.endswith("_suppressed"):
-                assert not any(table.column(col).to_pylist())  # unsuppressed here
 
 
 def test_coverage_practice(cov):
@@ -524,3 +523,21 @@ def test_coverage_rejects_a_bad_period():
     with pytest.raises(ValueError):
         linkage.coverage("2014-3", linked_table(), practices(), providers(), extracts(),
                          gp_patients_period(), Settings())
+
+
+def test_empty_inputs():
+    linked = linkage.link_episodes(eps(), gp())
+    assert linked.num_rows == 0 and linked.column_names[-6:] == list(linkage.LINK_COLUMNS)
+    out = linkage.coverage("2014-03", linked, practices(), providers(), extracts(), gp(), Settings())
+    assert out["linkage_coverage_provider"].num_rows == 0
+    summary = out["linkage_coverage_summary"].to_pylist()
+    eng = summary[0]
+    assert (eng["area_code"], eng["practices"], eng["providers"]) == ("ENG", 3, 0)
+    assert eng["pct_providers_meeting_nhs_number_standard"] is None
+    targets = {(r["area_code"], r["target_id"]): r["status"] for r in out["programme_targets"].to_pylist()}
+    assert targets[("ENG", "extract_75")] == "not_met"
+    assert linkage.linked_episodes_restricted(linked, KEY).num_rows == 0
+    nothing = linkage.coverage("2014-03", linked, practices().slice(0, 0), providers(), extracts().slice(0, 0),
+                               gp(), Settings())
+    assert [r["area_code"] for r in nothing["linkage_coverage_summary"].to_pylist()] == ["ENG"]
+    assert nothing["linkage_coverage_practice"].num_rows == 0

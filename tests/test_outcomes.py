@@ -28,7 +28,7 @@ _SCHEMA = pa.schema([
     ("procedures", pa.list_(pa.string())), ("procedure_dates", pa.list_(pa.date32())),
     ("nhs_number", pa.string()), ("nhs_number_valid", pa.bool_()), ("period", pa.string()),
     ("match_rank", pa.int64()), ("linked_nhs_number", pa.string()), ("date_of_death", pa.date32()),
-    ("type2_objection", pa.bool_()),
+    ("type2_objection", pa.bool_()), ("pseudo_hesid", pa.string()),
 ])
 
 
@@ -40,7 +40,7 @@ def episode(**kw) -> dict:
         birth_year=None, birth_month=None, consultant_code="C1111111", tretspef="110",
         diagnoses=[], procedures=["W371"], procedure_dates=None, nhs_number=NHS_A,
         nhs_number_valid=True, period="2024-03", match_rank=2, linked_nhs_number=NHS_A,
-        date_of_death=None, type2_objection=False,
+        date_of_death=None, type2_objection=False, pseudo_hesid=None,
     )
     row.update(kw)
     if row["procedure_dates"] is None:
@@ -134,6 +134,10 @@ def test_first_procedure_by_opdate_then_episode_and_position():
         # OPDATE decides: the colorectal one came later although listed first
         episode(spell_id="opdate", procedures=["H041", "W371"],
                 procedure_dates=[D(2024, 3, 4), D(2024, 3, 2)]),
+        episode(spell_id="opdate_across", epiorder="01", consultant_code="C0000003", procedures=["H041"],
+                procedure_dates=[D(2024, 3, 5)]),
+        episode(spell_id="opdate_across", epiorder="02", consultant_code="C0000004", epistart=D(2024, 3, 3),
+                procedures=["M611"], procedure_dates=[D(2024, 3, 4)]),
         # no OPDATE: the episode's EPISTART, then position
         episode(spell_id="position", procedures=["H041", "W371"]),
         # procedure in the second episode belongs to that episode's consultant
@@ -142,6 +146,8 @@ def test_first_procedure_by_opdate_then_episode_and_position():
                 procedures=["M611"]),
     )
     assert s.loc["opdate", "index_procedure"] == "W371"
+    assert s.loc["opdate_across", "index_procedure"] == "M611"   # OPDATE wins over episode order
+    assert s.loc["opdate_across", "consultant_code"] == "C0000004"
     assert s.loc["opdate", "index_procedure_date"] == D(2024, 3, 2)
     assert s.loc["position", "index_procedure"] == "H041"
     assert s.loc["position", "index_procedure_date"] == D(2024, 3, 1)   # EPISTART
@@ -226,6 +232,35 @@ def test_readmission_person_through_linked_patient():
     assert pd.isna(_readmission(3, nhs_number=None, nhs_number_valid=False, linked_nhs_number=None))
 
 
+def test_hes_extract_person_by_pseudo_hesid():
+    # HES: no NHS number, PSEUDO_HESID is the person key
+    assert _readmission(3, nhs_number=None, nhs_number_valid=False, linked_nhs_number=None,
+                        pseudo_hesid="H1") == False  # noqa: E712  "back" has another (no) person
+    s = spells_of(
+        episode(spell_id="index", nhs_number=None, nhs_number_valid=False, linked_nhs_number=None,
+                pseudo_hesid="H1"),
+        episode(spell_id="back", provider_code="RBB", admimeth="21", admidate=D(2024, 3, 9),
+                epistart=D(2024, 3, 9), disdate=D(2024, 3, 10), procedures=[], nhs_number=None,
+                nhs_number_valid=False, linked_nhs_number=None, pseudo_hesid="H1"),
+    )
+    assert s.loc["index", "emergency_readmission_30d"] == True  # noqa: E712
+    out = outcomes.linked_spells_restricted(outcomes.build_spells(episodes(
+        episode(spell_id="h", nhs_number=None, nhs_number_valid=False, linked_nhs_number=None,
+                pseudo_hesid="H1"))), "k").to_pandas()
+    assert out.loc[0, "person_id"] == pseudo.person_id("k", None, "H1")
+
+
+def test_implausible_age_and_stay_are_unknown():
+    s = spells_of(
+        episode(spell_id="born_later", dob=None, birth_year=2030, birth_month=1),
+        episode(spell_id="old", dob=None, birth_year=1800, birth_month=1),
+        episode(spell_id="backwards", admidate=D(2024, 3, 5), disdate=D(2024, 3, 1)),
+    )
+    assert pd.isna(s.loc["born_later", "age"]) and pd.isna(s.loc["born_later", "specialty"])
+    assert pd.isna(s.loc["old", "age"])
+    assert pd.isna(s.loc["backwards", "los_days"])
+
+
 def test_no_readmission_when_died():
     s = spells_of(episode(spell_id="index", dismeth="4"),
                   episode(spell_id="back", admidate=D(2024, 3, 8), epistart=D(2024, 3, 8), admimeth="21",
@@ -257,7 +292,7 @@ def _spells_table(n_rows: int, **cols) -> pa.Table:
     base = {
         "provider_code": ["RAA"] * n_rows,
         "spell_id": [f"S{i}" for i in range(n_rows)],
-        "person_nhs_number": [None] * n_rows, "pseudo_hesid": [None] * n_rows,
+        "person_key": [None] * n_rows, "pseudo_hesid": [None] * n_rows,
         "period": ["2024-03"] * n_rows,
         "admidate": [D(2024, 3, 1)] * n_rows, "disdate": [D(2024, 3, 5)] * n_rows,
         "admimeth": ["11"] * n_rows, "dismeth": ["1"] * n_rows, "los_days": [4] * n_rows,
@@ -300,7 +335,7 @@ def test_window_bounds_and_degenerate_specialty():
 
 def test_small_consultant_and_readmission_pct():
     n = 30
-    cons_codes = ["C1"] * 20 + ["C2"] * 10
+    cons_codes = ["C1"] * 20 + ["C2"] * 9 + [None]
     deaths = [True] * 4 + [False] * 26
     readm = [None] * 4 + [True] * 2 + [False] * 24  # the four dead: not discharged alive
     los = list(range(n))
@@ -313,11 +348,13 @@ def test_small_consultant_and_readmission_pct():
     assert cons.loc["C1", "readmission_pct"] == pytest.approx(100 * 2 / 16)
     assert cons.loc["C1", "median_los_days"] == pytest.approx(9.5)
     assert cons.loc["C2", "outlier_status"] == "insufficient_data"
+    assert cons.loc["&", "procedures"] == 1          # consultant not known: HES "&"
     assert not cons["deaths_30d_suppressed"].any()
     spec = out["specialty_outcomes"].to_pandas()
     # an unpenalised logistic model with an intercept reproduces the total deaths
     assert cons["expected_deaths"].sum() == pytest.approx(4, rel=1e-4)
     assert spec.loc[0, "crude_mortality_pct"] == pytest.approx(100 * 4 / 30)
+    assert spec.loc[0, "consultants"] == 2           # "&" is not a consultant
     ram = cons.loc["C1", "smr"] * 100 * 4 / 30
     assert cons.loc["C1", "risk_adjusted_mortality_pct"] == pytest.approx(ram)
 
@@ -372,3 +409,16 @@ def test_simulation_flags_planted_consultants():
     # the model is calibrated: expected rises with the decile, observed follows
     assert cal["expected_deaths"].is_monotonic_increasing
     assert cal["observed_deaths"].iloc[-1] > cal["observed_deaths"].iloc[0]
+
+
+def test_risk_model_falls_back_on_separation():
+    df = pd.DataFrame({
+        "age": np.arange(40, 80), "sex": ["1", "2"] * 20, "emergency": [False] * 40,
+        "charlson_index": [0] * 40, "opcs_group": ["W37"] * 40,
+        "death_30d": [False] * 36 + [True] * 4,   # the four oldest die: age separates perfectly
+    })
+    p, c, model = outcomes.fit_risk_model(df)
+    assert model == "crude" and c is None and np.allclose(p, 0.1)
+    df["death_30d"] = [i % 7 == 0 for i in range(40)]
+    p, c, model = outcomes.fit_risk_model(df)
+    assert model == "full" and 0 <= c <= 1 and p.sum() == pytest.approx(6, rel=1e-4)

@@ -4,7 +4,8 @@ Internal tables are never published as they are. They may hold NHS numbers (the
 warehouse is the data centre's own store) but never a type 1 objector's GP row.
 Layout in the warehouse root (see :mod:`pipelines.warehouse`)::
 
-    ledger/files.parquet                                    every file seen (unpartitioned)
+    ledger/parts/<sha256[:16]>-<sha1(path)[:8]>-<stage>.parquet  ledger events (append-only)
+    ledger/gp_extracts/period=YYYY-MM/<submission_id>.parquet  GP extracts and objection counts
     reference/<table>.parquet                               practices, providers, sites
     silver/<source>/period=YYYY-MM/<submission_id>.parquet  validated, typed, kept rows
     quarantine/<source>/period=YYYY-MM/<submission_id>.parquet  rejected rows + rules
@@ -61,7 +62,9 @@ ref_sites = register(Dataset(
 
 ledger = register(Dataset(
     name="ledger", zone="internal", grain="file seen in the landing zone", partition_by=None,
-    description="Every file seen, with its hash and outcome; the public 'submissions' dataset is derived from it.",
+    description="Every file seen, with its hash and outcome; the public 'submissions' dataset is derived from it. "
+                "Stored as append-only event parts under ledger/parts/ (status seen, taken, held or rejected); "
+                "pipelines.ingest.read_ledger reconciles them into this table.",
     columns=cols(
         s("file_name", "Path relative to the landing root.", nullable=False),
         s("submission_id", "File name without folder and extension."),
@@ -73,7 +76,7 @@ ledger = register(Dataset(
         s("sha256", "SHA-256 of the bytes.", nullable=False),
         i("size_bytes", "Size of the file in bytes."),
         ts("first_seen_at", "When the pipeline first saw the file (UTC)."),
-        s("status", "current, superseded, held or rejected."),
+        s("status", "current, superseded, held, rejected (or pending: seen, not yet taken in); derived at read time."),
         s("reason", "Plain words; empty when current."),
         i("rows_received", "Rows read (type 1 excluded)."),
         i("rows_quarantined", "Rows quarantined."),
@@ -212,16 +215,16 @@ dq_fields = register(Dataset(
 
 gp_extracts = register(Dataset(
     name="gp_extracts", zone="internal", grain="GP extract (submission)",
-    description="Each GP extract taken in, with its objection counts.",
-    partition_by=None,
+    description="Each GP extract taken in, with its objection counts (one part per extract; "
+                "period = month of the extract date).",
     columns=cols(
+        PERIOD,
         s("submission_id", "Submission.", nullable=False),
         s("practice_code", "Practice.", nullable=False),
         d("extract_date", "Extract date.", nullable=False),
-        s("period", "Month of the extract date."),
         i("rows_received", "Rows (type 1 excluded)."),
-        i("type1_objections", "Type 1 rows dropped."),
-        i("type2_objections", "Type 2 rows."),
+        i("type1_objections", "Type 1 rows dropped on read (only their count is kept)."),
+        i("type2_objections", "Type 2 rows among the rows received (kept or quarantined)."),
         b("held", "Held by the data-quality rule (more than half rows rejected)."),
     ),
 ))

@@ -1,0 +1,164 @@
+"""The current view: the submission protocols applied (inputs.md).
+
+* :func:`current_sus` - per provider and period, SUS submissions apply in order of their
+  submission time (from the file name), whatever order they arrived in: ``BULK`` replaces
+  everything earlier for that provider and period, ``NET`` inserts/replaces
+  (``CDS_UPDATE_TYPE`` 9) or deletes (1) by ``SUSRECID``. HES extract rows apply as net
+  change (insert or replace) keyed by ``(PROCODE3, SUSRECID/EPIKEY)``; a HES extract has
+  no submission time in its name, so it takes its place in the order at the time the
+  pipeline first saw it (its ``first_seen_at``). At equal times: BULK, then NET, then
+  HES, then by file name. Held submissions are skipped (earlier data stay in force).
+* :func:`current_fft` - the newest non-held file per provider and period.
+* :func:`gp_current` - GP: the newest non-held extract per practice supersedes.
+
+Silver parts are never deleted: every submission stays readable for audit
+(``warehouse.read("sus_episodes", parts=[...])``). The ledger's current/superseded
+statuses (:func:`pipelines.ingest.read_ledger`) follow the same rules.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines import schemas
+from pipelines.warehouse import Warehouse
+
+_RANK = {"BULK": 0, "NET": 1, "HES": 2}
+
+
+def _ledger(warehouse: Warehouse) -> pd.DataFrame:
+    from pipelines.ingest import read_ledger
+
+    led = read_ledger(warehouse).to_pandas()
+    led["submitted_at"] = pd.to_datetime(led["submitted_at"], utc=True)
+    led["first_seen_at"] = pd.to_datetime(led["first_seen_at"], utc=True)
+    return led
+
+
+def _parts(warehouse: Warehouse, table: str, period: str, submission_ids) -> list[str]:
+    wanted = set(submission_ids)
+    out = []
+    for p in warehouse.parts(table, [period]):
+        stem = p.rsplit("/", 1)[-1][: -len(".parquet")]
+        if stem in wanted:
+            out.append(p)
+    return out
+
+
+def _empty(table: str) -> pa.Table:
+    return schemas.get(table).arrow_schema(include_partition=True).empty_table()
+
+
+def sus_order(led: pd.DataFrame, period: str) -> pd.DataFrame:
+    """The submissions that make the period's current SUS view, in the order they apply:
+    SUS files of the period and HES extracts, taken in and not held."""
+    usable = led["status"].isin(["current", "superseded"])
+    sus = led[usable & (led["source"] == "sus_apc") & (led["reporting_period"] == period)].copy()
+    sus["_time"] = sus["submitted_at"]
+    sus["_rank"] = sus["protocol"].map(_RANK).fillna(1)
+    hes = led[usable & (led["source"] == "hes_apc")].copy()
+    hes["_time"] = hes["first_seen_at"]
+    hes["_rank"] = _RANK["HES"]
+    order = pd.concat([sus, hes], ignore_index=True)
+    return order.sort_values(["_time", "_rank", "file_name"]).reset_index(drop=True)
+
+
+def apply_protocols(rows: pd.DataFrame) -> np.ndarray:
+    """Positions of the rows that survive, given columns ``provider_code``, ``susrecid``,
+    ``cds_update_type``, ``_seq`` (submission order), ``_bulk`` (row of a BULK file) and
+    ``_pos`` (row order within the file).
+
+    Per provider: rows before its last BULK are gone; then the last event per
+    ``susrecid`` decides: a deletion (``1``) removes the episode, anything else keeps it.
+    """
+    if rows.empty:
+        return np.zeros(0, dtype=np.int64)
+    df = rows[["provider_code", "susrecid", "cds_update_type", "_seq", "_bulk", "_pos"]].copy()
+    df["_i"] = np.arange(len(df))
+    last_bulk = df[df["_bulk"]].groupby("provider_code")["_seq"].max()
+    floor = df["provider_code"].map(last_bulk)
+    df = df[floor.isna() | (df["_seq"] >= floor)]
+    df = df.sort_values(["_seq", "_pos"]).drop_duplicates(["provider_code", "susrecid"], keep="last")
+    deleted = df["cds_update_type"].astype("string").str.strip().eq("1").fillna(False)
+    return np.sort(df.loc[~deleted, "_i"].to_numpy())
+
+
+def current_sus(warehouse: Warehouse, period: str) -> pa.Table:
+    """The period's current SUS episodes (``sus_episodes`` columns, ``period`` included)."""
+    led = _ledger(warehouse)
+    order = sus_order(led, period)
+    if order.empty:
+        return _empty("sus_episodes")
+    seq = {sid: i for i, sid in enumerate(order["submission_id"])}
+    bulk = {sid for sid, proto in zip(order["submission_id"], order["protocol"]) if proto == "BULK"}
+    paths = _parts(warehouse, "sus_episodes", period, seq)
+    if not paths:
+        return _empty("sus_episodes")
+    table = warehouse.read("sus_episodes", parts=paths)
+    sids = table.column("submission_id").to_pylist()
+    rows = pd.DataFrame({
+        "provider_code": table.column("provider_code").to_pandas(),
+        "susrecid": table.column("susrecid").to_pandas(),
+        "cds_update_type": table.column("cds_update_type").to_pandas(),
+        "_seq": [seq[s] for s in sids],
+        "_bulk": [s in bulk for s in sids],
+        "_pos": table.column("line").to_pandas(),
+    })
+    keep = apply_protocols(rows)
+    out = table.take(pa.array(keep, pa.int64()))
+    # Deterministic order: provider, then episode id.
+    idx = pc.sort_indices(out, sort_keys=[("provider_code", "ascending"), ("susrecid", "ascending")])
+    return schemas.get("sus_episodes").conform(out.take(idx))
+
+
+def current_fft(warehouse: Warehouse, period: str) -> pa.Table:
+    """The period's current FFT responses: per provider, the newest non-held file."""
+    led = _ledger(warehouse)
+    f = led[(led["source"] == "fft") & (led["reporting_period"] == period) & (led["status"] == "current")]
+    if f.empty:
+        return _empty("fft_responses")
+    paths = _parts(warehouse, "fft_responses", period, f["submission_id"])
+    if not paths:
+        return _empty("fft_responses")
+    return schemas.get("fft_responses").conform(warehouse.read("fft_responses", parts=paths))
+
+
+class GPCurrent(NamedTuple):
+    patients_newest_overall: pa.Table  # rows of each practice's newest non-held extract (any period)
+    patients_newest_in_period: pa.Table  # rows of each practice's newest non-held extract dated in the period
+    extracts: pa.Table  # every gp_extracts row (all periods), held and superseded ones included
+
+
+def _newest(extracts: pd.DataFrame) -> pd.DataFrame:
+    ok = extracts[~extracts["held"].fillna(False).astype(bool)]
+    ok = ok.sort_values(["practice_code", "extract_date", "submission_id"])
+    return ok.drop_duplicates("practice_code", keep="last")
+
+
+def _gp_rows(warehouse: Warehouse, chosen: pd.DataFrame) -> pa.Table:
+    if chosen.empty:
+        return _empty("gp_patients")
+    paths = []
+    for period, grp in chosen.groupby("period"):
+        paths += _parts(warehouse, "gp_patients", period, grp["submission_id"])
+    if not paths:
+        return _empty("gp_patients")
+    return schemas.get("gp_patients").conform(warehouse.read("gp_patients", parts=sorted(paths)))
+
+
+def gp_current(warehouse: Warehouse, period: str | None = None) -> GPCurrent:
+    """GP: each practice's newest extract supersedes its older ones; held extracts are
+    skipped (the previous extract stays in force). ``patients_newest_in_period`` is empty
+    when no period is given."""
+    extracts = warehouse.read("gp_extracts")
+    ex = extracts.to_pandas()
+    if ex.empty:
+        return GPCurrent(_empty("gp_patients"), _empty("gp_patients"), extracts)
+    overall = _gp_rows(warehouse, _newest(ex))
+    in_period = _gp_rows(warehouse, _newest(ex[ex["period"] == period])) if period else _empty("gp_patients")
+    return GPCurrent(overall, in_period, extracts)

@@ -1,0 +1,1015 @@
+"""Landing zone to warehouse: the ledger, reference data, and each feed's submissions
+validated into silver (kept rows, typed) and quarantine (rejected rows, with every rule
+they broke). See ``docs/ingest.md``.
+
+Public API (no Dagster here; the assets call one function per source and period)::
+
+    scan_landing(landing, warehouse, settings=None) -> dict
+    load_reference(landing, warehouse) -> dict
+    ingest(source, period, landing, warehouse, settings, *, today=None, data_docs_dir=None) -> IngestReport
+    ingest_hes(landing, warehouse, settings, *, today=None, data_docs_dir=None) -> IngestReport
+    read_ledger(warehouse) -> pa.Table                 # conformed to schemas.get("ledger")
+    submissions_dataset(warehouse, periods=None) -> pa.Table  # conformed to "submissions"
+    periods_with_data(warehouse) -> list[str]
+    pending_periods(landing, warehouse) -> dict[str, str]
+
+The ledger is append-only: one small Parquet file per event under ``ledger/parts/``
+(``<sha256[:16]>-<sha1(path)[:8]>-<stage>.parquet``, stage ``seen`` or ``outcome``), so
+that period partitions running at the same time never rewrite each other's files.
+:func:`read_ledger` reconciles the events and derives each file's status (current,
+superseded, held, rejected) from the submission rules at read time.
+
+Nothing here logs or raises with a value of a row: only file names, counts, rule ids and
+line numbers. Type 1 objection rows are dropped by :mod:`pipelines.landing` as the file is
+read; only their count per practice reaches ``gp_extracts`` and the ledger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines import nhs_number, schemas
+from pipelines.landing import (
+    FileRejected,
+    ParsedName,
+    Rejection,
+    opcs_present,
+    parse_bytes,
+    parse_name,
+    sha256_stream,
+    to_date_yyyymmdd,
+)
+from pipelines.schemas.inputs import FEEDS, TYPE2
+from pipelines.storage import FileInfo, Store
+from pipelines.warehouse import Warehouse
+
+log = logging.getLogger(__name__)
+
+LEDGER_PARTS = "ledger/parts"
+SILVER = {"gp": "gp_patients", "sus_apc": "sus_episodes", "hes_apc": "sus_episodes", "fft": "fft_responses"}
+TAKEN = ("taken", "held")  # raw outcomes of a file taken in (held ones included)
+_PROTOCOL_RANK = {"BULK": 0, "NET": 1}
+
+
+# ============================================================================ ledger
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def _part_path(file_name: str, sha: str, stage: str) -> str:
+    name_hash = hashlib.sha1(file_name.encode()).hexdigest()[:8]
+    return f"{LEDGER_PARTS}/{sha[:16]}-{name_hash}-{stage}.parquet"
+
+
+def _event(
+    name: ParsedName | Rejection | str,
+    sha: str,
+    size: int,
+    first_seen: datetime,
+    status: str,
+    reason: str | None = None,
+    *,
+    received: int | None = None,
+    quarantined: int | None = None,
+    kept: int | None = None,
+    type1: int | None = None,
+) -> dict:
+    if isinstance(name, str):
+        name = parse_name(name)
+    row = {c: None for c in schemas.get("ledger").column_names}
+    row.update(file_name=name.file_name, submission_id=name.submission_id, source=name.source,
+               sha256=sha, size_bytes=size, first_seen_at=first_seen, status=status, reason=reason,
+               rows_received=received, rows_quarantined=quarantined, rows_kept=kept,
+               type1_objections=type1)
+    if isinstance(name, ParsedName):
+        row.update(submitter_code=name.submitter_code, reporting_period=name.reporting_period,
+                   submitted_at=name.submitted_at, protocol=name.protocol)
+    return row
+
+
+def _write_event(warehouse: Warehouse, row: dict, stage: str) -> None:
+    ds = schemas.get("ledger")
+    table = pa.Table.from_pylist([row], schema=ds.arrow_schema())
+    warehouse.store.write_parquet(_part_path(row["file_name"], row["sha256"], stage), ds.conform(table))
+
+
+def _events(warehouse: Warehouse) -> pd.DataFrame:
+    """Every ledger event, raw (status seen / taken / held / rejected)."""
+    ds = schemas.get("ledger")
+    paths = [f.path for f in warehouse.store.list(LEDGER_PARTS) if f.path.endswith(".parquet")]
+    schema = ds.arrow_schema()
+    if not paths:
+        return schema.empty_table().to_pandas()
+    tables = [ds.conform(warehouse.store.read_parquet(p)) for p in paths]
+    return pa.concat_tables(tables).to_pandas()
+
+
+class _Ledger:
+    """The raw events, indexed for the checks ingest makes."""
+
+    def __init__(self, warehouse: Warehouse):
+        self.ev = _events(warehouse)
+        ev = self.ev
+        self.outcomes = ev[ev["status"] != "seen"]
+        self.keys = set(zip(self.outcomes["file_name"], self.outcomes["sha256"]))
+        self.seen = {}
+        for r in ev[["file_name", "sha256", "first_seen_at"]].itertuples(index=False):
+            t = _py_ts(r.first_seen_at)
+            k = (r.file_name, r.sha256)
+            if t is not None and (k not in self.seen or t < self.seen[k]):
+                self.seen[k] = t
+
+    def first_seen(self, file_name: str, sha: str) -> datetime:
+        return self.seen.get((file_name, sha)) or _now()
+
+    def has(self, file_name: str, sha: str) -> bool:
+        return (file_name, sha) in self.keys
+
+    def taken_versions(self, file_name: str) -> pd.DataFrame:
+        o = self.outcomes
+        return o[(o["file_name"] == file_name) & o["status"].isin(TAKEN)]
+
+    def taken_submission(self, source: str, submission_id: str) -> pd.DataFrame:
+        o = self.outcomes
+        return o[(o["source"] == source) & (o["submission_id"] == submission_id) & o["status"].isin(TAKEN)]
+
+    def unchanged(self, fi: FileInfo, outcomes_only: bool = True) -> bool:
+        """The file at this path was recorded (with an outcome, unless ``outcomes_only``
+        is False) with this size and has not been modified since (its modification time
+        is before the time it was first seen): no need to read and hash it again."""
+        src = self.outcomes if outcomes_only else self.ev
+        ev = src[src["file_name"] == fi.path]
+        if ev.empty:
+            return False
+        ev = ev[ev["size_bytes"] == fi.size]
+        if ev.empty:
+            return False
+        seen = max(_py_ts(t) for t in ev["first_seen_at"])
+        return seen is not None and fi.modified < seen
+
+
+def _py_ts(value) -> datetime | None:
+    if value is None or (not isinstance(value, datetime) and pd.isna(value)):
+        return None
+    ts = pd.Timestamp(value)
+    if ts.tzinfo is None:
+        ts = ts.tz_localize("UTC")
+    return ts.to_pydatetime()
+
+
+def _derive_status(df: pd.DataFrame) -> pd.DataFrame:
+    """current / superseded from the submission rules, among files taken in and not held."""
+    df = df.copy()
+    df.loc[df["status"] == "taken", "status"] = "current"
+    live = df["status"] == "current"
+    ts = pd.to_datetime(df["submitted_at"], utc=True)
+    seen = pd.to_datetime(df["first_seen_at"], utc=True)
+
+    def supersede(idx, reason):
+        df.loc[idx, "status"] = "superseded"
+        df.loc[idx, "reason"] = reason
+
+    for (source, submitter, period), grp in df[live].groupby(
+        ["source", "submitter_code", "reporting_period"], dropna=False
+    ):
+        if source not in ("gp", "sus_apc", "fft") or len(grp) < 2:
+            continue
+        order = grp.assign(_ts=ts[grp.index],
+                           _rank=grp["protocol"].map(_PROTOCOL_RANK).fillna(0)).sort_values(
+            ["_ts", "_rank", "file_name"])
+        if source == "sus_apc":
+            bulks = [i for i in order.index if order.at[i, "protocol"] == "BULK"]
+            if not bulks:
+                continue
+            last = bulks[-1]
+            pos = list(order.index).index(last)
+            for i in list(order.index)[:pos]:
+                supersede(i, f"replaced by the bulk submission {df.at[last, 'file_name']}")
+        else:
+            newest = order.index[-1]
+            word = "a newer extract" if source == "gp" else "a newer file"
+            for i in order.index[:-1]:
+                supersede(i, f"superseded by {word}, {df.at[newest, 'file_name']}")
+    # Reference files: the newest version of each (by first seen) is current.
+    ref = df[live & (df["source"] == "reference")]
+    for _, grp in ref.groupby("submission_id"):
+        if len(grp) < 2:
+            continue
+        order = grp.assign(_seen=seen[grp.index]).sort_values(["_seen", "file_name"])
+        for i in order.index[:-1]:
+            supersede(i, f"replaced by a newer version of {order.at[order.index[-1], 'file_name']}")
+    return df
+
+
+def read_ledger(warehouse: Warehouse) -> pa.Table:
+    """Every file seen, one row per (file name, SHA-256), with its derived status:
+    ``current``, ``superseded``, ``held``, ``rejected``, or ``pending`` (seen by a scan,
+    not yet taken in). Conformed to ``schemas.get("ledger")``."""
+    ds = schemas.get("ledger")
+    ev = _events(warehouse)
+    if ev.empty:
+        return ds.arrow_schema().empty_table()
+    ev["_first"] = pd.to_datetime(ev["first_seen_at"], utc=True)
+    first = ev.groupby(["file_name", "sha256"])["_first"].min()
+    prio = {"taken": 0, "held": 0, "rejected": 1, "seen": 2}
+    ev["_prio"] = ev["status"].map(prio).fillna(3)
+    ev = ev.sort_values(["file_name", "sha256", "_prio", "_first"]).drop_duplicates(
+        ["file_name", "sha256"], keep="first")
+    ev["first_seen_at"] = [first[(f, s)] for f, s in zip(ev["file_name"], ev["sha256"])]
+    pending = ev["status"] == "seen"
+    ev.loc[pending, "status"] = "pending"
+    ev.loc[pending, "reason"] = "seen in the landing zone, not yet taken in"
+    ev = _derive_status(ev.drop(columns=["_first", "_prio"]))
+    ev = ev.sort_values(["first_seen_at", "file_name", "sha256"]).reset_index(drop=True)
+    ev["first_seen_at"] = pd.to_datetime(ev["first_seen_at"], utc=True)
+    ev["submitted_at"] = pd.to_datetime(ev["submitted_at"], utc=True)
+    table = pa.Table.from_pandas(ev[ds.column_names], preserve_index=False)
+    return ds.conform(table)
+
+
+def submissions_dataset(warehouse: Warehouse, periods: list[str] | None = None) -> pa.Table:
+    """The public ``submissions`` ledger: every file seen, ``period`` = the month (UTC)
+    the pipeline first saw it. Files seen by a scan but not yet taken in are left out."""
+    ds = schemas.get("submissions")
+    led = read_ledger(warehouse).to_pandas()
+    led = led[led["status"] != "pending"]
+    if led.empty:
+        return ds.arrow_schema(include_partition=True).empty_table()
+    led["period"] = pd.to_datetime(led["first_seen_at"], utc=True).dt.strftime("%Y-%m")
+    if periods is not None:
+        led = led[led["period"].isin(periods)]
+    rejected = led["status"] == "rejected"
+    for c in ("rows_received", "rows_quarantined", "rows_kept"):
+        led[c] = led[c].astype("Int64").mask(rejected)
+    led.loc[led["status"] == "current", "reason"] = None
+    led = led.sort_values(["period", "first_seen_at", "file_name"])
+    cols = ds.arrow_schema(include_partition=True).names
+    return ds.conform(pa.Table.from_pandas(led[cols].reset_index(drop=True), preserve_index=False))
+
+
+# ============================================================================ report
+@dataclass
+class IngestReport:
+    source: str
+    period: str | None
+    files_listed: int = 0
+    files_taken: list[str] = field(default_factory=list)
+    files_skipped: list[str] = field(default_factory=list)  # seen before, byte for byte
+    rejected_files: list[dict] = field(default_factory=list)  # {file_name, reason}
+    held_files: list[dict] = field(default_factory=list)  # {file_name, reason}
+    rows_read: int = 0  # rows received (type 1 never counted)
+    rows_kept: int = 0
+    rows_quarantined: int = 0
+    type1_objections: int = 0
+    submissions: list[dict] = field(default_factory=list)  # one per file taken in
+    partitions: dict[str, list[str]] = field(default_factory=dict)  # period -> submission ids
+    rule_counts: list[dict] = field(default_factory=list)  # failing rules per file
+
+    def as_metadata(self) -> dict:
+        """Plain values for Dagster metadata and the CLI."""
+        return {
+            "source": self.source, "period": self.period,
+            "files_listed": self.files_listed,
+            "files_taken": len(self.files_taken),
+            "files_skipped": len(self.files_skipped),
+            "files_rejected": len(self.rejected_files),
+            "files_held": len(self.held_files),
+            "rows_read": self.rows_read, "rows_kept": self.rows_kept,
+            "rows_quarantined": self.rows_quarantined,
+            "type1_objections": self.type1_objections,
+            "rejected_files": self.rejected_files, "held_files": self.held_files,
+            "submissions": self.submissions, "partitions": self.partitions,
+            "rule_counts": self.rule_counts[:200],
+        }
+
+
+# ============================================================================ context
+def _reference_context(landing: Store, warehouse: Warehouse, today: date | None):
+    from pipelines.validation import ValidationContext
+
+    if not warehouse.store.exists(warehouse.path("ref_sites")) and landing.list("reference"):
+        load_reference(landing, warehouse)
+    sites = warehouse.read("ref_sites")
+    practices = warehouse.read("ref_practices")
+    site_providers = (
+        {s: p for s, p in zip(sites.column("site_code").to_pylist(), sites.column("provider_code").to_pylist())
+         if s and p} or None
+    )
+    codes = {c for c in practices.column("practice_code").to_pylist() if c} or None
+    return ValidationContext(site_providers=site_providers, practice_codes=codes, today=today)
+
+
+def _validate(source, frame, **kw):
+    """The validation stage's :func:`pipelines.validation.validate` (a seam for tests)."""
+    from pipelines.validation import validate
+
+    return validate(source, frame, **kw)
+
+
+def _is_held(received: int, rejected: int, settings) -> bool:
+    try:
+        from pipelines.quality import is_held
+    except ImportError:  # pragma: no cover - the quality module is another stage's
+        share = float(settings.t("data_quality", "held_reject_share"))
+        return bool(received) and rejected / received > share
+    return bool(is_held(received, rejected, settings))
+
+
+def _held_reason(file_name: str, received: int, rejected: int, rule_ids: list[list[str]],
+                 rejected_mask: np.ndarray, submitter: str | None, period: str | None, settings) -> str:
+    share = float(settings.t("data_quality", "held_reject_share"))
+    counts: dict[str, int] = {}
+    for i in np.flatnonzero(rejected_mask):
+        for r in rule_ids[i]:
+            counts[r] = counts.get(r, 0) + 1
+    top = ", ".join(f"{r} ({n})" for r, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3])
+    whose = f"{submitter} {period}" if submitter and period else "these providers and periods"
+    return (f"held: {rejected} of {received} rows rejected, more than {share:.0%}; nothing downstream "
+            f"is computed from this file and earlier data for {whose} stay in force"
+            + (f"; most frequent rules broken: {top}" if top else ""))
+
+
+# ============================================================================ typed
+def _strip(frame: pd.DataFrame, name: str) -> pd.Series:
+    if name not in frame.columns:
+        return pd.Series(pd.NA, index=frame.index, dtype="string")
+    s = frame[name].astype("string").str.strip()
+    return s.mask(s == "")
+
+
+def _dates(frame: pd.DataFrame, name: str) -> pa.Array:
+    from expectations.custom import parse_iso_dates
+
+    parsed = parse_iso_dates(_strip(frame, name))
+    return pa.array([None if pd.isna(v) else v.date() for v in parsed], pa.date32())
+
+
+def _nhs(frame: pd.DataFrame, name: str) -> tuple[pa.Array, pa.Array]:
+    raw = _strip(frame, name)
+    valid = nhs_number.valid_series(raw).to_numpy(dtype=bool)
+    canon = nhs_number.canonical_series(raw)
+    vals = np.array(canon.astype(object).where(canon.notna(), None).tolist(), dtype=object)
+    vals[~valid] = None
+    return pa.array(vals.tolist(), pa.string()), pa.array(valid, pa.bool_())
+
+
+def _postcode(frame: pd.DataFrame, name: str) -> pa.Array:
+    s = _strip(frame, name).str.replace(r"\s+", "", regex=True).str.upper()
+    return _str_array(s.mask(s == ""))
+
+
+def _str_array(s: pd.Series) -> pa.Array:
+    return pa.array(s.astype(object).where(s.notna(), None).tolist(), pa.string())
+
+
+def _warnings(rule_ids: list[list[str]], kept: np.ndarray) -> pa.Array:
+    return pa.array([list(rule_ids[i]) for i in np.flatnonzero(kept)], pa.list_(pa.string()))
+
+
+def _common(n: int, period: str, submission_id: str, frame: pd.DataFrame) -> dict:
+    return {
+        "period": pa.array([period] * n, pa.string()),
+        "submission_id": pa.array([submission_id] * n, pa.string()),
+        "line": pa.array(frame["_line"].to_numpy(dtype=np.int64), pa.int64()),
+    }
+
+
+def _gp_silver(frame: pd.DataFrame, parsed: ParsedName, period: str, warn: pa.Array) -> pa.Table:
+    n = len(frame)
+    nhs, valid = _nhs(frame, "NHS_NUMBER")
+    obj = _strip(frame, "OBJECTION").str.upper()
+    cols = _common(n, period, parsed.submission_id, frame) | {
+        "practice_code": pa.array([parsed.submitter_code] * n, pa.string()),
+        "extract_date": pa.array([parsed.extract_date] * n, pa.date32()),
+        "nhs_number": nhs, "nhs_number_valid": valid,
+        "date_of_birth": _dates(frame, "DATE_OF_BIRTH"),
+        "sex": _str_array(_strip(frame, "SEX")),
+        "postcode": _postcode(frame, "POSTCODE"),
+        "lsoa": _str_array(_strip(frame, "LSOA").str.upper()),
+        "ethnic_category": _str_array(_strip(frame, "ETHNIC_CATEGORY")),
+        "registration_date": _dates(frame, "REGISTRATION_DATE"),
+        "deregistration_date": _dates(frame, "DEREGISTRATION_DATE"),
+        "date_of_death": _dates(frame, "DATE_OF_DEATH"),
+        "type2_objection": pa.array((obj == TYPE2.upper()).fillna(False).to_numpy(dtype=bool), pa.bool_()),
+        "dq_warnings": warn,
+    }
+    return schemas.get("gp_patients").conform(pa.table(cols))
+
+
+def _code_lists(frame: pd.DataFrame, prefix: str, count: int, dates_prefix: str | None = None):
+    """Present codes in column order (HES placeholders '-', '&' dropped), and the dates
+    aligned with them."""
+    n = len(frame)
+    codes = np.empty((n, count), dtype=object)
+    present = np.zeros((n, count), dtype=bool)
+    dts = np.empty((n, count), dtype=object) if dates_prefix else None
+    if dates_prefix:
+        from expectations.custom import parse_iso_dates
+    for k in range(count):
+        name = f"{prefix}{k + 1:02d}"
+        s = _strip(frame, name)
+        ok = opcs_present(s).to_numpy(dtype=bool)
+        codes[:, k] = s.astype(object).where(s.notna(), None).to_numpy()
+        present[:, k] = ok
+        if dates_prefix:
+            d = parse_iso_dates(_strip(frame, f"{dates_prefix}{k + 1:02d}"))
+            dts[:, k] = [None if pd.isna(v) else v.date() for v in d]
+    lists = [codes[i, present[i]].tolist() for i in range(n)]
+    date_lists = [dts[i, present[i]].tolist() for i in range(n)] if dates_prefix else None
+    return lists, date_lists
+
+
+def _sus_silver(frame: pd.DataFrame, source: str, protocol: str | None, periods, submission_id: str,
+                warn: pa.Array) -> pa.Table:
+    n = len(frame)
+    nhs, valid = _nhs(frame, "NEWNHSNO")
+    susrecid = _strip(frame, "SUSRECID")
+    if source == "hes_apc":
+        susrecid = susrecid.fillna(_strip(frame, "EPIKEY"))
+    if protocol == "NET":
+        update = _strip(frame, "CDS_UPDATE_TYPE")
+    else:
+        update = pd.Series("9", index=frame.index, dtype="string")
+    # Birth year and month: DOB, else MYDOB (MMYYYY).
+    from expectations.custom import parse_iso_dates
+
+    dob = parse_iso_dates(_strip(frame, "DOB"))
+    mydob = _strip(frame, "MYDOB")
+    ok = mydob.str.fullmatch(r"(0[1-9]|1[0-2])[0-9]{4}").fillna(False).astype(bool)
+    year = pd.Series(dob.dt.year, index=frame.index).astype("Int64")
+    month = pd.Series(dob.dt.month, index=frame.index).astype("Int64")
+    year = year.fillna(pd.to_numeric(mydob.str[2:].where(ok), errors="coerce").astype("Int64"))
+    month = month.fillna(pd.to_numeric(mydob.str[:2].where(ok), errors="coerce").astype("Int64"))
+    diagnoses, _ = _code_lists(frame, "DIAG_4_", 20)
+    procedures, proc_dates = _code_lists(frame, "OPERTN_4_", 24, "OPDATE_")
+    period_arr = pa.array(list(periods) if not isinstance(periods, str) else [periods] * n, pa.string())
+    cols = {
+        "period": period_arr,
+        "submission_id": pa.array([submission_id] * n, pa.string()),
+        "line": pa.array(frame["_line"].to_numpy(dtype=np.int64), pa.int64()),
+        "source": pa.array([source] * n, pa.string()),
+        "provider_code": _str_array(_strip(frame, "PROCODE3").str.upper()),
+        "susrecid": _str_array(susrecid),
+        "cds_update_type": _str_array(update),
+        "spell_id": _str_array(_strip(frame, "SUSSPELLID")),
+        "epiorder": _str_array(_strip(frame, "EPIORDER")),
+        "epistat": _str_array(_strip(frame, "EPISTAT")),
+        "epistart": _dates(frame, "EPISTART"),
+        "epiend": _dates(frame, "EPIEND"),
+        "admidate": _dates(frame, "ADMIDATE"),
+        "disdate": _dates(frame, "DISDATE"),
+        "admimeth": _str_array(_strip(frame, "ADMIMETH")),
+        "dismeth": _str_array(_strip(frame, "DISMETH")),
+        "admisorc": _str_array(_strip(frame, "ADMISORC")),
+        "disdest": _str_array(_strip(frame, "DISDEST")),
+        "classpat": _str_array(_strip(frame, "CLASSPAT")),
+        "sex": _str_array(_strip(frame, "SEX")),
+        "nhs_number": nhs, "nhs_number_valid": valid,
+        "nhsnoind": _str_array(_strip(frame, "NHSNOIND")),
+        "dob": pa.array([None if pd.isna(v) else v.date() for v in dob], pa.date32()),
+        "birth_year": pa.array(year.astype(object).where(year.notna(), None).tolist(), pa.int64()),
+        "birth_month": pa.array(month.astype(object).where(month.notna(), None).tolist(), pa.int64()),
+        "postcode": _postcode(frame, "HOMEADD"),
+        "gpprac": _str_array(_strip(frame, "GPPRAC")),
+        "consultant_code": _str_array(_strip(frame, "CONSULT")),
+        "mainspef": _str_array(_strip(frame, "MAINSPEF")),
+        "tretspef": _str_array(_strip(frame, "TRETSPEF")),
+        "diagnoses": pa.array(diagnoses, pa.list_(pa.string())),
+        "procedures": pa.array(procedures, pa.list_(pa.string())),
+        "procedure_dates": pa.array(proc_dates, pa.list_(pa.date32())),
+        "pseudo_hesid": _str_array(_strip(frame, "PSEUDO_HESID")),
+        "dq_warnings": warn,
+    }
+    return schemas.get("sus_episodes").conform(pa.table(cols))
+
+
+def _fft_silver(frame: pd.DataFrame, parsed: ParsedName, period: str, warn: pa.Array) -> pa.Table:
+    n = len(frame)
+    nhs, valid = _nhs(frame, "NHS_NUMBER")
+    cols = _common(n, period, parsed.submission_id, frame) | {
+        "provider_code": _str_array(_strip(frame, "PROVIDER_CODE").str.upper()),
+        "response_id": _str_array(_strip(frame, "RESPONSE_ID")),
+        "site_code": _str_array(_strip(frame, "SITE_CODE").str.upper()),
+        "ward_code": _str_array(_strip(frame, "WARD_CODE")),
+        "setting": _str_array(_strip(frame, "SETTING")),
+        "response_date": _dates(frame, "RESPONSE_DATE"),
+        "response": _str_array(_strip(frame, "RESPONSE")),
+        "nhs_number": nhs, "nhs_number_valid": valid,
+        "tretspef": _str_array(_strip(frame, "TRETSPEF")),
+        "mode": _str_array(_strip(frame, "MODE").str.upper()),
+        "dq_warnings": warn,
+    }
+    return schemas.get("fft_responses").conform(pa.table(cols))
+
+
+def _quarantine(frame: pd.DataFrame, mask: np.ndarray, outcome, *, source: str, file_name: str,
+                submission_id: str, submitter, periods) -> pa.Table:
+    idx = np.flatnonzero(mask)
+    q = frame.iloc[idx]
+    data_cols = [c for c in frame.columns if c != "_line"]
+    values = q[data_cols].astype(object).where(q[data_cols].notna(), None).to_numpy()
+    raw = [json.dumps(dict(zip(data_cols, row)), ensure_ascii=False) for row in values]
+    n = len(idx)
+    per = [periods] * n if isinstance(periods, str) else [periods[i] for i in idx]
+    sub = [submitter] * n if submitter is None or isinstance(submitter, str) else [submitter[i] for i in idx]
+    table = pa.table({
+        "period": pa.array(per, pa.string()),
+        "submission_id": pa.array([submission_id] * n, pa.string()),
+        "line": pa.array(q["_line"].to_numpy(dtype=np.int64), pa.int64()),
+        "source": pa.array([source] * n, pa.string()),
+        "file_name": pa.array([file_name] * n, pa.string()),
+        "submitter_code": pa.array(sub, pa.string()),
+        "rule_ids": pa.array([outcome.rule_ids[i] for i in idx], pa.list_(pa.string())),
+        "messages": pa.array([outcome.messages[i] for i in idx], pa.list_(pa.string())),
+        "raw": pa.array(raw, pa.string()),
+    })
+    return schemas.get("quarantine").conform(table)
+
+
+def _dq_tables(period: str, submission_id: str, source: str, submitter, rule_counts: pd.DataFrame,
+               field_scores: pd.DataFrame) -> tuple[pa.Table, pa.Table]:
+    rc = rule_counts.copy()
+    rules = pa.table({
+        "period": pa.array([period] * len(rc), pa.string()),
+        "submission_id": pa.array([submission_id] * len(rc), pa.string()),
+        "source": pa.array([source] * len(rc), pa.string()),
+        "submitter_code": pa.array(
+            [submitter] * len(rc) if submitter is None or isinstance(submitter, str) else list(submitter),
+            pa.string()),
+        "rule_id": pa.array(rc["rule_id"].astype(str).tolist(), pa.string()),
+        "field": pa.array(rc["field"].astype(object).tolist(), pa.string()),
+        "severity": pa.array(rc["severity"].astype(object).tolist(), pa.string()),
+        "rows_checked": pa.array(rc["rows_checked"].astype("int64").tolist(), pa.int64()),
+        "rows_failed": pa.array(rc["rows_failed"].astype("int64").tolist(), pa.int64()),
+        "example_lines": pa.array([[int(x) for x in v] for v in rc["example_lines"]], pa.list_(pa.int64())),
+    })
+    fs = field_scores
+    fields = pa.table({
+        "period": pa.array([period] * len(fs), pa.string()),
+        "submission_id": pa.array([submission_id] * len(fs), pa.string()),
+        "source": pa.array([source] * len(fs), pa.string()),
+        "submitter_code": pa.array(
+            [submitter] * len(fs) if submitter is None or isinstance(submitter, str)
+            else list(fs["submitter_code"]), pa.string()),
+        "field": pa.array(fs["field"].astype(str).tolist(), pa.string()),
+        "rows": pa.array(fs["rows"].astype("int64").tolist(), pa.int64()),
+        "rows_valid": pa.array(fs["rows_valid"].astype("int64").tolist(), pa.int64()),
+    })
+    return schemas.get("dq_rules").conform(rules), schemas.get("dq_fields").conform(fields)
+
+
+# ============================================================================ files
+def _candidate(landing: Store, fi: FileInfo, parsed: ParsedName, ledger: _Ledger,
+               warehouse: Warehouse, report: IngestReport) -> tuple[bytes, str] | None:
+    """The file's bytes and SHA-256 when it is to be taken in now; None when it was seen
+    before byte for byte, or is refused (recorded in the ledger)."""
+    if ledger.unchanged(fi):
+        report.files_skipped.append(fi.path)
+        return None
+    try:
+        data = landing.read_bytes(fi.path)
+    except Exception as exc:  # noqa: BLE001
+        report.rejected_files.append({"file_name": fi.path, "reason": f"{fi.path}: cannot be read ({type(exc).__name__})"})
+        return None
+    sha = hashlib.sha256(data).hexdigest()
+    if ledger.has(fi.path, sha):
+        report.files_skipped.append(fi.path)
+        return None
+    first = ledger.first_seen(fi.path, sha)
+    earlier = ledger.taken_versions(fi.path)
+    if not earlier.empty and parsed.source != "reference":
+        e = earlier.sort_values("first_seen_at").iloc[0]
+        when = pd.Timestamp(e["first_seen_at"]).strftime("%Y-%m-%d %H:%M UTC")
+        reason = (f"{fi.path}: changed after it was taken in: the file taken in on {when} had SHA-256 "
+                  f"{e['sha256'][:12]}..., this one has {sha[:12]}...; the earlier version stays in force. "
+                  f"A corrected submission needs a new file name")
+        _reject(warehouse, parsed, sha, len(data), first, reason, report)
+        log.error("%s", reason)
+        return None
+    dup = ledger.taken_submission(parsed.source, parsed.submission_id)
+    dup = dup[dup["file_name"] != fi.path]
+    if not dup.empty and parsed.source != "reference":
+        reason = (f"{fi.path}: the same submission ({parsed.submission_id}) was already taken in as "
+                  f"{dup.iloc[0]['file_name']}")
+        _reject(warehouse, parsed, sha, len(data), first, reason, report)
+        return None
+    return data, sha
+
+
+def _reject(warehouse: Warehouse, name, sha: str, size: int, first: datetime, reason: str,
+            report: IngestReport | None) -> None:
+    _write_event(warehouse, _event(name, sha, size, first, "rejected", reason), "outcome")
+    if report is not None:
+        report.rejected_files.append({"file_name": name.file_name, "reason": reason})
+    log.warning("rejected %s", reason)
+
+
+def _record_bad_names(landing: Store, files: list[FileInfo], ledger: _Ledger, warehouse: Warehouse,
+                      report: IngestReport | None) -> None:
+    for fi in files:
+        parsed = parse_name(fi.path)
+        if not isinstance(parsed, Rejection):
+            continue
+        if ledger.unchanged(fi):
+            continue
+        sha, size = sha256_stream(landing, fi.path)
+        if ledger.has(fi.path, sha):
+            continue
+        _reject(warehouse, parsed, sha, size, ledger.first_seen(fi.path, sha), parsed.reason, report)
+        ledger.keys.add((fi.path, sha))
+
+
+def _sort_key(item):
+    parsed = item[0]
+    ts = parsed.submitted_at or datetime.min.replace(tzinfo=timezone.utc)
+    return (ts, _PROTOCOL_RANK.get(parsed.protocol or "", 0), parsed.file_name)
+
+
+# ============================================================================ ingest
+def ingest(source: str, period: str, landing: Store, warehouse: Warehouse, settings, *,
+           today: date | None = None, data_docs_dir: str | None = None) -> IngestReport:
+    """Take in every not-yet-taken-in file of ``source`` (gp, sus_apc, fft) whose
+    reporting period is ``period`` (GP: the extract date's month). ``hes_apc`` is passed
+    to :func:`ingest_hes` (its files hold many periods)."""
+    if source == "hes_apc":
+        return ingest_hes(landing, warehouse, settings, today=today, data_docs_dir=data_docs_dir)
+    if source not in ("gp", "sus_apc", "fft"):
+        raise ValueError(f"unknown source {source!r}: expected gp, sus_apc, fft or hes_apc")
+    feed = FEEDS[source]
+    report = IngestReport(source, period)
+    ledger = _Ledger(warehouse)
+    files = landing.list(feed.folder)
+    report.files_listed = len(files)
+    _record_bad_names(landing, files, ledger, warehouse, report)
+
+    mine = []
+    for fi in files:
+        parsed = parse_name(fi.path)
+        if isinstance(parsed, ParsedName) and parsed.reporting_period == period:
+            mine.append((parsed, fi))
+    mine.sort(key=_sort_key)
+    context = None
+    for parsed, fi in mine:
+        got = _candidate(landing, fi, parsed, ledger, warehouse, report)
+        if got is None:
+            continue
+        data, sha = got
+        first = ledger.first_seen(fi.path, sha)
+        try:
+            frame, info = parse_bytes(data, fi.path, feed)
+        except FileRejected as exc:
+            _reject(warehouse, parsed, sha, len(data), first, exc.reason, report)
+            continue
+        del data
+        if context is None:
+            context = _reference_context(landing, warehouse, today)
+        _take_in(source, period, parsed, frame, info, sha, fi.size, first, warehouse, settings,
+                 context, data_docs_dir, report)
+        ledger.keys.add((fi.path, sha))
+    return report
+
+
+def _take_in(source, period, parsed: ParsedName, frame: pd.DataFrame, info, sha: str, size: int,
+             first: datetime, warehouse: Warehouse, settings, context, data_docs_dir, report: IngestReport):
+    sid = parsed.submission_id
+    outcome = _validate(source, frame, period=period, submitter=parsed.submitter_code,
+                        file_name=parsed.file_name, context=context, data_docs_dir=data_docs_dir)
+    rejected = np.asarray(outcome.rejected, dtype=bool)
+    kept = ~rejected
+    received, n_rej = len(frame), int(rejected.sum())
+    n_kept = received - n_rej
+    kept_frame = frame.iloc[np.flatnonzero(kept)]
+    warn = _warnings(outcome.rule_ids, kept)
+    if source == "gp":
+        silver = _gp_silver(kept_frame, parsed, period, warn)
+    elif source == "sus_apc":
+        silver = _sus_silver(kept_frame, source, parsed.protocol, period, sid, warn)
+    else:
+        silver = _fft_silver(kept_frame, parsed, period, warn)
+    warehouse.write(SILVER[source], silver, period, part=sid)
+    q = _quarantine(frame, rejected, outcome, source=source, file_name=parsed.file_name, submission_id=sid,
+                    submitter=parsed.submitter_code, periods=period)
+    warehouse.write("quarantine", q, period, part=sid)
+    rules, fields = _dq_tables(period, sid, source, parsed.submitter_code, outcome.rule_counts,
+                               outcome.field_scores)
+    warehouse.write("dq_rules", rules, period, part=sid)
+    warehouse.write("dq_fields", fields, period, part=sid)
+
+    held = _is_held(received, n_rej, settings)
+    reason = (_held_reason(parsed.file_name, received, n_rej, outcome.rule_ids, rejected,
+                           parsed.submitter_code, period, settings) if held else None)
+    if source == "gp":
+        obj = _strip(frame, "OBJECTION").str.upper()
+        type2 = int((obj == TYPE2.upper()).fillna(False).sum())
+        warehouse.write("gp_extracts", pa.table({
+            "period": [period], "submission_id": [sid], "practice_code": [parsed.submitter_code],
+            "extract_date": pa.array([parsed.extract_date], pa.date32()),
+            "rows_received": [received], "type1_objections": [info.type1_objections],
+            "type2_objections": [type2], "held": [held],
+        }), period, part=sid)
+    type1 = info.type1_objections if source == "gp" else None
+    _write_event(warehouse, _event(parsed, sha, size, first, "held" if held else "taken", reason,
+                                   received=received, quarantined=n_rej, kept=n_kept, type1=type1), "outcome")
+    _account(report, parsed.file_name, sid, {period: (received, n_rej, n_kept)}, held, reason, outcome,
+             info.type1_objections if source == "gp" else 0)
+    log.info("took in %s: %d rows received, %d kept, %d quarantined%s", parsed.file_name, received, n_kept,
+             n_rej, " (held)" if held else "")
+
+
+def _account(report: IngestReport, file_name: str, sid: str, per_period: dict, held: bool, reason,
+             outcome, type1: int) -> None:
+    received = sum(v[0] for v in per_period.values())
+    rej = sum(v[1] for v in per_period.values())
+    kept = sum(v[2] for v in per_period.values())
+    report.files_taken.append(file_name)
+    report.rows_read += received
+    report.rows_quarantined += rej
+    report.rows_kept += kept
+    report.type1_objections += type1
+    for p in per_period:
+        report.partitions.setdefault(p, []).append(sid)
+    report.submissions.append({
+        "file_name": file_name, "submission_id": sid, "periods": sorted(per_period),
+        "rows_received": received, "rows_quarantined": rej, "rows_kept": kept,
+        "type1_objections": type1, "held": held, "held_reason": reason,
+    })
+    if held:
+        report.held_files.append({"file_name": file_name, "reason": reason})
+    rc = outcome.rule_counts
+    for r in rc[rc["rows_failed"] > 0].itertuples(index=False):
+        report.rule_counts.append({"file_name": file_name, "rule_id": r.rule_id, "severity": r.severity,
+                                   "rows_failed": int(r.rows_failed), "rows_checked": int(r.rows_checked)})
+
+
+# ============================================================================ HES
+def ingest_hes(landing: Store, warehouse: Warehouse, settings, *, today: date | None = None,
+               data_docs_dir: str | None = None) -> IngestReport:
+    """Take in every not-yet-taken-in HES APC extract under ``hes_apc/``. Each row belongs
+    to the provider in its PROCODE3 and the month of its EPIEND; rows whose EPIEND is
+    not a date (they are quarantined: EPIEND is required) are filed under the month the
+    file was first seen. Silver, quarantine and data-quality parts are written per
+    period (part = the file's submission id); the ledger holds one row per file."""
+    report = IngestReport("hes_apc", None)
+    ledger = _Ledger(warehouse)
+    files = landing.list("hes_apc")
+    report.files_listed = len(files)
+    _record_bad_names(landing, files, ledger, warehouse, report)
+    context = None
+    for fi in files:
+        parsed = parse_name(fi.path)
+        if not isinstance(parsed, ParsedName):
+            continue
+        got = _candidate(landing, fi, parsed, ledger, warehouse, report)
+        if got is None:
+            continue
+        data, sha = got
+        first = ledger.first_seen(fi.path, sha)
+        try:
+            frame, info = parse_bytes(data, fi.path, "hes_apc")
+        except FileRejected as exc:
+            _reject(warehouse, parsed, sha, len(data), first, exc.reason, report)
+            continue
+        del data
+        if context is None:
+            context = _reference_context(landing, warehouse, today)
+        _take_in_hes(parsed, frame, sha, fi.size, first, warehouse, settings, context, data_docs_dir, report)
+        ledger.keys.add((fi.path, sha))
+    return report
+
+
+def _hes_group_counts(frame: pd.DataFrame, outcome, context, groups: pd.Series, file_name: str):
+    """Per (period, provider) group: each rule's rows checked and failed, and each scored
+    field's rows and rows present-and-valid, from one validation of the whole file.
+    Rows checked per group count the rows where the column the rule reads is present
+    (a not-null rule checks every row), as the validator counts them."""
+    from expectations.rules import Env
+    from pipelines import validation as V
+
+    env = Env(source="hes_apc", file_name=file_name,
+              site_providers=getattr(context, "site_providers", None),
+              practice_codes=frozenset(context.practice_codes) if getattr(context, "practice_codes", None) else None,
+              today=getattr(context, "today", None) or date.today())
+    work = V._work_frame("hes_apc", frame, env)
+    n = len(frame)
+    rule_rows = []
+    rc = outcome.rule_counts.set_index("rule_id")
+    failed_sets: dict[str, np.ndarray] = {}
+    for rid in rc.index:
+        failed_sets[rid] = np.array([rid in ids for ids in outcome.rule_ids], dtype=bool)
+    codes, uniques = pd.factorize(groups)
+    for rule in V.SUITES["hes_apc"].RULES:
+        kw = rule.kwargs(env)
+        if kw is None or rule.id not in rc.index:
+            continue
+        if rule.expectation == "ExpectColumnValuesToNotBeNull":
+            present = np.ones(n, dtype=bool)
+        elif "column_A" in kw:
+            present = (work[kw["column_A"]].notna() & work[kw["column_B"]].notna()).to_numpy(dtype=bool)
+        else:
+            present = work[kw["column"]].notna().to_numpy(dtype=bool)
+        if int(present.sum()) != int(rc.at[rule.id, "rows_checked"]):
+            # Not counted the same way as the validator: share its count out by group size.
+            present = None
+        for g in range(len(uniques)):
+            in_g = codes == g
+            fails = failed_sets[rule.id] & in_g
+            if present is None:
+                checked = int(round(int(rc.at[rule.id, "rows_checked"]) * in_g.sum() / max(n, 1)))
+            else:
+                checked = int((present & in_g).sum())
+            lines = np.sort(frame["_line"].to_numpy()[fails])[:5].tolist()
+            rule_rows.append({"group": uniques[g], "rule_id": rule.id, "field": rule.field,
+                              "severity": rule.severity, "rows_checked": checked,
+                              "rows_failed": int(fails.sum()), "example_lines": lines})
+    field_of = {r.id: r.field for r in V.SUITES["hes_apc"].RULES}
+    field_rows = []
+    for sf in V.SUITES["hes_apc"].SCORED:
+        present = np.zeros(n, dtype=bool)
+        for c in sf.cols:
+            present |= work[c].notna().to_numpy()
+        invalid = np.array([any(field_of.get(r) in sf.cols for r in ids) for ids in outcome.rule_ids], dtype=bool)
+        for g in range(len(uniques)):
+            in_g = codes == g
+            field_rows.append({"group": uniques[g], "field": sf.name, "rows": int(in_g.sum()),
+                               "rows_valid": int((present & ~invalid & in_g).sum())})
+    return pd.DataFrame(rule_rows), pd.DataFrame(field_rows)
+
+
+def _take_in_hes(parsed: ParsedName, frame: pd.DataFrame, sha: str, size: int, first: datetime,
+                 warehouse: Warehouse, settings, context, data_docs_dir, report: IngestReport) -> None:
+    from expectations.custom import parse_iso_dates
+
+    sid = parsed.submission_id
+    outcome = _validate("hes_apc", frame, period=None, submitter=None, file_name=parsed.file_name,
+                        context=context, data_docs_dir=data_docs_dir)
+    rejected = np.asarray(outcome.rejected, dtype=bool)
+    n = len(frame)
+    epiend = parse_iso_dates(_strip(frame, "EPIEND"))
+    fallback = first.strftime("%Y-%m")
+    periods = epiend.dt.strftime("%Y-%m").astype(object).where(epiend.notna(), fallback).to_numpy()
+    provider = _strip(frame, "PROCODE3").str.upper().astype(object).where(
+        _strip(frame, "PROCODE3").notna(), None).to_numpy()
+    groups = pd.Series([f"{p}|{s or ''}" for p, s in zip(periods, provider)])
+    rule_rows, field_rows = _hes_group_counts(frame, outcome, context, groups, parsed.file_name)
+    per_period: dict[str, tuple[int, int, int]] = {}
+    for period in sorted(set(periods.tolist())):
+        in_p = periods == period
+        k = in_p & ~rejected
+        kept_frame = frame.iloc[np.flatnonzero(k)]
+        warn = _warnings(outcome.rule_ids, k)
+        silver = _sus_silver(kept_frame, "hes_apc", None, period, sid, warn)
+        warehouse.write("sus_episodes", silver, period, part=sid)
+        q = _quarantine(frame, in_p & rejected, outcome, source="hes_apc", file_name=parsed.file_name,
+                        submission_id=sid, submitter=list(provider), periods=period)
+        warehouse.write("quarantine", q, period, part=sid)
+        if len(rule_rows):
+            rr = rule_rows[rule_rows["group"].str.startswith(period + "|")]
+        else:
+            rr = pd.DataFrame(columns=["group", "rule_id", "field", "severity", "rows_checked",
+                                       "rows_failed", "example_lines"])
+        ff = field_rows[field_rows["group"].str.startswith(period + "|")] if len(field_rows) else \
+            pd.DataFrame(columns=["group", "field", "rows", "rows_valid"])
+        subs_r = [g.split("|", 1)[1] or None for g in rr["group"]]
+        ff = ff.assign(submitter_code=[g.split("|", 1)[1] or None for g in ff["group"]])
+        rules, fields = _dq_tables(period, sid, "hes_apc", subs_r, rr, ff)
+        warehouse.write("dq_rules", rules, period, part=sid)
+        warehouse.write("dq_fields", fields, period, part=sid)
+        per_period[period] = (int(in_p.sum()), int((in_p & rejected).sum()), int(k.sum()))
+    received, n_rej = n, int(rejected.sum())
+    held = _is_held(received, n_rej, settings)
+    reason = (_held_reason(parsed.file_name, received, n_rej, outcome.rule_ids, rejected, None, None, settings)
+              if held else None)
+    _write_event(warehouse, _event(parsed, sha, size, first, "held" if held else "taken", reason,
+                                   received=received, quarantined=n_rej, kept=received - n_rej), "outcome")
+    _account(report, parsed.file_name, sid, per_period, held, reason, outcome, 0)
+
+
+# ============================================================================ reference
+def load_reference(landing: Store, warehouse: Warehouse) -> dict:
+    """Read ``reference/epraccur.csv``, ``providers.csv`` and ``sites.csv`` into
+    ``ref_practices``, ``ref_providers`` and ``ref_sites`` (epraccur dates YYYYMMDD),
+    recording each file in the ledger. A file already taken in byte for byte is not read
+    again; a new version under the same name replaces the table (ODS republishes its
+    files under the same names). Returns counts and rejections, for metadata."""
+    ledger = _Ledger(warehouse)
+    out: dict = {"ref_practices": None, "ref_providers": None, "ref_sites": None,
+                 "files_taken": [], "rejected_files": []}
+    report = IngestReport("reference", None)
+    files = landing.list("reference")
+    _record_bad_names(landing, files, ledger, warehouse, report)
+    target = {"epraccur": "ref_practices", "providers": "ref_providers", "sites": "ref_sites"}
+    for fi in files:
+        parsed = parse_name(fi.path)
+        if not isinstance(parsed, ParsedName):
+            continue
+        table_name = target[parsed.feed]
+        if ledger.unchanged(fi) and warehouse.store.exists(warehouse.path(table_name)):
+            continue
+        data = landing.read_bytes(fi.path)
+        sha = hashlib.sha256(data).hexdigest()
+        if ledger.has(fi.path, sha) and warehouse.store.exists(warehouse.path(table_name)):
+            continue
+        first = ledger.first_seen(fi.path, sha)
+        try:
+            frame, _ = parse_bytes(data, fi.path, parsed.feed)
+        except FileRejected as exc:
+            _reject(warehouse, parsed, sha, len(data), first, exc.reason, report)
+            continue
+        table = _reference_table(parsed.feed, frame)
+        warehouse.write(table_name, table)
+        _write_event(warehouse, _event(parsed, sha, len(data), first, "taken", None, received=len(frame),
+                                       quarantined=0, kept=table.num_rows), "outcome")
+        ledger.keys.add((fi.path, sha))
+        out["files_taken"].append(fi.path)
+    for name in target.values():
+        out[name] = warehouse.read(name).num_rows
+    out["rejected_files"] = report.rejected_files
+    return out
+
+
+def _reference_table(feed: str, frame: pd.DataFrame) -> pa.Table:
+    s = lambda c: _str_array(_strip(frame, c))  # noqa: E731
+    if feed == "epraccur":
+        t = pa.table({
+            "practice_code": _str_array(_strip(frame, "ORG_CODE").str.upper()),
+            "name": s("NAME"), "postcode": s("POSTCODE"),
+            "open_date": to_date_yyyymmdd(_strip(frame, "OPEN_DATE")),
+            "close_date": to_date_yyyymmdd(_strip(frame, "CLOSE_DATE")),
+            "status": s("STATUS"), "commissioner_code": s("COMMISSIONER_CODE"),
+            "prescribing_setting": s("PRESCRIBING_SETTING"),
+        })
+        key = "practice_code"
+        ds = "ref_practices"
+    elif feed == "providers":
+        t = pa.table({"provider_code": _str_array(_strip(frame, "PROVIDER_CODE").str.upper()),
+                      "name": s("NAME"), "commissioner_code": s("COMMISSIONER_CODE")})
+        key, ds = "provider_code", "ref_providers"
+    else:
+        t = pa.table({"site_code": _str_array(_strip(frame, "SITE_CODE").str.upper()),
+                      "provider_code": _str_array(_strip(frame, "PROVIDER_CODE").str.upper()),
+                      "name": s("NAME")})
+        key, ds = "site_code", "ref_sites"
+    # A row without its code cannot be referred to: left out (counted in the ledger).
+    t = t.filter(pc.is_valid(t.column(key)))
+    return schemas.get(ds).conform(t)
+
+
+# ============================================================================ scan
+def scan_landing(landing: Store, warehouse: Warehouse, settings=None) -> dict:
+    """Record every file of the landing zone in the ledger: a file not seen before gets a
+    ``seen`` event (name, size, SHA-256, first seen); a misnamed one is rejected at once.
+    Reads nothing but bytes for the hash; takes nothing in."""
+    ledger = _Ledger(warehouse)
+    files = landing.list("")
+    report = IngestReport("scan", None)
+    _record_bad_names(landing, files, ledger, warehouse, report)
+    new = 0
+    for fi in files:
+        parsed = parse_name(fi.path)
+        if isinstance(parsed, Rejection) or ledger.unchanged(fi, outcomes_only=False):
+            continue
+        sha, size = sha256_stream(landing, fi.path)
+        if (fi.path, sha) in ledger.seen:
+            continue
+        _write_event(warehouse, _event(parsed, sha, size, _now(), "seen"), "seen")
+        ledger.seen[(fi.path, sha)] = _now()
+        new += 1
+    return {"files": len(files), "new_files": new, "rejected_files": report.rejected_files,
+            "pending_periods": sorted(pending_periods(landing, warehouse))}
+
+
+def pending_periods(landing: Store, warehouse: Warehouse) -> dict[str, str]:
+    """Reporting periods with GP, SUS or FFT files not yet taken in (no outcome in the
+    ledger for that name and size, or modified since), each with a fingerprint of those
+    files (for a sensor's run key). Cheap: lists, never reads. HES extracts have no
+    period in their name and are not included."""
+    ledger = _Ledger(warehouse)
+    out: dict[str, list[str]] = {}
+    for folder in ("gp", "sus_apc", "fft"):
+        for fi in landing.list(folder):
+            parsed = parse_name(fi.path)
+            if not isinstance(parsed, ParsedName):
+                continue
+            done = ledger.unchanged(fi)
+            if not done:
+                out.setdefault(parsed.reporting_period, []).append(f"{fi.path}:{fi.size}:{fi.modified.isoformat()}")
+    return {p: hashlib.sha256("\n".join(sorted(v)).encode()).hexdigest()[:16] for p, v in sorted(out.items())}
+
+
+def periods_with_data(warehouse: Warehouse) -> list[str]:
+    """Every reporting period with a submission taken in (or HES rows), sorted."""
+    found: set[str] = set()
+    for t in ("gp_patients", "sus_episodes", "fft_responses", "quarantine"):
+        found.update(warehouse.periods(t))
+    ev = _events(warehouse)
+    found.update(p for p in ev.loc[ev["status"].isin(TAKEN), "reporting_period"].dropna())
+    return sorted(found)

@@ -1,0 +1,254 @@
+"""Disclosure control: small numbers, rates from few records, identifier scan, checks."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from pipelines import schemas
+from pipelines.disclosure import (
+    DisclosureError,
+    apply_small_numbers,
+    check_public,
+    check_restricted,
+    describe,
+    scan_for_identifiers,
+)
+from pipelines.nhs_number import is_valid, with_check_digit
+from pipelines.schemas import PERIOD, Dataset, cols, f, i, s
+
+# A small public dataset of the usual shape: a code, a count, a rate from it, an
+# organisation count that is never suppressed.
+TOY = Dataset(
+    name="toy",
+    zone="public",
+    grain="period, area",
+    description="A toy dataset for the tests.",
+    columns=cols(
+        PERIOD,
+        s("area_level", "national or commissioner."),
+        s("area_code", "ENG or a CCG code."),
+        i("practices", "Organisations: never suppressed."),
+        i("episodes", "A count of patients' events.", suppress="count"),
+        i("episodes_linked", "Of those, linked.", suppress="count"),
+        f("pct_linked", "100 x episodes_linked / episodes.", unit="percent", suppress="rate",
+          denominator="episodes"),
+    ),
+)
+
+VALID_NHS = "9434765919"  # the NHS's own example number
+assert is_valid(VALID_NHS)
+BAD_CHECK = "9434765918"  # same first nine digits, wrong check digit
+assert not is_valid(BAD_CHECK)
+
+
+def toy(episodes, linked=None, level="commissioner", code="00L", practices=None):
+    n = len(episodes)
+    linked = linked if linked is not None else episodes
+    return pa.table({
+        "period": ["2014-01"] * n,
+        "area_level": [level] * n if isinstance(level, str) else level,
+        "area_code": [code] * n if isinstance(code, str) else code,
+        "practices": practices or [3] * n,
+        "episodes": pa.array(episodes, pa.int64()),
+        "episodes_linked": pa.array(linked, pa.int64()),
+        "pct_linked": pa.array([None if e in (None, 0) else 50.0 for e in episodes], pa.float64()),
+    })
+
+
+# --------------------------------------------------------------------------- small numbers
+
+
+def test_counts_1_to_7_are_blanked_and_flagged_0_and_8_kept():
+    out = apply_small_numbers(TOY, toy([0, 1, 2, 3, 4, 5, 6, 7, 8, 120, None]))
+    assert out.column("episodes").to_pylist() == [0] + [None] * 7 + [8, 120, None]
+    assert out.column("episodes_suppressed").to_pylist() == [False] + [True] * 7 + [False, False, False]
+    # organisation counts are never touched
+    assert out.column("practices").to_pylist() == [3] * 11
+
+
+def test_national_rows_are_not_suppressed():
+    t = toy([3, 3, 3, 3], level=["national", "commissioner", "commissioner", "national"],
+            code=["ENG", "00L", "ENG", "XXX"])
+    out = apply_small_numbers(TOY, t)
+    # by area_level, and by area_code ENG
+    assert out.column("episodes").to_pylist() == [3, None, 3, 3]
+    assert out.column("episodes_suppressed").to_pylist() == [False, True, False, False]
+    assert out.column("pct_linked").to_pylist() == [50.0, None, 50.0, 50.0]
+
+
+def test_fft_level_and_org_code_mark_national_rows():
+    ds = Dataset("toy_fft", "public", "org", "toy", cols(
+        s("level", "level"), s("org_code", "code"), i("n", "count", suppress="count")))
+    t = pa.table({"level": ["national", "provider", "provider"], "org_code": ["X", "RXH", "ENG"],
+                  "n": [2, 2, 2]})
+    assert apply_small_numbers(ds, t).column("n").to_pylist() == [2, None, 2]
+
+
+def test_rate_from_7_records_blanked_from_8_kept():
+    out = apply_small_numbers(TOY, toy([7, 8, 0, None, 100], linked=[7, 8, 0, None, 100]))
+    assert out.column("pct_linked").to_pylist() == [None, 50.0, None, None, 50.0]
+
+
+def test_rate_blanked_when_denominator_blank_only_below_national():
+    t = toy([None, None], level=["commissioner", "national"], code=["00L", "ENG"])
+    t = t.set_column(t.schema.get_field_index("pct_linked"), "pct_linked", pa.array([10.0, 10.0]))
+    out = apply_small_numbers(TOY, t)
+    assert out.column("pct_linked").to_pylist() == [None, 10.0]
+
+
+def test_published_columns_order_types_and_descriptions():
+    out = apply_small_numbers(TOY, toy([1, 9]))
+    assert out.column_names == [c.name for c in TOY.published_columns()]
+    assert out.schema.field("episodes_suppressed").type == pa.bool_()
+    assert out.schema.field("pct_linked").metadata[b"unit"] == b"percent"
+
+
+def test_idempotent():
+    once = apply_small_numbers(TOY, toy([0, 3, 8]))
+    assert apply_small_numbers(TOY, once).equals(once)
+
+
+def test_dataset_without_suppressible_columns_passes_through():
+    ds = schemas.get("linkage_coverage_summary")
+    t = pa.table({
+        "period": ["2014-01"], "area_level": ["commissioner"], "area_code": ["00L"],
+        "practices": [3], "practices_providing_extract": [2], "pct_practices_providing_extract": [66.7],
+        "practices_linked": [1], "pct_practices_linked": [33.3], "providers": [2],
+        "providers_meeting_nhs_number_standard": [1], "pct_providers_meeting_nhs_number_standard": [50.0],
+    })
+    out = apply_small_numbers(ds, t)
+    assert out.column("practices_linked").to_pylist() == [1]
+    assert check_public(ds, out) == []
+
+
+def test_consultant_outcomes_blank_only_deaths_and_readmissions():
+    ds = schemas.get("consultant_outcomes")
+    suppressed = {c.name for c in ds.columns if c.suppress}
+    assert suppressed == {"deaths_30d", "readmissions_30d"}
+    row = {c.name: None for c in ds.columns}
+    row.update(period="2014-12", window_start="2012-01", window_end="2014-12", specialty="vascular surgery",
+               provider_code="RXH", consultant_code="C1234567", procedures=5, deaths_30d=1,
+               crude_mortality_pct=20.0, readmissions_30d=0, readmission_pct=0.0)
+    out = apply_small_numbers(ds, pa.Table.from_pylist([row]))
+    assert out.column("deaths_30d").to_pylist() == [None]
+    assert out.column("deaths_30d_suppressed").to_pylist() == [True]
+    assert out.column("procedures").to_pylist() == [5]  # published for every consultant
+    assert out.column("crude_mortality_pct").to_pylist() == [20.0]  # the deliberate exception
+    assert out.column("readmissions_30d").to_pylist() == [0]
+
+
+# --------------------------------------------------------------------------- identifier scan
+
+
+def test_scanner_finds_nhs_number_in_free_text_and_not_bad_check_digit():
+    spaced = f"{VALID_NHS[:3]} {VALID_NHS[3:6]} {VALID_NHS[6:]}"
+    t = pa.table({
+        "held_reason": ["all fine", f"row 12 has patient {spaced} twice", f"ref {BAD_CHECK}.",
+                        "12345678901234", None],
+        "count": [1, 2, 3, 4, 5],
+    })
+    found = scan_for_identifiers(t, dataset="toy")
+    assert [(x.column, x.kind, x.count) for x in found] == [("held_reason", "nhs_number", 1)]
+    # the finding names dataset and column, never the value
+    assert VALID_NHS not in str(found[0]) and spaced not in str(found[0])
+    assert "toy" in str(found[0]) and "held_reason" in str(found[0])
+
+
+def test_scanner_ignores_digits_inside_longer_tokens_and_bad_check_digits():
+    digest = "ab" + VALID_NHS + "cdef" * 13  # a hex digest that happens to hold the digits
+    t = pa.table({"sha256": [digest], "file_name": [f"APC_RXH_201401_{BAD_CHECK}_BULK.csv"],
+                  "n": pa.array([int(BAD_CHECK)], pa.int64())})
+    assert scan_for_identifiers(t) == []
+
+
+def test_scanner_finds_postcode_in_code_column_with_or_without_space_any_case():
+    t = pa.table({"practice_code": ["A81001", "ls1 4ap", "B82005", "SW1A1AA", "A81002"]})
+    found = scan_for_identifiers(t, dataset="toy")
+    assert [(x.column, x.kind, x.count) for x in found] == [("practice_code", "postcode", 2)]
+
+
+def test_scanner_lists_integer_nhs_numbers_and_date_of_birth_columns():
+    nine = "401023213"
+    other = with_check_digit(nine)
+    t = pa.table({
+        "value": pa.array([int(VALID_NHS), int(other), int(BAD_CHECK), 7], pa.int64()),
+        "date_of_birth": pa.array([None, None, None, None], pa.date32()),
+        "diagnoses": pa.array([["I21"], [VALID_NHS], None, []], pa.list_(pa.string())),
+    })
+    kinds = {(x.column, x.kind): x.count for x in scan_for_identifiers(t)}
+    assert kinds == {("value", "nhs_number"): 2, ("date_of_birth", "date_of_birth"): 0,
+                     ("diagnoses", "nhs_number"): 1}
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def test_check_public_passes_suppressed_table_and_flags_raw_one():
+    raw = toy([0, 3, 8, 40])
+    assert check_public(TOY, apply_small_numbers(TOY, raw)) == []
+    with_flags = raw.append_column("episodes_suppressed", pa.array([False] * 4)).append_column(
+        "episodes_linked_suppressed", pa.array([False] * 4))
+    rules = {(v.rule, v.column) for v in check_public(TOY, with_flags)}
+    assert ("small_count", "episodes") in rules
+    assert ("rate_small_denominator", "pct_linked") in rules
+    assert ("not_suppressed", "episodes") in check_public_rules(TOY, raw)
+
+
+def check_public_rules(ds, table):
+    return {(v.rule, v.column) for v in check_public(ds, table)}
+
+
+def test_check_public_uses_configured_thresholds():
+    out = apply_small_numbers(TOY, toy([9, 20]))
+    assert check_public(TOY, out) == []
+    strict = {"disclosure": {"small_count_max": 10, "min_denominator": 8}}
+    assert ("small_count", "episodes") in {(v.rule, v.column) for v in check_public(TOY, out, strict)}
+
+
+def test_check_public_refuses_identifier_columns_and_values():
+    t = apply_small_numbers(TOY, toy([10, 20]))
+    t = t.append_column("person_id", pa.array(["a" * 32, "b" * 32]))
+    t = t.set_column(t.schema.get_field_index("area_code"), "area_code", pa.array(["00L", "LS1 4AP"]))
+    vs = check_public(TOY, t)
+    rules = {(v.rule, v.column) for v in vs}
+    assert ("forbidden_column", "person_id") in rules
+    assert ("identifier:postcode", "area_code") in rules
+    message = describe("toy", vs)
+    assert "LS1 4AP" not in message and "person_id" in message
+    assert "LS1 4AP" not in str(DisclosureError("toy", vs))
+
+
+def test_check_public_fft_rule_1():
+    ds = schemas.get("fft_scores")
+    base = {c.name: None for c in ds.columns}
+    rows = [
+        {**base, "period": "2014-01", "setting": "IP", "level": "ward", "org_code": "RXH01/W1",
+         "parent_code": "RXH01", "responses": 3, "suppressed": False},
+        {**base, "period": "2014-01", "setting": "IP", "level": "ward", "org_code": "RXH01/W2",
+         "parent_code": "RXH01", "suppressed": True, "pct_recommend": 80.0},
+        {**base, "period": "2014-01", "setting": "IP", "level": "national", "org_code": "ENG",
+         "responses": 2, "suppressed": False},
+    ]
+    rules = {(v.rule, v.column, v.count) for v in check_public(ds, pa.Table.from_pylist(rows))}
+    assert rules == {("fft_small_responses", "responses", 1),
+                     ("fft_flag_inconsistent", "pct_recommend", 1)}
+
+
+def test_check_restricted():
+    ds = schemas.get("linked_spells")
+    row = {c.name: None for c in ds.columns}
+    row.update(period="2014-01", person_id="f" * 32, provider_code="RXH", spell_id="S1")
+    ok = pa.Table.from_pylist([row])
+    assert check_restricted(ds, ok) == []
+    leaked = pa.Table.from_pylist([{**row, "spell_id": VALID_NHS}])
+    assert [(v.rule, v.column) for v in check_restricted(ds, leaked)] == [("identifier:nhs_number", "spell_id")]
+    with_pc = ok.append_column("postcode", pa.array([None], pa.string()))
+    assert ("forbidden_column", "postcode") in {(v.rule, v.column) for v in check_restricted(ds, with_pc)}
+
+
+@pytest.mark.parametrize("name", ["nhs_number", "date_of_birth", "dob"])
+def test_check_restricted_refuses_identifier_columns(name):
+    ds = schemas.get("linked_spells")
+    t = pa.table({"person_id": ["x"], name: pa.array([None], pa.string())})
+    assert any(v.column == name for v in check_restricted(ds, t))
