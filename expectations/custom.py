@@ -5,6 +5,9 @@
   :func:`pipelines.nhs_number.valid_series`.
 * ``ExpectColumnValuesToBeIsoDates``: ``YYYY-MM-DD`` and a real calendar date
   (``2023-02-30`` fails).
+* ``ExpectColumnValuesToBeIsoDatesBetween``: such a date within bounds (no future dates;
+  a response date in the file's month), vectorised (GX's own between maps a Python
+  function over every value).
 
 Both are column map expectations: missing values are not checked (a separate
 not-null rule says whether a value is required), and failing rows come back in
@@ -65,7 +68,35 @@ class ExpectColumnValuesToBeIsoDates(ColumnMapExpectation):
     library_metadata = {"tags": ["dates", "care.data"], "contributors": ["care.data"]}
 
 
+class ColumnValuesIsoDateBetween(ColumnMapMetricProvider):
+    condition_metric_name = "column_values.iso_date_between"
+    condition_value_keys = ("min_value", "max_value")
+
+    @column_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column: pd.Series, min_value=None, max_value=None, **kwargs) -> pd.Series:
+        dates = parse_iso_dates(column)
+        ok = pd.Series(True, index=column.index)
+        if min_value is not None:
+            ok &= ~(dates < pd.Timestamp(min_value)).fillna(False).astype(bool)
+        if max_value is not None:
+            ok &= ~(dates > pd.Timestamp(max_value)).fillna(False).astype(bool)
+        return ok
+
+
+class ExpectColumnValuesToBeIsoDatesBetween(ColumnMapExpectation):
+    """Expect YYYY-MM-DD dates to fall between min_value and max_value (inclusive, ISO
+    date strings; either may be omitted). Values that are not real dates are not judged
+    here: ExpectColumnValuesToBeIsoDates catches them."""
+
+    map_metric = "column_values.iso_date_between"
+    success_keys = ("min_value", "max_value", "mostly")
+    min_value: str | None = None
+    max_value: str | None = None
+    library_metadata = {"tags": ["dates", "care.data"], "contributors": ["care.data"]}
+
+
 CUSTOM = {
+    "ExpectColumnValuesToBeIsoDatesBetween": ExpectColumnValuesToBeIsoDatesBetween,
     "ExpectColumnValuesToBeValidNhsNumber": ExpectColumnValuesToBeValidNhsNumber,
     "ExpectColumnValuesToBeIsoDates": ExpectColumnValuesToBeIsoDates,
 }

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 import pandas as pd
 
-from expectations.rules import KEY, R, W, Env, Rule, ScoredField, column_rules, date_col, nhs_number
+from expectations.rules import KEY, R, W, Env, Rule, ScoredField, column_rules, nhs_number
 from pipelines.schemas.inputs import FFT
 
 FEED = FFT
@@ -32,8 +30,7 @@ def _in_period(env: Env) -> dict | None:
     bounds = env.period_bounds
     if bounds is None:
         return None
-    lo, hi = (dt.datetime.combine(d, dt.time()) for d in bounds)
-    return {"column": date_col("RESPONSE_DATE"), "min_value": lo, "max_value": hi}
+    return {"column": "RESPONSE_DATE", "min_value": bounds[0].isoformat(), "max_value": bounds[1].isoformat()}
 
 
 def _rules() -> list[Rule]:
@@ -60,7 +57,7 @@ def _rules() -> list[Rule]:
         elif c.name == "RESPONSE_DATE":
             out.append(Rule("RESPONSE_DATE_PERIOD", "RESPONSE_DATE", R,
                             "RESPONSE_DATE is not in the file's reporting month.",
-                            "ExpectColumnValuesToBeBetween", _in_period))
+                            "ExpectColumnValuesToBeIsoDatesBetween", _in_period))
         elif c.name == "TRETSPEF":
             out.append(Rule("TRETSPEF_FORMAT", "TRETSPEF", W, "TRETSPEF is not a 3-digit treatment function code.",
                             "ExpectColumnValuesToMatchRegex", {"column": "TRETSPEF", "regex": r"^[0-9]{3}$"}))

@@ -133,10 +133,10 @@ def iso_date(col: str, sev: Severity, **kw) -> Rule:
 def not_future(col: str, sev: Severity, **kw) -> Rule:
     def args(env: Env) -> dict:
         """max_value = today (ValidationContext.today)"""
-        return {"column": date_col(col), "max_value": dt.datetime.combine(env.today, dt.time())}
+        return {"column": col, "max_value": env.today.isoformat()}
 
     return Rule(f"{col}_FUTURE", col, sev, f"{col} is in the future.",
-                "ExpectColumnValuesToBeBetween", args, **kw)
+                "ExpectColumnValuesToBeIsoDatesBetween", args, **kw)
 
 
 def not_before(later: str, earlier: str, sev: Severity, rid: str, msg: str, *,

@@ -178,15 +178,22 @@ def apply_small_numbers(
     Returns the table with the dataset's published columns (declared order and types,
     ``<count>_suppressed`` after each suppressible count; the partition column kept when
     present). Idempotent: applied twice gives the same table (a flag already True stays
-    True). ``national_col`` names a boolean column marking national rows, in place of the
-    usual ``area_level``/``level``/``org_code``/``area_code`` test.
+    True). ``national_col`` names the column that marks national rows (boolean True, or text
+    ``national``/``ENG``), in place of the usual ``area_level``/``level``/``org_code``/
+    ``area_code`` test.
     Datasets with no suppressible column, and non-public datasets, pass through conformed.
     """
     schema = _published_schema(ds, table)
     if ds.zone != "public":
         return ds.conform(table, include_partition=ds.partition_by in table.column_names)
     if national_col is not None:
-        national = _flag(table, national_col)
+        col = table.column(national_col)
+        if pa.types.is_boolean(col.type):
+            national = _flag(table, national_col)
+        else:  # a level or code column: 'national' or 'ENG' marks a national row
+            text = col.cast(pa.string())
+            national = pc.fill_null(pc.is_in(text, pa.array(["national", "ENG"])), False).to_numpy(
+                zero_copy_only=False).astype(bool)
     else:
         national = national_mask(table)
     below = ~national

@@ -124,10 +124,8 @@ def funnel_plot(
     against expected deaths, the 95% and 99.8% control limits around SMR 1, outliers
     labelled by consultant code. ``consultant_rows`` has the columns of
     ``consultant_outcomes``; rows with ``insufficient_data`` or no SMR are left out."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure  # no pyplot: no global state, thread safe
+    # A bare Figure renders with the Agg canvas: no pyplot, no global backend, thread safe.
+    from matplotlib.figure import Figure
 
     rows = consultant_rows
     if "specialty" in rows.columns:

@@ -8,8 +8,8 @@ Plain functions over Arrow and pandas, no Dagster:
   procedure, Charlson index, 30-day death and 30-day emergency readmission.
 * :func:`window_outcomes` -- one window (the ``window_months`` months ending with a period):
   one risk model per specialty, then ``consultant_outcomes``, ``specialty_outcomes`` and
-  ``specialty_calibration``, conformed and **not yet suppressed** (the publisher applies
-  disclosure control).
+  ``specialty_calibration``, conformed to their staged schemas: **not yet suppressed**
+  (the publisher applies disclosure control and adds the ``*_suppressed`` flags).
 * :func:`linked_spells_restricted` -- the pseudonymised ``linked_spells`` dataset.
 
 The table from :func:`build_spells` is internal: it carries the person's NHS number
@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 
 from pipelines import charlson, schemas
 from pipelines.funnel import control_limits, outlier_status
+from pipelines.funnel import exact_ci, funnel_plot, poisson_limits  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ MAX_AGE = 120
 COHORT_COLUMNS = ("specialty", "opcs4_prefix", "requires_diagnosis_prefix", "excludes_diagnosis_prefix")
 
 SPELL_COLUMNS = (
-    "provider_code", "spell_id", "person_key", "pseudo_hesid", "period",
+    "provider_code", "spell_id", "person_key", "pseudo_hesid", "spell_period",
     "admidate", "disdate", "admimeth", "dismeth", "los_days", "age", "sex", "emergency",
     "specialty", "index_procedure", "index_procedure_date", "consultant_code", "opcs_group",
     "charlson_index", "death_30d", "discharged_alive", "emergency_readmission_30d",
@@ -211,7 +212,7 @@ def build_spells(
     sp = pd.DataFrame({
         "provider_code": g["provider_code"].first(),
         "spell_id": g["spell_key"].first(),
-        "period": g["period"].max(),
+        "spell_period": g["period"].max(),
         "admidate": g["admidate"].first(),
         "first_epistart": g["epistart"].min(),
         "disdate": g["disdate"].last(),
@@ -227,6 +228,8 @@ def build_spells(
         "dod": g["date_of_death"].max(),
         "type2": g["t2"].any(),
     }).reindex(range(n))
+    sp["spell_period"] = sp["spell_period"].fillna(
+        sp["disdate"].fillna(sp["admidate"]).dt.strftime("%Y-%m").astype("string"))
     # the person: valid NHS number on the episodes, else the linked GP patient's, else
     # (HES extracts only) the PSEUDO_HESID
     sp["person_key"] = sp["valid_nhs"].fillna(sp["linked_nhs"]).fillna("HESID:" + sp["pseudo_hesid"])
@@ -257,6 +260,9 @@ def build_spells(
     # index procedure
     index = _index_procedures(episodes, ep, sp, diag, cohorts, min_age)
     sp = sp.join(index, how="left")
+    sp["index_procedure_date"] = pd.to_datetime(sp["index_procedure_date"])
+    for c in ("specialty", "index_procedure", "consultant_code"):
+        sp[c] = sp[c].astype("string")
     sp["opcs_group"] = sp["index_procedure"].str.slice(0, 3)
 
     # 30-day death
@@ -464,8 +470,8 @@ def window_outcomes(spells: pa.Table, window_end: str, settings: Any = None) -> 
     ``window_end`` (YYYY-MM). Index procedures whose date is in the window; their 30-day
     follow-up was computed by :func:`build_spells` from all the data. Returns
     ``consultant_outcomes``, ``specialty_outcomes`` and ``specialty_calibration`` conformed
-    to their schemas, with ``period`` = ``window_end``, before disclosure control
-    (``*_suppressed`` all False)."""
+    to their *staged* schemas (no ``*_suppressed`` flags: disclosure control is the
+    publisher's), with ``period`` = ``window_end``."""
     if settings is None:
         from pipelines.config import Settings
 
@@ -486,6 +492,9 @@ def window_outcomes(spells: pa.Table, window_end: str, settings: Any = None) -> 
     df = df.sort_values(["specialty", "provider_code", "consultant_code", "index_procedure_date", "spell_id"],
                         kind="stable").reset_index(drop=True)
 
+    if df.empty:
+        return {name: _empty(name) for name in ("consultant_outcomes", "specialty_outcomes",
+                                                "specialty_calibration")}
     df["expected"] = 0.0
     spec_rows, cal_rows = [], []
     for specialty, sub in df.groupby("specialty", sort=True):
@@ -537,7 +546,7 @@ def window_outcomes(spells: pa.Table, window_end: str, settings: Any = None) -> 
     pos = E > 0
     cons["crude_mortality_pct"] = _pct(O, cons["procedures"].to_numpy(dtype=float))
     cons["smr"] = np.where(pos, O / np.where(pos, E, 1), np.nan)
-    cons["risk_adjusted_mortality_pct"] = cons["smr"] * cons["specialty"].map(crude_rate)
+    cons["risk_adjusted_mortality_pct"] = cons["smr"] * cons["specialty"].map(crude_rate).astype(float)
     for level, suffix in ((inner, "95"), (outer, "998")):
         lo, hi = control_limits(np.where(pos, E, np.nan), level)
         cons[f"smr_lower_{suffix}"] = np.where(pos, lo, np.nan)
@@ -548,8 +557,6 @@ def window_outcomes(spells: pa.Table, window_end: str, settings: Any = None) -> 
     ]
     cons["readmission_pct"] = _pct(cons["readmissions_30d"].to_numpy(dtype=float),
                                    cons["readm_den"].to_numpy(dtype=float))
-    cons["deaths_30d_suppressed"] = False
-    cons["readmissions_30d_suppressed"] = False
 
     cal = pd.DataFrame(cal_rows, columns=["specialty", "risk_decile", "procedures", "observed_deaths",
                                           "expected_deaths"])
@@ -560,12 +567,13 @@ def window_outcomes(spells: pa.Table, window_end: str, settings: Any = None) -> 
         frame["period"] = window_end
         frame["window_start"] = window_start
         frame["window_end"] = window_end
-        ds = schemas.get(name)
         table = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
-        if len(frame) == 0:
-            table = pa.table({c: pa.nulls(0) for c in ds.arrow_schema(include_partition=True).names})
-        out[name] = ds.conform(table)
+        out[name] = schemas.get(name).conform(table, staged=True) if len(frame) else _empty(name)
     return out
+
+
+def _empty(name: str) -> pa.Table:
+    return schemas.get(name).arrow_schema(include_partition=True, staged=True).empty_table()
 
 
 # --------------------------------------------------------------------------- restricted
@@ -582,4 +590,9 @@ def linked_spells_restricted(spells: pa.Table, key: str | bytes | None) -> pa.Ta
     # for a number and so hashes from the pseudo_hesid column instead
     ids = pseudo.person_ids(key, kept.column("person_key"), hesid)
     table = kept.append_column("person_id", ids)
+    # period = the month of the spell's last episode end (its discharge), whatever
+    # partition the spells table was stored under
+    if "period" in table.column_names:
+        table = table.drop_columns(["period"])
+    table = table.append_column("period", table.column("spell_period"))
     return schemas.get("linked_spells").conform(table)

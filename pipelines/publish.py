@@ -15,8 +15,9 @@ inputs give the same bytes.
 
 Manifest (``_manifest.json``, JSON, keys sorted)::
 
-    {"dataset", "description", "grain", "zone", "schema_version", "partition_by",
-     "format": "parquet", "compression": "zstd", "columns": [{name, type, description, unit}],
+    {"manifest_version": 1, "dataset", "description", "grain", "zone", "schema_version",
+     "partition_by", "format": "parquet", "compression": "zstd",
+     "columns": [{name, type, description, unit, in_path, disclosure_control}],
      "updated_at", "run_id",                         # of the last run that changed anything
      "partitions": {"YYYY-MM": {
          "files": [{"path", "rows", "bytes", "sha256"}],   # path relative to the dataset folder
@@ -335,6 +336,7 @@ def publish_dataset(
     thresholds: Mapping | None = None,
     key_label: str | None = None,
     check: bool = True,
+    periods: list[str] | None = None,
 ) -> PublishResult:
     """Publish the periods present in ``table`` (one partition each) atomically.
 
@@ -343,7 +345,10 @@ def publish_dataset(
     control is checked first (``check``); any violation raises
     :class:`pipelines.disclosure.DisclosureError` and nothing is written. ``thresholds`` is
     recorded in each written partition's entry and gives the disclosure thresholds
-    (``thresholds["disclosure"]``) to check against.
+    (``thresholds["disclosure"]``) to check against. ``periods`` lists partitions this
+    publication covers even if the table has no row for them (they get a file of 0 rows:
+    "computed, nothing to show" rather than "not computed"); rows of other periods are an
+    error.
     """
     if ds.zone not in ZONES:
         raise PublicationError(f"{ds.name} is an {ds.zone} table and is never published")
@@ -353,7 +358,13 @@ def publish_dataset(
     periods_arr = table.column(period_col)
     if periods_arr.null_count:
         raise PublicationError(f"{ds.name}: {periods_arr.null_count} row(s) have no {period_col}")
-    periods = sorted({_check_period(p) for p in pc.unique(periods_arr).to_pylist()})
+    present = {_check_period(p) for p in pc.unique(periods_arr).to_pylist()}
+    if periods is not None:
+        wanted = {_check_period(p) for p in periods}
+        if present - wanted:
+            raise PublicationError(f"{ds.name}: the table has rows for periods not listed in periods")
+        present |= wanted
+    periods = sorted(present)
 
     full = ds.conform(table, include_partition=ds.partition_by is not None
                       and ds.partition_by in table.column_names)
@@ -361,7 +372,8 @@ def publish_dataset(
         violations = disclosure.check(ds, full, thresholds)
         if violations:
             raise disclosure.DisclosureError(ds.name, violations)
-    data = ds.conform(table, include_partition=False)
+    # what is written is always the published schema (public: with the *_suppressed flags)
+    data = ds.conform(table, include_partition=False, staged=False)
     base = f"{ds.zone}/{ds.name}"
     input_submissions = input_submissions or {}
     thresholds = dict(thresholds or {})
@@ -504,11 +516,32 @@ def read_published(
     verify: bool = True,
 ) -> pa.Table:
     """The dataset as its manifest lists it, with ``period`` as a string column (from the
-    partition key). ``verify`` checks each file's SHA-256 against the manifest."""
+    partition key). ``verify`` checks each file's SHA-256 against the manifest; a file
+    replaced by a publication that finished meanwhile makes it start again from the new
+    manifest, so the result is always one publication, never a mix."""
+    attempts = 5
+    for attempt in range(attempts):
+        manifest = read_manifest(store, zone, dataset)
+        try:
+            return _read_snapshot(store, zone, dataset, manifest, periods, verify)
+        except (FileNotFoundError, _Moved):
+            # a publication finished between reading the manifest and a file: read the
+            # new manifest and start again, so the result is one consistent snapshot
+            if attempt == attempts - 1:
+                raise PublicationError(
+                    f"{zone}/{dataset}: files do not match the manifest after {attempts} attempts")
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+class _Moved(Exception):
+    pass
+
+
+def _read_snapshot(store, zone, dataset, manifest, periods, verify) -> pa.Table:
     from pipelines import schemas
 
     base = f"{zone}/{dataset}"
-    manifest = read_manifest(store, zone, dataset)
     key = manifest.get("partition_by") or "period"
     try:
         ds = schemas.get(dataset)
@@ -521,9 +554,15 @@ def read_published(
         if periods is not None and period not in periods:
             continue
         for rec in entry.get("files", []):
-            payload = store.read_bytes(f"{base}/{rec['path']}")
+            try:
+                payload = store.read_bytes(f"{base}/{rec['path']}")
+            except Exception as exc:  # local FileNotFoundError, S3 NoSuchKey
+                if isinstance(exc, FileNotFoundError) or "NoSuchKey" in type(exc).__name__ \
+                        or "NoSuchKey" in str(exc):
+                    raise _Moved() from exc
+                raise
             if verify and _sha256(payload) != rec["sha256"]:
-                raise PublicationError(f"{base}/{rec['path']} does not match its manifest digest")
+                raise _Moved()
             t = pq.read_table(io.BytesIO(payload))
             if file_schema is not None and t.schema.names == file_schema.names:
                 t = t.cast(file_schema)  # e.g. Parquet stores timestamp[s] as [ms]

@@ -156,11 +156,12 @@ def current_fft(settings: Settings, period: str) -> dict:
 
 
 def periods(settings: Settings) -> list[str]:
-    """Every reporting period with a taken-in submission (or HES rows), sorted."""
+    """Every reporting period with a taken-in submission (or HES rows), or with landing
+    files still to take in (the runner calls this after the scan, before any ingest), sorted."""
     from pipelines import ingest
 
-    _, wh, _ = stores(settings)
-    return ingest.periods_with_data(wh)
+    landing, wh, _ = stores(settings)
+    return sorted(set(ingest.periods_with_data(wh)) | set(ingest.pending_periods(landing, wh)))
 
 
 def pending_periods(settings: Settings) -> dict[str, str]:

@@ -100,8 +100,9 @@ def _work_frame(source: str, frame: pd.DataFrame, env: Env) -> pd.DataFrame:
     index = pd.RangeIndex(n)
     for name in _feed_columns(source):
         if name in frame.columns:
-            s = pd.Series(frame[name].to_numpy(), index=index).astype("string")
-            cols[name] = s.mask(s.str.strip() == "")
+            s = frame[name].astype("string").reset_index(drop=True)
+            blank = s.str.strip() == ""
+            cols[name] = s.mask(blank) if bool(blank.any()) else s
         else:
             cols[name] = pd.Series(pd.NA, index=index, dtype="string")
     work = pd.DataFrame(cols, index=index)

@@ -85,6 +85,12 @@ def test_fft_level_and_org_code_mark_national_rows():
     assert apply_small_numbers(ds, t).column("n").to_pylist() == [2, None, 2]
 
 
+def test_national_col_names_the_marker():
+    t = toy([2, 2]).append_column("is_national", pa.array([True, False]))
+    out = apply_small_numbers(TOY, t, national_col="is_national")
+    assert out.column("episodes").to_pylist() == [2, None]
+
+
 def test_rate_from_7_records_blanked_from_8_kept():
     out = apply_small_numbers(TOY, toy([7, 8, 0, None, 100], linked=[7, 8, 0, None, 100]))
     assert out.column("pct_linked").to_pylist() == [None, 50.0, None, None, 50.0]
@@ -184,6 +190,10 @@ def test_scanner_lists_integer_nhs_numbers_and_date_of_birth_columns():
 # --------------------------------------------------------------------------- checks
 
 
+def check_public_rules(ds, table):
+    return {(v.rule, v.column) for v in check_public(ds, table)}
+
+
 def test_check_public_passes_suppressed_table_and_flags_raw_one():
     raw = toy([0, 3, 8, 40])
     assert check_public(TOY, apply_small_numbers(TOY, raw)) == []
@@ -193,10 +203,6 @@ def test_check_public_passes_suppressed_table_and_flags_raw_one():
     assert ("small_count", "episodes") in rules
     assert ("rate_small_denominator", "pct_linked") in rules
     assert ("not_suppressed", "episodes") in check_public_rules(TOY, raw)
-
-
-def check_public_rules(ds, table):
-    return {(v.rule, v.column) for v in check_public(ds, table)}
 
 
 def test_check_public_uses_configured_thresholds():

@@ -147,3 +147,225 @@ def _run_start_event(run: DagsterRun):
     event = DagsterEvent(event_type_value=DagsterEventType.RUN_START.value, job_name=run.job_name)
     return EventLogEntry(error_info=None, level=20, user_message="", run_id=run.run_id,
                          timestamp=datetime.now(timezone.utc).timestamp(), dagster_event=event)
+
+
+# --------------------------------------------------------------------------- schedule
+def test_nightly_schedule_is_0200_london_time_all_year():
+    from dagster._utils.schedules import cron_string_iterator
+
+    from schedules import nightly_scan, scan_job
+
+    assert nightly_scan.cron_schedule == "0 2 * * *"
+    assert nightly_scan.execution_timezone == "Europe/London"
+    assert nightly_scan.job_name == scan_job.name
+    assert nightly_scan.default_status == dg.DefaultScheduleStatus.RUNNING
+
+    # 02:00 in London is 02:00 UTC in winter and 01:00 UTC in summer (BST); the night the
+    # clocks go forward (29 March 2026) it still runs once, at 02:00 BST.
+    start = datetime(2026, 3, 27, 12, tzinfo=timezone.utc).timestamp()
+    ticks = cron_string_iterator(start, nightly_scan.cron_schedule, nightly_scan.execution_timezone)
+    got = [next(ticks) for _ in range(3)]
+    assert [t.astimezone(LONDON).strftime("%Y-%m-%d %H:%M") for t in got] == [
+        "2026-03-28 02:00", "2026-03-29 02:00", "2026-03-30 02:00"]
+    assert [t.astimezone(timezone.utc).hour for t in got] == [2, 1, 1]
+
+    # Evaluated at a tick, it asks for one scan run, at the front of the queue.
+    ctx = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 1, 15, 2, 0, tzinfo=LONDON))
+    data = nightly_scan.evaluate_tick(ctx)
+    assert len(data.run_requests) == 1
+    assert data.run_requests[0].tags.get("dagster/priority") == "10" or nightly_scan.tags.get("dagster/priority") == "10"
+
+
+# --------------------------------------------------------------------------- landing sensor
+def test_landing_sensor_requests_one_run_per_pending_period_and_skips_when_nothing_is_new(monkeypatch, tmp_path):
+    from pipelines import stages
+    from pipelines.definitions import defs
+    from schedules import landing_sensor, period_job
+
+    for key in ("LANDING", "WAREHOUSE", "PUBLISH"):
+        monkeypatch.setenv(f"CAREDATA_{key}", str(tmp_path / key.lower()))
+    pending = {"2014-02": "f2", "2014-01": "f1"}
+    monkeypatch.setattr(stages, "pending_periods", lambda settings: dict(pending))
+
+    data = landing_sensor.evaluate_tick(dg.build_sensor_context(definitions=defs))
+    assert [r.partition_key for r in data.run_requests] == ["2014-01", "2014-02"]
+    assert [r.run_key for r in data.run_requests] == ["2014-01:f1", "2014-02:f2"]
+    assert all(r.tags["dagster/priority"] == "10" for r in data.run_requests)
+    assert landing_sensor.job_name == period_job.name
+
+    pending.clear()
+    data = landing_sensor.evaluate_tick(dg.build_sensor_context(definitions=defs))
+    assert data.run_requests == []
+    assert data.skip_message == "no new submissions in the landing zone"
+
+
+# --------------------------------------------------------------------------- run-failure alert
+class _Receiver:
+    """A webhook receiver on loopback: keeps every JSON body POSTed to it."""
+
+    def __init__(self):
+        received = self.received = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                received.append(json.loads(body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_run_failure_alert_posts_to_the_webhook(dagster_home, monkeypatch):
+    _need("pipelines.notify", "notify")
+    from schedules import run_failure_alert
+
+    @dg.asset
+    def flaky() -> None:
+        raise RuntimeError("S3 read timed out")
+
+    instance = _instance()
+    result = dg.materialize([flaky], instance=instance, raise_on_error=False,
+                            tags={"dagster/partition": "2014-02"})
+    assert not result.success
+    run = instance.get_run_by_id(result.run_id)
+    failure = [e for e in instance.all_logs(result.run_id)
+               if e.dagster_event and e.dagster_event.event_type_value in ("RUN_FAILURE", "PIPELINE_FAILURE")]
+    assert failure
+
+    def evaluate():
+        ctx = dg.build_run_status_sensor_context(
+            sensor_name="run_failure_alert", dagster_event=failure[-1].dagster_event,
+            dagster_instance=instance, dagster_run=run).for_run_failure()
+        return run_failure_alert(ctx)
+
+    # No webhook configured: nothing is sent, and the tick says why.
+    assert isinstance(evaluate(), dg.SkipReason)
+
+    with _Receiver() as hook:
+        monkeypatch.setenv("CAREDATA_DATA_QUALITY__WEBHOOK_URL", hook.url)
+        evaluate()
+    assert len(hook.received) == 1
+    body = hook.received[0]
+    assert body["event"] == "run_failed" and body["run_id"] == result.run_id
+    assert body["period"] == "2014-02"
+    assert result.run_id in body["text"] and "failed" in body["text"]
+
+
+# --------------------------------------------------------------------------- on the pipeline
+def _epraccur_row(code: str) -> str:
+    cols = [""] * 27
+    cols[0], cols[1], cols[9], cols[10], cols[12], cols[14], cols[25] = (
+        code, "THE SURGERY", "TS1 1AA", "19740401", "A", "00K", "4")
+    return ",".join(cols)
+
+
+def _gp_extract(n: int, seed: int) -> str:
+    from pipelines.nhs_number import with_check_digit
+
+    rows, i = [], 0
+    while len(rows) < n:
+        nine = f"{400000000 + seed * 1000 + i:09d}"
+        i += 1
+        nhs = with_check_digit(nine)
+        if nhs:
+            rows.append(f"{nhs},1950-0{1 + len(rows) % 9}-15,{1 + len(rows) % 2},TS1 1AA,,A,2001-01-01,,,")
+    return ("NHS_NUMBER,DATE_OF_BIRTH,SEX,POSTCODE,LSOA,ETHNIC_CATEGORY,REGISTRATION_DATE,"
+            "DEREGISTRATION_DATE,DATE_OF_DEATH,OBJECTION\n" + "\n".join(rows) + "\n")
+
+
+def tiny_landing(root: Path) -> Path:
+    """Reference files and two GP extracts (periods 2014-01 and 2014-02)."""
+    files = {
+        "reference/epraccur.csv": _epraccur_row("A81001") + "\n" + _epraccur_row("A81002") + "\n",
+        "reference/providers.csv": "PROVIDER_CODE,NAME,COMMISSIONER_CODE\nRGT,CAMBRIDGE UNIVERSITY HOSPITALS,00K\n",
+        "reference/sites.csv": "SITE_CODE,PROVIDER_CODE,NAME\nRGT01,RGT,ADDENBROOKE'S\n",
+        "gp/GP_A81001_20140131.csv": _gp_extract(5, 1),
+        "gp/GP_A81002_20140228.csv": _gp_extract(5, 2),
+    }
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def _roots(tmp_path: Path, monkeypatch, landing: Path | None = None) -> dict[str, str]:
+    roots = {"landing": str(landing or tmp_path / "landing"), "warehouse": str(tmp_path / "warehouse"),
+             "publish": str(tmp_path / "publish")}
+    for k, v in roots.items():
+        monkeypatch.setenv(f"CAREDATA_{k.upper()}", v)
+    monkeypatch.setenv("CAREDATA_DEMO_MODE", "1")
+    return roots
+
+
+def _resources(roots: dict[str, str], tmp_path: Path) -> dict:
+    from pipelines.resources import CareDataConfig
+
+    return {"caredata": CareDataConfig(landing=roots["landing"], warehouse=roots["warehouse"],
+                                       publish=roots["publish"], demo_mode=True),
+            "io_manager": dg.FilesystemIOManager(base_dir=str(tmp_path / "io"))}
+
+
+def test_scan_and_reference_data_materialise_into_postgres(postgres, pg_database, dagster_home, tmp_path, monkeypatch):
+    _need("pipelines.ingest", "scan_landing")
+    from assets import ALL_ASSETS, landing_scan, reference_data
+
+    roots = _roots(tmp_path, monkeypatch, tiny_landing(tmp_path / "landing"))
+    instance = _instance()
+    result = dg.materialize(ALL_ASSETS, selection=dg.AssetSelection.assets(landing_scan, reference_data),
+                            resources=_resources(roots, tmp_path), instance=instance)
+    assert result.success
+    scan = instance.fetch_materializations(dg.AssetKey("landing_scan"), limit=5).records
+    assert len(scan) == 1 and scan[0].run_id == result.run_id
+    assert scan[0].asset_materialization.metadata["new_files"].value == 5
+    assert instance.fetch_materializations(dg.AssetKey("reference_data"), limit=5).records
+
+    rows = postgres.psql(pg_database, "SELECT k.asset_key, count(*) FROM event_logs e JOIN asset_keys k "
+                                      "ON e.asset_key = k.asset_key WHERE e.dagster_event_type = 'ASSET_MATERIALIZATION' "
+                                      f"AND e.run_id = '{result.run_id}' GROUP BY k.asset_key ORDER BY 1")
+    assert [(json.loads(k)[0], int(n)) for k, n in rows] == [("landing_scan", 1), ("reference_data", 1)]
+
+
+def test_landing_sensor_on_a_real_landing_zone(tmp_path, monkeypatch):
+    """New files -> one run request per period; once taken in, nothing; a resubmission ->
+    a request for its period only, with a new run key."""
+    _need("pipelines.ingest", "pending_periods")
+    from pipelines import stages
+    from pipelines.config import Settings
+    from pipelines.definitions import defs
+    from schedules import landing_sensor
+
+    landing = tiny_landing(tmp_path / "landing")
+    _roots(tmp_path, monkeypatch, landing)
+    settings = Settings.load()
+
+    def tick():
+        return landing_sensor.evaluate_tick(dg.build_sensor_context(definitions=defs))
+
+    first = tick()
+    assert [r.partition_key for r in first.run_requests] == ["2014-01", "2014-02"]
+
+    stages.load_reference(settings)
+    for period in ("2014-01", "2014-02"):
+        stages.ingest_feed(settings, "gp", period)
+    nothing = tick()
+    assert nothing.run_requests == [] and "no new submissions" in nothing.skip_message
+
+    (landing / "gp" / "GP_A81002_20140227.csv").write_text(_gp_extract(6, 3))  # one more file for 2014-02
+    again = tick()
+    assert [r.partition_key for r in again.run_requests] == ["2014-02"]
+    old_key = next(r.run_key for r in first.run_requests if r.partition_key == "2014-02")
+    assert again.run_requests[0].run_key != old_key

@@ -185,7 +185,7 @@ def test_death_within_30_days_in_hospital_and_after_discharge():
         episode(spell_id="alive", procedure_dates=[proc], nhs_number=None, nhs_number_valid=False,
                 linked_nhs_number=None),
     )
-    assert s.loc["died30", "death_30d"] is True or s.loc["died30", "death_30d"] == True  # noqa: E712
+    assert s.loc["died30", "death_30d"] == True  # noqa: E712
     assert s.loc["died31", "death_30d"] == False  # noqa: E712
     assert s.loc["gp30", "death_30d"] == True  # noqa: E712
     assert s.loc["gp31", "death_30d"] == False  # noqa: E712
@@ -277,7 +277,10 @@ def test_linked_spells_restricted_drops_type2_and_pseudonymises():
         episode(spell_id="t2b", nhs_number=NHS_B, linked_nhs_number=NHS_B, admidate=D(2024, 5, 1),
                 epistart=D(2024, 5, 1), disdate=D(2024, 5, 2)),
     ))
+    # as read back from the warehouse's work area: a partition period column beside it
+    t = t.append_column("period", pa.array(["2024-06"] * t.num_rows))
     out = outcomes.linked_spells_restricted(t, "k")
+    assert out.column("period").to_pylist() == ["2024-03"]   # the spell's own month
     assert out.schema.names == schemas.get("linked_spells").arrow_schema(include_partition=True).names
     rows = out.to_pandas()
     assert list(rows["spell_id"]) == ["keep"]
@@ -293,7 +296,7 @@ def _spells_table(n_rows: int, **cols) -> pa.Table:
         "provider_code": ["RAA"] * n_rows,
         "spell_id": [f"S{i}" for i in range(n_rows)],
         "person_key": [None] * n_rows, "pseudo_hesid": [None] * n_rows,
-        "period": ["2024-03"] * n_rows,
+        "spell_period": ["2024-03"] * n_rows,
         "admidate": [D(2024, 3, 1)] * n_rows, "disdate": [D(2024, 3, 5)] * n_rows,
         "admimeth": ["11"] * n_rows, "dismeth": ["1"] * n_rows, "los_days": [4] * n_rows,
         "age": [65] * n_rows, "sex": ["1"] * n_rows, "emergency": [False] * n_rows,
@@ -330,7 +333,7 @@ def test_window_bounds_and_degenerate_specialty():
     assert cons.loc[0, "expected_deaths"] == 0 and pd.isna(cons.loc[0, "smr"])
     assert cons.loc[0, "outlier_status"] == "as_expected"
     for name, table in out.items():
-        assert table.schema == schemas.get(name).arrow_schema(include_partition=True), name
+        assert table.schema == schemas.get(name).arrow_schema(include_partition=True, staged=True), name
 
 
 def test_small_consultant_and_readmission_pct():
@@ -349,7 +352,7 @@ def test_small_consultant_and_readmission_pct():
     assert cons.loc["C1", "median_los_days"] == pytest.approx(9.5)
     assert cons.loc["C2", "outlier_status"] == "insufficient_data"
     assert cons.loc["&", "procedures"] == 1          # consultant not known: HES "&"
-    assert not cons["deaths_30d_suppressed"].any()
+    assert "deaths_30d_suppressed" not in cons.columns   # staged: the publisher suppresses
     spec = out["specialty_outcomes"].to_pandas()
     # an unpenalised logistic model with an intercept reproduces the total deaths
     assert cons["expected_deaths"].sum() == pytest.approx(4, rel=1e-4)
@@ -422,3 +425,12 @@ def test_risk_model_falls_back_on_separation():
     df["death_30d"] = [i % 7 == 0 for i in range(40)]
     p, c, model = outcomes.fit_risk_model(df)
     assert model == "full" and 0 <= c <= 1 and p.sum() == pytest.approx(6, rel=1e-4)
+
+
+def test_empty_input_gives_empty_conformed_outputs():
+    spells = outcomes.build_spells(episodes(episode()).slice(0, 0))
+    assert spells.num_rows == 0 and spells.schema.names == list(outcomes.SPELL_COLUMNS)
+    out = outcomes.window_outcomes(spells, "2024-03", _settings())
+    for name, table in out.items():
+        assert table.num_rows == 0
+        assert table.schema == schemas.get(name).arrow_schema(include_partition=True, staged=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
 import json
 import math
 import os
@@ -205,6 +204,14 @@ def test_disclosure_violation_refuses_and_writes_nothing(store):
     assert store.list("") == []
 
 
+def test_staged_table_without_disclosure_control_refused(store):
+    staged = practice_rows().drop_columns(DS.suppression_flags())
+    with pytest.raises(DisclosureError) as err:
+        publish(store, staged)
+    assert "disclosure control was not applied" in str(err.value)
+    assert store.list("") == []
+
+
 def test_identifier_in_value_refused(store):
     raw = practice_rows().to_pylist()
     raw[0]["commissioner_code"] = "943 476 5919"
@@ -262,6 +269,47 @@ def test_a_run_for_one_period_touches_only_that_partition(store):
     assert m2["partitions"]["2014-02"]["run_id"] == "run-2"
     got = read_published(store, "public", DS.name, periods=["2014-02"])
     assert set(got.column("commissioner_code").to_pylist()) == {"00M"}
+
+
+def test_listed_periods_without_rows_get_an_empty_partition(store):
+    t = practice_rows(periods=["2014-01"])
+    res = publish(store, t, periods=["2014-01", "2014-02"])
+    assert res.written == ["2014-01", "2014-02"]
+    m = read_manifest(store, "public", DS.name)
+    assert m["partitions"]["2014-02"]["rows"] == 0
+    assert pq.read_table(Path(store.root) / BASE).num_rows == 4
+    with pytest.raises(PublicationError):
+        publish(store, t, periods=["2014-02"])  # rows of a period not listed
+
+
+def test_reader_following_the_manifest_sees_one_publication_at_a_time(store):
+    import threading
+
+    columns = [f.name for f in DS.arrow_schema(include_partition=True)]
+    v1, v2 = practice_rows(), practice_rows(commissioner="00M")
+    publish(store, v1)
+    versions = {"00L": canon(v1.to_pylist(), columns), "00M": canon(v2.to_pylist(), columns)}
+    errors: list[BaseException] = []
+
+    def writer():
+        try:
+            for k in range(8):
+                publish(store, v2 if k % 2 == 0 else v1, run_id=f"w{k}")
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    reads = 0
+    while thread.is_alive() or reads == 0:
+        got = read_published(store, "public", DS.name).to_pylist()
+        codes = {r["commissioner_code"] for r in got}
+        assert len(codes) == 1, "a read mixed two publications"
+        assert canon(got, columns) == versions[codes.pop()]
+        reads += 1
+    thread.join()
+    assert not errors
+    assert verify_publication(store, "public", DS.name) == []
 
 
 # --------------------------------------------------------------------------- atomicity

@@ -187,7 +187,7 @@ def b(name: str, description: str, **kw) -> Column:
 
 
 def ts(name: str, description: str, **kw) -> Column:
-    return Column(name, pa.timestamp("s", tz="UTC"), description, **kw)
+    return Column(name, pa.timestamp("ms", tz="UTC"), description, **kw)
 
 
 def strings(name: str, description: str, **kw) -> Column:

@@ -1,0 +1,409 @@
+"""Landing zone to warehouse: ledger, rejections, typed silver, quarantine, HES, S3.
+
+Most tests replace the Great Expectations validator with a small stand-in that honours
+its contract (``fake_validate``: rejects rows missing a required value or with SEX 'X'),
+so that they stay quick; ``test_sus_end_to_end_with_the_real_validator`` and
+``test_artificial_hes_sample`` run the real one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from pipelines import current, ingest, schemas
+from pipelines.config import Settings
+from pipelines.nhs_number import with_check_digit
+from pipelines.schemas.inputs import FEEDS
+from pipelines.storage import Store
+from pipelines.warehouse import Warehouse
+
+HES_SAMPLE = Path("/work/shared/reference/artificial_hes/artificial_hes_apc_0102.csv")
+SUS_COLS = ["PROCODE3", "SUSRECID", "EPISTART", "EPIEND", "ADMIDATE", "ADMIMETH", "DISMETH", "SEX",
+            "NEWNHSNO", "HOMEADD", "DOB", "MYDOB", "OPERTN_4_01", "OPDATE_01", "OPERTN_4_02", "OPDATE_02",
+            "OPERTN_4_03", "OPDATE_03", "DIAG_4_01", "DIAG_4_02", "CDS_UPDATE_TYPE"]
+
+
+def nhs(i: int) -> str:
+    """A valid NHS number in the 999 test range (never a real one)."""
+    k = i
+    while True:
+        n = with_check_digit(f"999{k:06d}")
+        if n:
+            return n
+        k += 1
+
+
+def fake_validate(source, frame, *, period, submitter, file_name, context=None, data_docs_dir=None):
+    """The validator's contract, with two rules: a required value missing (reject), SEX 'X'
+    (reject); NEWNHSNO invalid is a warning."""
+    feed = FEEDS[source]
+    n = len(frame)
+    rejected = np.zeros(n, dtype=bool)
+    ids = [[] for _ in range(n)]
+    msgs = [[] for _ in range(n)]
+    counts = []
+    checks = [(f"{c}_MISSING", c, "reject", frame[c].isna().to_numpy()) for c in feed.required if c in frame]
+    if "SEX" in frame:
+        checks.append(("SEX_CODE", "SEX", "reject", (frame["SEX"] == "X").fillna(False).to_numpy(dtype=bool)))
+    if "NEWNHSNO" in frame:
+        from pipelines.nhs_number import valid_series
+        present = frame["NEWNHSNO"].notna().to_numpy()
+        checks.append(("NEWNHSNO_INVALID", "NEWNHSNO", "warn",
+                       present & ~valid_series(frame["NEWNHSNO"]).to_numpy(dtype=bool)))
+    for rid, fld, sev, fail in checks:
+        for i in np.flatnonzero(fail):
+            ids[i].append(rid)
+            msgs[i].append(f"{rid} broken")
+            if sev == "reject":
+                rejected[i] = True
+        counts.append({"rule_id": rid, "field": fld, "severity": sev, "rows_checked": n,
+                       "rows_failed": int(fail.sum()),
+                       "example_lines": frame["_line"].to_numpy()[fail][:5].tolist()})
+    return SimpleNamespace(
+        rejected=rejected, rule_ids=ids, messages=msgs,
+        rule_counts=pd.DataFrame(counts, columns=["rule_id", "field", "severity", "rows_checked",
+                                                  "rows_failed", "example_lines"]),
+        field_scores=pd.DataFrame({"field": ["SEX"], "rows": [n], "rows_valid": [n - int(rejected.sum())]}),
+        data_docs=None)
+
+
+@pytest.fixture
+def fast(monkeypatch):
+    monkeypatch.setattr(ingest, "_validate", fake_validate)
+    monkeypatch.setattr(ingest, "_reference_context", lambda *a, **k: None)
+
+
+def sus_row(rid, *, provider="RGT", start="2024-01-05", end="2024-01-10", sex="1", update="",
+            nhs_no="", **extra) -> dict:
+    row = {"PROCODE3": provider, "SUSRECID": rid, "EPISTART": start, "EPIEND": end, "ADMIDATE": start,
+           "ADMIMETH": "11", "DISMETH": "1", "SEX": sex, "NEWNHSNO": nhs_no, "CDS_UPDATE_TYPE": update}
+    row.update(extra)
+    return row
+
+
+def csv_text(rows: list[dict], cols=SUS_COLS, sep=",") -> str:
+    lines = [sep.join(cols)]
+    for r in rows:
+        lines.append(sep.join(str(r.get(c, "")) for c in cols))
+    return "\n".join(lines) + "\n"
+
+
+def put(landing: Path, rel: str, content) -> Path:
+    p = landing / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(content.encode() if isinstance(content, str) else content)
+    old = p.stat().st_mtime - 60  # suppliers wrote it before the pipeline looked
+    os.utime(p, (old, old))
+    return p
+
+
+@pytest.fixture
+def zone(tmp_path):
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    wh = Warehouse(Store(tmp_path / "warehouse"))
+    return SimpleNamespace(path=landing, store=Store(landing), wh=wh, settings=Settings())
+
+
+def ledger_df(wh) -> pd.DataFrame:
+    return ingest.read_ledger(wh).to_pandas().set_index("file_name")
+
+
+def tree_snapshot(root: Path) -> dict:
+    return {p.relative_to(root).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in root.rglob("*") if p.is_file()}
+
+
+BULK1 = "sus_apc/APC_RGT_202401_20240205120000_BULK.csv"
+NET1 = "sus_apc/APC_RGT_202401_20240210120000_NET.csv"
+
+
+# ----------------------------------------------------------------------------- tests
+def test_malformed_file_rejected_and_the_others_go_on(zone, fast):
+    put(zone.path, BULK1, csv_text([sus_row("A"), sus_row("B")]))
+    bad = "sus_apc/APC_RGT_202401_20240206120000_NET.csv"
+    put(zone.path, bad, csv_text([sus_row("C")]) + "RGT,D\n")
+    misnamed = "sus_apc/APC_RGT_2024_BULK.csv"
+    put(zone.path, misnamed, csv_text([sus_row("E")]))
+    before = tree_snapshot(zone.path)
+    report = ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings)
+    assert report.files_taken == [BULK1]
+    assert {r["file_name"] for r in report.rejected_files} == {bad, misnamed}
+    led = ledger_df(zone.wh)
+    assert led.at[bad, "status"] == "rejected"
+    assert led.at[bad, "reason"] == f"{bad}: line 3: expected {len(SUS_COLS)} fields, found 2"
+    assert "file name does not follow APC_<provider>_<YYYYMM>_<YYYYMMDDHHMMSS>_<BULK|NET>.csv" in led.at[misnamed, "reason"]
+    assert led.at[BULK1, "status"] == "current"
+    assert sorted(current.current_sus(zone.wh, "2024-01").column("susrecid").to_pylist()) == ["A", "B"]
+    assert tree_snapshot(zone.path) == before  # the landing zone is never modified
+    subs = ingest.submissions_dataset(zone.wh).to_pandas().set_index("file_name")
+    assert pd.isna(subs.at[bad, "rows_received"]) and subs.at[BULK1, "rows_received"] == 2
+
+
+def test_missing_required_column_rejected_with_reason(zone, fast):
+    cols = [c for c in SUS_COLS if c != "EPIEND"]
+    put(zone.path, BULK1, csv_text([sus_row("A")], cols=cols))
+    ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings)
+    led = ledger_df(zone.wh)
+    assert led.at[BULK1, "status"] == "rejected"
+    assert led.at[BULK1, "reason"] == f"{BULK1}: the header lacks required column(s) EPIEND"
+    assert pd.isna(led.at[BULK1, "rows_received"])
+    assert not zone.wh.parts("sus_episodes")
+
+
+def test_file_seen_twice_is_not_taken_in_twice(zone, fast):
+    p = put(zone.path, BULK1, csv_text([sus_row("A")]))
+    r1 = ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings)
+    part = zone.wh.path("sus_episodes", "2024-01", "APC_RGT_202401_20240205120000_BULK")
+    written = (zone.wh.store.root / part).stat().st_mtime_ns
+    os.utime(p, None)  # touched, same bytes: hashed again, recognised by its SHA-256
+    p.write_bytes(p.read_bytes())
+    r2 = ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings)
+    r3 = ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings)
+    assert r1.files_taken == [BULK1]
+    assert r2.files_taken == [] and r2.files_skipped == [BULK1]
+    assert r3.files_taken == [] and r3.rows_read == 0
+    assert (zone.wh.store.root / part).stat().st_mtime_ns == written
+    assert len(ingest.read_ledger(zone.wh)) == 1
+
+
+def test_changed_file_under_an_old_name_is_an_error_and_the_earlier_version_stays(zone, fast):
+    p = put(zone.path, BULK1, csv_text([sus_row("A"), sus_row("B")]))
+    ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings)
+    first_sha = ledger_df(zone.wh).at[BULK1, "sha256"]
+    p.write_text(csv_text([sus_row("Z")]))
+    report = ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings)
+    assert report.files_taken == []
+    assert report.rejected_files and "changed after it was taken in" in report.rejected_files[0]["reason"]
+    led = ingest.read_ledger(zone.wh).to_pandas()
+    assert len(led) == 2
+    old = led[led["sha256"] == first_sha].iloc[0]
+    new = led[led["sha256"] != first_sha].iloc[0]
+    assert old["status"] == "current"
+    assert new["status"] == "rejected" and new["reason"].startswith(f"{BULK1}: changed after it was taken in: ")
+    assert "earlier version stays in force" in new["reason"]
+    assert sorted(current.current_sus(zone.wh, "2024-01").column("susrecid").to_pylist()) == ["A", "B"]
+    # Reported once: a third run does not add another event.
+    ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings)
+    assert len(ingest.read_ledger(zone.wh)) == 2
+
+
+def test_rows_kept_typed_and_quarantined_with_rules_and_raw(zone, fast):
+    rows = [
+        sus_row("A", nhs_no="999 000 0018", HOMEADD="cb2 0qq", OPERTN_4_01="K401", OPDATE_01="2024-01-06",
+                OPERTN_4_02="-   ", OPERTN_4_03="K402", OPDATE_03="2024-01-07", DIAG_4_01="I219",
+                DIAG_4_02="-", DOB="1950-03-04", MYDOB="011949"),
+        sus_row("B", nhs_no="9990000019", MYDOB="071961"),
+        sus_row("C", sex="X"),
+        sus_row("D", start=""),
+    ]
+    put(zone.path, BULK1, csv_text(rows))
+    report = ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings)
+    assert (report.rows_read, report.rows_kept, report.rows_quarantined) == (4, 2, 2)
+    silver = zone.wh.read("sus_episodes", ["2024-01"]).to_pandas().set_index("susrecid")
+    a, b = silver.loc["A"], silver.loc["B"]
+    assert a["nhs_number"] == "9990000018" and a["nhs_number_valid"]
+    assert pd.isna(b["nhs_number"]) and not b["nhs_number_valid"]
+    assert list(b["dq_warnings"]) == ["NEWNHSNO_INVALID"]
+    assert a["postcode"] == "CB20QQ"
+    assert list(a["procedures"]) == ["K401", "K402"]
+    assert [d.isoformat() for d in a["procedure_dates"]] == ["2024-01-06", "2024-01-07"]
+    assert list(a["diagnoses"]) == ["I219"]
+    assert (a["birth_year"], a["birth_month"]) == (1950, 3)  # DOB first
+    assert (b["birth_year"], b["birth_month"]) == (1961, 7)  # else MYDOB
+    assert a["cds_update_type"] == "9" and a["line"] == 2 and a["epistart"].isoformat() == "2024-01-05"
+    q = zone.wh.read("quarantine", ["2024-01"]).to_pandas().sort_values("line")
+    assert q["line"].tolist() == [4, 5]
+    assert [list(x) for x in q["rule_ids"]] == [["SEX_CODE"], ["EPISTART_MISSING", "ADMIDATE_MISSING"]]
+    assert (q["file_name"] == BULK1).all()
+    raw = json.loads(q.iloc[0]["raw"])
+    assert raw["SUSRECID"] == "C" and raw["SEX"] == "X" and raw["NEWNHSNO"] is None
+    rules = zone.wh.read("dq_rules", ["2024-01"]).to_pandas().set_index("rule_id")
+    assert rules.at["SEX_CODE", "rows_failed"] == 1 and rules.at["SEX_CODE", "submitter_code"] == "RGT"
+    led = ledger_df(zone.wh)
+    assert (led.at[BULK1, "rows_received"], led.at[BULK1, "rows_kept"], led.at[BULK1, "rows_quarantined"]) == (4, 2, 2)
+
+
+def test_held_file_keeps_the_earlier_data_in_force(zone, fast):
+    put(zone.path, BULK1, csv_text([sus_row("A"), sus_row("B")]))
+    ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings)
+    bulk2 = "sus_apc/APC_RGT_202401_20240301120000_BULK.csv"
+    put(zone.path, bulk2, csv_text([sus_row("C", sex="X"), sus_row("D", sex="X"), sus_row("E")]))
+    report = ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings)
+    assert [h["file_name"] for h in report.held_files] == [bulk2]
+    led = ledger_df(zone.wh)
+    assert led.at[bulk2, "status"] == "held"
+    assert led.at[bulk2, "reason"].startswith("held: 2 of 3 rows rejected, more than 50%")
+    assert led.at[BULK1, "status"] == "current"
+    assert sorted(current.current_sus(zone.wh, "2024-01").column("susrecid").to_pylist()) == ["A", "B"]
+
+
+def test_other_periods_are_left_for_their_own_partition(zone, fast):
+    put(zone.path, BULK1, csv_text([sus_row("A")]))
+    feb = "sus_apc/APC_RGT_202402_20240305120000_BULK.csv"
+    put(zone.path, feb, csv_text([sus_row("F", start="2024-02-01", end="2024-02-02")]))
+    assert ingest.pending_periods(zone.store, zone.wh).keys() == {"2024-01", "2024-02"}
+    report = ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings)
+    assert report.files_taken == [BULK1] and report.partitions == {"2024-01": ["APC_RGT_202401_20240205120000_BULK"]}
+    assert list(ingest.pending_periods(zone.store, zone.wh)) == ["2024-02"]
+    assert ingest.periods_with_data(zone.wh) == ["2024-01"]
+
+
+def test_scan_records_every_file_with_size_and_hash(zone, fast):
+    put(zone.path, BULK1, csv_text([sus_row("A")]))
+    put(zone.path, "notes/readme.txt", "hello")
+    out = ingest.scan_landing(zone.store, zone.wh, zone.settings)
+    assert out["files"] == 2 and out["new_files"] == 1
+    led = ledger_df(zone.wh)
+    assert led.at[BULK1, "status"] == "pending"
+    assert led.at["notes/readme.txt", "status"] == "rejected"
+    assert led.at[BULK1, "size_bytes"] == (zone.path / BULK1).stat().st_size
+    import hashlib
+    assert led.at[BULK1, "sha256"] == hashlib.sha256((zone.path / BULK1).read_bytes()).hexdigest()
+    seen = led.at[BULK1, "first_seen_at"]
+    ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings)
+    led = ledger_df(zone.wh)
+    assert led.at[BULK1, "status"] == "current" and led.at[BULK1, "first_seen_at"] == seen
+    assert ingest.scan_landing(zone.store, zone.wh)["new_files"] == 0
+
+
+def test_reference_data_loaded(zone):
+    row = [""] * 27
+    row[0], row[1], row[9], row[10], row[11], row[12], row[14], row[25] = (
+        "A81001", "THE SURGERY", "TS1 1AA", "19740401", "20200131", "C", "00K", "4")
+    put(zone.path, "reference/epraccur.csv", ",".join(row) + "\n")
+    put(zone.path, "reference/providers.csv", "PROVIDER_CODE,NAME,COMMISSIONER_CODE\nRGT,CAMBRIDGE,00K\n")
+    put(zone.path, "reference/sites.csv.gz",
+        __import__("gzip").compress(b"SITE_CODE,PROVIDER_CODE,NAME\nRGT01,RGT,ADDENBROOKES\n"))
+    out = ingest.load_reference(zone.store, zone.wh)
+    assert (out["ref_practices"], out["ref_providers"], out["ref_sites"]) == (1, 1, 1)
+    p = zone.wh.read("ref_practices").to_pylist()[0]
+    assert p["open_date"].isoformat() == "1974-04-01" and p["close_date"].isoformat() == "2020-01-31"
+    assert (p["status"], p["commissioner_code"], p["prescribing_setting"]) == ("C", "00K", "4")
+    assert zone.wh.read("ref_sites").to_pylist()[0]["provider_code"] == "RGT"
+    assert set(ledger_df(zone.wh)["status"]) == {"current"}
+    assert ingest.load_reference(zone.store, zone.wh)["files_taken"] == []
+
+
+def test_sus_end_to_end_with_the_real_validator(zone):
+    rows = [sus_row("A", nhs_no=nhs(1)), sus_row("B", end="2024-01-01"), sus_row("C", nhs_no="123")]
+    put(zone.path, BULK1, csv_text(rows, sep="|"))
+    report = ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings)
+    assert (report.rows_read, report.rows_kept, report.rows_quarantined) == (3, 2, 1)
+    q = zone.wh.read("quarantine", ["2024-01"]).to_pylist()
+    assert [r["line"] for r in q] == [3] and "EPIEND_BEFORE_EPISTART" in q[0]["rule_ids"]
+    silver = zone.wh.read("sus_episodes", ["2024-01"]).to_pandas().set_index("susrecid")
+    assert "NEWNHSNO_INVALID" in list(silver.at["C", "dq_warnings"])
+    rules = zone.wh.read("dq_rules", ["2024-01"]).to_pandas().set_index("rule_id")
+    assert rules.at["EPIEND_BEFORE_EPISTART", "rows_failed"] == 1
+    assert zone.wh.read("dq_fields", ["2024-01"]).num_rows > 0
+
+
+def test_artificial_hes_sample(zone):
+    put(zone.path, "hes_apc/artificial_hes_apc_0102.csv", HES_SAMPLE.read_bytes())
+    report = ingest.ingest_hes(zone.store, zone.wh, zone.settings)
+    assert report.rows_read == 2075 == report.rows_kept + report.rows_quarantined
+    led = ledger_df(zone.wh).loc["hes_apc/artificial_hes_apc_0102.csv"]
+    assert led["status"] == "current"
+    assert led["rows_received"] == led["rows_kept"] + led["rows_quarantined"] == 2075
+    periods = zone.wh.periods("sus_episodes")
+    assert "2001-04" in periods and set(report.partitions) == set(periods) | set(zone.wh.periods("quarantine"))
+    silver = zone.wh.read("sus_episodes")
+    assert silver.num_rows == report.rows_kept
+    df = silver.to_pandas()
+    assert (df["period"] == df["epiend"].map(lambda d: d.strftime("%Y-%m"))).all()
+    assert not any("-" in c for lst in df["procedures"] for c in lst)  # '-   ' placeholders dropped
+    assert df["birth_year"].notna().mean() > 0.9  # from MYDOB
+    rules = zone.wh.read("dq_rules").to_pandas()
+    assert set(rules["submitter_code"].dropna()) <= set(df["provider_code"]) | set(
+        zone.wh.read("quarantine").to_pandas()["submitter_code"].dropna())
+    # Every failing row counted once per rule, split by period and provider.
+    assert rules.groupby("rule_id")["rows_failed"].sum().get("DOB_AFTER_ADMIDATE", 0) > 0
+    cur = current.current_sus(zone.wh, "2001-04")
+    assert cur.num_rows == (df["period"] == "2001-04").sum()
+    # Taken in once.
+    assert ingest.ingest_hes(zone.store, zone.wh, zone.settings).files_taken == []
+
+
+# ----------------------------------------------------------------------------- S3
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def moto_endpoint(monkeypatch):
+    from moto.server import ThreadedMotoServer
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+def _comparable_ledger(wh) -> pd.DataFrame:
+    led = ingest.read_ledger(wh).to_pandas()
+    cols = ["file_name", "source", "submitter_code", "reporting_period", "protocol", "sha256", "size_bytes",
+            "status", "reason", "rows_received", "rows_quarantined", "rows_kept"]
+    return led[cols].sort_values(["file_name", "sha256"]).reset_index(drop=True)
+
+
+def test_landing_zone_in_s3_gives_the_same_ledger_and_current_view(tmp_path, moto_endpoint, fast):
+    import boto3
+
+    local = tmp_path / "landing"
+    put(local, BULK1, csv_text([sus_row("A"), sus_row("B"), sus_row("C", sex="X")]))
+    put(local, NET1, csv_text([sus_row("B", update="1"), sus_row("D", update="9")]))
+    put(local, "sus_apc/APC_RGT_202401_20240211120000_NET.csv.gz",
+        __import__("gzip").compress(("\ufeff" + csv_text([sus_row("E", update="9")], sep="|")).encode()))
+    put(local, "sus_apc/APC_RGT_202401_20240212120000_NET.csv", csv_text([sus_row("F")]) + "RGT\n")
+    put(local, "sus_apc/APC_RGT_2024_NET.csv", csv_text([sus_row("G")]))
+    put(local, "gp/GP_A81001_20240131.csv",
+        "NHS_NUMBER,DATE_OF_BIRTH,SEX,REGISTRATION_DATE,OBJECTION\n"
+        f"{nhs(5)},1970-01-01,1,2000-01-01,\n{nhs(6)},1970-01-01,2,2000-01-01,9Nu0\n")
+
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="eu-west-2")
+    s3.create_bucket(Bucket="landing-bucket", CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    for p in sorted(local.rglob("*")):
+        if p.is_file():
+            s3.put_object(Bucket="landing-bucket", Key=f"landing/{p.relative_to(local).as_posix()}", Body=p.read_bytes())
+
+    results = {}
+    for name, store in (("local", Store(local)),
+                        ("s3", Store("s3://landing-bucket/landing", endpoint_url=moto_endpoint))):
+        wh = Warehouse(Store(tmp_path / f"wh-{name}"))
+        ingest.ingest("sus_apc", "2024-01", store, wh, Settings())
+        ingest.ingest("gp", "2024-01", store, wh, Settings())
+        again = ingest.ingest("sus_apc", "2024-01", store, wh, Settings())
+        assert again.files_taken == []
+        cur = current.current_sus(wh, "2024-01").to_pandas()
+        gp = current.gp_current(wh, "2024-01")
+        results[name] = (_comparable_ledger(wh), cur.drop(columns=["dq_warnings"]), gp.extracts.to_pandas())
+    pd.testing.assert_frame_equal(results["local"][0], results["s3"][0])
+    pd.testing.assert_frame_equal(results["local"][1], results["s3"][1])
+    pd.testing.assert_frame_equal(results["local"][2], results["s3"][2])
+    assert sorted(results["s3"][1]["susrecid"]) == ["A", "D", "E"]
+    statuses = results["s3"][0].set_index("file_name")["status"]
+    assert statuses["sus_apc/APC_RGT_202401_20240212120000_NET.csv"] == "rejected"
+    assert statuses["sus_apc/APC_RGT_2024_NET.csv"] == "rejected"
+    assert results["s3"][2]["type1_objections"].tolist() == [1]
+    # Nothing in the bucket was changed or added.
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="landing-bucket")["Contents"]]
+    assert len(keys) == 6 and all(k.startswith("landing/") for k in keys)
