@@ -33,9 +33,11 @@ an id, the field it reads, a severity and a message:
 
 A rule on an optional field checks only rows where the field has a value (a missing
 optional value is no error); a rule that compares two dates checks only rows where both
-are valid dates (the dates' own rules catch the rest). A value made only of spaces counts
-as missing. Rules that need the file name or reference data (marked *when* below) are
-applied only when those are known; a rule that is not applied is not counted.
+are valid dates (the dates' own rules catch the rest). Values are checked with surrounding
+spaces trimmed, and a value made only of spaces counts as missing; codes are otherwise
+compared exactly (case matters), except `OBJECTION`, read case-insensitively like the
+ingest's type 1 filter. Rules whose arguments come from the file name or reference data (marked *per
+submission* below) are applied only when those are known; a rule that is not applied is not counted.
 
 Rows received = rows kept + rows quarantined, always. A file with more than
 `data_quality.held_reject_share` (default one half) of its rows rejected is **held**.
@@ -55,12 +57,15 @@ Rows received = rows kept + rows quarantined, always. A file with more than
   admission, a discharge before admission, a birth after admission (`DOB`, else the first
   day of the `MYDOB` month), registration before birth, deregistration before registration
   and death before birth are `warn`: the record is usable, one of its dates is doubtful.
-- **OBJECTION** other than empty, `9Nu0` or `9Nu4` is `reject`: an objection that cannot be
+- **OBJECTION** other than empty, `9Nu0` or `9Nu4` (any case) is `reject`: an objection that cannot be
   read must not be treated as no objection.
 - **HES placeholders**: `-` (and `-   `) in a diagnosis or procedure position means "none";
   `R69X`-style codes with `X` as 4th character are valid ICD-10; `&` and other HES "not
   known" markers fail the format rule (warn). `V81997`-`V81999` are valid practice codes
   (ODS pseudo codes for no registered practice).
+- **NET deletions** (`CDS_UPDATE_TYPE` `1`) name only the episode to delete: in a NET file
+  only the key rules (`PROCODE3_*`, `SUSRECID_*`, `CDS_UPDATE_TYPE_*`) apply to them (GX
+  `row_condition`), and they are not counted in the field scores.
 - **HES extracts** hold many providers and periods: the provider-in-file-name and period
   checks do not apply; `PROCODE3` must be 3 letters or digits (reject) since it keys the row.
 - **Sites**: `SITE_CODE_PROVIDER` is applied when `reference/sites.csv` lists at least one site
@@ -105,7 +110,7 @@ def render() -> str:
             sep += "---|"
         out.append(head + "\n" + sep + "\n")
         for r in mod.RULES:
-            args = r.describe_args() if not callable(r.args) else f"*when* {r.describe_args()}"
+            args = r.describe_args() if not callable(r.args) else f"*per submission:* {r.describe_args()}"
             row = f"| `{r.id}` | `{r.field}` | {r.severity} | {_cell(r.message)} | `{r.expectation}` | {_cell(args)} |"
             if multi:
                 row += f" {_sources(r, mod.SOURCES)} |"

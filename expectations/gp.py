@@ -19,11 +19,13 @@ def _rules() -> list[Rule]:
     out += nhs_number("NHS_NUMBER", missing=W)
     for c in FEED.columns:
         if c.name == "OBJECTION":
+            # Case-insensitive, as ingest's type 1 filter (a '9NU0' row never gets here).
             out.append(Rule(
                 "OBJECTION_CODE", "OBJECTION", R,
                 "OBJECTION is not empty, 9Nu0 or 9Nu4: the patient's objection cannot be "
                 "read, so the row is held back until the practice corrects it.",
-                "ExpectColumnValuesToBeInSet", {"column": "OBJECTION", "value_set": list(OBJECTION_CODES)}))
+                "ExpectColumnValuesToMatchRegex",
+                {"column": "OBJECTION", "regex": "(?i)^(?:" + "|".join(OBJECTION_CODES) + ")$"}))
             continue
         out += column_rules(FEED, c)
     out += [

@@ -87,7 +87,7 @@ class Rule:
     def describe_args(self) -> str:
         """The expectation's arguments for the docs (callables described by their doc)."""
         if callable(self.args):
-            return (self.args.__doc__ or "depends on the submission").strip()
+            return " ".join((self.args.__doc__ or "depends on the submission").split())
         return ", ".join(f"{k}={v!r}" for k, v in self.args.items())
 
 

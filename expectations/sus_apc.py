@@ -123,6 +123,26 @@ SCORED = (
 
 KEY_COLUMNS = ("PROCODE3", "SUSRECID", "EPIKEY")
 
+# In a NET submission a deletion (CDS_UPDATE_TYPE 1) names only the episode to delete:
+# the content rules do not apply to it, and it is not scored.
+DELETION = "1"
+KEY_RULES = ("PROCODE3_MISSING", "PROCODE3_SUBMITTER", "PROCODE3_FORMAT", "SUSRECID_MISSING",
+             "SUSRECID_DUPLICATE", "CDS_UPDATE_TYPE_MISSING", "CDS_UPDATE_TYPE_CODE")
+
+
+def row_condition(rule: Rule, env: Env) -> str | None:
+    """The GX row condition (pandas parser) limiting a rule to some rows, or None."""
+    if env.protocol == "NET" and rule.id not in KEY_RULES:
+        return f'CDS_UPDATE_TYPE != "{DELETION}"'
+    return None
+
+
+def scored_rows(frame: pd.DataFrame, env: Env) -> pd.Series | None:
+    """Rows that count in the field scores (all but NET deletions)."""
+    if env.protocol != "NET":
+        return None
+    return (frame["CDS_UPDATE_TYPE"] != DELETION).fillna(True).astype(bool)
+
 
 def prepare(frame: pd.DataFrame, env: Env) -> pd.DataFrame:
     def strip(name: str) -> pd.Series:

@@ -416,13 +416,17 @@ def _code_lists(frame: pd.DataFrame, prefix: str, count: int, dates_prefix: str 
         from expectations.custom import parse_iso_dates
     for k in range(count):
         name = f"{prefix}{k + 1:02d}"
+        if name not in frame.columns:
+            continue  # absent column: nothing present (dates stay None)
         s = _strip(frame, name)
         ok = opcs_present(s).to_numpy(dtype=bool)
         codes[:, k] = s.astype(object).where(s.notna(), None).to_numpy()
         present[:, k] = ok
         if dates_prefix:
-            d = parse_iso_dates(_strip(frame, f"{dates_prefix}{k + 1:02d}"))
-            dts[:, k] = [None if pd.isna(v) else v.date() for v in d]
+            dcol = f"{dates_prefix}{k + 1:02d}"
+            if dcol in frame.columns and ok.any():
+                d = parse_iso_dates(_strip(frame, dcol))
+                dts[:, k] = [None if pd.isna(v) else v.date() for v in d]
     lists = [codes[i, present[i]].tolist() for i in range(n)]
     date_lists = [dts[i, present[i]].tolist() for i in range(n)] if dates_prefix else None
     return lists, date_lists
@@ -790,58 +794,97 @@ def _hes_group_counts(frame: pd.DataFrame, outcome, context, groups: pd.Series, 
     """Per (period, provider) group: each rule's rows checked and failed, and each scored
     field's rows and rows present-and-valid, from one validation of the whole file.
     Rows checked per group count the rows where the column the rule reads is present
-    (a not-null rule checks every row), as the validator counts them."""
+    (a not-null rule checks every row), as the validator counts them; where that does not
+    add up to the validator's own count, its count is shared out by group size."""
     from expectations.rules import Env
     from pipelines import validation as V
+
+    n = len(frame)
+    codes, uniques = pd.factorize(groups)
+    uniques = list(uniques)
+    ng = len(uniques)
+    rc = outcome.rule_counts.set_index("rule_id") if len(outcome.rule_counts) else None
+    failed: dict[str, np.ndarray] = {}
+    for i, ids in enumerate(outcome.rule_ids):
+        for r in ids:
+            failed.setdefault(r, np.zeros(n, dtype=bool))[i] = True
+    lines = frame["_line"].to_numpy()
+    sizes = np.bincount(codes, minlength=ng)
+
+    def per_group(mask: np.ndarray) -> np.ndarray:
+        return np.bincount(codes[mask], minlength=ng)
 
     env = Env(source="hes_apc", file_name=file_name,
               site_providers=getattr(context, "site_providers", None),
               practice_codes=frozenset(context.practice_codes) if getattr(context, "practice_codes", None) else None,
               today=getattr(context, "today", None) or date.today())
-    work = V._work_frame("hes_apc", frame, env)
-    n = len(frame)
+    try:
+        work = V._work_frame("hes_apc", frame, env)
+        suite_rules = V.SUITES["hes_apc"].RULES
+        scored = V.SUITES["hes_apc"].SCORED
+    except Exception:  # noqa: BLE001 - the validator's internals changed: fall back to shares
+        work, suite_rules, scored = None, [], ()
     rule_rows = []
-    rc = outcome.rule_counts.set_index("rule_id")
-    failed_sets: dict[str, np.ndarray] = {}
-    for rid in rc.index:
-        failed_sets[rid] = np.array([rid in ids for ids in outcome.rule_ids], dtype=bool)
-    codes, uniques = pd.factorize(groups)
-    for rule in V.SUITES["hes_apc"].RULES:
+    done = set()
+    for rule in suite_rules:
         kw = rule.kwargs(env)
-        if kw is None or rule.id not in rc.index:
+        if kw is None or rc is None or rule.id not in rc.index:
             continue
-        if rule.expectation == "ExpectColumnValuesToNotBeNull":
-            present = np.ones(n, dtype=bool)
-        elif "column_A" in kw:
-            present = (work[kw["column_A"]].notna() & work[kw["column_B"]].notna()).to_numpy(dtype=bool)
-        else:
-            present = work[kw["column"]].notna().to_numpy(dtype=bool)
-        if int(present.sum()) != int(rc.at[rule.id, "rows_checked"]):
-            # Not counted the same way as the validator: share its count out by group size.
-            present = None
-        for g in range(len(uniques)):
-            in_g = codes == g
-            fails = failed_sets[rule.id] & in_g
-            if present is None:
-                checked = int(round(int(rc.at[rule.id, "rows_checked"]) * in_g.sum() / max(n, 1)))
+        present = None
+        try:
+            if rule.expectation == "ExpectColumnValuesToNotBeNull":
+                present = np.ones(n, dtype=bool)
+            elif "column_A" in kw:
+                present = (work[kw["column_A"]].notna() & work[kw["column_B"]].notna()).to_numpy(dtype=bool)
             else:
-                checked = int((present & in_g).sum())
-            lines = np.sort(frame["_line"].to_numpy()[fails])[:5].tolist()
-            rule_rows.append({"group": uniques[g], "rule_id": rule.id, "field": rule.field,
-                              "severity": rule.severity, "rows_checked": checked,
-                              "rows_failed": int(fails.sum()), "example_lines": lines})
-    field_of = {r.id: r.field for r in V.SUITES["hes_apc"].RULES}
-    field_rows = []
-    for sf in V.SUITES["hes_apc"].SCORED:
+                present = work[kw["column"]].notna().to_numpy(dtype=bool)
+        except (KeyError, TypeError):
+            present = None
+        rule_rows.append((rule.id, rule.field, rule.severity, present))
+        done.add(rule.id)
+    if rc is not None:
+        for rid in rc.index:
+            if rid not in done:
+                rule_rows.append((rid, rc.at[rid, "field"], rc.at[rid, "severity"], None))
+    out_rules = []
+    for rid, fld, sev, present in rule_rows:
+        total = int(rc.at[rid, "rows_checked"])
+        if present is not None and int(present.sum()) == total:
+            checked = per_group(present)
+        else:
+            checked = np.floor(total * sizes / max(n, 1) + 0.5).astype(np.int64)
+        fmask = failed.get(rid, np.zeros(n, dtype=bool))
+        fails = per_group(fmask)
+        examples: dict[int, list[int]] = {}
+        for i in np.flatnonzero(fmask):
+            examples.setdefault(int(codes[i]), []).append(int(lines[i]))
+        for g in range(ng):
+            out_rules.append({"group": uniques[g], "rule_id": rid, "field": fld, "severity": sev,
+                              "rows_checked": int(checked[g]), "rows_failed": int(fails[g]),
+                              "example_lines": sorted(examples.get(g, []))[:5]})
+    field_of = {r.id: r.field for r in suite_rules}
+    out_fields = []
+    for sf in scored:
         present = np.zeros(n, dtype=bool)
         for c in sf.cols:
             present |= work[c].notna().to_numpy()
-        invalid = np.array([any(field_of.get(r) in sf.cols for r in ids) for ids in outcome.rule_ids], dtype=bool)
-        for g in range(len(uniques)):
-            in_g = codes == g
-            field_rows.append({"group": uniques[g], "field": sf.name, "rows": int(in_g.sum()),
-                               "rows_valid": int((present & ~invalid & in_g).sum())})
-    return pd.DataFrame(rule_rows), pd.DataFrame(field_rows)
+        invalid = np.zeros(n, dtype=bool)
+        for rid, mask in failed.items():
+            if field_of.get(rid) in sf.cols:
+                invalid |= mask
+        valid = per_group(present & ~invalid)
+        for g in range(ng):
+            out_fields.append({"group": uniques[g], "field": sf.name, "rows": int(sizes[g]),
+                               "rows_valid": int(valid[g])})
+    if not scored and len(outcome.field_scores):
+        # Fallback: the whole file's field scores, shared out by group size.
+        for r in outcome.field_scores.itertuples(index=False):
+            for g in range(ng):
+                out_fields.append({"group": uniques[g], "field": r.field, "rows": int(sizes[g]),
+                                   "rows_valid": int(round(r.rows_valid * sizes[g] / max(n, 1)))})
+    return (pd.DataFrame(out_rules, columns=["group", "rule_id", "field", "severity", "rows_checked",
+                                             "rows_failed", "example_lines"]),
+            pd.DataFrame(out_fields, columns=["group", "field", "rows", "rows_valid"]))
 
 
 def _take_in_hes(parsed: ParsedName, frame: pd.DataFrame, sha: str, size: int, first: datetime,
@@ -856,34 +899,33 @@ def _take_in_hes(parsed: ParsedName, frame: pd.DataFrame, sha: str, size: int, f
     epiend = parse_iso_dates(_strip(frame, "EPIEND"))
     fallback = first.strftime("%Y-%m")
     periods = epiend.dt.strftime("%Y-%m").astype(object).where(epiend.notna(), fallback).to_numpy()
-    provider = _strip(frame, "PROCODE3").str.upper().astype(object).where(
-        _strip(frame, "PROCODE3").notna(), None).to_numpy()
+    procode = _strip(frame, "PROCODE3").str.upper()
+    provider = procode.astype(object).where(procode.notna(), None).to_numpy()
     groups = pd.Series([f"{p}|{s or ''}" for p, s in zip(periods, provider)])
     rule_rows, field_rows = _hes_group_counts(frame, outcome, context, groups, parsed.file_name)
+    rule_period = rule_rows["group"].str.split("|", n=1).str[0]
+    field_period = field_rows["group"].str.split("|", n=1).str[0]
+
+    kept = ~rejected
+    silver_all = _sus_silver(frame.iloc[np.flatnonzero(kept)], "hes_apc", None, periods[kept], sid,
+                             _warnings(outcome.rule_ids, kept))
+    q_all = _quarantine(frame, rejected, outcome, source="hes_apc", file_name=parsed.file_name,
+                        submission_id=sid, submitter=list(provider), periods=list(periods))
+    silver_periods = np.asarray(silver_all.column("period").to_pylist(), dtype=object)
+    q_periods = np.asarray(q_all.column("period").to_pylist(), dtype=object)
     per_period: dict[str, tuple[int, int, int]] = {}
     for period in sorted(set(periods.tolist())):
         in_p = periods == period
-        k = in_p & ~rejected
-        kept_frame = frame.iloc[np.flatnonzero(k)]
-        warn = _warnings(outcome.rule_ids, k)
-        silver = _sus_silver(kept_frame, "hes_apc", None, period, sid, warn)
-        warehouse.write("sus_episodes", silver, period, part=sid)
-        q = _quarantine(frame, in_p & rejected, outcome, source="hes_apc", file_name=parsed.file_name,
-                        submission_id=sid, submitter=list(provider), periods=period)
-        warehouse.write("quarantine", q, period, part=sid)
-        if len(rule_rows):
-            rr = rule_rows[rule_rows["group"].str.startswith(period + "|")]
-        else:
-            rr = pd.DataFrame(columns=["group", "rule_id", "field", "severity", "rows_checked",
-                                       "rows_failed", "example_lines"])
-        ff = field_rows[field_rows["group"].str.startswith(period + "|")] if len(field_rows) else \
-            pd.DataFrame(columns=["group", "field", "rows", "rows_valid"])
+        warehouse.write("sus_episodes", silver_all.filter(pa.array(silver_periods == period)), period, part=sid)
+        warehouse.write("quarantine", q_all.filter(pa.array(q_periods == period)), period, part=sid)
+        rr = rule_rows[(rule_period == period).to_numpy(dtype=bool)]
+        ff = field_rows[(field_period == period).to_numpy(dtype=bool)]
         subs_r = [g.split("|", 1)[1] or None for g in rr["group"]]
         ff = ff.assign(submitter_code=[g.split("|", 1)[1] or None for g in ff["group"]])
         rules, fields = _dq_tables(period, sid, "hes_apc", subs_r, rr, ff)
         warehouse.write("dq_rules", rules, period, part=sid)
         warehouse.write("dq_fields", fields, period, part=sid)
-        per_period[period] = (int(in_p.sum()), int((in_p & rejected).sum()), int(k.sum()))
+        per_period[period] = (int(in_p.sum()), int((in_p & rejected).sum()), int((in_p & kept).sum()))
     received, n_rej = n, int(rejected.sum())
     held = _is_held(received, n_rej, settings)
     reason = (_held_reason(parsed.file_name, received, n_rej, outcome.rule_ids, rejected, None, None, settings)

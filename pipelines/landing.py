@@ -19,7 +19,6 @@ import csv
 import gzip
 import hashlib
 import io
-import re
 import zlib
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -387,9 +386,6 @@ def to_date_yyyymmdd(values: pd.Series) -> pa.Array:
     ok = s.str.fullmatch(r"\d{8}").fillna(False)
     parsed = pd.to_datetime(s.where(ok), format="%Y%m%d", errors="coerce")
     return pa.array(parsed.dt.date.where(parsed.notna(), None).tolist(), pa.date32())
-
-
-HES_NONE = re.compile(r"^-?\s*$|^&\s*$")
 
 
 def opcs_present(values: pd.Series) -> pd.Series:

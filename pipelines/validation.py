@@ -13,6 +13,7 @@ Nothing here logs a value of a row: only rule ids, counts and line numbers.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import logging
 import os
 import time
@@ -37,6 +38,8 @@ from expectations.rules import KEY, Env, Rule, date_col  # noqa: E402
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 500_000
+GROUP_COLUMNS = 8
+ROW_CONDITION_COLUMNS = ("CDS_UPDATE_TYPE",)  # columns a row condition may read
 LINE = "_line"
 
 SUITES: dict[str, ModuleType] = {"gp": gp_suite, "sus_apc": sus_suite, "hes_apc": sus_suite, "fft": fft_suite}
@@ -65,7 +68,7 @@ class ValidationOutcome:
     messages: list[list[str]]  # per input row: the matching messages
     rule_counts: pd.DataFrame  # rule_id, field, severity, rows_checked, rows_failed, example_lines
     field_scores: pd.DataFrame  # field, rows, rows_valid
-    data_docs: str | None = None  # path of the Data Docs index of this validation, if built
+    data_docs: str | None = None  # path of the Data Docs site's index.html (this validation's pages), if built
     stats: dict = field(default_factory=dict)  # rows, batches, seconds, rows_per_second
 
 
@@ -92,16 +95,16 @@ def _protocol(source: str, file_name: str) -> str | None:
 
 
 def _work_frame(source: str, frame: pd.DataFrame, env: Env) -> pd.DataFrame:
-    """The declared columns as strings (absent ones all missing; blank means missing),
-    plus the derived columns the rules read."""
+    """The declared columns as strings, surrounding spaces trimmed (absent columns all
+    missing; blank means missing), plus the derived columns the rules read."""
     mod = SUITES[source]
     n = len(frame)
     cols: dict[str, pd.Series] = {}
     index = pd.RangeIndex(n)
     for name in _feed_columns(source):
         if name in frame.columns:
-            s = frame[name].astype("string").reset_index(drop=True)
-            blank = s.str.strip() == ""
+            s = frame[name].astype("string").reset_index(drop=True).str.strip()
+            blank = s == ""
             cols[name] = s.mask(blank) if bool(blank.any()) else s
         else:
             cols[name] = pd.Series(pd.NA, index=index, dtype="string")
@@ -132,6 +135,30 @@ def _raised(info) -> str | None:
             if msg:
                 return msg
     return None
+
+
+def _columns_of(kwargs: dict) -> list[str]:
+    cols = [kwargs[k] for k in ("column", "column_A", "column_B") if k in kwargs]
+    cols += list(kwargs.get("column_list", []))
+    if kwargs.get("row_condition"):
+        cols += [c for c in ROW_CONDITION_COLUMNS if c in kwargs["row_condition"]]
+    return cols
+
+
+def _groups(active: list[tuple[Rule, dict]]) -> list[tuple[list[str], list[tuple[Rule, dict]]]]:
+    """Consecutive rules packed into groups reading at most GROUP_COLUMNS columns."""
+    groups: list[tuple[list[str], list[tuple[Rule, dict]]]] = []
+    for rule, kw in active:
+        need = _columns_of(kw)
+        if groups:
+            cols, members = groups[-1]
+            merged = cols + [c for c in need if c not in cols]
+            if len(merged) <= GROUP_COLUMNS:
+                cols[:] = merged
+                members.append((rule, kw))
+                continue
+        groups.append((list(dict.fromkeys(need)), [(rule, kw)]))
+    return groups
 
 
 def _batches(work: pd.DataFrame, batch_rows: int) -> list[np.ndarray]:
@@ -182,19 +209,27 @@ def validate(
     work = _work_frame(source, frame, env)
 
     # The suite: every rule that applies to this submission.
+    mod = SUITES[source]
     active: list[tuple[Rule, dict]] = []
-    for rule in SUITES[source].RULES:
+    for rule in mod.RULES:
         kw = rule.kwargs(env)
         if kw is not None:
+            condition = mod.row_condition(rule, env) if hasattr(mod, "row_condition") else None
+            if condition:
+                kw = {**kw, "row_condition": condition, "condition_parser": "pandas"}
             active.append((rule, kw))
 
     gctx = gx.get_context(mode="ephemeral")
     gctx.variables.progress_bars = {"globally": False, "metric_calculations": False}
-    suite_name = f"caredata_{source}"
-    suite = gx.ExpectationSuite(name=suite_name)
-    for rule, kw in active:
-        suite.add_expectation(_expectation(rule, kw))
-    suite = gctx.suites.add(suite)
+    # One suite per group of rules reading at most GROUP_COLUMNS columns, validated on
+    # those columns only: GX copies the batch's whole frame when it filters a domain, so
+    # narrow batches keep the cost per row down.
+    groups = _groups(active)
+    suites = []
+    for g, (cols, members) in enumerate(groups):
+        name = f"caredata_{source}" if len(groups) == 1 else f"caredata_{source}.part{g + 1:02d}"
+        suite = gx.ExpectationSuite(name=name, expectations=[_expectation(r, kw) for r, kw in members])
+        suites.append((name, cols, gctx.suites.add(suite)))
     batch_def = (gctx.data_sources.add_pandas("landing").add_dataframe_asset(source)
                  .add_batch_definition_whole_dataframe("rows"))
 
@@ -202,34 +237,42 @@ def validate(
     failed: dict[str, list[np.ndarray]] = {r.id: [] for r, _ in active}
     results = []
     batches = _batches(work, batch_rows or BATCH_ROWS)
-    for positions in batches:
-        part = work.iloc[positions]
-        part.index = pd.Index(positions)  # unexpected_index_list gives file positions
-        batch = batch_def.get_batch(batch_parameters={"dataframe": part})
-        res = batch.validate(suite, result_format={
-            "result_format": "COMPLETE", "partial_unexpected_count": 0,
-            "include_unexpected_rows": False, "return_unexpected_index_query": False,
-        })
-        for r in res.results:
-            rid = r.expectation_config.meta["rule_id"]
-            err = _raised(r.exception_info)
-            if err:
-                raise ValidationError(f"{file_name}: rule {rid} could not be evaluated: {err}")
-            out = r.result or {}
-            elements = int(out.get("element_count", len(part)))
-            checked[rid] += elements - int(out.get("missing_count", 0) or 0)
-            idx = out.get("unexpected_index_list") or []
-            if idx and isinstance(idx[0], dict):  # defensive: index given as columns
-                idx = [next(iter(d.values())) for d in idx]
-            if len(idx) != int(out.get("unexpected_count", 0) or 0):
-                raise ValidationError(f"{file_name}: rule {rid}: failing rows could not be located")
-            failed[rid].append(np.asarray(idx, dtype=np.int64))
-        results.append(res)
+    for b, positions in enumerate(batches):
+        rows_part = work.iloc[positions]
+        rows_part.index = pd.Index(positions)  # unexpected_index_list gives file positions
+        for name, cols, suite in suites:
+            part = rows_part[cols]
+            batch = batch_def.get_batch(batch_parameters={"dataframe": part})
+            res = batch.validate(suite, result_format={
+                "result_format": "COMPLETE", "partial_unexpected_count": 0,
+                "include_unexpected_rows": False, "return_unexpected_index_query": False,
+            })
+            for r in res.results:
+                rid = r.expectation_config.meta["rule_id"]
+                err = _raised(r.exception_info)
+                if err:
+                    raise ValidationError(f"{file_name}: rule {rid} could not be evaluated: {str(err)[:200]}")
+                out = r.result or {}
+                elements = int(out.get("element_count", len(part)))
+                checked[rid] += elements - int(out.get("missing_count", 0) or 0)
+                idx = out.get("unexpected_index_list") or []
+                if idx and isinstance(idx[0], dict):  # defensive: index given as columns
+                    idx = [next(iter(d.values())) for d in idx]
+                if len(idx) != int(out.get("unexpected_count", 0) or 0):
+                    raise ValidationError(f"{file_name}: rule {rid}: failing rows could not be located")
+                failed[rid].append(np.asarray(idx, dtype=np.int64))
+            results.append((name, b, res))
 
     # Per row: every rule broken, in rule order.
     rejected = np.zeros(n, dtype=bool)
-    rule_ids: list[list[str]] = [[] for _ in range(n)]
-    messages: list[list[str]] = [[] for _ in range(n)]
+    gc_was_on = gc.isenabled()
+    gc.disable()  # millions of small lists: the collector would rescan them again and again
+    try:
+        rule_ids: list[list[str]] = [[] for _ in range(n)]
+        messages: list[list[str]] = [[] for _ in range(n)]
+    finally:
+        if gc_was_on:
+            gc.enable()
     fails: dict[str, np.ndarray] = {}
     rows = []
     for rule, _ in active:
@@ -249,8 +292,10 @@ def validate(
                                               "rows_failed", "example_lines"])
 
     # DQMI item-score inputs: present and valid (no rule on the field failed).
+    scored = mod.scored_rows(work, env) if hasattr(mod, "scored_rows") else None
+    scored = np.ones(n, dtype=bool) if scored is None else np.asarray(scored, dtype=bool)
     scores = []
-    for sf in SUITES[source].SCORED:
+    for sf in mod.SCORED:
         present = np.zeros(n, dtype=bool)
         for c in sf.cols:
             present |= work[c].notna().to_numpy()
@@ -258,19 +303,20 @@ def validate(
         for rule, _ in active:
             if rule.field in sf.cols:
                 invalid[fails[rule.id]] = True
-        scores.append({"field": sf.name, "rows": n, "rows_valid": int((present & ~invalid).sum())})
+        scores.append({"field": sf.name, "rows": int(scored.sum()),
+                       "rows_valid": int((present & ~invalid & scored).sum())})
     field_scores = pd.DataFrame(scores, columns=["field", "rows", "rows_valid"])
 
-    docs = _build_docs(gctx, results, suite_name, file_name, data_docs_dir) if data_docs_dir else None
+    docs = _build_docs(gctx, results, file_name, data_docs_dir) if data_docs_dir else None
     seconds = time.perf_counter() - started
-    stats = {"rows": n, "batches": len(batches), "rules": len(active), "seconds": seconds,
+    stats = {"rows": n, "batches": len(batches), "suites": len(suites), "rules": len(active), "seconds": seconds,
              "rows_per_second": n / seconds if seconds > 0 else None}
     log.info("validated %s (%s): %d rows, %d rejected, %d rules, %d batch(es), %.1fs",
              file_name, source, n, int(rejected.sum()), len(active), len(batches), seconds)
     return ValidationOutcome(rejected, rule_ids, messages, rule_counts, field_scores, docs, stats)
 
 
-def _build_docs(gctx, results, suite_name: str, file_name: str, folder: str) -> str:
+def _build_docs(gctx, results, file_name: str, folder: str) -> str:
     """A local GX Data Docs site for this validation, with counts only."""
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.resource_identifiers import (
@@ -286,16 +332,13 @@ def _build_docs(gctx, results, suite_name: str, file_name: str, folder: str) -> 
     })
     run_id = RunIdentifier(run_name=Path(file_name).name,
                            run_time=dt.datetime.now(dt.timezone.utc))
-    keys = []
-    for b, res in enumerate(results):
+    for suite_name, b, res in results:
         for r in res.results:
             r.result = {k: v for k, v in (r.result or {}).items() if k in _DOCS_RESULT_KEYS}
         key = ValidationResultIdentifier(
             expectation_suite_identifier=ExpectationSuiteIdentifier(name=suite_name),
             run_id=run_id, batch_identifier=f"rows-batch-{b + 1:03d}")
         gctx.validation_results_store.set(key, res)
-        keys.append(key)
     gctx.build_data_docs(site_names=["caredata"])
-    pages = gctx.get_docs_sites_urls(resource_identifier=keys[0], site_name="caredata")
-    url = pages[0]["site_url"] if pages else (base / "index.html").as_uri()
-    return url[len("file://"):] if url.startswith("file://") else url
+    index = base / "index.html"
+    return str(index)

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pytest
 
-from pipelines import current, ingest, schemas
+from pipelines import current, ingest
 from pipelines.config import Settings
 from pipelines.nhs_number import with_check_digit
 from pipelines.schemas.inputs import FEEDS
@@ -309,8 +307,16 @@ def test_sus_end_to_end_with_the_real_validator(zone):
     assert zone.wh.read("dq_fields", ["2024-01"]).num_rows > 0
 
 
-def test_artificial_hes_sample(zone):
+def test_artificial_hes_sample(zone, monkeypatch):
     put(zone.path, "hes_apc/artificial_hes_apc_0102.csv", HES_SAMPLE.read_bytes())
+    seen = {}
+    real = ingest._validate
+
+    def spy(*a, **k):
+        seen["outcome"] = real(*a, **k)
+        return seen["outcome"]
+
+    monkeypatch.setattr(ingest, "_validate", spy)
     report = ingest.ingest_hes(zone.store, zone.wh, zone.settings)
     assert report.rows_read == 2075 == report.rows_kept + report.rows_quarantined
     led = ledger_df(zone.wh).loc["hes_apc/artificial_hes_apc_0102.csv"]
@@ -327,8 +333,14 @@ def test_artificial_hes_sample(zone):
     rules = zone.wh.read("dq_rules").to_pandas()
     assert set(rules["submitter_code"].dropna()) <= set(df["provider_code"]) | set(
         zone.wh.read("quarantine").to_pandas()["submitter_code"].dropna())
-    # Every failing row counted once per rule, split by period and provider.
+    # Validated once; the counts split by (period, provider) add up to the validator's.
     assert rules.groupby("rule_id")["rows_failed"].sum().get("DOB_AFTER_ADMIDATE", 0) > 0
+    whole = seen["outcome"].rule_counts.set_index("rule_id")[["rows_checked", "rows_failed"]]
+    split = rules.groupby("rule_id")[["rows_checked", "rows_failed"]].sum().loc[whole.index]
+    assert (split.to_numpy() == whole.to_numpy()).all()
+    fields = zone.wh.read("dq_fields").to_pandas().groupby("field")[["rows", "rows_valid"]].sum()
+    fs = seen["outcome"].field_scores.set_index("field")[["rows", "rows_valid"]]
+    assert (fields.loc[fs.index].to_numpy() == fs.to_numpy()).all()
     cur = current.current_sus(zone.wh, "2001-04")
     assert cur.num_rows == (df["period"] == "2001-04").sum()
     # Taken in once.

@@ -287,6 +287,13 @@ def _gp_extract(n: int, seed: int) -> str:
             "DEREGISTRATION_DATE,DATE_OF_DEATH,OBJECTION\n" + "\n".join(rows) + "\n")
 
 
+def held_gp_extract(n: int = 8) -> str:
+    """A GP extract whose every row is rejected (unreadable objection code): held."""
+    return ("NHS_NUMBER,DATE_OF_BIRTH,SEX,POSTCODE,LSOA,ETHNIC_CATEGORY,REGISTRATION_DATE,"
+            "DEREGISTRATION_DATE,DATE_OF_DEATH,OBJECTION\n"
+            + "".join(f"12345678{i:02d},1950-01-01,1,TS1 1AA,,A,2001-01-01,,,BAD{i}\n" for i in range(n)))
+
+
 def tiny_landing(root: Path) -> Path:
     """Reference files and two GP extracts (periods 2014-01 and 2014-02)."""
     files = {

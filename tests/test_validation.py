@@ -129,7 +129,7 @@ SUS_GOOD_VARIANTS = [
     {"DOB": None},  # MYDOB only
     {"OPERTN_4_01": "-", "DIAG_4_02": "-"},  # HES placeholders: none
     {"HOMEADD": "ls14ap", "GPPRAC": "V81999", "EPIORDER": "1"},
-    {"EPIEND": "2024-03-02", "DISDATE": None, "DISMETH": "8", "EPISTAT": "1", "CDS_UPDATE_TYPE": "1"},
+    {"EPIEND": "2024-03-02", "DISDATE": None, "DISMETH": "8", "EPISTAT": "1"},
 ]
 SUS_SPECIAL = {
     "PROCODE3_SUBMITTER": {"PROCODE3": "RYY"},
@@ -182,6 +182,22 @@ def test_sus_bulk_file_does_not_require_cds_update_type():
     assert out.rule_ids == [[]]
     assert "CDS_UPDATE_TYPE_MISSING" not in set(out.rule_counts["rule_id"])
     assert "GPPRAC_UNKNOWN" not in set(out.rule_counts["rule_id"])  # no reference given
+
+
+def test_net_deletion_needs_only_its_key():
+    rows = [{"PROCODE3": "RXX", "SUSRECID": "D1", "CDS_UPDATE_TYPE": "1"},  # deletion: key only
+            {"PROCODE3": "RXX", "SUSRECID": "D2", "CDS_UPDATE_TYPE": "9"},  # insert without content
+            {**SUS_GOOD, "SUSRECID": "D3"},
+            {"PROCODE3": "RYY", "SUSRECID": "D4", "CDS_UPDATE_TYPE": "1"}]  # other provider's
+    out = validate("sus_apc", frame(rows, SUS_COLUMNS), period="2024-03", submitter="RXX", file_name=SUS_FILE,
+                   context=ValidationContext(today=TODAY))
+    assert out.rule_ids[0] == [] and not out.rejected[0]
+    assert out.rejected.tolist() == [False, True, False, True]
+    assert "EPISTART_MISSING" in out.rule_ids[1] and out.rule_ids[3] == ["PROCODE3_SUBMITTER"]
+    rc = out.rule_counts.set_index("rule_id")
+    assert rc.at["EPISTART_MISSING", "rows_checked"] == 2 and rc.at["SUSRECID_MISSING", "rows_checked"] == 4
+    fs = out.field_scores.set_index("field")
+    assert fs.loc["EPISTART", ["rows", "rows_valid"]].tolist() == [2, 1]  # deletions not scored
 
 
 def test_sus_field_scores_present_and_valid(sus_run):
@@ -306,9 +322,9 @@ def test_gp_each_rule_and_field_scores():
         "REGISTRATION_BEFORE_BIRTH": {"REGISTRATION_DATE": "1970-01-01"},
         "DEREGISTRATION_BEFORE_REGISTRATION": {"DEREGISTRATION_DATE": "1999-12-31"},
         "DEATH_BEFORE_BIRTH": {"DATE_OF_DEATH": "1979-01-01"},
-        "OBJECTION_CODE": {"OBJECTION": "9NU4"},
+        "OBJECTION_CODE": {"OBJECTION": "9Nu9"},
     }
-    variants = [{"OBJECTION": "9Nu4", "NHS_NUMBER": f" {NHS_OK[:3]} {NHS_OK[3:6]} {NHS_OK[6:]} ",
+    variants = [{"OBJECTION": "9nu4", "SEX": " 1 ", "NHS_NUMBER": f" {NHS_OK[:3]} {NHS_OK[3:6]} {NHS_OK[6:]} ",
                  "POSTCODE": "ls14ap", "ETHNIC_CATEGORY": "99", "DEREGISTRATION_DATE": "2020-01-01",
                  "DATE_OF_DEATH": "2020-01-01"},
                 {"POSTCODE": None, "LSOA": None, "ETHNIC_CATEGORY": None, "SEX": "0"}]
@@ -323,7 +339,9 @@ def test_small_gp_counts_by_hand():
     rows = [dict(GP_GOOD),
             {**GP_GOOD, "NHS_NUMBER": "1111111111"},  # identical digits: warn
             {**GP_GOOD, "DATE_OF_BIRTH": None, "SEX": "3"}]  # two reject rules
-    out = validate("gp", frame(rows, GP_COLUMNS), period="2024-04", submitter="A81001",
+    df = frame(rows, GP_COLUMNS)
+    df.index = [0, 5, 9]  # ingest may hand over a filtered frame (type 1 rows dropped)
+    out = validate("gp", df, period="2024-04", submitter="A81001",
                    file_name="gp/GP_A81001_20240401.csv", context=ValidationContext(today=TODAY))
     assert out.rejected.tolist() == [False, False, True]
     assert out.rule_ids == [[], ["NHS_NUMBER_INVALID"], ["DATE_OF_BIRTH_MISSING", "SEX_CODE"]]

@@ -112,7 +112,7 @@ PROC_EFFECT = {
 }
 # The true 30-day death risk model (log-odds) the generator draws from.
 RISK_MODEL = {
-    "intercept": -5.6,
+    "intercept": -5.0,
     "per_10_years_over_65": 0.45,
     "emergency": 1.3,
     "male": 0.2,

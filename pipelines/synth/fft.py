@@ -87,15 +87,21 @@ def write_fft(w: World, E: dict, cur: dict, out: Path, files: list, faults: list
                 keep = (ld >= ps) & (ld < pe)
                 pick, ld = pick[keep], ld[keep]
                 ipw = [wd for wd in w.wards if wd["setting"] == "IP" and w.site_prov[wd["site"]] == p]
-                for (_, sp), d in zip(pick.iterrows(), ld):
-                    same = [wd for wd in ipw if wd["tretspef"] == sp["tretspef"]] or ipw
-                    wd = same[int(rng.integers(0, len(same)))]
-                    site = np.append(site, wd["site"])
-                    ward.append(wd["code"])
-                    setting.append("IP")
-                    tret.append(sp["tretspef"])
-                    date = np.append(date, d)
-                    nhs = np.append(nhs, sp["nhs"])
+                wt = np.array([wd["tretspef"] for wd in ipw])
+                ptf = pick["tretspef"].to_numpy()
+                wsel = np.zeros(len(pick), dtype=np.int64)
+                for tf in np.unique(ptf):
+                    m = ptf == tf
+                    same = np.flatnonzero(wt == tf)
+                    if not len(same):
+                        same = np.arange(len(ipw))
+                    wsel[m] = same[rng.integers(0, len(same), int(m.sum()))]
+                site = np.concatenate([site, np.array([ipw[i]["site"] for i in wsel], dtype=np.int64)])
+                ward += [ipw[i]["code"] for i in wsel]
+                setting += ["IP"] * len(wsel)
+                tret += list(ptf)
+                date = np.concatenate([date, ld])
+                nhs = np.concatenate([nhs, pick["nhs"].to_numpy()])
             nr = len(site)
             setting_a = np.array(setting)
             resp = np.zeros(nr, dtype=np.int64)

@@ -235,7 +235,7 @@ def write_truth(w, E, cur, fft, files, faults, gp_truth, objectors, out, truth, 
         low_linkage_practices=[w.prac_codes[i] for i in w.low_linkage_practices],
     )
     doc = dict(
-        summary=summary,
+        summary={k: v for k, v in summary.items() if k not in ("out_dir", "truth_dir")},
         fault_kinds={k: v for k, v in sorted(SEVERITY.items())},
         whole_file_fault_kinds=["malformed_file", "misnamed_file", "missing_required_column",
                                 "majority_rows_rejected"],

@@ -143,11 +143,13 @@ def write_batch_gp(w: World, b: int, B: dict, out: Path, files: list, faults: li
                 objectors.append(dict(nhs_number=nhs[o], objection=obj[o], practice=np.full(len(o), p),
                                       extract_date=np.full(len(o), D)))
     # one misnamed and one column-missing GP file per run (batch 0)
-    if b == 0:
-        p = int(pr[0])
+    with_plan = [i for i, p_ in enumerate(pr) if w.extracts.get(int(p_))]
+    if b == 0 and with_plan:
+        i0 = with_plan[0]
+        p = int(pr[i0])
         plan = w.extracts[p]
         k, D, _ = plan[-1]
-        lo, hi = bounds[0], bounds[1]
+        lo, hi = bounds[i0], bounds[i0 + 1]
         sel = lo + np.flatnonzero((R["reg"][lo:hi] <= D) & (R["dereg"][lo:hi] >= D - 365))
         cols = {c: static[c].take(pa.array(sel)) for c in static}
         cols["DEREGISTRATION_DATE"] = dates_str(np.where(R["dereg"][sel] <= D, R["dereg"][sel], BIG))
@@ -209,7 +211,12 @@ def expected_linkage(G: dict, E: dict) -> dict:
     # rank 5: no valid NHS number; DOB, sex and postcode agree with exactly one patient
     g_ok = np.isin(g["sex"], (1, 2))
     gkey = ((g["pc"] * 65536 + (g["dob"].astype(np.int64) + 40000)) * 2 + (g["sex"] - 1))[g_ok]
-    pairs = np.unique(np.stack([gkey, g["nhs"][g_ok]], axis=1), axis=0) if g_ok.any() else np.zeros((0, 2), np.int64)
+    gn = g["nhs"][g_ok]
+    o = np.lexsort((gn, gkey))
+    gkey, gn = gkey[o], gn[o]
+    dup = np.zeros(len(gkey), bool)
+    dup[1:] = (gkey[1:] == gkey[:-1]) & (gn[1:] == gn[:-1])
+    pairs = np.stack([gkey[~dup], gn[~dup]], axis=1)
     ukey, first, cnt = np.unique(pairs[:, 0], return_index=True, return_counts=True)
     cand = (~valid) & e_dob_ok & np.isin(e_sex, (1, 2)) & (E["pc"] >= 0)
     ekey = (E["pc"] * 65536 + (E["dob"].astype(np.int64) + 40000)) * 2 + (e_sex.astype(np.int64) - 1)

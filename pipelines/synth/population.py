@@ -28,7 +28,7 @@ ADMI_EM_P = ADMI_EM_P / ADMI_EM_P.sum()
 ID_CATS = ["clean", "postcode_differs", "dob_day_differs", "dob_missing_mydob_ok", "sex_differs",
            "dob_missing_mydob_differs", "nhs_missing", "nhs_missing_postcode_differs", "nhs_invalid",
            "dob_after_admidate", "sex_bad_code"]
-ID_P_NORMAL = np.array([0.9035, 0.04, 0.015, 0.01, 0.008, 0.005, 0.006, 0.002, 0.0025, 0.0005, 0.0005])
+ID_P_NORMAL = np.array([0.9105, 0.04, 0.015, 0.01, 0.008, 0.005, 0.003, 0.001, 0.0015, 0.0005, 0.0005])
 ID_P_LOWQ = np.array([0.8710, 0.04, 0.015, 0.01, 0.008, 0.005, 0.03, 0.006, 0.014, 0.0005, 0.0005])
 
 
@@ -96,14 +96,6 @@ def make_batch(w: World, b: int, alloc: NhsAllocator) -> dict:
     new_pc = new_prac.astype(np.int64) * C.PC_PER_PRACTICE + C.UNITS_PER_SECTOR + \
         rng.integers(0, 1 << 30, N) % units[np.searchsorted(pr, new_prac)]
     mover &= new_reg < end
-    # comorbidities (patient level, rising with age)
-    cm = np.zeros((N, len(C.CHARLSON)), dtype=bool)
-    for j, (_, _, p75) in enumerate(C.CHARLSON):
-        pj = np.clip(p75 * (age / 75) ** 3, 0, 3 * p75) * (age >= 18)
-        cm[:, j] = rng.random(N) < pj
-    fill = np.zeros((N, len(C.FILLER_DIAG)), dtype=bool)
-    for j, (_, p75) in enumerate(C.FILLER_DIAG):
-        fill[:, j] = rng.random(N) < np.clip(p75 * (age / 75) ** 2, 0, 0.9) * (age >= 18)
     hesid = rng.integers(1 << 40, 1 << 62, N)
 
     # ---- visitors: valid NHS numbers, never registered with a practice in any extract
@@ -128,8 +120,6 @@ def make_batch(w: World, b: int, alloc: NhsAllocator) -> dict:
         new_pc=np.concatenate([new_pc, np.full(V, -1)]),
         leaver=np.concatenate([leaver, np.zeros(V, bool)]),
         twin=np.concatenate([is_twin, np.zeros(V, bool)]),
-        cm=np.concatenate([cm, np.zeros((V, cm.shape[1]), bool)]),
-        fill=np.concatenate([fill, np.zeros((V, fill.shape[1]), bool)]),
         hesid=np.concatenate([hesid, rng.integers(1 << 40, 1 << 62, V)]),
         visitor=np.concatenate([np.zeros(N, bool), np.ones(V, bool)]),
         eth=np.concatenate([eth, np.full(V, -1, np.int8)]),
@@ -259,14 +249,28 @@ def _draw_spell_details(w: World, P: dict, pat, admi, em, prov, rng, maternity=N
                 charlson=charl, death=death, in_hosp=in_hosp, disdate=disdate, age=age)
 
 
+def _comorbidities(P: dict, who: np.ndarray, N: int, rng) -> None:
+    """Patient-level Charlson conditions and fillers (rising with age), drawn for patients with spells."""
+    n_all = len(P["nhs"])
+    age = P["age"][who]
+    cm = np.zeros((n_all, len(C.CHARLSON)), dtype=bool)
+    fill = np.zeros((n_all, len(C.FILLER_DIAG)), dtype=bool)
+    for j, (_, _, p75) in enumerate(C.CHARLSON):
+        cm[who, j] = rng.random(len(who)) < np.clip(p75 * (age / 75) ** 3, 0, 3 * p75) * (age >= 18)
+    for j, (_, p75) in enumerate(C.FILLER_DIAG):
+        fill[who, j] = rng.random(len(who)) < np.clip(p75 * (age / 75) ** 2, 0, 0.9) * (age >= 18)
+    P["cm"], P["fill"] = cm, fill
+
+
 def make_spells(w: World, b: int, P: dict, N: int, rng) -> dict:
     start, end = w.start, w.end
     months = len(w.periods)
     n_all = len(P["nhs"])
     rate = w.spell_c * age_rate_shape(P["age"]) * months
-    rate[N:] = 1.0 / max(months, 1) * months  # visitors: about one spell each
+    rate[N:] = w.spell_c * months  # visitors: ~1% of spells (their number is ~1% of residents)
     k = rng.poisson(rate)
     pat = np.repeat(np.arange(n_all), k)
+    _comorbidities(P, np.flatnonzero(k > 0), N, rng)
     admi = (start + rng.integers(0, end - start, len(pat))).astype(np.int32)
     age = (admi - P["dob"][pat]) / YEAR
     em = rng.random(len(pat)) < (0.3 + 0.35 * np.clip(age / 90, 0, 1))
@@ -318,7 +322,7 @@ def make_spells(w: World, b: int, P: dict, N: int, rng) -> dict:
     n = len(S["pat"])
     lowq = w.prov_low_quality[S["prov"]]
     cat = np.where(lowq, _choice_1d(rng, ID_P_LOWQ, n), _choice_1d(rng, ID_P_NORMAL, n))
-    tw = P["twin"][S["pat"]] & (rng.random(n) < 0.3)
+    tw = P["twin"][S["pat"]] & (rng.random(n) < 0.15)
     cat[tw] = ID_CATS.index("nhs_missing")
     S["idcat"] = cat
     return S
@@ -412,13 +416,13 @@ def make_episodes(w: World, b: int, P: dict, S: dict, rng) -> dict:
                         np.where(c("nhs_invalid") | (u2 < 0.015), 2, 1)).astype(np.int8)
     gpprac = np.full(len(si), -1, dtype=np.int64)
     # registered practice at EPISTART (true), as the hospital records it
-    reg_old = (epistart >= P["reg0"][pat]) & (epistart <= np.minimum(P["move_d"][pat], P["death"][pat])) & \
-        ~(P["leaver"][pat] & (epistart > P["move_d"][pat]))
-    reg_old &= ~(P["mover"][pat] & (epistart > P["move_d"][pat]))
+    moved = P["mover"][pat] | P["leaver"][pat]
+    end_old = np.minimum(np.where(moved, P["move_d"][pat], BIG), P["death"][pat])
+    reg_old = (epistart >= P["reg0"][pat]) & (epistart <= end_old)
     reg_new = P["mover"][pat] & (epistart >= P["new_reg"][pat])
     true_prac = np.where(reg_new, P["new_prac"][pat], np.where(reg_old, P["prac"][pat], -1))
     gpprac = true_prac.copy()
-    stale = P["mover"][pat] & (epistart >= P["move_d"][pat]) & (u2 < 0.3)
+    stale = P["mover"][pat] & (epistart >= P["move_d"][pat]) & (u2 < 0.3) & (true_prac >= 0)
     gpprac[stale] = P["prac"][pat][stale]
     gpprac[(gpprac >= 0) & (u2 > 0.99)] = -1
     gpprac[P["visitor"][pat]] = np.where(u[P["visitor"][pat]] < 0.7, -2, -1)

@@ -116,15 +116,22 @@ def column_order(fmt: dict, net: bool) -> list[str]:
 
 
 def _plant(cols: dict, n_rows: int, kinds: list[tuple[str, str]], avoid: set, rng, w: World, p: int) -> tuple:
-    """Plant row faults; returns (cols, faults [(row, kind, field)], duplicate_source_row or None)."""
+    """Plant row faults; returns (cols, faults [(row, kind, field)], duplicate source rows)."""
     out, dup = [], []
-    free = np.array([r for r in range(n_rows) if r not in avoid], dtype=np.int64)
+    free = np.setdiff1d(np.arange(n_rows, dtype=np.int64), np.fromiter(avoid, dtype=np.int64, count=len(avoid)))
     if not len(free):
         return cols, out, dup
     rows = rng.choice(free, size=min(len(kinds), len(free)), replace=False)
-    for r, (kind, fld) in zip(rows, kinds):
+    has_dis = np.asarray(cols["DISDATE"].is_valid())
+    for i, (kind, _) in enumerate(kinds[:len(rows)]):
+        if kind == "future_date" and not has_dis[rows[i]]:  # only on a last episode (DISDATE present)
+            cand = np.setdiff1d(free[has_dis[free]], rows)
+            if len(cand):
+                rows[i] = cand[int(rng.integers(0, len(cand)))]
+    epiend = cols["EPIEND"].take(pa.array(rows)).to_pylist() if len(rows) else []
+    pending: dict = {}
+    for r, (kind, fld), end_ in zip(rows, kinds, epiend):
         r = int(r)
-        epiend = cols["EPIEND"][r].as_py()
         if kind == "bad_code":
             v = {"ADMIMETH": "77", "DISMETH": "6", "SEX": "X"}[fld]
         elif kind == "malformed_consultant":
@@ -134,18 +141,22 @@ def _plant(cols: dict, n_rows: int, kinds: list[tuple[str, str]], avoid: set, rn
         elif kind == "bad_opcs4":
             v = "K4O1"
         elif kind == "epiend_before_epistart":
-            v = ymd(int(np.datetime64(epiend, "D").astype(np.int64)) + 3)
+            v = ymd(int(np.datetime64(end_, "D").astype(np.int64)) + 3)
         elif kind == "future_date":
-            v = f"{int(epiend[:4]) + 6}{epiend[4:]}"
+            v = f"{int(end_[:4]) + 6}{end_[4:]}"
         elif kind == "unparseable_date":
-            v = f"{epiend[:4]}-02-30"
+            v = f"{end_[:4]}-02-30"
         elif kind == "provider_mismatch":
             v = w.prov_codes[(p + 1) % len(w.prov_codes)]
         elif kind == "duplicate_key":
             dup.append(r)
             continue
-        cols[fld] = patch(cols[fld], [r], [v])
+        pending.setdefault(fld, ([], []))
+        pending[fld][0].append(r)
+        pending[fld][1].append(v)
         out.append((r, kind, fld))
+    for fld, (rs, vs) in pending.items():
+        cols[fld] = patch(cols[fld], rs, vs)
     return cols, out, dup
 
 
@@ -249,7 +260,9 @@ def write_sus(w: World, E: dict, out: Path, files: list, faults: list, progress=
             ix = order[bounds[p * 1000 + k]:bounds[p * 1000 + k + 1]]
             t1 = base_time[(p, k)]
             u = rng.random()
-            scen = "resub" if (u < 0.15 or (p == 0 and k == 0)) else "net" if (u < 0.3 or (p == 1 and k == 0)) else "simple"
+            scen = "resub" if u < 0.15 else "net" if u < 0.3 else "simple"
+            if k == 0 and p in (0, 1):
+                scen = "resub" if p == 0 else "net"
             if len(ix) < 8:
                 scen = "simple"
             if not all_fault_kinds_done:

@@ -197,7 +197,7 @@ def build_world(seed: int, scale: float, months: int, start: str) -> World:
     batches = [np.arange(a, min(a + BATCH_PRACTICES, n_prac)) for a in range(0, n_prac, BATCH_PRACTICES)]
     offset = np.cumsum(size) - size
     n_res = int(size.sum())
-    vis_n = np.array([max(20, int(np.ceil(0.01 * size[b].sum()))) for b in batches])
+    vis_n = np.array([max(10, int(np.ceil(0.01 * size[b].sum()))) for b in batches])
     vis_off = n_res + np.cumsum(vis_n) - vis_n
 
     w = World(seed=seed, scale=scale, periods=periods, period_start=np.array(starts), comm_codes=comm_codes,
