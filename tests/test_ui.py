@@ -171,10 +171,15 @@ def browser(webserver):
 
 def _open(d, url: str, *texts: str, timeout: float = 90) -> str:
     """Open a page, dismiss Dagster's first-visit dialog, wait until every text is shown."""
+    d.get(url)
+    return _wait(d, *texts, timeout=timeout)
+
+
+def _wait(d, *texts: str, timeout: float = 60) -> str:
+    """Wait (without navigating) until every text is shown; the page's text."""
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    d.get(url)
     deadline = time.monotonic() + timeout
     body = ""
     while time.monotonic() < deadline:
@@ -189,7 +194,7 @@ def _open(d, url: str, *texts: str, timeout: float = 90) -> str:
         time.sleep(1)
     missing = [t for t in texts if t not in body]
     d.save_screenshot(str(ARTIFACTS / "ui-failure.png"))
-    raise AssertionError(f"{url}: never showed {missing}; page text: {body[:2000]}")
+    raise AssertionError(f"{d.current_url}: never showed {missing}; page text: {body[:2000]}")
 
 
 def _shot(d, name: str) -> None:
@@ -218,11 +223,11 @@ def test_failed_asset_check_shows_its_rule_counts(browser, webserver, demo):
     body = _open(browser, f"{webserver}/assets/gp_bronze?view=checks",
                  "no_held_submissions", "no_rejected_files", "rows_accounted_for")
     browser.find_element(By.XPATH, "//*[normalize-space()='no_held_submissions']").click()
-    body = _open(browser, browser.current_url, "Latest execution", "Failed", held, "OBJECTION_CODE")
+    body = _wait(browser, "Latest execution", "Failed", held, "OBJECTION_CODE")
     assert "held:" in body
     # The rule counts behind it, as the operator opens them.
     browser.find_element(By.XPATH, "//*[text()='[Show JSON]']").click()
-    dialog = _open(browser, browser.current_url, "failing_rules", '"rows_failed": 8', '"rule_id": "OBJECTION_CODE"')
+    dialog = _wait(browser, "failing_rules", '"rows_failed": 8', '"rule_id": "OBJECTION_CODE"')
     assert '"severity": "reject"' in dialog
     _shot(browser, "failed-check")
 
