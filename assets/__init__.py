@@ -17,9 +17,10 @@ from assets.ingest import (
     sus_apc_bronze,
     sus_apc_current,
 )
-from assets.publish import published, release_candidate
+from assets.publish import published, release_candidate, submissions
 
 UNPARTITIONED = [landing_scan, reference_data, hes_apc_bronze]
 PERIOD_INGEST = [gp_bronze, sus_apc_bronze, fft_bronze, sus_apc_current, fft_current, linked_episodes_work]
 PERIOD_OUTPUTS = [linkage_coverage, fft_results, consultant_outcomes_window, quality_reports, release_candidate, published]
-ALL_ASSETS = UNPARTITIONED + PERIOD_INGEST + PERIOD_OUTPUTS
+LEDGER = [submissions]
+ALL_ASSETS = UNPARTITIONED + PERIOD_INGEST + PERIOD_OUTPUTS + LEDGER

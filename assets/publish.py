@@ -42,3 +42,15 @@ PUBLICATION_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(day
 def published(context: dg.AssetExecutionContext, caredata: CareDataConfig) -> dg.MaterializeResult:
     report = stages.publish(caredata.settings(), context.partition_key, run_id=context.run_id)
     return dg.MaterializeResult(metadata=_md(report))
+
+
+@dg.asset(group_name="publish", deps=["landing_scan", "gp_bronze", "sus_apc_bronze", "fft_bronze", "hes_apc_bronze"],
+          check_specs=[dg.AssetCheckSpec("disclosure_control", asset="submissions", blocking=True,
+                                         description="The ledger holds no identifier in any value.")],
+          description=stages.describe("submissions"))
+def submissions(context: dg.AssetExecutionContext, caredata: CareDataConfig):
+    report = stages.publish_submissions(caredata.settings(), run_id=context.run_id)
+    yield dg.MaterializeResult(metadata=_md({k: v for k, v in report.items() if k != "violations"}))
+    yield dg.AssetCheckResult(check_name="disclosure_control", passed=not report["violations"],
+                              severity=dg.AssetCheckSeverity.ERROR,
+                              description="; ".join(report["violations"]) or "no violation")

@@ -51,9 +51,10 @@ def _env_for(settings: Settings) -> dict[str, str]:
     return env
 
 
-def run_pipeline(settings: Settings, *, periods: list[str] | None = None, progress=print) -> RunSummary:
+def run_pipeline(settings: Settings, *, periods: list[str] | None = None, progress=print,
+                 log_level: str = "WARNING") -> RunSummary:
     """Materialise everything for every period found (or the ones given)."""
-    from assets import ALL_ASSETS, PERIOD_INGEST, PERIOD_OUTPUTS, UNPARTITIONED
+    from assets import ALL_ASSETS, LEDGER, PERIOD_INGEST, PERIOD_OUTPUTS, UNPARTITIONED
     from pipelines import stages
     from pipelines.resources import CareDataConfig
 
@@ -73,6 +74,7 @@ def run_pipeline(settings: Settings, *, periods: list[str] | None = None, progre
         result = dg.materialize(
             ALL_ASSETS, selection=selection, partition_key=partition_key,
             resources=resources, instance=instance, raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
         )
         summary.run_ids.append(result.run_id)
         for ev in result.all_events:
@@ -95,6 +97,8 @@ def run_pipeline(settings: Settings, *, periods: list[str] | None = None, progre
     for p in summary.periods:
         progress(f"caredata: {p}: datasets, disclosure control, publishing")
         _run(dg.AssetSelection.assets(*PERIOD_OUTPUTS), partition_key=p, label=f"[{p}] ")
+    progress("caredata: the submissions ledger")
+    _run(dg.AssetSelection.assets(*LEDGER), label="[ledger] ")
     summary.published = stages.published_summary(settings)
     summary.held_back = stages.held_back_summary(settings)
     return summary

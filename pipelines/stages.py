@@ -24,7 +24,7 @@ from pipelines.warehouse import Warehouse
 LINKAGE_DATASETS = ["linkage_coverage_practice", "linkage_coverage_provider", "linkage_coverage_summary", "programme_targets"]
 FFT_DATASETS = ["fft_scores", "fft_by_specialty"]
 OUTCOME_DATASETS = ["consultant_outcomes", "specialty_outcomes", "specialty_calibration"]
-QUALITY_DATASETS = ["data_quality", "data_quality_summary", "submissions"]
+QUALITY_DATASETS = ["data_quality", "data_quality_summary"]
 PUBLIC_DATASETS = LINKAGE_DATASETS + FFT_DATASETS + OUTCOME_DATASETS + QUALITY_DATASETS
 RESTRICTED_DATASETS = ["linked_episodes", "linked_spells"]
 
@@ -274,8 +274,6 @@ def quality_outputs(settings: Settings, period: str) -> dict:
     _, wh, _ = stores(settings)
     ledger = ingest.read_ledger(wh)
     out = quality.data_quality_tables(wh.read("dq_rules", [period]), wh.read("dq_fields", [period]), ledger, settings)
-    subs = ingest.submissions_dataset(wh, [period])
-    out["submissions"] = subs
     report = {}
     for name in QUALITY_DATASETS:
         table = out[name]
@@ -382,12 +380,31 @@ def publish(settings: Settings, period: str, *, run_id: str = "cli") -> dict:
     return report
 
 
+def publish_submissions(settings: Settings, *, run_id: str = "cli") -> dict:
+    """The public ledger of every file seen. Its partition is the month the pipeline first
+    saw a file (not a reporting period), so it is published on its own, whole."""
+    from pipelines import disclosure, ingest, publish as pub
+
+    _, wh, out = stores(settings)
+    ds = schemas.get("submissions")
+    table = ingest.submissions_dataset(wh)
+    violations = [str(v) for v in disclosure.check_public(ds, table, settings)]
+    if violations:
+        return {"rows": table.num_rows, "violations": violations, "published": False}
+    if table.num_rows:
+        pub.publish_dataset(out, ds, table, run_id=run_id, code_version=code_version(),
+                            thresholds=settings.thresholds)
+    statuses = pc.value_counts(table.column("status")).to_pylist() if table.num_rows else []
+    return {"rows": table.num_rows, "violations": [], "published": True,
+            "by_status": {r["values"]: r["counts"] for r in statuses}}
+
+
 # --------------------------------------------------------------------------- summaries
 def published_summary(settings: Settings) -> list[dict]:
     _, _, out = stores(settings)
     rows = []
     for zone in ("public", "restricted"):
-        for name in PUBLIC_DATASETS if zone == "public" else RESTRICTED_DATASETS:
+        for name in PUBLIC_DATASETS + ["submissions"] if zone == "public" else RESTRICTED_DATASETS:
             path = f"{zone}/{name}/_manifest.json"
             if not out.exists(path):
                 continue
@@ -406,7 +423,10 @@ def held_back_summary(settings: Settings) -> list[dict]:
     out = []
     for r in ledger.to_pylist():
         if r.get("status") in ("rejected", "held"):
-            out.append({"what": f"{r['status']} {r['file_name']}", "why": r.get("reason") or ""})
+            why = r.get("reason") or ""
+            if why.startswith(f"{r['file_name']}: "):
+                why = why[len(r["file_name"]) + 2:]
+            out.append({"what": f"{r['status']} {r['file_name']}", "why": why})
     if settings.effective_pseudo_key is None:
         out.append({"what": "restricted zone", "why": "no pseudonymisation key configured"})
     return out

@@ -11,8 +11,12 @@ the binaries are not installed). Tests that run the pipeline itself need the dom
 import hashlib
 import http.server
 import json
-import shutil
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -376,3 +380,128 @@ def test_landing_sensor_on_a_real_landing_zone(tmp_path, monkeypatch):
     assert [r.partition_key for r in again.run_requests] == ["2014-02"]
     old_key = next(r.run_key for r in first.run_requests if r.partition_key == "2014-02")
     assert again.run_requests[0].run_key != old_key
+
+
+# --------------------------------------------------------------------------- backfill, resubmission
+def _cli(args: list[str], env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / args[0]
+    out = subprocess.run([str(exe), *args[1:]], cwd=ROOT, env={**os.environ, **env}, capture_output=True,
+                         text=True, timeout=timeout)
+    assert out.returncode == 0, f"{' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out
+
+
+def _digests(root: Path, must_contain: str) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and must_contain in str(p.relative_to(root))}
+
+
+def _resubmit_one_bulk(landing: Path, warehouse: str, period: str) -> tuple[str, str]:
+    """A corrected BULK resubmission of one provider's taken-in submission for ``period``
+    (its last episode dropped), submitted later. Returns (original name, new name)."""
+    import gzip
+
+    from pipelines import ingest
+    from pipelines.storage import Store
+    from pipelines.warehouse import Warehouse
+
+    ledger = ingest.read_ledger(Warehouse(Store(warehouse))).to_pylist()
+    taken = sorted(r["file_name"] for r in ledger
+                   if r["source"] == "sus_apc" and r["status"] == "current" and r["reporting_period"] == period
+                   and r["file_name"].endswith("_BULK.csv"))
+    assert taken, "the generated landing zone has no current BULK submission to correct"
+    original = taken[0]
+    provider = original.split("_")[1]
+    raw = (landing / original).read_bytes()
+    text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode("utf-8-sig")
+    lines = text.splitlines(keepends=True)
+    assert len(lines) > 2
+    new = f"sus_apc/APC_{provider}_{period.replace('-', '')}_{int(period[:4]) + 1}0101120000_BULK.csv"
+    (landing / new).write_text("".join(lines[:-1]))
+    return original, new
+
+
+def test_backfill_through_the_daemon_then_one_resubmitted_period_reruns_alone(
+        postgres, pg_database, dagster_home, tmp_path, monkeypatch):
+    """The production path: `dagster job backfill` queues a run per period (tagged as a
+    backfill), `dagster-daemon run` takes them off the queue within the limits and runs
+    them; everything is recorded in PostgreSQL. Then one provider resubmits a corrected
+    period: the sensor asks for that period only, its rerun changes that period and leaves
+    every other period's warehouse files as they were, byte for byte."""
+    synth = _need("pipelines.synth", "generate")
+    _need("pipelines.ingest", "pending_periods")
+    from pipelines.definitions import defs
+    from schedules import landing_sensor
+
+    landing = tmp_path / "landing"
+    synth.generate(landing, seed=0, scale=0.001, months=2, start="2014-01", truth_dir=tmp_path / "truth",
+                   progress=False)
+    roots = _roots(tmp_path, monkeypatch, landing)
+    env = {k: os.environ[k] for k in os.environ if k.startswith(("DAGSTER_", "CAREDATA_"))}
+
+    # Only the backfill's runs: the landing sensor would otherwise queue the same periods.
+    _cli(["dagster", "sensor", "stop", "landing_sensor", "-w", "workspace.yaml"], env)
+    out = _cli(["dagster", "job", "backfill", "-w", "workspace.yaml", "-j", "period_job",
+                "--from", "2014-01", "--to", "2014-02", "--noprompt"], env)
+    assert "Launched backfill job" in out.stdout
+    instance = _instance()
+    runs = instance.get_runs()
+    assert sorted(r.tags["dagster/partition"] for r in runs) == ["2014-01", "2014-02"]
+    assert all(r.status == DagsterRunStatus.QUEUED and r.tags.get("dagster/backfill") for r in runs)
+    backfill_id = runs[0].tags["dagster/backfill"]
+
+    daemon_log = open(tmp_path / "daemon.log", "w")
+    daemon = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+                              cwd=ROOT, env={**os.environ, **env}, stdout=daemon_log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            runs = instance.get_runs()
+            if all(r.status in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
+                   for r in runs):
+                break
+            time.sleep(3)
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        try:
+            daemon.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+        daemon_log.close()
+    statuses = {r.tags["dagster/partition"]: r.status for r in instance.get_runs()}
+    assert statuses == {"2014-01": DagsterRunStatus.SUCCESS, "2014-02": DagsterRunStatus.SUCCESS}, \
+        (tmp_path / "daemon.log").read_text()[-4000:]
+
+    # In PostgreSQL: the backfill, and each period published by a run of that backfill.
+    assert any(b.backfill_id == backfill_id for b in instance.get_backfills())
+    published = postgres.psql(pg_database, "SELECT e.partition, r.tags FROM event_logs e JOIN runs r ON r.run_id = e.run_id "
+                                           "WHERE e.dagster_event_type = 'ASSET_MATERIALIZATION' "
+                                           "AND e.asset_key = '[\"published\"]' ORDER BY 1")
+    assert [p for p, _ in published] == ["2014-01", "2014-02"]
+    assert all(backfill_id in tags for _, tags in published)
+    checks = instance.event_log_storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(dg.AssetKey("release_candidate"), "disclosure_control"), limit=10) \
+        if hasattr(instance.event_log_storage, "get_asset_check_execution_history") else None
+    if checks is not None:
+        assert len(checks) == 2
+
+    # A provider resubmits 2014-01, corrected.
+    warehouse = Path(roots["warehouse"])
+    before_other = _digests(warehouse, "2014-02")
+    before_this = _digests(warehouse, "2014-01")
+    before_published = _digests(Path(roots["publish"]), "period=2014-02")
+    assert before_other and before_this and before_published
+    _resubmit_one_bulk(landing, roots["warehouse"], "2014-01")
+    tick = landing_sensor.evaluate_tick(dg.build_sensor_context(definitions=defs))
+    assert [r.partition_key for r in tick.run_requests] == ["2014-01"]
+
+    result = defs.get_job_def("period_job").execute_in_process(
+        partition_key="2014-01", instance=instance, tags=tick.run_requests[0].tags,
+        resources={"caredata": _resources(roots, tmp_path)["caredata"]})
+    assert result.success
+    assert _digests(warehouse, "2014-02") == before_other
+    assert _digests(Path(roots["publish"]), "period=2014-02") == before_published
+    assert _digests(warehouse, "2014-01") != before_this
+    # Nothing is pending any more.
+    assert landing_sensor.evaluate_tick(dg.build_sensor_context(definitions=defs)).run_requests == []

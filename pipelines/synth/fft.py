@@ -55,6 +55,7 @@ def write_fft(w: World, E: dict, cur: dict, out: Path, files: list, faults: list
     e = e[E["last"][e] & E["nhs_valid"][e]]
     spells = pd.DataFrame({"prov": E["prov"][e], "nhs": E["nhs"][e], "disdate": E["disdate"][e],
                            "tretspef": np.array(C.SPEC_CODES)[E["spec"][e]], "alive": E["dismeth"][e] != 4})
+    pool = E["true_nhs"] if len(E["true_nhs"]) else alloc.get(np.arange(100))  # people known to hospitals
     counts_rows, linked_rows = [], []
     first_done = False
     total = FFT_PER_MONTH * w.scale
@@ -77,7 +78,7 @@ def write_fft(w: World, E: dict, cur: dict, out: Path, files: list, faults: list
             nhs = np.zeros(nr, dtype=np.int64)
             ip = np.array([s == "IP" for s in setting], dtype=bool)
             other = ip & (rng.random(nr) < 0.03)
-            nhs[other] = alloc.get(rng.integers(0, n_residents_total, int(other.sum())))
+            nhs[other] = pool[rng.integers(0, len(pool), int(other.sum()))]
             # responses from patients discharged 0-2 days earlier at this provider
             cand = psp[(psp["disdate"] >= ps - 2) & (psp["disdate"] < pe) & psp["alive"]]
             take_n = int(round(len(cand) * 0.15))
@@ -160,7 +161,7 @@ def write_fft(w: World, E: dict, cur: dict, out: Path, files: list, faults: list
                 elif kind == "unknown_site":
                     v = f"{w.prov_codes[p]}99"
                 elif kind == "invalid_nhs_number":
-                    base = nhs[r] if nhs[r] else alloc.get(np.array([r]))[0]
+                    base = nhs[r] if nhs[r] else pool[r % len(pool)]
                     v = str(invalidate(np.array([base]), rng)[0])
                     nhs[r] = int(v)
                 cols[fld] = patch(cols[fld], [r], [v])

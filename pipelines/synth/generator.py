@@ -37,6 +37,8 @@ def generate(out_dir, *, seed: int = 0, scale: float = 0.002, months: int = 3, s
     if truth.resolve() == out.resolve() or out.resolve() in truth.resolve().parents:
         raise ValueError("truth_dir must not be inside the landing zone")
     for d in ("reference", "gp", "sus_apc", "fft"):
+        if (out / d).is_dir() and any((out / d).iterdir()):
+            raise FileExistsError(f"{out / d} is not empty: generate() writes a fresh landing zone")
         (out / d).mkdir(parents=True, exist_ok=True)
     truth.mkdir(parents=True, exist_ok=True)
     w = build_world(seed, scale, months, start)
