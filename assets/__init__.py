@@ -20,7 +20,8 @@ from assets.ingest import (
 from assets.publish import published, release_candidate, submissions
 
 UNPARTITIONED = [landing_scan, reference_data, hes_apc_bronze]
-PERIOD_INGEST = [gp_bronze, sus_apc_bronze, fft_bronze, sus_apc_current, fft_current, linked_episodes_work]
+PERIOD_INGEST = [gp_bronze, sus_apc_bronze, fft_bronze, sus_apc_current, fft_current]
+PERIOD_LINK = [linked_episodes_work]
 PERIOD_OUTPUTS = [linkage_coverage, fft_results, consultant_outcomes_window, quality_reports, release_candidate, published]
 LEDGER = [submissions]
-ALL_ASSETS = UNPARTITIONED + PERIOD_INGEST + PERIOD_OUTPUTS + LEDGER
+ALL_ASSETS = UNPARTITIONED + PERIOD_INGEST + PERIOD_LINK + PERIOD_OUTPUTS + LEDGER

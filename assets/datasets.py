@@ -16,7 +16,9 @@ def _specs(names, deps):
     return [dg.AssetSpec(n, description=stages.describe(n), deps=deps) for n in names]
 
 
-@dg.asset(group_name="linkage", partitions_def=period_partitions, deps=[sus_apc_current, gp_bronze], pool="caredata_heavy",
+# Linkage uses each practice's newest extract, whatever its month: every GP partition.
+@dg.asset(group_name="linkage", partitions_def=period_partitions, pool="caredata_heavy",
+          deps=[sus_apc_current, dg.AssetDep(gp_bronze, partition_mapping=dg.AllPartitionMapping())],
           description="SUS episodes of the period linked to GP registrations (five match ranks), internal.")
 def linked_episodes_work(context: dg.AssetExecutionContext, caredata: CareDataConfig) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata=_md(stages.link(caredata.settings(), context.partition_key)))

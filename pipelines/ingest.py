@@ -178,8 +178,12 @@ def _derive_status(df: pd.DataFrame) -> pd.DataFrame:
         df.loc[idx, "status"] = "superseded"
         df.loc[idx, "reason"] = reason
 
-    for (source, submitter, period), grp in df[live].groupby(
-        ["source", "submitter_code", "reporting_period"], dropna=False
+    # A newer GP extract supersedes an older one whatever its month (inputs.md; coverage
+    # counts "an extract dated in the period (superseded or not)"); SUS and FFT files
+    # supersede within their provider and period.
+    group_period = df["reporting_period"].where(df["source"] != "gp", "*")
+    for (source, submitter, _period), grp in df[live].assign(_gp=group_period).groupby(
+        ["source", "submitter_code", "_gp"], dropna=False
     ):
         if source not in ("gp", "sus_apc", "fft") or len(grp) < 2:
             continue

@@ -1,8 +1,10 @@
 """Run the whole asset graph in-process through Dagster, for every period in the landing zone.
 
 Order: the unpartitioned assets (ledger scan, reference data, HES extracts); then, for each
-period, ingest to linkage; then, for each period, the datasets, disclosure control and
-publishing (the second pass lets a window's 30-day follow-up see the next month's data).
+period, ingest and validation; then, for each period, linkage (it uses each practice's
+newest extract, whatever its month); then, for each period, the datasets, disclosure
+control and publishing (so a window's 30-day follow-up sees the next month's data); last,
+the submissions ledger.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def _env_for(settings: Settings) -> dict[str, str]:
 def run_pipeline(settings: Settings, *, periods: list[str] | None = None, progress=print,
                  log_level: str = "WARNING") -> RunSummary:
     """Materialise everything for every period found (or the ones given)."""
-    from assets import ALL_ASSETS, LEDGER, PERIOD_INGEST, PERIOD_OUTPUTS, UNPARTITIONED
+    from assets import ALL_ASSETS, LEDGER, PERIOD_INGEST, PERIOD_LINK, PERIOD_OUTPUTS, UNPARTITIONED
     from pipelines import stages
     from pipelines.resources import CareDataConfig
 
@@ -92,8 +94,12 @@ def run_pipeline(settings: Settings, *, periods: list[str] | None = None, progre
     found = stages.periods(settings)
     summary.periods = [p for p in found if periods is None or p in periods]
     for p in summary.periods:
-        progress(f"caredata: {p}: ingest, validation, linkage")
+        progress(f"caredata: {p}: ingest and validation")
         _run(dg.AssetSelection.assets(*PERIOD_INGEST), partition_key=p, label=f"[{p}] ")
+    # Linkage uses each practice's newest extract, so it follows the ingest of every period.
+    for p in summary.periods:
+        progress(f"caredata: {p}: linkage")
+        _run(dg.AssetSelection.assets(*PERIOD_LINK), partition_key=p, label=f"[{p}] ")
     for p in summary.periods:
         progress(f"caredata: {p}: datasets, disclosure control, publishing")
         _run(dg.AssetSelection.assets(*PERIOD_OUTPUTS), partition_key=p, label=f"[{p}] ")

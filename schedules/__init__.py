@@ -5,7 +5,7 @@ import os
 
 import dagster as dg
 
-from assets import PERIOD_INGEST, PERIOD_OUTPUTS, UNPARTITIONED
+from assets import PERIOD_INGEST, PERIOD_LINK, PERIOD_OUTPUTS, UNPARTITIONED
 from pipelines import stages
 from pipelines.config import Settings
 from pipelines.partitions import period_partitions
@@ -15,7 +15,7 @@ scan_job = dg.define_asset_job(
     description="Record new landing files in the ledger; reference data; HES extracts.",
 )
 period_job = dg.define_asset_job(
-    "period_job", selection=dg.AssetSelection.assets(*PERIOD_INGEST, *PERIOD_OUTPUTS),
+    "period_job", selection=dg.AssetSelection.assets(*PERIOD_INGEST, *PERIOD_LINK, *PERIOD_OUTPUTS),
     partitions_def=period_partitions,
     description="Everything for one period: ingest, validate, current views, linkage, outputs, disclosure control, publish.",
     tags={"dagster/max_retries": "2", "dagster/retry_strategy": "FROM_FAILURE"},

@@ -266,12 +266,14 @@ def make_spells(w: World, b: int, P: dict, N: int, rng) -> dict:
     start, end = w.start, w.end
     months = len(w.periods)
     n_all = len(P["nhs"])
-    rate = w.spell_c * age_rate_shape(P["age"]) * months
-    rate[N:] = w.spell_c * months  # visitors: ~1% of spells (their number is ~1% of residents)
+    warm = 60  # admissions from 60 days before the first period, so its long spells are there too
+    span = (end - start + warm) / 30.4375
+    rate = w.spell_c * age_rate_shape(P["age"]) * span
+    rate[N:] = w.spell_c * span  # visitors: ~1% of spells (their number is ~1% of residents)
     k = rng.poisson(rate)
     pat = np.repeat(np.arange(n_all), k)
     _comorbidities(P, np.flatnonzero(k > 0), N, rng)
-    admi = (start + rng.integers(0, end - start, len(pat))).astype(np.int32)
+    admi = (start - warm + rng.integers(0, end - start + warm, len(pat))).astype(np.int32)
     age = (admi - P["dob"][pat]) / YEAR
     em = rng.random(len(pat)) < (0.3 + 0.35 * np.clip(age / 90, 0, 1))
     home = np.where(P["visitor"][pat], -1, w.prac_home_prov[np.maximum(P["prac"][pat], 0)])

@@ -11,7 +11,7 @@ from .util import day, month_start
 
 BATCH_PRACTICES = 200
 MEAN_LIST_SIZE = 9230  # 60 million patients / 6,500 practices
-SPELLS_PER_PATIENT_MONTH = 0.0185  # with readmissions and ~1.2 episodes a spell: ~1.7 million episodes a month nationally
+SPELLS_PER_PATIENT_MONTH = 0.022  # with readmissions and ~1.2 episodes a spell: ~1.7 million episodes a month nationally
 FFT_PER_MONTH = 1_200_000
 
 PRACTICE_WORDS = ["CASTLE", "PARK", "VALLEY", "RIVERSIDE", "HIGH STREET", "STATION ROAD", "ABBEY", "BRIDGE",
