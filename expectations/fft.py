@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from expectations.rules import KEY, R, W, Env, Rule, ScoredField, column_rules, nhs_number
+from expectations.rules import KEY, R, REPEAT, W, Env, Rule, ScoredField, column_rules, nhs_number
 from pipelines.schemas.inputs import FFT
 
 FEED = FFT
@@ -42,8 +42,9 @@ def _rules() -> list[Rule]:
         out += column_rules(FEED, c)
         if c.name == "RESPONSE_ID":
             out.append(Rule("RESPONSE_ID_DUPLICATE", "RESPONSE_ID", R,
-                            "RESPONSE_ID appears more than once in the file: the response is ambiguous.",
-                            "ExpectColumnValuesToBeUnique", {"column": KEY}))
+                            "RESPONSE_ID was already used by an earlier row of the file: the first "
+                            "row stands, this repeat is quarantined.",
+                            "ExpectColumnValuesToBeNull", {"column": REPEAT}))
         elif c.name == "PROVIDER_CODE":
             out.append(Rule("PROVIDER_CODE_SUBMITTER", "PROVIDER_CODE", R,
                             "PROVIDER_CODE is not the provider in the file name.",
@@ -80,4 +81,6 @@ KEY_COLUMNS = ("RESPONSE_ID",)
 
 def prepare(frame: pd.DataFrame, env: Env) -> pd.DataFrame:
     frame[KEY] = frame["RESPONSE_ID"].astype("string").str.strip()
+    frame[REPEAT] = pd.Series(pd.NA, index=frame.index, dtype="string").mask(
+        frame[KEY].notna() & frame[KEY].duplicated(keep="first"), "1")
     return frame

@@ -16,7 +16,9 @@ SOURCES = ("gp",)
 
 def _rules() -> list[Rule]:
     out: list[Rule] = []
-    out += nhs_number("NHS_NUMBER", missing=W)
+    # The NHS number is the key of the care.data extract: a row without a valid one can
+    # never be a patient (linkage, registered counts), so it is quarantined.
+    out += nhs_number("NHS_NUMBER", missing=R, invalid=R)
     for c in FEED.columns:
         if c.name == "OBJECTION":
             # Case-insensitive, as ingest's type 1 filter (a '9NU0' row never gets here).

@@ -27,6 +27,7 @@ Severity = Literal["reject", "warn"]
 # Derived columns added before validation (see each feed's ``prepare``).
 DATE_SUFFIX = "__as_date"  # "EPISTART__as_date": the parsed date, NaT when missing/invalid
 KEY = "__key"  # the record key whose uniqueness is checked (also used to batch rows)
+REPEAT = "__key_repeated"  # "1" on the second and later rows with a key already seen in the file
 BIRTH = "__birth_month_start"  # DOB, else the first day of the MYDOB month
 
 # ODS pseudo practice codes for "no registered practice / not known" (valid GPPRAC values).
@@ -148,11 +149,11 @@ def not_before(later: str, earlier: str, sev: Severity, rid: str, msg: str, *,
                  "or_equal": True, "ignore_row_if": "either_value_is_missing"}, **kw)
 
 
-def nhs_number(col: str, *, missing: Severity | None, **kw) -> list[Rule]:
+def nhs_number(col: str, *, missing: Severity | None, invalid: Severity = W, **kw) -> list[Rule]:
     out = []
     if missing:
         out.append(not_null(col, missing, f"{col} is missing: the record cannot be linked by NHS number.", **kw))
-    out.append(Rule(f"{col}_INVALID", col, W,
+    out.append(Rule(f"{col}_INVALID", col, invalid,
                     f"{col} is not a valid NHS number (10 digits, Modulus 11 check digit): "
                     "the record cannot be linked by NHS number.",
                     "ExpectColumnValuesToBeValidNhsNumber", {"column": col}, **kw))
@@ -186,7 +187,8 @@ def column_rules(feed: Feed, c: InputColumn, *, skip: tuple[str, ...] = ()) -> l
         out.append(in_set(c.name, c.codes, sev))
     if c.kind == "date":
         out.append(iso_date(c.name, sev))
-        out.append(not_future(c.name, sev))
+        # A date in the future is impossible, not merely poor: the row is unusable.
+        out.append(not_future(c.name, R))
     elif c.kind == "postcode":
         out.append(regex(c.name, POSTCODE_RE, W, f"{c.name} is not shaped like a UK postcode."))
     elif c.kind == "lsoa":

@@ -14,7 +14,7 @@ import pandas as pd
 
 from expectations.custom import parse_iso_dates
 from expectations.rules import (
-    BIRTH, KEY, PRACTICE_PLACEHOLDERS, PRACTICE_RE, R, SPECIALTY_RE, W, Env, Rule, ScoredField,
+    BIRTH, KEY, PRACTICE_PLACEHOLDERS, PRACTICE_RE, R, REPEAT, SPECIALTY_RE, W, Env, Rule, ScoredField,
     column_rules, date_col, in_set, nhs_number, not_before, not_null, regex,
 )
 from pipelines.schemas.inputs import CDS_UPDATE_TYPES, HES_APC, SUS_APC
@@ -64,8 +64,9 @@ def _rules() -> list[Rule]:
                             "ExpectColumnValuesToNotBeNull", {"column": KEY}, sources=HES))
             out.append(Rule("SUSRECID_DUPLICATE", "SUSRECID", R,
                             "The episode's key (SUSRECID; in HES, PROCODE3 with SUSRECID or EPIKEY) "
-                            "appears more than once in the file: which row is right is unknown.",
-                            "ExpectColumnValuesToBeUnique", {"column": KEY}))
+                            "was already used by an earlier row of the file: the first row stands, "
+                            "this repeat is quarantined.",
+                            "ExpectColumnValuesToBeNull", {"column": REPEAT}))
         elif n == "CDS_UPDATE_TYPE":
             out.append(Rule("CDS_UPDATE_TYPE_MISSING", n, R,
                             "CDS_UPDATE_TYPE is missing in a NET submission: insert or delete is unknown.",
@@ -92,7 +93,7 @@ def _rules() -> list[Rule]:
             out.append(not_before("DISDATE", "ADMIDATE", W, "DISDATE_BEFORE_ADMIDATE",
                                   "DISDATE is before ADMIDATE: the spell ends before it starts."))
         elif n == "MYDOB":
-            out.append(not_before("ADMIDATE", "DOB", W, "DOB_AFTER_ADMIDATE",
+            out.append(not_before("ADMIDATE", "DOB", R, "DOB_AFTER_ADMIDATE",
                                   "The date of birth (DOB, else MYDOB) is after ADMIDATE.",
                                   a=date_col("ADMIDATE"), b=BIRTH))
     # The rule on DOB after ADMIDATE reads DOB: its field is DOB.
@@ -156,6 +157,8 @@ def prepare(frame: pd.DataFrame, env: Env) -> pd.DataFrame:
         frame[KEY] = (strip("PROCODE3").fillna("") + "|" + ident).where(ident.notna())
     else:
         frame[KEY] = strip("SUSRECID")
+    frame[REPEAT] = pd.Series(pd.NA, index=frame.index, dtype="string").mask(
+        frame[KEY].notna() & frame[KEY].duplicated(keep="first"), "1")
     # Birth: DOB, else the first day of the MYDOB month (MMYYYY).
     mydob = strip("MYDOB")
     ok = mydob.str.fullmatch(r"(0[1-9]|1[0-2])[0-9]{4}").fillna(False).astype(bool)

@@ -312,6 +312,19 @@ def _reference_context(landing: Store, warehouse: Warehouse, today: date | None)
     return ValidationContext(site_providers=site_providers, practice_codes=codes, today=today)
 
 
+def _as_of_submission(context, parsed: ParsedName):
+    """"No future dates" means nothing after the file was submitted (its name's time; a GP
+    extract's date): a 2014 file cannot hold a 2020 discharge, whatever today is."""
+    import dataclasses
+
+    submitted = getattr(parsed, "submitted_at", None)
+    if submitted is None or context is None:
+        return context
+    ceiling = submitted.date() if hasattr(submitted, "date") else submitted
+    today = context.today or date.today()
+    return dataclasses.replace(context, today=min(today, ceiling))
+
+
 def _validate(source, frame, **kw):
     """The validation stage's :func:`pipelines.validation.validate` (a seam for tests)."""
     from pipelines.validation import validate
@@ -681,7 +694,7 @@ def ingest(source: str, period: str, landing: Store, warehouse: Warehouse, setti
         if context is None:
             context = _reference_context(landing, warehouse, today)
         _take_in(source, period, parsed, frame, info, sha, fi.size, first, warehouse, settings,
-                 context, data_docs_dir, report)
+                 _as_of_submission(context, parsed), data_docs_dir, report)
         ledger.keys.add((fi.path, sha))
     return report
 

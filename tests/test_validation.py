@@ -67,13 +67,15 @@ def run_cases(source, base, columns, special, good_variants, *, file_name, perio
     for v in good_variants:
         rows.append({**base, **v})
         expect.append(None)
+    # Extra rows come first: a duplicate key's first row stands and its repeats are
+    # quarantined, so the rule's own bad row must be the repeat.
+    for e in extra:
+        rows.append({**base, **e})
+        expect.append("extra")
     for r in rules:
         bad = special[r.id] if r.id in special else generic_bad(r)
         rows.append({**base, **bad})
         expect.append(r)
-    for e in extra:
-        rows.append({**base, **e})
-        expect.append("extra")
     key = {"sus_apc": "SUSRECID", "hes_apc": "SUSRECID", "fft": "RESPONSE_ID"}.get(source)
     for i, row in enumerate(rows):
         if key and row.get(key) == base.get(key):
@@ -156,12 +158,13 @@ def test_sus_each_rule_catches_its_bad_row_and_good_rows_pass(sus_run):
     assert out.rejected.sum() > 0 and (~out.rejected).sum() > len(SUS_GOOD_VARIANTS)
 
 
-def test_sus_duplicate_rejects_every_copy(sus_run):
+def test_sus_duplicate_keeps_the_first_row_and_rejects_repeats(sus_run):
     out, df, _ = sus_run
     dup = np.flatnonzero((df["SUSRECID"] == "DUP").fillna(False).to_numpy(dtype=bool))
     assert len(dup) == 2
-    for i in dup:
-        assert "SUSRECID_DUPLICATE" in out.rule_ids[i] and out.rejected[i]
+    first, repeat = dup
+    assert "SUSRECID_DUPLICATE" not in out.rule_ids[first] and not out.rejected[first]
+    assert "SUSRECID_DUPLICATE" in out.rule_ids[repeat] and out.rejected[repeat]
 
 
 def test_sus_severities_follow_inputs_md(sus_run):
@@ -232,9 +235,11 @@ def test_hes_rules_and_key():
                                 period=None, submitter=None, context=SUS_CONTEXT, extra=extra)
     ids = set(out.rule_counts["rule_id"])
     assert "PROCODE3_SUBMITTER" not in ids and "CDS_UPDATE_TYPE_CODE" not in ids
-    n = len(df)
-    assert out.rule_ids[n - 2] == [] and out.rule_ids[n - 1] == []
-    assert "SUSRECID_DUPLICATE" in out.rule_ids[n - 3]
+    # The extra rows come right after the base row: the duplicate's first row stands, the
+    # same SUSRECID at another provider is no duplicate, EPIKEY serves where SUSRECID is absent.
+    assert out.rule_ids[1] == [] and out.rule_ids[2] == [] and out.rule_ids[3] == []
+    dup_rule_row = [i for i, e in enumerate(expect) if getattr(e, "id", None) == "SUSRECID_DUPLICATE"][0]
+    assert "SUSRECID_DUPLICATE" in out.rule_ids[dup_rule_row] and out.rejected[dup_rule_row]
 
 
 def test_artificial_hes_sample_is_kept_or_rejected_with_reasons():
@@ -301,11 +306,11 @@ def test_fft_batches_keep_duplicates_together_and_lines_right():
     out = validate("fft", df, period="2024-03", submitter="RXX", file_name="fft/x.csv",
                    context=ValidationContext(today=TODAY), batch_rows=5)
     assert out.stats["batches"] == 5
-    assert [i for i in range(23) if out.rejected[i]] == [0, 5, 17, 21]
-    assert out.rule_ids[0] == ["RESPONSE_ID_DUPLICATE"] and out.rule_ids[21] == ["RESPONSE_ID_DUPLICATE"]
+    assert [i for i in range(23) if out.rejected[i]] == [5, 17, 21]
+    assert out.rule_ids[0] == [] and out.rule_ids[21] == ["RESPONSE_ID_DUPLICATE"]
     rc = out.rule_counts.set_index("rule_id")
     assert rc.at["RESPONSE_CODE", "example_lines"] == [105, 117]
-    assert rc.at["RESPONSE_ID_DUPLICATE", "example_lines"] == [100, 121]
+    assert rc.at["RESPONSE_ID_DUPLICATE", "example_lines"] == [121]
     assert rc.at["RESPONSE_CODE", "rows_checked"] == 23
     assert "SITE_CODE_PROVIDER" not in rc.index  # no sites reference given
 
@@ -337,13 +342,13 @@ def test_gp_each_rule_and_field_scores():
 
 def test_small_gp_counts_by_hand():
     rows = [dict(GP_GOOD),
-            {**GP_GOOD, "NHS_NUMBER": "1111111111"},  # identical digits: warn
+            {**GP_GOOD, "NHS_NUMBER": "1111111111"},  # identical digits: reject in a GP extract
             {**GP_GOOD, "DATE_OF_BIRTH": None, "SEX": "3"}]  # two reject rules
     df = frame(rows, GP_COLUMNS)
     df.index = [0, 5, 9]  # ingest may hand over a filtered frame (type 1 rows dropped)
     out = validate("gp", df, period="2024-04", submitter="A81001",
                    file_name="gp/GP_A81001_20240401.csv", context=ValidationContext(today=TODAY))
-    assert out.rejected.tolist() == [False, False, True]
+    assert out.rejected.tolist() == [False, True, True]
     assert out.rule_ids == [[], ["NHS_NUMBER_INVALID"], ["DATE_OF_BIRTH_MISSING", "SEX_CODE"]]
     rc = out.rule_counts.set_index("rule_id")
     assert rc.loc["NHS_NUMBER_INVALID", ["rows_checked", "rows_failed"]].tolist() == [3, 1]

@@ -235,7 +235,9 @@ def expected_linkage(G: dict, E: dict) -> dict:
         j = lo + k
         ok = (rank > 0) & (j < hi)
         jj = np.where(ok, j, 0)
-        cov = ok & (g["reg"][jj] <= E["epistart"]) & (E["epistart"] <= g["dereg"][jj])
+        # A registration covers EPISTART when it started on or before it and did not end on
+        # or before it (methods.md: registered = "no deregistration date on or before" the day).
+        cov = ok & (g["reg"][jj] <= E["epistart"]) & (E["epistart"] < g["dereg"][jj])
         prac_cov = np.where(cov & (prac_cov < 0), g["prac"][jj], prac_cov)
         at_gp |= cov & (g["prac"][jj] == E["gpprac"])
     return dict(match_rank=rank, linked_nhs=linked, practice_at_epistart=prac_cov, linked_at_gpprac=at_gp,

@@ -1,0 +1,275 @@
+"""The whole pipeline on a generated landing zone, checked against the generator's ground
+truth (pipelines/synth/TRUTH.md): `caredata run` through Dagster, once per session."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines import cli, ingest, schemas
+from pipelines.config import DEMO_PSEUDO_KEY
+from pipelines.pseudo import person_id
+from pipelines.storage import Store
+from pipelines.synth import generate
+from pipelines.warehouse import Warehouse
+
+SIX = ["extremely_likely", "likely", "neither", "unlikely", "extremely_unlikely", "dont_know"]
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    landing, truth = root / "landing", root / "truth"
+    generate(landing, seed=11, scale=0.002, months=2, start="2014-01", truth_dir=truth, progress=False)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = cli.main(["run", "--landing", str(landing), "--warehouse", str(root / "wh"),
+                       "--publish", str(root / "pub"), "--demo-mode"])
+    return {"rc": rc, "stdout": out.getvalue(), "root": root, "landing": landing, "truth": truth,
+            "wh": Warehouse(Store(root / "wh")), "pub": root / "pub"}
+
+
+def _truth(run, name) -> pd.DataFrame:
+    return pd.read_parquet(run["truth"] / f"{name}.parquet")
+
+
+def test_run_succeeds_and_says_what_it_published_and_held_back(run):
+    assert run["rc"] == 0, run["stdout"]
+    text = run["stdout"]
+    assert "Published to" in text and "Held back:" in text
+    files = _truth(run, "files")
+    for path in files[files.status.isin(["rejected", "held"])].path:
+        assert path in text, f"{path} not reported as held back"
+    for name in [d.name for d in schemas.datasets("public")]:
+        assert (run["pub"] / "public" / name / "_manifest.json").exists(), name
+    for name in ("linked_episodes", "linked_spells"):
+        assert (run["pub"] / "restricted" / name / "_manifest.json").exists(), name
+    assert (run["pub"] / "public" / "data_dictionary.html").exists()
+    assert list((run["pub"] / "public" / "funnel_plots").rglob("*.png"))
+
+
+def test_ledger_explains_every_file_as_the_truth_says(run):
+    files = _truth(run, "files")
+    led = ingest.read_ledger(run["wh"]).to_pandas()
+    m = files.merge(led, left_on="path", right_on="file_name", how="left", suffixes=("_truth", ""))
+    assert m["status"].notna().all(), "a file is missing from the ledger"
+    wrong = m[m["status_truth"] != m["status"]]
+    assert wrong.empty, wrong[["path", "status_truth", "status", "reason"]].to_string()
+    assert m.loc[m.status.isin(["rejected", "held"]), "reason"].str.len().gt(10).all()
+    published = pd.read_parquet(run["pub"] / "public" / "submissions")
+    assert set(published.file_name) == set(files.path)
+    ok = published[published.status != "rejected"]
+    assert (ok.rows_received == ok.rows_kept + ok.rows_quarantined).all()
+
+
+def test_quarantine_holds_exactly_the_planted_reject_rows(run):
+    faults = _truth(run, "row_faults")
+    files = _truth(run, "files")
+    taken = set(files[files.status.isin(["current", "superseded", "held"])].path)
+    planted = faults[(faults.severity == "reject") & faults.file.isin(taken)][["file", "line"]].drop_duplicates()
+    q = run["wh"].read("quarantine").to_pandas()
+    got = q[["file_name", "line"]].rename(columns={"file_name": "file"}).drop_duplicates()
+    m = planted.merge(got, on=["file", "line"], how="outer", indicator=True)
+    assert (m._merge == "both").all(), m[m._merge != "both"].to_string()
+    assert q.rule_ids.map(len).gt(0).all() and q.messages.map(len).eq(q.rule_ids.map(len)).all()
+
+
+def test_planted_warn_faults_are_kept_and_flagged(run):
+    faults = _truth(run, "row_faults")
+    files = _truth(run, "files")
+    current_sus = set(files[(files.source == "sus_apc") & (files.status == "current")].path)
+    warn = faults[(faults.severity == "warn") & faults.file.isin(current_sus)
+                  & (faults.kind == "invalid_nhs_number")]
+    assert len(warn) > 0
+    silver = run["wh"].read("sus_episodes").to_pandas()
+    silver["file"] = silver.submission_id
+    warn = warn.assign(file=warn.file.str.replace(r"^sus_apc/|\.csv(\.gz)?$", "", regex=True))
+    m = warn.merge(silver, on=["file", "line"], how="left")
+    assert m.nhs_number_valid.eq(False).all()
+    assert m.dq_warnings.map(lambda w: "NEWNHSNO_INVALID" in list(w)).all()
+
+
+def test_held_submission_reaches_nothing_downstream(run):
+    files = _truth(run, "files")
+    held = files[files.status == "held"]
+    assert len(held) >= 1
+    linked = run["wh"].read_raw("linked_episodes").to_pandas()
+    held_ids = {Path(p).name.split(".")[0] for p in held.path}
+    assert not set(linked.submission_id) & held_ids
+    dqs = pd.read_parquet(run["pub"] / "public" / "data_quality_summary")
+    for p in held.itertuples():
+        row = dqs[(dqs.submitter_code == p.submitter) & (dqs.period.astype(str) == p.period) & (dqs.source == p.source)]
+        assert row.held.all() and row.held_reason.str.contains("held").all()
+
+
+def test_linkage_precision_and_recall_per_rank_equal_the_truth(run):
+    truth = _truth(run, "linkage_episodes")
+    truth = truth[~truth.expected_quarantined]
+    ours = run["wh"].read_raw("linked_episodes").to_pandas()
+    m = truth.merge(ours, on=["provider_code", "susrecid"], how="outer", indicator=True, suffixes=("_t", ""))
+    assert (m._merge == "both").all(), "the current episode set differs from the truth"
+    linked = m[m.match_rank.notna()]
+    # precision: every link is to the true person (a twin at rank 5 excepted, which the
+    # truth's own expected link names)
+    assert (linked.linked_nhs_number == linked.linked_nhs_number_t).all()
+    assert (linked.linked_nhs_number == linked.true_nhs_number).mean() > 0.995
+    # recall equal to what the ranks allow, rank by rank
+    assert (m.match_rank.fillna(0).astype(int) == m.match_rank_t.fillna(0).astype(int)).all()
+    assert not linked.type1_patient.any() or (linked[linked.type1_patient].identity_case.str.startswith("nhs_missing")).all()
+
+
+def test_coverage_figures_equal_the_truth(run):
+    tp = _truth(run, "linkage_provider")
+    op = run["wh"].read("linkage_coverage_provider").to_pandas()
+    cols = ["episodes", "episodes_valid_nhs_number", "episodes_verified_nhs_number", "episodes_linked",
+            "linked_rank_1", "linked_rank_2", "linked_rank_3", "linked_rank_4", "linked_rank_5",
+            "meets_nhs_number_standard"]
+    m = tp.merge(op, on=["period", "provider_code"], suffixes=("_t", ""))
+    assert len(m) == len(tp) == len(op)
+    for c in cols:
+        assert (m[c] == m[c + "_t"]).all(), c
+    tpr = _truth(run, "linkage_practice")
+    opr = run["wh"].read("linkage_coverage_practice").to_pandas()
+    m = tpr.merge(opr, on=["period", "practice_code"], suffixes=("_t", ""))
+    assert len(m) == len(tpr)
+    for c in ("episodes_expected", "episodes_linked"):
+        assert (m[c] == m[c + "_t"]).all(), c
+    ge = _truth(run, "gp_extracts")
+    ge = ge[ge.newest_in_period]
+    m = ge.merge(opr, on=["period", "practice_code"], suffixes=("_t", ""))
+    assert len(m) == len(ge)
+    for c in ("registered_patients", "type1_objections", "type2_objections"):
+        assert (m[c] == m[c + "_t"]).all(), c
+
+
+def test_public_coverage_is_the_truth_under_disclosure_control(run):
+    pub = pd.read_parquet(run["pub"] / "public" / "linkage_coverage_practice")
+    staged = run["wh"].read("linkage_coverage_practice").to_pandas()
+    m = staged.merge(pub, on=["period", "practice_code"], suffixes=("", "_pub"))
+    small = m.registered_patients.between(1, 7)
+    assert (m.registered_patients_suppressed == small).all()
+    assert (m.loc[~small, "registered_patients"].fillna(-1) == m.loc[~small, "registered_patients_pub"].fillna(-1)).all()
+    assert m.registered_patients.isna().any() and (m.registered_patients > 7).any()  # both kinds present
+    assert m.loc[small, "registered_patients_pub"].isna().all()
+
+
+def _fft_truth(run):
+    fc = _truth(run, "fft_counts")
+    fc["responses"] = fc[SIX].sum(axis=1)
+    return fc
+
+
+def test_fft_counts_equal_the_truth_where_published(run):
+    fc = _fft_truth(run)
+    scores = pd.read_parquet(run["pub"] / "public" / "fft_scores")
+    scores["period"] = scores["period"].astype(str)
+    levels = {
+        "provider": fc.groupby(["period", "setting", "provider_code"])[SIX + ["responses"]].sum().reset_index()
+        .rename(columns={"provider_code": "org_code"}),
+        "site": fc.groupby(["period", "setting", "site_code"])[SIX + ["responses"]].sum().reset_index()
+        .rename(columns={"site_code": "org_code"}),
+        "national": fc.groupby(["period", "setting"])[SIX + ["responses"]].sum().reset_index().assign(org_code="ENG"),
+    }
+    w = fc[fc.ward_code.notna()].assign(org_code=lambda d: d.site_code + "/" + d.ward_code)
+    levels["ward"] = w.groupby(["period", "setting", "org_code"])[SIX + ["responses"]].sum().reset_index()
+    for level, t in levels.items():
+        ours = scores[scores.level == level]
+        m = t.merge(ours, on=["period", "setting", "org_code"], how="outer", suffixes=("_t", ""), indicator=True)
+        assert (m._merge == "both").all(), (level, m[m._merge != "both"].head())
+        shown = m[~m.suppressed]
+        for c in SIX + ["responses"]:
+            assert (shown[c] == shown[c + "_t"]).all(), (level, c)
+        # rule 1: every organisation with 1 to 4 responses is suppressed (not national)
+        if level != "national":
+            assert m[m.responses_t.between(1, 4)].suppressed.all(), level
+        else:
+            assert not m.suppressed.any()
+    nat = scores[scores.level == "national"]
+    exp = 100 * (nat.extremely_likely + nat.likely) / nat.responses
+    assert (abs(nat.pct_recommend - exp) < 1e-9).all()
+
+
+def test_fft_by_specialty_equals_the_truth(run):
+    fl = _truth(run, "fft_linked")
+    ours = pd.read_parquet(run["pub"] / "public" / "fft_by_specialty")
+    ours["period"] = ours["period"].astype(str)
+    m = fl.merge(ours, on=["period", "provider_code", "tretspef"], how="outer", suffixes=("_t", ""), indicator=True)
+    assert (m._merge == "both").all(), m[m._merge != "both"].head()
+    shown = m[~m.suppressed]
+    assert len(shown) > 0
+    for c in SIX + ["responses"]:
+        assert (shown[c] == shown[c + "_t"]).all(), c
+    assert (m.suppressed == m.responses_t.between(1, 4)).all()
+
+
+def _published_files(run):
+    return [p for p in run["pub"].rglob("*") if p.is_file()]
+
+
+def test_no_identifier_anywhere_in_what_was_published(run):
+    objectors = _truth(run, "objectors")
+    episodes = _truth(run, "linkage_episodes")
+    numbers = set(episodes.true_nhs_number.dropna()) | set(objectors.nhs_number)
+    sample = sorted(numbers)[:: max(1, len(numbers) // 400)]
+    for path in _published_files(run):
+        if path.suffix == ".parquet":
+            t = pq.read_table(path)
+            assert not {"nhs_number", "postcode", "date_of_birth", "dob", "homeadd"} & set(t.column_names), path
+            text = json.dumps(t.to_pylist(), default=str)
+        else:
+            text = path.read_bytes().decode("utf-8", "replace")
+        hits = [n for n in sample if n in text]
+        assert not hits, f"{path}: an NHS number appears"
+
+
+def test_restricted_zone_has_no_type2_patient_and_no_type1_link(run):
+    objectors = _truth(run, "objectors")
+    type2_ids = {person_id(DEMO_PSEUDO_KEY, n) for n in objectors[objectors.objection_type == 2].nhs_number}
+    for name in ("linked_episodes", "linked_spells"):
+        t = pd.read_parquet(run["pub"] / "restricted" / name)
+        assert len(t) > 0
+        assert not set(t.person_id.dropna()) & type2_ids, name
+    type1 = set(objectors[objectors.objection_type == 1].nhs_number)
+    linked = run["wh"].read_raw("linked_episodes").to_pandas()
+    assert not set(linked.linked_nhs_number.dropna()) & type1
+
+
+def test_type1_rows_never_stored_anywhere(run):
+    type1 = set(_truth(run, "objectors").query("objection_type == 1").nhs_number)
+    assert type1
+    spaced = {f"{n[:3]} {n[3:6]} {n[6:]}" for n in type1}
+    for base in (run["root"] / "wh", run["pub"]):
+        for path in base.rglob("*"):
+            if not path.is_file():
+                continue
+            if path.suffix == ".parquet":
+                text = json.dumps(pq.read_table(path).to_pylist(), default=str)
+            else:
+                text = path.read_bytes().decode("utf-8", "replace")
+            # A type 1 patient's hospital episodes carry their number (SUS data: type 1 is about
+            # GP data); what must never exist is their GP row, in silver, quarantine or docs.
+            gp_part = "/silver/gp_patients/" in str(path) or (
+                "/quarantine/" in str(path) and path.name.startswith("GP_"))
+            if gp_part or "data_docs/gp" in str(path):
+                assert not any(n in text for n in type1 | spaced), path
+
+
+def test_data_docs_written_for_validation_runs(run):
+    pages = list((run["root"] / "wh" / "data_docs").rglob("index.html"))
+    assert pages
+
+
+def test_every_dataset_reads_the_same_in_pandas_and_duckdb(run):
+    for name in ("linkage_coverage_provider", "fft_scores", "data_quality_summary"):
+        folder = run["pub"] / "public" / name
+        pdf = pd.read_parquet(folder)
+        n = duckdb.sql(f"select count(*) from read_parquet('{folder}/period=*/*.parquet', hive_partitioning=true)").fetchall()[0][0]
+        assert len(pdf) == n > 0
+        assert list(pdf.columns).count("period") == 1
