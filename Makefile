@@ -6,7 +6,7 @@ SCALE ?= 0.1
 MONTHS ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench dev validate clean
+.PHONY: install demo test bench dev validate clean ops-test ui-test deploy-check
 
 $(BIN)/caredata: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +36,20 @@ validate: install
 
 clean:
 	rm -rf $(VENV) demo bench-out .dagster_home
+
+# Operations: the production instance (deploy/dagster.yaml) on a throwaway PostgreSQL, the
+# queue limits, schedule, sensors, alerts, a daemon-run backfill (make test runs these too).
+ops-test: install
+	$(BIN)/python -m pytest tests/test_ops.py $(PYTEST_ARGS)
+
+# The Dagster UI in headless Chromium; screenshots in test-artifacts/.
+ui-test: install
+	$(BIN)/python -m pytest tests/test_ui.py $(PYTEST_ARGS)
+
+# deploy/dagster.yaml parses against this Dagster's instance schema (no database needed).
+deploy-check: install
+	@tmp=$$(mktemp -d) && cp deploy/dagster.yaml $$tmp/ && \
+	DAGSTER_PG_USERNAME=u DAGSTER_PG_PASSWORD=p DAGSTER_PG_HOST=localhost DAGSTER_PG_DB=d DAGSTER_PG_PORT=5432 \
+	$(BIN)/python -c "import sys; \
+	from dagster._core.instance.config import dagster_instance_config as c; c(sys.argv[1]); \
+	print('deploy/dagster.yaml: valid')" $$tmp; rc=$$?; rm -rf $$tmp; exit $$rc

@@ -81,7 +81,10 @@ def run_pipeline(settings: Settings, *, periods: list[str] | None = None, progre
         summary.run_ids.append(result.run_id)
         for ev in result.all_events:
             if ev.event_type_value == "STEP_FAILURE":
-                summary.failed_steps.append(f"{label}{ev.step_key}: {ev.event_specific_data.error.message.strip()}")
+                err = ev.event_specific_data.error
+                while err.cause is not None:  # the user error, not Dagster's wrapper
+                    err = err.cause
+                summary.failed_steps.append(f"{label}{ev.step_key}: {err.message.strip()}")
             if ev.event_type_value == "ASSET_CHECK_EVALUATION":
                 data = ev.event_specific_data
                 if not data.passed and data.severity == dg.AssetCheckSeverity.ERROR:
@@ -110,8 +113,8 @@ def run_pipeline(settings: Settings, *, periods: list[str] | None = None, progre
     return summary
 
 
-def print_summary(summary: RunSummary, settings: Settings, out=sys.stdout) -> None:
-    w = out.write
+def print_summary(summary: RunSummary, settings: Settings, out=None) -> None:
+    w = (out or sys.stdout).write
     w(f"\nPeriods: {', '.join(summary.periods) or 'none found'}\n")
     w(f"Published to {settings.publish}:\n")
     for row in summary.published:

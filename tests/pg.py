@@ -199,7 +199,6 @@ def dagster_home(postgres, pg_database, tmp_path, monkeypatch) -> Path:
     home.mkdir()
     shutil.copy(DEPLOY_YAML, home / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(home))
-    monkeypatch.setenv("DAGSTER_COMPUTE_LOG_DIR", str(home / "logs"))
     for k, v in postgres.env(pg_database).items():
         monkeypatch.setenv(k, v)
     return home

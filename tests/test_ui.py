@@ -76,7 +76,7 @@ def demo(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("ui-demo")
     home = root / "dagster_home"
     home.mkdir()
-    env = {"DAGSTER_HOME": str(home), "DAGSTER_COMPUTE_LOG_DIR": str(home / "logs")}
+    env = {"DAGSTER_HOME": str(home)}
     try:
         pg = request.getfixturevalue("postgres")
     except pytest.skip.Exception:
@@ -163,6 +163,7 @@ def browser(webserver):
     d = webdriver.Chrome(options=opts, service=Service(driver))
     d.set_page_load_timeout(120)
     ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "ui-failure.png").unlink(missing_ok=True)
     try:
         yield d
     finally:
