@@ -13,7 +13,11 @@ def _md(report: dict) -> dict:
     """Dagster metadata from a stage report: numbers stay numbers, lists become JSON."""
     out = {}
     for k, v in report.items():
-        if isinstance(v, bool) or v is None:
+        if k == "data_docs" and v:
+            out[k] = dg.MetadataValue.url(v)
+        elif isinstance(v, dict) and set(v) == {"markdown"}:
+            out[k] = dg.MetadataValue.md(v["markdown"])
+        elif isinstance(v, bool) or v is None:
             out[k] = dg.MetadataValue.text(str(v))
         elif isinstance(v, (int, float)):
             out[k] = v
@@ -46,6 +50,8 @@ def _bronze_asset(source: str, description: str) -> dg.AssetsDefinition:
     checks = [
         dg.AssetCheckSpec("rows_accounted_for", asset=name, blocking=True,
                           description="Rows received = kept + quarantined for every submission of the period."),
+        *[dg.AssetCheckSpec(dim, asset=name, description=f"No {dim} rule failed ({dim} of the rows, by rule).")
+          for dim in ("completeness", "validity", "uniqueness", "consistency")],
         dg.AssetCheckSpec("no_held_submissions", asset=name,
                           description="No submission of the period is held (more than half its rows rejected)."),
         dg.AssetCheckSpec("no_rejected_files", asset=name,

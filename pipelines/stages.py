@@ -106,34 +106,93 @@ def ingest_feed(settings: Settings, source: str, period: str) -> dict:
     from pipelines import ingest
 
     landing, wh, _ = stores(settings)
-    report = _report_dict(ingest.ingest(source, period, landing, wh, settings,
-                                        data_docs_dir=_docs_dir(settings, source, period)))
-    return {"metadata": report, "source": source, "period": period}
+    docs = _docs_dir(settings, source, period)
+    report = _report_dict(ingest.ingest(source, period, landing, wh, settings, data_docs_dir=docs))
+    if docs and (Path(docs) / "index.html").exists():
+        report["data_docs"] = (Path(docs) / "index.html").as_uri()
+    # The period's rule results of the submissions taken in now (field, example lines).
+    ids = {s["submission_id"] for s in report.get("submissions", []) or [] if s.get("submission_id")}
+    rules = wh.read("dq_rules", [period]).to_pandas()
+    rules = rules[rules["submission_id"].isin(ids) & (rules["rows_failed"] > 0)]
+    return {"metadata": report, "source": source, "period": period, "failing_rules": rules}
+
+
+# One check per data-quality dimension (as in Dagster's data-quality patterns), by rule id.
+DIMENSIONS = {
+    "completeness": ("_MISSING",),
+    "uniqueness": ("_DUPLICATE",),
+    "consistency": ("_BEFORE_", "_AFTER_", "_SUBMITTER", "_PROVIDER", "_PERIOD", "_UNKNOWN"),
+}
+
+
+def _dimension(rule_id: str) -> str:
+    for dim, marks in DIMENSIONS.items():
+        if any(m in rule_id for m in marks):
+            return dim
+    return "validity"
+
+
+def _rules_table(df, limit: int = 50) -> str:
+    """A Markdown table of failing rules per submission: counts and a few line numbers,
+    never values."""
+    if df is None or len(df) == 0:
+        return "no failing rule"
+    df = df.sort_values(["severity", "rows_failed", "submission_id"], ascending=[True, False, True])
+    lines = ["| submission | rule | field | severity | rows failed | rows checked | example lines |",
+             "|---|---|---|---|---|---|---|"]
+    for r in df.head(limit).itertuples():
+        ex = ", ".join(str(int(x)) for x in list(r.example_lines)[:5])
+        lines.append(f"| {r.submission_id} | {r.rule_id} | {r.field} | {r.severity} | {r.rows_failed} | "
+                     f"{r.rows_checked} | {ex} |")
+    if len(df) > limit:
+        lines.append(f"\n… and {len(df) - limit} more (dataset data_quality has them all)")
+    return "\n".join(lines)
+
+
+def _reason(r: dict) -> str:
+    why = r.get("reason") or r.get("held_reason") or ""
+    name = r.get("file_name") or ""
+    return why[len(name) + 2:] if name and why.startswith(f"{name}: ") else why
 
 
 def ingest_checks(report: dict) -> list[dict]:
-    """The bronze asset checks, from an ingest report: one per quality dimension."""
+    """The bronze asset checks: rows accounted for (blocking), one check per quality
+    dimension with its failing rules, held submissions and rejected files."""
     md = report["metadata"]
     subs = md.get("submissions", []) or []
     unbalanced = [s for s in subs if s.get("rows_received") is not None
                   and s["rows_received"] != (s.get("rows_kept") or 0) + (s.get("rows_quarantined") or 0)]
     held = [s for s in subs if s.get("held")]
     rejected = md.get("rejected_files", []) or []
-    rule_counts = md.get("rule_counts", []) or []
-    return [
+    failing = report.get("failing_rules")
+    checks = [
         {"name": "rows_accounted_for", "passed": not unbalanced, "severity": "error",
          "description": "every row kept or quarantined" if not unbalanced else
          f"{len(unbalanced)} submission(s) where rows received != kept + quarantined",
          "metadata": {"submissions": len(subs), "unbalanced": [s.get("file_name") for s in unbalanced]}},
+    ]
+    for dim in ("completeness", "validity", "uniqueness", "consistency"):
+        part = failing[failing["rule_id"].map(_dimension) == dim] if failing is not None and len(failing) else None
+        rejects = int(part.loc[part["severity"] == "reject", "rows_failed"].sum()) if part is not None else 0
+        warns = int(part.loc[part["severity"] == "warn", "rows_failed"].sum()) if part is not None else 0
+        checks.append({
+            "name": dim, "passed": rejects == 0 and warns == 0, "severity": "warn",
+            "description": f"{rejects} row failure(s) quarantined, {warns} kept with a warning"
+            if rejects or warns else f"no {dim} rule failed",
+            "metadata": {"rows_quarantined_by_rules": rejects, "rows_warned": warns,
+                         "failing_rules": {"markdown": _rules_table(part)}},
+        })
+    checks += [
         {"name": "no_held_submissions", "passed": not held, "severity": "warn",
          "description": "no submission held" if not held else
-         "; ".join(f"{s.get('file_name')}: {s.get('held_reason') or s.get('reason')}" for s in held),
-         "metadata": {"held": [s.get("file_name") for s in held], "failing_rules": rule_counts[:50]}},
+         "; ".join(f"{s.get('file_name')}: {_reason(s)}" for s in held),
+         "metadata": {"held": [s.get("file_name") for s in held]}},
         {"name": "no_rejected_files", "passed": not rejected, "severity": "warn",
          "description": "no file rejected" if not rejected else
-         "; ".join(f"{r.get('file_name')}: {r.get('reason')}" for r in rejected),
+         "; ".join(f"{r.get('file_name')}: {_reason(r)}" for r in rejected),
          "metadata": {"rejected": rejected}},
     ]
+    return checks
 
 
 def current_sus(settings: Settings, period: str) -> dict:

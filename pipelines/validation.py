@@ -342,3 +342,246 @@ def _build_docs(gctx, results, file_name: str, folder: str) -> str:
     gctx.build_data_docs(site_names=["caredata"])
     index = base / "index.html"
     return str(index)
+
+
+# =========================================================================== many files
+# Many small files (6,500 GP extracts a month) validated together: one GX context per
+# call, their rows concatenated into row batches of up to ``batch_rows`` rows, and the
+# outcome split back per file, exactly as :func:`validate` would have given it file by
+# file. Every rule is row-wise (a file's repeated keys are marked per file by the suite's
+# ``prepare`` before the rows are concatenated), so concatenation changes no verdict.
+# A rule whose arguments differ between files (the "no future dates" ceiling is each
+# file's submission date; a provider's sites) runs once per distinct set of arguments,
+# on the rows of the files sharing it.
+
+
+def _env_for(source: str, period, submitter, file_name: str, context: ValidationContext | None) -> Env:
+    ctx_in = context or ValidationContext()
+    hes = source == "hes_apc"
+    return Env(
+        source=source,
+        period=None if hes else period,
+        submitter=None if hes else submitter,
+        file_name=file_name,
+        protocol=None if hes else _protocol(source, file_name),
+        site_providers=ctx_in.site_providers,
+        practice_codes=frozenset(ctx_in.practice_codes) if ctx_in.practice_codes else None,
+        today=ctx_in.today or dt.date.today(),
+    )
+
+
+def _active_rules(source: str, env: Env) -> list[tuple[Rule, dict]]:
+    mod = SUITES[source]
+    active: list[tuple[Rule, dict]] = []
+    for rule in mod.RULES:
+        kw = rule.kwargs(env)
+        if kw is not None:
+            condition = mod.row_condition(rule, env) if hasattr(mod, "row_condition") else None
+            if condition:
+                kw = {**kw, "row_condition": condition, "condition_parser": "pandas"}
+            active.append((rule, kw))
+    return active
+
+
+def _checked_candidates(rule: Rule, kw: dict, work: pd.DataFrame) -> list[np.ndarray]:
+    """Masks of the rows GX may count as checked for a rule (element_count - missing_count),
+    most likely first; the one whose total equals GX's own count is used per file."""
+    base = np.ones(len(work), dtype=bool)
+    if kw.get("row_condition"):
+        base = np.zeros(len(work), dtype=bool)
+        base[work.index.get_indexer(work.query(kw["row_condition"]).index)] = True
+    cols = [kw[k] for k in ("column", "column_A", "column_B") if k in kw] + list(kw.get("column_list", []))
+    present = base.copy()
+    for c in cols:
+        present &= work[c].notna().to_numpy(dtype=bool)
+    if rule.expectation in ("ExpectColumnValuesToNotBeNull", "ExpectColumnValuesToBeNull"):
+        return [base, present]
+    return [present, base]
+
+
+def validate_many(
+    source: str,
+    items: list[dict],
+    *,
+    data_docs_dir: str | None = None,
+    batch_rows: int | None = None,
+) -> list[ValidationOutcome]:
+    """Validate many files of one feed in one GX context. ``items``: one dict per file with
+    the keyword arguments of :func:`validate` (``frame``, ``period``, ``submitter``,
+    ``file_name``, ``context``). Returns one :class:`ValidationOutcome` per item, the same
+    as :func:`validate` returns for that file alone (rule counts, example lines, field
+    scores, per-row verdicts); ``stats`` holds this call's totals (``files``)."""
+    if source not in SUITES:
+        raise ValueError(f"no expectation suite for source {source!r}")
+    if not items:
+        return []
+    started = time.perf_counter()
+    mod = SUITES[source]
+    envs, actives, lines, works = [], [], [], []
+    for it in items:
+        env = _env_for(source, it.get("period"), it.get("submitter"), it["file_name"], it.get("context"))
+        frame = it["frame"]
+        n = len(frame)
+        envs.append(env)
+        actives.append(_active_rules(source, env))
+        lines.append(frame[LINE].to_numpy(dtype=np.int64) if LINE in frame.columns
+                     else np.arange(2, n + 2, dtype=np.int64))
+        works.append(_work_frame(source, frame, env))
+    sizes = np.array([len(w) for w in works], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    total = int(offsets[-1])
+    work = pd.concat(works, ignore_index=True) if len(works) > 1 else works[0]
+    del works
+    item_of = np.repeat(np.arange(len(items)), sizes)
+
+    # Each rule's distinct argument sets, and the files using each.
+    variants: dict[str, dict[str, tuple[Rule, dict, list[int]]]] = {}
+    for i, active in enumerate(actives):
+        for rule, kw in active:
+            sig = repr(sorted(kw.items(), key=lambda kv: kv[0]))
+            v = variants.setdefault(rule.id, {})
+            if sig in v:
+                v[sig][2].append(i)
+            else:
+                v[sig] = (rule, kw, [i])
+    # Jobs: the files (rows) a set of rules runs on. Rules with one argument set used by
+    # every file run on all rows; the others on the rows of the files sharing each set.
+    jobs: dict[tuple[int, ...], list[tuple[Rule, dict]]] = {}
+    order = {r.id: k for k, r in enumerate(mod.RULES)}
+    for rid in sorted(variants, key=order.get):
+        for rule, kw, its in variants[rid].values():
+            jobs.setdefault(tuple(its), []).append((rule, kw))
+
+    gctx = gx.get_context(mode="ephemeral")
+    gctx.variables.progress_bars = {"globally": False, "metric_calculations": False}
+    batch_def = (gctx.data_sources.add_pandas("landing").add_dataframe_asset(source)
+                 .add_batch_definition_whole_dataframe("rows"))
+    step = batch_rows or BATCH_ROWS
+    checked_total: dict[tuple[str, tuple[int, ...]], int] = {}
+    failed: dict[tuple[str, tuple[int, ...]], list[np.ndarray]] = {}
+    results = []
+    n_batches = 0
+    all_items = tuple(range(len(items)))
+    for j, (its, members) in enumerate(jobs.items()):
+        positions = (np.arange(total) if its == all_items
+                     else np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in its]))
+        suites = []
+        groups = _groups(members)
+        for g, (cols, group_members) in enumerate(groups):
+            name = f"caredata_{source}.job{j + 1:03d}.part{g + 1:02d}"
+            suite = gx.ExpectationSuite(name=name, expectations=[_expectation(r, kw) for r, kw in group_members])
+            suites.append((name, cols, gctx.suites.add(suite)))
+        for rule, _ in members:
+            checked_total[(rule.id, its)] = 0
+            failed[(rule.id, its)] = []
+        for b in range(0, max(len(positions), 1), step):
+            pos = positions[b:b + step]
+            if len(pos) == 0:
+                continue
+            n_batches += 1
+            rows_part = work.iloc[pos]
+            rows_part.index = pd.Index(pos)
+            for name, cols, suite in suites:
+                part = rows_part[cols]
+                batch = batch_def.get_batch(batch_parameters={"dataframe": part})
+                res = batch.validate(suite, result_format={
+                    "result_format": "COMPLETE", "partial_unexpected_count": 0,
+                    "include_unexpected_rows": False, "return_unexpected_index_query": False,
+                })
+                for r in res.results:
+                    rid = r.expectation_config.meta["rule_id"]
+                    err = _raised(r.exception_info)
+                    if err:
+                        raise ValidationError(f"{source} batch: rule {rid} could not be evaluated: {str(err)[:200]}")
+                    out = r.result or {}
+                    elements = int(out.get("element_count", len(part)))
+                    checked_total[(rid, its)] += elements - int(out.get("missing_count", 0) or 0)
+                    idx = out.get("unexpected_index_list") or []
+                    if idx and isinstance(idx[0], dict):
+                        idx = [next(iter(d.values())) for d in idx]
+                    if len(idx) != int(out.get("unexpected_count", 0) or 0):
+                        raise ValidationError(f"{source} batch: rule {rid}: failing rows could not be located")
+                    failed[(rid, its)].append(np.asarray(idx, dtype=np.int64))
+                results.append((name, n_batches - 1, res))
+
+    # Per rule variant: failing rows, and rows checked per file (a mask GX agrees with).
+    fail_pos: dict[str, np.ndarray] = {}
+    checked_per_item: dict[str, np.ndarray] = {}
+    for its, members in jobs.items():
+        for rule, kw in members:
+            key = (rule.id, its)
+            pos = np.unique(np.concatenate(failed[key])) if failed[key] else np.zeros(0, np.int64)
+            prev = fail_pos.get(rule.id)
+            fail_pos[rule.id] = pos if prev is None else np.union1d(prev, pos)
+            in_job = np.zeros(total, dtype=bool)
+            for i in its:
+                in_job[offsets[i]:offsets[i + 1]] = True
+            counts = None
+            for mask in _checked_candidates(rule, kw, work):
+                m = mask & in_job
+                if int(m.sum()) == checked_total[key]:
+                    counts = np.bincount(item_of[m], minlength=len(items))
+                    break
+            if counts is None:  # cannot split GX's count per file: share it by size
+                sh = np.zeros(len(items), dtype=np.float64)
+                sh[list(its)] = sizes[list(its)]
+                counts = np.floor(checked_total[key] * sh / max(sh.sum(), 1) + 0.5).astype(np.int64)
+            prev = checked_per_item.get(rule.id)
+            checked_per_item[rule.id] = counts if prev is None else prev + counts
+
+    seconds = time.perf_counter() - started
+    docs = (_build_docs(gctx, results, f"{source}-{items[0].get('period') or ''}-{len(items)}-files", data_docs_dir)
+            if data_docs_dir else None)
+    outs: list[ValidationOutcome] = []
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        for i, (env, active) in enumerate(zip(envs, actives)):
+            a, z = int(offsets[i]), int(offsets[i + 1])
+            n = z - a
+            w = work.iloc[a:z].reset_index(drop=True)
+            rejected = np.zeros(n, dtype=bool)
+            rule_ids: list[list[str]] = [[] for _ in range(n)]
+            messages: list[list[str]] = [[] for _ in range(n)]
+            fails: dict[str, np.ndarray] = {}
+            rows = []
+            for rule, _ in active:
+                allpos = fail_pos.get(rule.id, np.zeros(0, np.int64))
+                lo, hi = np.searchsorted(allpos, [a, z])
+                pos = allpos[lo:hi] - a
+                fails[rule.id] = pos
+                if rule.severity == "reject":
+                    rejected[pos] = True
+                for p in pos.tolist():
+                    rule_ids[p].append(rule.id)
+                    messages[p].append(rule.message)
+                rows.append({
+                    "rule_id": rule.id, "field": rule.field, "severity": rule.severity,
+                    "rows_checked": int(checked_per_item[rule.id][i]), "rows_failed": int(len(pos)),
+                    "example_lines": [int(x) for x in np.sort(lines[i][pos])[:5]],
+                })
+            rule_counts = pd.DataFrame(rows, columns=["rule_id", "field", "severity", "rows_checked",
+                                                      "rows_failed", "example_lines"])
+            scored = mod.scored_rows(w, env) if hasattr(mod, "scored_rows") else None
+            scored = np.ones(n, dtype=bool) if scored is None else np.asarray(scored, dtype=bool)
+            scores = []
+            for sf in mod.SCORED:
+                present = np.zeros(n, dtype=bool)
+                for c in sf.cols:
+                    present |= w[c].notna().to_numpy()
+                invalid = np.zeros(n, dtype=bool)
+                for rule, _ in active:
+                    if rule.field in sf.cols:
+                        invalid[fails[rule.id]] = True
+                scores.append({"field": sf.name, "rows": int(scored.sum()),
+                               "rows_valid": int((present & ~invalid & scored).sum())})
+            field_scores = pd.DataFrame(scores, columns=["field", "rows", "rows_valid"])
+            stats = {"rows": n, "batch_rows": total, "files": len(items), "batches": n_batches,
+                     "rules": len(active), "seconds": seconds * n / max(total, 1), "batch_seconds": seconds}
+            outs.append(ValidationOutcome(rejected, rule_ids, messages, rule_counts, field_scores, docs, stats))
+    finally:
+        if gc_was_on:
+            gc.enable()
+    log.info("validated %d %s file(s) together: %d rows, %d job(s), %d batch(es), %.1fs",
+             len(items), source, total, len(jobs), n_batches, seconds)
+    return outs
