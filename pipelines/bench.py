@@ -97,16 +97,16 @@ def pyarrow_floor(landing: Path) -> tuple[float, int]:
         try:
             with (pa.input_stream(str(path), compression="gzip") if path.name.endswith(".gz")
                   else pa.input_stream(str(path))) as fh:
-                first = fh.read(4096)
-            delim = "|" if first.split(b"\n", 1)[0].count(b"|") > first.split(b"\n", 1)[0].count(b",") else ","
-            read_opts = pacsv.ReadOptions(autogenerate_column_names=not header, block_size=64 << 20)
-            names = None
-            if header:
-                names = pacsv.read_csv(str(path), read_options=pacsv.ReadOptions(skip_rows_after_names=10**12),
-                                       parse_options=pacsv.ParseOptions(delimiter=delim)).column_names
-            conv = pacsv.ConvertOptions(column_types={n: pa.string() for n in names} if names else None)
-            t = pacsv.read_csv(str(path), read_options=read_opts, parse_options=pacsv.ParseOptions(delimiter=delim),
-                               convert_options=conv)
+                first = fh.read(65536).split(b"\n", 1)[0].lstrip(b"\xef\xbb\xbf").rstrip(b"\r")
+            delim = "|" if first.count(b"|") > first.count(b",") else ","
+            names = ([n.strip().strip('"') for n in first.decode("utf-8").split(delim)] if header
+                     else [f"f{i}" for i in range(first.count(b",") + 1)])
+            t = pacsv.read_csv(
+                str(path),
+                read_options=pacsv.ReadOptions(column_names=names, skip_rows=1 if header else 0,
+                                               block_size=64 << 20, encoding="utf8"),
+                parse_options=pacsv.ParseOptions(delimiter=delim),
+                convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names}))
             rows += t.num_rows
         except Exception:  # noqa: BLE001 - the planted malformed files
             continue
@@ -177,7 +177,14 @@ def pandas_baseline(landing: Path, periods: list[str]) -> tuple[float, dict]:
 STAGES = ["generate", "ingest", "validate", "link", "outcomes", "fft", "publish"]
 
 
-def run(scale: float, months: int, out: Path, *, seed: int = 0, baseline_max_scale: float = 0.05) -> dict:
+def _table_rows(warehouse: Path, name: str, period: str) -> int:
+    import pyarrow.dataset as ds
+
+    found = [p for p in warehouse.rglob(f"period={period}") if name in p.parts]
+    return sum(ds.dataset(str(p), format="parquet").count_rows() for p in found if p.is_dir())
+
+
+def run(scale: float, months: int, out: Path, *, seed: int = 0, baseline_max_scale: float = 0.25) -> dict:
     from pipelines import stages
     from pipelines.config import Settings
     from pipelines.synth import generate
@@ -239,21 +246,28 @@ def run(scale: float, months: int, out: Path, *, seed: int = 0, baseline_max_sca
             stages.linkage_outputs(settings, p)
         with stage("fft") as box:
             box["rows"] = stages.fft_outputs(settings, p)["fft_scores"]["responses"]
-        with stage("outcomes"):
+        with stage("outcomes") as box:
             stages.outcome_outputs(settings, p)
-        with stage("publish"):
+            box["rows"] = _table_rows(out / "warehouse", "spells", p)
+        with stage("publish") as box:
             stages.quality_outputs(settings, p)
             rep = stages.release(settings, p)
-            stages.publish(settings, p, run_id="bench")
+            pub = stages.publish(settings, p, run_id="bench")
+            box["rows"] = sum(v for v in pub.values() if isinstance(v, int))
     end_to_end = time.perf_counter() - t_all
     sampler.stop()
 
     floor_s, floor_rows = pyarrow_floor(landing)
+    results["generate"]["rows"] = floor_rows
     baseline = None
     if scale <= baseline_max_scale:
+        sampler = PeakSampler().start()
+        sampler.reset()
         base_s, base_info = pandas_baseline(landing, periods)
+        base_peak = sampler.peak
+        sampler.stop()
         ours = sum(results[s]["seconds"] for s in ("ingest", "validate", "link", "fft") if s in results)
-        baseline = {"seconds": base_s, "info": base_info, "ours_seconds": ours,
+        baseline = {"seconds": base_s, "info": base_info, "ours_seconds": ours, "peak_rss_bytes": base_peak,
                     "speedup": base_s / ours if ours else None}
     report = {
         "scale": scale, "months": months, "periods": periods,
@@ -287,10 +301,10 @@ def print_report(r: dict) -> None:
     print(f"pyarrow parse floor: {f['seconds']:.1f} s for {f['rows']:,} rows; pipeline / floor = {f['ratio']:.1f}x")
     b = r.get("pandas_baseline")
     if b:
-        print(f"plain pandas (coverage + FFT scores): {b['seconds']:.1f} s; this pipeline's ingest+validate+link+fft "
-              f"{b['ours_seconds']:.1f} s; pandas / pipeline = {b['speedup']:.2f}x")
+        print(f"plain pandas (coverage + FFT scores): {b['seconds']:.1f} s, peak RSS {_fmt_bytes(b['peak_rss_bytes'])}; "
+              f"this pipeline's ingest+validate+link+fft {b['ours_seconds']:.1f} s; pandas / pipeline = {b['speedup']:.2f}x")
     else:
-        print("plain pandas baseline: skipped at this scale (run with SCALE<=0.05 to compare)")
+        print("plain pandas baseline: skipped at this scale (run with SCALE<=0.25 to compare)")
 
 
 def main(argv=None) -> int:

@@ -4,8 +4,11 @@ truth (pipelines/synth/TRUTH.md): `caredata run` through Dagster, once per sessi
 from __future__ import annotations
 
 import contextlib
+import http.server
 import io
 import json
+import os
+import threading
 from pathlib import Path
 
 import duckdb
@@ -23,17 +26,61 @@ from pipelines.warehouse import Warehouse
 SIX = ["extremely_likely", "likely", "neither", "unlikely", "extremely_unlikely", "dont_know"]
 
 
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        _Receiver.received.append(json.loads(body))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
 @pytest.fixture(scope="session")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     landing, truth = root / "landing", root / "truth"
     generate(landing, seed=11, scale=0.002, months=2, start="2014-01", truth_dir=truth, progress=False)
+    # a local webhook receiver, as Slack or Teams would be
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    with contextlib.redirect_stdout(out), _env(CAREDATA_DATA_QUALITY__WEBHOOK_URL=url):
         rc = cli.main(["run", "--landing", str(landing), "--warehouse", str(root / "wh"),
                        "--publish", str(root / "pub"), "--demo-mode"])
+    server.shutdown()
     return {"rc": rc, "stdout": out.getvalue(), "root": root, "landing": landing, "truth": truth,
-            "wh": Warehouse(Store(root / "wh")), "pub": root / "pub"}
+            "wh": Warehouse(Store(root / "wh")), "pub": root / "pub", "webhook": list(_Receiver.received)}
+
+
+@contextlib.contextmanager
+def _env(**values):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_operators_are_told_of_held_submissions_by_webhook(run):
+    files = _truth(run, "files")
+    held = files[files.status == "held"].iloc[0]
+    msgs = [m for m in run["webhook"] if m.get("event") == "submission_held"]
+    assert any(m["submitter_code"] == held.submitter and m["period"] == held.period for m in msgs), run["webhook"]
+    assert all("text" in m for m in run["webhook"])
+    below = [m for m in run["webhook"] if m.get("event") == "below_sanction_threshold"]
+    assert below  # the generator plants providers under the 99% NHS number standard
+    numbers = set(_truth(run, "objectors").nhs_number)
+    assert not any(n in json.dumps(run["webhook"]) for n in numbers)
 
 
 def _truth(run, name) -> pd.DataFrame:
@@ -211,6 +258,25 @@ def test_fft_by_specialty_equals_the_truth(run):
 
 def _published_files(run):
     return [p for p in run["pub"].rglob("*") if p.is_file()]
+
+
+def test_scanner_finds_no_identifier_in_any_published_value(run):
+    from pipelines import disclosure
+
+    scanned = 0
+    for path in _published_files(run):
+        if path.suffix != ".parquet":
+            continue
+        zone, name = path.relative_to(run["pub"]).parts[:2]
+        t = pq.read_table(path)
+        if zone == "public":
+            findings = disclosure.scan_for_identifiers(t, dataset=name)
+            assert not findings, (path, findings)
+        else:
+            violations = disclosure.check_restricted(schemas.get(name), t)
+            assert not violations, (path, violations)
+        scanned += 1
+    assert scanned == 11 * 2 + 1 + 2 * 2  # public datasets x 2 periods, the ledger, restricted x 2
 
 
 def test_no_identifier_anywhere_in_what_was_published(run):

@@ -114,13 +114,15 @@ def test_a_backfill_cannot_starve_the_nightly_run(dagster_home):
     """The run queue (the daemon's dequeue decision, with deploy/dagster.yaml's limits)."""
     from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
 
+    from schedules import PRIORITY_TAGS, nightly_scan
+
     instance = _instance()
     # A national backfill queued first: 12 periods...
     backfill = [_queued(instance, "period_job", {"dagster/backfill": "nationalbf", "dagster/partition": f"2013-{m:02d}"})
                 for m in range(1, 13)]
     # ...then the nightly scan and a sensor run for a new submission.
-    nightly = _queued(instance, "scan_job", {"dagster/priority": "10", "dagster/schedule_name": "nightly_scan"})
-    sensor = _queued(instance, "period_job", {"dagster/priority": "10", "dagster/partition": "2014-03",
+    nightly = _queued(instance, "scan_job", {**nightly_scan.tags, "dagster/schedule_name": "nightly_scan"})
+    sensor = _queued(instance, "period_job", {**PRIORITY_TAGS, "dagster/partition": "2014-03",
                                               "dagster/sensor_name": "landing_sensor"})
     daemon = QueuedRunCoordinatorDaemon(interval_seconds=1)
     picked = daemon._get_runs_to_dequeue(instance, instance.get_concurrency_config(), None)
@@ -130,8 +132,8 @@ def test_a_backfill_cannot_starve_the_nightly_run(dagster_home):
     assert len([r for r in picked if r.tags.get("dagster/backfill")]) == 2
     assert len(picked) <= instance.get_concurrency_config().run_queue_config.max_concurrent_runs
 
-    # With two backfill runs already going, the queue starts no third one, and still the nightly.
-    # Two backfill runs start (a RUN_START event, as the launcher's worker writes it).
+    # Two backfill runs start (a RUN_START event, as the launcher's worker writes it): the
+    # queue then starts no third one, and still the nightly and the sensor's run.
     for run in backfill[:2]:
         instance.handle_new_event(_run_start_event(run))
     assert instance.get_run_by_id(backfill[0].run_id).status == DagsterRunStatus.STARTED
@@ -177,7 +179,7 @@ def test_nightly_schedule_is_0200_london_time_all_year():
     ctx = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 1, 15, 2, 0, tzinfo=LONDON))
     data = nightly_scan.evaluate_tick(ctx)
     assert len(data.run_requests) == 1
-    assert data.run_requests[0].tags.get("dagster/priority") == "10" or nightly_scan.tags.get("dagster/priority") == "10"
+    assert nightly_scan.tags["dagster/priority"] == "10"
 
 
 # --------------------------------------------------------------------------- landing sensor
@@ -308,9 +310,18 @@ def tiny_landing(root: Path) -> Path:
         "gp/GP_A81002_20140228.csv": _gp_extract(5, 2),
     }
     for name, text in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(text)
+        _land(root / name, text)
     return root
+
+
+def _land(path: Path, text: str) -> None:
+    """Write a landing file as a supplier would: some time before the pipeline looks. (The
+    ledger keeps first-seen times to the second: a file modified in the very second it was
+    first seen counts as modified since, and stays pending.)"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    past = time.time() - 3600
+    os.utime(path, (past, past))
 
 
 def _roots(tmp_path: Path, monkeypatch, landing: Path | None = None) -> dict[str, str]:
@@ -375,7 +386,7 @@ def test_landing_sensor_on_a_real_landing_zone(tmp_path, monkeypatch):
     nothing = tick()
     assert nothing.run_requests == [] and "no new submissions" in nothing.skip_message
 
-    (landing / "gp" / "GP_A81002_20140227.csv").write_text(_gp_extract(6, 3))  # one more file for 2014-02
+    _land(landing / "gp" / "GP_A81002_20140227.csv", _gp_extract(6, 3))  # one more file for 2014-02
     again = tick()
     assert [r.partition_key for r in again.run_requests] == ["2014-02"]
     old_key = next(r.run_key for r in first.run_requests if r.partition_key == "2014-02")
@@ -447,7 +458,7 @@ def _resubmit_one_bulk(landing: Path, warehouse: str, period: str) -> tuple[str,
     lines = text.splitlines(keepends=True)
     assert len(lines) > 2
     new = f"sus_apc/APC_{provider}_{period.replace('-', '')}_{int(period[:4]) + 1}0101120000_BULK.csv"
-    (landing / new).write_text("".join(lines[:-1]))
+    _land(landing / new, "".join(lines[:-1]))
     return original, new
 
 

@@ -61,11 +61,10 @@ def _landing(root: Path) -> tuple[Path, str]:
 
         tiny_landing(landing)
         period = "2014-02"
-    from test_ops import held_gp_extract
+    from test_ops import _land, held_gp_extract
 
     held = landing / HELD_FILE.format(period=period.replace("-", ""))
-    held.parent.mkdir(parents=True, exist_ok=True)
-    held.write_text(held_gp_extract())
+    _land(held, held_gp_extract())
     return landing, period
 
 
