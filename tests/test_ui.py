@@ -220,15 +220,24 @@ def test_failed_asset_check_shows_its_rule_counts(browser, webserver, demo):
 
     _, period, _ = demo
     held = HELD_FILE.format(period=period.replace("-", ""))
-    body = _open(browser, f"{webserver}/assets/gp_bronze?view=checks",
-                 "no_held_submissions", "no_rejected_files", "rows_accounted_for")
-    browser.find_element(By.XPATH, "//*[normalize-space()='no_held_submissions']").click()
-    body = _wait(browser, "Latest execution", "Failed", held, "OBJECTION_CODE")
-    assert "held:" in body
-    # The rule counts behind it, as the operator opens them.
-    browser.find_element(By.XPATH, "//*[text()='[Show JSON]']").click()
-    dialog = _wait(browser, "failing_rules", '"rows_failed": 8', '"rule_id": "OBJECTION_CODE"')
-    assert '"severity": "reject"' in dialog
+    _open(browser, f"{webserver}/assets/gp_bronze?view=checks",
+          "no_held_submissions", "validity", "rows_accounted_for")
+
+    def check(name: str) -> None:
+        browser.find_element(By.XPATH, f"//*[normalize-space()='{name}']").click()
+        _wait(browser, "Latest execution", "Evaluation result")
+
+    # The held submission: which file, why, and the rules it broke most.
+    check("no_held_submissions")
+    body = _wait(browser, "Failed", held, "held:", "OBJECTION_CODE (8)")
+    _shot(browser, "held-check")
+
+    # The validity check: its counts, and its failing rules' table as the operator opens it.
+    check("validity")
+    body = _wait(browser, "Failed", "row failure(s) quarantined", "rows_quarantined_by_rules", "failing_rules")
+    row = browser.find_element(By.XPATH, "//tr[.//*[normalize-space()='failing_rules']]")
+    row.find_element(By.XPATH, ".//*[starts-with(text(), '[Show')]").click()  # [Show Markdown]
+    _wait(browser, "OBJECTION_CODE", "rows failed", "rows checked", "reject")
     _shot(browser, "failed-check")
 
 
