@@ -52,9 +52,14 @@ def with_check_digit(first_nine: str) -> str | None:
     return None if len(set(full)) == 1 else full
 
 
+_SPACE_OR_HYPHEN = "[\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000-]"
+
+
 def canonical_series(values: pd.Series) -> pd.Series:
     """Vectorised :func:`canonical` (string dtype, <NA> for missing/empty)."""
-    out = values.astype("string").str.replace(r"[\s-]", "", regex=True)
+    # Python's \s spelled out (the same characters): pandas then runs the replace in
+    # pyarrow (RE2) instead of one Python call per value.
+    out = values.astype("string").str.replace(_SPACE_OR_HYPHEN, "", regex=True)
     return out.mask(out == "")
 
 

@@ -7,11 +7,18 @@ rows with the same record key always in the same batch so that uniqueness holds 
 the whole file), and returns per row whether it is rejected and every rule it broke, per
 rule its counts, and per scored field its DQMI item-score inputs.
 
+:func:`validate_many` does the same for many files of a feed at once (ingest hands it a
+period's new GP extracts, about 500,000 rows at a time): one GX context, row batches
+spanning files, and each file's outcome split back out, identical to :func:`validate`'s
+for that file alone (quarantine, rule counts and example lines, field scores stay per
+submission).
+
 Nothing here logs a value of a row: only rule ids, counts and line numbers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import gc
 import logging
@@ -444,13 +451,66 @@ def validate_many(
                 v[sig][2].append(i)
             else:
                 v[sig] = (rule, kw, [i])
+    # A date-bound rule (ExpectColumnValuesToBeIsoDatesBetween) whose bounds differ per
+    # file (the "no future dates" ceiling is each file's submission date) would need one
+    # GX call per distinct bound: its bounds go instead into per-row columns, and GX
+    # compares the parsed date with them (ExpectColumnPairValuesAToBeGreaterThanB, rows
+    # without a real date or without a bound not judged, as the rule judges no missing or
+    # invalid date). Its rows checked per file are counted as the rule counts them (the
+    # value present, under the rule's row condition).
+    merged: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
+    for rid in list(variants):
+        vs = list(variants[rid].values())
+        if len(vs) < 2 or vs[0][0].expectation != "ExpectColumnValuesToBeIsoDatesBetween":
+            continue
+        by_rest: dict[str, list[tuple[Rule, dict, list[int]]]] = {}
+        for rule, kw, its in vs:
+            rest = {k: v for k, v in kw.items() if k not in ("min_value", "max_value")}
+            by_rest.setdefault(repr(sorted(rest.items())), []).append((rule, kw, its))
+        out_v: dict[str, tuple] = {}
+        for g, group in enumerate(by_rest.values()):
+            if len(group) < 2:
+                rule, kw, its = group[0]
+                out_v[repr(sorted(kw.items()))] = group[0]
+                continue
+            rule, kw0 = group[0][0], group[0][1]
+            col = kw0["column"]
+            dcol = date_col(col)
+            if dcol not in work.columns:
+                work[dcol] = parse_iso_dates(work[col])
+            all_its = sorted(i for _, _, its in group for i in its)
+            kws = []
+            for bound in ("min_value", "max_value"):
+                if not any(kw.get(bound) is not None for _, kw, _ in group):
+                    continue
+                bcol = f"__{bound}__{rule.id}__{g}"
+                arr = np.full(total, np.datetime64("NaT"), dtype="datetime64[s]")
+                for _, kw, its in group:
+                    if kw.get(bound) is not None:
+                        for i in its:
+                            arr[offsets[i]:offsets[i + 1]] = np.datetime64(kw[bound], "s")
+                work[bcol] = arr
+                a, b = (dcol, bcol) if bound == "min_value" else (bcol, dcol)
+                pair = {k: v for k, v in kw0.items() if k not in ("column", "min_value", "max_value", "mostly")}
+                pair.update(column_A=a, column_B=b, or_equal=True, ignore_row_if="either_value_is_missing")
+                kws.append(pair)
+            in_rows = np.zeros(total, dtype=bool)
+            for i in all_its:
+                in_rows[offsets[i]:offsets[i + 1]] = True
+            mask = _checked_candidates(rule, {k: v for k, v in kw0.items()
+                                              if k in ("column", "row_condition")}, work)[0] & in_rows
+            merged[(rule.id, tuple(all_its))] = mask
+            out_v[f"merged{g}"] = (dataclasses.replace(rule, expectation="ExpectColumnPairValuesAToBeGreaterThanB"),
+                                   kws, all_its)
+        variants[rid] = out_v
     # Jobs: the files (rows) a set of rules runs on. Rules with one argument set used by
     # every file run on all rows; the others on the rows of the files sharing each set.
     jobs: dict[tuple[int, ...], list[tuple[Rule, dict]]] = {}
     order = {r.id: k for k, r in enumerate(mod.RULES)}
     for rid in sorted(variants, key=order.get):
         for rule, kw, its in variants[rid].values():
-            jobs.setdefault(tuple(its), []).append((rule, kw))
+            for one in (kw if isinstance(kw, list) else [kw]):
+                jobs.setdefault(tuple(its), []).append((rule, one))
 
     gctx = gx.get_context(mode="ephemeral")
     gctx.variables.progress_bars = {"globally": False, "metric_calculations": False}
@@ -479,10 +539,12 @@ def validate_many(
             if len(pos) == 0:
                 continue
             n_batches += 1
-            rows_part = work.iloc[pos]
-            rows_part.index = pd.Index(pos)
+            # A run of consecutive rows is sliced (no copy), others taken.
+            contiguous = int(pos[-1]) - int(pos[0]) + 1 == len(pos)
             for name, cols, suite in suites:
-                part = rows_part[cols]
+                part = work[cols]
+                part = part.iloc[int(pos[0]):int(pos[-1]) + 1] if contiguous else part.iloc[pos]
+                part = part.set_axis(pd.Index(pos), axis=0)
                 batch = batch_def.get_batch(batch_parameters={"dataframe": part})
                 res = batch.validate(suite, result_format={
                     "result_format": "COMPLETE", "partial_unexpected_count": 0,
@@ -507,9 +569,13 @@ def validate_many(
     # Per rule variant: failing rows, and rows checked per file (a mask GX agrees with).
     fail_pos: dict[str, np.ndarray] = {}
     checked_per_item: dict[str, np.ndarray] = {}
+    done_keys: set = set()
     for its, members in jobs.items():
         for rule, kw in members:
             key = (rule.id, its)
+            if key in done_keys:
+                continue
+            done_keys.add(key)
             pos = np.unique(np.concatenate(failed[key])) if failed[key] else np.zeros(0, np.int64)
             prev = fail_pos.get(rule.id)
             fail_pos[rule.id] = pos if prev is None else np.union1d(prev, pos)
@@ -517,7 +583,9 @@ def validate_many(
             for i in its:
                 in_job[offsets[i]:offsets[i + 1]] = True
             counts = None
-            for mask in _checked_candidates(rule, kw, work):
+            if key in merged:
+                counts = np.bincount(item_of[merged[key]], minlength=len(items))
+            for mask in ([] if counts is not None else _checked_candidates(rule, kw, work)):
                 m = mask & in_job
                 if int(m.sum()) == checked_total[key]:
                     counts = np.bincount(item_of[m], minlength=len(items))

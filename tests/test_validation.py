@@ -432,3 +432,58 @@ def test_docs_table_is_current():
 def test_unknown_source():
     with pytest.raises(ValueError):
         validate("xyz", pd.DataFrame(), period=None, submitter=None, file_name="x")
+
+
+# ------------------------------------------------------------------ many files at once
+def _same(a, b) -> None:
+    assert a.rejected.tolist() == b.rejected.tolist()
+    assert a.rule_ids == b.rule_ids and a.messages == b.messages
+    pd.testing.assert_frame_equal(a.rule_counts, b.rule_counts)
+    pd.testing.assert_frame_equal(a.field_scores, b.field_scores)
+
+
+def test_validate_many_equals_each_file_alone():
+    """Files validated together (GX row batches spanning files, a per-file 'no future
+    dates' ceiling, per-file submitter rules, NET row conditions) give each file exactly
+    the outcome it gets alone: verdicts, rule counts, example lines, field scores."""
+    from pipelines.validation import validate_many
+
+    gp_items = []
+    for k, (practice, day) in enumerate([("A81001", "20240401"), ("A81002", "20240415"), ("A81003", "20240415")]):
+        rows = [dict(GP_GOOD) for _ in range(4)]
+        rows[k]["DATE_OF_BIRTH"] = "2024-04-10"  # after the 04-01 extract only: future there
+        rows[(k + 1) % 4]["SEX"] = "9"
+        rows[3]["DATE_OF_DEATH"] = "2024-04-12" if k == 0 else None
+        gp_items.append({"frame": frame(rows, GP_COLUMNS, first_line=2 + k), "period": "2024-04",
+                         "submitter": practice, "file_name": f"gp/GP_{practice}_{day}.csv",
+                         "context": ValidationContext(today=dt.date(2024, 4, int(day[6:])))})
+    gp_items.append({"frame": frame([], GP_COLUMNS), "period": "2024-04", "submitter": "A81004",
+                     "file_name": "gp/GP_A81004_20240402.csv", "context": ValidationContext(today=TODAY)})
+    many = validate_many("gp", gp_items, batch_rows=5)
+    assert many[0].stats["files"] == 4 and many[0].stats["batches"] >= 3
+    for it, got in zip(gp_items, many):
+        _same(got, validate("gp", **it))
+    assert "DATE_OF_BIRTH_FUTURE" in many[0].rule_ids[0] and "DATE_OF_BIRTH_FUTURE" not in many[1].rule_ids[1]
+
+    sus_items = []
+    for name, update in [("sus_apc/APC_RXX_202403_20240405120000_NET.csv", "1"),
+                         ("sus_apc/APC_RYY_202403_20240402120000_BULK.csv", ""),
+                         ("sus_apc/APC_RXX_202403_20240406120000_NET.csv", "9")]:
+        provider = name.split("_")[2]
+        rows = [{**SUS_GOOD, "PROCODE3": provider, "SUSRECID": f"{provider}{i}", "CDS_UPDATE_TYPE": update or None}
+                for i in range(3)]
+        rows[1]["SEX"] = "7"
+        rows[2]["EPISTART"] = "2024-04-04"  # after the 04-02 file, not after the 04-05 one
+        sus_items.append({"frame": frame(rows, SUS_COLUMNS), "period": "2024-03", "submitter": provider,
+                          "file_name": name, "context": ValidationContext(today=TODAY)})
+    for it, got in zip(sus_items, validate_many("sus_apc", sus_items, batch_rows=4)):
+        _same(got, validate("sus_apc", **it))
+
+    fft_items = []
+    for provider in ("RXX", "RYY"):
+        rows = [{**FFT_GOOD, "PROVIDER_CODE": "RXX", "RESPONSE_ID": f"R{i}"} for i in range(3)]
+        rows[2]["RESPONSE_ID"] = "R0"
+        fft_items.append({"frame": frame(rows, FFT_COLUMNS), "period": "2024-03", "submitter": provider,
+                          "file_name": f"fft/FFT_{provider}_202403_20240405120000.csv", "context": FFT_CONTEXT})
+    for it, got in zip(fft_items, validate_many("fft", fft_items)):
+        _same(got, validate("fft", **it))
