@@ -25,7 +25,8 @@ from pipelines.schemas.inputs import FEEDS
 from pipelines.storage import Store
 from pipelines.warehouse import Warehouse
 
-HES_SAMPLE = Path("/work/shared/reference/artificial_hes/artificial_hes_apc_0102.csv")
+# ../shared sits beside the checkout (CI clones main with shared/ beside it).
+HES_SAMPLE = Path(__file__).resolve().parents[2] / "shared/reference/artificial_hes/artificial_hes_apc_0102.csv"
 SUS_COLS = ["PROCODE3", "SUSRECID", "EPISTART", "EPIEND", "ADMIDATE", "ADMIMETH", "DISMETH", "SEX",
             "NEWNHSNO", "HOMEADD", "DOB", "MYDOB", "OPERTN_4_01", "OPDATE_01", "OPERTN_4_02", "OPDATE_02",
             "OPERTN_4_03", "OPDATE_03", "DIAG_4_01", "DIAG_4_02", "CDS_UPDATE_TYPE"]
@@ -308,6 +309,7 @@ def test_sus_end_to_end_with_the_real_validator(zone):
 
 
 def test_artificial_hes_sample(zone, monkeypatch):
+    assert HES_SAMPLE.exists(), f"NHS Digital's artificial HES sample is missing: {HES_SAMPLE}"
     put(zone.path, "hes_apc/artificial_hes_apc_0102.csv", HES_SAMPLE.read_bytes())
     seen = {}
     real = ingest._validate
