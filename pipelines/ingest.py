@@ -63,7 +63,10 @@ _PROTOCOL_RANK = {"BULK": 0, "NET": 1}
 
 # ============================================================================ ledger
 def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    # Milliseconds, as the ledger stores them: truncating to the second would make a file
+    # written in the same second it was first seen look modified afterwards (pending forever).
+    now = datetime.now(timezone.utc)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 def _part_path(file_name: str, sha: str, stage: str) -> str:

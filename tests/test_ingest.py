@@ -421,3 +421,11 @@ def test_landing_zone_in_s3_gives_the_same_ledger_and_current_view(tmp_path, mot
     # Nothing in the bucket was changed or added.
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="landing-bucket")["Contents"]]
     assert len(keys) == 6 and all(k.startswith("landing/") for k in keys)
+
+
+def test_a_file_taken_in_the_second_it_was_written_is_not_pending_again(zone, fast):
+    p = zone.path / BULK1
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(csv_text([sus_row("A")]))  # no backdating: written, then seen at once
+    ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings)
+    assert ingest.pending_periods(zone.store, zone.wh) == {}
