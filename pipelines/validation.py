@@ -270,35 +270,52 @@ def validate(
                 failed[rid].append(np.asarray(idx, dtype=np.int64))
             results.append((name, b, res))
 
-    # Per row: every rule broken, in rule order.
+    # Per row: every rule broken, in rule order; per rule: counts; per field: item scores.
+    fail_pos = {rule.id: (np.unique(np.concatenate(failed[rule.id])) if failed[rule.id] else np.zeros(0, np.int64))
+                for rule, _ in active}
+    rejected, rule_ids, messages, rule_counts, field_scores = _assemble(
+        mod, env, work, active, fail_pos, {r.id: checked[r.id] for r, _ in active}, lines)
+
+    docs = _build_docs(gctx, results, file_name, data_docs_dir) if data_docs_dir else None
+    seconds = time.perf_counter() - started
+    stats = {"rows": n, "batches": len(batches), "suites": len(suites), "rules": len(active), "seconds": seconds,
+             "rows_per_second": n / seconds if seconds > 0 else None}
+    log.info("validated %s (%s): %d rows, %d rejected, %d rules, %d batch(es), %.1fs",
+             file_name, source, n, int(rejected.sum()), len(active), len(batches), seconds)
+    return ValidationOutcome(rejected, rule_ids, messages, rule_counts, field_scores, docs, stats)
+
+
+
+def _assemble(mod, env, work: pd.DataFrame, active, fail_pos: dict[str, np.ndarray],
+              checked: dict[str, int], lines: np.ndarray):
+    """From each rule's failing row positions: per row, the rules broken (in rule order)
+    and whether a reject rule failed; per rule, its counts and up to 5 example lines;
+    per scored field, the DQMI item-score inputs (present, and no rule on it failed)."""
+    n = len(work)
     rejected = np.zeros(n, dtype=bool)
     gc_was_on = gc.isenabled()
     gc.disable()  # millions of small lists: the collector would rescan them again and again
     try:
         rule_ids: list[list[str]] = [[] for _ in range(n)]
         messages: list[list[str]] = [[] for _ in range(n)]
+        rows = []
+        for rule, _ in active:
+            pos = fail_pos[rule.id]
+            if rule.severity == "reject":
+                rejected[pos] = True
+            for p in pos.tolist():
+                rule_ids[p].append(rule.id)
+                messages[p].append(rule.message)
+            rows.append({
+                "rule_id": rule.id, "field": rule.field, "severity": rule.severity,
+                "rows_checked": int(checked[rule.id]), "rows_failed": int(len(pos)),
+                "example_lines": [int(x) for x in np.sort(lines[pos])[:5]],
+            })
     finally:
         if gc_was_on:
             gc.enable()
-    fails: dict[str, np.ndarray] = {}
-    rows = []
-    for rule, _ in active:
-        pos = np.unique(np.concatenate(failed[rule.id])) if failed[rule.id] else np.zeros(0, np.int64)
-        fails[rule.id] = pos
-        if rule.severity == "reject":
-            rejected[pos] = True
-        for p in pos.tolist():
-            rule_ids[p].append(rule.id)
-            messages[p].append(rule.message)
-        rows.append({
-            "rule_id": rule.id, "field": rule.field, "severity": rule.severity,
-            "rows_checked": int(checked[rule.id]), "rows_failed": int(len(pos)),
-            "example_lines": [int(x) for x in np.sort(lines[pos])[:5]],
-        })
     rule_counts = pd.DataFrame(rows, columns=["rule_id", "field", "severity", "rows_checked",
                                               "rows_failed", "example_lines"])
-
-    # DQMI item-score inputs: present and valid (no rule on the field failed).
     scored = mod.scored_rows(work, env) if hasattr(mod, "scored_rows") else None
     scored = np.ones(n, dtype=bool) if scored is None else np.asarray(scored, dtype=bool)
     scores = []
@@ -309,19 +326,10 @@ def validate(
         invalid = np.zeros(n, dtype=bool)
         for rule, _ in active:
             if rule.field in sf.cols:
-                invalid[fails[rule.id]] = True
+                invalid[fail_pos[rule.id]] = True
         scores.append({"field": sf.name, "rows": int(scored.sum()),
                        "rows_valid": int((present & ~invalid & scored).sum())})
-    field_scores = pd.DataFrame(scores, columns=["field", "rows", "rows_valid"])
-
-    docs = _build_docs(gctx, results, file_name, data_docs_dir) if data_docs_dir else None
-    seconds = time.perf_counter() - started
-    stats = {"rows": n, "batches": len(batches), "suites": len(suites), "rules": len(active), "seconds": seconds,
-             "rows_per_second": n / seconds if seconds > 0 else None}
-    log.info("validated %s (%s): %d rows, %d rejected, %d rules, %d batch(es), %.1fs",
-             file_name, source, n, int(rejected.sum()), len(active), len(batches), seconds)
-    return ValidationOutcome(rejected, rule_ids, messages, rule_counts, field_scores, docs, stats)
-
+    return rejected, rule_ids, messages, rule_counts, pd.DataFrame(scores, columns=["field", "rows", "rows_valid"])
 
 def _build_docs(gctx, results, file_name: str, folder: str) -> str:
     """A local GX Data Docs site for this validation, with counts only."""
@@ -601,55 +609,20 @@ def validate_many(
     docs = (_build_docs(gctx, results, f"{source}-{items[0].get('period') or ''}-{len(items)}-files", data_docs_dir)
             if data_docs_dir else None)
     outs: list[ValidationOutcome] = []
-    gc_was_on = gc.isenabled()
-    gc.disable()
-    try:
-        for i, (env, active) in enumerate(zip(envs, actives)):
-            a, z = int(offsets[i]), int(offsets[i + 1])
-            n = z - a
-            w = work.iloc[a:z].reset_index(drop=True)
-            rejected = np.zeros(n, dtype=bool)
-            rule_ids: list[list[str]] = [[] for _ in range(n)]
-            messages: list[list[str]] = [[] for _ in range(n)]
-            fails: dict[str, np.ndarray] = {}
-            rows = []
-            for rule, _ in active:
-                allpos = fail_pos.get(rule.id, np.zeros(0, np.int64))
-                lo, hi = np.searchsorted(allpos, [a, z])
-                pos = allpos[lo:hi] - a
-                fails[rule.id] = pos
-                if rule.severity == "reject":
-                    rejected[pos] = True
-                for p in pos.tolist():
-                    rule_ids[p].append(rule.id)
-                    messages[p].append(rule.message)
-                rows.append({
-                    "rule_id": rule.id, "field": rule.field, "severity": rule.severity,
-                    "rows_checked": int(checked_per_item[rule.id][i]), "rows_failed": int(len(pos)),
-                    "example_lines": [int(x) for x in np.sort(lines[i][pos])[:5]],
-                })
-            rule_counts = pd.DataFrame(rows, columns=["rule_id", "field", "severity", "rows_checked",
-                                                      "rows_failed", "example_lines"])
-            scored = mod.scored_rows(w, env) if hasattr(mod, "scored_rows") else None
-            scored = np.ones(n, dtype=bool) if scored is None else np.asarray(scored, dtype=bool)
-            scores = []
-            for sf in mod.SCORED:
-                present = np.zeros(n, dtype=bool)
-                for c in sf.cols:
-                    present |= w[c].notna().to_numpy()
-                invalid = np.zeros(n, dtype=bool)
-                for rule, _ in active:
-                    if rule.field in sf.cols:
-                        invalid[fails[rule.id]] = True
-                scores.append({"field": sf.name, "rows": int(scored.sum()),
-                               "rows_valid": int((present & ~invalid & scored).sum())})
-            field_scores = pd.DataFrame(scores, columns=["field", "rows", "rows_valid"])
-            stats = {"rows": n, "batch_rows": total, "files": len(items), "batches": n_batches,
-                     "rules": len(active), "seconds": seconds * n / max(total, 1), "batch_seconds": seconds}
-            outs.append(ValidationOutcome(rejected, rule_ids, messages, rule_counts, field_scores, docs, stats))
-    finally:
-        if gc_was_on:
-            gc.enable()
+    for i, (env, active) in enumerate(zip(envs, actives)):
+        a, z = int(offsets[i]), int(offsets[i + 1])
+        n = z - a
+        w = work.iloc[a:z].reset_index(drop=True)
+        item_pos = {}
+        for rule, _ in active:
+            allpos = fail_pos.get(rule.id, np.zeros(0, np.int64))
+            lo, hi = np.searchsorted(allpos, [a, z])
+            item_pos[rule.id] = allpos[lo:hi] - a
+        rejected, rule_ids, messages, rule_counts, field_scores = _assemble(
+            mod, env, w, active, item_pos, {r.id: checked_per_item[r.id][i] for r, _ in active}, lines[i])
+        stats = {"rows": n, "batch_rows": total, "files": len(items), "batches": n_batches,
+                 "rules": len(active), "seconds": seconds * n / max(total, 1), "batch_seconds": seconds}
+        outs.append(ValidationOutcome(rejected, rule_ids, messages, rule_counts, field_scores, docs, stats))
     log.info("validated %d %s file(s) together: %d rows, %d job(s), %d batch(es), %.1fs",
              len(items), source, total, len(jobs), n_batches, seconds)
     return outs

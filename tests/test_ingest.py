@@ -356,21 +356,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def moto_endpoint(monkeypatch):
-    from moto.server import ThreadedMotoServer
-
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
 
 def _comparable_ledger(wh) -> pd.DataFrame:
     led = ingest.read_ledger(wh).to_pandas()
@@ -379,7 +364,8 @@ def _comparable_ledger(wh) -> pd.DataFrame:
     return led[cols].sort_values(["file_name", "sha256"]).reset_index(drop=True)
 
 
-def test_landing_zone_in_s3_gives_the_same_ledger_and_current_view(tmp_path, moto_endpoint, fast):
+def test_landing_zone_in_s3_gives_the_same_ledger_and_current_view(tmp_path, s3_endpoint, fast):
+    moto_endpoint = s3_endpoint  # the shared moto server (tests/conftest.py)
     import boto3
 
     local = tmp_path / "landing"
