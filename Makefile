@@ -25,11 +25,12 @@ test: install
 bench: install
 	$(BIN)/python -m pipelines.bench --scale $(SCALE) --months $(MONTHS) --out bench-out
 
+# The UI on the demo: the same Dagster home `caredata demo` recorded its runs in.
 dev: install
-	DAGSTER_HOME=$(CURDIR)/.dagster_home CAREDATA_DEMO_MODE=1 \
+	DAGSTER_HOME=$(CURDIR)/demo/.dagster_home CAREDATA_DEMO_MODE=1 \
 	CAREDATA_LANDING=$(CURDIR)/demo/landing CAREDATA_WAREHOUSE=$(CURDIR)/demo/warehouse \
 	CAREDATA_PUBLISH=$(CURDIR)/demo/publish \
-	sh -c 'mkdir -p .dagster_home && $(BIN)/dagster dev -w workspace.yaml'
+	sh -c 'mkdir -p demo/.dagster_home && $(BIN)/dagster dev -w workspace.yaml'
 
 validate: install
 	$(BIN)/dagster definitions validate -w workspace.yaml
