@@ -59,10 +59,6 @@ def _shift(period: str, months: int) -> str:
     return f"{n // 12:04d}-{n % 12 + 1:02d}"
 
 
-def _rows(t: pa.Table | None) -> int:
-    return 0 if t is None else t.num_rows
-
-
 # --------------------------------------------------------------------------- ingest
 def scan(settings: Settings) -> dict:
     from pipelines import ingest
@@ -426,7 +422,7 @@ def publish(settings: Settings, period: str, *, run_id: str = "cli") -> dict:
             table = wh.store.read_parquet(path)
             if "period" not in table.column_names:
                 table = table.append_column("period", pa.array([period] * table.num_rows, pa.string()))
-            res = pub.publish_dataset(
+            pub.publish_dataset(
                 out, schemas.get(name), table, run_id=run_id, code_version=code_version(),
                 input_submissions={period: inputs}, thresholds=settings.thresholds,
                 key_label=settings.key_label if zone == "restricted" else None,
