@@ -36,9 +36,9 @@ TOY = Dataset(
     ),
 )
 
-VALID_NHS = "9434765919"  # the NHS's own example number
+VALID_NHS = "9990000018"  # a generated number from the 999 test range
 assert is_valid(VALID_NHS)
-BAD_CHECK = "9434765918"  # same first nine digits, wrong check digit
+BAD_CHECK = "9990000017"  # same first nine digits, wrong check digit
 assert not is_valid(BAD_CHECK)
 
 

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from pipelines import fft, schemas
 
 P = "2014-01"
-VALID_A = "9434765919"  # valid Modulus 11 (NHS Digital's test number)
-VALID_B = "9434765870"
+VALID_A = "9990000018"  # valid Modulus 11, generated from the 999 test range
+VALID_B = "9990000026"
 
 
 # --------------------------------------------------------------------------- builders

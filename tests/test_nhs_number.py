@@ -6,11 +6,11 @@ from pipelines import nhs_number as nn
 
 
 def test_worked_example_from_the_method():
-    # 943 476 591: 9*10+4*9+3*8+4*7+7*6+6*5+5*4+9*3+1*2 = 299; 299 % 11 = 2; 11 - 2 = 9
-    assert nn.check_digit("943476591") == 9
-    assert nn.is_valid("943 476 5919")
-    assert nn.is_valid("943-476-5919")
-    assert not nn.is_valid("9434765918")
+    # 999 000 001 (test range): 9*10+9*9+9*8+0+0+0+0+0+1*2 = 245; 245 % 11 = 3; 11 - 3 = 8
+    assert nn.check_digit("999000001") == 8
+    assert nn.is_valid("999 000 0018")
+    assert nn.is_valid("999-000-0018")
+    assert not nn.is_valid("9990000017")
 
 
 def test_remainder_ten_is_invalid_and_eleven_is_zero():

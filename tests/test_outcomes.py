@@ -14,7 +14,7 @@ from pipelines.config import Settings
 from pipelines.nhs_number import with_check_digit
 
 D = dt.date
-NHS_A = with_check_digit("943476591")
+NHS_A = with_check_digit("999000001")
 NHS_B = with_check_digit("401023213")
 assert NHS_A and NHS_B
 

@@ -214,10 +214,10 @@ def test_staged_table_without_disclosure_control_refused(store):
 
 def test_identifier_in_value_refused(store):
     raw = practice_rows().to_pylist()
-    raw[0]["commissioner_code"] = "943 476 5919"
+    raw[0]["commissioner_code"] = "999 000 0018"
     with pytest.raises(DisclosureError) as err:
         publish(store, pa.Table.from_pylist(raw))
-    assert "nhs_number" in str(err.value) and "943 476 5919" not in str(err.value)
+    assert "nhs_number" in str(err.value) and "999 000 0018" not in str(err.value)
     assert store.list("") == []
 
 
