@@ -129,18 +129,26 @@ def test_quarantine_holds_exactly_the_planted_reject_rows(run):
 
 
 def test_planted_warn_faults_are_kept_and_flagged(run):
+    """Every planted warn-severity fault (bad NHS numbers, malformed consultant, ICD-10,
+    OPCS-4 and MODE codes) in a file taken in: the row is kept, flagged by a rule on the
+    planted field."""
     faults = _truth(run, "row_faults")
     files = _truth(run, "files")
-    current_sus = set(files[(files.source == "sus_apc") & (files.status == "current")].path)
-    warn = faults[(faults.severity == "warn") & faults.file.isin(current_sus)
-                  & (faults.kind == "invalid_nhs_number")]
-    assert len(warn) > 0
-    silver = run["wh"].read("sus_episodes").to_pandas()
-    silver["file"] = silver.submission_id
-    warn = warn.assign(file=warn.file.str.replace(r"^sus_apc/|\.csv(\.gz)?$", "", regex=True))
-    m = warn.merge(silver, on=["file", "line"], how="left")
-    assert m.nhs_number_valid.eq(False).all()
-    assert m.dq_warnings.map(lambda w: "NEWNHSNO_INVALID" in list(w)).all()
+    taken = files[files.status.isin(["current", "superseded"]) & files.source.isin(["sus_apc", "fft"])]
+    warn = faults[(faults.severity == "warn") & faults.file.isin(set(taken.path))].copy()
+    assert {"invalid_nhs_number", "missing_nhs_number"} <= set(warn.kind)
+    # a row that also carries a reject fault is quarantined instead (tested above)
+    rejected = faults[faults.severity == "reject"][["file", "line"]].drop_duplicates()
+    warn = warn.merge(rejected, on=["file", "line"], how="left", indicator=True)
+    warn = warn[warn._merge == "left_only"].drop(columns="_merge")
+    warn["submission_id"] = warn.file.str.replace(r"^(sus_apc|fft)/|\.csv(\.gz)?$", "", regex=True)
+    silver = pd.concat([
+        run["wh"].read(t).to_pandas()[["submission_id", "line", "dq_warnings"]]
+        for t in ("sus_episodes", "fft_responses")])
+    m = warn.merge(silver, on=["submission_id", "line"], how="left")
+    assert len(m) >= 10 and m.dq_warnings.notna().all(), "a warned row was not kept"
+    flagged = [any(w.startswith(f"{f}_") for w in list(ws)) for f, ws in zip(m.field, m.dq_warnings)]
+    assert all(flagged), m[[not x for x in flagged]][["file", "line", "kind", "field", "dq_warnings"]]
 
 
 def test_held_submission_reaches_nothing_downstream(run):
