@@ -249,25 +249,10 @@ def validate(
         rows_part.index = pd.Index(positions)  # unexpected_index_list gives file positions
         for name, cols, suite in suites:
             part = rows_part[cols]
-            batch = batch_def.get_batch(batch_parameters={"dataframe": part})
-            res = batch.validate(suite, result_format={
-                "result_format": "COMPLETE", "partial_unexpected_count": 0,
-                "include_unexpected_rows": False, "return_unexpected_index_query": False,
-            })
-            for r in res.results:
-                rid = r.expectation_config.meta["rule_id"]
-                err = _raised(r.exception_info)
-                if err:
-                    raise ValidationError(f"{file_name}: rule {rid} could not be evaluated: {str(err)[:200]}")
-                out = r.result or {}
-                elements = int(out.get("element_count", len(part)))
-                checked[rid] += elements - int(out.get("missing_count", 0) or 0)
-                idx = out.get("unexpected_index_list") or []
-                if idx and isinstance(idx[0], dict):  # defensive: index given as columns
-                    idx = [next(iter(d.values())) for d in idx]
-                if len(idx) != int(out.get("unexpected_count", 0) or 0):
-                    raise ValidationError(f"{file_name}: rule {rid}: failing rows could not be located")
-                failed[rid].append(np.asarray(idx, dtype=np.int64))
+            res = _run_suite(batch_def, suite, part)
+            for rid, n_checked, idx in _rule_results(res, part, file_name):
+                checked[rid] += n_checked
+                failed[rid].append(idx)
             results.append((name, b, res))
 
     # Per row: every rule broken, in rule order; per rule: counts; per field: item scores.
@@ -285,6 +270,34 @@ def validate(
     return ValidationOutcome(rejected, rule_ids, messages, rule_counts, field_scores, docs, stats)
 
 
+
+
+def _run_suite(batch_def, suite, part: pd.DataFrame):
+    """Validate one batch of rows against one suite, failing rows as index values."""
+    batch = batch_def.get_batch(batch_parameters={"dataframe": part})
+    return batch.validate(suite, result_format={
+        "result_format": "COMPLETE", "partial_unexpected_count": 0,
+        "include_unexpected_rows": False, "return_unexpected_index_query": False,
+    })
+
+
+def _rule_results(res, part: pd.DataFrame, label: str):
+    """Per expectation of a suite result: (rule id, rows checked, failing row positions).
+    A rule that raised, or whose failing rows cannot be located, is an error: a broken
+    rule never passes silently."""
+    for r in res.results:
+        rid = r.expectation_config.meta["rule_id"]
+        err = _raised(r.exception_info)
+        if err:
+            raise ValidationError(f"{label}: rule {rid} could not be evaluated: {str(err)[:200]}")
+        out = r.result or {}
+        elements = int(out.get("element_count", len(part)))
+        idx = out.get("unexpected_index_list") or []
+        if idx and isinstance(idx[0], dict):  # defensive: index given as columns
+            idx = [next(iter(d.values())) for d in idx]
+        if len(idx) != int(out.get("unexpected_count", 0) or 0):
+            raise ValidationError(f"{label}: rule {rid}: failing rows could not be located")
+        yield rid, elements - int(out.get("missing_count", 0) or 0), np.asarray(idx, dtype=np.int64)
 
 def _assemble(mod, env, work: pd.DataFrame, active, fail_pos: dict[str, np.ndarray],
               checked: dict[str, int], lines: np.ndarray):
@@ -553,25 +566,10 @@ def validate_many(
                 part = work[cols]
                 part = part.iloc[int(pos[0]):int(pos[-1]) + 1] if contiguous else part.iloc[pos]
                 part = part.set_axis(pd.Index(pos), axis=0)
-                batch = batch_def.get_batch(batch_parameters={"dataframe": part})
-                res = batch.validate(suite, result_format={
-                    "result_format": "COMPLETE", "partial_unexpected_count": 0,
-                    "include_unexpected_rows": False, "return_unexpected_index_query": False,
-                })
-                for r in res.results:
-                    rid = r.expectation_config.meta["rule_id"]
-                    err = _raised(r.exception_info)
-                    if err:
-                        raise ValidationError(f"{source} batch: rule {rid} could not be evaluated: {str(err)[:200]}")
-                    out = r.result or {}
-                    elements = int(out.get("element_count", len(part)))
-                    checked_total[(rid, its)] += elements - int(out.get("missing_count", 0) or 0)
-                    idx = out.get("unexpected_index_list") or []
-                    if idx and isinstance(idx[0], dict):
-                        idx = [next(iter(d.values())) for d in idx]
-                    if len(idx) != int(out.get("unexpected_count", 0) or 0):
-                        raise ValidationError(f"{source} batch: rule {rid}: failing rows could not be located")
-                    failed[(rid, its)].append(np.asarray(idx, dtype=np.int64))
+                res = _run_suite(batch_def, suite, part)
+                for rid, n_checked, idx in _rule_results(res, part, f"{source} batch"):
+                    checked_total[(rid, its)] += n_checked
+                    failed[(rid, its)].append(idx)
                 results.append((name, n_batches - 1, res))
 
     # Per rule variant: failing rows, and rows checked per file (a mask GX agrees with).
