@@ -624,6 +624,22 @@ def _dq_tables(period: str, submission_id: str, source: str, submitter, rule_cou
 
 
 # ============================================================================ files
+def _read_candidate(landing, fi, parsed: ParsedName, feed, ledger, warehouse: Warehouse, report: IngestReport):
+    """A file not yet taken in, parsed: (frame, info, sha256, first seen), or None when it
+    is not to be read (seen before) or cannot be parsed (then recorded as rejected)."""
+    got = _candidate(landing, fi, parsed, ledger, warehouse, report)
+    if got is None:
+        return None
+    data, sha = got
+    first = ledger.first_seen(fi.path, sha)
+    try:
+        frame, info = parse_bytes(data, fi.path, feed)
+    except FileRejected as exc:
+        _reject(warehouse, parsed, sha, len(data), first, exc.reason, report)
+        return None
+    return frame, info, sha, first
+
+
 def _candidate(landing: Store, fi: FileInfo, parsed: ParsedName, ledger: _Ledger,
                warehouse: Warehouse, report: IngestReport) -> tuple[bytes, str] | None:
     """The file's bytes and SHA-256 when it is to be taken in now; None when it was seen
@@ -736,17 +752,10 @@ def ingest(source: str, period: str, landing: Store, warehouse: Warehouse, setti
         pending_rows = 0
 
     for parsed, fi in mine:
-        got = _candidate(landing, fi, parsed, ledger, warehouse, report)
+        got = _read_candidate(landing, fi, parsed, feed, ledger, warehouse, report)
         if got is None:
             continue
-        data, sha = got
-        first = ledger.first_seen(fi.path, sha)
-        try:
-            frame, info = parse_bytes(data, fi.path, feed)
-        except FileRejected as exc:
-            _reject(warehouse, parsed, sha, len(data), first, exc.reason, report)
-            continue
-        del data
+        frame, info, sha, first = got
         if context is None:
             context = _reference_context(landing, warehouse, today)
         pending.append((parsed, fi, frame, info, sha, first))
@@ -866,17 +875,10 @@ def ingest_hes(landing: Store, warehouse: Warehouse, settings, *, today: date | 
         parsed = parse_name(fi.path)
         if not isinstance(parsed, ParsedName):
             continue
-        got = _candidate(landing, fi, parsed, ledger, warehouse, report)
+        got = _read_candidate(landing, fi, parsed, "hes_apc", ledger, warehouse, report)
         if got is None:
             continue
-        data, sha = got
-        first = ledger.first_seen(fi.path, sha)
-        try:
-            frame, info = parse_bytes(data, fi.path, "hes_apc")
-        except FileRejected as exc:
-            _reject(warehouse, parsed, sha, len(data), first, exc.reason, report)
-            continue
-        del data
+        frame, _info, sha, first = got
         if context is None:
             context = _reference_context(landing, warehouse, today)
         _take_in_hes(parsed, frame, sha, fi.size, first, warehouse, settings, context, data_docs_dir, report)
