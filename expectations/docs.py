@@ -45,18 +45,22 @@ Rows received = rows kept + rows quarantined, always. A file with more than
 ## Choices where the specification is silent
 
 - **Duplicate keys** (`SUSRECID`; HES: `PROCODE3` with `SUSRECID`, else `EPIKEY`;
-  `RESPONSE_ID`): every copy is rejected, not only the second: nothing says which copy is
-  right, and the submitter must resend.
-- **NHS number** missing or invalid is `warn` in every feed (the record is kept but cannot be
-  linked by NHS number). In FFT the NHS number is optional (given if the patient wishes): a
+  `RESPONSE_ID`): the first row with a key stands; every later row with the same key in the
+  file is rejected (a repeated row is the usual fault, and the first copy is the episode).
+- **NHS number** missing or invalid is `warn` in SUS, HES and FFT (the record is kept but
+  cannot be linked by NHS number), and `reject` in a GP extract: the NHS number is the key of
+  the care.data extract, and a GP row without a valid one can never be a patient (linkage,
+  registered counts). In FFT the NHS number is optional (given if the patient wishes): a
   missing one is no failure, and FFT's valid-NHS-number rate is reported but neither scored
   nor a sanction measure.
-- **Future dates**: compared with the validation day (`ValidationContext.today`). A future
-  required date is `reject`, a future optional date `warn`.
-- **Date order** beyond `EPIEND` >= `EPISTART` (reject): an episode starting before its
-  admission, a discharge before admission, a birth after admission (`DOB`, else the first
-  day of the `MYDOB` month), registration before birth, deregistration before registration
-  and death before birth are `warn`: the record is usable, one of its dates is doubtful.
+- **Future dates** are impossible, so `reject` on every date field. "Future" means after
+  the file was submitted (the time in its name; a GP extract's date), or after the
+  validation day if that is earlier: a 2014 file cannot hold a 2020 discharge.
+- **Date order** beyond `EPIEND` >= `EPISTART` (reject): a birth after admission (`DOB`,
+  else the first day of the `MYDOB` month) is `reject` too (an impossible date). An episode
+  starting before its admission, a discharge before admission, registration before birth,
+  deregistration before registration and death before birth are `warn`: the record is
+  usable, one of its dates is doubtful.
 - **OBJECTION** other than empty, `9Nu0` or `9Nu4` (any case) is `reject`: an objection that cannot be
   read must not be treated as no objection.
 - **HES placeholders**: `-` (and `-   `) in a diagnosis or procedure position means "none";
