@@ -56,5 +56,9 @@ SCORED = (
 KEY_COLUMNS: tuple[str, ...] = ()  # a GP extract has no record key to be unique
 
 
+# ``prepare`` reads each row alone, so many extracts may be prepared together.
+PREPARE_PER_FILE = False
+
+
 def prepare(frame: pd.DataFrame, env: Env) -> pd.DataFrame:
     return frame
