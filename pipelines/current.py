@@ -10,6 +10,8 @@
   HES, then by file name. Held submissions are skipped (earlier data stay in force).
 * :func:`current_fft` - the newest non-held file per provider and period.
 * :func:`gp_current` - GP: the newest non-held extract per practice supersedes.
+  :func:`gp_current_lazy` chooses the same extracts but returns lazy Arrow datasets over
+  their Parquet parts (national GP data is never held in memory: the linkage scans it).
 
 Silver parts are never deleted: every submission stays readable for audit
 (``warehouse.read("sus_episodes", parts=[...])``). The ledger's current/superseded
@@ -24,6 +26,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
 from pipelines import schemas
 from pipelines.warehouse import Warehouse
@@ -140,15 +143,21 @@ def _newest(extracts: pd.DataFrame) -> pd.DataFrame:
     return ok.drop_duplicates("practice_code", keep="last")
 
 
-def _gp_rows(warehouse: Warehouse, chosen: pd.DataFrame) -> pa.Table:
-    if chosen.empty:
-        return _empty("gp_patients")
+def _gp_paths(warehouse: Warehouse, chosen: pd.DataFrame) -> list[str]:
+    """The ``gp_patients`` parts of the chosen submissions, sorted."""
     paths = []
     for period, grp in chosen.groupby("period"):
         paths += _parts(warehouse, "gp_patients", period, grp["submission_id"])
+    return sorted(paths)
+
+
+def _gp_rows(warehouse: Warehouse, chosen: pd.DataFrame) -> pa.Table:
+    if chosen.empty:
+        return _empty("gp_patients")
+    paths = _gp_paths(warehouse, chosen)
     if not paths:
         return _empty("gp_patients")
-    return schemas.get("gp_patients").conform(warehouse.read("gp_patients", parts=sorted(paths)))
+    return schemas.get("gp_patients").conform(warehouse.read("gp_patients", parts=paths))
 
 
 def gp_current(warehouse: Warehouse, period: str | None = None) -> GPCurrent:
@@ -162,3 +171,30 @@ def gp_current(warehouse: Warehouse, period: str | None = None) -> GPCurrent:
     overall = _gp_rows(warehouse, _newest(ex))
     in_period = _gp_rows(warehouse, _newest(ex[ex["period"] == period])) if period else _empty("gp_patients")
     return GPCurrent(overall, in_period, extracts)
+
+
+class GPCurrentLazy(NamedTuple):
+    patients_newest_overall: ds.Dataset  # lazy: the parts of each practice's newest non-held extract
+    patients_newest_in_period: ds.Dataset  # lazy: ... of its newest non-held extract dated in the period
+    extracts: pa.Table  # every gp_extracts row (all periods), held and superseded ones included
+
+
+def gp_current_lazy(warehouse: Warehouse, period: str | None = None,
+                    columns: list[str] | None = None) -> GPCurrentLazy:
+    """:func:`gp_current` without reading the patients: the same extracts chosen, each set
+    of rows as a lazy ``pyarrow.dataset.Dataset`` over their Parquet parts (sorted, as
+    :func:`gp_current` concatenates them) with the declared ``gp_patients`` columns, or
+    only ``columns``, typed as declared. Scanning one gives the rows of the matching
+    :func:`gp_current` table (a column missing from an older part reads as null)."""
+    extracts = warehouse.read("gp_extracts")
+    ex = extracts.to_pandas()
+
+    def lazy(chosen: pd.DataFrame | None) -> ds.Dataset:
+        paths = [] if chosen is None or chosen.empty else _gp_paths(warehouse, chosen)
+        return warehouse.dataset("gp_patients", parts=paths, columns=columns)
+
+    if ex.empty:
+        return GPCurrentLazy(lazy(None), lazy(None), extracts)
+    overall = lazy(_newest(ex))
+    in_period = lazy(_newest(ex[ex["period"] == period])) if period else lazy(None)
+    return GPCurrentLazy(overall, in_period, extracts)

@@ -4,8 +4,13 @@ methods.md "Record linkage" and "care.data linkage coverage"; outputs.md
 ``linkage_coverage_*``, ``programme_targets`` and the restricted ``linked_episodes``.
 The choices made where the spec is silent are written down in docs/methods-linkage.md.
 
-Everything runs in an in-process DuckDB over Arrow tables (national tables are never held
-in pandas). No Dagster here: the assets call these functions.
+Everything runs in an in-process DuckDB over Arrow data (national tables are never held
+in pandas). The GP rows may be given as a lazy ``pyarrow.dataset.Dataset`` over the
+extracts' Parquet parts (:func:`pipelines.current.gp_current_lazy`): they are then
+scanned, never held whole, so memory does not grow with the number of GP patients.
+DuckDB runs under a memory limit (:data:`DEFAULT_MEMORY_LIMIT`, or
+``CAREDATA_DUCKDB_MEMORY_LIMIT``) and spills to a temporary folder beyond it. No Dagster
+here: the assets call these functions.
 
 * :func:`link_episodes`: match rank 1-5 of each episode against the patients of the GP
   extracts (a patient = one NHS number, over all practices), the registration covering
@@ -21,11 +26,19 @@ Nothing here logs or raises with an NHS number, a postcode or a date of birth in
 from __future__ import annotations
 
 import calendar
+import contextlib
 import datetime as dt
+import os
 import re
+import shutil
+import tempfile
+from typing import Iterator
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
 
 from pipelines import pseudo, schemas
 
@@ -135,8 +148,96 @@ def _slim(table: pa.Table, columns: dict[str, pa.DataType], required: tuple[str,
     return pa.Table.from_arrays(arrays, names=names)
 
 
-def _connect() -> duckdb.DuckDBPyConnection:
-    return duckdb.connect(database=":memory:")
+# DuckDB's memory ceiling (beyond it, joins and aggregates spill to a temporary folder
+# under the system temp directory). Override with CAREDATA_DUCKDB_MEMORY_LIMIT or the
+# ``memory_limit`` argument, in DuckDB's notation ("4GB", "512MB", "75%").
+DEFAULT_MEMORY_LIMIT = "4GB"
+MEMORY_LIMIT_ENV = "CAREDATA_DUCKDB_MEMORY_LIMIT"
+
+# GP rows are scanned in slices of about this many rows (bounded memory per step), and
+# their files this many at a time (see _slices). Each slice goes to DuckDB as an Arrow
+# table of known size. (A whole pyarrow Dataset registered in DuckDB has no row estimate,
+# ~1 row, so DuckDB makes the GP side the build side of its joins: a hash table of every
+# GP row. Slices keep any such choice bounded by a slice.)
+_GP_SLICE_ROWS = 1 << 19
+_GP_SCAN_FILES = 128
+
+
+def _memory_limit(explicit: str | None = None) -> str:
+    return str(explicit or os.environ.get(MEMORY_LIMIT_ENV) or DEFAULT_MEMORY_LIMIT)
+
+
+@contextlib.contextmanager
+def _connect(memory_limit: str | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory DuckDB with a memory limit, one thread per CPU, and its own spill
+    folder under the system temp directory (removed afterwards)."""
+    spill = tempfile.mkdtemp(prefix="caredata-duckdb-")
+    try:
+        con = duckdb.connect(database=":memory:", config={
+            "memory_limit": _memory_limit(memory_limit),
+            "temp_directory": spill,
+            "threads": os.cpu_count() or 1,
+        })
+        try:
+            yield con
+        finally:
+            con.close()
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+
+
+def _gp_source(gp, columns: dict[str, pa.DataType], required: tuple[str, ...], what: str):
+    """GP rows as something DuckDB can scan, with exactly ``columns`` typed as given
+    (absent optional columns null): a ``pa.Table`` is sliced to them (:func:`_slim`); a
+    Parquet ``pyarrow.dataset.FileSystemDataset`` stays lazy, re-declared with those
+    columns so a scan reads only them. Only column names go into an error."""
+    if isinstance(gp, pa.Table):
+        return _slim(gp, columns, required, what)
+    if not isinstance(gp, pads.Dataset):
+        raise TypeError(f"{what}: expected a pyarrow Table or Dataset, got {type(gp).__name__}")
+    missing = [c for c in required if c not in gp.schema.names]
+    if missing:
+        raise ValueError(f"{what}: missing columns {missing}")
+    if not isinstance(gp, pads.FileSystemDataset):
+        return _slim(gp.to_table(), columns, required, what)
+    schema = pa.schema([pa.field(n, t) for n, t in columns.items()])
+    return pads.FileSystemDataset(list(gp.get_fragments()), schema=schema, format=gp.format,
+                                  filesystem=gp.filesystem)
+
+
+def _slices(source, columns: list[str], filter=None) -> Iterator[pa.Table]:
+    """The rows of a :func:`_gp_source` in their order, ``columns`` only, in tables of
+    about :data:`_GP_SLICE_ROWS` rows. A dataset is streamed (only one slice and the
+    scanner's read-ahead in memory), and its slices hold whole files: a file (one
+    extract) is never split over two slices. Files are scanned :data:`_GP_SCAN_FILES` at
+    a time through fresh fragments, so what Arrow keeps of each file it has read
+    (its Parquet metadata) is let go rather than piling up over thousands of files."""
+    if isinstance(source, pa.Table):
+        table = source.select(columns)
+        if filter is not None:
+            table = table.filter(filter)
+        for start in range(0, table.num_rows, _GP_SLICE_ROWS):
+            yield table.slice(start, _GP_SLICE_ROWS)
+        return
+    schema = pa.schema([source.schema.field(c) for c in columns])
+    fmt, fs = source.format, source.filesystem
+    files = [(f.path, f.partition_expression) for f in source.get_fragments()]
+    pending, rows, fragment = [], 0, None
+    for start in range(0, len(files), _GP_SCAN_FILES):
+        group = pads.FileSystemDataset(
+            [fmt.make_fragment(path, fs, partition_expression=part) for path, part in files[start:start + _GP_SCAN_FILES]],
+            schema=source.schema, format=fmt, filesystem=fs)
+        for tagged in group.scanner(columns=columns, filter=filter).scan_batches():
+            path = tagged.fragment.path
+            if path != fragment and rows >= _GP_SLICE_ROWS:
+                yield pa.Table.from_batches(pending, schema=schema)
+                pending, rows = [], 0
+            fragment = path
+            if tagged.record_batch.num_rows:
+                pending.append(tagged.record_batch)
+                rows += tagged.record_batch.num_rows
+    if pending:
+        yield pa.Table.from_batches(pending, schema=schema)
 
 
 def _period_bounds(period: str) -> tuple[dt.date, dt.date]:
@@ -173,23 +274,10 @@ def _conform_public(name: str, table: pa.Table) -> pa.Table:
 
 
 # --------------------------------------------------------------------------- linkage
-_LINK_SQL = rf"""
-CREATE TEMP TABLE gp AS
-SELECT
-    nhs_number AS nhs,
-    {_CODE.format(c="practice_code")} AS practice,
-    extract_date,
-    date_of_birth AS g_dob,
-    {_SEX.format(c="sex")} AS g_sex,
-    {_POSTCODE.format(c="postcode")} AS g_pc,
-    NULLIF(trim(lsoa), '') AS lsoa,
-    registration_date,
-    deregistration_date,
-    date_of_death,
-    coalesce(type2_objection, false) AS t2
-FROM gp_in
-WHERE nhs_number IS NOT NULL AND coalesce(nhs_number_valid, false);
+_GP_VALID = "nhs_number IS NOT NULL AND coalesce(nhs_number_valid, false)"
 
+# 1. The episodes, normalised; the keys the GP rows are looked up by.
+_LINK_PREPARE_SQL = rf"""
 CREATE TEMP TABLE ep AS
 SELECT
     __row,
@@ -203,6 +291,63 @@ SELECT
     epistart
 FROM ep_in;
 
+-- DOB, sex and postcode of the episodes without a valid NHS number (rank 5 candidates
+-- must agree on all three, so an episode missing one of them cannot be rank 5).
+CREATE TEMP TABLE k5 AS
+SELECT DISTINCT e_dob, e_sex, e_pc FROM ep
+WHERE e_nhs IS NULL AND e_dob IS NOT NULL AND e_sex IS NOT NULL AND e_pc IS NOT NULL;
+
+-- The patients (NHS numbers) whose GP rows can matter: the episodes' valid numbers, and
+-- (added while scanning the GP rows) every patient with a row agreeing with k5.
+CREATE TEMP TABLE want AS
+SELECT DISTINCT e_nhs AS nhs FROM ep WHERE e_nhs IS NOT NULL;
+
+CREATE TEMP TABLE gp (
+    nhs VARCHAR, practice VARCHAR, extract_date DATE, g_dob DATE, g_sex VARCHAR, g_pc VARCHAR,
+    lsoa VARCHAR, registration_date DATE, deregistration_date DATE, date_of_death DATE,
+    t2 BOOLEAN, __seq BIGINT
+);
+"""
+
+# 2. First scan of the GP rows (only when some episode has no valid NHS number): the
+# patients with a row agreeing on DOB, sex and postcode with such an episode. All their
+# rows are kept in the second scan, so rank 5 still counts every candidate patient, and a
+# rank 5 patient's other rows (another address) still give registration, LSOA, death and
+# objection.
+_LINK_RANK5_SLICE_SQL = rf"""
+INSERT INTO want
+SELECT DISTINCT g.nhs_number FROM gp_slice g
+SEMI JOIN k5 ON g.date_of_birth = k5.e_dob
+    AND {_SEX.format(c="g.sex")} = k5.e_sex
+    AND {_POSTCODE.format(c="g.postcode")} = k5.e_pc
+WHERE {_GP_VALID}
+"""
+
+# 3. Second scan: every row of the wanted patients, normalised (__seq = order in the GP
+# input, the last tie-break below). Every later statement only reads rows of patients in
+# ``want`` (ranks 1-4: the episode's number; rank 5: rows agreeing with k5; pat and cover:
+# the linked patients and the episodes' numbers), so the result is the one over all rows.
+_LINK_GP_SLICE_SQL = rf"""
+INSERT INTO gp
+SELECT
+    nhs_number AS nhs,
+    {_CODE.format(c="practice_code")} AS practice,
+    extract_date,
+    date_of_birth AS g_dob,
+    {_SEX.format(c="sex")} AS g_sex,
+    {_POSTCODE.format(c="postcode")} AS g_pc,
+    NULLIF(trim(lsoa), '') AS lsoa,
+    registration_date,
+    deregistration_date,
+    date_of_death,
+    coalesce(type2_objection, false) AS t2,
+    __seq
+FROM gp_slice
+WHERE {_GP_VALID} AND nhs_number IN (SELECT nhs FROM want)
+"""
+
+# 4. Match, and what is kept of each patient.
+_LINK_SQL = r"""
 -- Ranks 1-4: the patient with the episode's valid NHS number (never another one). The
 -- rank is the best agreement with any one of that patient's GP rows.
 -- Rank 5: no valid NHS number on the episode, and DOB, sex and postcode agree with the rows
@@ -230,7 +375,7 @@ CREATE TEMP TABLE pat AS
 SELECT nhs,
     bool_or(t2) AS t2,
     first(date_of_death ORDER BY extract_date DESC, date_of_death) FILTER (WHERE date_of_death IS NOT NULL) AS dod,
-    first(lsoa ORDER BY registration_date DESC NULLS LAST, extract_date DESC, practice)
+    first(lsoa ORDER BY registration_date DESC NULLS LAST, extract_date DESC, practice, __seq)
         FILTER (WHERE lsoa IS NOT NULL) AS lsoa_latest
 FROM gp
 WHERE nhs IN (SELECT nhs FROM links UNION SELECT e_nhs FROM ep WHERE e_nhs IS NOT NULL)
@@ -245,7 +390,7 @@ SELECT __row, practice, lsoa FROM (
         row_number() OVER (
             PARTITION BY l.__row
             ORDER BY coalesce(g.practice = e.e_gpprac, false) DESC,
-                     g.registration_date DESC, g.extract_date DESC, g.practice
+                     g.registration_date DESC, g.extract_date DESC, g.practice, g.__seq
         ) AS rn
     FROM links l
     JOIN ep e USING (__row)
@@ -270,12 +415,21 @@ LEFT JOIN pat p_own ON p_own.nhs = e.e_nhs
 ORDER BY e.__row;
 """
 
+# Only GP rows with a valid NHS number are patients; the scan drops the others early.
+_GP_VALID_FILTER = pc.field("nhs_number").is_valid() & pc.field("nhs_number_valid")
+_RANK5_COLUMNS = ["nhs_number", "nhs_number_valid", "date_of_birth", "sex", "postcode"]
 
-def link_episodes(episodes: pa.Table, gp_patients: pa.Table) -> pa.Table:
+
+def link_episodes(episodes: pa.Table, gp_patients, *, memory_limit: str | None = None) -> pa.Table:
     """Link each episode to a GP-registered patient (methods.md "Record linkage").
 
     ``episodes``: current SUS episodes (warehouse ``sus_episodes`` columns).
-    ``gp_patients``: the rows of each practice's newest extract (warehouse ``gp_patients``).
+    ``gp_patients``: the rows of each practice's newest extract (warehouse ``gp_patients``),
+    as a ``pa.Table`` or, at national scale, a lazy ``pyarrow.dataset.Dataset`` over
+    their Parquet parts (:func:`pipelines.current.gp_current_lazy`). The GP rows are
+    scanned (twice when an episode has no valid NHS number) and only the rows of patients
+    who can be linked are kept, so memory follows the episodes, not the GP list.
+    ``memory_limit``: DuckDB's (default :func:`_memory_limit`).
 
     Returns ``episodes`` unchanged, in the same order, with :data:`LINK_COLUMNS` added
     (replaced if already there): ``match_rank`` (1-5, null = unlinked),
@@ -286,17 +440,27 @@ def link_episodes(episodes: pa.Table, gp_patients: pa.Table) -> pa.Table:
     """
     ep_in = _slim(episodes, _EPISODE_IN, _EPISODE_REQUIRED, "episodes")
     ep_in = ep_in.append_column("__row", pa.array(range(episodes.num_rows), pa.int64()))
-    gp_in = _slim(gp_patients, _GP_IN, _GP_REQUIRED, "gp_patients")
-    con = _connect()
-    try:
+    gp_src = _gp_source(gp_patients, _GP_IN, _GP_REQUIRED, "gp_patients")
+    with _connect(memory_limit) as con:
         con.register("ep_in", ep_in)
-        con.register("gp_in", gp_in)
+        for statement in _statements(_LINK_PREPARE_SQL):
+            con.execute(statement)
+        if con.sql("SELECT count(*) FROM k5").fetchall()[0][0]:
+            for part in _slices(gp_src, _RANK5_COLUMNS, _GP_VALID_FILTER):
+                con.register("gp_slice", part)
+                con.execute(_LINK_RANK5_SLICE_SQL)
+                con.unregister("gp_slice")
+        seq = 0
+        for part in _slices(gp_src, list(_GP_IN), _GP_VALID_FILTER):
+            part = part.append_column("__seq", pa.array(np.arange(seq, seq + part.num_rows, dtype=np.int64)))
+            seq += part.num_rows
+            con.register("gp_slice", part)
+            con.execute(_LINK_GP_SLICE_SQL)
+            con.unregister("gp_slice")
         *setup, final = _statements(_LINK_SQL)
         for statement in setup:
             con.execute(statement)
         result = con.sql(final).to_arrow_table()
-    finally:
-        con.close()
 
     out = episodes.drop_columns([c for c in LINK_COLUMNS if c in episodes.column_names])
     types = {
@@ -319,15 +483,20 @@ def coverage(
     practices: pa.Table,
     providers: pa.Table,
     extracts: pa.Table,
-    gp_patients_period: pa.Table,
+    gp_patients_period,
     settings,
+    *,
+    memory_limit: str | None = None,
 ) -> dict[str, pa.Table]:
     """The care.data linkage coverage of ``period`` (methods.md), unsuppressed.
 
     ``linked``: :func:`link_episodes` output for the period's episodes (episodes whose
     EPIEND falls in another month are ignored). ``practices``: ``ref_practices``;
     ``providers``: ``ref_providers``; ``extracts``: ``gp_extracts``;
-    ``gp_patients_period``: the rows of each practice's newest extract dated in the period.
+    ``gp_patients_period``: the rows of each practice's newest extract dated in the period,
+    a ``pa.Table`` or a lazy ``pyarrow.dataset.Dataset`` (streamed and counted slice by
+    slice, never held whole: see :func:`_registered`). ``memory_limit``: DuckDB's (default
+    :func:`_memory_limit`).
 
     Returns ``linkage_coverage_practice``, ``linkage_coverage_provider``,
     ``linkage_coverage_summary`` and ``programme_targets``, each conformed to its
@@ -338,13 +507,12 @@ def coverage(
     practice_pct = float(settings.t("linkage", "practice_linked_pct"))
     standard_pct = float(settings.t("linkage", "nhs_number_standard_pct"))
 
-    con = _connect()
-    try:
+    gpp_in = _gp_source(gp_patients_period, _GP_PERIOD_IN, ("practice_code", "extract_date"), "gp_patients_period")
+    with _connect(memory_limit) as con:
         con.register("lk_in", _slim(linked, _LINKED_IN, ("provider_code", "epiend", "match_rank"), "linked"))
         con.register("prac_in", _slim(practices, _PRACTICES_IN, ("practice_code",), "practices"))
         con.register("prov_in", _slim(providers, _PROVIDERS_IN, ("provider_code",), "providers"))
         con.register("ext_in", _slim(extracts, _EXTRACTS_IN, ("practice_code", "extract_date"), "extracts"))
-        con.register("gpp_in", _slim(gp_patients_period, _GP_PERIOD_IN, ("practice_code", "extract_date"), "gp_patients_period"))
         p_start, p_end = _sql_date(start), _sql_date(end)
         con.execute(f"""
             CREATE TEMP TABLE lk AS
@@ -378,17 +546,7 @@ def coverage(
         """)
         # Registered on the extract date: started on or before it, not deregistered or
         # dead on or before it. A patient with two rows in one extract counts once.
-        con.execute("""
-            CREATE TEMP TABLE reg AS
-            SELECT c.practice,
-                   count(DISTINCT coalesce(g.nhs_number, 'line:' || coalesce(CAST(g.line AS VARCHAR), '?'))) AS registered
-            FROM chosen c
-            JOIN gpp_in g ON upper(trim(g.practice_code)) = c.practice AND g.extract_date = c.extract_date
-            WHERE (g.registration_date IS NULL OR g.registration_date <= c.extract_date)
-              AND (g.deregistration_date IS NULL OR g.deregistration_date > c.extract_date)
-              AND (g.date_of_death IS NULL OR g.date_of_death > c.extract_date)
-            GROUP BY c.practice
-        """)
+        _registered(con, gpp_in)
         # Practice linkage: of the episodes whose GPPRAC is the practice, those linked to a
         # patient whose registration at that practice covers EPISTART. link_episodes picks
         # the GPPRAC practice first among covering registrations, so that is
@@ -500,8 +658,6 @@ def coverage(
             LEFT JOIN va USING (area_level, area_code)
             ORDER BY a.area_level = 'commissioner', a.area_code
         """).to_arrow_table()
-    finally:
-        con.close()
 
     targets = _programme_targets(period, summary, settings)
     return {
@@ -510,6 +666,68 @@ def coverage(
         "linkage_coverage_summary": _conform_public("linkage_coverage_summary", summary),
         "programme_targets": _conform_public("programme_targets", targets),
     }
+
+
+# Distinct registered patients of each chosen extract, in one slice of GP rows.
+_REGISTERED_SLICE_SQL = """
+INSERT INTO reg_part
+SELECT {slice} AS slice, practice, extract_date, count(*) AS registered FROM (
+    SELECT DISTINCT c.practice, c.extract_date,
+           coalesce(g.nhs_number, 'line:' || coalesce(CAST(g.line AS VARCHAR), '?')) AS patient
+    FROM gp_slice g
+    JOIN chosen c ON upper(trim(g.practice_code)) = c.practice AND g.extract_date = c.extract_date
+    WHERE (g.registration_date IS NULL OR g.registration_date <= c.extract_date)
+      AND (g.deregistration_date IS NULL OR g.deregistration_date > c.extract_date)
+      AND (g.date_of_death IS NULL OR g.date_of_death > c.extract_date)
+) GROUP BY ALL
+"""
+
+
+def _registered(con: duckdb.DuckDBPyConnection, gpp_in) -> None:
+    """Table ``reg`` (practice, registered) for the extracts of table ``chosen``, from GP
+    rows streamed in slices (:func:`_slices`): distinct patients counted per slice and
+    extract. An extract whose rows fall in one slice (always, for a dataset of one file
+    per extract) has its count; one spread over several slices is counted again over
+    its rows of all slices, so the count is exact for any input, and memory holds one
+    slice rather than every patient of the period."""
+    columns = list(_GP_PERIOD_IN)
+    con.execute("CREATE TEMP TABLE reg_part (slice BIGINT, practice VARCHAR, extract_date DATE, registered BIGINT)")
+    con.execute("CREATE TEMP TABLE split_rows (practice VARCHAR, extract_date DATE, patient VARCHAR)")
+    for i, part in enumerate(_slices(gpp_in, columns)):
+        con.register("gp_slice", part)
+        con.execute(_REGISTERED_SLICE_SQL.format(slice=i))
+        con.unregister("gp_slice")
+    con.execute("""
+        CREATE TEMP TABLE split AS
+        SELECT practice, extract_date FROM reg_part GROUP BY ALL HAVING count(*) > 1
+    """)
+    if con.sql("SELECT count(*) FROM split").fetchall()[0][0]:
+        # Rare (a Table input, or an extract in several files): those rows again, whole.
+        for part in _slices(gpp_in, columns):
+            con.register("gp_slice", part)
+            con.execute("""
+                INSERT INTO split_rows
+                SELECT DISTINCT c.practice, c.extract_date,
+                       coalesce(g.nhs_number, 'line:' || coalesce(CAST(g.line AS VARCHAR), '?'))
+                FROM gp_slice g
+                JOIN chosen c ON upper(trim(g.practice_code)) = c.practice AND g.extract_date = c.extract_date
+                SEMI JOIN split s ON s.practice = c.practice AND s.extract_date = c.extract_date
+                WHERE (g.registration_date IS NULL OR g.registration_date <= c.extract_date)
+                  AND (g.deregistration_date IS NULL OR g.deregistration_date > c.extract_date)
+                  AND (g.date_of_death IS NULL OR g.date_of_death > c.extract_date)
+            """)
+            con.unregister("gp_slice")
+    con.execute("""
+        CREATE TEMP TABLE reg AS
+        WITH counts AS (
+            SELECT practice, extract_date, registered FROM reg_part
+            ANTI JOIN split USING (practice, extract_date)
+            UNION ALL
+            SELECT practice, extract_date, count(DISTINCT patient) FROM split_rows GROUP BY ALL
+        )
+        SELECT c.practice, n.registered
+        FROM chosen c JOIN counts n ON n.practice = c.practice AND n.extract_date = c.extract_date
+    """)
 
 
 def _programme_targets(period: str, summary: pa.Table, settings) -> pa.Table:
@@ -617,12 +835,9 @@ def linked_episodes_restricted(linked: pa.Table, key: str) -> pa.Table:
         if name not in table.column_names:
             table = table.append_column(name, pa.nulls(table.num_rows, typ))
     period_sql = "period" if "period" in table.column_names else "strftime(epiend, '%Y-%m')"
-    con = _connect()
-    try:
+    with _connect() as con:
         con.register("lk", table)
         rows = con.sql(_RESTRICTED_SQL.format(period=period_sql)).to_arrow_table()
-    finally:
-        con.close()
     ids = pseudo.person_ids(key, rows.column("__id_nhs"), rows.column("__id_hesid"))
     rows = rows.drop_columns(["__id_nhs", "__id_hesid"])
     rows = rows.add_column(1, pa.field("person_id", pa.string()), ids)

@@ -235,7 +235,8 @@ def link(settings: Settings, period: str) -> dict:
     episodes = wh.read_raw("current_sus_episodes", [period])
     if episodes is None:
         episodes = schemas.get("sus_episodes").arrow_schema(include_partition=True).empty_table()
-    newest, _, _ = current.gp_current(wh, period)
+    # The GP rows stay on disk (or S3): linkage scans them and keeps only what can link.
+    newest = current.gp_current_lazy(wh, period).patients_newest_overall
     linked = linkage.link_episodes(episodes, newest)
     wh.write_raw("linked_episodes", linked, period)
     ranks = pc.value_counts(linked.column("match_rank")).to_pylist() if linked.num_rows else []
@@ -253,7 +254,7 @@ def linkage_outputs(settings: Settings, period: str) -> dict:
         linked = linkage.link_episodes(
             schemas.get("sus_episodes").arrow_schema(include_partition=True).empty_table(),
             schemas.get("gp_patients").arrow_schema(include_partition=True).empty_table())
-    _, in_period, extracts = current.gp_current(wh, period)
+    _, in_period, extracts = current.gp_current_lazy(wh, period)  # rows scanned, not held
     out = linkage.coverage(period, linked, wh.read("ref_practices"), wh.read("ref_providers"),
                            extracts, in_period, settings)
     report = {}

@@ -218,3 +218,25 @@ class Store:
         fs, base = self.arrow_fs()
         full = [f"{base}/{p}" for p in paths]
         return ds.dataset(full, filesystem=fs, format="parquet", schema=schema).to_table()
+
+    def parquet_dataset(self, paths: list[str], schema: pa.Schema, partition_base: str | None = None,
+                        partition_columns: tuple[str, ...] = ()):
+        """A lazy ``pyarrow.dataset.Dataset`` over Parquet files of the store (local or S3
+        through :meth:`arrow_fs`, so DuckDB scans it as Arrow and needs no extension):
+        nothing is read until it is scanned, and a scan reads only the columns and rows it
+        asks for. Rows come out with ``schema``: a column missing from a file is null, the
+        others are cast to the schema's types. ``partition_columns`` (columns of
+        ``schema``) are filled from the hive ``name=value`` folders below the store folder
+        ``partition_base``."""
+        import pyarrow.dataset as ds
+
+        fs, base = self.arrow_fs()
+        full = [f"{base}/{p}" for p in paths]
+        kw = {}
+        if partition_columns:
+            if partition_base is None:
+                raise ValueError("partition_columns need a partition_base")
+            kw["partitioning"] = ds.partitioning(
+                pa.schema([schema.field(c) for c in partition_columns]), flavor="hive")
+            kw["partition_base_dir"] = f"{base}/{partition_base.strip('/')}"
+        return ds.dataset(full, filesystem=fs, format="parquet", schema=schema, **kw)

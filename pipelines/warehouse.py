@@ -104,6 +104,29 @@ class Warehouse:
             return full.empty_table()
         return pa.concat_tables(tables).select(full.names)
 
+    def dataset(self, table: str, periods: list[str] | None = None, parts: list[str] | None = None,
+                columns: list[str] | None = None):
+        """A lazy ``pyarrow.dataset.Dataset`` over a partitioned table (all periods, some
+        periods, or named parts, in the order given): what :meth:`read` returns, without
+        reading anything until it is scanned (local or S3). It has the declared columns
+        (or just ``columns``) with their declared types, ``period`` from the part's
+        folder; a declared column missing from an older part reads as null. For tables too
+        big to hold (the GP extracts): a scan reads only the columns and rows it asks for."""
+        ds = schemas.get(table)
+        if ds.partition_by is None:
+            raise ValueError(f"{table} is not partitioned: use read()")
+        paths = parts if parts is not None else self.parts(table, periods)
+        staged = ds.zone == "public"
+        full = ds.arrow_schema(include_partition=True, staged=staged)
+        names = full.names if columns is None else list(columns)
+        unknown = [c for c in names if c not in full.names]
+        if unknown:
+            raise ValueError(f"{table}: no declared columns {unknown}")
+        schema = pa.schema([full.field(c) for c in names])
+        partition = tuple(c for c in names if c == ds.partition_by)
+        return self.store.parquet_dataset(list(paths), schema, partition_base=self._dir(table),
+                                          partition_columns=partition)
+
     # -- undeclared intermediates (e.g. linkage working tables) ------------------------
     def write_raw(self, name: str, data: pa.Table, period: str, part: str = "part-00000") -> str:
         if "period" in data.column_names:

@@ -10,8 +10,11 @@ import copy
 import datetime as dt
 import hashlib
 import hmac
+import os
+import tempfile
 
 import pyarrow as pa
+import pyarrow.dataset  # noqa: F401 - pa.dataset
 import pytest
 
 from pipelines import linkage, pseudo, schemas
@@ -541,3 +544,137 @@ def test_empty_inputs():
                                gp(), Settings())
     assert [r["area_code"] for r in nothing["linkage_coverage_summary"].to_pylist()] == ["ENG"]
     assert nothing["linkage_coverage_practice"].num_rows == 0
+
+
+# --------------------------------------------------------------------------- GP rows as a lazy dataset
+# More generated 999-range numbers, for GP patients who have no episode.
+MORE = [n for n in (with_check_digit(f"999{i:06d}") for i in range(100, 400)) if n][:40]
+
+
+def _gp_dataset(tmp_path, rows: list[dict], per_file: int):
+    """``rows`` written to a warehouse as gp_patients parts of ``per_file`` rows (one
+    Parquet file each, like one submission each), and the two ways of reading them: the
+    whole table (``Warehouse.read``) and the lazy dataset (``Warehouse.dataset``)."""
+    from pipelines.storage import Store
+    from pipelines.warehouse import Warehouse
+
+    wh = Warehouse(Store(tmp_path / "wh"))
+    paths = []
+    for i in range(0, len(rows), per_file):
+        paths.append(wh.write("gp_patients", gp(*rows[i:i + per_file]), "2014-03", f"part-{i:05d}"))
+    return wh.read("gp_patients", parts=paths), wh.dataset("gp_patients", parts=paths)
+
+
+def _lazy_case():
+    """GP rows and episodes covering every rank, with the rows that decide rank 5 and a
+    rank 5 patient's registration spread over several files among unrelated patients."""
+    filler = [gp_row(n, practice=f"F{i % 3}", date_of_birth=D(1930 + i, 1 + i % 12, 1 + i % 28),
+                     postcode=f"X{i}1AA") for i, n in enumerate(MORE[2:])]
+    rows = [
+        *filler[:10],
+        PATIENT,                                                              # N[0]
+        gp_row(None, postcode="Q11QQ"),                                       # not a patient
+        *HISTORY,                                                             # N[2], two practices
+        *filler[10:20],
+        # N[7]: no episode with its number; its P1 row agrees with a no-number episode, its
+        # P2 row (after a move: other postcode) covers EPISTART and is a type 2 objection.
+        gp_row(N[7], practice="P1", date_of_birth=D(1961, 5, 5), postcode="B11AA", lsoa="E01000071",
+               registration_date=D(2001, 1, 1), deregistration_date=D(2013, 12, 31)),
+        *filler[20:25],
+        gp_row(N[7], practice="P2", date_of_birth=D(1961, 5, 5), postcode="B22BB", lsoa="E01000072",
+               registration_date=D(2014, 1, 1), type2_objection=True),
+        # N[8] and MORE[0] (neither has an episode) share DOB, sex and postcode, in other files.
+        gp_row(N[8], practice="P3", date_of_birth=D(1972, 7, 7), sex="2", postcode="C33CC"),
+        *filler[25:],
+        gp_row(MORE[0], practice="P4", date_of_birth=D(1972, 7, 7), sex="2", postcode="c3 3cc"),
+        # MORE[1]: alone on its DOB, sex and postcode, two practices (one candidate).
+        gp_row(MORE[1], practice="P1", date_of_birth=D(1980, 2, 2), postcode="D44DD", deregistration_date=D(2014, 1, 1)),
+        gp_row(MORE[1], practice="P3", date_of_birth=D(1980, 2, 2), postcode="D44DD", registration_date=D(2014, 1, 1),
+               date_of_death=D(2014, 3, 20)),
+    ]
+    episodes = eps(
+        ep_row(N[0]),                                                         # rank 1
+        ep_row(N[0], postcode="M11AA"),                                       # rank 2
+        ep_row(N[0], dob=D(1950, 3, 1)),                                      # rank 3
+        ep_row(N[0], sex="2"),                                                # rank 4
+        ep_row(N[2], epistart=D(2012, 3, 1), gpprac="P2"),                    # history: P1
+        ep_row(N[2], epistart=D(2013, 1, 5)),                                 # history: P2
+        ep_row(None, dob=D(1961, 5, 5), postcode="b1 1aa"),                   # rank 5 to N[7]
+        ep_row(None, dob=D(1972, 7, 7), sex="2", postcode="C33CC"),           # two candidates
+        ep_row(None, dob=D(1980, 2, 2), postcode="D4 4DD"),                   # rank 5 to MORE[1]
+        ep_row(N[5]),                                                         # number not in GP data
+        ep_row(None, dob=None, birth_year=None, birth_month=None),            # nothing to match
+    )
+    return rows, episodes
+
+
+@pytest.mark.parametrize("slice_rows", [None, 7])
+def test_link_episodes_same_from_a_parquet_dataset_as_from_a_table(tmp_path, monkeypatch, slice_rows):
+    if slice_rows:  # scan in many small slices, a few files at a time
+        monkeypatch.setattr(linkage, "_GP_SLICE_ROWS", slice_rows)
+        monkeypatch.setattr(linkage, "_GP_SCAN_FILES", 3)
+    rows, episodes = _lazy_case()
+    table, dataset = _gp_dataset(tmp_path, rows, per_file=4)
+    assert isinstance(dataset, pa.dataset.Dataset) and len(dataset.files) > 1
+    from_table = linkage.link_episodes(episodes, table)
+    from_dataset = linkage.link_episodes(episodes, dataset)
+    assert from_dataset.schema.equals(from_table.schema, check_metadata=True)
+    assert from_dataset.equals(from_table)
+    got = from_dataset.select(list(linkage.LINK_COLUMNS)).to_pylist()
+    assert [g["match_rank"] for g in got] == [1, 2, 3, 4, 1, 1, 5, None, 5, None, None]
+    # rank 5 to N[7]: its other row (another file, another postcode) gives the registration
+    # covering EPISTART, its LSOA and the type 2 objection
+    assert got[6] == dict(match_rank=5, linked_nhs_number=N[7], registered_practice="P2",
+                          lsoa="E01000072", date_of_death=None, type2_objection=True)
+    # the second patient on that DOB, sex and postcode has no episode, yet still counts
+    assert got[7]["linked_nhs_number"] is None
+    assert (got[8]["linked_nhs_number"], got[8]["registered_practice"], got[8]["date_of_death"]) == (
+        MORE[1], "P3", D(2014, 3, 20))
+    assert [g["registered_practice"] for g in got[4:6]] == ["P1", "P2"]
+    # and the same as linking against one table of every row at once
+    assert linkage.link_episodes(episodes, gp(*rows)).equals(from_table)
+
+
+def test_link_episodes_dataset_needs_the_required_columns(tmp_path):
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"practice_code": ["P1"]}), tmp_path / "x.parquet")
+    with pytest.raises(ValueError, match="missing columns"):
+        linkage.link_episodes(eps(ep_row(N[0])), pads.dataset([str(tmp_path / "x.parquet")], format="parquet"))
+    with pytest.raises(TypeError):
+        linkage.link_episodes(eps(ep_row(N[0])), [PATIENT])
+
+
+@pytest.mark.parametrize("slice_rows", [None, 1, 2])
+def test_coverage_same_from_a_parquet_dataset_as_from_a_table(tmp_path, monkeypatch, slice_rows):
+    if slice_rows:  # an extract spread over several slices is counted again, whole
+        monkeypatch.setattr(linkage, "_GP_SLICE_ROWS", slice_rows)
+        monkeypatch.setattr(linkage, "_GP_SCAN_FILES", 1)
+    rows = gp_patients_period().to_pylist()
+    # P1's extract in two files (4 and 1 rows), P3's in one
+    table, dataset = _gp_dataset(tmp_path, rows, per_file=4)
+    expected = linkage.coverage("2014-03", linked_table(), practices(), providers(), extracts(),
+                                gp_patients_period(), Settings())
+    for gp_input in (table, dataset):
+        got = linkage.coverage("2014-03", linked_table(), practices(), providers(), extracts(), gp_input,
+                               Settings())
+        for name, want in expected.items():
+            assert got[name].equals(want), name
+    regs = {r["practice_code"]: r["registered_patients"] for r in expected["linkage_coverage_practice"].to_pylist()}
+    assert regs == {"P1": 3, "P2": None, "P3": 2}
+
+
+def test_duckdb_runs_under_a_memory_limit_and_spills_to_its_own_temp_folder(monkeypatch):
+    monkeypatch.setenv(linkage.MEMORY_LIMIT_ENV, "1GB")
+    with linkage._connect() as con:
+        limit = con.sql("SELECT current_setting('memory_limit')").fetchall()[0][0]
+        spill = con.sql("SELECT current_setting('temp_directory')").fetchall()[0][0]
+        threads = con.sql("SELECT current_setting('threads')").fetchall()[0][0]
+    assert limit == "953.6 MiB"  # 1 GB as DuckDB prints it
+    assert spill.startswith(tempfile.gettempdir()) and not os.path.exists(spill)
+    assert int(threads) == (os.cpu_count() or 1)
+    with linkage._connect("256MB") as con:  # the argument wins over the environment
+        assert con.sql("SELECT current_setting('memory_limit')").fetchall()[0][0] == "244.1 MiB"
+    monkeypatch.delenv(linkage.MEMORY_LIMIT_ENV)
+    assert linkage._memory_limit() == linkage.DEFAULT_MEMORY_LIMIT == "4GB"
