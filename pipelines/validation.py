@@ -8,7 +8,7 @@ the whole file), and returns per row whether it is rejected and every rule it br
 rule its counts, and per scored field its DQMI item-score inputs.
 
 :func:`validate_many` does the same for many files of a feed at once (ingest hands it a
-period's new GP extracts, about 500,000 rows at a time): one GX context, row batches
+period's new GP extracts, about 2 million rows at a time): one GX context, row batches
 spanning files, and each file's outcome split back out, identical to :func:`validate`'s
 for that file alone (quarantine, rule counts and example lines, field scores stay per
 submission).
