@@ -242,14 +242,7 @@ def validate(
 
     # The suite: every rule that applies to this submission.
     mod = SUITES[source]
-    active: list[tuple[Rule, dict]] = []
-    for rule in mod.RULES:
-        kw = rule.kwargs(env)
-        if kw is not None:
-            condition = mod.row_condition(rule, env) if hasattr(mod, "row_condition") else None
-            if condition:
-                kw = {**kw, "row_condition": condition, "condition_parser": "pandas"}
-            active.append((rule, kw))
+    active = _active_rules(source, env)
 
     gctx = gx.get_context(mode="ephemeral")
     gctx.variables.progress_bars = {"globally": False, "metric_calculations": False}
