@@ -228,7 +228,8 @@ def gp_rows(*numbers, sex="1"):
              "REGISTRATION_DATE": "2000-01-01"} for n in numbers]
 
 
-def test_gp_newest_extract_supersedes_and_held_is_skipped(zone):
+def two_months_of_gp(zone):
+    """Two practices over January and February 2024: a superseded extract, a held one."""
     put(zone.landing, "gp/GP_A81001_20240110.csv", gp_rows(1, 2), GP_COLS)
     put(zone.landing, "gp/GP_A81001_20240125.csv", gp_rows(1, 2, 3), GP_COLS)
     put(zone.landing, "gp/GP_A81002_20240115.csv", gp_rows(4), GP_COLS)
@@ -236,6 +237,10 @@ def test_gp_newest_extract_supersedes_and_held_is_skipped(zone):
     put(zone.landing, "gp/GP_A81001_20240210.csv", gp_rows(1, sex="X") + gp_rows(2, sex="X"), GP_COLS)  # held
     put(zone.landing, "gp/GP_A81002_20240205.csv", gp_rows(4, 5), GP_COLS)
     ingest.ingest("gp", "2024-02", zone.store, zone.wh, zone.settings)
+
+
+def test_gp_newest_extract_supersedes_and_held_is_skipped(zone):
+    two_months_of_gp(zone)
     newest, in_jan, extracts = current.gp_current(zone.wh, "2024-01")
     by_practice = newest.to_pandas().groupby("practice_code")["submission_id"].unique().to_dict()
     assert {k: list(v) for k, v in by_practice.items()} == {
@@ -253,13 +258,7 @@ def test_gp_newest_extract_supersedes_and_held_is_skipped(zone):
 
 
 def test_gp_current_lazy_chooses_the_same_rows_without_reading_them(zone):
-    put(zone.landing, "gp/GP_A81001_20240110.csv", gp_rows(1, 2), GP_COLS)
-    put(zone.landing, "gp/GP_A81001_20240125.csv", gp_rows(1, 2, 3), GP_COLS)
-    put(zone.landing, "gp/GP_A81002_20240115.csv", gp_rows(4), GP_COLS)
-    ingest.ingest("gp", "2024-01", zone.store, zone.wh, zone.settings)
-    put(zone.landing, "gp/GP_A81001_20240210.csv", gp_rows(1, sex="X") + gp_rows(2, sex="X"), GP_COLS)  # held
-    put(zone.landing, "gp/GP_A81002_20240205.csv", gp_rows(4, 5), GP_COLS)
-    ingest.ingest("gp", "2024-02", zone.store, zone.wh, zone.settings)
+    two_months_of_gp(zone)
     for period in ("2024-01", "2024-02", None):
         eager = current.gp_current(zone.wh, period)
         lazy = current.gp_current_lazy(zone.wh, period)
