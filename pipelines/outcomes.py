@@ -180,10 +180,17 @@ def build_spells(
     min_age: int = 18,
     death_days: int = 30,
     readmission_days: int = 30,
+    gp_deaths: pa.Table | None = None,
 ) -> pa.Table:
     """One row per hospital spell (``provider_code`` + ``spell_id``) of the linked
     episodes, with its index procedure (if any) and outcomes. See the module docstring and
-    docs/methods-outcomes.md for the rules. Columns: :data:`SPELL_COLUMNS`."""
+    docs/methods-outcomes.md for the rules. Columns: :data:`SPELL_COLUMNS`.
+
+    ``gp_deaths`` (:func:`pipelines.linkage.gp_deaths`: ``nhs_number``,
+    ``date_of_death``, ``type2_objection``): GP-recorded deaths from older extracts too.
+    A person (by NHS number) whose linked GP record has no date of death takes it from
+    there, with its type 2 objection: a patient who died more than about a year before
+    the newest extract is no longer in it, so is not linked, yet was registered and died."""
     if cohorts is None:
         cohorts = load_cohorts()
     present = [c for c in _EPISODE_COLUMNS if c in episodes.column_names]
@@ -247,6 +254,13 @@ def build_spells(
         t2_p = sp[has_person].groupby("person_key")["type2"].any()
         sp.loc[has_person, "dod"] = person[has_person].map(dod_p).to_numpy()
         sp.loc[has_person, "type2"] = person[has_person].map(t2_p).to_numpy()
+    if gp_deaths is not None and gp_deaths.num_rows and has_person.any():
+        older = gp_deaths.select(["nhs_number", "date_of_death", "type2_objection"]).to_pandas()
+        older = older.set_index("nhs_number")
+        found = person.map(pd.to_datetime(older["date_of_death"]))
+        use = sp["dod"].isna() & found.notna()
+        sp.loc[use, "dod"] = found[use]
+        sp.loc[use, "type2"] = sp.loc[use, "type2"] | person[use].map(older["type2_objection"]).fillna(False).astype(bool)
 
     # diagnoses of the spell (all episodes)
     diag = _flatten(episodes, "diagnoses", "code") if "diagnoses" in episodes.column_names else \
@@ -385,46 +399,91 @@ def _months_back(period: str, months: int) -> str:
     return f"{total // 12:04d}-{total % 12 + 1:02d}"
 
 
-def _design(df: pd.DataFrame, *, with_group: bool, min_group: int = 30) -> pd.DataFrame:
+# Risk model: which levels get their own coefficient, and how hard the coefficients are held.
+MIN_LEVEL_PROCEDURES = 30
+"""A procedure group, or sex not known, with fewer index procedures than this in the
+window gets no coefficient of its own: rare procedure groups are pooled into one "other"
+group (itself pooled into the reference group when it is rare too), sex not known into
+the reference sex (male). A level of a handful of procedures says nothing reliable, and
+with no death among them it makes the unpenalised estimate infinite (separation)."""
+
+PRIOR_SD = 2.5
+"""The light L2 (ridge) penalty of the risk model, as the standard deviation of a normal
+prior on each coefficient, in the covariate's own units (log-odds per 10 years of age,
+per Charlson point, for an indicator going from 0 to 1). The intercept is not penalised,
+so the specialty's expected deaths still equal its observed deaths. The penalty's weight
+is fixed while the likelihood grows with the number of procedures: at national volumes it
+changes the fit by very little; at small volumes and under (quasi-)separation (a level
+with no deaths, a covariate that splits deaths from survivors) it keeps the coefficients
+finite, where the unpenalised maximum likelihood estimate does not exist."""
+
+
+def _design(df: pd.DataFrame, *, with_group: bool, min_level: int = MIN_LEVEL_PROCEDURES) -> pd.DataFrame:
+    """The covariates of the risk model (no intercept column): ``age10`` (years over 65,
+    per 10), ``female``, ``sex_unknown`` (only when at least ``min_level`` procedures have
+    a sex other than 1 or 2; else they count with the reference, male), ``emergency``,
+    ``charlson`` (capped at 10) and, ``with_group``, one indicator per 3-character OPCS-4
+    group with at least ``min_level`` procedures except the reference (the most frequent
+    group), plus ``opcs_other`` for the rarer groups pooled together when they add up to
+    ``min_level`` (else they join the reference). Columns that do not vary are dropped."""
     X = pd.DataFrame(index=df.index)
     X["age10"] = (df["age"].astype(float) - 65.0) / 10.0
-    X["female"] = (df["sex"] == "2").fillna(False).astype(float)
-    X["sex_unknown"] = (~df["sex"].isin(["1", "2"]).fillna(False)).astype(float)
-    X["emergency"] = df["emergency"].astype(float)
+    sex = df["sex"].astype("string")
+    X["female"] = (sex == "2").fillna(False).astype(float)
+    unknown = (~sex.isin(["1", "2"])).fillna(True).astype(float)
+    if unknown.sum() >= min_level:
+        X["sex_unknown"] = unknown
+    X["emergency"] = df["emergency"].astype(bool).astype(float)
     X["charlson"] = df["charlson_index"].astype(float).clip(upper=10)
     if with_group:
-        y = df["death_30d"].astype(int)
-        grp = df["opcs_group"].astype(str)
-        stats_ = pd.DataFrame({"n": grp.value_counts(), "d": y.groupby(grp).sum()})
-        ok = stats_[(stats_["n"] >= min_group) & (stats_["d"] > 0) & (stats_["d"] < stats_["n"])].index
-        grp = grp.where(grp.isin(ok), "other")
-        levels = grp.value_counts()
+        grp = _pooled_groups(df["opcs_group"], min_level)
+        levels = _by_frequency(grp)
         if len(levels) > 1:
-            ref = levels.index[0]
+            ref = levels[0]
             dummies = pd.get_dummies(grp, prefix="opcs", dtype=float)
             X = X.join(dummies.drop(columns=f"opcs_{ref}"))
-    X = X.loc[:, X.std(ddof=0) > 0]
-    X.insert(0, "const", 1.0)
-    return X
+    return X.loc[:, X.std(ddof=0) > 0]
 
 
-def _fit_glm(y: np.ndarray, X: pd.DataFrame) -> np.ndarray | None:
-    import statsmodels.api as sm
+def _pooled_groups(groups: pd.Series, min_level: int) -> pd.Series:
+    """OPCS-4 groups with fewer than ``min_level`` procedures become ``other``; ``other``
+    itself, when it has fewer than ``min_level``, joins the most frequent group. Ties in
+    frequency are broken by the group code, so the reference does not depend on row order."""
+    grp = groups.astype("string").fillna("other").astype(str)
+    counts = grp.value_counts()
+    grp = grp.where(grp.map(counts) >= min_level, "other")
+    counts = grp.value_counts()
+    if counts.get("other", 0) and counts["other"] < min_level:
+        big = [g for g in _by_frequency(grp) if g != "other"]
+        if big:
+            grp = grp.where(grp != "other", big[0])
+    return grp
 
+
+def _by_frequency(values: pd.Series) -> list:
+    """Distinct values, most frequent first, ties by value (independent of row order)."""
+    counts = values.value_counts()
+    return sorted(counts.index, key=lambda v: (-counts[v], v))
+
+
+def _fit_logistic(y: np.ndarray, X: pd.DataFrame) -> np.ndarray | None:
+    """Penalised logistic regression (scikit-learn, L-BFGS, intercept not penalised):
+    the fitted probabilities, or None when the solver does not converge."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    # C is the prior variance: scikit-learn minimises ½·Σβ² + C·(negative log-likelihood)
+    model = LogisticRegression(C=PRIOR_SD ** 2, l1_ratio=0.0, solver="lbfgs", tol=1e-10, max_iter=2000)
+    Z = X.to_numpy(dtype=float) if X.shape[1] else np.zeros((len(y), 1))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("error", ConvergenceWarning)
         try:
-            res = sm.GLM(y, X, family=sm.families.Binomial()).fit(maxiter=100)
-        except Exception as exc:  # perfect separation, singular matrix: try a simpler model
-            log.info("risk model failed (%s); falling back", type(exc).__name__)
+            model.fit(Z, y)
+        except (ConvergenceWarning, ValueError, FloatingPointError) as exc:
+            log.info("risk model did not fit (%s); falling back", type(exc).__name__)
             return None
-        if not getattr(res, "converged", True):
-            return None
-        p = np.asarray(res.predict(X), dtype=float)
-    if not np.all(np.isfinite(p)) or not np.all(np.isfinite(res.params)):
-        return None
-    # (quasi-)separation: the MLE does not exist and IRLS stops at absurd coefficients
-    if np.abs(np.asarray(res.params)[1:]).max(initial=0.0) > 15:
+    p = model.predict_proba(Z)[:, 1]
+    if not np.all(np.isfinite(p)):
         return None
     return p
 
@@ -432,9 +491,10 @@ def _fit_glm(y: np.ndarray, X: pd.DataFrame) -> np.ndarray | None:
 def fit_risk_model(df: pd.DataFrame) -> tuple[np.ndarray, float | None, str]:
     """Predicted 30-day death probabilities for one specialty's index procedures, the
     c-statistic, and which model was used: ``full`` (age, sex, emergency, Charlson, OPCS-4
-    group), ``no_group`` (the same without the group, when the full model does not
-    converge), or ``crude`` (every procedure gets the crude rate: no deaths, all deaths,
-    or no model converged; c-statistic null)."""
+    group; rare levels pooled, light L2 penalty: :data:`MIN_LEVEL_PROCEDURES`,
+    :data:`PRIOR_SD`), ``no_group`` (the same without the group, should the full model
+    not converge), or ``crude`` (every procedure gets the crude rate: no deaths, or no
+    survivors, or no model converged; c-statistic null)."""
     from sklearn.metrics import roc_auc_score
 
     y = df["death_30d"].astype(int).to_numpy()
@@ -442,10 +502,7 @@ def fit_risk_model(df: pd.DataFrame) -> tuple[np.ndarray, float | None, str]:
     if len(y) == 0 or y.min() == y.max():
         return np.full(len(y), crude), None, "crude"
     for name, with_group in (("full", True), ("no_group", False)):
-        X = _design(df, with_group=with_group)
-        if X.shape[1] >= len(y):
-            continue
-        p = _fit_glm(y, X)
+        p = _fit_logistic(y, _design(df, with_group=with_group))
         if p is not None:
             return p, float(roc_auc_score(y, p)), name
     return np.full(len(y), crude), None, "crude"

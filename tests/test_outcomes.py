@@ -203,6 +203,29 @@ def test_gp_death_date_follows_the_person_to_other_spells():
     assert s.loc["op", "death_30d"] == True  # noqa: E712
 
 
+def test_death_from_an_older_gp_extract_for_an_unlinked_person():
+    # the patient died months after the procedure, more than a year before the newest
+    # extract: no longer in it, so not linked; an older extract holds the death
+    proc = D(2024, 3, 2)
+    unlinked = dict(procedure_dates=[proc], match_rank=None, linked_nhs_number=None)
+    older = pa.table({"nhs_number": [NHS_A, NHS_B], "date_of_death": [proc + dt.timedelta(20), D(2024, 3, 20)],
+                      "type2_objection": [False, True]})
+    rows = (episode(spell_id="a", **unlinked),
+            episode(spell_id="b", nhs_number=NHS_B, linked_nhs_number=NHS_B, procedure_dates=[proc],
+                    date_of_death=D(2024, 6, 1)),
+            episode(spell_id="c", nhs_number=None, nhs_number_valid=False, **unlinked))
+    without = spells_of(*rows)
+    s = spells_of(*rows, gp_deaths=older)
+    assert without.loc["a", "death_30d"] == False and s.loc["a", "death_30d"] == True  # noqa: E712
+    # the linked record's own date of death stands; so does its (absent) type 2 objection
+    assert s.loc["b", "death_30d"] == False and not s.loc["b", "type2_objection"]  # noqa: E712
+    # no NHS number, no link: no person to look up
+    assert s.loc["c", "death_30d"] == False  # noqa: E712
+    # a type 2 objection on the older record comes with its death
+    older = older.set_column(2, "type2_objection", pa.array([True, False]))
+    assert spells_of(*rows, gp_deaths=older).loc["a", "type2_objection"]
+
+
 # --------------------------------------------------------------------------- readmission
 def _readmission(days: int, admimeth: str = "21", provider: str = "RBB", **kw) -> object:
     disdate = D(2024, 3, 5)
@@ -414,17 +437,85 @@ def test_simulation_flags_planted_consultants():
     assert cal["observed_deaths"].iloc[-1] > cal["observed_deaths"].iloc[0]
 
 
-def test_risk_model_falls_back_on_separation():
+def test_risk_model_stays_finite_under_separation():
     df = pd.DataFrame({
         "age": np.arange(40, 80), "sex": ["1", "2"] * 20, "emergency": [False] * 40,
         "charlson_index": [0] * 40, "opcs_group": ["W37"] * 40,
         "death_30d": [False] * 36 + [True] * 4,   # the four oldest die: age separates perfectly
     })
+    # The unpenalised estimate does not exist here (the age coefficient runs off to
+    # infinity); the light penalty keeps it finite and the model is still fitted.
     p, c, model = outcomes.fit_risk_model(df)
-    assert model == "crude" and c is None and np.allclose(p, 0.1)
+    assert model == "full" and c == pytest.approx(1.0)
+    assert p.sum() == pytest.approx(4, rel=1e-6)          # the intercept is not penalised
+    assert np.all(np.diff(p) > 0) and p.max() < 0.99      # risk rises with age, not to 1
     df["death_30d"] = [i % 7 == 0 for i in range(40)]
     p, c, model = outcomes.fit_risk_model(df)
-    assert model == "full" and 0 <= c <= 1 and p.sum() == pytest.approx(6, rel=1e-4)
+    assert model == "full" and 0 <= c <= 1 and p.sum() == pytest.approx(6, rel=1e-6)
+    # no deaths, or no survivors: nothing to model
+    for deaths in ([False] * 40, [True] * 40):
+        df["death_30d"] = deaths
+        p, c, model = outcomes.fit_risk_model(df)
+        assert model == "crude" and c is None and np.allclose(p, float(deaths[0]))
+
+
+def _sparse_specialty(seed: int = 7, n: int = 600) -> pd.DataFrame:
+    """A small specialty as the generated data have them: a handful of sex-not-known
+    patients and of rare procedure groups, none of whom die."""
+    rng = np.random.default_rng(seed)
+    age = rng.integers(30, 90, n)
+    emergency = rng.random(n) < 0.3
+    charl = np.minimum(rng.poisson(0.6, n), 6)
+    logit = -4.8 + 0.05 * (age - 65) + 1.2 * emergency + 0.3 * charl
+    death = rng.random(n) < 1 / (1 + np.exp(-logit))
+    sex = np.where(rng.random(n) < 0.5, "1", "2")
+    group = np.where(rng.random(n) < 0.6, "M61", "M02")
+    rare = np.flatnonzero(~death)[:12]
+    sex[rare[:5]] = ["9", "0", "9", "9", "0"]         # 5 sex not known, all survive
+    group[rare[5:]] = ["M03", "M03", "M34", "M34", "M34", "M03", "M34"]   # 7 in rare groups
+    return pd.DataFrame({"age": age, "sex": sex, "emergency": emergency, "charlson_index": charl,
+                         "opcs_group": group, "death_30d": death})
+
+
+def test_rare_levels_are_pooled_and_the_model_is_fitted():
+    df = _sparse_specialty()
+    X = outcomes._design(df, with_group=True)
+    assert "sex_unknown" not in X.columns                 # 5 < 30: counted with the reference (male)
+    assert [c for c in X.columns if c.startswith("opcs_")] == ["opcs_M02"]   # M03, M34 pooled into M61
+    assert set(X.columns) == {"age10", "female", "emergency", "charlson", "opcs_M02"}
+    p, c, model = outcomes.fit_risk_model(df)
+    assert model == "full" and c > 0.7
+    assert p.sum() == pytest.approx(df["death_30d"].sum(), rel=1e-6)
+    # with enough of them, sex not known and a group get their own coefficient
+    df.loc[:40, "sex"] = "0"
+    df.loc[:40, "opcs_group"] = "M34"
+    X = outcomes._design(df, with_group=True)
+    assert "sex_unknown" in X.columns and "opcs_M34" in X.columns
+
+
+def test_rare_groups_pool_into_other_or_the_reference():
+    g = pd.Series(["A"] * 50 + ["B"] * 40 + ["C"] * 20 + ["D"] * 15)
+    pooled = outcomes._pooled_groups(g, 30)
+    assert pooled.value_counts().to_dict() == {"A": 50, "B": 40, "other": 35}   # C + D >= 30
+    g = pd.Series(["A"] * 50 + ["B"] * 40 + ["C"] * 20)
+    pooled = outcomes._pooled_groups(g, 30)
+    assert pooled.value_counts().to_dict() == {"A": 70, "B": 40}   # "other" too small: the reference
+    # the reference (most frequent; ties by code) does not depend on row order
+    g = pd.Series(["B"] * 40 + ["A"] * 40 + ["C"] * 10)
+    assert outcomes._pooled_groups(g, 30).value_counts().to_dict() == {"A": 50, "B": 40}
+    assert outcomes._pooled_groups(g.iloc[::-1], 30).value_counts().to_dict() == {"A": 50, "B": 40}
+    df = _sparse_specialty(n=90).assign(opcs_group=list(g))
+    for frame in (df, df.iloc[::-1]):
+        assert [c for c in outcomes._design(frame, with_group=True).columns if c.startswith("opcs_")] == ["opcs_B"]
+
+
+def test_one_death_still_gives_a_c_statistic():
+    df = _sparse_specialty(seed=3, n=400)
+    df["death_30d"] = False
+    df.loc[df["age"].idxmax(), "death_30d"] = True
+    p, c, model = outcomes.fit_risk_model(df)
+    assert model == "full" and c is not None and 0.5 < c <= 1
+    assert p.sum() == pytest.approx(1, rel=1e-6) and np.all(p < 0.5)
 
 
 def test_empty_input_gives_empty_conformed_outputs():

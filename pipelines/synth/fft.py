@@ -106,7 +106,7 @@ def write_fft(w: World, E: dict, cur: dict, out: Path, files: list, faults: list
             nr = len(site)
             setting_a = np.array(setting)
             resp = np.zeros(nr, dtype=np.int64)
-            for s in set(setting):
+            for s in sorted(set(setting)):  # fixed order: str hashes vary by process
                 m = setting_a == s
                 resp[m] = rng.choice(6, size=int(m.sum()), p=np.array(C.FFT_SHARES[s]) / sum(C.FFT_SHARES[s]))
             mode = rng.choice(6, size=nr, p=C.FFT_MODE_P / C.FFT_MODE_P.sum())

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from . import codes as C
 from .fft import write_fft
 from .gp import expected_linkage, write_batch_gp
-from .population import ID_CATS, make_batch
+from .population import ALL_PROC, DIAG_INDEX, ID_CATS, make_batch
 from .sus import SEVERITY, write_sus
 from .util import NhsAllocator, write_file, ymd
 from .world import World, build_world
@@ -50,8 +50,10 @@ def generate(out_dir, *, seed: int = 0, scale: float = 0.002, months: int = 3, s
     bar = tqdm(total=len(w.batches) + 2 * len(w.prov_codes), desc="synth", unit="step", file=sys.stderr,
                disable=not progress)
     parts = []
+    tallies = []
     for b in range(len(w.batches)):
         B = make_batch(w, b, alloc)
+        tallies.append(cohort_death_tally(w, B))
         G = write_batch_gp(w, b, B, out, files, faults, gp_truth, objectors)
         E = B["episodes"]
         E.update(expected_linkage(G, E))
@@ -64,9 +66,74 @@ def generate(out_dir, *, seed: int = 0, scale: float = 0.002, months: int = 3, s
     n_res = int(w.prac_size.sum())
     fft = write_fft(w, E, cur, out, files, faults, alloc, n_res, progress=bar)
     bar.close()
-    summary = write_truth(w, E, cur, fft, files, faults, gp_truth, objectors, out, truth, seed, scale, months, start)
+    tally = pd.concat(tallies, ignore_index=True).groupby(["cons", "cohort"], as_index=False).sum()
+    summary = write_truth(w, E, cur, fft, files, faults, gp_truth, objectors, out, truth, seed, scale, months, start,
+                          tally)
     summary["seconds"] = round(time.time() - t0, 1)
     return summary
+
+
+def _cohort_of_group() -> dict:
+    """3-character OPCS-4 group -> (its cohort in a spell without an E66 obesity
+    diagnosis, its cohort in a spell with one), as the packaged cohort table has them:
+    upper GI excludes E66, bariatric requires it."""
+    plain, obese = {}, {}
+    for name, prefixes in C.COHORT_SPECIALTY:
+        for g in prefixes:
+            if name != "bariatric_surgery":
+                plain[g] = name
+            if name != "upper_gi_surgery":
+                obese[g] = name
+    return {g: (plain.get(g), obese.get(g)) for g in set(plain) | set(obese)}
+
+
+def cohort_death_tally(w: World, B: dict) -> pd.DataFrame:
+    """Per consultant and cohort specialty (methods.md), over one batch's spells with a
+    cohort procedure in a patient aged 18 or over at admission: ``procedures``,
+    ``deaths_30d`` (any death of the patient from the procedure date to 30 days after:
+    the outcome as methods.md defines it, whether the pipeline can see it or not),
+    ``expected_planted`` and ``expected_if_rr_1`` (sums of the risk model's probabilities
+    with and without the consultant's relative risk). No random draw is made here."""
+    S, P = B["spells"], B["persons"]
+    groups = _cohort_of_group()
+    e66 = S["primary"] == DIAG_INDEX["E668"]
+    grp = np.array([c[:3] for c in ALL_PROC] + [""])[np.where(S["proc"] >= 0, S["proc"], len(ALL_PROC))]
+    g = pd.Series(grp)
+    plain = g.map({k: v[0] for k, v in groups.items()})
+    obese = g.map({k: v[1] for k, v in groups.items()})
+    cohort = np.where(e66, obese, plain)
+    keep = (S["proc"] >= 0) & (S["age"] >= 18) & pd.notna(cohort)
+    op = S["opdate"][keep].astype(np.int64)
+    death = P["death"][S["pat"][keep]].astype(np.int64)
+    return pd.DataFrame({
+        "cons": S["cons"][keep], "cohort": cohort[keep].astype(str), "procedures": 1,
+        "deaths_30d": ((death >= op) & (death <= op + 30)).astype(int),
+        "expected_planted": S["p_death"][keep], "expected_if_rr_1": S["p_death_null"][keep],
+    })
+
+
+def outlier_cohort_figures(w: World, tally: pd.DataFrame) -> dict:
+    """For each planted outlier consultant: its figures by cohort specialty over the whole
+    generated period, and the relative risk of 30-day death (any cause, methods.md's
+    outcome) that its planted relative risk amounts to. The planted relative risk acts on
+    the risk model's deaths only; deaths from other causes within 30 days (background
+    mortality, a death in a later spell) are not raised by it. Their rate per procedure
+    ``b`` is estimated from the other consultants' procedures of the cohort (all-cause
+    deaths minus the model's expected deaths), and
+    ``relative_risk_30d = (expected_planted + n b) / (expected_if_rr_1 + n b)``."""
+    rr = w.cons_rr[tally["cons"].to_numpy()]
+    others = tally[rr == 1].groupby("cohort")[["procedures", "deaths_30d", "expected_if_rr_1"]].sum()
+    b = ((others["deaths_30d"] - others["expected_if_rr_1"]) / others["procedures"]).clip(lower=0)
+    out: dict = {}
+    for r in tally[rr > 1].itertuples(index=False):
+        other = float(b.get(r.cohort, 0.0)) * r.procedures
+        out.setdefault(int(r.cons), []).append(dict(
+            specialty=r.cohort, procedures=int(r.procedures), deaths_30d=int(r.deaths_30d),
+            expected_deaths_planted=round(float(r.expected_planted), 3),
+            expected_deaths_if_rr_1=round(float(r.expected_if_rr_1), 3),
+            other_cause_deaths_expected=round(other, 3),
+            relative_risk_30d=round((r.expected_planted + other) / (r.expected_if_rr_1 + other), 3)))
+    return out
 
 
 def write_reference(w: World, out: Path, files: list) -> None:
@@ -110,7 +177,8 @@ def _parquet(df: pd.DataFrame | pa.Table, path: Path) -> None:
     pq.write_table(tbl, path, compression="zstd")
 
 
-def write_truth(w, E, cur, fft, files, faults, gp_truth, objectors, out, truth, seed, scale, months, start) -> dict:
+def write_truth(w, E, cur, fft, files, faults, gp_truth, objectors, out, truth, seed, scale, months, start,
+                tally=None) -> dict:
     # ---- files and faults
     fdf = pd.DataFrame(files)
     flt = pd.DataFrame(faults, columns=["file", "line", "kind", "field", "severity"])
@@ -204,13 +272,14 @@ def write_truth(w, E, cur, fft, files, faults, gp_truth, objectors, out, truth, 
     for name, prefixes in C.COHORT_SPECIALTY:
         for pfx in prefixes:
             spec_map.setdefault(pfx, []).append(name)
+    figures = outlier_cohort_figures(w, tally) if tally is not None else {}
     outliers = []
-    for _, r in cons[cons["relative_risk"] > 1].iterrows():
+    for i, r in cons[cons["relative_risk"] > 1].iterrows():
         s = next(x for x in C.SPECIALTIES if x["code"] == r["mainspef"])
         cohorts = sorted({n for pcode, _ in s["procs"] for n in spec_map.get(pcode[:3], [])})
         outliers.append(dict(provider_code=r["provider_code"], mainspef=r["mainspef"],
                              consultant_code=r["consultant_code"], relative_risk=float(r["relative_risk"]),
-                             cohort_specialties=cohorts))
+                             cohort_specialties=cohorts, cohorts=figures.get(int(i), [])))
     # ---- summary
     status_counts = fdf.groupby(["source", "status"]).size()
     rows_per_feed = fdf[fdf["status"] != "rejected"].groupby("source")["rows"].sum()

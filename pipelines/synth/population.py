@@ -239,14 +239,19 @@ def _draw_spell_details(w: World, P: dict, pat, admi, em, prov, rng, maternity=N
              + RM["male"] * (P["sex"][pat] == 1) + RM["per_charlson_point"] * charl
              + np.where(proc >= 0, peff[np.maximum(proc, 0)], 0.0) + np.log(w.cons_rr[cons]) * (proc >= 0)
              - 2.5 * maternity)
-    died = rng.random(n) < 1 / (1 + np.exp(-logit))
+    # both probabilities are kept for the truth (the planted relative risk, by consultant);
+    # no random draw depends on them
+    p_null = 1 / (1 + np.exp(-(logit - np.log(w.cons_rr[cons]) * (proc >= 0))))
+    p_death = 1 / (1 + np.exp(-logit))
+    died = rng.random(n) < p_death
     anchor = np.where(proc >= 0, opdate, admi)
     death = np.where(died, anchor + 1 + np.floor(rng.beta(1, 2.5, n) * 30).astype(np.int32), BIG).astype(np.int32)
     in_hosp = died & (death <= admi + los)
     disdate = np.where(in_hosp, death, admi + los).astype(np.int32)
     return dict(pat=pat, admi=admi.astype(np.int32), em=em, emergency=emergency, maternity=maternity, spec=spec,
                 admimeth=admimeth, proc=proc, primary=primary, opdate=opdate, cons=cons, prov=prov,
-                charlson=charl, death=death, in_hosp=in_hosp, disdate=disdate, age=age)
+                charlson=charl, death=death, in_hosp=in_hosp, disdate=disdate, age=age,
+                p_death=p_death, p_death_null=p_null)
 
 
 def _comorbidities(P: dict, who: np.ndarray, N: int, rng) -> None:
