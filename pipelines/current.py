@@ -12,6 +12,9 @@
 * :func:`gp_current` - GP: the newest non-held extract per practice supersedes.
   :func:`gp_current_lazy` chooses the same extracts but returns lazy Arrow datasets over
   their Parquet parts (national GP data is never held in memory: the linkage scans it).
+* :func:`gp_death_extracts` - for the 30-day death of consultant outcomes, the extracts
+  (older ones too) that show every death since a date: the dead leave an extract 12
+  months after they die, so the newest extract alone misses earlier deaths.
 
 Silver parts are never deleted: every submission stays readable for audit
 (``warehouse.read("sus_episodes", parts=[...])``). The ledger's current/superseded
@@ -171,6 +174,45 @@ def gp_current(warehouse: Warehouse, period: str | None = None) -> GPCurrent:
     overall = _gp_rows(warehouse, _newest(ex))
     in_period = _gp_rows(warehouse, _newest(ex[ex["period"] == period])) if period else _empty("gp_patients")
     return GPCurrent(overall, in_period, extracts)
+
+
+DEATH_LOOKBACK_DAYS = 330
+"""How far back an extract is trusted to show a death: an extract lists every patient
+registered in the 12 months before its date (inputs.md), the dead included, so a death is
+on every extract of the practice dated up to 12 months after it. A month is kept in hand."""
+
+
+def gp_death_extracts(extracts: pd.DataFrame, since, until) -> pd.DataFrame:
+    """The non-held GP extracts that between them show every death on or after ``since``
+    that an extract dated up to ``until`` shows: per practice, its newest extract dated up
+    to ``until``, then, going back, the oldest extract at most :data:`DEATH_LOOKBACK_DAYS`
+    older than the last one chosen (or, across a longer gap, the next older one), until
+    one dated on or before ``since`` is chosen. About one extract a year per practice,
+    rather than every monthly one. ``extracts``: ``gp_extracts`` rows."""
+    ok = extracts[~extracts["held"].fillna(False).astype(bool)].copy()
+    ok["extract_date"] = pd.to_datetime(ok["extract_date"])
+    since, until = pd.Timestamp(since), pd.Timestamp(until)
+    ok = ok[ok["extract_date"] <= until].sort_values(["practice_code", "extract_date", "submission_id"])
+    ok = ok.drop_duplicates(["practice_code", "extract_date"], keep="last")
+    back = pd.Timedelta(days=DEATH_LOOKBACK_DAYS)
+    keep = []
+    for _, grp in ok.groupby("practice_code", sort=True):
+        dates = grp["extract_date"].to_numpy()
+        i = len(dates) - 1
+        keep.append(grp.index[i])
+        while i > 0 and dates[i] > since:
+            reach = np.flatnonzero(dates[:i] >= dates[i] - back)
+            i = int(reach[0]) if len(reach) else i - 1
+            keep.append(grp.index[i])
+    return ok.loc[sorted(keep)] if keep else ok.iloc[:0]
+
+
+def gp_deaths_lazy(warehouse: Warehouse, since, until, columns: list[str] | None = None) -> ds.Dataset:
+    """The ``gp_patients`` rows of :func:`gp_death_extracts`, as a lazy dataset."""
+    ex = warehouse.read("gp_extracts").to_pandas()
+    chosen = gp_death_extracts(ex, since, until) if len(ex) else ex
+    paths = _gp_paths(warehouse, chosen) if len(chosen) else []
+    return warehouse.dataset("gp_patients", parts=paths, columns=columns)
 
 
 class GPCurrentLazy(NamedTuple):

@@ -476,6 +476,39 @@ def link_episodes(episodes: pa.Table, gp_patients, *, memory_limit: str | None =
     return out
 
 
+_DEATH_COLUMNS = {"nhs_number": pa.string(), "nhs_number_valid": pa.bool_(), "extract_date": pa.date32(),
+                  "date_of_death": pa.date32(), "type2_objection": pa.bool_()}
+_DEATH_FILTER = _GP_VALID_FILTER & pc.field("date_of_death").is_valid()
+
+
+def gp_deaths(gp_patients, nhs_numbers) -> pa.Table:
+    """The GP-recorded date of death of each of ``nhs_numbers`` found dead in
+    ``gp_patients`` (a ``pa.Table`` or a lazy Parquet dataset, as for
+    :func:`link_episodes`: typically the extracts of
+    :func:`pipelines.current.gp_death_extracts`, older ones included). Only rows with a
+    valid NHS number and a ``DATE_OF_DEATH`` are read. Returns ``nhs_number``,
+    ``date_of_death`` (from the patient's newest extract that has one; on a tie, the
+    earliest date) and ``type2_objection`` (in any of those rows), one row per patient.
+
+    Rows that carry a date of death are of patients already dead on the extract date,
+    whose record can change no more: a type 1 objection made in life is on those rows, and
+    such rows are never stored (inputs.md), so nothing here comes from a type 1 objector."""
+    wanted = pa.array(sorted({n for n in nhs_numbers if n}), pa.string())
+    src = _gp_source(gp_patients, _DEATH_COLUMNS, _GP_REQUIRED[1:] + ("date_of_death",), "gp_patients")
+    parts = [part.filter(pc.is_in(part.column("nhs_number"), value_set=wanted))
+             for part in _slices(src, list(_DEATH_COLUMNS), _DEATH_FILTER)] if len(wanted) else []
+    rows = pa.concat_tables(parts) if parts else pa.schema(_DEATH_COLUMNS).empty_table()
+    with _connect() as con:
+        con.register("d", rows)
+        out = con.sql("""
+            SELECT nhs_number,
+                   first(date_of_death ORDER BY extract_date DESC, date_of_death) AS date_of_death,
+                   bool_or(coalesce(type2_objection, false)) AS type2_objection
+            FROM d GROUP BY nhs_number ORDER BY nhs_number""").to_arrow_table()
+    return out.cast(pa.schema([("nhs_number", pa.string()), ("date_of_death", pa.date32()),
+                               ("type2_objection", pa.bool_())]))
+
+
 # --------------------------------------------------------------------------- coverage
 def coverage(
     period: str,

@@ -8,6 +8,7 @@ linkage, fft, outcomes, quality, disclosure, publish).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 from functools import lru_cache
@@ -57,6 +58,10 @@ def _shift(period: str, months: int) -> str:
     y, m = int(period[:4]), int(period[5:7])
     n = y * 12 + (m - 1) + months
     return f"{n // 12:04d}-{n % 12 + 1:02d}"
+
+
+def _period_start(period: str) -> dt.date:
+    return dt.date(int(period[:4]), int(period[5:7]), 1)
 
 
 # --------------------------------------------------------------------------- ingest
@@ -306,7 +311,8 @@ def outcome_outputs(settings: Settings, period: str) -> dict:
         return report
     spells = outcomes.build_spells(
         episodes, cohorts, min_age=settings.t("outcomes", "min_age"),
-        death_days=settings.t("outcomes", "death_days"), readmission_days=settings.t("outcomes", "readmission_days"))
+        death_days=settings.t("outcomes", "death_days"), readmission_days=settings.t("outcomes", "readmission_days"),
+        gp_deaths=_gp_deaths(wh, episodes, window[0], window[-1]))
     out = outcomes.window_outcomes(spells, period, settings)
     for name in OUTCOME_DATASETS:
         wh.write(name, out[name], period)
@@ -321,6 +327,23 @@ def outcome_outputs(settings: Settings, period: str) -> dict:
         plots += 1
     report["consultant_outcomes"]["funnel_plots"] = plots
     return report
+
+
+def _gp_deaths(wh, episodes: pa.Table, first: str, last: str) -> pa.Table:
+    """GP-recorded deaths, from older extracts too, of the people of ``episodes`` (valid
+    NHS numbers on them, and linked patients): every death from the start of period
+    ``first`` that an extract dated up to a year after period ``last`` shows."""
+    from pipelines import current, linkage
+
+    since = _period_start(first)
+    until = _period_start(_shift(last, 13)) - dt.timedelta(days=1)   # end of the 12th month after
+    people: set = set()
+    if "nhs_number" in episodes.column_names and "nhs_number_valid" in episodes.column_names:
+        valid = pc.fill_null(episodes.column("nhs_number_valid"), False)
+        people.update(episodes.filter(valid).column("nhs_number").to_pylist())
+    if "linked_nhs_number" in episodes.column_names:
+        people.update(episodes.column("linked_nhs_number").to_pylist())
+    return linkage.gp_deaths(current.gp_deaths_lazy(wh, since, until), people)
 
 
 # --------------------------------------------------------------------------- quality

@@ -313,3 +313,23 @@ def test_fft_newest_file_replaces(zone):
     st_ = zone.status()
     assert st_["fft/FFT_RGT_202401_20240205120000.csv"] == "superseded"
     assert st_["fft/FFT_RGT_202401_20240203120000.csv"] == "superseded"
+
+
+def test_gp_death_extracts_about_one_a_year_back_to_the_window():
+    def ex(practice, *dates, held=()):
+        return [dict(period=d[:7], submission_id=f"GP_{practice}_{d.replace('-', '')}", practice_code=practice,
+                     extract_date=pd.Timestamp(d), held=d in held) for d in dates]
+    monthly = [f"{y}-{m:02d}-01" for y in (2014, 2015, 2016) for m in range(1, 13)]
+    extracts = pd.DataFrame(ex("P1", *monthly, held=("2016-12-01",)) + ex("P2", "2014-06-01", "2016-06-01"))
+    chosen = current.gp_death_extracts(extracts, since=pd.Timestamp("2014-01-01"), until=pd.Timestamp("2017-12-31"))
+    p1 = sorted(chosen.loc[chosen["practice_code"] == "P1", "extract_date"].dt.strftime("%Y-%m-%d"))
+    # newest not held, then the oldest within 330 days of the last chosen, down to the window start
+    assert p1 == ["2014-01-01", "2014-05-01", "2015-03-01", "2016-01-01", "2016-11-01"]
+    # every gap is within the look-back, so every death from 2014-01-01 is on some chosen extract
+    gaps = pd.Series(pd.to_datetime(p1)).diff().dt.days.dropna()
+    assert gaps.max() <= current.DEATH_LOOKBACK_DAYS
+    # a two-year gap: both extracts, nothing better exists
+    assert sorted(chosen.loc[chosen["practice_code"] == "P2", "extract_date"].dt.year) == [2014, 2016]
+    # an ``until`` before the newest: the chain starts from the newest up to it
+    early = current.gp_death_extracts(extracts, since=pd.Timestamp("2014-01-01"), until=pd.Timestamp("2014-12-31"))
+    assert sorted(early.loc[early["practice_code"] == "P1", "extract_date"].dt.strftime("%Y-%m")) == ["2014-01", "2014-02", "2014-12"]

@@ -678,3 +678,19 @@ def test_duckdb_runs_under_a_memory_limit_and_spills_to_its_own_temp_folder(monk
         assert con.sql("SELECT current_setting('memory_limit')").fetchall()[0][0] == "244.1 MiB"
     monkeypatch.delenv(linkage.MEMORY_LIMIT_ENV)
     assert linkage._memory_limit() == linkage.DEFAULT_MEMORY_LIMIT == "4GB"
+
+
+# --------------------------------------------------------------------------- deaths from older extracts
+def test_gp_deaths_newest_extract_with_a_death_and_type2_from_any():
+    a, b, c = N[:3]
+    rows = gp(
+        gp_row(a, extract_date=D(2014, 3, 1), date_of_death=D(2014, 1, 5)),
+        gp_row(a, practice="P2", extract_date=D(2014, 9, 1), date_of_death=D(2014, 1, 6), type2_objection=True),
+        gp_row(b, extract_date=D(2014, 3, 1)),                              # alive: not a death
+        gp_row(c, extract_date=D(2014, 3, 1), date_of_death=D(2014, 2, 1)),  # not asked for
+        # newest of all, but the number is not valid there: never a patient's row
+        gp_row(a, nhs_number_valid=False, extract_date=D(2015, 1, 1), date_of_death=D(2014, 2, 2)),
+    )
+    out = linkage.gp_deaths(rows, [a, b, None]).to_pylist()
+    assert out == [{"nhs_number": a, "date_of_death": D(2014, 1, 6), "type2_objection": True}]
+    assert linkage.gp_deaths(rows, []).num_rows == 0
