@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -285,7 +286,8 @@ class IngestReport:
     submissions: list[dict] = field(default_factory=list)  # one per file taken in
     partitions: dict[str, list[str]] = field(default_factory=dict)  # period -> submission ids
     rule_counts: list[dict] = field(default_factory=list)  # failing rules per file
-    validation_seconds: float = 0.0  # time spent in the validator (Great Expectations)
+    validation_seconds: float = 0.0  # time this process spent validating or waiting for the worker
+    validation_worker_seconds: float = 0.0  # time the worker process spent validating (overlapped)
 
     def as_metadata(self) -> dict:
         """Plain values for Dagster metadata and the CLI."""
@@ -303,6 +305,7 @@ class IngestReport:
             "submissions": self.submissions, "partitions": self.partitions,
             "rule_counts": self.rule_counts[:200],
             "validation_seconds": round(self.validation_seconds, 3),
+            "validation_worker_seconds": round(self.validation_worker_seconds, 3),
         }
 
 
@@ -753,43 +756,102 @@ def ingest(source: str, period: str, landing: Store, warehouse: Warehouse, setti
     pending: list[tuple] = []
     pending_rows = 0
 
-    def flush():
-        nonlocal pending_rows
-        if not pending:
-            return
-        jobs = [(p_, fr, _as_of_submission(context, p_)) for p_, _, fr, _, _, _ in pending]
-        t0 = time.perf_counter()
-        outcomes = _validate_chunk(source, period, jobs, data_docs_dir)
-        report.validation_seconds += time.perf_counter() - t0
-        silvers = [None] * len(pending)
+    # When a period holds more than one chunk, a worker process validates chunk k + 1
+    # while this process takes chunk k in and reads the files of chunk k + 2
+    # (:class:`_ValidationWorker`); chunks are still taken in in order.
+    worker: _ValidationWorker | None = None
+    in_flight: tuple | None = None  # (chunk, future) validated in the worker
+
+    def take(chunk: list[tuple], outcomes: list) -> None:
+        silvers = [None] * len(chunk)
         if source == "gp":
             kept = [~np.asarray(o.rejected, dtype=bool) for o in outcomes]
-            silvers = _gp_silver_many([fr.iloc[np.flatnonzero(k)] for (_, _, fr, _, _, _), k in zip(pending, kept)],
-                                      [p_ for p_, *_ in pending], period,
+            silvers = _gp_silver_many([fr.iloc[np.flatnonzero(k)] for (_, _, fr, _, _, _), k in zip(chunk, kept)],
+                                      [p_ for p_, *_ in chunk], period,
                                       [_warnings(o.rule_ids, k) for o, k in zip(outcomes, kept)])
-        for (p_, fi_, fr, info_, sha_, first_), outcome, silver in zip(pending, outcomes, silvers):
+        for (p_, fi_, fr, info_, sha_, first_), outcome, silver in zip(chunk, outcomes, silvers):
             _take_in(source, period, p_, fr, info_, sha_, fi_.size, first_, warehouse, settings,
                      _as_of_submission(context, p_), data_docs_dir, report, outcome=outcome, silver=silver)
             ledger.keys.add((fi_.path, sha_))
-        pending.clear()
-        pending_rows = 0
 
-    for parsed, fi in mine:
-        got = _read_candidate(landing, fi, parsed, feed, ledger, warehouse, report)
-        if got is None:
-            continue
-        frame, info, sha, first = got
-        if context is None:
-            context = _reference_context(landing, warehouse, today)
-        pending.append((parsed, fi, frame, info, sha, first))
-        pending_rows += len(frame)
-        if pending_rows >= VALIDATE_BATCH_ROWS:
-            flush()
-    flush()
+    def take_in_flight() -> None:
+        nonlocal in_flight
+        if in_flight is not None:
+            chunk, future = in_flight
+            in_flight = None
+            t0 = time.perf_counter()
+            outcomes, seconds = future.result()
+            report.validation_seconds += time.perf_counter() - t0   # what this process waited
+            report.validation_worker_seconds += seconds
+            take(chunk, outcomes)
+
+    def flush(last: bool) -> None:
+        nonlocal pending, pending_rows, worker, in_flight
+        chunk, pending, pending_rows = pending, [], 0
+        if chunk:
+            jobs = [(p_, fr, _as_of_submission(context, p_)) for p_, _, fr, _, _, _ in chunk]
+            if worker is None and not last and _validate is _VALIDATE and VALIDATION_WORKER:
+                worker = _ValidationWorker()
+            if worker is not None:
+                future = worker.submit(source, period, jobs, data_docs_dir)
+                take_in_flight()
+                in_flight = (chunk, future)
+            else:
+                t0 = time.perf_counter()
+                outcomes = _validate_chunk(source, period, jobs, data_docs_dir)
+                report.validation_seconds += time.perf_counter() - t0
+                take(chunk, outcomes)
+        if last:
+            take_in_flight()
+
+    try:
+        for parsed, fi in mine:
+            got = _read_candidate(landing, fi, parsed, feed, ledger, warehouse, report)
+            if got is None:
+                continue
+            frame, info, sha, first = got
+            if context is None:
+                context = _reference_context(landing, warehouse, today)
+            pending.append((parsed, fi, frame, info, sha, first))
+            pending_rows += len(frame)
+            if pending_rows >= VALIDATE_BATCH_ROWS:
+                flush(last=False)
+        flush(last=True)
+    finally:
+        if worker is not None:
+            worker.close()
     return report
 
 
 VALIDATE_BATCH_ROWS = 2_000_000  # rows of many files per validation call (and per Data Docs build)
+VALIDATION_WORKER = os.environ.get("CAREDATA_VALIDATION_WORKER", "1") != "0"
+"""Validate in a worker process when a period has more than one chunk (set
+``CAREDATA_VALIDATION_WORKER=0`` to validate in the ingesting process only)."""
+
+
+class _ValidationWorker:
+    """One worker process (spawned: a fork of a process running Arrow's and DuckDB's
+    threads is unsafe) that validates one chunk at a time: Great Expectations' pandas
+    engine holds the GIL, so a thread would not overlap with the take-in. The chunk's
+    frames go to it pickled, its outcomes come back the same way."""
+
+    def __init__(self):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+
+    def submit(self, source: str, period: str, jobs: list[tuple], data_docs_dir):
+        return self._pool.submit(_validate_chunk_timed, source, period, jobs, data_docs_dir)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _validate_chunk_timed(source: str, period: str, jobs: list[tuple], data_docs_dir) -> tuple[list, float]:
+    t0 = time.perf_counter()
+    outcomes = _validate_chunk(source, period, jobs, data_docs_dir)
+    return outcomes, time.perf_counter() - t0
 
 
 def _validate_chunk(source: str, period: str, jobs: list[tuple], data_docs_dir) -> list:

@@ -415,3 +415,34 @@ def test_a_file_taken_in_the_second_it_was_written_is_not_pending_again(zone, fa
     p.write_text(csv_text([sus_row("A")]))  # no backdating: written, then seen at once
     ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings)
     assert ingest.pending_periods(zone.store, zone.wh) == {}
+
+
+def test_a_worker_process_validates_the_next_chunk_with_the_same_outcome(tmp_path, monkeypatch):
+    """A period of several chunks is validated in a worker process, chunk k + 1 while
+    chunk k is taken in; everything written is what validating in-process writes."""
+    from pipelines.synth import generate
+
+    gen = tmp_path / "gen"
+    generate(gen, seed=3, scale=0.002, months=1, start="2024-01", progress=False)
+    landing = Store(gen)
+    period = sorted({p.reporting_period for p in (ingest.parse_name(f.path) for f in landing.list("gp"))
+                     if isinstance(p, ingest.ParsedName)})[-1]
+    monkeypatch.setattr(ingest, "VALIDATE_BATCH_ROWS", 25_000)
+    out = {}
+    for worker in (False, True):
+        monkeypatch.setattr(ingest, "VALIDATION_WORKER", worker)
+        wh = Warehouse(Store(tmp_path / f"wh-{worker}"))
+        report = ingest.ingest("gp", period, landing, wh, Settings(), today=pd.Timestamp("2024-03-01").date())
+        out[worker] = (report, wh)
+    (plain, wh0), (pooled, wh1) = out[False], out[True]
+    assert plain.validation_worker_seconds == 0 and pooled.validation_worker_seconds > 0
+    assert plain.rows_read > 3 * 25_000 and plain.rows_quarantined > 0
+    assert (pooled.rows_read, pooled.rows_kept, pooled.rows_quarantined, pooled.held_files) == \
+        (plain.rows_read, plain.rows_kept, plain.rows_quarantined, plain.held_files)
+    for table in ("gp_patients", "quarantine", "dq_rules", "dq_fields", "gp_extracts"):
+        a = wh0.read(table, [period]).to_pandas()
+        b = wh1.read(table, [period]).to_pandas()
+        a = a.drop(columns=[c for c in a.columns if c.endswith("_at")])
+        b = b.drop(columns=[c for c in b.columns if c.endswith("_at")])
+        pd.testing.assert_frame_equal(a, b, obj=table)
+    pd.testing.assert_frame_equal(_comparable_ledger(wh0), _comparable_ledger(wh1))
