@@ -482,7 +482,8 @@ _DEATH_FILTER = _GP_VALID_FILTER & pc.field("date_of_death").is_valid()
 
 
 def gp_deaths(gp_patients, nhs_numbers) -> pa.Table:
-    """The GP-recorded date of death of each of ``nhs_numbers`` found dead in
+    """The GP-recorded date of death of each of ``nhs_numbers`` (an Arrow array, or any
+    iterable of strings; nulls and blanks ignored) found dead in
     ``gp_patients`` (a ``pa.Table`` or a lazy Parquet dataset, as for
     :func:`link_episodes`: typically the extracts of
     :func:`pipelines.current.gp_death_extracts`, older ones included). Only rows with a
@@ -493,7 +494,11 @@ def gp_deaths(gp_patients, nhs_numbers) -> pa.Table:
     Rows that carry a date of death are of patients already dead on the extract date,
     whose record can change no more: a type 1 objection made in life is on those rows, and
     such rows are never stored (inputs.md), so nothing here comes from a type 1 objector."""
-    wanted = pa.array(sorted({n for n in nhs_numbers if n}), pa.string())
+    if isinstance(nhs_numbers, (pa.Array, pa.ChunkedArray)):
+        wanted = pc.unique(pc.drop_null(nhs_numbers.cast(pa.string())))
+    else:
+        wanted = pa.array(sorted({n for n in nhs_numbers if n}), pa.string())
+    wanted = wanted.filter(pc.not_equal(wanted, ""))
     src = _gp_source(gp_patients, _DEATH_COLUMNS, _GP_REQUIRED[1:] + ("date_of_death",), "gp_patients")
     parts = [part.filter(pc.is_in(part.column("nhs_number"), value_set=wanted))
              for part in _slices(src, list(_DEATH_COLUMNS), _DEATH_FILTER)] if len(wanted) else []

@@ -337,12 +337,13 @@ def _gp_deaths(wh, episodes: pa.Table, first: str, last: str) -> pa.Table:
 
     since = _period_start(first)
     until = _period_start(_shift(last, 13)) - dt.timedelta(days=1)   # end of the 12th month after
-    people: set = set()
+    people = []
     if "nhs_number" in episodes.column_names and "nhs_number_valid" in episodes.column_names:
         valid = pc.fill_null(episodes.column("nhs_number_valid"), False)
-        people.update(episodes.filter(valid).column("nhs_number").to_pylist())
+        people.append(pc.filter(episodes.column("nhs_number"), valid))
     if "linked_nhs_number" in episodes.column_names:
-        people.update(episodes.column("linked_nhs_number").to_pylist())
+        people.append(episodes.column("linked_nhs_number"))
+    people = pa.chunked_array([c for col in people for c in col.cast(pa.string()).chunks], pa.string())
     return linkage.gp_deaths(current.gp_deaths_lazy(wh, since, until), people)
 
 

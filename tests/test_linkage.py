@@ -694,3 +694,4 @@ def test_gp_deaths_newest_extract_with_a_death_and_type2_from_any():
     out = linkage.gp_deaths(rows, [a, b, None]).to_pylist()
     assert out == [{"nhs_number": a, "date_of_death": D(2014, 1, 6), "type2_objection": True}]
     assert linkage.gp_deaths(rows, []).num_rows == 0
+    assert linkage.gp_deaths(rows, pa.chunked_array([[a, None, ""], [a, c]])).column("nhs_number").to_pylist() == [a, c]
