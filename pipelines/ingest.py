@@ -754,7 +754,7 @@ def ingest(source: str, period: str, landing: Store, warehouse: Warehouse, setti
     # context per chunk, not per file: 6,500 GP extracts a month), then taken in one by
     # one, in order, exactly as if each had been validated alone.
     pending: list[tuple] = []
-    pending_rows = 0
+    pending_rows = pending_cells = 0
 
     # When a period holds more than one chunk, a worker process validates chunk k + 1
     # while this process takes chunk k in and reads the files of chunk k + 2
@@ -786,8 +786,8 @@ def ingest(source: str, period: str, landing: Store, warehouse: Warehouse, setti
             take(chunk, outcomes)
 
     def flush(last: bool) -> None:
-        nonlocal pending, pending_rows, worker, in_flight
-        chunk, pending, pending_rows = pending, [], 0
+        nonlocal pending, pending_rows, pending_cells, worker, in_flight
+        chunk, pending, pending_rows, pending_cells = pending, [], 0, 0
         if chunk:
             jobs = [(p_, fr, _as_of_submission(context, p_)) for p_, _, fr, _, _, _ in chunk]
             if worker is None and not last and _validate is _VALIDATE and VALIDATION_WORKER:
@@ -814,7 +814,8 @@ def ingest(source: str, period: str, landing: Store, warehouse: Warehouse, setti
                 context = _reference_context(landing, warehouse, today)
             pending.append((parsed, fi, frame, info, sha, first))
             pending_rows += len(frame)
-            if pending_rows >= VALIDATE_BATCH_ROWS:
+            pending_cells += frame.size
+            if pending_rows >= VALIDATE_BATCH_ROWS or pending_cells >= VALIDATE_BATCH_CELLS:
                 flush(last=False)
         flush(last=True)
     finally:
@@ -824,6 +825,9 @@ def ingest(source: str, period: str, landing: Store, warehouse: Warehouse, setti
 
 
 VALIDATE_BATCH_ROWS = 2_000_000  # rows of many files per validation call (and per Data Docs build)
+VALIDATE_BATCH_CELLS = 30_000_000
+"""... and at most about this many values (rows x columns): 2 million rows of GP extracts
+(about a dozen columns), some 300,000 of SUS (93), so that a chunk's memory follows its values."""
 VALIDATION_WORKER = os.environ.get("CAREDATA_VALIDATION_WORKER", "1") != "0"
 """Validate in a worker process when a period has more than one chunk (set
 ``CAREDATA_VALIDATION_WORKER=0`` to validate in the ingesting process only)."""

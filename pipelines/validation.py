@@ -51,6 +51,15 @@ log = logging.getLogger(__name__)
 _gx_pandas.HASH_THRESHOLD = 0
 
 BATCH_ROWS = 1_000_000
+BATCH_CELLS = 16_000_000
+"""A GX batch holds at most ``BATCH_ROWS`` rows and about ``BATCH_CELLS`` values (rows x
+columns of the work frame): a GP extract's narrow rows 1 million at a time, a SUS file's
+wide ones (about 100 columns) some 160,000, so that memory follows the values, not the
+rows."""
+
+
+def _batch_rows(work: pd.DataFrame) -> int:
+    return max(1, min(BATCH_ROWS, BATCH_CELLS // max(1, work.shape[1])))
 GROUP_COLUMNS = 8
 ROW_CONDITION_COLUMNS = ("CDS_UPDATE_TYPE",)  # columns a row condition may read
 LINE = "_line"
@@ -261,7 +270,7 @@ def validate(
     checked = {r.id: 0 for r, _ in active}
     failed: dict[str, list[np.ndarray]] = {r.id: [] for r, _ in active}
     results = []
-    batches = _batches(work, batch_rows or BATCH_ROWS)
+    batches = _batches(work, batch_rows or _batch_rows(work))
     for b, positions in enumerate(batches):
         rows_part = work.iloc[positions]
         rows_part.index = pd.Index(positions)  # unexpected_index_list gives file positions
@@ -553,7 +562,7 @@ def validate_many(
     gctx.variables.progress_bars = {"globally": False, "metric_calculations": False}
     batch_def = (gctx.data_sources.add_pandas("landing").add_dataframe_asset(source)
                  .add_batch_definition_whole_dataframe("rows"))
-    step = batch_rows or BATCH_ROWS
+    step = batch_rows or _batch_rows(work)
     checked_total: dict[tuple[str, tuple[int, ...]], int] = {}
     failed: dict[tuple[str, tuple[int, ...]], list[np.ndarray]] = {}
     results = []

@@ -427,7 +427,7 @@ def test_a_worker_process_validates_the_next_chunk_with_the_same_outcome(tmp_pat
     landing = Store(gen)
     period = sorted({p.reporting_period for p in (ingest.parse_name(f.path) for f in landing.list("gp"))
                      if isinstance(p, ingest.ParsedName)})[-1]
-    monkeypatch.setattr(ingest, "VALIDATE_BATCH_ROWS", 25_000)
+    monkeypatch.setattr(ingest, "VALIDATE_BATCH_CELLS", 300_000)   # chunks of about 25,000 GP rows
     out = {}
     for worker in (False, True):
         monkeypatch.setattr(ingest, "VALIDATION_WORKER", worker)

@@ -487,3 +487,11 @@ def test_validate_many_equals_each_file_alone():
                           "file_name": f"fft/FFT_{provider}_202403_20240405120000.csv", "context": FFT_CONTEXT})
     for it, got in zip(fft_items, validate_many("fft", fft_items)):
         _same(got, validate("fft", **it))
+
+
+def test_gx_batches_follow_the_values_not_the_rows():
+    from pipelines import validation
+
+    narrow, wide = pd.DataFrame(columns=range(12)), pd.DataFrame(columns=range(100))
+    assert validation._batch_rows(narrow) == validation.BATCH_ROWS
+    assert validation._batch_rows(wide) == validation.BATCH_CELLS // 100 < validation.BATCH_ROWS
