@@ -346,8 +346,11 @@ FROM gp_slice
 WHERE {_GP_VALID} AND nhs_number IN (SELECT nhs FROM want)
 """
 
+# A patient's date of death: from their newest extract that has one (earliest on a tie).
+_NEWEST_DOD = "first(date_of_death ORDER BY extract_date DESC, date_of_death)"
+
 # 4. Match, and what is kept of each patient.
-_LINK_SQL = r"""
+_LINK_SQL = rf"""
 -- Ranks 1-4: the patient with the episode's valid NHS number (never another one). The
 -- rank is the best agreement with any one of that patient's GP rows.
 -- Rank 5: no valid NHS number on the episode, and DOB, sex and postcode agree with the rows
@@ -374,7 +377,7 @@ HAVING count(DISTINCT g.nhs) = 1;
 CREATE TEMP TABLE pat AS
 SELECT nhs,
     bool_or(t2) AS t2,
-    first(date_of_death ORDER BY extract_date DESC, date_of_death) FILTER (WHERE date_of_death IS NOT NULL) AS dod,
+    {_NEWEST_DOD} FILTER (WHERE date_of_death IS NOT NULL) AS dod,
     first(lsoa ORDER BY registration_date DESC NULLS LAST, extract_date DESC, practice, __seq)
         FILTER (WHERE lsoa IS NOT NULL) AS lsoa_latest
 FROM gp
@@ -505,9 +508,9 @@ def gp_deaths(gp_patients, nhs_numbers) -> pa.Table:
     rows = pa.concat_tables(parts) if parts else pa.schema(_DEATH_COLUMNS).empty_table()
     with _connect() as con:
         con.register("d", rows)
-        out = con.sql("""
+        out = con.sql(f"""
             SELECT nhs_number,
-                   first(date_of_death ORDER BY extract_date DESC, date_of_death) AS date_of_death,
+                   {_NEWEST_DOD} AS date_of_death,
                    bool_or(coalesce(type2_objection, false)) AS type2_objection
             FROM d GROUP BY nhs_number ORDER BY nhs_number""").to_arrow_table()
     return out.cast(pa.schema([("nhs_number", pa.string()), ("date_of_death", pa.date32()),
@@ -706,19 +709,26 @@ def coverage(
     }
 
 
-# Distinct registered patients of each chosen extract, in one slice of GP rows.
-_REGISTERED_SLICE_SQL = """
+# The distinct registered patients of the chosen extracts in one slice of GP rows
+# ({only}: a further join restricting the extracts).
+_REGISTERED_ROWS_SQL = """
+SELECT DISTINCT c.practice, c.extract_date,
+       coalesce(g.nhs_number, 'line:' || coalesce(CAST(g.line AS VARCHAR), '?')) AS patient
+FROM gp_slice g
+JOIN chosen c ON upper(trim(g.practice_code)) = c.practice AND g.extract_date = c.extract_date
+{only}
+WHERE (g.registration_date IS NULL OR g.registration_date <= c.extract_date)
+  AND (g.deregistration_date IS NULL OR g.deregistration_date > c.extract_date)
+  AND (g.date_of_death IS NULL OR g.date_of_death > c.extract_date)
+"""
+_REGISTERED_SLICE_SQL = f"""
 INSERT INTO reg_part
-SELECT {slice} AS slice, practice, extract_date, count(*) AS registered FROM (
-    SELECT DISTINCT c.practice, c.extract_date,
-           coalesce(g.nhs_number, 'line:' || coalesce(CAST(g.line AS VARCHAR), '?')) AS patient
-    FROM gp_slice g
-    JOIN chosen c ON upper(trim(g.practice_code)) = c.practice AND g.extract_date = c.extract_date
-    WHERE (g.registration_date IS NULL OR g.registration_date <= c.extract_date)
-      AND (g.deregistration_date IS NULL OR g.deregistration_date > c.extract_date)
-      AND (g.date_of_death IS NULL OR g.date_of_death > c.extract_date)
+SELECT {{slice}} AS slice, practice, extract_date, count(*) AS registered FROM (
+{_REGISTERED_ROWS_SQL.format(only="")}
 ) GROUP BY ALL
 """
+_REGISTERED_SPLIT_SQL = "INSERT INTO split_rows " + _REGISTERED_ROWS_SQL.format(
+    only="SEMI JOIN split s ON s.practice = c.practice AND s.extract_date = c.extract_date")
 
 
 def _registered(con: duckdb.DuckDBPyConnection, gpp_in) -> None:
@@ -743,17 +753,7 @@ def _registered(con: duckdb.DuckDBPyConnection, gpp_in) -> None:
         # Rare (a Table input, or an extract in several files): those rows again, whole.
         for part in _slices(gpp_in, columns):
             con.register("gp_slice", part)
-            con.execute("""
-                INSERT INTO split_rows
-                SELECT DISTINCT c.practice, c.extract_date,
-                       coalesce(g.nhs_number, 'line:' || coalesce(CAST(g.line AS VARCHAR), '?'))
-                FROM gp_slice g
-                JOIN chosen c ON upper(trim(g.practice_code)) = c.practice AND g.extract_date = c.extract_date
-                SEMI JOIN split s ON s.practice = c.practice AND s.extract_date = c.extract_date
-                WHERE (g.registration_date IS NULL OR g.registration_date <= c.extract_date)
-                  AND (g.deregistration_date IS NULL OR g.deregistration_date > c.extract_date)
-                  AND (g.date_of_death IS NULL OR g.date_of_death > c.extract_date)
-            """)
+            con.execute(_REGISTERED_SPLIT_SQL)
             con.unregister("gp_slice")
     con.execute("""
         CREATE TEMP TABLE reg AS
