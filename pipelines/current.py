@@ -207,12 +207,16 @@ def gp_death_extracts(extracts: pd.DataFrame, since, until) -> pd.DataFrame:
     return ok.loc[sorted(keep)] if keep else ok.iloc[:0]
 
 
+def _gp_dataset(warehouse: Warehouse, chosen: pd.DataFrame | None, columns: list[str] | None) -> ds.Dataset:
+    """The ``gp_patients`` rows of the chosen extracts, as a lazy dataset."""
+    paths = [] if chosen is None or chosen.empty else _gp_paths(warehouse, chosen)
+    return warehouse.dataset("gp_patients", parts=paths, columns=columns)
+
+
 def gp_deaths_lazy(warehouse: Warehouse, since, until, columns: list[str] | None = None) -> ds.Dataset:
     """The ``gp_patients`` rows of :func:`gp_death_extracts`, as a lazy dataset."""
     ex = warehouse.read("gp_extracts").to_pandas()
-    chosen = gp_death_extracts(ex, since, until) if len(ex) else ex
-    paths = _gp_paths(warehouse, chosen) if len(chosen) else []
-    return warehouse.dataset("gp_patients", parts=paths, columns=columns)
+    return _gp_dataset(warehouse, gp_death_extracts(ex, since, until) if len(ex) else None, columns)
 
 
 class GPCurrentLazy(NamedTuple):
@@ -230,13 +234,8 @@ def gp_current_lazy(warehouse: Warehouse, period: str | None = None,
     :func:`gp_current` table (a column missing from an older part reads as null)."""
     extracts = warehouse.read("gp_extracts")
     ex = extracts.to_pandas()
-
-    def lazy(chosen: pd.DataFrame | None) -> ds.Dataset:
-        paths = [] if chosen is None or chosen.empty else _gp_paths(warehouse, chosen)
-        return warehouse.dataset("gp_patients", parts=paths, columns=columns)
-
     if ex.empty:
-        return GPCurrentLazy(lazy(None), lazy(None), extracts)
-    overall = lazy(_newest(ex))
-    in_period = lazy(_newest(ex[ex["period"] == period])) if period else lazy(None)
+        return GPCurrentLazy(_gp_dataset(warehouse, None, columns), _gp_dataset(warehouse, None, columns), extracts)
+    overall = _gp_dataset(warehouse, _newest(ex), columns)
+    in_period = _gp_dataset(warehouse, _newest(ex[ex["period"] == period]) if period else None, columns)
     return GPCurrentLazy(overall, in_period, extracts)
