@@ -60,6 +60,8 @@ rows."""
 
 def _batch_rows(work: pd.DataFrame) -> int:
     return max(1, min(BATCH_ROWS, BATCH_CELLS // max(1, work.shape[1])))
+
+
 GROUP_COLUMNS = 8
 ROW_CONDITION_COLUMNS = ("CDS_UPDATE_TYPE",)  # columns a row condition may read
 LINE = "_line"

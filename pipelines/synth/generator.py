@@ -268,15 +268,12 @@ def write_truth(w, E, cur, fft, files, faults, gp_truth, objectors, out, truth, 
                          "mainspef": np.array(C.SPEC_CODES)[w.cons_spec], "consultant_code": w.cons_codes,
                          "relative_risk": w.cons_rr})
     _parquet(cons, truth / "consultants.parquet")
-    spec_map = {}
-    for name, prefixes in C.COHORT_SPECIALTY:
-        for pfx in prefixes:
-            spec_map.setdefault(pfx, []).append(name)
+    groups = _cohort_of_group()
     figures = outlier_cohort_figures(w, tally) if tally is not None else {}
     outliers = []
     for i, r in cons[cons["relative_risk"] > 1].iterrows():
         s = next(x for x in C.SPECIALTIES if x["code"] == r["mainspef"])
-        cohorts = sorted({n for pcode, _ in s["procs"] for n in spec_map.get(pcode[:3], [])})
+        cohorts = sorted({n for pcode, _ in s["procs"] for n in groups.get(pcode[:3], ()) if n})
         outliers.append(dict(provider_code=r["provider_code"], mainspef=r["mainspef"],
                              consultant_code=r["consultant_code"], relative_risk=float(r["relative_risk"]),
                              cohort_specialties=cohorts, cohorts=figures.get(int(i), [])))
