@@ -11,7 +11,8 @@
 
 Both are column map expectations: missing values are not checked (a separate
 not-null rule says whether a value is required), and failing rows come back in
-``unexpected_index_list``. Defining the classes registers them with GX.
+``unexpected_index_list``. Defining the classes registers them with GX. Their conditions
+are plain functions, shared with :mod:`expectations.compiled`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,24 @@ def parse_iso_dates(values: pd.Series) -> pd.Series:
     return pd.Series(out, index=values.index)
 
 
+def iso_date_ok(values: pd.Series) -> pd.Series:
+    """True where a value is a real calendar date written ``YYYY-MM-DD``."""
+    return parse_iso_dates(values).notna()
+
+
+def iso_date_between_ok(values: pd.Series, min_value=None, max_value=None) -> pd.Series:
+    """False where a value is a real date outside ``[min_value, max_value]`` (ISO date
+    strings, either may be None); True otherwise (a value that is not a date is not
+    judged here)."""
+    dates = parse_iso_dates(values)
+    ok = pd.Series(True, index=values.index)
+    if min_value is not None:
+        ok &= ~(dates < pd.Timestamp(min_value)).fillna(False).astype(bool)
+    if max_value is not None:
+        ok &= ~(dates > pd.Timestamp(max_value)).fillna(False).astype(bool)
+    return ok
+
+
 class ColumnValuesValidNhsNumber(ColumnMapMetricProvider):
     condition_metric_name = "column_values.valid_nhs_number"
 
@@ -62,7 +81,7 @@ class ColumnValuesIsoDate(ColumnMapMetricProvider):
 
     @column_condition_partial(engine=PandasExecutionEngine)
     def _pandas(cls, column: pd.Series, **kwargs) -> pd.Series:
-        return parse_iso_dates(column).notna()
+        return iso_date_ok(column)
 
 
 class ExpectColumnValuesToBeIsoDates(ColumnMapExpectation):
@@ -79,13 +98,7 @@ class ColumnValuesIsoDateBetween(ColumnMapMetricProvider):
 
     @column_condition_partial(engine=PandasExecutionEngine)
     def _pandas(cls, column: pd.Series, min_value=None, max_value=None, **kwargs) -> pd.Series:
-        dates = parse_iso_dates(column)
-        ok = pd.Series(True, index=column.index)
-        if min_value is not None:
-            ok &= ~(dates < pd.Timestamp(min_value)).fillna(False).astype(bool)
-        if max_value is not None:
-            ok &= ~(dates > pd.Timestamp(max_value)).fillna(False).astype(bool)
-        return ok
+        return iso_date_between_ok(column, min_value, max_value)
 
 
 class ExpectColumnValuesToBeIsoDatesBetween(ColumnMapExpectation):

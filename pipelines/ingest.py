@@ -52,6 +52,7 @@ from pipelines.landing import (
 )
 from pipelines.schemas.inputs import FEEDS, TYPE2
 from pipelines.storage import FileInfo, Store
+from pipelines.text import SPACE
 from pipelines.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -399,7 +400,7 @@ def _nhs(frame: pd.DataFrame, name: str) -> tuple[pa.Array, pa.Array]:
 
 
 def _postcode(frame: pd.DataFrame, name: str) -> pa.Array:
-    s = _strip(frame, name).str.replace(r"\s+", "", regex=True).str.upper()
+    s = _strip(frame, name).str.replace(f"{SPACE}+", "", regex=True).str.upper()
     return _str_array(s.mask(s == ""))
 
 
@@ -411,11 +412,13 @@ def _str_array(s: pd.Series) -> pa.Array:
     return arr.cast(pa.string()) if arr.type != pa.string() else arr
 
 
-def _warnings(rule_ids: list[list[str]], kept: np.ndarray) -> pa.Array:
+def _warnings(outcome, kept: np.ndarray) -> pa.Array:
     """Each kept row's broken (warn) rule ids; most rows have none, so the list array is
     built from offsets and only the non-empty rows are touched in Python."""
+    rule_ids, broken = outcome.rule_ids, getattr(outcome, "broken", None)
     idx = np.flatnonzero(kept)
-    lengths = np.fromiter((len(rule_ids[i]) for i in idx), dtype=np.int32, count=len(idx))
+    lengths = (broken[idx] if broken is not None
+               else np.fromiter((len(rule_ids[i]) for i in idx), dtype=np.int32, count=len(idx)))
     offsets = np.zeros(len(idx) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
     values = [r for i in idx[lengths > 0] for r in rule_ids[i]]
@@ -768,7 +771,7 @@ def ingest(source: str, period: str, landing: Store, warehouse: Warehouse, setti
             kept = [~np.asarray(o.rejected, dtype=bool) for o in outcomes]
             silvers = _gp_silver_many([fr.iloc[np.flatnonzero(k)] for (_, _, fr, _, _, _), k in zip(chunk, kept)],
                                       [p_ for p_, *_ in chunk], period,
-                                      [_warnings(o.rule_ids, k) for o, k in zip(outcomes, kept)])
+                                      [_warnings(o, k) for o, k in zip(outcomes, kept)])
         for (p_, fi_, fr, info_, sha_, first_), outcome, silver in zip(chunk, outcomes, silvers):
             _take_in(source, period, p_, fr, info_, sha_, fi_.size, first_, warehouse, settings,
                      _as_of_submission(context, p_), data_docs_dir, report, outcome=outcome, silver=silver)
@@ -885,7 +888,7 @@ def _take_in(source, period, parsed: ParsedName, frame: pd.DataFrame, info, sha:
     n_kept = received - n_rej
     if silver is None:  # else built with the rest of its chunk
         kept_frame = frame.iloc[np.flatnonzero(kept)]
-        warn = _warnings(outcome.rule_ids, kept)
+        warn = _warnings(outcome, kept)
         if source == "gp":
             silver = _gp_silver(kept_frame, parsed, period, warn)
         elif source == "sus_apc":
@@ -1094,7 +1097,7 @@ def _take_in_hes(parsed: ParsedName, frame: pd.DataFrame, sha: str, size: int, f
 
     kept = ~rejected
     silver_all = _sus_silver(frame.iloc[np.flatnonzero(kept)], "hes_apc", None, periods[kept], sid,
-                             _warnings(outcome.rule_ids, kept))
+                             _warnings(outcome, kept))
     q_all = _quarantine(frame, rejected, outcome, source="hes_apc", file_name=parsed.file_name,
                         submission_id=sid, submitter=list(provider), periods=list(periods))
     silver_periods = np.asarray(silver_all.column("period").to_pylist(), dtype=object)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+
+from pipelines.text import SPACE_CHARS
 
 WEIGHTS = np.arange(10, 1, -1)  # 10, 9, ..., 2
 
@@ -34,7 +37,7 @@ def check_digit(first_nine: str) -> int | None:
 
 def is_valid(value: object) -> bool:
     text = canonical(value)
-    if text is None or len(text) != 10 or not text.isdigit():
+    if text is None or len(text) != 10 or not (text.isascii() and text.isdigit()):
         return False
     if len(set(text)) == 1:
         return False
@@ -52,26 +55,34 @@ def with_check_digit(first_nine: str) -> str | None:
     return None if len(set(full)) == 1 else full
 
 
-_SPACE_OR_HYPHEN = "[\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000-]"
+_SPACE_OR_HYPHEN = f"[{SPACE_CHARS}-]"
 
 
 def canonical_series(values: pd.Series) -> pd.Series:
     """Vectorised :func:`canonical` (string dtype, <NA> for missing/empty)."""
-    # Python's \s spelled out (the same characters): pandas then runs the replace in
-    # pyarrow (RE2) instead of one Python call per value.
+    # Python's \s spelled out (pipelines.text): pandas then runs the replace in pyarrow.
     out = values.astype("string").str.replace(_SPACE_OR_HYPHEN, "", regex=True)
     return out.mask(out == "")
+
+
+def _ascii_digits(values: pd.Series) -> np.ndarray:
+    """Ten-ASCII-digit strings as an (n, 10) array of digits, read from the Arrow string
+    array's value buffer (no Python string per value)."""
+    arr = pa.array(values, type=pa.string(), from_pandas=True)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset:arr.offset + len(arr) + 1]
+    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+    return data.reshape(-1, 10) - ord("0")
 
 
 def valid_series(values: pd.Series) -> pd.Series:
     """Vectorised validity over any string-like Series. Returns a bool Series."""
     canon = canonical_series(values).fillna("")
-    shaped = canon.str.fullmatch(r"\d{10}").fillna(False).to_numpy(dtype=bool)
+    shaped = canon.str.fullmatch(r"[0-9]{10}").fillna(False).to_numpy(dtype=bool)
     out = np.zeros(len(canon), dtype=bool)
     if shaped.any():
-        digits = np.frombuffer(
-            "".join(canon[shaped].tolist()).encode("ascii"), dtype=np.uint8
-        ).reshape(-1, 10) - ord("0")
+        digits = _ascii_digits(canon[shaped])
         total = digits[:, :9].astype(np.int64) @ WEIGHTS
         result = 11 - total % 11
         result = np.where(result == 11, 0, result)

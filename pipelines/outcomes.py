@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 
 from pipelines import charlson, schemas
 from pipelines.funnel import control_limits, outlier_status
+from pipelines.text import SPACE_CHARS
 from pipelines.funnel import exact_ci, funnel_plot, poisson_limits  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def load_cohorts(path: str | Path | None = None, settings: Any = None) -> pd.Dat
     for c in COHORT_COLUMNS:
         df[c] = df[c].astype(str).str.strip()
     for c in COHORT_COLUMNS[1:]:
-        df[c] = df[c].str.upper().str.replace(r"[.\s-]", "", regex=True)
+        df[c] = df[c].str.upper().str.replace(f"[.{SPACE_CHARS}-]", "", regex=True)
     df["requires_diagnosis_prefix"] = df["requires_diagnosis_prefix"].str.replace(";", "|")
     df["excludes_diagnosis_prefix"] = df["excludes_diagnosis_prefix"].str.replace(";", "|")
     bad = df[(df["specialty"] == "") | (df["opcs4_prefix"] == "")]

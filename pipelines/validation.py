@@ -39,6 +39,7 @@ from great_expectations.execution_engine import pandas_execution_engine as _gx_p
 
 from expectations import fft as fft_suite  # noqa: E402
 from expectations import gp as gp_suite  # noqa: E402
+from expectations import compiled  # noqa: E402
 from expectations import sus_apc as sus_suite  # noqa: E402
 from expectations.custom import CUSTOM, parse_iso_dates  # noqa: E402
 from expectations.rules import KEY, Env, Rule, date_col  # noqa: E402
@@ -56,6 +57,11 @@ BATCH_CELLS = 16_000_000
 columns of the work frame): a GP extract's narrow rows 1 million at a time, a SUS file's
 wide ones (about 100 columns) some 160,000, so that memory follows the values, not the
 rows."""
+
+
+ENGINE = os.environ.get("CAREDATA_VALIDATION_ENGINE", "compiled")
+"""``compiled``: every row is judged by :mod:`expectations.compiled` and a sample by GX
+too (the two must agree); ``gx``: GX judges every row, in batches."""
 
 
 def _batch_rows(work: pd.DataFrame) -> int:
@@ -88,12 +94,15 @@ class ValidationContext:
 @dataclass
 class ValidationOutcome:
     rejected: np.ndarray  # bool per input row: True = quarantine (a reject rule failed)
-    rule_ids: list[list[str]]  # per input row: every rule id it broke (reject and warn), in rule order
-    messages: list[list[str]]  # per input row: the matching messages
+    # Per input row: every rule id it broke (reject and warn), in rule order, and the
+    # matching messages. Read-only: rows that broke none share one empty list.
+    rule_ids: list[list[str]]
+    messages: list[list[str]]
     rule_counts: pd.DataFrame  # rule_id, field, severity, rows_checked, rows_failed, example_lines
     field_scores: pd.DataFrame  # field, rows, rows_valid
     data_docs: str | None = None  # path of the Data Docs site's index.html (this validation's pages), if built
     stats: dict = field(default_factory=dict)  # rows, batches, seconds, rows_per_second
+    broken: np.ndarray | None = None  # int32 per input row: how many rules it broke (len of its rule_ids)
 
 
 class ValidationError(RuntimeError):
@@ -158,11 +167,11 @@ def _work_frame_many(source: str, frames: list[pd.DataFrame], envs: list[Env], o
     return pd.concat(pieces, ignore_index=True)
 
 
-def _expectation(rule: Rule, kwargs: dict) -> gx.expectations.Expectation:
+def _expectation(rule: Rule, kwargs: dict, member: int = 0) -> gx.expectations.Expectation:
     cls = CUSTOM.get(rule.expectation) or getattr(gx.expectations, rule.expectation)
     return cls(
         **kwargs,
-        meta={"rule_id": rule.id, "field": rule.field, "severity": rule.severity},
+        meta={"rule_id": rule.id, "field": rule.field, "severity": rule.severity, "member": member},
         notes=f"{rule.id} ({rule.severity}): {rule.message}",
     )
 
@@ -188,35 +197,21 @@ def _columns_of(kwargs: dict) -> list[str]:
     return cols
 
 
-def _groups(active: list[tuple[Rule, dict]]) -> list[tuple[list[str], list[tuple[Rule, dict]]]]:
-    """Consecutive rules packed into groups reading at most GROUP_COLUMNS columns."""
-    groups: list[tuple[list[str], list[tuple[Rule, dict]]]] = []
-    for rule, kw in active:
+def _groups(members: list[tuple[Rule, dict]]) -> list[tuple[list[str], list[tuple[int, Rule, dict]]]]:
+    """Consecutive rules (with their place ``m`` in ``members``) packed into groups
+    reading at most GROUP_COLUMNS columns."""
+    groups: list[tuple[list[str], list[tuple[int, Rule, dict]]]] = []
+    for m, (rule, kw) in enumerate(members):
         need = _columns_of(kw)
         if groups:
-            cols, members = groups[-1]
+            cols, group = groups[-1]
             merged = cols + [c for c in need if c not in cols]
             if len(merged) <= GROUP_COLUMNS:
                 cols[:] = merged
-                members.append((rule, kw))
+                group.append((m, rule, kw))
                 continue
-        groups.append((list(dict.fromkeys(need)), [(rule, kw)]))
+        groups.append((list(dict.fromkeys(need)), [(m, rule, kw)]))
     return groups
-
-
-def _batches(work: pd.DataFrame, batch_rows: int) -> list[np.ndarray]:
-    n = len(work)
-    if n <= batch_rows:
-        return [np.arange(n)]
-    nb = -(-n // batch_rows)
-    if KEY in work.columns:
-        # Rows sharing a key land in the same batch, so within-batch uniqueness is
-        # uniqueness in the file.
-        h = pd.util.hash_pandas_object(work[KEY].fillna(""), index=False).to_numpy()
-        which = (h % np.uint64(nb)).astype(np.int64)
-        parts = [np.flatnonzero(which == b) for b in range(nb)]
-        return [p for p in parts if len(p)]
-    return [np.arange(b * batch_rows, min(n, (b + 1) * batch_rows)) for b in range(nb)]
 
 
 def validate(
@@ -229,76 +224,12 @@ def validate(
     context: ValidationContext | None = None,
     data_docs_dir: str | None = None,
     batch_rows: int | None = None,
+    engine: str | None = None,
 ) -> ValidationOutcome:
-    """Validate a file's rows against its feed's suite. See the module docstring."""
-    if source not in SUITES:
-        raise ValueError(f"no expectation suite for source {source!r}")
-    started = time.perf_counter()
-    ctx_in = context or ValidationContext()
-    hes = source == "hes_apc"
-    env = Env(
-        source=source,
-        period=None if hes else period,
-        submitter=None if hes else submitter,
-        file_name=file_name,
-        protocol=None if hes else _protocol(source, file_name),
-        site_providers=ctx_in.site_providers,
-        practice_codes=frozenset(ctx_in.practice_codes) if ctx_in.practice_codes else None,
-        today=ctx_in.today or dt.date.today(),
-    )
-    n = len(frame)
-    lines = (frame[LINE].to_numpy(dtype=np.int64) if LINE in frame.columns
-             else np.arange(2, n + 2, dtype=np.int64))
-    work = _work_frame(source, frame, env)
-
-    # The suite: every rule that applies to this submission.
-    mod = SUITES[source]
-    active = _active_rules(source, env)
-
-    gctx = gx.get_context(mode="ephemeral")
-    gctx.variables.progress_bars = {"globally": False, "metric_calculations": False}
-    # One suite per group of rules reading at most GROUP_COLUMNS columns, validated on
-    # those columns only: GX copies the batch's whole frame when it filters a domain, so
-    # narrow batches keep the cost per row down.
-    groups = _groups(active)
-    suites = []
-    for g, (cols, members) in enumerate(groups):
-        name = f"caredata_{source}" if len(groups) == 1 else f"caredata_{source}.part{g + 1:02d}"
-        suite = gx.ExpectationSuite(name=name, expectations=[_expectation(r, kw) for r, kw in members])
-        suites.append((name, cols, gctx.suites.add(suite)))
-    batch_def = (gctx.data_sources.add_pandas("landing").add_dataframe_asset(source)
-                 .add_batch_definition_whole_dataframe("rows"))
-
-    checked = {r.id: 0 for r, _ in active}
-    failed: dict[str, list[np.ndarray]] = {r.id: [] for r, _ in active}
-    results = []
-    batches = _batches(work, batch_rows or _batch_rows(work))
-    for b, positions in enumerate(batches):
-        rows_part = work.iloc[positions]
-        rows_part.index = pd.Index(positions)  # unexpected_index_list gives file positions
-        for name, cols, suite in suites:
-            part = rows_part[cols]
-            res = _run_suite(batch_def, suite, part)
-            for rid, n_checked, idx in _rule_results(res, part, file_name):
-                checked[rid] += n_checked
-                failed[rid].append(idx)
-            results.append((name, b, res))
-
-    # Per row: every rule broken, in rule order; per rule: counts; per field: item scores.
-    fail_pos = {rule.id: (np.unique(np.concatenate(failed[rule.id])) if failed[rule.id] else np.zeros(0, np.int64))
-                for rule, _ in active}
-    rejected, rule_ids, messages, rule_counts, field_scores = _assemble(
-        mod, env, work, active, fail_pos, {r.id: checked[r.id] for r, _ in active}, lines)
-
-    docs = _build_docs(gctx, results, file_name, data_docs_dir) if data_docs_dir else None
-    seconds = time.perf_counter() - started
-    stats = {"rows": n, "batches": len(batches), "suites": len(suites), "rules": len(active), "seconds": seconds,
-             "rows_per_second": n / seconds if seconds > 0 else None}
-    log.info("validated %s (%s): %d rows, %d rejected, %d rules, %d batch(es), %.1fs",
-             file_name, source, n, int(rejected.sum()), len(active), len(batches), seconds)
-    return ValidationOutcome(rejected, rule_ids, messages, rule_counts, field_scores, docs, stats)
-
-
+    """Validate a file's rows against its feed's suite: :func:`validate_many` of the one
+    file. See the module docstring."""
+    item = {"frame": frame, "period": period, "submitter": submitter, "file_name": file_name, "context": context}
+    return validate_many(source, [item], data_docs_dir=data_docs_dir, batch_rows=batch_rows, engine=engine)[0]
 
 
 def _run_suite(batch_def, suite, part: pd.DataFrame):
@@ -311,7 +242,8 @@ def _run_suite(batch_def, suite, part: pd.DataFrame):
 
 
 def _rule_results(res, part: pd.DataFrame, label: str):
-    """Per expectation of a suite result: (rule id, rows checked, failing row positions).
+    """Per expectation of a suite result: (its place in the job's members, rows checked,
+    failing row positions).
     A rule that raised, or whose failing rows cannot be located, is an error: a broken
     rule never passes silently."""
     for r in res.results:
@@ -326,7 +258,11 @@ def _rule_results(res, part: pd.DataFrame, label: str):
             idx = [next(iter(d.values())) for d in idx]
         if len(idx) != int(out.get("unexpected_count", 0) or 0):
             raise ValidationError(f"{label}: rule {rid}: failing rows could not be located")
-        yield rid, elements - int(out.get("missing_count", 0) or 0), np.asarray(idx, dtype=np.int64)
+        yield (r.expectation_config.meta["member"], elements - int(out.get("missing_count", 0) or 0),
+               np.asarray(idx, dtype=np.int64))
+
+_NONE: list[str] = []  # the rule ids (and messages) of every row that broke no rule
+
 
 def _assemble(mod, env, work: pd.DataFrame, active, fail_pos: dict[str, np.ndarray],
               checked: dict[str, int], lines: np.ndarray):
@@ -335,11 +271,16 @@ def _assemble(mod, env, work: pd.DataFrame, active, fail_pos: dict[str, np.ndarr
     per scored field, the DQMI item-score inputs (present, and no rule on it failed)."""
     n = len(work)
     rejected = np.zeros(n, dtype=bool)
+    broken = np.zeros(n, dtype=np.int32)
+    for rule, _ in active:
+        broken[fail_pos[rule.id]] += 1
     gc_was_on = gc.isenabled()
-    gc.disable()  # millions of small lists: the collector would rescan them again and again
+    gc.disable()  # many small lists: the collector would rescan them again and again
     try:
-        rule_ids: list[list[str]] = [[] for _ in range(n)]
-        messages: list[list[str]] = [[] for _ in range(n)]
+        rule_ids: list[list[str]] = [_NONE] * n
+        messages: list[list[str]] = [_NONE] * n
+        for p in np.flatnonzero(broken).tolist():
+            rule_ids[p], messages[p] = [], []
         rows = []
         for rule, _ in active:
             pos = fail_pos[rule.id]
@@ -371,7 +312,8 @@ def _assemble(mod, env, work: pd.DataFrame, active, fail_pos: dict[str, np.ndarr
                 invalid[fail_pos[rule.id]] = True
         scores.append({"field": sf.name, "rows": int(scored.sum()),
                        "rows_valid": int((present & ~invalid & scored).sum())})
-    return rejected, rule_ids, messages, rule_counts, pd.DataFrame(scores, columns=["field", "rows", "rows_valid"])
+    return (rejected, rule_ids, messages, rule_counts, pd.DataFrame(scores, columns=["field", "rows", "rows_valid"]),
+            broken)
 
 def _build_docs(gctx, results, file_name: str, folder: str) -> str:
     """A local GX Data Docs site for this validation, with counts only."""
@@ -389,7 +331,7 @@ def _build_docs(gctx, results, file_name: str, folder: str) -> str:
     })
     run_id = RunIdentifier(run_name=Path(file_name).name,
                            run_time=dt.datetime.now(dt.timezone.utc))
-    for suite_name, b, res in results:
+    for suite_name, b, res, _ in results:
         for r in res.results:
             r.result = {k: v for k, v in (r.result or {}).items() if k in _DOCS_RESULT_KEYS}
         key = ValidationResultIdentifier(
@@ -456,12 +398,136 @@ def _checked_candidates(rule: Rule, kw: dict, work: pd.DataFrame) -> list[np.nda
     return [present, base]
 
 
+def _gx_checked_per_item(rule: Rule, kw: dict, work: pd.DataFrame, in_job: np.ndarray, gx_total: int,
+                         item_of: np.ndarray, its: tuple[int, ...], sizes: np.ndarray) -> np.ndarray:
+    """Rows checked per file for GX's total over a job: the candidate mask whose total
+    equals GX's; failing that, GX's total shared by file size."""
+    for mask in _checked_candidates(rule, kw, work):
+        m = mask & in_job
+        if int(m.sum()) == gx_total:
+            return np.bincount(item_of[m], minlength=len(sizes))
+    sh = np.zeros(len(sizes), dtype=np.float64)
+    sh[list(its)] = sizes[list(its)]
+    return np.floor(gx_total * sh / max(sh.sum(), 1) + 0.5).astype(np.int64)
+
+
+def _gx_context(source: str):
+    gctx = gx.get_context(mode="ephemeral")
+    gctx.variables.progress_bars = {"globally": False, "metric_calculations": False}
+    batch_def = (gctx.data_sources.add_pandas("landing").add_dataframe_asset(source)
+                 .add_batch_definition_whole_dataframe("rows"))
+    return gctx, batch_def
+
+
+Jobs = dict[tuple[int, ...], list[tuple[Rule, dict]]]
+
+
+def _run_gx(batch_def, gctx, source: str, jobs: Jobs, job_rows: dict, work: pd.DataFrame, step: int):
+    """GX validates each job's rows (``job_rows``) in batches of ``step`` rows. Returns per
+    job member ``(its, m)``: rows checked (GX's count) and failing row positions; the
+    suite results (name, batch number, result, its) for Data Docs; the number of batches."""
+    checked: dict[tuple, int] = {}
+    failed: dict[tuple, list[np.ndarray]] = {}
+    results = []
+    n_batches = 0
+    for j, (its, members) in enumerate(jobs.items()):
+        positions = job_rows[its]
+        suites = []
+        for g, (cols, group) in enumerate(_groups(members)):
+            name = f"caredata_{source}.job{j + 1:03d}.part{g + 1:02d}"
+            suite = gx.ExpectationSuite(name=name, expectations=[_expectation(r, kw, m) for m, r, kw in group])
+            suites.append((name, cols, gctx.suites.add(suite)))
+        for m in range(len(members)):
+            checked[(its, m)] = 0
+            failed[(its, m)] = []
+        for b in range(0, len(positions), step):
+            pos = positions[b:b + step]
+            n_batches += 1
+            # A run of consecutive rows is sliced (no copy), others taken.
+            contiguous = int(pos[-1]) - int(pos[0]) + 1 == len(pos)
+            for name, cols, suite in suites:
+                part = work[cols]
+                part = part.iloc[int(pos[0]):int(pos[-1]) + 1] if contiguous else part.iloc[pos]
+                part = part.set_axis(pd.Index(pos), axis=0)
+                res = _run_suite(batch_def, suite, part)
+                for m, n_checked, idx in _rule_results(res, part, f"{source} batch"):
+                    checked[(its, m)] += n_checked
+                    failed[(its, m)].append(idx)
+                results.append((name, n_batches - 1, res, its))
+    failing = {k: (np.unique(np.concatenate(v)) if v else np.zeros(0, np.int64)) for k, v in failed.items()}
+    return checked, failing, results, n_batches
+
+
+def _run_compiled(jobs: Jobs, job_rows: dict, work: pd.DataFrame):
+    """Each job's rules evaluated column-wise over its rows (:mod:`expectations.compiled`).
+    Returns per job member ``(its, m)``: the positions of the rows checked and failing."""
+    checked: dict[tuple, np.ndarray] = {}
+    failed: dict[tuple, np.ndarray] = {}
+    for its, members in jobs.items():
+        positions = job_rows[its]
+        cols = list(dict.fromkeys(c for _, kw in members for c in _columns_of(kw)))
+        rows = work[cols] if len(positions) == len(work) else work[cols].iloc[positions]
+        for m, (rule, kw) in enumerate(members):
+            c, f = compiled.evaluate(rule.expectation, kw, rows)
+            checked[(its, m)], failed[(its, m)] = positions[c], positions[f]
+    return checked, failed
+
+
+CROSSCHECK_ROWS = int(os.environ.get("CAREDATA_CROSSCHECK_ROWS", "1000"))
+CROSSCHECK_FAILING = 5
+"""GX validates, beside the compiled rules, the first ``CROSSCHECK_ROWS`` rows of every
+job and up to ``CROSSCHECK_FAILING`` rows each rule failed."""
+
+
+def _among(sorted_positions: np.ndarray, sample: np.ndarray) -> np.ndarray:
+    """The positions of ``sample`` (sorted) that are in ``sorted_positions``."""
+    if not len(sorted_positions):
+        return sample[:0]
+    at = np.minimum(np.searchsorted(sorted_positions, sample), len(sorted_positions) - 1)
+    return sample[sorted_positions[at] == sample]
+
+
+def _crosscheck(batch_def, gctx, source: str, jobs: Jobs, job_rows: dict, work: pd.DataFrame,
+                checked: dict, failed: dict):
+    """GX validates a sample of each job's rows (its first rows and some rows each rule
+    failed); the compiled rules must give the same verdicts and counts on it, or the
+    validation stops (:class:`ValidationError`). Returns GX's suite results, their counts
+    made those of all the job's rows (for Data Docs), and the number of GX batches."""
+    sample = {}
+    for its, members in jobs.items():
+        picks = [job_rows[its][:CROSSCHECK_ROWS]] + [failed[(its, m)][:CROSSCHECK_FAILING]
+                                                      for m in range(len(members))]
+        sample[its] = np.unique(np.concatenate(picks))
+    step = max([len(v) for v in sample.values()] + [1])
+    gx_checked, gx_failed, results, n_batches = _run_gx(batch_def, gctx, source, jobs, sample, work, step)
+    for its, members in jobs.items():
+        for m, (rule, _) in enumerate(members):
+            want_failed = _among(failed[(its, m)], sample[its])
+            want_checked = _among(checked[(its, m)], sample[its]).size
+            if not np.array_equal(want_failed, gx_failed[(its, m)]) or want_checked != gx_checked[(its, m)]:
+                raise ValidationError(
+                    f"{source}: rule {rule.id}: the compiled rule and Great Expectations disagree on "
+                    f"{len(sample[its])} sampled rows (failing {len(want_failed)} against "
+                    f"{len(gx_failed[(its, m)])}, checked {want_checked} against {gx_checked[(its, m)]})")
+    for _, _, res, its in results:
+        for r in res.results:
+            m = r.expectation_config.meta["member"]
+            n_rows, n_checked, n_failed = len(job_rows[its]), len(checked[(its, m)]), len(failed[(its, m)])
+            r.success = n_failed == 0
+            r.result = {"element_count": n_rows, "missing_count": n_rows - n_checked,
+                        "unexpected_count": n_failed,
+                        "unexpected_percent": 100.0 * n_failed / n_checked if n_checked else 0.0}
+        res.success = all(r.success for r in res.results)
+    return results, n_batches
+
+
 def validate_many(
     source: str,
     items: list[dict],
     *,
     data_docs_dir: str | None = None,
     batch_rows: int | None = None,
+    engine: str | None = None,
 ) -> list[ValidationOutcome]:
     """Validate many files of one feed in one GX context. ``items``: one dict per file with
     the keyword arguments of :func:`validate` (``frame``, ``period``, ``submitter``,
@@ -560,73 +626,40 @@ def validate_many(
             for one in (kw if isinstance(kw, list) else [kw]):
                 jobs.setdefault(tuple(its), []).append((rule, one))
 
-    gctx = gx.get_context(mode="ephemeral")
-    gctx.variables.progress_bars = {"globally": False, "metric_calculations": False}
-    batch_def = (gctx.data_sources.add_pandas("landing").add_dataframe_asset(source)
-                 .add_batch_definition_whole_dataframe("rows"))
-    step = batch_rows or _batch_rows(work)
-    checked_total: dict[tuple[str, tuple[int, ...]], int] = {}
-    failed: dict[tuple[str, tuple[int, ...]], list[np.ndarray]] = {}
-    results = []
-    n_batches = 0
     all_items = tuple(range(len(items)))
-    for j, (its, members) in enumerate(jobs.items()):
-        positions = (np.arange(total) if its == all_items
-                     else np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in its]))
-        suites = []
-        groups = _groups(members)
-        for g, (cols, group_members) in enumerate(groups):
-            name = f"caredata_{source}.job{j + 1:03d}.part{g + 1:02d}"
-            suite = gx.ExpectationSuite(name=name, expectations=[_expectation(r, kw) for r, kw in group_members])
-            suites.append((name, cols, gctx.suites.add(suite)))
-        for rule, _ in members:
-            checked_total[(rule.id, its)] = 0
-            failed[(rule.id, its)] = []
-        for b in range(0, max(len(positions), 1), step):
-            pos = positions[b:b + step]
-            if len(pos) == 0:
-                continue
-            n_batches += 1
-            # A run of consecutive rows is sliced (no copy), others taken.
-            contiguous = int(pos[-1]) - int(pos[0]) + 1 == len(pos)
-            for name, cols, suite in suites:
-                part = work[cols]
-                part = part.iloc[int(pos[0]):int(pos[-1]) + 1] if contiguous else part.iloc[pos]
-                part = part.set_axis(pd.Index(pos), axis=0)
-                res = _run_suite(batch_def, suite, part)
-                for rid, n_checked, idx in _rule_results(res, part, f"{source} batch"):
-                    checked_total[(rid, its)] += n_checked
-                    failed[(rid, its)].append(idx)
-                results.append((name, n_batches - 1, res))
+    job_rows = {its: (np.arange(total) if its == all_items
+                      else np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in its]))
+                for its in jobs}
+    engine = engine or ENGINE
+    gctx, batch_def = _gx_context(source)
+    if engine == "gx":
+        step = batch_rows or _batch_rows(work)
+        gx_checked, failed, results, n_batches = _run_gx(batch_def, gctx, source, jobs, job_rows, work, step)
+        checked = None
+    elif engine == "compiled":
+        checked, failed = _run_compiled(jobs, job_rows, work)
+        results, n_batches = _crosscheck(batch_def, gctx, source, jobs, job_rows, work, checked, failed)
+    else:
+        raise ValueError(f"unknown validation engine {engine!r} (compiled or gx)")
 
-    # Per rule variant: failing rows, and rows checked per file (a mask GX agrees with).
+    # Per rule: failing rows (over its variants), and rows checked per file.
     fail_pos: dict[str, np.ndarray] = {}
     checked_per_item: dict[str, np.ndarray] = {}
-    done_keys: set = set()
     for its, members in jobs.items():
-        for rule, kw in members:
-            key = (rule.id, its)
-            if key in done_keys:
-                continue
-            done_keys.add(key)
-            pos = np.unique(np.concatenate(failed[key])) if failed[key] else np.zeros(0, np.int64)
+        in_job = np.zeros(total, dtype=bool)
+        in_job[job_rows[its]] = True
+        for m, (rule, kw) in enumerate(members):
+            pos = failed[(its, m)]
             prev = fail_pos.get(rule.id)
             fail_pos[rule.id] = pos if prev is None else np.union1d(prev, pos)
-            in_job = np.zeros(total, dtype=bool)
-            for i in its:
-                in_job[offsets[i]:offsets[i + 1]] = True
-            counts = None
-            if key in merged:
-                counts = np.bincount(item_of[merged[key]], minlength=len(items))
-            for mask in ([] if counts is not None else _checked_candidates(rule, kw, work)):
-                m = mask & in_job
-                if int(m.sum()) == checked_total[key]:
-                    counts = np.bincount(item_of[m], minlength=len(items))
-                    break
-            if counts is None:  # cannot split GX's count per file: share it by size
-                sh = np.zeros(len(items), dtype=np.float64)
-                sh[list(its)] = sizes[list(its)]
-                counts = np.floor(checked_total[key] * sh / max(sh.sum(), 1) + 0.5).astype(np.int64)
+            if m and members[m - 1][0].id == rule.id:
+                continue  # a merged rule's second bound: counted with the first
+            if (rule.id, its) in merged:
+                counts = np.bincount(item_of[merged[(rule.id, its)]], minlength=len(items))
+            elif checked is not None:
+                counts = np.bincount(item_of[checked[(its, m)]], minlength=len(items))
+            else:
+                counts = _gx_checked_per_item(rule, kw, work, in_job, gx_checked[(its, m)], item_of, its, sizes)
             prev = checked_per_item.get(rule.id)
             checked_per_item[rule.id] = counts if prev is None else prev + counts
 
@@ -634,8 +667,8 @@ def validate_many(
     # Data Docs show the suite runs that failed on some row (when every one passed, the
     # first), so the site stays small and quick to build for 6,500 files.
     shown = [r for r in results if not r[2].success] or results[:1]
-    docs = (_build_docs(gctx, shown, f"{source}-{items[0].get('period') or ''}-{len(items)}-files", data_docs_dir)
-            if data_docs_dir else None)
+    run_name = items[0]["file_name"] if len(items) == 1 else f"{source}-{items[0].get('period') or ''}-{len(items)}-files"
+    docs = _build_docs(gctx, shown, run_name, data_docs_dir) if data_docs_dir and shown else None
     outs: list[ValidationOutcome] = []
     for i, (env, active) in enumerate(zip(envs, actives)):
         a, z = int(offsets[i]), int(offsets[i + 1])
@@ -646,11 +679,11 @@ def validate_many(
             allpos = fail_pos.get(rule.id, np.zeros(0, np.int64))
             lo, hi = np.searchsorted(allpos, [a, z])
             item_pos[rule.id] = allpos[lo:hi] - a
-        rejected, rule_ids, messages, rule_counts, field_scores = _assemble(
+        rejected, rule_ids, messages, rule_counts, field_scores, broken = _assemble(
             mod, env, w, active, item_pos, {r.id: checked_per_item[r.id][i] for r, _ in active}, lines[i])
         stats = {"rows": n, "batch_rows": total, "files": len(items), "batches": n_batches,
                  "rules": len(active), "seconds": seconds * n / max(total, 1), "batch_seconds": seconds}
-        outs.append(ValidationOutcome(rejected, rule_ids, messages, rule_counts, field_scores, docs, stats))
+        outs.append(ValidationOutcome(rejected, rule_ids, messages, rule_counts, field_scores, docs, stats, broken))
     log.info("validated %d %s file(s) together: %d rows, %d job(s), %d batch(es), %.1fs",
              len(items), source, total, len(jobs), n_batches, seconds)
     return outs

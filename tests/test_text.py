@@ -1,0 +1,27 @@
+"""pipelines/text.py: Python's \\s spelled out for pyarrow's RE2."""
+
+import re
+import sys
+
+import pandas as pd
+
+from expectations.rules import OPCS4_RE, POSTCODE_RE
+from pipelines.text import SPACE, re2_friendly
+
+
+def test_space_is_pythons_whitespace_at_every_code_point():
+    chars = "".join(map(chr, range(sys.maxunicode + 1)))
+    python = set(re.findall(r"\s", chars))
+    ours = set(re.findall(SPACE, chars))
+    assert python == ours and len(python) == 29
+
+
+def test_rewritten_patterns_match_the_same_values_and_run_in_pyarrow():
+    values = pd.Series(["SW1A 1AA", "sw1a\t1aa", " SW1A1AA ", "SW1A\x0b1AA", "SW1A\u30001AA", "SW1A-1AA",
+                        "K01A", "K01A  ", "-", "-   ", "- x", "", None], dtype="string")
+    for pattern in (POSTCODE_RE, OPCS4_RE, r"a\Sb", r"\\s"):
+        fast = re2_friendly(pattern)
+        assert fast != pattern or pattern == r"\\s"
+        assert not values.array._needs_python_regex(fast)
+        assert values.str.contains(fast).tolist() == values.str.contains(pattern).tolist(), pattern
+    assert re2_friendly(r"[.\s-]") == r"[.\s-]"  # inside a class: left as written
