@@ -32,6 +32,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from datetime import date, datetime, timezone
 
 import numpy as np
@@ -434,14 +435,26 @@ def _common(n: int, period: str, submission_id: str, frame: pd.DataFrame) -> dic
 
 
 def _gp_silver(frame: pd.DataFrame, parsed: ParsedName, period: str, warn: pa.Array) -> pa.Table:
-    return _gp_silver_many([frame], [parsed], period, [warn])[0]
+    return _gp_silver_many([frame], [parsed], period, [warn]).parts()[0]
+
+
+class _Sliced(NamedTuple):
+    """One table holding consecutive pieces: ``parts()`` slices them out without a copy.
+    Pickled whole (a pickled slice of an Arrow table carries the whole table's buffers)."""
+
+    table: pa.Table
+    offsets: np.ndarray
+
+    def parts(self) -> list[pa.Table]:
+        o = self.offsets
+        return [self.table.slice(int(a), int(z - a)) for a, z in zip(o[:-1], o[1:])]
 
 
 def _gp_silver_many(frames: list[pd.DataFrame], parsed: list[ParsedName], period: str,
-                    warns: list[pa.Array]) -> list[pa.Table]:
+                    warns: list[pa.Array]) -> _Sliced:
     """The silver rows of many GP extracts (kept rows of each), built in one pass over
     their concatenation (a national month is 6,500 extracts: per-file column work would
-    cost more than the rows) and sliced back per file without a copy."""
+    cost more than the rows), one piece per file."""
     sizes = np.array([len(f) for f in frames], dtype=np.int64)
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
     n = len(frame)
@@ -468,8 +481,7 @@ def _gp_silver_many(frames: list[pd.DataFrame], parsed: list[ParsedName], period
         "dq_warnings": warn,
     }
     table = schemas.get("gp_patients").conform(pa.table(cols))
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    return [table.slice(int(a), int(z - a)) for a, z in zip(offsets[:-1], offsets[1:])]
+    return _Sliced(table, np.concatenate([[0], np.cumsum(sizes)]))
 
 
 def _code_lists(frame: pd.DataFrame, prefix: str, count: int, dates_prefix: str | None = None):
@@ -752,6 +764,7 @@ def ingest(source: str, period: str, landing: Store, warehouse: Warehouse, setti
         if isinstance(parsed, ParsedName) and parsed.reporting_period == period:
             mine.append((parsed, fi))
     mine.sort(key=_sort_key)
+    _remove_untaken_parts(warehouse, period, ledger)
     context = None
     # Files are validated together in chunks of about VALIDATE_BATCH_ROWS rows (one GX
     # context per chunk, not per file: 6,500 GP extracts a month), then taken in one by
@@ -765,16 +778,18 @@ def ingest(source: str, period: str, landing: Store, warehouse: Warehouse, setti
     worker: _ValidationWorker | None = None
     in_flight: tuple | None = None  # (chunk, future) validated in the worker
 
-    def take(chunk: list[tuple], outcomes: list) -> None:
-        silvers = [None] * len(chunk)
-        if source == "gp":
-            kept = [~np.asarray(o.rejected, dtype=bool) for o in outcomes]
-            silvers = _gp_silver_many([fr.iloc[np.flatnonzero(k)] for (_, _, fr, _, _, _), k in zip(chunk, kept)],
-                                      [p_ for p_, *_ in chunk], period,
-                                      [_warnings(o, k) for o, k in zip(outcomes, kept)])
+    def take(chunk: list[tuple], outcomes: list, silvers: list | None = None) -> None:
+        if silvers is None:
+            silvers = _chunk_silvers(source, period, [(p_, fr, None) for p_, _, fr, _, _, _ in chunk], outcomes)
+        if isinstance(silvers, _Sliced):
+            silvers = silvers.parts()
+        sink = _ChunkParts(warehouse, period)
         for (p_, fi_, fr, info_, sha_, first_), outcome, silver in zip(chunk, outcomes, silvers):
             _take_in(source, period, p_, fr, info_, sha_, fi_.size, first_, warehouse, settings,
-                     _as_of_submission(context, p_), data_docs_dir, report, outcome=outcome, silver=silver)
+                     _as_of_submission(context, p_), data_docs_dir, report, outcome=outcome, silver=silver,
+                     sink=sink)
+        sink.write()
+        for _, fi_, _, _, sha_, _ in chunk:
             ledger.keys.add((fi_.path, sha_))
 
     def take_in_flight() -> None:
@@ -783,10 +798,10 @@ def ingest(source: str, period: str, landing: Store, warehouse: Warehouse, setti
             chunk, future = in_flight
             in_flight = None
             t0 = time.perf_counter()
-            outcomes, seconds = future.result()
+            outcomes, silvers, seconds = future.result()
             report.validation_seconds += time.perf_counter() - t0   # what this process waited
             report.validation_worker_seconds += seconds
-            take(chunk, outcomes)
+            take(chunk, outcomes, silvers)
 
     def flush(last: bool) -> None:
         nonlocal pending, pending_rows, pending_cells, worker, in_flight
@@ -838,9 +853,9 @@ VALIDATION_WORKER = os.environ.get("CAREDATA_VALIDATION_WORKER", "1") != "0"
 
 class _ValidationWorker:
     """One worker process (spawned: a fork of a process running Arrow's and DuckDB's
-    threads is unsafe) that validates one chunk at a time: Great Expectations' pandas
-    engine holds the GIL, so a thread would not overlap with the take-in. The chunk's
-    frames go to it pickled, its outcomes come back the same way."""
+    threads is unsafe) that validates one chunk at a time, and for GP types its kept
+    rows: pandas holds the GIL, so a thread would not overlap with the take-in. The
+    chunk's frames go to it pickled, its outcomes and silver tables come back the same way."""
 
     def __init__(self):
         import multiprocessing
@@ -855,10 +870,22 @@ class _ValidationWorker:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _validate_chunk_timed(source: str, period: str, jobs: list[tuple], data_docs_dir) -> tuple[list, float]:
+def _validate_chunk_timed(source: str, period: str, jobs: list[tuple], data_docs_dir) -> tuple[list, list, float]:
+    """In the worker: the chunk's outcomes and (GP) its typed silver rows, and the time taken."""
     t0 = time.perf_counter()
     outcomes = _validate_chunk(source, period, jobs, data_docs_dir)
-    return outcomes, time.perf_counter() - t0
+    silvers = _chunk_silvers(source, period, jobs, outcomes)
+    return outcomes, silvers, time.perf_counter() - t0
+
+
+def _chunk_silvers(source: str, period: str, jobs: list[tuple], outcomes: list) -> "list | _Sliced":
+    """GP: the extracts' kept rows typed (:func:`_gp_silver_many`, one pass over the
+    chunk); other feeds: None each (built file by file as they are taken in)."""
+    if source != "gp":
+        return [None] * len(jobs)
+    kept = [~np.asarray(o.rejected, dtype=bool) for o in outcomes]
+    return _gp_silver_many([fr.iloc[np.flatnonzero(k)] for (_, fr, _), k in zip(jobs, kept)],
+                           [p_ for p_, _, _ in jobs], period, [_warnings(o, k) for o, k in zip(outcomes, kept)])
 
 
 def _validate_chunk(source: str, period: str, jobs: list[tuple], data_docs_dir) -> list:
@@ -877,7 +904,10 @@ def _validate_chunk(source: str, period: str, jobs: list[tuple], data_docs_dir) 
 
 def _take_in(source, period, parsed: ParsedName, frame: pd.DataFrame, info, sha: str, size: int,
              first: datetime, warehouse: Warehouse, settings, context, data_docs_dir, report: IngestReport,
-             outcome=None, silver: pa.Table | None = None):
+             outcome=None, silver: pa.Table | None = None, sink: "_ChunkParts | None" = None):
+    """Take one validated file in: its silver part (part = its submission id); its
+    quarantine, data-quality and ``gp_extracts`` rows and its ledger outcome, written as
+    its own parts, or handed to ``sink`` to be written with the rest of its chunk."""
     sid = parsed.submission_id
     if outcome is None:
         outcome = _validate(source, frame, period=period, submitter=parsed.submitter_code,
@@ -896,13 +926,13 @@ def _take_in(source, period, parsed: ParsedName, frame: pd.DataFrame, info, sha:
         else:
             silver = _fft_silver(kept_frame, parsed, period, warn)
     warehouse.write(SILVER[source], silver, period, part=sid)
-    q = _quarantine(frame, rejected, outcome, source=source, file_name=parsed.file_name, submission_id=sid,
-                    submitter=parsed.submitter_code, periods=period)
-    warehouse.write("quarantine", q, period, part=sid)
+    parts = _ChunkParts(warehouse, period) if sink is None else sink
+    parts.add("quarantine", _quarantine(frame, rejected, outcome, source=source, file_name=parsed.file_name,
+                                        submission_id=sid, submitter=parsed.submitter_code, periods=period))
     rules, fields = _dq_tables(period, sid, source, parsed.submitter_code, outcome.rule_counts,
                                outcome.field_scores)
-    warehouse.write("dq_rules", rules, period, part=sid)
-    warehouse.write("dq_fields", fields, period, part=sid)
+    parts.add("dq_rules", rules)
+    parts.add("dq_fields", fields)
 
     held = _is_held(received, n_rej, settings)
     reason = (_held_reason(parsed.file_name, received, n_rej, outcome.rule_ids, rejected,
@@ -910,19 +940,86 @@ def _take_in(source, period, parsed: ParsedName, frame: pd.DataFrame, info, sha:
     if source == "gp":
         obj = _strip(frame, "OBJECTION").str.upper()
         type2 = int((obj == TYPE2.upper()).fillna(False).sum())
-        warehouse.write("gp_extracts", pa.table({
+        parts.add("gp_extracts", pa.table({
             "period": [period], "submission_id": [sid], "practice_code": [parsed.submitter_code],
             "extract_date": pa.array([parsed.extract_date], pa.date32()),
             "rows_received": [received], "type1_objections": [info.type1_objections],
             "type2_objections": [type2], "held": [held],
-        }), period, part=sid)
+        }))
     type1 = info.type1_objections if source == "gp" else None
-    _write_event(warehouse, _event(parsed, sha, size, first, "held" if held else "taken", reason,
-                                   received=received, quarantined=n_rej, kept=n_kept, type1=type1), "outcome")
-    _account(report, parsed.file_name, sid, {period: (received, n_rej, n_kept)}, held, reason, outcome,
-             info.type1_objections if source == "gp" else 0)
-    log.info("took in %s: %d rows received, %d kept, %d quarantined%s", parsed.file_name, received, n_kept,
-             n_rej, " (held)" if held else "")
+    event = _event(parsed, sha, size, first, "held" if held else "taken", reason,
+                   received=received, quarantined=n_rej, kept=n_kept, type1=type1)
+
+    def account() -> None:
+        _account(report, parsed.file_name, sid, {period: (received, n_rej, n_kept)}, held, reason, outcome,
+                 info.type1_objections if source == "gp" else 0)
+        log.info("took in %s: %d rows received, %d kept, %d quarantined%s", parsed.file_name, received, n_kept,
+                 n_rej, " (held)" if held else "")
+
+    parts.outcome(event, account)
+    if sink is None:
+        parts.write(sid)
+
+
+def _remove_untaken_parts(warehouse: Warehouse, period: str, ledger: "_Ledger") -> None:
+    """Remove the chunk parts of ``period`` whose submissions have no ledger outcome: left
+    by a run stopped between a chunk's data parts and its ledger part (:class:`_ChunkParts`)."""
+    taken = set(ledger.outcomes.loc[ledger.outcomes["status"].isin(TAKEN), "submission_id"])
+    for table in _ChunkParts.TABLES:
+        for path in warehouse.parts(table, [period]):
+            if "-chunk-" not in path.rsplit("/", 1)[-1]:
+                continue
+            sids = set(warehouse.store.read_parquet(path, columns=["submission_id"])
+                       .column("submission_id").to_pylist())
+            if sids - taken:
+                log.warning("removing %s: its files were not taken in (a run stopped part-way)", path)
+                warehouse.store.delete(path)
+
+
+class _ChunkParts:
+    """The quarantine, data-quality and ``gp_extracts`` rows and the ledger outcomes of the
+    files of one chunk, written together: one part per table and one ledger part for the
+    chunk, instead of five small files per file (a national month has 6,500 GP
+    extracts). The ledger part is written last, in one piece: a chunk whose ledger part
+    is missing was not taken in, and its files are taken in again on the next run; the
+    data parts it left are then removed first (:func:`_remove_untaken_parts`), so no row
+    is counted twice. The report is told of each file only once its outcome is written."""
+
+    TABLES = ("quarantine", "dq_rules", "dq_fields", "gp_extracts")
+
+    def __init__(self, warehouse: Warehouse, period: str):
+        self.warehouse, self.period = warehouse, period
+        self.tables: dict[str, list[pa.Table]] = {t: [] for t in self.TABLES}
+        self.events: list[dict] = []
+        self.then: list = []
+
+    def add(self, table: str, data: pa.Table) -> None:
+        self.tables[table].append(data)
+
+    def outcome(self, event: dict, then) -> None:
+        self.events.append(event)
+        self.then.append(then)
+
+    def write(self, part: str | None = None) -> None:
+        """Write the parts (named ``part``, or after the chunk's first submission and a
+        hash of its files), then the ledger outcomes."""
+        if not self.events:
+            return
+        if part is None:
+            digest = hashlib.sha1("\n".join(f"{e['file_name']} {e['sha256']}" for e in self.events).encode())
+            part = f"{self.events[0]['submission_id']}-chunk-{digest.hexdigest()[:12]}"
+        for table, pieces in self.tables.items():
+            if pieces:
+                self.warehouse.write(table, pa.concat_tables(pieces, promote_options="default"), self.period,
+                                     part=part)
+        ds = schemas.get("ledger")
+        events = ds.conform(pa.Table.from_pylist(self.events, schema=ds.arrow_schema()))
+        self.warehouse.store.write_parquet(
+            _part_path(self.events[0]["file_name"], self.events[0]["sha256"], "outcome") if len(self.events) == 1
+            else f"{LEDGER_PARTS}/{part}-outcome.parquet", events)
+        for then in self.then:
+            then()
+        self.__init__(self.warehouse, self.period)
 
 
 def _account(report: IngestReport, file_name: str, sid: str, per_period: dict, held: bool, reason,

@@ -204,8 +204,8 @@ class Store:
         pq.write_table(table, buf, compression=kw.pop("compression", "zstd"), **kw)
         self.write_bytes(path, buf.getvalue())
 
-    def read_parquet(self, path: str) -> pa.Table:
-        return pq.read_table(io.BytesIO(self.read_bytes(path)))
+    def read_parquet(self, path: str, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(io.BytesIO(self.read_bytes(path)), columns=columns)
 
     def read_parquet_many(self, paths: list[str], schema: pa.Schema | None = None) -> pa.Table:
         """Read several Parquet files as one table (streams through pyarrow.dataset)."""

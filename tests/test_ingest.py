@@ -446,3 +446,61 @@ def test_a_worker_process_validates_the_next_chunk_with_the_same_outcome(tmp_pat
         b = b.drop(columns=[c for c in b.columns if c.endswith("_at")])
         pd.testing.assert_frame_equal(a, b, obj=table)
     pd.testing.assert_frame_equal(_comparable_ledger(wh0), _comparable_ledger(wh1))
+
+
+def test_a_chunk_is_written_as_one_part_per_table_and_a_stopped_run_counts_nothing_twice(tmp_path, monkeypatch):
+    """The quarantine, data-quality and gp_extracts rows and the ledger outcomes of a
+    chunk's files are one part each, not one per file. A run stopped after a chunk's data
+    parts but before its ledger part leaves those files untaken; the next run takes them
+    in again and removes the stale parts: every table then equals an uninterrupted run's."""
+    from pipelines.synth import generate
+
+    gen = tmp_path / "gen"
+    generate(gen, seed=4, scale=0.002, months=1, start="2024-01", progress=False)
+    landing = Store(gen)
+    periods = [p.reporting_period for p in (ingest.parse_name(f.path) for f in landing.list("gp"))
+               if isinstance(p, ingest.ParsedName)]
+    period = max(set(periods), key=periods.count)
+    monkeypatch.setattr(ingest, "VALIDATE_BATCH_CELLS", 300_000)
+    monkeypatch.setattr(ingest, "VALIDATION_WORKER", False)
+    today = pd.Timestamp("2024-03-01").date()
+    wh_ref = Warehouse(Store(tmp_path / "wh-ref"))
+    ref = ingest.ingest("gp", period, landing, wh_ref, Settings(), today=today)
+    files = len(ref.files_taken)
+    parts = wh_ref.parts("quarantine", [period])
+    assert 3 <= len(parts) <= files // 2 and len(wh_ref.parts("gp_extracts", [period])) == len(parts)
+    assert len(wh_ref.parts("gp_patients", [period])) == files  # silver stays one part per submission
+
+    wh = Warehouse(Store(tmp_path / "wh"))
+    calls = {"n": 0}
+    real_write = ingest._ChunkParts.write
+
+    def stopped_on_the_second_chunk(self, part=None):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            def no_ledger(path, table, _orig=self.warehouse.store.write_parquet):
+                if path.startswith(ingest.LEDGER_PARTS):
+                    raise KeyboardInterrupt("stopped")
+                return _orig(path, table)
+            monkeypatch.setattr(self.warehouse.store, "write_parquet", no_ledger)
+        return real_write(self, part)
+
+    monkeypatch.setattr(ingest._ChunkParts, "write", stopped_on_the_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        ingest.ingest("gp", period, landing, wh, Settings(), today=today)
+    stale = len(wh.parts("quarantine", [period]))
+    assert stale == 2
+    monkeypatch.setattr(ingest._ChunkParts, "write", real_write)
+    # The next run chunks the files left differently (as new files sorting among them
+    # would): the stopped chunk's parts are not simply overwritten.
+    monkeypatch.setattr(ingest, "VALIDATE_BATCH_CELLS", 10_000_000)
+    wh = Warehouse(Store(tmp_path / "wh"))  # a fresh run: the store's own write again
+    again = ingest.ingest("gp", period, landing, wh, Settings(), today=today)
+    assert 0 < len(again.files_taken) < files  # the first chunk stays taken in
+    for table in ("gp_patients", "quarantine", "dq_rules", "dq_fields", "gp_extracts"):
+        cols = lambda df: df.drop(columns=[c for c in df.columns if c.endswith("_at")])  # noqa: E731
+        key = [c for c in ("submission_id", "line", "rule_id", "field") if c in wh.read(table, [period]).column_names]
+        a = cols(wh_ref.read(table, [period]).to_pandas()).sort_values(key).reset_index(drop=True)
+        b = cols(wh.read(table, [period]).to_pandas()).sort_values(key).reset_index(drop=True)
+        pd.testing.assert_frame_equal(a, b, obj=table)
+    pd.testing.assert_frame_equal(_comparable_ledger(wh_ref), _comparable_ledger(wh))
