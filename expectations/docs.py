@@ -39,6 +39,17 @@ compared exactly (case matters), except `OBJECTION`, read case-insensitively lik
 ingest's type 1 filter. Rules whose arguments come from the file name or reference data (marked *per
 submission* below) are applied only when those are known; a rule that is not applied is not counted.
 
+**How the rules run.** Each rule is declared as a GX expectation (the class and arguments
+in the tables below). By default (`CAREDATA_VALIDATION_ENGINE=compiled`) every row is
+judged by `expectations/compiled.py`, which computes what GX's pandas engine computes for
+that expectation, column by column (GX's own per-batch machinery ran SUS at a few
+thousand rows a second); GX itself validates a sample of every validation beside it (the
+first 1,000 rows of each group of files sharing the rule's arguments, and up to 5 rows
+each rule failed), and a rule on which the two disagree stops the validation with the
+rule named. The Data Docs are GX's, with the counts of every row.
+`CAREDATA_VALIDATION_ENGINE=gx` runs GX on every row instead; both give the same
+verdicts, counts and example lines (`tests/test_validation_engines.py`).
+
 Rows received = rows kept + rows quarantined, always. A file with more than
 `data_quality.held_reject_share` (default one half) of its rows rejected is **held**.
 

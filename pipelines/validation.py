@@ -1,17 +1,18 @@
 """Row validation of a landing file with Great Expectations (inputs.md "Bad rows",
 methods.md "Data quality").
 
-:func:`validate` runs the feed's expectation suite (``expectations/<feed>.py``) over the
-file's rows in one ephemeral GX context, in row batches (``BATCH_ROWS`` rows per GX batch,
-rows with the same record key always in the same batch so that uniqueness holds across
-the whole file), and returns per row whether it is rejected and every rule it broke, per
-rule its counts, and per scored field its DQMI item-score inputs.
+:func:`validate_many` checks many files of a feed at once (ingest hands it a period's new
+GP extracts about 2 million rows at a time) against the feed's expectation suite
+(``expectations/<feed>.py``) and returns, per file, per row whether it is rejected and
+every rule it broke, per rule its counts, and per scored field its DQMI item-score
+inputs: each file's outcome identical to what it gets alone (:func:`validate` is
+:func:`validate_many` of one file).
 
-:func:`validate_many` does the same for many files of a feed at once (ingest hands it a
-period's new GP extracts, about 2 million rows at a time): one GX context, row batches
-spanning files, and each file's outcome split back out, identical to :func:`validate`'s
-for that file alone (quarantine, rule counts and example lines, field scores stay per
-submission).
+Two engines (``ENGINE``, ``CAREDATA_VALIDATION_ENGINE``): ``compiled`` (the default)
+judges every row with :mod:`expectations.compiled`, the same expectations evaluated
+column-wise, and has GX validate a sample beside it in one ephemeral context (the two
+must agree, or :class:`ValidationError`); ``gx`` has GX judge every row, in batches of
+``BATCH_ROWS`` rows.
 
 Nothing here logs a value of a row: only rule ids, counts and line numbers.
 """
@@ -42,7 +43,7 @@ from expectations import gp as gp_suite  # noqa: E402
 from expectations import compiled  # noqa: E402
 from expectations import sus_apc as sus_suite  # noqa: E402
 from expectations.custom import CUSTOM, parse_iso_dates  # noqa: E402
-from expectations.rules import KEY, Env, Rule, date_col  # noqa: E402
+from expectations.rules import Env, Rule, date_col  # noqa: E402
 
 log = logging.getLogger(__name__)
 
