@@ -104,9 +104,31 @@ def _event(
 
 
 def _write_event(warehouse: Warehouse, row: dict, stage: str) -> None:
+    _write_events(warehouse, [row], stage)
+
+
+SEEN_PER_PART = 1_000
+
+
+def _files_digest(events: list[dict]) -> str:
+    """A short name for a set of (file name, SHA-256) events."""
+    return hashlib.sha1("\n".join(f"{e['file_name']} {e['sha256']}" for e in events).encode()).hexdigest()[:12]
+
+
+def _write_events(warehouse: Warehouse, rows: list[dict], stage: str, part: str | None = None) -> None:
+    """Ledger events as one part: a single event under its file's own name; several
+    under ``part`` or a hash of their files."""
+    if not rows:
+        return
     ds = schemas.get("ledger")
-    table = pa.Table.from_pylist([row], schema=ds.arrow_schema())
-    warehouse.store.write_parquet(_part_path(row["file_name"], row["sha256"], stage), ds.conform(table))
+    table = ds.conform(pa.Table.from_pylist(rows, schema=ds.arrow_schema()))
+    if len(rows) == 1:
+        path = _part_path(rows[0]["file_name"], rows[0]["sha256"], stage)
+    else:
+        if part is None:
+            part = f"{rows[0]['submission_id']}-{len(rows)}-{_files_digest(rows)}"
+        path = f"{LEDGER_PARTS}/{part}-{stage}.parquet"
+    warehouse.store.write_parquet(path, table)
 
 
 def _events(warehouse: Warehouse) -> pd.DataFrame:
@@ -1006,17 +1028,12 @@ class _ChunkParts:
         if not self.events:
             return
         if part is None:
-            digest = hashlib.sha1("\n".join(f"{e['file_name']} {e['sha256']}" for e in self.events).encode())
-            part = f"{self.events[0]['submission_id']}-chunk-{digest.hexdigest()[:12]}"
+            part = f"{self.events[0]['submission_id']}-chunk-{_files_digest(self.events)}"
         for table, pieces in self.tables.items():
             if pieces:
                 self.warehouse.write(table, pa.concat_tables(pieces, promote_options="default"), self.period,
                                      part=part)
-        ds = schemas.get("ledger")
-        events = ds.conform(pa.Table.from_pylist(self.events, schema=ds.arrow_schema()))
-        self.warehouse.store.write_parquet(
-            _part_path(self.events[0]["file_name"], self.events[0]["sha256"], "outcome") if len(self.events) == 1
-            else f"{LEDGER_PARTS}/{part}-outcome.parquet", events)
+        _write_events(self.warehouse, self.events, "outcome", part)
         for then in self.then:
             then()
         self.__init__(self.warehouse, self.period)
@@ -1295,12 +1312,14 @@ def _reference_table(feed: str, frame: pd.DataFrame) -> pa.Table:
 def scan_landing(landing: Store, warehouse: Warehouse, settings=None) -> dict:
     """Record every file of the landing zone in the ledger: a file not seen before gets a
     ``seen`` event (name, size, SHA-256, first seen); a misnamed one is rejected at once.
-    Reads nothing but bytes for the hash; takes nothing in."""
+    Reads nothing but bytes for the hash; takes nothing in. The events are written
+    ``SEEN_PER_PART`` to a ledger part (a national month brings 6,500 new files)."""
     ledger = _Ledger(warehouse)
     files = landing.list("")
     report = IngestReport("scan", None)
     _record_bad_names(landing, files, ledger, warehouse, report)
     new = 0
+    seen: list[dict] = []
     for fi in files:
         parsed = parse_name(fi.path)
         if isinstance(parsed, Rejection) or ledger.unchanged(fi, outcomes_only=False):
@@ -1308,9 +1327,13 @@ def scan_landing(landing: Store, warehouse: Warehouse, settings=None) -> dict:
         sha, size = sha256_stream(landing, fi.path)
         if (fi.path, sha) in ledger.seen:
             continue
-        _write_event(warehouse, _event(parsed, sha, size, _now(), "seen"), "seen")
+        seen.append(_event(parsed, sha, size, _now(), "seen"))
         ledger.seen[(fi.path, sha)] = _now()
         new += 1
+        if len(seen) >= SEEN_PER_PART:
+            _write_events(warehouse, seen, "seen")
+            seen = []
+    _write_events(warehouse, seen, "seen")
     return {"files": len(files), "new_files": new, "rejected_files": report.rejected_files,
             "pending_periods": sorted(pending_periods(landing, warehouse))}
 

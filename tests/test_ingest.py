@@ -276,6 +276,21 @@ def test_scan_records_every_file_with_size_and_hash(zone, fast):
     assert ingest.scan_landing(zone.store, zone.wh)["new_files"] == 0
 
 
+
+def test_scan_writes_its_events_a_batch_to_a_ledger_part(zone, fast, monkeypatch):
+    monkeypatch.setattr(ingest, "SEEN_PER_PART", 2)
+    names = [f"sus_apc/APC_RGT_202401_2024020{d}120000_NET.csv" for d in range(1, 6)]
+    for k, name in enumerate(names):
+        put(zone.path, name, csv_text([sus_row(f"A{k}")]))
+    assert ingest.scan_landing(zone.store, zone.wh)["new_files"] == 5
+    parts = [f.path for f in zone.wh.store.list(ingest.LEDGER_PARTS)]
+    assert len(parts) == 3 and all(p.endswith("-seen.parquet") for p in parts)  # 2 + 2 + 1
+    led = ledger_df(zone.wh)
+    assert all(led.at[n, "status"] == "pending" for n in names)
+    assert ingest.scan_landing(zone.store, zone.wh)["new_files"] == 0
+    assert len(list(zone.wh.store.list(ingest.LEDGER_PARTS))) == 3
+
+
 def test_reference_data_loaded(zone):
     row = [""] * 27
     row[0], row[1], row[9], row[10], row[11], row[12], row[14], row[25] = (
