@@ -19,6 +19,7 @@ out.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -82,9 +83,9 @@ def data_quality_tables(dq_rules: pa.Table, dq_fields: pa.Table, ledger: pa.Tabl
     # Which (period, source, submitter) each submission belongs to: its dq rows' period,
     # else (no dq rows, e.g. an empty file) its reporting period.
     placed = pd.concat([rules[["submission_id", "period"]], fields[["submission_id", "period"]]]).drop_duplicates()
-    unplaced = [s for s in led.index if s not in set(placed["submission_id"])]
-    extra = pd.DataFrame({"submission_id": unplaced,
-                          "period": [led.at[s, "reporting_period"] for s in unplaced]}, dtype="object")
+    unplaced = ~led.index.isin(placed["submission_id"])
+    extra = pd.DataFrame({"submission_id": led.index[unplaced].tolist(),
+                          "period": led["reporting_period"].to_numpy()[unplaced].tolist()}, dtype="object")
     placed = pd.concat([placed, extra.dropna(subset=["period"])], ignore_index=True)
     placed["source"] = placed["submission_id"].map(led["source"])
     placed["submitter_code"] = placed["submission_id"].map(led["submitter_code"])
@@ -93,35 +94,83 @@ def data_quality_tables(dq_rules: pa.Table, dq_fields: pa.Table, ledger: pa.Tabl
     placed["held"] = placed["submission_id"].map(led["status"]).eq("held")
     placed["reason"] = placed["submission_id"].map(led["reason"])
 
-    out_rows = []
-    for (period, source, submitter), grp in placed.groupby(key, dropna=False, sort=True):
-        subs = set(grp["submission_id"])
-        f = fields[fields["submission_id"].isin(subs)]
-        f = (f.assign(rows=f["rows"].fillna(0).astype("int64"), rows_valid=f["rows_valid"].fillna(0).astype("int64"))
-             .groupby("field")[["rows", "rows_valid"]].sum())
-        nhs_field = NHS_NUMBER_FIELD.get(source)
-        scored = f[f["rows"] > 0]
-        if source == "fft":
-            scored = scored.drop(index=[nhs_field], errors="ignore")
-        dq_score = float(100.0 * (scored["rows_valid"] / scored["rows"]).mean()) if len(scored) else None
-        pct_nhs = None
-        if nhs_field in f.index and f.at[nhs_field, "rows"] > 0:
-            pct_nhs = float(100.0 * f.at[nhs_field, "rows_valid"] / f.at[nhs_field, "rows"])
-        below = dq_score is not None and dq_score < float(settings.t("data_quality", "sanction_score"))
-        if source in NHS_NUMBER_SANCTIONED and pct_nhs is not None:
-            below = below or pct_nhs < float(settings.t("data_quality", "sanction_nhs_number_pct"))
-        held = bool(grp["held"].any())
-        reasons = [r for r in grp.loc[grp["held"], "reason"].dropna().unique().tolist() if r]
-        total = lambda c: None if grp[c].isna().all() else int(grp[c].sum())  # noqa: E731
-        out_rows.append({
-            "period": period, "source": source, "submitter_code": submitter,
-            "rows_received": total("rows_received"), "rows_quarantined": total("rows_quarantined"),
-            "rows_kept": total("rows_kept"), "dq_score": dq_score, "pct_valid_nhs_number": pct_nhs,
-            "below_sanction_threshold": bool(below), "held": held,
-            "held_reason": "; ".join(reasons) if held and reasons else None,
-        })
     summary_schema = schemas.get("data_quality_summary").arrow_schema(include_partition=True)
-    summary = pa.Table.from_pylist(out_rows, schema=summary_schema) if out_rows else summary_schema.empty_table()
+    if placed.empty:
+        return {
+            "data_quality": data_quality,
+            "data_quality_summary": schemas.get("data_quality_summary").conform(summary_schema.empty_table()),
+        }
+    # One row per (period, source, submitter) group, in sorted key order; every table
+    # below is worked out for all groups at once and lined up by the group number ``g``.
+    grouped = placed.groupby(key, dropna=False, sort=True)
+    placed["g"] = grouped.ngroup().to_numpy()
+    groups = grouped.size().index.to_frame(index=False)
+    n = len(groups)
+    group_source = groups["source"].to_numpy(dtype=object)
+
+    # Each group's fields: rows and rows present-and-valid summed over its submissions.
+    members = placed[["g", "submission_id"]].drop_duplicates()
+    f = fields.loc[fields["field"].notna(), ["submission_id", "field", "rows", "rows_valid"]]
+    f = f.assign(rows=f["rows"].fillna(0).astype("int64"), rows_valid=f["rows_valid"].fillna(0).astype("int64"))
+    f = (members.merge(f, on="submission_id", how="inner")
+         .groupby(["g", "field"], sort=True)[["rows", "rows_valid"]].sum().reset_index())
+    fg = f["g"].to_numpy(dtype="int64")
+    f_rows = f["rows"].to_numpy(dtype="int64")
+    f_valid = f["rows_valid"].to_numpy(dtype="int64")
+    f_name = f["field"].to_numpy(dtype=object)
+    nhs_field = pd.Series(group_source).map(NHS_NUMBER_FIELD).to_numpy(dtype=object)[fg]
+    is_nhs = f_name == nhs_field
+
+    # dq_score: 100 x the mean item score over the scored fields. Each group's sum is the
+    # same numpy reduction as Series.mean's (fields in order, pairwise summation), so the
+    # scores match to the last bit; np.add.reduceat adds in another order and does not.
+    scored = (f_rows > 0) & ~(is_nhs & (group_source[fg] == "fft"))
+    ratio = f_valid[scored] / f_rows[scored]
+    sg = fg[scored]
+    counts = np.bincount(sg, minlength=n)
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    dq_score = np.full(n, np.nan)
+    for g in np.flatnonzero(counts):
+        dq_score[g] = 100.0 * (ratio[bounds[g]:bounds[g + 1]].sum() / np.float64(counts[g]))
+    has_score = counts > 0
+
+    # pct_valid_nhs_number from the group's NHS number field, when it has rows.
+    nhs_rows = is_nhs & (f_rows > 0)
+    pct_nhs = np.full(n, np.nan)
+    pct_nhs[fg[nhs_rows]] = 100.0 * f_valid[nhs_rows].astype("float64") / f_rows[nhs_rows].astype("float64")
+    has_nhs = np.zeros(n, dtype=bool)
+    has_nhs[fg[nhs_rows]] = True
+
+    below = has_score & (dq_score < float(settings.t("data_quality", "sanction_score")))
+    sanctioned = np.isin(group_source, list(NHS_NUMBER_SANCTIONED)) & has_nhs
+    below |= sanctioned & (pct_nhs < float(settings.t("data_quality", "sanction_nhs_number_pct")))
+
+    # held, and the held submissions' distinct reasons in the order they come.
+    held = placed.groupby("g", sort=True)["held"].any().reindex(range(n), fill_value=False).to_numpy(dtype=bool)
+    hr = placed.loc[placed["held"], ["g", "reason"]].dropna(subset=["reason"])
+    hr = hr[np.array([bool(r) for r in hr["reason"]], dtype=bool)].drop_duplicates()
+    reasons = hr.groupby("g", sort=True)["reason"].agg(lambda r: "; ".join(r))
+    held_reason = np.full(n, None, dtype=object)
+    held_reason[reasons.index.to_numpy(dtype="int64")] = reasons.to_numpy(dtype=object)
+
+    # Row counts: summed over the submissions; null when none of them has the count.
+    totals = placed.groupby("g", sort=True)[["rows_received", "rows_quarantined", "rows_kept"]].sum(min_count=1)
+
+    def opt_int(c: str) -> pa.Array:
+        v = totals[c]
+        return pa.array(v.fillna(0).to_numpy(dtype="float64").astype("int64"), pa.int64(), mask=v.isna().to_numpy())
+
+    summary = pa.Table.from_arrays([
+        pa.array(groups["period"].tolist(), pa.string()),
+        pa.array(groups["source"].tolist(), pa.string()),
+        pa.array(groups["submitter_code"].tolist(), pa.string()),
+        opt_int("rows_received"), opt_int("rows_quarantined"), opt_int("rows_kept"),
+        pa.array(np.where(has_score, dq_score, 0.0), pa.float64(), mask=~has_score),
+        pa.array(np.where(has_nhs, pct_nhs, 0.0), pa.float64(), mask=~has_nhs),
+        pa.array(below, pa.bool_()),
+        pa.array(held, pa.bool_()),
+        pa.array(held_reason.tolist(), pa.string()),
+    ], schema=summary_schema)
     return {
         "data_quality": data_quality,
         "data_quality_summary": schemas.get("data_quality_summary").conform(summary),
