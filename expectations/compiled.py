@@ -78,13 +78,16 @@ def rows_in_condition(frame: pd.DataFrame, kw: dict) -> np.ndarray:
     return frame.index.isin(kept)
 
 
-def evaluate(expectation: str, kw: dict, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def evaluate(expectation: str, kw: dict, frame: pd.DataFrame,
+             base: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(checked, failed)``: bool per row of ``frame``, the rows GX counts as checked
-    (element count less missing count) and the rows it reports unexpected."""
+    (element count less missing count) and the rows it reports unexpected. ``base``: the
+    rows the row condition keeps, if already worked out (:func:`rows_in_condition`)."""
     unknown = set(kw) - _KNOWN_KWARGS
     if expectation not in SUPPORTED or unknown:
         raise NotCompiled(f"{expectation} {sorted(unknown) if unknown else ''}".strip())
-    base = rows_in_condition(frame, kw)
+    if base is None:
+        base = rows_in_condition(frame, kw)
     if expectation == PAIR:
         if kw.get("ignore_row_if") != "either_value_is_missing":
             raise NotCompiled(f"{expectation} with ignore_row_if={kw.get('ignore_row_if')!r}")

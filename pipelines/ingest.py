@@ -543,15 +543,26 @@ def _code_lists(frame: pd.DataFrame, prefix: str, count: int, dates_prefix: str 
 
 def _sus_silver(frame: pd.DataFrame, source: str, protocol: str | None, periods, submission_id: str,
                 warn: pa.Array) -> pa.Table:
+    return _sus_silver_many([frame], source, [protocol], [periods], [submission_id], [warn]).parts()[0]
+
+
+def _sus_silver_many(frames: list[pd.DataFrame], source: str, protocols: list, periods: list,
+                     submission_ids: list[str], warns: list[pa.Array]) -> _Sliced:
+    """The silver rows of many SUS files (or a HES extract), built in one pass over their
+    concatenation, one piece per file. ``periods``: per file, its period, or (HES) one
+    per row."""
+    sizes = np.array([len(f) for f in frames], dtype=np.int64)
+    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
     n = len(frame)
+    which = np.repeat(np.arange(len(frames)), sizes)
     nhs, valid = _nhs(frame, "NEWNHSNO")
     susrecid = _strip(frame, "SUSRECID")
     if source == "hes_apc":
         susrecid = susrecid.fillna(_strip(frame, "EPIKEY"))
-    if protocol == "NET":
-        update = _strip(frame, "CDS_UPDATE_TYPE")
-    else:
-        update = pd.Series("9", index=frame.index, dtype="string")
+    net = np.array([p == "NET" for p in protocols], dtype=bool)[which]
+    update = pd.Series("9", index=frame.index, dtype="string")
+    if net.any():
+        update[net] = _strip(frame, "CDS_UPDATE_TYPE")[net]
     # Birth year and month: DOB, else MYDOB (MMYYYY).
     from expectations.custom import parse_iso_dates
 
@@ -564,10 +575,13 @@ def _sus_silver(frame: pd.DataFrame, source: str, protocol: str | None, periods,
     month = month.fillna(pd.to_numeric(mydob.str[:2].where(ok), errors="coerce").astype("Int64"))
     diagnoses, _ = _code_lists(frame, "DIAG_4_", 20)
     procedures, proc_dates = _code_lists(frame, "OPERTN_4_", 24, "OPDATE_")
-    period_arr = pa.array(list(periods) if not isinstance(periods, str) else [periods] * n, pa.string())
+    period_arr = pa.array(np.concatenate([np.full(z, p, dtype=object) if isinstance(p, str) else
+                                          np.asarray(list(p), dtype=object) for p, z in zip(periods, sizes)])
+                          if n else [], pa.string())
+    warn = pa.concat_arrays([w.cast(pa.list_(pa.string())) for w in warns])
     cols = {
         "period": period_arr,
-        "submission_id": pa.array([submission_id] * n, pa.string()),
+        "submission_id": pa.array(np.array(submission_ids, dtype=object)[which], pa.string()),
         "line": pa.array(frame["_line"].to_numpy(dtype=np.int64), pa.int64()),
         "source": pa.array([source] * n, pa.string()),
         "provider_code": _str_array(_strip(frame, "PROCODE3").str.upper()),
@@ -602,7 +616,8 @@ def _sus_silver(frame: pd.DataFrame, source: str, protocol: str | None, periods,
         "pseudo_hesid": _str_array(_strip(frame, "PSEUDO_HESID")),
         "dq_warnings": warn,
     }
-    return schemas.get("sus_episodes").conform(pa.table(cols))
+    table = schemas.get("sus_episodes").conform(pa.table(cols))
+    return _Sliced(table, np.concatenate([[0], np.cumsum(sizes)]))
 
 
 def _fft_silver(frame: pd.DataFrame, parsed: ParsedName, period: str, warn: pa.Array) -> pa.Table:
@@ -901,13 +916,18 @@ def _validate_chunk_timed(source: str, period: str, jobs: list[tuple], data_docs
 
 
 def _chunk_silvers(source: str, period: str, jobs: list[tuple], outcomes: list) -> "list | _Sliced":
-    """GP: the extracts' kept rows typed (:func:`_gp_silver_many`, one pass over the
-    chunk); other feeds: None each (built file by file as they are taken in)."""
-    if source != "gp":
+    """GP and SUS: the files' kept rows typed (:func:`_gp_silver_many`,
+    :func:`_sus_silver_many`: one pass over the chunk); FFT: None each (built file by file
+    as they are taken in)."""
+    if source not in ("gp", "sus_apc"):
         return [None] * len(jobs)
     kept = [~np.asarray(o.rejected, dtype=bool) for o in outcomes]
-    return _gp_silver_many([fr.iloc[np.flatnonzero(k)] for (_, fr, _), k in zip(jobs, kept)],
-                           [p_ for p_, _, _ in jobs], period, [_warnings(o, k) for o, k in zip(outcomes, kept)])
+    frames = [fr.iloc[np.flatnonzero(k)] for (_, fr, _), k in zip(jobs, kept)]
+    warns = [_warnings(o, k) for o, k in zip(outcomes, kept)]
+    if source == "gp":
+        return _gp_silver_many(frames, [p_ for p_, _, _ in jobs], period, warns)
+    return _sus_silver_many(frames, source, [p_.protocol for p_, _, _ in jobs], [period] * len(jobs),
+                            [p_.submission_id for p_, _, _ in jobs], warns)
 
 
 def _validate_chunk(source: str, period: str, jobs: list[tuple], data_docs_dir) -> list:

@@ -198,11 +198,14 @@ def _columns_of(kwargs: dict) -> list[str]:
     return cols
 
 
-def _groups(members: list[tuple[Rule, dict]]) -> list[tuple[list[str], list[tuple[int, Rule, dict]]]]:
-    """Consecutive rules (with their place ``m`` in ``members``) packed into groups
-    reading at most GROUP_COLUMNS columns."""
+def _groups(members: list[tuple[Rule, dict]], only: set[int] | None = None,
+            ) -> list[tuple[list[str], list[tuple[int, Rule, dict]]]]:
+    """Consecutive rules (with their place ``m`` in ``members``; those in ``only``, if
+    given) packed into groups reading at most GROUP_COLUMNS columns."""
     groups: list[tuple[list[str], list[tuple[int, Rule, dict]]]] = []
     for m, (rule, kw) in enumerate(members):
+        if only is not None and m not in only:
+            continue
         need = _columns_of(kw)
         if groups:
             cols, group = groups[-1]
@@ -383,13 +386,27 @@ def _active_rules(source: str, env: Env) -> list[tuple[Rule, dict]]:
     return active
 
 
-def _checked_candidates(rule: Rule, kw: dict, work: pd.DataFrame) -> list[np.ndarray]:
+class _Conditions:
+    """Row conditions evaluated once over the work frame (as GX's pandas engine evaluates
+    them), as bool masks: a SUS NET file puts one on some 120 rules."""
+
+    def __init__(self, work: pd.DataFrame):
+        self.work, self.masks = work, {}
+
+    def mask(self, kw: dict) -> np.ndarray | None:
+        cond = kw.get("row_condition")
+        if not cond:
+            return None
+        if cond not in self.masks:
+            self.masks[cond] = compiled.rows_in_condition(self.work, kw)
+        return self.masks[cond]
+
+
+def _checked_candidates(rule: Rule, kw: dict, work: pd.DataFrame, conditions: _Conditions) -> list[np.ndarray]:
     """Masks of the rows GX may count as checked for a rule (element_count - missing_count),
     most likely first; the one whose total equals GX's own count is used per file."""
-    base = np.ones(len(work), dtype=bool)
-    if kw.get("row_condition"):
-        base = np.zeros(len(work), dtype=bool)
-        base[work.index.get_indexer(work.query(kw["row_condition"]).index)] = True
+    base = conditions.mask(kw)
+    base = np.ones(len(work), dtype=bool) if base is None else base
     cols = [kw[k] for k in ("column", "column_A", "column_B") if k in kw] + list(kw.get("column_list", []))
     present = base.copy()
     for c in cols:
@@ -399,11 +416,11 @@ def _checked_candidates(rule: Rule, kw: dict, work: pd.DataFrame) -> list[np.nda
     return [present, base]
 
 
-def _gx_checked_per_item(rule: Rule, kw: dict, work: pd.DataFrame, in_job: np.ndarray, gx_total: int,
-                         item_of: np.ndarray, its: tuple[int, ...], sizes: np.ndarray) -> np.ndarray:
+def _gx_checked_per_item(rule: Rule, kw: dict, work: pd.DataFrame, conditions: _Conditions, in_job: np.ndarray,
+                         gx_total: int, item_of: np.ndarray, its: tuple[int, ...], sizes: np.ndarray) -> np.ndarray:
     """Rows checked per file for GX's total over a job: the candidate mask whose total
     equals GX's; failing that, GX's total shared by file size."""
-    for mask in _checked_candidates(rule, kw, work):
+    for mask in _checked_candidates(rule, kw, work, conditions):
         m = mask & in_job
         if int(m.sum()) == gx_total:
             return np.bincount(item_of[m], minlength=len(sizes))
@@ -423,22 +440,27 @@ def _gx_context(source: str):
 Jobs = dict[tuple[int, ...], list[tuple[Rule, dict]]]
 
 
-def _run_gx(batch_def, gctx, source: str, jobs: Jobs, job_rows: dict, work: pd.DataFrame, step: int):
-    """GX validates each job's rows (``job_rows``) in batches of ``step`` rows. Returns per
-    job member ``(its, m)``: rows checked (GX's count) and failing row positions; the
-    suite results (name, batch number, result, its) for Data Docs; the number of batches."""
+def _run_gx(batch_def, gctx, source: str, jobs: Jobs, job_rows: dict, work: pd.DataFrame, step: int,
+            only: dict[tuple, set[int]] | None = None):
+    """GX validates each job's rows (``job_rows``) in batches of ``step`` rows (only the
+    members ``only[its]``, if given). Returns per job member ``(its, m)``: rows checked
+    (GX's count) and failing row positions; the suite results (name, batch number,
+    result, its) for Data Docs; the number of batches."""
     checked: dict[tuple, int] = {}
     failed: dict[tuple, list[np.ndarray]] = {}
     results = []
     n_batches = 0
     for j, (its, members) in enumerate(jobs.items()):
         positions = job_rows[its]
+        chosen = None if only is None else only.get(its, set())
+        if chosen is not None and not chosen:
+            continue
         suites = []
-        for g, (cols, group) in enumerate(_groups(members)):
+        for g, (cols, group) in enumerate(_groups(members, chosen)):
             name = f"caredata_{source}.job{j + 1:03d}.part{g + 1:02d}"
             suite = gx.ExpectationSuite(name=name, expectations=[_expectation(r, kw, m) for m, r, kw in group])
             suites.append((name, cols, gctx.suites.add(suite)))
-        for m in range(len(members)):
+        for m in (range(len(members)) if chosen is None else chosen):
             checked[(its, m)] = 0
             failed[(its, m)] = []
         for b in range(0, len(positions), step):
@@ -459,7 +481,7 @@ def _run_gx(batch_def, gctx, source: str, jobs: Jobs, job_rows: dict, work: pd.D
     return checked, failing, results, n_batches
 
 
-def _run_compiled(jobs: Jobs, job_rows: dict, work: pd.DataFrame):
+def _run_compiled(jobs: Jobs, job_rows: dict, work: pd.DataFrame, conditions: _Conditions):
     """Each job's rules evaluated column-wise over its rows (:mod:`expectations.compiled`).
     Returns per job member ``(its, m)``: the positions of the rows checked and failing."""
     checked: dict[tuple, np.ndarray] = {}
@@ -467,17 +489,19 @@ def _run_compiled(jobs: Jobs, job_rows: dict, work: pd.DataFrame):
     for its, members in jobs.items():
         positions = job_rows[its]
         cols = list(dict.fromkeys(c for _, kw in members for c in _columns_of(kw)))
-        rows = work[cols] if len(positions) == len(work) else work[cols].iloc[positions]
+        whole = len(positions) == len(work)
+        rows = work[cols] if whole else work[cols].iloc[positions]
         for m, (rule, kw) in enumerate(members):
-            c, f = compiled.evaluate(rule.expectation, kw, rows)
+            base = conditions.mask(kw)
+            c, f = compiled.evaluate(rule.expectation, kw, rows, base if base is None or whole else base[positions])
             checked[(its, m)], failed[(its, m)] = positions[c], positions[f]
     return checked, failed
 
 
 CROSSCHECK_ROWS = int(os.environ.get("CAREDATA_CROSSCHECK_ROWS", "1000"))
 CROSSCHECK_FAILING = 5
-"""GX validates, beside the compiled rules, the first ``CROSSCHECK_ROWS`` rows of every
-job and up to ``CROSSCHECK_FAILING`` rows each rule failed."""
+"""GX validates, beside the compiled rules, the first ``CROSSCHECK_ROWS`` rows of the job
+each rule is checked in and up to ``CROSSCHECK_FAILING`` rows each rule failed there."""
 
 
 def _among(sorted_positions: np.ndarray, sample: np.ndarray) -> np.ndarray:
@@ -490,19 +514,27 @@ def _among(sorted_positions: np.ndarray, sample: np.ndarray) -> np.ndarray:
 
 def _crosscheck(batch_def, gctx, source: str, jobs: Jobs, job_rows: dict, work: pd.DataFrame,
                 checked: dict, failed: dict):
-    """GX validates a sample of each job's rows (its first rows and some rows each rule
-    failed); the compiled rules must give the same verdicts and counts on it, or the
-    validation stops (:class:`ValidationError`). Returns GX's suite results, their counts
-    made those of all the job's rows (for Data Docs), and the number of GX batches."""
+    """GX validates a sample of rows for every rule, in the group of files (job) with the
+    most rows among those the rule applies to with its own arguments: the job's first
+    rows and some rows each of its rules failed. The compiled rules must give the same
+    verdicts and counts on it, or the validation stops (:class:`ValidationError`).
+    Returns GX's suite results, their counts made the rule's over every row (for Data
+    Docs), and the number of GX batches."""
+    where: dict[str, tuple] = {}  # rule id -> the job it is checked in
+    for its, members in jobs.items():
+        for rule, _ in members:
+            if rule.id not in where or len(job_rows[its]) > len(job_rows[where[rule.id]]):
+                where[rule.id] = its
+    only = {its: {m for m, (rule, _) in enumerate(members) if where[rule.id] == its} for its, members in jobs.items()}
     sample = {}
-    for its, members in jobs.items():
-        picks = [job_rows[its][:CROSSCHECK_ROWS]] + [failed[(its, m)][:CROSSCHECK_FAILING]
-                                                      for m in range(len(members))]
-        sample[its] = np.unique(np.concatenate(picks))
+    for its, chosen in only.items():
+        picks = [job_rows[its][:CROSSCHECK_ROWS]] + [failed[(its, m)][:CROSSCHECK_FAILING] for m in chosen]
+        sample[its] = np.unique(np.concatenate(picks)) if chosen else job_rows[its][:0]
     step = max([len(v) for v in sample.values()] + [1])
-    gx_checked, gx_failed, results, n_batches = _run_gx(batch_def, gctx, source, jobs, sample, work, step)
+    gx_checked, gx_failed, results, n_batches = _run_gx(batch_def, gctx, source, jobs, sample, work, step, only)
     for its, members in jobs.items():
-        for m, (rule, _) in enumerate(members):
+        for m in only[its]:
+            rule = members[m][0]
             want_failed = _among(failed[(its, m)], sample[its])
             want_checked = _among(checked[(its, m)], sample[its]).size
             if not np.array_equal(want_failed, gx_failed[(its, m)]) or want_checked != gx_checked[(its, m)]:
@@ -510,10 +542,17 @@ def _crosscheck(batch_def, gctx, source: str, jobs: Jobs, job_rows: dict, work: 
                     f"{source}: rule {rule.id}: the compiled rule and Great Expectations disagree on "
                     f"{len(sample[its])} sampled rows (failing {len(want_failed)} against "
                     f"{len(gx_failed[(its, m)])}, checked {want_checked} against {gx_checked[(its, m)]})")
+    totals: dict[str, list[int]] = {}  # rule id -> rows, rows checked, rows failed (every variant)
+    for its, members in jobs.items():
+        for m, (rule, _) in enumerate(members):
+            t = totals.setdefault(rule.id, [0, 0, 0])
+            if not (m and members[m - 1][0].id == rule.id):  # a merged rule's second bound: same rows
+                t[0] += len(job_rows[its])
+                t[1] += len(checked[(its, m)])
+            t[2] += len(failed[(its, m)])
     for _, _, res, its in results:
         for r in res.results:
-            m = r.expectation_config.meta["member"]
-            n_rows, n_checked, n_failed = len(job_rows[its]), len(checked[(its, m)]), len(failed[(its, m)])
+            n_rows, n_checked, n_failed = totals[r.expectation_config.meta["rule_id"]]
             r.success = n_failed == 0
             r.result = {"element_count": n_rows, "missing_count": n_rows - n_checked,
                         "unexpected_count": n_failed,
@@ -554,6 +593,7 @@ def validate_many(
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     total = int(offsets[-1])
     work = _work_frame_many(source, [it["frame"] for it in items], envs, offsets)
+    conditions = _Conditions(work)
     item_of = np.repeat(np.arange(len(items)), sizes)
 
     # Each rule's distinct argument sets, and the files using each.
@@ -613,7 +653,7 @@ def validate_many(
             for i in all_its:
                 in_rows[offsets[i]:offsets[i + 1]] = True
             mask = _checked_candidates(rule, {k: v for k, v in kw0.items()
-                                              if k in ("column", "row_condition")}, work)[0] & in_rows
+                                              if k in ("column", "row_condition")}, work, conditions)[0] & in_rows
             merged[(rule.id, tuple(all_its))] = mask
             out_v[f"merged{g}"] = (dataclasses.replace(rule, expectation="ExpectColumnPairValuesAToBeGreaterThanB"),
                                    kws, all_its)
@@ -638,7 +678,7 @@ def validate_many(
         gx_checked, failed, results, n_batches = _run_gx(batch_def, gctx, source, jobs, job_rows, work, step)
         checked = None
     elif engine == "compiled":
-        checked, failed = _run_compiled(jobs, job_rows, work)
+        checked, failed = _run_compiled(jobs, job_rows, work, conditions)
         results, n_batches = _crosscheck(batch_def, gctx, source, jobs, job_rows, work, checked, failed)
     else:
         raise ValueError(f"unknown validation engine {engine!r} (compiled or gx)")
@@ -660,7 +700,8 @@ def validate_many(
             elif checked is not None:
                 counts = np.bincount(item_of[checked[(its, m)]], minlength=len(items))
             else:
-                counts = _gx_checked_per_item(rule, kw, work, in_job, gx_checked[(its, m)], item_of, its, sizes)
+                counts = _gx_checked_per_item(rule, kw, work, conditions, in_job, gx_checked[(its, m)], item_of,
+                                              its, sizes)
             prev = checked_per_item.get(rule.id)
             checked_per_item[rule.id] = counts if prev is None else prev + counts
 
