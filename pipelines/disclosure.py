@@ -238,7 +238,6 @@ def apply_small_numbers(
 
 # Ten digits, optionally 3-3-4 with spaces or hyphens, not part of a longer alphanumeric
 # token (so a run of digits inside a hex digest or a longer number is not a candidate).
-_NHS_PREFILTER = r"\d{3}[ -]?\d{3}[ -]?\d{4}"
 _NHS_RE = re.compile(r"(?<![0-9A-Za-z])(\d{3})[ -]?(\d{3})[ -]?(\d{4})(?![0-9A-Za-z])")
 # Full UK postcodes (outward code, optional space, inward code), case-insensitive,
 # following the Royal Mail letter rules (first letter not Q V X; second not I J Z; inward
@@ -247,7 +246,6 @@ _POSTCODE_BODY = (
     r"(?:GIR ?0AA|(?:[A-PR-UWYZ][0-9][0-9]?|[A-PR-UWYZ][A-HK-Y][0-9][0-9]?"
     r"|[A-PR-UWYZ][0-9][A-HJKPSTUW]|[A-PR-UWYZ][A-HK-Y][0-9][ABEHMNPRVWXY]) ?[0-9][ABD-HJLNP-UW-Z]{2})"
 )
-_POSTCODE_PREFILTER = "(?i)" + _POSTCODE_BODY
 _POSTCODE_RE = re.compile(r"(?<![0-9A-Za-z])" + _POSTCODE_BODY + r"(?![0-9A-Za-z])", re.IGNORECASE)
 _DOB_NAME_RE = re.compile(
     r"(^|[^a-z])(dob|dateofbirth|date_of_birth|birth_?date|birth_?dt|date_?birth|birthday)([^a-z]|$)",
@@ -256,6 +254,7 @@ _DOB_NAME_RE = re.compile(
 
 
 def _contains_nhs_number(text: str) -> bool:
+    """The rule, value by value (the reference :func:`_nhs_number_hits` keeps to)."""
     for m in _NHS_RE.finditer(text):
         if nhs_number.is_valid("".join(m.groups())):
             return True
@@ -263,7 +262,104 @@ def _contains_nhs_number(text: str) -> bool:
 
 
 def _contains_postcode(text: str) -> bool:
+    """The rule, value by value (the reference :func:`_postcode_hits` keeps to)."""
     return _POSTCODE_RE.search(text) is not None
+
+
+# --- the same rules over whole Arrow arrays (RE2 in pyarrow, no Python per value)
+#
+# RE2 has no lookaround: "not preceded/followed by [0-9A-Za-z]" becomes a consumed
+# "(^|[^0-9A-Za-z])" / "([^0-9A-Za-z]|$)", which gives the same yes/no for a search.
+# Python's \d is any Unicode digit, RE2's only 0-9; and Python's IGNORECASE also folds
+# U+0130 and U+0131 to I, U+017F to S and U+212A (Kelvin) to K, which RE2's (?i) does not
+# all do: so the RE2 patterns spell out every class, and a value the RE2 pattern selects
+# is still decided by the Python rule unless the verdict is certain without it.
+
+_FOLD_CANDIDATES = (
+    "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz\u0130\u0131\u017f\u212a"
+)
+
+
+def _spell_out_ignorecase(pattern: str) -> str:
+    """``pattern`` (classes, literal letters, no escapes) with each class and letter
+    replaced by the explicit class of the characters Python's ``re.IGNORECASE`` matches
+    with it (tests/test_disclosure.py checks no other code point matches)."""
+
+    def explicit(m: re.Match) -> str:
+        token = m.group(0)
+        negated = token.startswith("[^")
+        positive = "[" + token[2:] if negated else token
+        chars = "".join(c for c in _FOLD_CANDIDATES if re.fullmatch(positive, c, re.IGNORECASE))
+        return ("[^" if negated else "[") + chars + "]"
+
+    return re.sub(r"\[[^\]]*\]|[A-Za-z]", explicit, pattern)
+
+
+_NOT_ALNUM = "[^0-9A-Za-z]"
+_NHS_SHAPE = "[0-9]{3}[ -]?[0-9]{3}[ -]?[0-9]{4}"
+# every value holding a match of _NHS_RE made of ASCII digits (the only ones is_valid takes)
+_NHS_RE2 = f"(?:^|{_NOT_ALNUM}){_NHS_SHAPE}(?:{_NOT_ALNUM}|$)"
+# a value that is one such number and nothing else: _NHS_RE's only match is all of it
+_NHS_WHOLE_RE2 = f"^{_NHS_SHAPE}$"
+# exactly the values _POSTCODE_RE.search finds something in
+_POSTCODE_RE2 = _spell_out_ignorecase(f"(?:^|{_NOT_ALNUM}){_POSTCODE_BODY}(?:{_NOT_ALNUM}|$)")
+
+
+# The fewest bytes a value holding a match can have (10 digits; a 5-character postcode):
+# shorter values (most codes) are not handed to RE2 at all.
+_NHS_MIN_BYTES = 10
+_POSTCODE_MIN_BYTES = 5
+
+
+def _regex_mask(values: pa.Array, pattern: str, min_bytes: int = 0) -> np.ndarray:
+    """Per value: RE2 ``pattern`` found in it (False for null and shorter values)."""
+    out = np.zeros(len(values), dtype=bool)
+    if len(values) == 0:
+        return out
+    longer = pc.fill_null(pc.greater_equal(pc.binary_length(values), min_bytes), False).to_numpy(
+        zero_copy_only=False).astype(bool)
+    if not longer.any():
+        return out
+    if longer.all():
+        return pc.fill_null(pc.match_substring_regex(values, pattern), False).to_numpy(
+            zero_copy_only=False).astype(bool)
+    found = pc.fill_null(pc.match_substring_regex(values.filter(pa.array(longer)), pattern), False)
+    out[longer] = found.to_numpy(zero_copy_only=False).astype(bool)
+    return out
+
+
+def _confirm(values: pa.Array, mask: np.ndarray, test) -> np.ndarray:
+    """``mask`` narrowed by the Python rule ``test``, run on the selected values only."""
+    idx = np.nonzero(mask)[0]
+    if len(idx):
+        texts = values.take(pa.array(idx)).to_pylist()
+        mask = mask.copy()
+        mask[idx] = [bool(test(text)) for text in texts]
+    return mask
+
+
+def _nhs_number_hits(values: pa.Array) -> np.ndarray:
+    """Per value: :func:`_contains_nhs_number`."""
+    cand = _regex_mask(values, _NHS_RE2, _NHS_MIN_BYTES)
+    if not cand.any():
+        return cand
+    idx = np.nonzero(cand)[0]
+    sub = values.take(pa.array(idx))
+    whole = _regex_mask(sub, _NHS_WHOLE_RE2)
+    out = np.zeros(len(values), dtype=bool)
+    if whole.any():
+        import pandas as pd
+
+        numbers = sub.filter(pa.array(whole)).cast(pa.string()).to_pandas()
+        out[idx[whole]] = nhs_number.valid_series(pd.Series(numbers)).to_numpy(dtype=bool)
+    rest = np.zeros(len(values), dtype=bool)
+    rest[idx[~whole]] = True
+    return out | _confirm(values, rest, _contains_nhs_number)
+
+
+def _postcode_hits(values: pa.Array) -> np.ndarray:
+    """Per value: :func:`_contains_postcode`."""
+    return _confirm(values, _regex_mask(values, _POSTCODE_RE2, _POSTCODE_MIN_BYTES), _contains_postcode)
 
 
 def _string_values(arr: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray] | None:
@@ -287,17 +383,28 @@ def _string_values(arr: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray] | None:
     return None
 
 
-def _rows_matching(values: pa.Array, rows: np.ndarray, prefilter: str, test) -> int:
-    if len(values) == 0:
+# either pattern, to look at each value once: values holding neither (nearly all) are done
+_EITHER_RE2 = f"(?:{_NHS_RE2})|(?:{_POSTCODE_RE2})"
+
+
+def _identifier_hits(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Per value: (:func:`_contains_nhs_number`, :func:`_contains_postcode`)."""
+    nhs = np.zeros(len(values), dtype=bool)
+    postcode = np.zeros(len(values), dtype=bool)
+    either = _regex_mask(values, _EITHER_RE2, min(_NHS_MIN_BYTES, _POSTCODE_MIN_BYTES))
+    if either.any():
+        idx = np.nonzero(either)[0]
+        sub = values.take(pa.array(idx))
+        nhs[idx] = _nhs_number_hits(sub)
+        postcode[idx] = _postcode_hits(sub)
+    return nhs, postcode
+
+
+def _rows_matching(rows: np.ndarray, hit: np.ndarray) -> int:
+    """The number of distinct rows (``rows``: the row of each value) with a hit."""
+    if not hit.any():
         return 0
-    cand = pc.fill_null(pc.match_substring_regex(values, prefilter), False)
-    cand_np = cand.to_numpy(zero_copy_only=False).astype(bool)
-    if not cand_np.any():
-        return 0
-    idx = np.nonzero(cand_np)[0]
-    texts = values.take(pa.array(idx)).to_pylist()
-    hit_rows = {int(rows[i]) for i, text in zip(idx, texts) if test(text)}
-    return len(hit_rows)
+    return int(np.unique(rows[hit]).size)
 
 
 def scan_for_identifiers(
@@ -327,10 +434,11 @@ def scan_for_identifiers(
         text = _string_values(col)
         if text is not None:
             values, rows = text
-            n = _rows_matching(values, rows, _NHS_PREFILTER, _contains_nhs_number)
+            nhs_hit, postcode_hit = _identifier_hits(values)
+            n = _rows_matching(rows, nhs_hit)
             if n:
                 findings.append(Finding(dataset, name, "nhs_number", n))
-            n = _rows_matching(values, rows, _POSTCODE_PREFILTER, _contains_postcode)
+            n = _rows_matching(rows, postcode_hit)
             if n:
                 findings.append(Finding(dataset, name, "postcode", n))
         elif pa.types.is_integer(col.type):

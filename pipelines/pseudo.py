@@ -20,8 +20,10 @@ import hashlib
 import hmac
 from typing import Iterable
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines import nhs_number as nhsno
 
@@ -114,25 +116,9 @@ def _to_list(values: object, n: int | None) -> list:
     return list(values)
 
 
-def person_ids(
-    key: str | bytes | None,
-    nhs_numbers: pa.Array | pa.ChunkedArray | pd.Series | Iterable | None,
-    pseudo_hesids: pa.Array | pa.ChunkedArray | pd.Series | Iterable | None = None,
-) -> pa.Array:
-    """Vectorised :func:`person_id` over Arrow arrays, pandas Series or lists of equal
-    length (either may be None: all missing). Returns a ``pa.string()`` array.
-
-    Each distinct value is hashed once (hospital data repeats the same patient often)."""
-    kb = _key_bytes(key)
-    n = None
-    for values in (nhs_numbers, pseudo_hesids):
-        if values is not None:
-            n = len(values)
-            break
-    numbers = _to_list(nhs_numbers, n)
-    hesids = _to_list(pseudo_hesids, len(numbers))
-    if len(numbers) != len(hesids):
-        raise ValueError("nhs_numbers and pseudo_hesids differ in length")
+def _person_ids_loop(kb: bytes, numbers: list, hesids: list) -> pa.Array:
+    """:func:`person_id` value by value (the reference, and the fallback for inputs the
+    vectorised path does not take, e.g. strings Arrow cannot hold)."""
     cache: dict[str, str] = {}
     out: list[str | None] = []
     for number, hesid in zip(numbers, hesids):
@@ -148,3 +134,128 @@ def person_ids(
             pid = cache[message] = _digest(kb, message)
         out.append(pid)
     return pa.array(out, type=pa.string())
+
+
+# Exactly the characters str.strip() removes (str.isspace(); none lies above U+3000:
+# tests/test_pseudo.py checks every code point).
+_STRIP_CHARS = "".join(ch for ch in map(chr, range(0x3001)) if ch.isspace())
+_TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string)
+
+
+class _NotVectorisable(Exception):
+    pass
+
+
+def _text_array(values: object, n: int | None) -> pa.Array:
+    """``values`` as a string array: null where :func:`_is_missing`, else ``str(value)``,
+    exactly as :func:`_to_list` and the scalar functions read them."""
+    if values is None:
+        if n is None:
+            raise ValueError("give nhs_numbers or pseudo_hesids")
+        return pa.nulls(n, pa.string())
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+        if pa.types.is_dictionary(arr.type):
+            arr = arr.dictionary_decode()
+        t = arr.type
+        if pa.types.is_string_view(t):
+            arr = arr.cast(pa.large_string())
+        elif pa.types.is_null(t):
+            arr = pa.nulls(len(arr), pa.string())
+        elif pa.types.is_integer(t):
+            arr = arr.cast(pa.string())  # Arrow's decimal text is Python's str(int)
+        if any(test(arr.type) for test in _TEXT_TYPES):
+            return arr
+        return _generic_text(values.to_pylist())
+    if isinstance(values, pd.Series):
+        if isinstance(values.dtype, pd.StringDtype) or (
+            values.dtype == object and pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty")
+        ):
+            try:
+                arr = pa.array(values, type=pa.string(), from_pandas=True)
+            except (pa.ArrowException, TypeError, ValueError):
+                arr = None
+            if arr is not None and np.array_equal(
+                    arr.is_null().to_numpy(zero_copy_only=False), values.isna().to_numpy()):
+                return arr
+        return _generic_text(values.astype(object).where(values.notna(), None).tolist())
+    return _generic_text(list(values))
+
+
+def _generic_text(values: list) -> pa.Array:
+    try:
+        return pa.array([None if _is_missing(v) else str(v) for v in values], type=pa.string())
+    except (pa.ArrowException, UnicodeError):
+        raise _NotVectorisable() from None  # e.g. lone surrogates: the loop decides
+
+
+def _messages(numbers: pa.Array, hesids: pa.Array) -> pa.Array:
+    """The message hashed for each record (as :func:`person_id`), null for none.
+
+    The NHS number keeps the scalar rule exactly: only ' ' and '-' removed (not other
+    whitespace, unlike :func:`pipelines.nhs_number.canonical_series`), then exactly ten
+    ASCII digits passing Modulus 11."""
+    numbers, hesids = numbers.cast(pa.large_string()), hesids.cast(pa.large_string())
+    canon = pc.replace_substring(pc.replace_substring(numbers, " ", ""), "-", "")
+    shaped = pc.fill_null(pc.match_substring_regex(canon, "^[0-9]{10}$"), False)
+    valid = shaped.to_numpy(zero_copy_only=False).astype(bool)
+    if valid.any():
+        # ten ASCII digits each: nhs_number.valid_series reads them as is (its wider
+        # canonical form changes nothing here)
+        idx = np.nonzero(valid)[0]
+        digits = canon.take(pa.array(idx)).cast(pa.string())
+        ok = nhsno.valid_series(pd.Series(digits.to_pandas(types_mapper=pd.ArrowDtype))).to_numpy(dtype=bool)
+        valid[idx[~ok]] = False
+    hesid = pc.utf8_trim(hesids, characters=_STRIP_CHARS)
+    hesid = pc.if_else(pc.equal(pc.binary_length(hesid), 0), pa.scalar(None, hesid.type), hesid)
+    from_hesid = pc.binary_join_element_wise(pa.scalar(HESID_PREFIX, pa.large_string()), hesid,
+                                             pa.scalar("", pa.large_string()))
+    return pc.if_else(pa.array(valid, pa.bool_()), canon, from_hesid)
+
+
+def _hmac_hex(key: bytes, messages: list[bytes]) -> list[str]:
+    """``_digest`` of each message (bytes): one HMAC-SHA256 object keyed once, copied per
+    message (:meth:`hmac.HMAC.copy`), instead of ``hmac.new`` per message."""
+    base = hmac.new(key, digestmod=hashlib.sha256)
+    out = []
+    append = out.append
+    for m in messages:
+        h = base.copy()
+        h.update(m)
+        append(h.hexdigest()[:ID_HEX_CHARS])
+    return out
+
+
+def person_ids(
+    key: str | bytes | None,
+    nhs_numbers: pa.Array | pa.ChunkedArray | pd.Series | Iterable | None,
+    pseudo_hesids: pa.Array | pa.ChunkedArray | pd.Series | Iterable | None = None,
+) -> pa.Array:
+    """Vectorised :func:`person_id` over Arrow arrays, pandas Series or lists of equal
+    length (either may be None: all missing). Returns a ``pa.string()`` array.
+
+    Validity and messages are computed column-wise in Arrow; each distinct message is
+    hashed once (hospital data repeats the same patient often)."""
+    kb = _key_bytes(key)
+    n = None
+    for values in (nhs_numbers, pseudo_hesids):
+        if values is not None:
+            n = len(values)
+            break
+    try:
+        numbers = _text_array(nhs_numbers, n)
+        hesids = _text_array(pseudo_hesids, len(numbers))
+    except _NotVectorisable:
+        numbers = _to_list(nhs_numbers, n)
+        hesids = _to_list(pseudo_hesids, len(numbers))
+        if len(numbers) != len(hesids):
+            raise ValueError("nhs_numbers and pseudo_hesids differ in length") from None
+        return _person_ids_loop(kb, numbers, hesids)
+    if len(numbers) != len(hesids):
+        raise ValueError("nhs_numbers and pseudo_hesids differ in length")
+    if len(numbers) == 0:
+        return pa.array([], type=pa.string())
+    encoded = pc.dictionary_encode(_messages(numbers, hesids))
+    distinct = encoded.dictionary.cast(pa.large_binary()).to_pylist()
+    ids = pa.array(_hmac_hex(kb, distinct), type=pa.string())
+    return ids.take(encoded.indices)

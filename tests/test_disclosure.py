@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from pipelines import schemas
@@ -258,3 +259,157 @@ def test_check_restricted_refuses_identifier_columns(name):
     ds = schemas.get("linked_spells")
     t = pa.table({"person_id": ["x"], name: pa.array([None], pa.string())})
     assert any(v.column == name for v in check_restricted(ds, t))
+
+
+# --------------------------------------------------------------------------- scan: Arrow = Python
+# scan_for_identifiers runs the rules column-wise with RE2 (pyarrow); every verdict must be
+# what the Python rules (_contains_nhs_number, _contains_postcode) give value by value.
+
+import random  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+
+from pipelines import disclosure  # noqa: E402
+
+NUMBERS = [n for n in (with_check_digit(f"999{i:06d}") for i in range(200, 230)) if n]
+ALL_CHARS = "".join(chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF)
+
+
+def _bad(v: str) -> str:
+    return v[:9] + str((int(v[9]) + 1) % 10)
+
+
+def reference_scan(table: pa.Table) -> list[tuple]:
+    """The scan, value by value in Python, as it was before the Arrow version."""
+    out = []
+    for name in table.column_names:
+        col = table.column(name)
+        if disclosure._DOB_NAME_RE.search(name):
+            out.append((name, "date_of_birth", len(col) - col.null_count))
+        typ = col.type
+        if pa.types.is_dictionary(typ):
+            typ = typ.value_type
+        if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+            cells = [[v] for v in col.to_pylist()]
+        elif pa.types.is_list(typ):
+            cells = [v or [] for v in col.to_pylist()]
+        else:
+            continue
+        for kind, test in (("nhs_number", disclosure._contains_nhs_number),
+                           ("postcode", disclosure._contains_postcode)):
+            n = sum(any(v is not None and test(v) for v in cell) for cell in cells)
+            if n:
+                out.append((name, kind, n))
+    return out
+
+
+def scanned(table: pa.Table) -> list[tuple]:
+    return [(x.column, x.kind, x.count) for x in scan_for_identifiers(table)]
+
+
+def tricky_texts() -> list:
+    v, w = NUMBERS[0], NUMBERS[1]
+    spaced, hyph = f"{v[:3]} {v[3:6]} {v[6:]}", f"{v[:3]}-{v[3:6]}-{v[6:]}"
+    return [
+        None, "", " ", v, w, spaced, hyph, f"{v[:3]}-{v[3:6]} {v[6:]}", f"{v[:3]}  {v[3:]}",
+        f"{v[:3]}\t{v[3:]}", f"{v[:3]}\u00a0{v[3:]}", f"{v[:3]}--{v[3:]}", f"{v[:6]}-{v[6:]}",
+        _bad(v), f"ref {_bad(v)}.", v[:9], v + "1", "1" + v, "a" + v, v + "b", "ab" + v + "cdef",
+        "_" + v, v + "_", "\u00e9" + v, v + "\u00e9", f"x\n{v}\ny", f"({v})", f"#{v}#", f"{v}/{w}",
+        f"{_bad(v)} {w}", f"{_bad(v)}{w}", f"{v[:5]} {v[5:]}",
+        # Python's \d takes other digits: they bound a match (not [0-9A-Za-z]) or are
+        # consumed by an invalid match that hides a valid one (then: no NHS number)
+        "\u0669" + v, v + "\u0669", "\u0669" * 10, "\u0669" + v[1:], "".join(chr(0xFF10 + int(c)) for c in v),
+        f"333\u0669{v[:6]} {v[6:]}", f"878\u0669{v[:6]}-{v[6:]}", f"\u0669\u0669\u0669 {v}",
+        f"123 {v}", f"12 {v}", "\uff11" + v,
+        # postcodes, any case, with or without the space, bounded or not
+        "LS1 4AP", "ls14ap", "SW1A 1AA", "sw1a1aa", "GIR 0AA", "gir0aa", "W1A 0AX", "EC1A 1BB",
+        "M1 1AE", "B33 8TH", "CR2 6XH", "DN55 1PT", "ls1 4ap.", "(LS1 4AP)", "xLS1 4AP", "LS1 4APx",
+        "1LS1 4AP", "LS1 4AP1", "LS1  4AP", "LS1 4CP", "QS1 4AP", "LI1 4AP", "A81001", "B82005",
+        "E01000001", "9ab12de3f4", "ab12de", "\u00e9LS1 4AP\u00e9", "LS1\u00a04AP", "LS1\t4AP",
+        # Python's IGNORECASE folds U+017F to S, U+212A to K, U+0130/U+0131 to I
+        "\u017fW1A 1AA", "\u212aT1 1AA", "G\u0130R 0AA", "g\u0131r 0aa", "LS1 4A\u017f",
+        "\u017fLS1 4AP", "LS1 4AP\u212a", "\u0130LS1 4AP", "LS1 4AP\u0131", "\uff2c\uff33\uff11 4AP",
+        f"patient {spaced} at LS1 4AP", f"{hyph}\nGIR 0AA",
+    ]
+
+
+def test_identifier_hits_equal_python_rules_on_tricky_texts():
+    texts = tricky_texts()
+    nhs, postcode = disclosure._identifier_hits(pa.array(texts, pa.string()))
+    want_nhs = [t is not None and disclosure._contains_nhs_number(t) for t in texts]
+    want_pc = [t is not None and disclosure._contains_postcode(t) for t in texts]
+    assert nhs.tolist() == want_nhs
+    assert postcode.tolist() == want_pc
+    # the list has both verdicts, including the cases that need the Python rule
+    assert disclosure._contains_nhs_number("\u0669" + NUMBERS[0])
+    assert not disclosure._contains_nhs_number(f"333\u0669{NUMBERS[0][:6]} {NUMBERS[0][6:]}")
+    assert disclosure._contains_postcode("\u017fW1A 1AA") and not disclosure._contains_postcode("\u017fLS1 4AP")
+    assert 10 < sum(want_nhs) < len(texts) - 10 and 10 < sum(want_pc) < len(texts) - 10
+
+
+def _random_text(rng: random.Random) -> str:
+    v = rng.choice(NUMBERS)
+    pieces = [
+        v, _bad(v), v[:9], f"{v[:3]} {v[3:6]} {v[6:]}", f"{v[:3]}-{v[3:6]}-{v[6:]}",
+        rng.choice(["LS1 4AP", "ls14ap", "SW1A1AA", "GIR 0AA", "\u017fW1A 1AA", "\u212aT1 1AA", "QS1 4AP"]),
+        "".join(rng.choice("0123456789 -") for _ in range(rng.randrange(1, 6))),
+        rng.choice([" ", "-", "\t", "\n", "\u00a0", "\u0669", "\uff15", "a", "Z", "_", ".", "\u00e9", "\u0131"]),
+    ]
+    return "".join(rng.choice(pieces) for _ in range(rng.randrange(1, 5)))
+
+
+def test_identifier_hits_equal_python_rules_on_random_texts():
+    rng = random.Random(201401)
+    texts = [_random_text(rng) for _ in range(4000)] + [None] * 5
+    nhs, postcode = disclosure._identifier_hits(pa.array(texts, pa.string()))
+    want_nhs = [t is not None and disclosure._contains_nhs_number(t) for t in texts]
+    want_pc = [t is not None and disclosure._contains_postcode(t) for t in texts]
+    assert nhs.tolist() == want_nhs
+    assert postcode.tolist() == want_pc
+    assert sum(want_nhs) > 300 and sum(want_pc) > 100
+
+
+def test_scan_equals_value_by_value_scan_over_column_kinds():
+    rng = random.Random(7)
+    texts = tricky_texts() + [_random_text(rng) for _ in range(600)]
+    n = len(texts)
+    lists = [None if i % 11 == 0 else [texts[(i * 7 + k) % n] for k in range(i % 4)] for i in range(n)]
+    table = pa.table({
+        "free_text": pa.array(texts, pa.string()),
+        "large": pa.array(texts, pa.large_string()),
+        "coded": pa.array(texts, pa.string()).dictionary_encode(),
+        "codes": pa.array(lists, pa.list_(pa.string())),
+        "short": pa.array([t[:4] if t else t for t in texts], pa.string()),
+        "clean": pa.array(["A81001"] * n, pa.string()),
+    })
+    want = reference_scan(table)
+    assert scanned(table) == want
+    assert {k for _, k, _ in want} == {"nhs_number", "postcode"}
+    chunked = pa.Table.from_batches(table.to_batches(max_chunksize=97))
+    assert scanned(chunked) == want
+    sliced = table.slice(40, 300)
+    assert scanned(sliced) == reference_scan(sliced)
+
+
+@pytest.fixture(scope="module")
+def chars():
+    return pa.array(list(ALL_CHARS), pa.string())
+
+
+def test_postcode_classes_in_re2_match_exactly_what_python_ignorecase_matches(chars):
+    # every character class and letter of the rule (and the boundary class), for every code
+    # point: the spelled-out RE2 class selects exactly what Python's re.IGNORECASE does
+    tokens = set(re.findall(r"\[[^\]]*\]|[A-Za-z]", disclosure._NOT_ALNUM + disclosure._POSTCODE_BODY))
+    assert len(tokens) > 8
+    for token in sorted(tokens):
+        python = set(re.findall(token, ALL_CHARS, re.IGNORECASE))
+        re2 = pc.match_substring_regex(chars, "^" + disclosure._spell_out_ignorecase(token) + "$")
+        got = set(chars.filter(re2).to_pylist())
+        assert got == python, token
+
+
+def test_nhs_boundary_and_digit_classes_in_re2_are_ascii_as_in_python(chars):
+    for token in (disclosure._NOT_ALNUM, "[0-9]", "[ -]"):
+        python = set(re.findall(token, ALL_CHARS))
+        got = set(chars.filter(pc.match_substring_regex(chars, "^" + token + "$")).to_pylist())
+        assert got == python, token
