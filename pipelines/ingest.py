@@ -890,8 +890,8 @@ VALIDATION_WORKER = os.environ.get("CAREDATA_VALIDATION_WORKER", "1") != "0"
 
 class _ValidationWorker:
     """One worker process (spawned: a fork of a process running Arrow's and DuckDB's
-    threads is unsafe) that validates one chunk at a time, and for GP types its kept
-    rows: pandas holds the GIL, so a thread would not overlap with the take-in. The
+    threads is unsafe) that validates one chunk at a time, and for GP and SUS types its
+    kept rows: pandas holds the GIL, so a thread would not overlap with the take-in. The
     chunk's frames go to it pickled, its outcomes and silver tables come back the same way."""
 
     def __init__(self):
@@ -908,7 +908,7 @@ class _ValidationWorker:
 
 
 def _validate_chunk_timed(source: str, period: str, jobs: list[tuple], data_docs_dir) -> tuple[list, list, float]:
-    """In the worker: the chunk's outcomes and (GP) its typed silver rows, and the time taken."""
+    """In the worker: the chunk's outcomes, its typed silver rows (GP, SUS) and the time taken."""
     t0 = time.perf_counter()
     outcomes = _validate_chunk(source, period, jobs, data_docs_dir)
     silvers = _chunk_silvers(source, period, jobs, outcomes)
@@ -1056,7 +1056,7 @@ class _ChunkParts:
         _write_events(self.warehouse, self.events, "outcome", part)
         for then in self.then:
             then()
-        self.__init__(self.warehouse, self.period)
+        self.tables, self.events, self.then = {t: [] for t in self.TABLES}, [], []
 
 
 def _account(report: IngestReport, file_name: str, sid: str, per_period: dict, held: bool, reason,
