@@ -472,24 +472,44 @@ class _Sliced(NamedTuple):
         return [self.table.slice(int(a), int(z - a)) for a, z in zip(o[:-1], o[1:])]
 
 
+def _one_frame(frames: list[pd.DataFrame]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Many files' rows as one frame (index 0..n-1), with each file's row count and, per
+    row, the file it came from."""
+    sizes = np.array([len(f) for f in frames], dtype=np.int64)
+    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
+    return frame, sizes, np.repeat(np.arange(len(frames)), sizes)
+
+
+def _per_row(values: list, which: np.ndarray, type_: pa.DataType) -> pa.Array:
+    """One value per file, repeated over the file's rows."""
+    return pa.array(np.array(values, dtype=object)[which], type_)
+
+
+def _all_warnings(warns: list[pa.Array]) -> pa.Array:
+    """The files' warning lists, one after another."""
+    return (pa.concat_arrays([w.cast(pa.list_(pa.string())) for w in warns]) if warns
+            else pa.array([], pa.list_(pa.string())))
+
+
+def _sliced(table: pa.Table, sizes: np.ndarray) -> _Sliced:
+    return _Sliced(table, np.concatenate([[0], np.cumsum(sizes)]))
+
+
 def _gp_silver_many(frames: list[pd.DataFrame], parsed: list[ParsedName], period: str,
                     warns: list[pa.Array]) -> _Sliced:
     """The silver rows of many GP extracts (kept rows of each), built in one pass over
     their concatenation (a national month is 6,500 extracts: per-file column work would
     cost more than the rows), one piece per file."""
-    sizes = np.array([len(f) for f in frames], dtype=np.int64)
-    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
+    frame, sizes, which = _one_frame(frames)
     n = len(frame)
     nhs, valid = _nhs(frame, "NHS_NUMBER")
     obj = _strip(frame, "OBJECTION").str.upper()
-    warn = pa.concat_arrays([w.cast(pa.list_(pa.string())) for w in warns]) if warns else pa.array([], pa.list_(pa.string()))
-    which = np.repeat(np.arange(len(frames)), sizes)
     cols = {
         "period": pa.array([period] * n, pa.string()),
-        "submission_id": pa.array(np.array([p.submission_id for p in parsed], dtype=object)[which], pa.string()),
+        "submission_id": _per_row([p.submission_id for p in parsed], which, pa.string()),
         "line": pa.array(frame["_line"].to_numpy(dtype=np.int64), pa.int64()),
-        "practice_code": pa.array(np.array([p.submitter_code for p in parsed], dtype=object)[which], pa.string()),
-        "extract_date": pa.array(np.array([p.extract_date for p in parsed], dtype=object)[which], pa.date32()),
+        "practice_code": _per_row([p.submitter_code for p in parsed], which, pa.string()),
+        "extract_date": _per_row([p.extract_date for p in parsed], which, pa.date32()),
         "nhs_number": nhs, "nhs_number_valid": valid,
         "date_of_birth": _dates(frame, "DATE_OF_BIRTH"),
         "sex": _str_array(_strip(frame, "SEX")),
@@ -500,10 +520,9 @@ def _gp_silver_many(frames: list[pd.DataFrame], parsed: list[ParsedName], period
         "deregistration_date": _dates(frame, "DEREGISTRATION_DATE"),
         "date_of_death": _dates(frame, "DATE_OF_DEATH"),
         "type2_objection": pa.array((obj == TYPE2.upper()).fillna(False).to_numpy(dtype=bool), pa.bool_()),
-        "dq_warnings": warn,
+        "dq_warnings": _all_warnings(warns),
     }
-    table = schemas.get("gp_patients").conform(pa.table(cols))
-    return _Sliced(table, np.concatenate([[0], np.cumsum(sizes)]))
+    return _sliced(schemas.get("gp_patients").conform(pa.table(cols)), sizes)
 
 
 def _code_lists(frame: pd.DataFrame, prefix: str, count: int, dates_prefix: str | None = None):
@@ -551,10 +570,8 @@ def _sus_silver_many(frames: list[pd.DataFrame], source: str, protocols: list, p
     """The silver rows of many SUS files (or a HES extract), built in one pass over their
     concatenation, one piece per file. ``periods``: per file, its period, or (HES) one
     per row."""
-    sizes = np.array([len(f) for f in frames], dtype=np.int64)
-    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
+    frame, sizes, which = _one_frame(frames)
     n = len(frame)
-    which = np.repeat(np.arange(len(frames)), sizes)
     nhs, valid = _nhs(frame, "NEWNHSNO")
     susrecid = _strip(frame, "SUSRECID")
     if source == "hes_apc":
@@ -578,10 +595,9 @@ def _sus_silver_many(frames: list[pd.DataFrame], source: str, protocols: list, p
     period_arr = pa.array(np.concatenate([np.full(z, p, dtype=object) if isinstance(p, str) else
                                           np.asarray(list(p), dtype=object) for p, z in zip(periods, sizes)])
                           if n else [], pa.string())
-    warn = pa.concat_arrays([w.cast(pa.list_(pa.string())) for w in warns])
     cols = {
         "period": period_arr,
-        "submission_id": pa.array(np.array(submission_ids, dtype=object)[which], pa.string()),
+        "submission_id": _per_row(submission_ids, which, pa.string()),
         "line": pa.array(frame["_line"].to_numpy(dtype=np.int64), pa.int64()),
         "source": pa.array([source] * n, pa.string()),
         "provider_code": _str_array(_strip(frame, "PROCODE3").str.upper()),
@@ -614,10 +630,9 @@ def _sus_silver_many(frames: list[pd.DataFrame], source: str, protocols: list, p
         "procedures": procedures,
         "procedure_dates": proc_dates,
         "pseudo_hesid": _str_array(_strip(frame, "PSEUDO_HESID")),
-        "dq_warnings": warn,
+        "dq_warnings": _all_warnings(warns),
     }
-    table = schemas.get("sus_episodes").conform(pa.table(cols))
-    return _Sliced(table, np.concatenate([[0], np.cumsum(sizes)]))
+    return _sliced(schemas.get("sus_episodes").conform(pa.table(cols)), sizes)
 
 
 def _fft_silver(frame: pd.DataFrame, parsed: ParsedName, period: str, warn: pa.Array) -> pa.Table:

@@ -504,6 +504,12 @@ CROSSCHECK_FAILING = 5
 each rule is checked in and up to ``CROSSCHECK_FAILING`` rows each rule failed there."""
 
 
+def _second_bound(members: list[tuple[Rule, dict]], m: int) -> bool:
+    """Whether job member ``m`` is a merged date rule's second bound (the rule's maximum
+    after its minimum): it judges the same rows as the first."""
+    return m > 0 and members[m - 1][0].id == members[m][0].id
+
+
 def _among(sorted_positions: np.ndarray, sample: np.ndarray) -> np.ndarray:
     """The positions of ``sample`` (sorted) that are in ``sorted_positions``."""
     if not len(sorted_positions):
@@ -546,7 +552,7 @@ def _crosscheck(batch_def, gctx, source: str, jobs: Jobs, job_rows: dict, work: 
     for its, members in jobs.items():
         for m, (rule, _) in enumerate(members):
             t = totals.setdefault(rule.id, [0, 0, 0])
-            if not (m and members[m - 1][0].id == rule.id):  # a merged rule's second bound: same rows
+            if not _second_bound(members, m):  # same rows as the first
                 t[0] += len(job_rows[its])
                 t[1] += len(checked[(its, m)])
             t[2] += len(failed[(its, m)])
@@ -693,8 +699,8 @@ def validate_many(
             pos = failed[(its, m)]
             prev = fail_pos.get(rule.id)
             fail_pos[rule.id] = pos if prev is None else np.union1d(prev, pos)
-            if m and members[m - 1][0].id == rule.id:
-                continue  # a merged rule's second bound: counted with the first
+            if _second_bound(members, m):
+                continue  # counted with the first
             if (rule.id, its) in merged:
                 counts = np.bincount(item_of[merged[(rule.id, its)]], minlength=len(items))
             elif checked is not None:
