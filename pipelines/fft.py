@@ -28,6 +28,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipelines import schemas
+from pipelines.text import SPACE
 
 TableLike = Union[pa.Table, pd.DataFrame]
 
@@ -84,8 +85,24 @@ def _frame(table: TableLike | None, columns: list[str] | None = None) -> pd.Data
     return df
 
 
+_EDGE_SPACE = f"^{SPACE}+|{SPACE}+$"  # what str.strip() removes, in a pattern pyarrow runs
+
+
 def _code(series: pd.Series) -> pd.Series:
-    """Codes as stripped strings (object dtype), empty and missing as None."""
+    """Codes as stripped strings (object dtype), empty and missing as None.
+
+    Text columns (all the columns it is called on) are stripped column-wise in pyarrow;
+    anything else value by value, as :func:`_code_each`."""
+    if not (isinstance(series.dtype, pd.StringDtype)
+            or (series.dtype == object and pd.api.types.infer_dtype(series, skipna=True) in ("string", "empty"))):
+        return _code_each(series)
+    s = series.astype("string[pyarrow]").str.replace(_EDGE_SPACE, "", regex=True)
+    s = s.mask(s == "")
+    return pd.Series(s.to_numpy(dtype=object, na_value=None), index=series.index, dtype=object)
+
+
+def _code_each(series: pd.Series) -> pd.Series:
+    """:func:`_code` value by value: ``str(value).strip()``, empty and missing as None."""
     values = [None if _missing(v) else (str(v).strip() or None) for v in series.astype(object)]
     return pd.Series(values, index=series.index, dtype=object)
 

@@ -512,3 +512,23 @@ def test_fft_by_specialty_rule_1_only():
 def test_fft_by_specialty_empty():
     out = fft.fft_by_specialty(fft.LINKED_SCHEMA.empty_table())
     assert out.num_rows == 0
+
+
+# --------------------------------------------------------------------------- codes
+def test_codes_stripped_column_wise_exactly_as_str_strip():
+    """``_code`` strips text columns in pyarrow; it must give what ``str.strip()`` gives
+    value by value, for every whitespace character Python strips and a few it keeps."""
+    spaces = [c for c in map(chr, range(0x110000)) if c.isspace()]
+    assert len(spaces) == 29
+    kept = ["\u200b", "\ufeff", "\x00", "_"]  # not whitespace to Python: must stay
+    values = ([f"{c}R1{c}" for c in spaces] + [f"{k}R2{k}" for k in kept]
+              + ["", " ", "\u3000\t", "a b", "RXX", None])
+    for series in (pd.Series(values, dtype=object), pd.Series(values, dtype="string"),
+                   pd.Series(values, dtype="str"), pd.Series(values[:-1], dtype=object)):
+        got = fft._code(series)
+        assert got.dtype == object
+        assert got.tolist() == fft._code_each(series).tolist()
+        assert got.tolist()[:len(spaces)] == ["R1"] * len(spaces)
+        assert got.tolist()[len(spaces):len(spaces) + len(kept)] == [f"{k}R2{k}" for k in kept]
+    mixed = pd.Series([1, 2.5, " x ", None, float("nan")], dtype=object)  # not text: value by value
+    assert fft._code(mixed).tolist() == ["1", "2.5", "x", None, None]
