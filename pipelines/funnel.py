@@ -92,24 +92,35 @@ def outlier_status(
     upper limit ``alert_high``; below the 99.8% lower limit ``alarm_low``; else below the
     95% lower limit ``alert_low``; otherwise ``as_expected``; fewer than
     ``min_procedures`` procedures ``insufficient_data``. Exactly on a limit is inside."""
-    if procedures is None or procedures < min_procedures:
-        return "insufficient_data"
-    if expected is None or not expected > 0:
-        # No expected deaths (a specialty with no deaths in the window): nothing to flag.
-        return "as_expected"
+    return str(outlier_statuses([observed], [expected], [procedures], levels=levels,
+                                min_procedures=min_procedures)[0])
+
+
+def outlier_statuses(
+    observed,
+    expected,
+    procedures,
+    *,
+    levels: tuple[float, float] = (0.95, 0.998),
+    min_procedures: int = 10,
+) -> np.ndarray:
+    """:func:`outlier_status` of many consultants at once (arrays of the same length;
+    None or NaN procedures count as too few, None or NaN expected as none): the limits
+    are worked out once for all."""
+    o = np.asarray(observed, dtype=float)
+    e = np.asarray(expected, dtype=float)
+    n = np.asarray(procedures, dtype=float)
     inner, outer = sorted(levels)
-    smr = observed / expected
-    lo_in, hi_in = control_limits(expected, inner)
-    lo_out, hi_out = control_limits(expected, outer)
-    if smr > hi_out:
-        return "alarm_high"
-    if smr > hi_in:
-        return "alert_high"
-    if smr < lo_out:
-        return "alarm_low"
-    if smr < lo_in:
-        return "alert_low"
-    return "as_expected"
+    # No expected deaths (a specialty with no deaths in the window): nothing to flag.
+    pos = e > 0
+    e_pos = np.where(pos, e, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        smr = o / e_pos
+        lo_in, hi_in = (np.atleast_1d(x) for x in control_limits(e_pos, inner))
+        lo_out, hi_out = (np.atleast_1d(x) for x in control_limits(e_pos, outer))
+        status = np.select([smr > hi_out, smr > hi_in, smr < lo_out, smr < lo_in],
+                           ["alarm_high", "alert_high", "alarm_low", "alert_low"], "as_expected")
+    return np.where(n >= min_procedures, status, "insufficient_data").astype(object)
 
 
 # --------------------------------------------------------------------------- plot

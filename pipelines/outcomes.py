@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines import charlson, schemas
-from pipelines.funnel import control_limits, outlier_status
+from pipelines.funnel import control_limits, outlier_statuses
 from pipelines.text import SPACE_CHARS
 from pipelines.funnel import exact_ci, funnel_plot, poisson_limits  # noqa: F401  (re-exported)
 
@@ -141,13 +141,20 @@ def _charlson_by_spell(diag: pd.DataFrame, n_spells: int) -> np.ndarray:
     if diag.empty:
         return out
     pairs = diag[["spell", "code"]].dropna().drop_duplicates()
-    unique_codes = pairs["code"].unique()
-    cond_of = {c: charlson._conditions_of_code(str(c)) for c in unique_codes}
-    rows = [(s, cond) for s, c in zip(pairs["spell"].to_numpy(), pairs["code"].to_numpy()) for cond in cond_of[c]]
-    if not rows:
+    codes, code_idx = np.unique(pairs["code"].to_numpy(dtype=object).astype(str), return_inverse=True)
+    spells, spell_idx = np.unique(pairs["spell"].to_numpy(dtype="int64"), return_inverse=True)
+    # Each distinct code's conditions, worked out once; then the (spell, condition) pairs.
+    code_cond = pd.DataFrame([(i, cond) for i, c in enumerate(codes) for cond in charlson._conditions_of_code(c)],
+                             columns=["code", "cond"])
+    if code_cond.empty:
         return out
-    long = pd.DataFrame(rows, columns=["spell", "cond"]).drop_duplicates()
-    wide = pd.crosstab(long["spell"], long["cond"]).clip(upper=1)
+    conds = sorted(code_cond["cond"].unique())
+    code_cond["cond"] = code_cond["cond"].map({c: k for k, c in enumerate(conds)})
+    long = pd.DataFrame({"spell": spell_idx, "code": code_idx}).merge(code_cond, on="code")
+    hit, row = np.unique(long["spell"].to_numpy(), return_inverse=True)
+    present = np.zeros((len(hit), len(conds)), dtype=np.int8)
+    present[row, long["cond"].to_numpy()] = 1
+    wide = pd.DataFrame(present, index=spells[hit], columns=conds)
     for severe, mild in charlson.HIERARCHY:
         if severe in wide.columns and mild in wide.columns:
             wide[mild] = wide[mild].where(wide[severe] == 0, 0)
@@ -609,10 +616,9 @@ def window_outcomes(spells: pa.Table, window_end: str, settings: Any = None) -> 
         lo, hi = control_limits(np.where(pos, E, np.nan), level)
         cons[f"smr_lower_{suffix}"] = np.where(pos, lo, np.nan)
         cons[f"smr_upper_{suffix}"] = np.where(pos, hi, np.nan)
-    cons["outlier_status"] = [
-        outlier_status(int(o), float(e), int(n), levels=(inner, outer), min_procedures=min_procs)
-        for o, e, n in zip(cons["deaths_30d"], cons["expected_deaths"], cons["procedures"])
-    ]
+    cons["outlier_status"] = outlier_statuses(
+        cons["deaths_30d"].to_numpy(dtype=float), cons["expected_deaths"].to_numpy(dtype=float),
+        cons["procedures"].to_numpy(dtype=float), levels=(inner, outer), min_procedures=min_procs)
     cons["readmission_pct"] = _pct(cons["readmissions_30d"].to_numpy(dtype=float),
                                    cons["readm_den"].to_numpy(dtype=float))
 

@@ -87,6 +87,33 @@ def test_outlier_status_matches_limits():
         assert got == want
 
 
+def test_outlier_statuses_of_many_consultants_equal_each_alone():
+    """The vectorised statuses (what consultant_outcomes uses) row by row against the
+    rule applied to one consultant, with exact limits, no expected deaths and too few
+    procedures mixed in one batch."""
+    rng = np.random.default_rng(7)
+    e = np.concatenate([rng.gamma(2.0, 3.0, 300), [0.0, np.nan, 3.0, 8.0, 8.0]])
+    o = np.concatenate([rng.poisson(e[:300] * rng.choice([0.3, 1.0, 2.5], 300)), [4, 1, 12, 0, 2]]).astype(float)
+    n = np.concatenate([rng.integers(0, 60, 300), [50, 50, 9, 50, np.nan]]).astype(float)
+    got = funnel.outlier_statuses(o, e, n, levels=(0.998, 0.95), min_procedures=10)
+    want = []
+    for oi, ei, ni in zip(o, e, n):
+        if not ni >= 10:
+            want.append("insufficient_data")
+        elif not ei > 0:
+            want.append("as_expected")
+        else:
+            lo95, hi95 = funnel.control_limits(ei, 0.95)
+            lo998, hi998 = funnel.control_limits(ei, 0.998)
+            smr = oi / ei
+            want.append("alarm_high" if smr > hi998 else "alert_high" if smr > hi95 else
+                        "alarm_low" if smr < lo998 else "alert_low" if smr < lo95 else "as_expected")
+    assert list(got) == want
+    assert set(want) == set(funnel.STATUSES)  # every status occurs in the batch
+    assert funnel.outlier_status(0, None, 40) == "as_expected"
+    assert funnel.outlier_status(12, 3.0, None) == "insufficient_data"
+
+
 def test_funnel_plot_is_png():
     rows = pd.DataFrame({
         "specialty": ["vascular_surgery"] * 4 + ["other"],

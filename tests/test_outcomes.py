@@ -525,3 +525,26 @@ def test_empty_input_gives_empty_conformed_outputs():
     for name, table in out.items():
         assert table.num_rows == 0
         assert table.schema == schemas.get(name).arrow_schema(include_partition=True, staged=True)
+
+
+def test_charlson_of_every_spell_equals_the_index_of_its_codes():
+    """The column-wise Charlson index of a long (spell, code) table against
+    :func:`charlson.charlson_index` of each spell's codes: severe-and-mild pairs (the
+    hierarchy), repeated codes, codes of no condition, rows of no spell, spells without
+    codes."""
+    from pipelines import charlson
+
+    pool = ["E109", "E102", "K703", "K746", "C189", "C787", "I219", "I500", "J449", "B20", "N185",
+            "Z999", "R69X", "A099"]
+    rng = np.random.default_rng(3)
+    spell = rng.integers(0, 200, 3000).astype(float)
+    spell[rng.random(3000) < 0.02] = np.nan
+    diag = pd.DataFrame({"spell": spell, "code": rng.choice(pool, 3000)})
+    got = outcomes._charlson_by_spell(diag, 250)
+    known = diag.dropna()
+    want = np.zeros(250, dtype=np.int64)
+    for s, codes in known.groupby("spell")["code"]:
+        want[int(s)] = charlson.charlson_index(codes)
+    assert got.tolist() == want.tolist()
+    assert want.max() >= 10 and (want[200:] == 0).all()
+    assert outcomes._charlson_by_spell(pd.DataFrame({"spell": [0.0], "code": ["Z999"]}), 2).tolist() == [0, 0]
