@@ -146,6 +146,9 @@ def _events(warehouse: Warehouse) -> pd.DataFrame:
     return table.to_pandas()
 
 
+_NO_ROWS = np.zeros(0, dtype=np.int64)
+
+
 class _Ledger:
     """The raw events, indexed for the checks ingest makes."""
 
@@ -160,6 +163,13 @@ class _Ledger:
             k = (r.file_name, r.sha256)
             if t is not None and (k not in self.seen or t < self.seen[k]):
                 self.seen[k] = t
+        # Row positions by file and by submission, found once: ingest asks per file, and
+        # months of national history hold tens of thousands of events.
+        self.taken = self.outcomes[self.outcomes["status"].isin(TAKEN)]
+        self._taken_by_file = self.taken.groupby("file_name", sort=False).indices
+        self._taken_by_submission = self.taken.groupby(["source", "submission_id"], sort=False).indices
+        self._by_file = {True: self.outcomes.groupby("file_name", sort=False).indices,
+                         False: ev.groupby("file_name", sort=False).indices}
 
     def first_seen(self, file_name: str, sha: str) -> datetime:
         return self.seen.get((file_name, sha)) or _now()
@@ -168,21 +178,19 @@ class _Ledger:
         return (file_name, sha) in self.keys
 
     def taken_versions(self, file_name: str) -> pd.DataFrame:
-        o = self.outcomes
-        return o[(o["file_name"] == file_name) & o["status"].isin(TAKEN)]
+        return self.taken.iloc[self._taken_by_file.get(file_name, _NO_ROWS)]
 
     def taken_submission(self, source: str, submission_id: str) -> pd.DataFrame:
-        o = self.outcomes
-        return o[(o["source"] == source) & (o["submission_id"] == submission_id) & o["status"].isin(TAKEN)]
+        return self.taken.iloc[self._taken_by_submission.get((source, submission_id), _NO_ROWS)]
 
     def unchanged(self, fi: FileInfo, outcomes_only: bool = True) -> bool:
         """The file at this path was recorded (with an outcome, unless ``outcomes_only``
         is False) with this size and has not been modified since (its modification time
         is before the time it was first seen): no need to read and hash it again."""
-        src = self.outcomes if outcomes_only else self.ev
-        ev = src[src["file_name"] == fi.path]
-        if ev.empty:
+        rows = self._by_file[outcomes_only].get(fi.path)
+        if rows is None:
             return False
+        ev = (self.outcomes if outcomes_only else self.ev).iloc[rows]
         ev = ev[ev["size_bytes"] == fi.size]
         if ev.empty:
             return False
@@ -657,17 +665,18 @@ def _fft_silver(frame: pd.DataFrame, parsed: ParsedName, period: str, warn: pa.A
 def _quarantine(frame: pd.DataFrame, mask: np.ndarray, outcome, *, source: str, file_name: str,
                 submission_id: str, submitter, periods) -> pa.Table:
     idx = np.flatnonzero(mask)
-    q = frame.iloc[idx]
     data_cols = [c for c in frame.columns if c != "_line"]
-    values = q[data_cols].astype(object).where(q[data_cols].notna(), None).to_numpy()
-    raw = [json.dumps(dict(zip(data_cols, row)), ensure_ascii=False) for row in values]
+    # Column by column, only the quarantined rows (most files have few or none).
+    values = [frame[c].iloc[idx].to_numpy(dtype=object, na_value=None) for c in data_cols]
+    rows = zip(*values) if values else [()] * len(idx)
+    raw = [json.dumps(dict(zip(data_cols, row)), ensure_ascii=False) for row in rows]
     n = len(idx)
     per = [periods] * n if isinstance(periods, str) else [periods[i] for i in idx]
     sub = [submitter] * n if submitter is None or isinstance(submitter, str) else [submitter[i] for i in idx]
     table = pa.table({
         "period": pa.array(per, pa.string()),
         "submission_id": pa.array([submission_id] * n, pa.string()),
-        "line": pa.array(q["_line"].to_numpy(dtype=np.int64), pa.int64()),
+        "line": pa.array(frame["_line"].to_numpy(dtype=np.int64)[idx], pa.int64()),
         "source": pa.array([source] * n, pa.string()),
         "file_name": pa.array([file_name] * n, pa.string()),
         "submitter_code": pa.array(sub, pa.string()),
@@ -1021,7 +1030,7 @@ def _take_in(source, period, parsed: ParsedName, frame: pd.DataFrame, info, sha:
 def _remove_untaken_parts(warehouse: Warehouse, period: str, ledger: "_Ledger") -> None:
     """Remove the chunk parts of ``period`` whose submissions have no ledger outcome: left
     by a run stopped between a chunk's data parts and its ledger part (:class:`_ChunkParts`)."""
-    taken = set(ledger.outcomes.loc[ledger.outcomes["status"].isin(TAKEN), "submission_id"])
+    taken = set(ledger.taken["submission_id"])
     for table in _ChunkParts.TABLES:
         for path in warehouse.parts(table, [period]):
             if "-chunk-" not in path.rsplit("/", 1)[-1]:
