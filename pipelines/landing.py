@@ -277,8 +277,10 @@ def _nonblank_lines(data: bytes) -> np.ndarray:
     newlines = np.flatnonzero(arr == 10)
     starts = np.concatenate([[0], newlines + 1])
     ends = np.concatenate([newlines, [len(arr)]])
-    content = np.concatenate([[0], np.cumsum((arr != 13) & (arr != 10), dtype=np.int64)])
-    return np.flatnonzero(content[ends] - content[starts] > 0).astype(np.int64) + 1
+    # A line holds something else when it is longer than its carriage returns.
+    returns = np.flatnonzero(arr == 13)
+    n_returns = np.searchsorted(returns, ends) - np.searchsorted(returns, starts)
+    return np.flatnonzero(ends - starts > n_returns).astype(np.int64) + 1
 
 
 def parse_bytes(data: bytes, rel_path: str, feed: Feed | str) -> tuple[pd.DataFrame, ReadInfo]:

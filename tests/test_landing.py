@@ -202,3 +202,18 @@ def test_empty_values_are_missing_and_whitespace_kept_raw(tmp_path):
     frame, _ = read_csv(store, "sus_apc/a.csv", "sus_apc")
     assert pd.isna(frame.at[0, "SUSRECID"]) and pd.isna(frame.at[0, "SEX"])
     assert frame.at[0, "EPIEND"] == " 2024-01-03 "
+
+
+def test_record_lines_are_the_lines_holding_more_than_carriage_returns():
+    """The line numbers given to rows: every physical line with anything but ``\\r`` on
+    it, against the definition read line by line, on random bytes of newlines, carriage
+    returns and text."""
+    import random
+
+    from pipelines.landing import _nonblank_lines
+
+    rnd = random.Random(5)
+    for _ in range(3000):
+        data = bytes(rnd.choice(b"\n\r\ra,") for _ in range(rnd.randrange(0, 30)))
+        want = [i + 1 for i, line in enumerate(data.split(b"\n")) if line.strip(b"\r")]
+        assert _nonblank_lines(data).tolist() == want, data
