@@ -687,34 +687,49 @@ def _quarantine(frame: pd.DataFrame, mask: np.ndarray, outcome, *, source: str, 
     return schemas.get("quarantine").conform(table)
 
 
-def _dq_tables(period: str, submission_id: str, source: str, submitter, rule_counts: pd.DataFrame,
-               field_scores: pd.DataFrame) -> tuple[pa.Table, pa.Table]:
-    rc = rule_counts.copy()
+def _dq_tables(files: list[tuple]) -> tuple[pa.Table, pa.Table]:
+    """The ``dq_rules`` and ``dq_fields`` rows of many files, built at once (per-file
+    Arrow building cost more than the few dozen rows of each). ``files``: per file
+    ``(period, submission_id, source, submitter, rule_counts, field_scores)``;
+    ``submitter`` is the file's submitter code, or (HES) one per rule row, the field rows
+    then carrying their own ``submitter_code``."""
+    rcs = [f[4] for f in files]
+    fss = [f[5] for f in files]
+    n_rc = np.array([len(x) for x in rcs], dtype=np.int64)
+    n_fs = np.array([len(x) for x in fss], dtype=np.int64)
+    rc = pd.concat(rcs, ignore_index=True) if len(rcs) > 1 else rcs[0].reset_index(drop=True)
+    fs = pd.concat(fss, ignore_index=True) if len(fss) > 1 else fss[0].reset_index(drop=True)
+
+    def each(k: int, sizes: np.ndarray) -> pa.Array:
+        return pa.array(np.repeat(np.array([f[k] for f in files], dtype=object), sizes), pa.string())
+
+    def submitters(sizes: np.ndarray, own) -> pa.Array:
+        """Each file's submitter code on each of its rows, or (HES) the rows' own."""
+        values = []
+        for i, f in enumerate(files):
+            values.extend([f[3]] * int(sizes[i]) if f[3] is None or isinstance(f[3], str) else list(own(i)))
+        return pa.array(values, pa.string())
+
     rules = pa.table({
-        "period": pa.array([period] * len(rc), pa.string()),
-        "submission_id": pa.array([submission_id] * len(rc), pa.string()),
-        "source": pa.array([source] * len(rc), pa.string()),
-        "submitter_code": pa.array(
-            [submitter] * len(rc) if submitter is None or isinstance(submitter, str) else list(submitter),
-            pa.string()),
+        "period": each(0, n_rc),
+        "submission_id": each(1, n_rc),
+        "source": each(2, n_rc),
+        "submitter_code": submitters(n_rc, lambda i: files[i][3]),
         "rule_id": pa.array(rc["rule_id"].astype(str).tolist(), pa.string()),
         "field": pa.array(rc["field"].astype(object).tolist(), pa.string()),
         "severity": pa.array(rc["severity"].astype(object).tolist(), pa.string()),
-        "rows_checked": pa.array(rc["rows_checked"].astype("int64").tolist(), pa.int64()),
-        "rows_failed": pa.array(rc["rows_failed"].astype("int64").tolist(), pa.int64()),
+        "rows_checked": pa.array(rc["rows_checked"].to_numpy(dtype=np.int64), pa.int64()),
+        "rows_failed": pa.array(rc["rows_failed"].to_numpy(dtype=np.int64), pa.int64()),
         "example_lines": pa.array([[int(x) for x in v] for v in rc["example_lines"]], pa.list_(pa.int64())),
     })
-    fs = field_scores
     fields = pa.table({
-        "period": pa.array([period] * len(fs), pa.string()),
-        "submission_id": pa.array([submission_id] * len(fs), pa.string()),
-        "source": pa.array([source] * len(fs), pa.string()),
-        "submitter_code": pa.array(
-            [submitter] * len(fs) if submitter is None or isinstance(submitter, str)
-            else list(fs["submitter_code"]), pa.string()),
+        "period": each(0, n_fs),
+        "submission_id": each(1, n_fs),
+        "source": each(2, n_fs),
+        "submitter_code": submitters(n_fs, lambda i: fss[i]["submitter_code"]),
         "field": pa.array(fs["field"].astype(str).tolist(), pa.string()),
-        "rows": pa.array(fs["rows"].astype("int64").tolist(), pa.int64()),
-        "rows_valid": pa.array(fs["rows_valid"].astype("int64").tolist(), pa.int64()),
+        "rows": pa.array(fs["rows"].to_numpy(dtype=np.int64), pa.int64()),
+        "rows_valid": pa.array(fs["rows_valid"].to_numpy(dtype=np.int64), pa.int64()),
     })
     return schemas.get("dq_rules").conform(rules), schemas.get("dq_fields").conform(fields)
 
@@ -995,10 +1010,7 @@ def _take_in(source, period, parsed: ParsedName, frame: pd.DataFrame, info, sha:
     parts = _ChunkParts(warehouse, period) if sink is None else sink
     parts.add("quarantine", _quarantine(frame, rejected, outcome, source=source, file_name=parsed.file_name,
                                         submission_id=sid, submitter=parsed.submitter_code, periods=period))
-    rules, fields = _dq_tables(period, sid, source, parsed.submitter_code, outcome.rule_counts,
-                               outcome.field_scores)
-    parts.add("dq_rules", rules)
-    parts.add("dq_fields", fields)
+    parts.add_dq((period, sid, source, parsed.submitter_code, outcome.rule_counts, outcome.field_scores))
 
     held = _is_held(received, n_rej, settings)
     reason = (_held_reason(parsed.file_name, received, n_rej, outcome.rule_ids, rejected,
@@ -1056,11 +1068,17 @@ class _ChunkParts:
     def __init__(self, warehouse: Warehouse, period: str):
         self.warehouse, self.period = warehouse, period
         self.tables: dict[str, list[pa.Table]] = {t: [] for t in self.TABLES}
+        self.dq: list[tuple] = []
         self.events: list[dict] = []
         self.then: list = []
 
     def add(self, table: str, data: pa.Table) -> None:
         self.tables[table].append(data)
+
+    def add_dq(self, file: tuple) -> None:
+        """A file's rule counts and field scores (:func:`_dq_tables`), made rows with the
+        rest of the chunk's."""
+        self.dq.append(file)
 
     def outcome(self, event: dict, then) -> None:
         self.events.append(event)
@@ -1073,6 +1091,10 @@ class _ChunkParts:
             return
         if part is None:
             part = f"{self.events[0]['submission_id']}-chunk-{_files_digest(self.events)}"
+        if self.dq:
+            rules, fields = _dq_tables(self.dq)
+            self.tables["dq_rules"].append(rules)
+            self.tables["dq_fields"].append(fields)
         for table, pieces in self.tables.items():
             if pieces:
                 self.warehouse.write(table, pa.concat_tables(pieces, promote_options="default"), self.period,
@@ -1080,7 +1102,7 @@ class _ChunkParts:
         _write_events(self.warehouse, self.events, "outcome", part)
         for then in self.then:
             then()
-        self.tables, self.events, self.then = {t: [] for t in self.TABLES}, [], []
+        self.tables, self.dq, self.events, self.then = {t: [] for t in self.TABLES}, [], [], []
 
 
 def _account(report: IngestReport, file_name: str, sid: str, per_period: dict, held: bool, reason,
@@ -1269,7 +1291,7 @@ def _take_in_hes(parsed: ParsedName, frame: pd.DataFrame, sha: str, size: int, f
         ff = field_rows[(field_period == period).to_numpy(dtype=bool)]
         subs_r = [g.split("|", 1)[1] or None for g in rr["group"]]
         ff = ff.assign(submitter_code=[g.split("|", 1)[1] or None for g in ff["group"]])
-        rules, fields = _dq_tables(period, sid, "hes_apc", subs_r, rr, ff)
+        rules, fields = _dq_tables([(period, sid, "hes_apc", subs_r, rr, ff)])
         warehouse.write("dq_rules", rules, period, part=sid)
         warehouse.write("dq_fields", fields, period, part=sid)
         per_period[period] = (int(in_p.sum()), int((in_p & rejected).sum()), int((in_p & kept).sum()))

@@ -519,3 +519,35 @@ def test_a_chunk_is_written_as_one_part_per_table_and_a_stopped_run_counts_nothi
         b = cols(wh.read(table, [period]).to_pandas()).sort_values(key).reset_index(drop=True)
         pd.testing.assert_frame_equal(a, b, obj=table)
     pd.testing.assert_frame_equal(_comparable_ledger(wh_ref), _comparable_ledger(wh))
+
+
+def test_dq_rows_of_a_chunk_keep_each_files_own_keys():
+    """A chunk's ``dq_rules`` and ``dq_fields`` rows are built at once: each row must
+    still carry its own file's period, submission, source and submitter (files of
+    different sizes, one with no rule rows, a HES extract with a submitter per row)."""
+    def counts(ids):
+        return pd.DataFrame({"rule_id": ids, "field": ["F"] * len(ids), "severity": ["warn"] * len(ids),
+                             "rows_checked": np.arange(len(ids)) + 10, "rows_failed": np.arange(len(ids)),
+                             "example_lines": [[2, 3]] * len(ids)})
+
+    def scores(fields, subs=None):
+        f = pd.DataFrame({"field": fields, "rows": [5] * len(fields), "rows_valid": [4] * len(fields)})
+        return f if subs is None else f.assign(submitter_code=subs)
+
+    files = [("2014-01", "s1", "gp", "A1", counts(["r1", "r2", "r3"]), scores(["F1"])),
+             ("2014-01", "s2", "gp", "A2", counts([]), scores(["F1", "F2"])),
+             ("2014-02", "s3", "hes_apc", ["RA", "RB"], counts(["r9", "r8"]), scores(["F3"], ["RC"])),
+             ("2014-01", "s4", "gp", None, counts(["r4"]), scores([]))]
+    rules, fields = ingest._dq_tables(files)
+
+    def rows(table, cols):
+        return [list(r) for r in zip(*(table.column(c).to_pylist() for c in cols))]
+
+    assert rows(rules, ["submission_id", "rule_id", "submitter_code", "period", "source"]) == [
+        ["s1", "r1", "A1", "2014-01", "gp"], ["s1", "r2", "A1", "2014-01", "gp"], ["s1", "r3", "A1", "2014-01", "gp"],
+        ["s3", "r9", "RA", "2014-02", "hes_apc"], ["s3", "r8", "RB", "2014-02", "hes_apc"],
+        ["s4", "r4", None, "2014-01", "gp"]]
+    assert rules.column("rows_checked").to_pylist() == [10, 11, 12, 10, 11, 10]
+    assert rules.column("example_lines").to_pylist() == [["2", "3"]] * 6  # the schema: line numbers as text
+    assert rows(fields, ["submission_id", "field", "submitter_code"]) == [
+        ["s1", "F1", "A1"], ["s2", "F1", "A2"], ["s2", "F2", "A2"], ["s3", "F3", "RC"]]
