@@ -490,7 +490,7 @@ def _one_frame(frames: list[pd.DataFrame]) -> tuple[pd.DataFrame, np.ndarray, np
 
 def _per_row(values: list, which: np.ndarray, type_: pa.DataType) -> pa.Array:
     """One value per file, repeated over the file's rows."""
-    return pa.array(np.array(values, dtype=object)[which], type_)
+    return pa.array(values, type_).take(pa.array(which))
 
 
 def _all_warnings(warns: list[pa.Array]) -> pa.Array:
