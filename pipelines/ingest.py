@@ -424,10 +424,9 @@ def _date_array(parsed: pd.Series) -> pa.Array:
 
 
 def _nhs(frame: pd.DataFrame, name: str) -> tuple[pa.Array, pa.Array]:
-    raw = _strip(frame, name)
-    valid = nhs_number.valid_series(raw).to_numpy(dtype=bool)
-    canon = _str_array(nhs_number.canonical_series(raw))
-    return pc.if_else(pa.array(valid, pa.bool_()), canon, pa.scalar(None, pa.string())), pa.array(valid, pa.bool_())
+    canonical = nhs_number.canonical_series(_strip(frame, name))
+    valid = pa.array(nhs_number.valid_canonical(canonical), pa.bool_())
+    return pc.if_else(valid, _str_array(canonical), pa.scalar(None, pa.string())), valid
 
 
 def _postcode(frame: pd.DataFrame, name: str) -> pa.Array:

@@ -78,7 +78,12 @@ def _ascii_digits(values: pd.Series) -> np.ndarray:
 
 def valid_series(values: pd.Series) -> pd.Series:
     """Vectorised validity over any string-like Series. Returns a bool Series."""
-    canon = canonical_series(values).fillna("")
+    return pd.Series(valid_canonical(canonical_series(values)), index=values.index)
+
+
+def valid_canonical(canon: pd.Series) -> np.ndarray:
+    """Validity of values already made canonical (:func:`canonical_series`), as bools."""
+    canon = canon.fillna("")
     shaped = canon.str.fullmatch(r"[0-9]{10}").fillna(False).to_numpy(dtype=bool)
     out = np.zeros(len(canon), dtype=bool)
     if shaped.any():
@@ -89,4 +94,4 @@ def valid_series(values: pd.Series) -> pd.Series:
         ok = (result != 10) & (result == digits[:, 9])
         same = (digits == digits[:, :1]).all(axis=1)
         out[shaped] = ok & ~same
-    return pd.Series(out, index=values.index)
+    return out
