@@ -40,6 +40,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from expectations.rules import date_col
 from pipelines import nhs_number, schemas
 from pipelines.landing import (
     FileRejected,
@@ -423,14 +424,47 @@ def _date_array(parsed: pd.Series) -> pa.Array:
     return pa.array(days, pa.date32(), mask=np.isnat(days))
 
 
-def _nhs(frame: pd.DataFrame, name: str) -> tuple[pa.Array, pa.Array]:
-    canonical = nhs_number.canonical_series(_strip(frame, name))
+class _Columns:
+    """The columns typed rows are built from: the raw rows' columns stripped (blank as
+    missing) and their dates parsed here, or, given validation's work frame of the same
+    rows (:func:`pipelines.validation._work_frame`: the declared columns cleaned the
+    same way, dates parsed), taken from it, so the worker does that work once."""
+
+    def __init__(self, frame: pd.DataFrame, work: pd.DataFrame | None = None):
+        self.frame, self.work = frame, work
+
+    def has(self, name: str) -> bool:
+        return name in self.frame.columns
+
+    def _worked(self, name: str) -> pd.Series | None:
+        return None if self.work is None or name not in self.work.columns else self.work[name]
+
+    def text(self, name: str) -> pd.Series:
+        got = self._worked(name)
+        return _strip(self.frame, name) if got is None else got
+
+    def parsed(self, name: str) -> pd.Series:
+        """The column's ISO dates (datetime64, NaT where not a real date)."""
+        got = self._worked(date_col(name))
+        if got is not None:
+            return got
+        from expectations.custom import parse_iso_dates
+
+        return parse_iso_dates(self.text(name))
+
+    def dates(self, name: str) -> pa.Array:
+        return _date_array(self.parsed(name))
+
+
+def _nhs(raw: pd.Series) -> tuple[pa.Array, pa.Array]:
+    """An NHS number column (stripped): canonical where valid, else null; and validity."""
+    canonical = nhs_number.canonical_series(raw)
     valid = pa.array(nhs_number.valid_canonical(canonical), pa.bool_())
     return pc.if_else(valid, _str_array(canonical), pa.scalar(None, pa.string())), valid
 
 
-def _postcode(frame: pd.DataFrame, name: str) -> pa.Array:
-    s = _strip(frame, name).str.replace(f"{SPACE}+", "", regex=True).str.upper()
+def _postcode(raw: pd.Series) -> pa.Array:
+    s = raw.str.replace(f"{SPACE}+", "", regex=True).str.upper()
     return _str_array(s.mask(s == ""))
 
 
@@ -503,14 +537,16 @@ def _sliced(table: pa.Table, sizes: np.ndarray) -> _Sliced:
 
 
 def _gp_silver_many(frames: list[pd.DataFrame], parsed: list[ParsedName], period: str,
-                    warns: list[pa.Array]) -> _Sliced:
+                    warns: list[pa.Array], work: pd.DataFrame | None = None) -> _Sliced:
     """The silver rows of many GP extracts (kept rows of each), built in one pass over
     their concatenation (a national month is 6,500 extracts: per-file column work would
-    cost more than the rows), one piece per file."""
+    cost more than the rows), one piece per file. ``work``: validation's work frame of
+    the same rows, if there is one (:class:`_Columns`)."""
     frame, sizes, which = _one_frame(frames)
+    c = _Columns(frame, work)
     n = len(frame)
-    nhs, valid = _nhs(frame, "NHS_NUMBER")
-    obj = _strip(frame, "OBJECTION").str.upper()
+    nhs, valid = _nhs(c.text("NHS_NUMBER"))
+    obj = c.text("OBJECTION").str.upper()
     cols = {
         "period": pa.array([period] * n, pa.string()),
         "submission_id": _per_row([p.submission_id for p in parsed], which, pa.string()),
@@ -518,41 +554,39 @@ def _gp_silver_many(frames: list[pd.DataFrame], parsed: list[ParsedName], period
         "practice_code": _per_row([p.submitter_code for p in parsed], which, pa.string()),
         "extract_date": _per_row([p.extract_date for p in parsed], which, pa.date32()),
         "nhs_number": nhs, "nhs_number_valid": valid,
-        "date_of_birth": _dates(frame, "DATE_OF_BIRTH"),
-        "sex": _str_array(_strip(frame, "SEX")),
-        "postcode": _postcode(frame, "POSTCODE"),
-        "lsoa": _str_array(_strip(frame, "LSOA").str.upper()),
-        "ethnic_category": _str_array(_strip(frame, "ETHNIC_CATEGORY")),
-        "registration_date": _dates(frame, "REGISTRATION_DATE"),
-        "deregistration_date": _dates(frame, "DEREGISTRATION_DATE"),
-        "date_of_death": _dates(frame, "DATE_OF_DEATH"),
+        "date_of_birth": c.dates("DATE_OF_BIRTH"),
+        "sex": _str_array(c.text("SEX")),
+        "postcode": _postcode(c.text("POSTCODE")),
+        "lsoa": _str_array(c.text("LSOA").str.upper()),
+        "ethnic_category": _str_array(c.text("ETHNIC_CATEGORY")),
+        "registration_date": c.dates("REGISTRATION_DATE"),
+        "deregistration_date": c.dates("DEREGISTRATION_DATE"),
+        "date_of_death": c.dates("DATE_OF_DEATH"),
         "type2_objection": pa.array((obj == TYPE2.upper()).fillna(False).to_numpy(dtype=bool), pa.bool_()),
         "dq_warnings": _all_warnings(warns),
     }
     return _sliced(schemas.get("gp_patients").conform(pa.table(cols)), sizes)
 
 
-def _code_lists(frame: pd.DataFrame, prefix: str, count: int, dates_prefix: str | None = None):
+def _code_lists(c: _Columns, prefix: str, count: int, dates_prefix: str | None = None):
     """Present codes in column order (HES placeholders '-', '&' dropped), and the dates
     aligned with them."""
-    n = len(frame)
+    n = len(c.frame)
     codes = np.empty((n, count), dtype=object)
     present = np.zeros((n, count), dtype=bool)
     dts = np.full((n, count), np.datetime64("NaT"), dtype="datetime64[D]") if dates_prefix else None
-    if dates_prefix:
-        from expectations.custom import parse_iso_dates
     for k in range(count):
         name = f"{prefix}{k + 1:02d}"
-        if name not in frame.columns:
+        if not c.has(name):
             continue  # absent column: nothing present (dates stay None)
-        s = _strip(frame, name)
+        s = c.text(name)
         ok = opcs_present(s).to_numpy(dtype=bool)
         codes[:, k] = s.astype(object).where(s.notna(), None).to_numpy()
         present[:, k] = ok
         if dates_prefix:
             dcol = f"{dates_prefix}{k + 1:02d}"
-            if dcol in frame.columns and ok.any():
-                d = parse_iso_dates(_strip(frame, dcol))
+            if c.has(dcol) and ok.any():
+                d = c.parsed(dcol)
                 dts[:, k] = np.asarray(d.to_numpy(), dtype="datetime64[s]").astype("datetime64[D]")
     # Row-major flattening of the present cells, with offsets: no Python list per row.
     offsets = np.zeros(n + 1, dtype=np.int32)
@@ -573,32 +607,32 @@ def _sus_silver(frame: pd.DataFrame, source: str, protocol: str | None, periods,
 
 
 def _sus_silver_many(frames: list[pd.DataFrame], source: str, protocols: list, periods: list,
-                     submission_ids: list[str], warns: list[pa.Array]) -> _Sliced:
+                     submission_ids: list[str], warns: list[pa.Array],
+                     work: pd.DataFrame | None = None) -> _Sliced:
     """The silver rows of many SUS files (or a HES extract), built in one pass over their
     concatenation, one piece per file. ``periods``: per file, its period, or (HES) one
-    per row."""
+    per row. ``work``: as for :func:`_gp_silver_many`."""
     frame, sizes, which = _one_frame(frames)
+    c = _Columns(frame, work)
     n = len(frame)
-    nhs, valid = _nhs(frame, "NEWNHSNO")
-    susrecid = _strip(frame, "SUSRECID")
+    nhs, valid = _nhs(c.text("NEWNHSNO"))
+    susrecid = c.text("SUSRECID")
     if source == "hes_apc":
-        susrecid = susrecid.fillna(_strip(frame, "EPIKEY"))
+        susrecid = susrecid.fillna(c.text("EPIKEY"))
     net = np.array([p == "NET" for p in protocols], dtype=bool)[which]
     update = pd.Series("9", index=frame.index, dtype="string")
     if net.any():
-        update[net] = _strip(frame, "CDS_UPDATE_TYPE")[net]
+        update[net] = c.text("CDS_UPDATE_TYPE")[net]
     # Birth year and month: DOB, else MYDOB (MMYYYY).
-    from expectations.custom import parse_iso_dates
-
-    dob = parse_iso_dates(_strip(frame, "DOB"))
-    mydob = _strip(frame, "MYDOB")
+    dob = c.parsed("DOB")
+    mydob = c.text("MYDOB")
     ok = mydob.str.fullmatch(r"(0[1-9]|1[0-2])[0-9]{4}").fillna(False).astype(bool)
     year = pd.Series(dob.dt.year, index=frame.index).astype("Int64")
     month = pd.Series(dob.dt.month, index=frame.index).astype("Int64")
     year = year.fillna(pd.to_numeric(mydob.str[2:].where(ok), errors="coerce").astype("Int64"))
     month = month.fillna(pd.to_numeric(mydob.str[:2].where(ok), errors="coerce").astype("Int64"))
-    diagnoses, _ = _code_lists(frame, "DIAG_4_", 20)
-    procedures, proc_dates = _code_lists(frame, "OPERTN_4_", 24, "OPDATE_")
+    diagnoses, _ = _code_lists(c, "DIAG_4_", 20)
+    procedures, proc_dates = _code_lists(c, "OPERTN_4_", 24, "OPDATE_")
     period_arr = pa.array(np.concatenate([np.full(z, p, dtype=object) if isinstance(p, str) else
                                           np.asarray(list(p), dtype=object) for p, z in zip(periods, sizes)])
                           if n else [], pa.string())
@@ -607,36 +641,36 @@ def _sus_silver_many(frames: list[pd.DataFrame], source: str, protocols: list, p
         "submission_id": _per_row(submission_ids, which, pa.string()),
         "line": pa.array(frame["_line"].to_numpy(dtype=np.int64), pa.int64()),
         "source": pa.array([source] * n, pa.string()),
-        "provider_code": _str_array(_strip(frame, "PROCODE3").str.upper()),
+        "provider_code": _str_array(c.text("PROCODE3").str.upper()),
         "susrecid": _str_array(susrecid),
         "cds_update_type": _str_array(update),
-        "spell_id": _str_array(_strip(frame, "SUSSPELLID")),
-        "epiorder": _str_array(_strip(frame, "EPIORDER")),
-        "epistat": _str_array(_strip(frame, "EPISTAT")),
-        "epistart": _dates(frame, "EPISTART"),
-        "epiend": _dates(frame, "EPIEND"),
-        "admidate": _dates(frame, "ADMIDATE"),
-        "disdate": _dates(frame, "DISDATE"),
-        "admimeth": _str_array(_strip(frame, "ADMIMETH")),
-        "dismeth": _str_array(_strip(frame, "DISMETH")),
-        "admisorc": _str_array(_strip(frame, "ADMISORC")),
-        "disdest": _str_array(_strip(frame, "DISDEST")),
-        "classpat": _str_array(_strip(frame, "CLASSPAT")),
-        "sex": _str_array(_strip(frame, "SEX")),
+        "spell_id": _str_array(c.text("SUSSPELLID")),
+        "epiorder": _str_array(c.text("EPIORDER")),
+        "epistat": _str_array(c.text("EPISTAT")),
+        "epistart": c.dates("EPISTART"),
+        "epiend": c.dates("EPIEND"),
+        "admidate": c.dates("ADMIDATE"),
+        "disdate": c.dates("DISDATE"),
+        "admimeth": _str_array(c.text("ADMIMETH")),
+        "dismeth": _str_array(c.text("DISMETH")),
+        "admisorc": _str_array(c.text("ADMISORC")),
+        "disdest": _str_array(c.text("DISDEST")),
+        "classpat": _str_array(c.text("CLASSPAT")),
+        "sex": _str_array(c.text("SEX")),
         "nhs_number": nhs, "nhs_number_valid": valid,
-        "nhsnoind": _str_array(_strip(frame, "NHSNOIND")),
+        "nhsnoind": _str_array(c.text("NHSNOIND")),
         "dob": _date_array(dob),
         "birth_year": pa.array(year.astype(object).where(year.notna(), None).tolist(), pa.int64()),
         "birth_month": pa.array(month.astype(object).where(month.notna(), None).tolist(), pa.int64()),
-        "postcode": _postcode(frame, "HOMEADD"),
-        "gpprac": _str_array(_strip(frame, "GPPRAC")),
-        "consultant_code": _str_array(_strip(frame, "CONSULT")),
-        "mainspef": _str_array(_strip(frame, "MAINSPEF")),
-        "tretspef": _str_array(_strip(frame, "TRETSPEF")),
+        "postcode": _postcode(c.text("HOMEADD")),
+        "gpprac": _str_array(c.text("GPPRAC")),
+        "consultant_code": _str_array(c.text("CONSULT")),
+        "mainspef": _str_array(c.text("MAINSPEF")),
+        "tretspef": _str_array(c.text("TRETSPEF")),
         "diagnoses": diagnoses,
         "procedures": procedures,
         "procedure_dates": proc_dates,
-        "pseudo_hesid": _str_array(_strip(frame, "PSEUDO_HESID")),
+        "pseudo_hesid": _str_array(c.text("PSEUDO_HESID")),
         "dq_warnings": _all_warnings(warns),
     }
     return _sliced(schemas.get("sus_episodes").conform(pa.table(cols)), sizes)
@@ -644,7 +678,7 @@ def _sus_silver_many(frames: list[pd.DataFrame], source: str, protocols: list, p
 
 def _fft_silver(frame: pd.DataFrame, parsed: ParsedName, period: str, warn: pa.Array) -> pa.Table:
     n = len(frame)
-    nhs, valid = _nhs(frame, "NHS_NUMBER")
+    nhs, valid = _nhs(_strip(frame, "NHS_NUMBER"))
     cols = _common(n, period, parsed.submission_id, frame) | {
         "provider_code": _str_array(_strip(frame, "PROVIDER_CODE").str.upper()),
         "response_id": _str_array(_strip(frame, "RESPONSE_ID")),
@@ -948,30 +982,41 @@ class _ValidationWorker:
 def _validate_chunk_timed(source: str, period: str, jobs: list[tuple], data_docs_dir) -> tuple[list, list, float]:
     """In the worker: the chunk's outcomes, its typed silver rows (GP, SUS) and the time taken."""
     t0 = time.perf_counter()
-    outcomes = _validate_chunk(source, period, jobs, data_docs_dir)
-    silvers = _chunk_silvers(source, period, jobs, outcomes)
+    work: list = []
+    outcomes = _validate_chunk(source, period, jobs, data_docs_dir, work)
+    silvers = _chunk_silvers(source, period, jobs, outcomes, work[0] if work else None)
     return outcomes, silvers, time.perf_counter() - t0
 
 
-def _chunk_silvers(source: str, period: str, jobs: list[tuple], outcomes: list) -> "list | _Sliced":
+def _chunk_silvers(source: str, period: str, jobs: list[tuple], outcomes: list,
+                   work: pd.DataFrame | None = None) -> "list | _Sliced":
     """GP and SUS: the files' kept rows typed (:func:`_gp_silver_many`,
-    :func:`_sus_silver_many`: one pass over the chunk); FFT: None each (built file by file
-    as they are taken in)."""
+    :func:`_sus_silver_many`: one pass over the chunk; ``work``: validation's work frame
+    of the chunk's rows, if there is one); FFT: None each (built file by file as they are
+    taken in)."""
     if source not in ("gp", "sus_apc"):
         return [None] * len(jobs)
     kept = [~np.asarray(o.rejected, dtype=bool) for o in outcomes]
-    frames = [fr.iloc[np.flatnonzero(k)] for (_, fr, _), k in zip(jobs, kept)]
-    warns = [_warnings(o, k) for o, k in zip(outcomes, kept)]
+    if work is None:
+        frames = [fr.iloc[np.flatnonzero(k)] for (_, fr, _), k in zip(jobs, kept)]
+    else:  # every row typed from the work frame, the rejected dropped after
+        frames = [fr for _, fr, _ in jobs]
+    warns = [_warnings(o, k if work is None else np.ones(len(k), dtype=bool)) for o, k in zip(outcomes, kept)]
     if source == "gp":
-        return _gp_silver_many(frames, [p_ for p_, _, _ in jobs], period, warns)
-    return _sus_silver_many(frames, source, [p_.protocol for p_, _, _ in jobs], [period] * len(jobs),
-                            [p_.submission_id for p_, _, _ in jobs], warns)
+        built = _gp_silver_many(frames, [p_ for p_, _, _ in jobs], period, warns, work)
+    else:
+        built = _sus_silver_many(frames, source, [p_.protocol for p_, _, _ in jobs], [period] * len(jobs),
+                                 [p_.submission_id for p_, _, _ in jobs], warns, work)
+    if work is None:
+        return built
+    return _sliced(built.table.filter(pa.array(np.concatenate(kept))), np.array([k.sum() for k in kept]))
 
 
-def _validate_chunk(source: str, period: str, jobs: list[tuple], data_docs_dir) -> list:
+def _validate_chunk(source: str, period: str, jobs: list[tuple], data_docs_dir, work_out: list | None = None) -> list:
     """One outcome per (parsed name, frame, context): many files in one
-    :func:`pipelines.validation.validate_many` call; file by file through :func:`_validate`
-    when that seam is replaced (tests) or for a single file."""
+    :func:`pipelines.validation.validate_many` call (its work frame appended to
+    ``work_out``); file by file through :func:`_validate` when that seam is replaced
+    (tests) or for a single file."""
     if _validate is not _VALIDATE or len(jobs) == 1:
         return [_validate(source, fr, period=period, submitter=p_.submitter_code, file_name=p_.file_name,
                           context=ctx, data_docs_dir=data_docs_dir) for p_, fr, ctx in jobs]
@@ -979,7 +1024,7 @@ def _validate_chunk(source: str, period: str, jobs: list[tuple], data_docs_dir) 
 
     return validate_many(source, [
         {"frame": fr, "period": period, "submitter": p_.submitter_code, "file_name": p_.file_name,
-         "context": ctx} for p_, fr, ctx in jobs], data_docs_dir=data_docs_dir)
+         "context": ctx} for p_, fr, ctx in jobs], data_docs_dir=data_docs_dir, work_out=work_out)
 
 
 def _take_in(source, period, parsed: ParsedName, frame: pd.DataFrame, info, sha: str, size: int,

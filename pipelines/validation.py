@@ -574,12 +574,16 @@ def validate_many(
     data_docs_dir: str | None = None,
     batch_rows: int | None = None,
     engine: str | None = None,
+    work_out: list | None = None,
 ) -> list[ValidationOutcome]:
     """Validate many files of one feed in one GX context. ``items``: one dict per file with
     the keyword arguments of :func:`validate` (``frame``, ``period``, ``submitter``,
     ``file_name``, ``context``). Returns one :class:`ValidationOutcome` per item, the same
     as :func:`validate` returns for that file alone (rule counts, example lines, field
-    scores, per-row verdicts); ``stats`` holds this call's totals (``files``)."""
+    scores, per-row verdicts); ``stats`` holds this call's totals (``files``). Given a
+    list ``work_out``, the work frame of all the items' rows, one after another (the
+    declared columns stripped, blank as missing, dates parsed: :func:`_work_frame`), is
+    appended to it, for the caller to type the rows without that work again."""
     if source not in SUITES:
         raise ValueError(f"no expectation suite for source {source!r}")
     if not items:
@@ -734,4 +738,6 @@ def validate_many(
         outs.append(ValidationOutcome(rejected, rule_ids, messages, rule_counts, field_scores, docs, stats, broken))
     log.info("validated %d %s file(s) together: %d rows, %d job(s), %d batch(es), %.1fs",
              len(items), source, total, len(jobs), n_batches, seconds)
+    if work_out is not None:
+        work_out.append(work)
     return outs

@@ -84,3 +84,29 @@ def test_a_compiled_rule_that_disagrees_with_gx_stops_the_validation(monkeypatch
     with pytest.raises(ValidationError, match="SEX_CODE.*disagree"):
         validate("gp", df, period="2024-04", submitter="A81001", file_name="gp/GP_A81001_20240401.csv",
                  context=ValidationContext(today=TODAY))
+
+
+# ------------------------------------------------------------------ typed rows from the work frame
+@pytest.mark.parametrize("source,base,columns,names,period", [
+    ("gp", GP_GOOD, GP_COLUMNS, ["gp/GP_A81001_20240401.csv", "gp/GP_A81002_20240402.csv"], "2024-04"),
+    ("sus_apc", SUS_GOOD, SUS_COLUMNS, ["sus_apc/APC_RXX_202403_20240405120000_NET.csv",
+                                        "sus_apc/APC_RXX_202403_20240406120000_BULK.csv"], "2024-03"),
+])
+def test_rows_typed_from_the_work_frame_equal_rows_typed_from_the_files(source, base, columns, names, period):
+    """The worker types a chunk's kept rows from validation's work frame (columns
+    already cleaned, dates parsed) and drops the rejected after: the typed rows must be
+    exactly those typed from each file's kept rows alone."""
+    from pipelines import ingest
+    from pipelines.landing import parse_name
+
+    ctx = ValidationContext(today=TODAY, practice_codes={"A81001", "A81002"})
+    jobs = [(parse_name(name), _messy(base, columns, 300, seed=k + 7), ctx) for k, name in enumerate(names)]
+    work: list = []
+    outcomes = ingest._validate_chunk(source, period, jobs, None, work)
+    assert len(work) == 1 and len(work[0]) == 600
+    rejected = [int(np.asarray(o.rejected).sum()) for o in outcomes]
+    assert all(0 < r < 300 for r in rejected), rejected  # some rows of each file dropped, some kept
+    from_work = ingest._chunk_silvers(source, period, jobs, outcomes, work[0])
+    from_files = ingest._chunk_silvers(source, period, jobs, outcomes)
+    assert from_work.offsets.tolist() == from_files.offsets.tolist() == [0, 300 - rejected[0], 600 - sum(rejected)]
+    assert from_work.table.equals(from_files.table)
