@@ -570,18 +570,20 @@ def _gp_silver_many(frames: list[pd.DataFrame], parsed: list[ParsedName], period
 
 def _code_lists(c: _Columns, prefix: str, count: int, dates_prefix: str | None = None):
     """Present codes in column order (HES placeholders '-', '&' dropped), and the dates
-    aligned with them."""
+    aligned with them. Built in Arrow: the present cells' values taken row by row from
+    the columns one after another, with no Python string per code."""
     n = len(c.frame)
-    codes = np.empty((n, count), dtype=object)
+    columns: list[pa.Array] = []
     present = np.zeros((n, count), dtype=bool)
     dts = np.full((n, count), np.datetime64("NaT"), dtype="datetime64[D]") if dates_prefix else None
     for k in range(count):
         name = f"{prefix}{k + 1:02d}"
         if not c.has(name):
+            columns.append(pa.nulls(n, pa.string()))
             continue  # absent column: nothing present (dates stay None)
         s = c.text(name)
         ok = opcs_present(s).to_numpy(dtype=bool)
-        codes[:, k] = s.astype(object).where(s.notna(), None).to_numpy()
+        columns.append(_str_array(s))
         present[:, k] = ok
         if dates_prefix:
             dcol = f"{dates_prefix}{k + 1:02d}"
@@ -592,7 +594,10 @@ def _code_lists(c: _Columns, prefix: str, count: int, dates_prefix: str | None =
     offsets = np.zeros(n + 1, dtype=np.int32)
     np.cumsum(present.sum(axis=1), out=offsets[1:])
     off = pa.array(offsets, pa.int32())
-    lists = pa.ListArray.from_arrays(off, pa.array(codes[present].tolist(), pa.string()))
+    row, col = np.nonzero(present)  # row by row, columns in order within a row
+    values = (pa.concat_arrays(columns).take(pa.array(col.astype(np.int64) * n + row)) if count
+              else pa.array([], pa.string()))
+    lists = pa.ListArray.from_arrays(off, values)
     if dates_prefix:
         flat = dts[present]
         date_lists = pa.ListArray.from_arrays(off, pa.array(flat, pa.date32(), mask=np.isnat(flat)))

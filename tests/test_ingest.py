@@ -551,3 +551,34 @@ def test_dq_rows_of_a_chunk_keep_each_files_own_keys():
     assert rules.column("example_lines").to_pylist() == [["2", "3"]] * 6  # the schema: line numbers as text
     assert rows(fields, ["submission_id", "field", "submitter_code"]) == [
         ["s1", "F1", "A1"], ["s2", "F1", "A2"], ["s2", "F2", "A2"], ["s3", "F3", "RC"]]
+
+
+def test_code_lists_are_each_rows_present_codes_in_column_order():
+    """Diagnosis and procedure lists (built in Arrow from all the code columns at once)
+    against the definition row by row: the stripped codes in column order, blanks and
+    the HES placeholders ('-', '-   ', '&') left out, each procedure with its own date;
+    an absent column holds nothing."""
+    rng = np.random.default_rng(11)
+    pool = ["K401", " K402 ", "", None, "-", "-   ", "&", "I219", "Z99X", "\tA01"]
+    dates = ["2024-03-01", "2024-02-30", None, " 2024-03-05 ", "x"]
+    n = 200
+    cols = {f"OPERTN_4_{k:02d}": rng.choice(np.array(pool, dtype=object), n) for k in (1, 2, 3, 5)}
+    cols |= {f"OPDATE_{k:02d}": rng.choice(np.array(dates, dtype=object), n) for k in (1, 2, 3, 4, 5)}
+    frame = pd.DataFrame(cols).astype("string")
+    lists, date_lists = ingest._code_lists(ingest._Columns(frame), "OPERTN_4_", 6, "OPDATE_")
+    real = {"2024-03-01": "2024-03-01", " 2024-03-05 ": "2024-03-05"}
+    want_codes, want_dates = [], []
+    for i in range(n):
+        codes, ds = [], []
+        for k in range(1, 7):
+            v = frame.get(f"OPERTN_4_{k:02d}")
+            v = None if v is None or pd.isna(v.iloc[i]) else v.iloc[i].strip()
+            if v and v not in ("-", "&"):
+                codes.append(v)
+                d = frame[f"OPDATE_{k:02d}"].iloc[i]
+                ds.append(None if pd.isna(d) else real.get(d))
+        want_codes.append(codes)
+        want_dates.append(ds)
+    assert lists.to_pylist() == want_codes
+    assert [[None if d is None else d.isoformat() for d in row] for row in date_lists.to_pylist()] == want_dates
+    assert sum(map(len, want_codes)) > 300
