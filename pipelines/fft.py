@@ -304,6 +304,11 @@ def fft_scores(responses: TableLike, sites: TableLike | None, providers: TableLi
 
 
 # --------------------------------------------------------------------------- linkage
+SPELL_EPISODE_COLUMNS = ("provider_code", "spell_id", "epiorder", "nhs_number", "nhs_number_valid", "disdate",
+                         "epiend", "tretspef", "cds_update_type", "susrecid")
+"""The episode columns :func:`spells_for_fft_linkage` reads (the last two if present)."""
+
+
 def spells_for_fft_linkage(episodes: TableLike) -> pa.Table:
     """One row per hospital spell (provider_code + spell_id) from current SUS episodes:
     provider_code, spell_id, nhs_number, disdate, tretspef_last.
@@ -315,8 +320,9 @@ def spells_for_fft_linkage(episodes: TableLike) -> pa.Table:
     valid numbers (we cannot tell whose spell it is). Episodes without a spell id are
     left out, and so are deletions (cds_update_type 1) if any reach this far.
     """
-    df = _frame(episodes, ["provider_code", "spell_id", "epiorder", "nhs_number",
-                           "nhs_number_valid", "disdate", "epiend", "tretspef"])
+    if isinstance(episodes, pa.Table):  # only what a spell needs goes to pandas
+        episodes = episodes.select([c for c in SPELL_EPISODE_COLUMNS if c in episodes.column_names])
+    df = _frame(episodes, list(SPELL_EPISODE_COLUMNS[:8]))
     if df.empty:
         return SPELLS_SCHEMA.empty_table()
     if "cds_update_type" in df.columns:

@@ -281,7 +281,8 @@ def fft_outputs(settings: Settings, period: str) -> dict:
     scores = fft.fft_scores(responses, wh.read("ref_sites"), wh.read("ref_providers"), suppress_max=suppress_max)
     # Spells discharged up to link_max_days before a response in this period may end in the
     # previous month.
-    episodes = wh.read_raw("current_sus_episodes", [_shift(period, -1), period])
+    episodes = wh.read_raw("current_sus_episodes", [_shift(period, -1), period],
+                           columns=fft.SPELL_EPISODE_COLUMNS)
     if episodes is None:
         episodes = schemas.get("sus_episodes").arrow_schema(include_partition=True).empty_table()
     spells = fft.spells_for_fft_linkage(episodes)

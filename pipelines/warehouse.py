@@ -8,7 +8,10 @@ rewrites a part leaves readers either the old or the new one.
 
 from __future__ import annotations
 
+import io
+
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipelines import schemas
 from pipelines.storage import Store
@@ -135,13 +138,20 @@ class Warehouse:
         self.store.write_parquet(path, data)
         return path
 
-    def read_raw(self, name: str, periods: list[str] | None = None) -> pa.Table | None:
+    def read_raw(self, name: str, periods: list[str] | None = None,
+                 columns: list[str] | tuple[str, ...] | None = None) -> pa.Table | None:
+        """A work table's parts (of ``periods``), with a ``period`` column; ``columns``:
+        only those of them a part has (and ``period``)."""
         tables = []
         for f in self.store.list(f"work/{name}"):
             period = f.path.split("period=", 1)[1].split("/", 1)[0]
             if periods is not None and period not in periods:
                 continue
-            t = self.store.read_parquet(f.path)
+            if columns is None:
+                t = self.store.read_parquet(f.path)
+            else:
+                part = pq.ParquetFile(io.BytesIO(self.store.read_bytes(f.path)))
+                t = part.read(columns=[c for c in columns if c in part.schema_arrow.names])
             tables.append(t.append_column("period", pa.array([period] * t.num_rows, pa.string())))
         if not tables:
             return None
