@@ -179,6 +179,8 @@ _EPISODE_COLUMNS = (
     "consultant_code", "nhs_number", "nhs_number_valid", "period", "linked_nhs_number",
     "date_of_death", "type2_objection", "pseudo_hesid",
 )
+EPISODE_COLUMNS = _EPISODE_COLUMNS + ("diagnoses", "procedures", "procedure_dates")
+"""The linked-episode columns :func:`build_spells` reads."""
 
 
 def build_spells(

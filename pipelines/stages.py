@@ -302,7 +302,7 @@ def outcome_outputs(settings: Settings, period: str) -> dict:
     months = int(settings.t("outcomes", "window_months"))
     follow = 2  # 30-day follow-up may look past the window's end as far as the data go
     window = [_shift(period, -k) for k in range(months - 1, -follow - 1, -1)]
-    episodes = wh.read_raw("linked_episodes", window)
+    episodes = wh.read_raw("linked_episodes", window, columns=outcomes.EPISODE_COLUMNS)
     cohorts = outcomes.load_cohorts(settings.t("outcomes", "cohorts_file"))
     report: dict = {}
     if episodes is None or episodes.num_rows == 0:
