@@ -393,11 +393,18 @@ def _readmissions(sp: pd.DataFrame, days: int) -> pd.Series:
     adm = sp[sp["emergency"] & sp["person_key"].notna() & sp["admidate"].notna()]
     if adm.empty or not base.any():
         return result
+    # Each discharge's first emergency admission of the same person a day or more after
+    # it (the nearest such admission is within ``days`` if any is): one sorted pass, not
+    # every pair of a person's spells.
     idx = sp[base][["person_key", "disdate"]].reset_index(names="spell")
-    adm = adm[["person_key", "admidate"]]
-    pairs = idx.merge(adm, on="person_key", how="inner")
-    gap = (pairs["admidate"] - pairs["disdate"]).dt.days
-    hit = pairs.loc[(gap >= 1) & (gap <= days), "spell"].unique()
+    idx["from"] = (idx["disdate"] + pd.Timedelta(days=1)).astype("datetime64[ns]")
+    idx["person_key"] = idx["person_key"].astype(object)
+    adm = pd.DataFrame({"person_key": adm["person_key"].astype(object),
+                        "admidate": adm["admidate"].astype("datetime64[ns]")})
+    nearest = pd.merge_asof(idx.sort_values("from", kind="stable"), adm.sort_values("admidate", kind="stable"),
+                            left_on="from", right_on="admidate", by="person_key", direction="forward")
+    gap = (nearest["admidate"] - nearest["disdate"]).dt.days
+    hit = nearest.loc[(gap >= 1) & (gap <= days), "spell"].unique()
     result.loc[hit] = True
     return result
 

@@ -548,3 +548,35 @@ def test_charlson_of_every_spell_equals_the_index_of_its_codes():
     assert got.tolist() == want.tolist()
     assert want.max() >= 10 and (want[200:] == 0).all()
     assert outcomes._charlson_by_spell(pd.DataFrame({"spell": [0.0], "code": ["Z999"]}), 2).tolist() == [0, 0]
+
+
+def test_readmissions_equal_the_definition_over_every_pair_of_a_persons_spells():
+    """30-day emergency readmission (worked out from each discharge's nearest later
+    emergency admission) against the definition: some emergency admission of the same
+    person 1 to 30 days after the discharge; people with many spells, same-day and
+    day-31 gaps, no discharge, no person."""
+    rng = np.random.default_rng(5)
+    n = 3000
+    day = pd.Timestamp("2014-01-01")
+    adm = day + pd.to_timedelta(rng.integers(0, 120, n), unit="D")
+    dis = adm + pd.to_timedelta(rng.integers(0, 10, n), unit="D")
+    sp = pd.DataFrame({
+        "person_key": pd.array(np.where(rng.random(n) < 0.05, None, rng.integers(0, 400, n).astype(str)),
+                               dtype="string"),
+        "admidate": pd.Series(adm).where(rng.random(n) > 0.03),
+        "disdate": pd.Series(dis).where(rng.random(n) > 0.05),
+        "emergency": rng.random(n) < 0.5,
+    })
+    sp["discharged_alive"] = sp["disdate"].notna() & (rng.random(n) > 0.1)
+    got = outcomes._readmissions(sp, 30)
+    want = []
+    for i in range(n):
+        r = sp.iloc[i]
+        if not (r["discharged_alive"] and pd.notna(r["person_key"])):
+            want.append(None)
+            continue
+        later = sp[(sp["person_key"] == r["person_key"]).fillna(False) & sp["emergency"] & sp["admidate"].notna()]
+        gaps = (later["admidate"] - r["disdate"]).dt.days
+        want.append(bool(((gaps >= 1) & (gaps <= 30)).any()))
+    assert [None if pd.isna(v) else bool(v) for v in got] == want
+    assert 200 < sum(w is True for w in want) and 200 < sum(w is False for w in want)
