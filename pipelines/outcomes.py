@@ -390,21 +390,23 @@ def _readmissions(sp: pd.DataFrame, days: int) -> pd.Series:
     result = pd.Series(pd.NA, index=sp.index, dtype="boolean")
     base = sp["discharged_alive"] & sp["person_key"].notna()
     result[base] = False
-    adm = sp[sp["emergency"] & sp["person_key"].notna() & sp["admidate"].notna()]
+    adm = sp.loc[sp["emergency"] & sp["person_key"].notna() & sp["admidate"].notna(), ["person_key", "admidate"]]
     if adm.empty or not base.any():
         return result
-    # Each discharge's first emergency admission of the same person a day or more after
-    # it (the nearest such admission is within ``days`` if any is): one sorted pass, not
-    # every pair of a person's spells.
-    idx = sp[base][["person_key", "disdate"]].reset_index(names="spell")
-    idx["from"] = (idx["disdate"] + pd.Timedelta(days=1)).astype("datetime64[ns]")
-    idx["person_key"] = idx["person_key"].astype(object)
-    adm = pd.DataFrame({"person_key": adm["person_key"].astype(object),
-                        "admidate": adm["admidate"].astype("datetime64[ns]")})
-    nearest = pd.merge_asof(idx.sort_values("from", kind="stable"), adm.sort_values("admidate", kind="stable"),
-                            left_on="from", right_on="admidate", by="person_key", direction="forward")
-    gap = (nearest["admidate"] - nearest["disdate"]).dt.days
-    hit = nearest.loc[(gap >= 1) & (gap <= days), "spell"].unique()
+    # Each discharge's nearest emergency admission of the same person a day or more
+    # after it (within ``days`` if any is): one sorted search over (person, day) keys,
+    # not every pair of a person's spells.
+    out = sp.loc[base, ["person_key", "disdate"]]  # (copies of two columns, not of every one)
+    who, _ = pd.factorize(pd.concat([out["person_key"], adm["person_key"]], ignore_index=True))
+    who = who.astype(np.int64)
+    span, shift = np.int64(1 << 22), np.int64(1 << 21)  # days fit in 22 bits once shifted
+    dis_day = out["disdate"].to_numpy(dtype="datetime64[D]").astype(np.int64)
+    adm_day = adm["admidate"].to_numpy(dtype="datetime64[D]").astype(np.int64)
+    keys = np.sort(who[len(out):] * span + adm_day + shift)
+    at = np.searchsorted(keys, who[:len(out)] * span + dis_day + 1 + shift)
+    nearest = keys[np.minimum(at, len(keys) - 1)]
+    same = (at < len(keys)) & (nearest // span == who[:len(out)])
+    hit = out.index[same & (nearest % span - shift - dis_day <= days)]
     result.loc[hit] = True
     return result
 
