@@ -304,8 +304,9 @@ def fft_scores(responses: TableLike, sites: TableLike | None, providers: TableLi
 
 
 # --------------------------------------------------------------------------- linkage
-SPELL_EPISODE_COLUMNS = ("provider_code", "spell_id", "epiorder", "nhs_number", "nhs_number_valid", "disdate",
-                         "epiend", "tretspef", "cds_update_type", "susrecid")
+_SPELL_REQUIRED = ("provider_code", "spell_id", "epiorder", "nhs_number", "nhs_number_valid", "disdate",
+                   "epiend", "tretspef")
+SPELL_EPISODE_COLUMNS = _SPELL_REQUIRED + ("cds_update_type", "susrecid")
 """The episode columns :func:`spells_for_fft_linkage` reads (the last two if present)."""
 
 
@@ -322,7 +323,7 @@ def spells_for_fft_linkage(episodes: TableLike) -> pa.Table:
     """
     if isinstance(episodes, pa.Table):  # only what a spell needs goes to pandas
         episodes = episodes.select([c for c in SPELL_EPISODE_COLUMNS if c in episodes.column_names])
-    df = _frame(episodes, list(SPELL_EPISODE_COLUMNS[:8]))
+    df = _frame(episodes, list(_SPELL_REQUIRED))
     if df.empty:
         return SPELLS_SCHEMA.empty_table()
     if "cds_update_type" in df.columns:
