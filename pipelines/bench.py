@@ -301,7 +301,7 @@ def print_report(r: dict) -> None:
     worker = r["stages"].get("validate", {}).get("worker_seconds", 0.0)
     if worker:
         print(f"(validate: the ingesting process waited {r['stages']['validate']['seconds']:.1f} s for validation; "
-              f"the worker process validated (and typed the GP and SUS rows) for {worker:.1f} s beside ingest)")
+              f"the worker process validated (and typed the SUS rows) for {worker:.1f} s beside ingest)")
     print(f"\nend to end (without generate): {r['end_to_end_seconds']:.1f} s, peak RSS {_fmt_bytes(r['peak_rss_bytes'])}")
     f = r["pyarrow_floor"]
     print(f"pyarrow parse floor: {f['seconds']:.1f} s for {f['rows']:,} rows; pipeline / floor = {f['ratio']:.1f}x")
