@@ -25,7 +25,7 @@ import logging
 import warnings
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -409,6 +409,156 @@ def _readmissions(sp: pd.DataFrame, days: int) -> pd.Series:
     hit = out.index[same & (nearest % span - shift - dis_day <= days)]
     result.loc[hit] = True
     return result
+
+
+# --------------------------------------------------------------------------- the window's spells
+_KEY_COLUMNS = ("provider_code", "spell_id", "susrecid")
+_PERSON_COLUMNS = ("nhs_number", "nhs_number_valid", "linked_nhs_number", "pseudo_hesid")
+_EDGE_SPACE = f"^[{SPACE_CHARS}]+|[{SPACE_CHARS}]+$"  # what str.strip() removes, for pyarrow
+
+
+def window_spells(
+    read: Callable[[str, Sequence[str]], pa.Table | None],
+    periods: Sequence[str],
+    current: str,
+    cohorts: pd.DataFrame | None = None,
+    *,
+    gp_deaths: Callable[[pa.Table], pa.Table | None] | None = None,
+    **rules: Any,
+) -> pa.Table | None:
+    """The spells a window ending with period ``current`` needs, built by
+    :func:`build_spells` from only the episodes that decide them, so that memory follows
+    the window's surgical spells rather than all its episodes.
+
+    ``read(period, columns)`` gives one period's linked episodes (those of ``columns`` it
+    has); ``periods`` are the window's, follow-up months included. The spells returned are
+    those with an index procedure and those discharged in ``current`` (the restricted
+    ``linked_spells`` release), every one exactly as :func:`build_spells` over all the
+    window's episodes would give it. Each period is read four times, a few columns at a
+    time, and never more than one at once:
+
+    1. the spells to keep: any episode with a procedure code of a cohort's prefix (a
+       superset of those with an index procedure), or an episode of ``current``;
+    2. their people: every identifier a person key can come from (valid NHS number, linked
+       NHS number, ``HESID:`` + PSEUDO_HESID) on their episodes;
+    3. every spell with an episode bearing one of those identifiers: the spells that can
+       share a person key with a kept spell, hence its deaths, objections and
+       readmissions;
+    4. all the episodes of those spells, which :func:`build_spells` takes.
+
+    Spells and identifiers are matched on 64-bit hashes: a collision only adds a spell to
+    steps 3-4, and those extra spells are dropped from the result, which keeps a spell by
+    its own columns (an index procedure, or discharged in ``current``).
+
+    ``gp_deaths(episodes)`` gives the GP-recorded deaths for :func:`build_spells`;
+    ``rules`` are its ``min_age``, ``death_days`` and ``readmission_days``."""
+    if cohorts is None:
+        cohorts = load_cohorts()
+    prefixes = _prefixes_by_length(cohorts)
+    keep: list[np.ndarray] = []
+    for p in periods:
+        t = read(p, _KEY_COLUMNS + ("procedures",))
+        if t is None or t.num_rows == 0:
+            continue
+        keys = _spell_hashes(t)
+        hit = np.ones(t.num_rows, dtype=bool) if p == current else _has_cohort_code(t, prefixes)
+        keep.append(keys[hit & (keys != 0)])
+    if not keep:
+        return None
+    keep_keys = np.unique(np.concatenate(keep))
+    people = []
+    for p in periods:
+        t = read(p, _KEY_COLUMNS + _PERSON_COLUMNS)
+        if t is not None and t.num_rows:
+            mine = np.isin(_spell_hashes(t), keep_keys)
+            people += [ids[mine] for ids in _person_hashes(t)]
+    people_keys = np.unique(np.concatenate(people)) if people else np.zeros(0, np.uint64)
+    people_keys = people_keys[people_keys != 0]
+    wanted = [keep_keys]
+    for p in periods:
+        t = read(p, _KEY_COLUMNS + _PERSON_COLUMNS)
+        if t is not None and t.num_rows:
+            theirs = np.zeros(t.num_rows, dtype=bool)
+            for ids in _person_hashes(t):
+                theirs |= np.isin(ids, people_keys)
+            keys = _spell_hashes(t)
+            wanted.append(keys[theirs & (keys != 0)])
+    wanted_keys = np.unique(np.concatenate(wanted))
+    parts = []
+    for p in periods:
+        t = read(p, EPISODE_COLUMNS)
+        if t is not None and t.num_rows:
+            parts.append(t.filter(pa.array(np.isin(_spell_hashes(t), wanted_keys))))
+    episodes = pa.concat_tables(parts, promote_options="default")
+    log.info("outcomes window %s..%s: %d spells kept, %d episodes read for them", periods[0], periods[-1],
+             len(keep_keys), episodes.num_rows)
+    spells = build_spells(episodes, cohorts, gp_deaths=gp_deaths(episodes) if gp_deaths else None, **rules)
+    kept = pc.or_(pc.is_valid(spells.column("specialty")),
+                  pc.fill_null(pc.equal(spells.column("spell_period"), current), False))
+    return spells.filter(kept)
+
+
+def _stripped(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """Text stripped as ``str.strip()`` strips it, empty as null (as :func:`build_spells`)."""
+    s = pc.replace_substring_regex(column.cast(pa.string()), _EDGE_SPACE, "")
+    return pc.if_else(pc.equal(s, ""), pa.scalar(None, pa.string()), s)
+
+
+def _column(t: pa.Table, name: str) -> pa.ChunkedArray:
+    if name in t.column_names:
+        return t.column(name)
+    return pa.chunked_array([pa.nulls(t.num_rows, pa.string())])
+
+
+def _hashes(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """64-bit hashes of text values; 0 for null."""
+    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    h = pd.util.hash_array(values.to_numpy(zero_copy_only=False).astype(object), categorize=False)
+    h[values.is_null().to_numpy(zero_copy_only=False)] = 0
+    return h
+
+
+def _spell_hashes(t: pa.Table) -> np.ndarray:
+    """Each episode's spell (provider and spell key, as :func:`build_spells` groups them)
+    as a hash; 0 for an episode without a provider (it is in no spell)."""
+    provider = _stripped(_column(t, "provider_code"))
+    epi = pc.binary_join_element_wise("EPI:", pc.fill_null(_stripped(_column(t, "susrecid")), ""), "")
+    key = pc.coalesce(_stripped(_column(t, "spell_id")), epi)
+    return _hashes(pc.binary_join_element_wise(provider, key, "\x1f"))
+
+
+def _person_hashes(t: pa.Table) -> list[np.ndarray]:
+    """Each episode's identifiers a spell's person key can come from, as hashes (0: none)."""
+    valid = pc.fill_null(_column(t, "nhs_number_valid").cast(pa.bool_()), False)
+    nhs = pc.if_else(valid, _stripped(_column(t, "nhs_number")), pa.scalar(None, pa.string()))
+    hesid = pc.binary_join_element_wise("HESID:", _stripped(_column(t, "pseudo_hesid")), "")
+    return [_hashes(nhs), _hashes(_stripped(_column(t, "linked_nhs_number"))), _hashes(hesid)]
+
+
+def _prefixes_by_length(cohorts: pd.DataFrame) -> dict[int, set]:
+    prefixes = cohorts["opcs4_prefix"].dropna()
+    return {int(n): set(sub) for n, sub in prefixes.groupby(prefixes.str.len())}
+
+
+def _has_cohort_code(t: pa.Table, prefixes: dict[int, set]) -> np.ndarray:
+    """Episodes with a procedure code (cleaned as :func:`_index_procedures` cleans it) that
+    starts with a cohort's prefix. Codes are few: each distinct code is tested once."""
+    hit = np.zeros(t.num_rows, dtype=bool)
+    if "procedures" not in t.column_names:
+        return hit
+    lists = t.column("procedures").combine_chunks()
+    flat = pc.list_flatten(lists)
+    if len(flat) == 0:
+        return hit
+    codes = flat.cast(pa.string()).dictionary_encode()
+    clean = _clean_codes(pd.Series(codes.dictionary.to_pandas()))
+    matches = np.zeros(len(clean) + 1, dtype=bool)  # the last: null codes
+    for n, group in prefixes.items():
+        matches[:-1] |= clean.str.slice(0, n).isin(group).fillna(False).to_numpy(dtype=bool)
+    index = pc.fill_null(codes.indices, len(clean)).to_numpy(zero_copy_only=False)
+    parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
+    hit[parents[matches[index]]] = True
+    return hit
 
 
 # --------------------------------------------------------------------------- models

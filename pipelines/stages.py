@@ -302,18 +302,18 @@ def outcome_outputs(settings: Settings, period: str) -> dict:
     months = int(settings.t("outcomes", "window_months"))
     follow = 2  # 30-day follow-up may look past the window's end as far as the data go
     window = [_shift(period, -k) for k in range(months - 1, -follow - 1, -1)]
-    episodes = wh.read_raw("linked_episodes", window, columns=outcomes.EPISODE_COLUMNS)
     cohorts = outcomes.load_cohorts(settings.t("outcomes", "cohorts_file"))
+    spells = outcomes.window_spells(
+        lambda p, columns: wh.read_raw("linked_episodes", [p], columns=columns), window, period, cohorts,
+        gp_deaths=lambda episodes: _gp_deaths(wh, episodes, window[0], window[-1]),
+        min_age=settings.t("outcomes", "min_age"), death_days=settings.t("outcomes", "death_days"),
+        readmission_days=settings.t("outcomes", "readmission_days"))
     report: dict = {}
-    if episodes is None or episodes.num_rows == 0:
+    if spells is None:
         for name in OUTCOME_DATASETS:
             wh.write(name, schemas.get(name).arrow_schema(include_partition=True, staged=True).empty_table(), period)
             report[name] = {"rows": 0}
         return report
-    spells = outcomes.build_spells(
-        episodes, cohorts, min_age=settings.t("outcomes", "min_age"),
-        death_days=settings.t("outcomes", "death_days"), readmission_days=settings.t("outcomes", "readmission_days"),
-        gp_deaths=_gp_deaths(wh, episodes, window[0], window[-1]))
     out = outcomes.window_outcomes(spells, period, settings)
     for name in OUTCOME_DATASETS:
         wh.write(name, out[name], period)

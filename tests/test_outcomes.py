@@ -7,6 +7,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from pipelines import outcomes, pseudo, schemas
@@ -580,3 +581,91 @@ def test_readmissions_equal_the_definition_over_every_pair_of_a_persons_spells()
         want.append(bool(((gaps >= 1) & (gaps <= 30)).any()))
     assert [None if pd.isna(v) else bool(v) for v in got] == want
     assert 200 < sum(w is True for w in want) and 200 < sum(w is False for w in want)
+
+
+# --------------------------------------------------------------------------- the window's spells
+def _random_window(seed: int, n: int = 1500) -> pa.Table:
+    """Episodes over four months: shared people (by valid, invalid, linked NHS numbers and
+    PSEUDO_HESIDs), spells split over months, padded keys, surgical and other codes,
+    deaths and type 2 objections on other spells of a person, emergency readmissions."""
+    rng = np.random.default_rng(seed)
+    months = ["2024-01", "2024-02", "2024-03", "2024-04"]
+    people = [with_check_digit(f"{400000000 + 7919 * i:09d}") for i in range(1000)]
+    people = [p for p in people if p][:800]  # the first 60 often in hospital, the rest seldom
+    codes = ["W371", "w37.1", " K401", "H33.4", "X999", "Z942", "J181", "W401", None]
+    rows = []
+    for i in range(n):
+        spell = int(rng.integers(0, n // 2))
+        m = int(rng.integers(0, 4))
+        day = D(2024, m + 1, 1) + dt.timedelta(int(rng.integers(0, 27)))
+        person = people[int(rng.integers(0, 60) if rng.random() < 0.5 else rng.integers(60, len(people)))]
+        how = rng.random()
+        pad = " " if rng.random() < 0.1 else ""
+        rows.append(episode(
+            provider_code=pad + ["RAA", "RBB"][spell % 2] + pad,
+            spell_id=None if spell % 17 == 0 else f"{pad}S{spell}",
+            susrecid=f"R{i}", epiorder=f"{int(rng.integers(1, 4)):02d}",
+            epistart=day, epiend=day + dt.timedelta(2), admidate=day - dt.timedelta(int(rng.integers(0, 3))),
+            disdate=day + dt.timedelta(int(rng.integers(0, 6))),
+            admimeth=str(rng.choice(["11", "21", "2B", "12"])), dismeth=str(rng.choice(["1", "1", "4", "2"])),
+            procedures=[c for c in rng.choice(codes, int(rng.integers(0, 3))).tolist() if c is not None],
+            diagnoses=[str(rng.choice(["E669", "I219", "K703", "A099"]))],
+            nhs_number=person if how < 0.7 else (None if how < 0.85 else "1234567890"),
+            nhs_number_valid=how < 0.7,
+            linked_nhs_number=person if how < 0.6 or 0.85 <= how < 0.95 else None,
+            pseudo_hesid=f"H{people.index(person)}" if how >= 0.7 else None,
+            date_of_death=D(2024, 4, 20) if people.index(person) % 9 == 0 and rng.random() < 0.3 else None,
+            type2_objection=people.index(person) % 11 == 0 and rng.random() < 0.5,
+            period=months[m],
+        ))
+    # one of each way a kept spell meets a person's other spell in another month: by the
+    # valid NHS number (readmitted under the linked one), by PSEUDO_HESID (readmitted), by
+    # the linked NHS number (died: the date is on the other spell only)
+    x, y, z = (with_check_digit(f"{n:09d}") for n in (555000001, 555000002, 555000004))
+    assert x and y and z
+    none = dict(nhs_number=None, nhs_number_valid=False, linked_nhs_number=None)
+    for k, (mine, theirs, other) in enumerate([
+            (dict(nhs_number=x, linked_nhs_number=None), dict(none, linked_nhs_number=x), dict(admimeth="21")),
+            (dict(none, pseudo_hesid="HX"), dict(none, pseudo_hesid="HX"), dict(admimeth="21")),
+            (dict(none, linked_nhs_number=z), dict(nhs_number=z, linked_nhs_number=None),
+             dict(admimeth="11", date_of_death=D(2024, 2, 10)))]):
+        day = D(2024, 1, 20)
+        rows.append(episode(spell_id=f"K{k}", susrecid=f"K{k}", period="2024-01", procedures=["W371"],
+                            epistart=day, admidate=day, disdate=day + dt.timedelta(3), **mine))
+        back = day + dt.timedelta(8 + 3)
+        rows.append(episode(spell_id=f"L{k}", susrecid=f"L{k}", provider_code="RCC", period="2024-02",
+                            procedures=[], epistart=back, admidate=back, disdate=back + dt.timedelta(2),
+                            **dict(theirs, **other)))
+    return episodes(*rows)
+
+
+@pytest.mark.parametrize("seed,current", [(1, "2024-02"), (2, "2024-04"), (3, "2024-01")])
+def test_window_spells_equal_the_spells_built_from_every_episode(seed, current):
+    """The spells :func:`outcomes.window_spells` builds from the episodes that decide them
+    against :func:`outcomes.build_spells` over the whole window, kept the same way (an
+    index procedure, or discharged in the current month): every row and value equal."""
+    table = _random_window(seed)
+    months = sorted(set(table.column("period").to_pylist()))
+    reads = []
+
+    def read(period, columns):
+        reads.append((period, tuple(columns)))
+        part = table.filter(pc.equal(table.column("period"), period))
+        return part.select([c for c in columns if c in part.column_names] + ["period"] * ("period" not in columns))
+
+    older = pa.table({"nhs_number": [NHS_A], "date_of_death": [D(2024, 2, 1)], "type2_objection": [True]})
+    got = outcomes.window_spells(read, months, current, gp_deaths=lambda ep: older).to_pandas()
+    full = outcomes.build_spells(table, gp_deaths=older).to_pandas()
+    want = full[full["specialty"].notna() | (full["spell_period"] == current)]
+    key = ["provider_code", "spell_id"]
+    got, want = (df.sort_values(key).reset_index(drop=True) for df in (got, want))
+    pd.testing.assert_frame_equal(got, want)
+    # it is a selection: fewer spells than the whole window, yet ones with a follow-up
+    assert 0 < len(got) < len(full)
+    assert got["emergency_readmission_30d"].fillna(False).any() and got["death_30d"].fillna(False).any()
+    assert (got["spell_period"] != current).any() and got["type2_objection"].any()
+    k = got.set_index("spell_id").loc[["K0", "K1", "K2"]]
+    assert k["emergency_readmission_30d"].tolist() == [True, True, False]
+    assert k["death_30d"].tolist() == [False, False, True]
+    # every month is read four times, never all at once
+    assert sorted(p for p, _ in reads) == sorted(months * 4)
