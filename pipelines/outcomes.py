@@ -6,6 +6,8 @@ Plain functions over Arrow and pandas, no Dagster:
   excluded diagnosis prefixes).
 * :func:`build_spells` -- linked episodes -> one row per hospital spell with its index
   procedure, Charlson index, 30-day death and 30-day emergency readmission.
+* :func:`window_spells` -- :func:`build_spells` for one window, from only the episodes
+  that decide the spells it needs (read a month and a few columns at a time).
 * :func:`window_outcomes` -- one window (the ``window_months`` months ending with a period):
   one risk model per specialty, then ``consultant_outcomes``, ``specialty_outcomes`` and
   ``specialty_calibration``, conformed to their staged schemas: **not yet suppressed**
@@ -34,7 +36,7 @@ import pyarrow.compute as pc
 
 from pipelines import charlson, schemas
 from pipelines.funnel import control_limits, outlier_statuses
-from pipelines.text import SPACE_CHARS
+from pipelines.text import SPACE_CHARS, WHITESPACE
 from pipelines.funnel import exact_ci, funnel_plot, poisson_limits  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
@@ -414,7 +416,6 @@ def _readmissions(sp: pd.DataFrame, days: int) -> pd.Series:
 # --------------------------------------------------------------------------- the window's spells
 _KEY_COLUMNS = ("provider_code", "spell_id", "susrecid")
 _PERSON_COLUMNS = ("nhs_number", "nhs_number_valid", "linked_nhs_number", "pseudo_hesid")
-_EDGE_SPACE = f"^[{SPACE_CHARS}]+|[{SPACE_CHARS}]+$"  # what str.strip() removes, for pyarrow
 
 
 def window_spells(
@@ -465,14 +466,14 @@ def window_spells(
         keep.append(keys[hit & (keys != 0)])
     if not keep:
         return None
-    keep_keys = np.unique(np.concatenate(keep))
+    keep_keys = _sorted_set(keep)
     people = []
     for p in periods:
         t = read(p, _KEY_COLUMNS + _PERSON_COLUMNS)
         if t is not None and t.num_rows:
-            mine = np.isin(_spell_hashes(t), keep_keys)
+            mine = _member(_spell_hashes(t), keep_keys)
             people += [ids[mine] for ids in _person_hashes(t)]
-    people_keys = np.unique(np.concatenate(people)) if people else np.zeros(0, np.uint64)
+    people_keys = _sorted_set(people)
     people_keys = people_keys[people_keys != 0]
     wanted = [keep_keys]
     for p in periods:
@@ -480,15 +481,15 @@ def window_spells(
         if t is not None and t.num_rows:
             theirs = np.zeros(t.num_rows, dtype=bool)
             for ids in _person_hashes(t):
-                theirs |= np.isin(ids, people_keys)
+                theirs |= _member(ids, people_keys)
             keys = _spell_hashes(t)
             wanted.append(keys[theirs & (keys != 0)])
-    wanted_keys = np.unique(np.concatenate(wanted))
+    wanted_keys = _sorted_set(wanted)
     parts = []
     for p in periods:
         t = read(p, EPISODE_COLUMNS)
         if t is not None and t.num_rows:
-            parts.append(t.filter(pa.array(np.isin(_spell_hashes(t), wanted_keys))))
+            parts.append(t.filter(pa.array(_member(_spell_hashes(t), wanted_keys))))
     episodes = pa.concat_tables(parts, promote_options="default")
     log.info("outcomes window %s..%s: %d spells kept, %d episodes read for them", periods[0], periods[-1],
              len(keep_keys), episodes.num_rows)
@@ -498,9 +499,31 @@ def window_spells(
     return spells.filter(kept)
 
 
+def _sorted_set(parts: list[np.ndarray]) -> np.ndarray:
+    """The distinct hashes of ``parts``, sorted (for :func:`_member`)."""
+    if not parts:
+        return np.zeros(0, np.uint64)
+    values = np.sort(np.concatenate(parts))
+    return values[np.concatenate(([True], values[1:] != values[:-1]))] if len(values) else values
+
+
+def _member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """``values`` in ``sorted_set``, by a binary search of the values in order (numpy's
+    ``isin`` is much slower on millions of 64-bit hashes, and so is a search in the
+    random order hashes come in)."""
+    found = np.zeros(len(values), dtype=bool)
+    if len(sorted_set) == 0:
+        return found
+    order = np.argsort(values)
+    ordered = values[order]
+    at = np.minimum(np.searchsorted(sorted_set, ordered), len(sorted_set) - 1)
+    found[order] = sorted_set[at] == ordered
+    return found
+
+
 def _stripped(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
     """Text stripped as ``str.strip()`` strips it, empty as null (as :func:`build_spells`)."""
-    s = pc.replace_substring_regex(column.cast(pa.string()), _EDGE_SPACE, "")
+    s = pc.utf8_trim(column.cast(pa.string()), characters=WHITESPACE)
     return pc.if_else(pc.equal(s, ""), pa.scalar(None, pa.string()), s)
 
 
@@ -511,10 +534,16 @@ def _column(t: pa.Table, name: str) -> pa.ChunkedArray:
 
 
 def _hashes(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """64-bit hashes of text values; 0 for null."""
-    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-    h = pd.util.hash_array(values.to_numpy(zero_copy_only=False).astype(object), categorize=False)
-    h[values.is_null().to_numpy(zero_copy_only=False)] = 0
+    """64-bit hashes of text values (DuckDB's ``hash``, over the Arrow buffers); 0 for null."""
+    import duckdb
+
+    text = pa.table({"v": values})
+    with duckdb.connect() as con:
+        con.execute("SET threads = 1")  # one thread keeps the rows in order
+        con.register("text", text)
+        h = con.sql("SELECT hash(v) AS h FROM text").to_arrow_table().column("h")
+    h = np.array(h.to_numpy(), dtype=np.uint64)
+    h[pc.is_null(text.column("v")).to_numpy(zero_copy_only=False)] = 0
     return h
 
 

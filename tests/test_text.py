@@ -6,7 +6,7 @@ import sys
 import pandas as pd
 
 from expectations.rules import OPCS4_RE, POSTCODE_RE
-from pipelines.text import SPACE, re2_friendly
+from pipelines.text import SPACE, WHITESPACE, re2_friendly
 
 
 def test_space_is_pythons_whitespace_at_every_code_point():
@@ -14,6 +14,17 @@ def test_space_is_pythons_whitespace_at_every_code_point():
     python = set(re.findall(r"\s", chars))
     ours = set(re.findall(SPACE, chars))
     assert python == ours and len(python) == 29
+
+
+def test_whitespace_is_what_str_strip_removes():
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    chars = "".join(map(chr, range(sys.maxunicode + 1)))
+    assert set(WHITESPACE) == {c for c in chars if c.isspace()} and len(WHITESPACE) == 29
+    values = [f"{c}x{c}y{c}" for c in chars[:0x3100]] + ["", None, "\x1c\u3000 \x85"]
+    assert pc.utf8_trim(pa.array(values), characters=WHITESPACE).to_pylist() == \
+        [None if v is None else v.strip() for v in values]
 
 
 def test_rewritten_patterns_match_the_same_values_and_run_in_pyarrow():
