@@ -26,9 +26,10 @@ from typing import Union
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines import schemas
-from pipelines.text import SPACE
+from pipelines.text import WHITESPACE
 
 TableLike = Union[pa.Table, pd.DataFrame]
 
@@ -85,20 +86,19 @@ def _frame(table: TableLike | None, columns: list[str] | None = None) -> pd.Data
     return df
 
 
-_EDGE_SPACE = f"^{SPACE}+|{SPACE}+$"  # what str.strip() removes, in a pattern pyarrow runs
-
-
 def _code(series: pd.Series) -> pd.Series:
     """Codes as stripped strings (object dtype), empty and missing as None.
 
-    Text columns (all the columns it is called on) are stripped column-wise in pyarrow;
-    anything else value by value, as :func:`_code_each`."""
+    Text columns (all the columns it is called on) are stripped column-wise in pyarrow,
+    of exactly what ``str.strip()`` removes; anything else value by value, as
+    :func:`_code_each`."""
     if not (isinstance(series.dtype, pd.StringDtype)
             or (series.dtype == object and pd.api.types.infer_dtype(series, skipna=True) in ("string", "empty"))):
         return _code_each(series)
-    s = series.astype("string[pyarrow]").str.replace(_EDGE_SPACE, "", regex=True)
-    s = s.mask(s == "")
-    return pd.Series(s.to_numpy(dtype=object, na_value=None), index=series.index, dtype=object)
+    arr = pc.utf8_trim(pa.array(series.astype(object), type=pa.string(), from_pandas=True),
+                       characters=WHITESPACE)
+    arr = pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
+    return pd.Series(arr.to_numpy(zero_copy_only=False), index=series.index, dtype=object)
 
 
 def _code_each(series: pd.Series) -> pd.Series:

@@ -343,10 +343,8 @@ def _index_procedures(episodes, ep, sp, diag, cohorts, min_age) -> pd.DataFrame:
     procs = procs[adult.reindex(procs["spell"].to_numpy()).to_numpy()]
     # cohort match by prefix (prefixes may be of any length)
     matches = []
-    cohorts = cohorts.copy()
-    cohorts["plen"] = cohorts["opcs4_prefix"].str.len()
-    for plen, sub in cohorts.groupby("plen"):
-        key = procs["code"].str.slice(0, int(plen))
+    for plen, sub in _cohorts_by_prefix_length(cohorts).items():
+        key = procs["code"].str.slice(0, plen)
         m = procs.assign(opcs4_prefix=key).merge(sub, on="opcs4_prefix", how="inner")
         matches.append(m)
     if not matches:
@@ -564,9 +562,15 @@ def _person_hashes(t: pa.Table) -> list[np.ndarray]:
     return [_hashes(nhs), _hashes(_stripped(_column(t, "linked_nhs_number"))), _hashes(hesid)]
 
 
+def _cohorts_by_prefix_length(cohorts: pd.DataFrame) -> dict[int, pd.DataFrame]:
+    """The cohort rows by the length n of their OPCS-4 prefix: a cleaned procedure code
+    is in a row's cohort when its first n characters are the prefix."""
+    rows = cohorts.dropna(subset=["opcs4_prefix"])
+    return {int(n): sub for n, sub in rows.groupby(rows["opcs4_prefix"].str.len())}
+
+
 def _prefixes_by_length(cohorts: pd.DataFrame) -> dict[int, set]:
-    prefixes = cohorts["opcs4_prefix"].dropna()
-    return {int(n): set(sub) for n, sub in prefixes.groupby(prefixes.str.len())}
+    return {n: set(sub["opcs4_prefix"]) for n, sub in _cohorts_by_prefix_length(cohorts).items()}
 
 
 def _has_cohort_code(t: pa.Table, prefixes: dict[int, set]) -> np.ndarray:

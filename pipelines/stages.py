@@ -303,8 +303,10 @@ def outcome_outputs(settings: Settings, period: str) -> dict:
     follow = 2  # 30-day follow-up may look past the window's end as far as the data go
     window = [_shift(period, -k) for k in range(months - 1, -follow - 1, -1)]
     cohorts = outcomes.load_cohorts(settings.t("outcomes", "cohorts_file"))
+    listing = wh.raw_parts("linked_episodes")  # once: window_spells reads each month 4 times
     spells = outcomes.window_spells(
-        lambda p, columns: wh.read_raw("linked_episodes", [p], columns=columns), window, period, cohorts,
+        lambda p, columns: wh.read_raw("linked_episodes", [p], columns=columns, parts=listing),
+        window, period, cohorts,
         gp_deaths=lambda episodes: _gp_deaths(wh, episodes, window[0], window[-1]),
         min_age=settings.t("outcomes", "min_age"), death_days=settings.t("outcomes", "death_days"),
         readmission_days=settings.t("outcomes", "readmission_days"))

@@ -138,19 +138,26 @@ class Warehouse:
         self.store.write_parquet(path, data)
         return path
 
+    def raw_parts(self, name: str) -> list[str]:
+        """The paths of a work table's parts, every period: one listing of the store, to
+        pass to :meth:`read_raw` when a stage reads the same table period by period."""
+        return [f.path for f in self.store.list(f"work/{name}")]
+
     def read_raw(self, name: str, periods: list[str] | None = None,
-                 columns: list[str] | tuple[str, ...] | None = None) -> pa.Table | None:
+                 columns: list[str] | tuple[str, ...] | None = None,
+                 parts: list[str] | None = None) -> pa.Table | None:
         """A work table's parts (of ``periods``), with a ``period`` column; ``columns``:
-        only those of them a part has (and ``period``)."""
+        only those of them a part has (and ``period``); ``parts``: a listing taken before
+        by :meth:`raw_parts` (else the store is listed on this call)."""
         tables = []
-        for f in self.store.list(f"work/{name}"):
-            period = f.path.split("period=", 1)[1].split("/", 1)[0]
+        for path in self.raw_parts(name) if parts is None else parts:
+            period = path.split("period=", 1)[1].split("/", 1)[0]
             if periods is not None and period not in periods:
                 continue
             if columns is None:
-                t = self.store.read_parquet(f.path)
+                t = self.store.read_parquet(path)
             else:
-                part = pq.ParquetFile(io.BytesIO(self.store.read_bytes(f.path)))
+                part = pq.ParquetFile(io.BytesIO(self.store.read_bytes(path)))
                 t = part.read(columns=[c for c in columns if c in part.schema_arrow.names])
             tables.append(t.append_column("period", pa.array([period] * t.num_rows, pa.string())))
         if not tables:

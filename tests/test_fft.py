@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
@@ -532,3 +533,17 @@ def test_codes_stripped_column_wise_exactly_as_str_strip():
         assert got.tolist()[len(spaces):len(spaces) + len(kept)] == [f"{k}R2{k}" for k in kept]
     mixed = pd.Series([1, 2.5, " x ", None, float("nan")], dtype=object)  # not text: value by value
     assert fft._code(mixed).tolist() == ["1", "2.5", "x", None, None]
+
+
+def test_codes_are_stripped_as_str_strip_strips_them():
+    from pipelines.fft import _code, _code_each
+
+    # every character str.strip() removes, and a few it keeps, around a code and alone
+    edges = [chr(c) for c in range(0x3001) if chr(c).isspace()] + ["\u200b", "\ufeff", "_", "."]
+    values = [e + "RA1" + e for e in edges] + list(edges) + ["", None, np.nan, " R A1 ", "RA1"]
+    for dtype in (object, "string"):
+        series = pd.Series(values, dtype=dtype, index=range(10, 10 + len(values)))
+        got = _code(series)
+        assert got.dtype == object and list(got.index) == list(series.index)
+        assert list(got) == list(_code_each(series)), dtype
+    assert list(_code(pd.Series(["\u3000RA1\x85", " ", None]))) == ["RA1", None, None]

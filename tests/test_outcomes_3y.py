@@ -39,6 +39,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -48,6 +49,7 @@ from scipy import stats
 from pipelines import stages
 from pipelines.funnel import control_limits
 from pipelines.config import Settings
+from pipelines.storage import Store
 from pipelines.synth import generate
 
 SEED = int(os.environ.get("CAREDATA_TEST_3Y_SEED", "0"))   # another seed: see docs/methods-outcomes.md
@@ -114,7 +116,15 @@ def run3y(tmp_path_factory):
         stages.current_sus(s, period)
     for period in periods:
         stages.link(s, period)
-    stages.outcome_outputs(s, LAST)
+    listed: list[str] = []
+    real_list = Store.list
+
+    def counted(self, prefix=""):
+        listed.append(prefix)
+        return real_list(self, prefix)
+
+    with mock.patch.object(Store, "list", counted):
+        stages.outcome_outputs(s, LAST)
     stages.release(s, LAST)
     stages.publish(s, LAST)
     pub = root / "pub" / "public"
@@ -125,7 +135,8 @@ def run3y(tmp_path_factory):
     planted = pd.DataFrame(doc["outcomes"]["outlier_consultants"])
     return dict(periods=periods, pub=pub, consultants=read("consultant_outcomes"), staged=staged,
                 specialties=read("specialty_outcomes"), calibration=read("specialty_calibration"),
-                planted=planted, outliers=doc["outcomes"]["outlier_consultants"], seconds=time.time() - t0)
+                planted=planted, outliers=doc["outcomes"]["outlier_consultants"], listed=listed,
+                seconds=time.time() - t0)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -201,6 +212,11 @@ def test_three_datasets_for_the_three_year_window(run3y):
         assert list(g.sort_values("risk_decile")["risk_decile"]) == list(range(1, 11)), s
         assert g["procedures"].sum() == spec.set_index("specialty").loc[s, "procedures"], s
     print(_report(run3y))
+
+
+def test_the_window_lists_its_linked_episodes_once(run3y):
+    # 38 months, each read in 4 passes: one listing of the store (on S3, one LIST)
+    assert run3y["listed"].count("work/linked_episodes") == 1, run3y["listed"]
 
 
 def test_a_funnel_plot_per_specialty(run3y):
