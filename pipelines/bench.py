@@ -201,10 +201,10 @@ def run(scale: float, months: int, out: Path, *, seed: int = 0, baseline_max_sca
     results: dict[str, dict] = {}
 
     @contextmanager
-    def stage(name: str, rows: int | None = None):
+    def stage(name: str, period: str | None = None):
         sampler.reset()
         t0 = time.perf_counter()
-        box = {"rows": rows}
+        box = {"rows": None}
         yield box
         dt = time.perf_counter() - t0
         results.setdefault(name, {"seconds": 0.0, "rows": 0, "peak_rss_bytes": 0})
@@ -212,6 +212,9 @@ def run(scale: float, months: int, out: Path, *, seed: int = 0, baseline_max_sca
         r["seconds"] += dt
         r["rows"] += int(box["rows"] or 0)
         r["peak_rss_bytes"] = max(r["peak_rss_bytes"], sampler.peak)
+        if period is not None:  # memory flat as months are added: each month's peak
+            by = r.setdefault("peak_rss_by_period", {})
+            by[period] = max(by.get(period, 0), sampler.peak)
 
     start = f"2014-{1:02d}"
     with stage("generate") as box:
@@ -232,7 +235,7 @@ def run(scale: float, months: int, out: Path, *, seed: int = 0, baseline_max_sca
     periods = stages.periods(settings)
     for p in periods:
         for source in ("gp", "sus_apc", "fft"):
-            with stage("ingest") as box:
+            with stage("ingest", p) as box:
                 rep = stages.ingest_feed(settings, source, p)["metadata"]
                 box["rows"] = rep.get("rows_read", 0)
                 vsec = float(rep.get("validation_seconds", 0.0) or 0.0)
@@ -244,20 +247,21 @@ def run(scale: float, months: int, out: Path, *, seed: int = 0, baseline_max_sca
             v["worker_seconds"] = v.get("worker_seconds", 0.0) + float(rep.get("validation_worker_seconds", 0.0) or 0.0)
             v["rows"] += rep.get("rows_read", 0)
             v["peak_rss_bytes"] = max(v["peak_rss_bytes"], results["ingest"]["peak_rss_bytes"])
-        with stage("ingest"):
+            v["peak_rss_by_period"] = dict(results["ingest"]["peak_rss_by_period"])
+        with stage("ingest", p):
             stages.current_sus(settings, p)
             stages.current_fft(settings, p)
-        with stage("link") as box:
+        with stage("link", p) as box:
             box["rows"] = stages.link(settings, p)["episodes"]
     for p in periods:
-        with stage("link"):
+        with stage("link", p):
             stages.linkage_outputs(settings, p)
-        with stage("fft") as box:
+        with stage("fft", p) as box:
             box["rows"] = stages.fft_outputs(settings, p)["fft_scores"]["responses"]
-        with stage("outcomes") as box:
+        with stage("outcomes", p) as box:
             stages.outcome_outputs(settings, p)
             box["rows"] = _table_rows(out / "warehouse", "spells", p)
-        with stage("publish") as box:
+        with stage("publish", p) as box:
             stages.quality_outputs(settings, p)
             rep = stages.release(settings, p)
             pub = stages.publish(settings, p, run_id="bench")
@@ -308,6 +312,12 @@ def print_report(r: dict) -> None:
     if worker:
         print(f"(validate: the ingesting process waited {r['stages']['validate']['seconds']:.1f} s for validation; "
               f"the worker process validated (and typed the SUS rows) for {worker:.1f} s beside ingest)")
+    if len(r["periods"]) > 1:
+        print("\npeak RSS by month (memory flat as months are added):")
+        for name in STAGES:
+            by = r["stages"].get(name, {}).get("peak_rss_by_period")
+            if by:
+                print(f"  {name:<10}" + "  ".join(f"{p} {_fmt_bytes(by[p])}" for p in r["periods"] if p in by))
     print(f"\nend to end (without generate): {r['end_to_end_seconds']:.1f} s, peak RSS {_fmt_bytes(r['peak_rss_bytes'])}")
     f = r["pyarrow_floor"]
     print(f"pyarrow parse floor: {f['seconds']:.1f} s for {f['rows']:,} rows; pipeline / floor = {f['ratio']:.1f}x")
