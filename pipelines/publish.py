@@ -30,15 +30,22 @@ The commit protocol
 The manifest is the commit point: a reader that follows it (:func:`read_published`) reads
 exactly the files it lists, whose SHA-256 it can check. The visible file names are fixed
 (``part-00000.parquet``), so a file the current manifest lists is never overwritten while
-listed. One publication of a dataset is:
+listed.
 
-1. **Recover.** If the manifest lists files under ``_staging/`` (a run was killed after its
-   commit), finish that run's steps 4 to 6 first. Otherwise delete ``_staging/`` (leftovers
-   of a run killed before its commit).
+Staging lives outside every zone and dataset folder, in ``<root>/_staging/<zone>/<dataset>/
+<txn>/`` (loose files of a zone: ``<root>/_staging/<zone>/_files/<txn>/``), and staged files
+are named ``*.parquet.staged``: a reader of a dataset folder never meets them, and a reader
+that globs ``<root>/**/*.parquet`` does not match them (nor does pyarrow/Spark, which skip
+``_``-prefixed folders). A staged file's path in the manifest is relative to the dataset
+folder like every other path (``../../_staging/public/<dataset>/<txn>/period=P/...``).
+One publication of a dataset is:
+
+1. **Recover.** If the manifest lists staged files (a run was killed after its commit),
+   finish that run's steps 4 to 6 first. Otherwise delete the dataset's staging folder
+   (leftovers of a run killed before its commit).
 2. **Stage.** For each period in the table, build the Parquet bytes. If their SHA-256 equals
    the manifest's and the file is there, the partition is unchanged: its entry (run id,
-   time, inputs) is kept as it is. Otherwise the bytes are written to
-   ``<dataset>/_staging/<txn>/period=P/part-00000.parquet``, a name no reader uses.
+   time, inputs) is kept as it is. Otherwise the bytes are written to the staging folder.
 3. **Commit.** The manifest is rewritten (atomically: temporary file + ``os.replace``
    locally, one PUT on S3) with the changed partitions pointing at their staged files.
    From this instant readers following the manifest see the whole new publication, all
@@ -46,21 +53,22 @@ listed. One publication of a dataset is:
 4. **Promote.** Each staged file is copied over ``period=P/part-00000.parquet`` (atomic
    per file: rename locally, server-side copy on S3). The manifest does not list these
    paths for the changed partitions, so nothing it lists changes. Readers of the folder
-   that ignore the manifest (pyarrow, Spark, DuckDB on ``period=*/*.parquet``) see each
-   file whole, old or new.
+   that ignore the manifest see each file whole, old or new, and one file per period.
 5. **Point back.** The manifest is rewritten with the final paths (same digests).
-6. **Clean.** ``_staging/`` is deleted.
+6. **Clean.** The staging folder is deleted, and with it every folder left empty.
 
 A process killed at any point leaves a manifest whose every listed file exists with its
 digest: before step 3 the previous publication, from step 3 the new one. The next run
 completes or discards the interrupted one (step 1). Partitions absent from the table are
-never touched. Publishing the same inputs again writes nothing at all.
+never touched. Publishing the same inputs again writes nothing at all. (Manifests written
+by earlier versions, which staged in ``<dataset>/_staging/``, are recovered the same way.)
 
 Loose files (:func:`publish_file`) follow the same protocol with the zone's manifest.
 
 Concurrency: one writer per manifest. Locally a lock file (``fcntl``) serialises writers
-on one host; on S3 the orchestrator must not run two publications of the same dataset (or
-two loose-file publications of one zone) at once.
+on one host; on S3 a lock object ``_staging/<zone>/<dataset>.lock`` made by a conditional
+write (:class:`pipelines.lock.RunLock`) does, so two runs of different periods can publish
+the same dataset.
 
 No Dagster here; :mod:`pipelines.disclosure` is enforced before anything is written.
 """
@@ -72,6 +80,7 @@ import hashlib
 import io
 import json
 import os
+import posixpath
 import re
 import tempfile
 import time
@@ -103,7 +112,8 @@ __all__ = [
 ]
 
 MANIFEST = "_manifest.json"
-STAGING = "_staging"
+STAGING = "_staging"  # top-level folder of the publish root, beside the zones
+STAGED_SUFFIX = ".staged"  # staged files never end in .parquet
 PART = "part-00000.parquet"
 MANIFEST_VERSION = 1
 ZONES = ("public", "restricted")
@@ -156,11 +166,25 @@ def _checkpoint(point: str) -> None:
         time.sleep(float(os.environ.get("CAREDATA_PUBLISH_PAUSE_SECONDS", "600")))
 
 
+# An S3 publication lock waits this long for another run's publication of the same
+# dataset (seconds of work) before giving up; it is stale after this long without a heartbeat.
+S3_LOCK_WAIT = 1800.0
+S3_LOCK_STALE_AFTER = 600.0
+S3_LOCK_HEARTBEAT = 30.0
+
+
 @contextlib.contextmanager
 def _lock(store: Store, base: str) -> Iterator[None]:
-    """One writer per manifest on this host (local stores; a no-op on S3)."""
+    """One writer per manifest: ``fcntl`` on this host for a folder, a conditional-write
+    lock object for S3."""
     if store.is_s3:
-        yield
+        from pipelines.lock import RunLock
+
+        lock = RunLock(store, name=f"{_staging_dir(base)}.lock", wait=S3_LOCK_WAIT,
+                       stale_after=S3_LOCK_STALE_AFTER, heartbeat=S3_LOCK_HEARTBEAT,
+                       command=f"publish {base}")
+        with lock:
+            yield
         return
     import fcntl
 
@@ -173,6 +197,34 @@ def _lock(store: Store, base: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _staging_dir(base: str) -> str:
+    """Root-relative staging folder of a dataset (``<zone>/<dataset>``) or of a zone's
+    loose files (``<zone>``)."""
+    return f"{STAGING}/{base}" if "/" in base else f"{STAGING}/{base}/_files"
+
+
+def _up(base: str) -> str:
+    """From the folder ``base`` back to the publish root."""
+    return "../" * (base.count("/") + 1)
+
+
+def _staged_rel(base: str, txn: str, final: str) -> str:
+    """Path of a staged file relative to ``base`` (what the manifest lists)."""
+    return f"{_up(base)}{_staging_dir(base)}/{txn}/{final}{STAGED_SUFFIX}"
+
+
+def _is_staged(base: str, rel: str) -> bool:
+    return rel.startswith(_up(base) + STAGING + "/") or rel.startswith(STAGING + "/")
+
+
+def _join(base: str, rel: str) -> str:
+    """Root-relative path of a manifest path (relative to ``base``); never outside the root."""
+    path = posixpath.normpath(f"{base}/{rel}")
+    if path.startswith(("../", "/")) or path == "..":
+        raise PublicationError(f"{base}: the manifest lists a path outside the publish root")
+    return path
 
 
 def _load(store: Store, base: str) -> dict | None:
@@ -193,34 +245,48 @@ def _file_records(manifest: dict) -> Iterator[dict]:
         yield entry
 
 
-def _final_path(staged: str) -> str:
-    # "_staging/<txn>/period=P/part-00000.parquet" -> "period=P/part-00000.parquet"
-    parts = staged.split("/", 2)
-    if len(parts) != 3 or parts[0] != STAGING:
-        raise PublicationError(f"not a staged path: {staged}")
-    return parts[2]
+def _final_path(base: str, staged: str) -> str:
+    """``../../_staging/<zone>/<dataset>/<txn>/period=P/part-00000.parquet.staged`` ->
+    ``period=P/part-00000.parquet`` (and the old in-folder form ``_staging/<txn>/...``)."""
+    prefix = f"{_up(base)}{_staging_dir(base)}/"
+    if staged.startswith(prefix):
+        parts = staged[len(prefix):].split("/", 1)
+        if len(parts) == 2 and parts[1].endswith(STAGED_SUFFIX):
+            return parts[1][: -len(STAGED_SUFFIX)]
+    else:
+        parts = staged.split("/", 2)  # written by earlier versions
+        if len(parts) == 3 and parts[0] == STAGING:
+            return parts[2]
+    raise PublicationError(f"{base}: not a staged path in the manifest")
+
+
+def _clean(store: Store, base: str) -> None:
+    """Step 6: delete the staging folder of ``base`` (and the in-folder one of earlier
+    versions) and every folder left empty, up to the root."""
+    store.delete_prefix(_staging_dir(base), prune_parents=True)
+    store.delete_prefix(f"{base}/{STAGING}")
 
 
 def _promote(store: Store, base: str, manifest: dict) -> bool:
     """Steps 4-6 of the protocol for every staged file the manifest lists. Returns whether
     anything was staged."""
-    staged = [r for r in _file_records(manifest) if r["path"].startswith(STAGING + "/")]
+    staged = [r for r in _file_records(manifest) if _is_staged(base, r["path"])]
     for n, rec in enumerate(sorted(staged, key=lambda r: r["path"])):
-        src = f"{base}/{rec['path']}"
+        src = _join(base, rec["path"])
         if not store.exists(src):
             raise PublicationError(
                 f"{base}: the manifest lists a staged file that is missing ({rec['path']}); "
                 "the publication cannot be completed")
-        store.copy(src, f"{base}/{_final_path(rec['path'])}")
+        store.copy(src, f"{base}/{_final_path(base, rec['path'])}")
         if n == 0:
             _checkpoint("promoting")
     _checkpoint("promoted")
     if staged:
         for rec in staged:
-            rec["path"] = _final_path(rec["path"])
+            rec["path"] = _final_path(base, rec["path"])
         _write_manifest(store, base, manifest)
         _checkpoint("finalised")
-    store.delete_prefix(f"{base}/{STAGING}")
+    _clean(store, base)
     return bool(staged)
 
 
@@ -233,13 +299,10 @@ def _recover(store: Store, base: str) -> tuple[dict | None, bool]:
                 with contextlib.suppress(OSError):
                     p.unlink()
     manifest = _load(store, base)
-    if manifest is not None and any(
-        r["path"].startswith(STAGING + "/") for r in _file_records(manifest)
-    ):
+    if manifest is not None and any(_is_staged(base, r["path"]) for r in _file_records(manifest)):
         _promote(store, base, manifest)
         return manifest, True
-    if store.list(f"{base}/{STAGING}"):
-        store.delete_prefix(f"{base}/{STAGING}")
+    _clean(store, base)
     return manifest, False
 
 
@@ -402,8 +465,8 @@ def publish_dataset(
             ):
                 result.unchanged.append(period)
                 continue
-            rel = f"{STAGING}/{txn}/{final}"
-            store.write_bytes(f"{base}/{rel}", payload)
+            rel = _staged_rel(base, txn, final)
+            store.write_bytes(_join(base, rel), payload)
             if not staged:
                 _checkpoint("staging")
             entry = {
@@ -481,8 +544,8 @@ def publish_file(
                 and store.exists(f"{zone}/{rel_path}"):
             return False
         txn = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:12]}"
-        staged = f"{STAGING}/{txn}/{rel_path}"
-        store.write_bytes(f"{zone}/{staged}", data)
+        staged = _staged_rel(zone, txn, rel_path)
+        store.write_bytes(_join(zone, staged), data)
         _checkpoint("staged")
         now = _now()
         manifest = {**manifest, **_zone_header(zone)}
@@ -555,7 +618,7 @@ def _read_snapshot(store, zone, dataset, manifest, periods, verify) -> pa.Table:
             continue
         for rec in entry.get("files", []):
             try:
-                payload = store.read_bytes(f"{base}/{rec['path']}")
+                payload = store.read_bytes(_join(base, rec["path"]))
             except Exception as exc:  # local FileNotFoundError, S3 NoSuchKey
                 if isinstance(exc, FileNotFoundError) or "NoSuchKey" in type(exc).__name__ \
                         or "NoSuchKey" in str(exc):
@@ -588,7 +651,7 @@ def verify_publication(store: Store, zone: str, dataset: str | None = None) -> l
         return [f"{base}: no manifest"]
     problems = []
     for rec in _file_records(manifest):
-        path = f"{base}/{rec['path']}"
+        path = _join(base, rec["path"])
         if not store.exists(path):
             problems.append(f"{path}: listed but missing")
             continue

@@ -11,9 +11,9 @@ PUT is atomic per object.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -132,21 +132,60 @@ class Store:
                     return
                 yield chunk
 
+    # ------------------------------------------------------------------ writing
+    # Local files and folders get the process's umask (0644/0755 under umask 022): a
+    # service account of the readers' group can read what is published. Temporary files
+    # are named ``.tmp-*`` (never ``*.parquet``) in the target's folder and renamed into place.
+
+    @staticmethod
+    def _tmp_create(folder: Path) -> tuple[int, Path]:
+        """An exclusive new temporary file in ``folder``, mode 0666 less the umask (unlike
+        ``tempfile.mkstemp``, which makes 0600)."""
+        import uuid
+
+        while True:
+            tmp = folder / f".tmp-{uuid.uuid4().hex}"
+            try:
+                return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+            except FileExistsError:  # pragma: no cover - 128 random bits
+                continue
+
+    def _write_tmp(self, target: Path, data: bytes | None = None, src: Path | None = None) -> Path:
+        for attempt in range(5):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd, tmp = self._tmp_create(target.parent)
+                break
+            except FileNotFoundError:  # another writer pruned the empty folder just now
+                if attempt == 4:
+                    raise
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                if src is not None:
+                    import shutil
+
+                    with open(src, "rb") as inp:
+                        shutil.copyfileobj(inp, fh, 8 << 20)
+                else:
+                    fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return tmp
+
     def write_bytes(self, path: str, data: bytes) -> None:
         if self.is_s3:
             self.client.put_object(Bucket=self.bucket, Key=self._key(path), Body=data)
             return
         target = self.root / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+        tmp = self._write_tmp(target, data)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
             os.replace(tmp, target)
         except BaseException:
-            if os.path.exists(tmp):
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
 
@@ -158,19 +197,12 @@ class Store:
                 {"Bucket": self.bucket, "Key": self._key(src)}, self.bucket, self._key(dst)
             )
             return
-        import shutil
-
         target = self.root / dst
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+        tmp = self._write_tmp(target, src=self.root / src)
         try:
-            with os.fdopen(fd, "wb") as out, open(self.root / src, "rb") as inp:
-                shutil.copyfileobj(inp, out, 8 << 20)
-                out.flush()
-                os.fsync(out.fileno())
             os.replace(tmp, target)
         except BaseException:
-            if os.path.exists(tmp):
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
 
@@ -182,9 +214,117 @@ class Store:
             if p.exists():
                 p.unlink()
 
-    def delete_prefix(self, prefix: str) -> None:
+    def delete_prefix(self, prefix: str, *, prune_parents: bool = False) -> None:
+        """Delete every file under ``prefix``, then (locally) every folder left empty there
+        and ``prefix`` itself (with ``prune_parents``, its empty parents too)."""
         for f in self.list(prefix):
             self.delete(f.path)
+        self.remove_empty_dirs(prefix, parents=prune_parents)
+
+    def remove_empty_dirs(self, prefix: str = "", *, parents: bool = False) -> None:
+        """Locally, remove the empty folders under ``prefix`` (bottom up, ``prefix``
+        included), and with ``parents`` its parents while they are empty; never the root.
+        S3 has no folders: a no-op."""
+        if self.is_s3:
+            return
+        base = (self.root / prefix) if prefix.strip("/") else self.root
+        if base.is_dir():
+            for dirpath, _dirs, _files in sorted(os.walk(base), key=lambda w: -len(w[0])):
+                if Path(dirpath) != self.root:
+                    with contextlib.suppress(OSError):  # not empty, or gone: fine
+                        os.rmdir(dirpath)
+        p = base.parent if not base.exists() else base
+        while parents and p != self.root and self.root in p.parents:
+            try:
+                os.rmdir(p)
+            except OSError:
+                break
+            p = p.parent
+
+    # ------------------------------------------------------------------ conditional writes
+    # For locks (pipelines/lock.py): S3 conditional writes (If-None-Match / If-Match, HTTP 412
+    # when the condition fails); locally an exclusive link.
+
+    @staticmethod
+    def _precondition_failed(exc) -> bool:
+        err = getattr(exc, "response", {}).get("Error", {})
+        status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return err.get("Code") in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey",
+                                   "404", "412", "409") or status in (404, 409, 412)
+
+    def write_bytes_exclusive(self, path: str, data: bytes) -> str | None:
+        """Create ``path`` with ``data`` only if nothing is there. Returns None when it
+        exists already; otherwise the new object's ETag (S3) or "" (folder). The file is
+        never seen half-written."""
+        if self.is_s3:
+            from botocore.exceptions import ClientError
+
+            try:
+                r = self.client.put_object(Bucket=self.bucket, Key=self._key(path), Body=data,
+                                           IfNoneMatch="*")
+            except ClientError as exc:
+                if self._precondition_failed(exc):
+                    return None
+                raise
+            return r["ETag"]
+        target = self.root / path
+        tmp = self._write_tmp(target, data)
+        try:
+            os.link(tmp, target)  # atomic, fails if target exists
+        except FileExistsError:
+            return None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        return ""
+
+    def write_bytes_if_match(self, path: str, data: bytes, etag: str) -> str | None:
+        """S3: replace ``path`` only if its ETag is still ``etag``; the new ETag, or None
+        when it changed or is gone."""
+        if not self.is_s3:
+            raise NotImplementedError("conditional overwrite is for S3 (folders: use a lock)")
+        from botocore.exceptions import ClientError
+
+        try:
+            r = self.client.put_object(Bucket=self.bucket, Key=self._key(path), Body=data, IfMatch=etag)
+        except ClientError as exc:
+            if self._precondition_failed(exc):
+                return None
+            raise
+        return r["ETag"]
+
+    def delete_if_match(self, path: str, etag: str | None) -> bool:
+        """S3: delete ``path`` only if its ETag is ``etag``; whether it was deleted. A store
+        without conditional deletes (NotImplemented) gets a check of the ETag then a delete."""
+        if not self.is_s3:
+            raise NotImplementedError("conditional delete is for S3 (folders: use a lock)")
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(path), IfMatch=etag)
+            return True
+        except ClientError as exc:
+            if self._precondition_failed(exc):
+                return False
+            if exc.response.get("Error", {}).get("Code") not in ("NotImplemented", "InvalidArgument"):
+                raise
+        got = self.read_with_etag(path)
+        if got is None or got[1] != etag:
+            return False
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(path))
+        return True
+
+    def read_with_etag(self, path: str) -> tuple[bytes, str, float] | None:
+        """S3: (bytes, ETag, last-modified epoch seconds) of ``path``, or None if absent."""
+        from botocore.exceptions import ClientError
+
+        try:
+            r = self.client.get_object(Bucket=self.bucket, Key=self._key(path))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+        return r["Body"].read(), r["ETag"], r["LastModified"].timestamp()
 
     # ------------------------------------------------------------------ Arrow
     def arrow_fs(self) -> tuple[pafs.FileSystem, str]:
