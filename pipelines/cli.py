@@ -4,9 +4,10 @@
     caredata run --landing PATH_OR_S3 --warehouse PATH_OR_S3 --publish PATH_OR_S3 [--config FILE] [--demo-mode]
     caredata demo [--out DIR]
 
-Exit status is non-zero only when the run itself failed (a step raised, or a blocking check
-refused a publication), never because a submission was bad: bad submissions are recorded
-in the ledger and reported as held back.
+Exit status is non-zero only when the run itself failed (1: a step raised, or a blocking
+check refused a publication; 2: a configuration error; 3: another run holds the
+warehouse's lock and nothing was done), never because a submission was bad: bad
+submissions are recorded in the ledger and reported as held back.
 """
 
 from __future__ import annotations
@@ -46,7 +47,16 @@ def _run(args) -> int:
     if settings.effective_pseudo_key is None:
         print("caredata: no pseudonymisation key (CAREDATA_PSEUDO_KEY or CAREDATA_PSEUDO_KEY_FILE): "
               "the restricted zone will not be written; public datasets are.", file=sys.stderr)
-    summary = run_pipeline(settings, progress=lambda m: print(m, file=sys.stderr))
+    from pipelines.lock import LockError, LockHeld
+
+    try:
+        summary = run_pipeline(settings, progress=lambda m: print(m, file=sys.stderr))
+    except LockHeld as exc:  # another run on this warehouse: nothing was done
+        print(f"caredata: {exc}", file=sys.stderr)
+        return 3
+    except LockError as exc:
+        print(f"caredata: configuration error: {exc}", file=sys.stderr)
+        return 2
     print_summary(summary, settings)
     return 0 if summary.ok else 1
 

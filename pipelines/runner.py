@@ -55,6 +55,16 @@ def _env_for(settings: Settings) -> dict[str, str]:
 
 def run_pipeline(settings: Settings, *, periods: list[str] | None = None, progress=print,
                  log_level: str = "WARNING") -> RunSummary:
+    """Materialise everything for every period found (or the ones given), holding the
+    warehouse's run lock (pipelines/lock.py: raises LockHeld if another run holds it)."""
+    from pipelines.lock import run_lock
+
+    with run_lock(settings.warehouse, settings.s3_endpoint_url):
+        return _run_pipeline(settings, periods=periods, progress=progress, log_level=log_level)
+
+
+def _run_pipeline(settings: Settings, *, periods: list[str] | None = None, progress=print,
+                  log_level: str = "WARNING") -> RunSummary:
     """Materialise everything for every period found (or the ones given)."""
     from assets import ALL_ASSETS, LEDGER, PERIOD_INGEST, PERIOD_LINK, PERIOD_OUTPUTS, UNPARTITIONED
     from pipelines import stages
