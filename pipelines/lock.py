@@ -251,8 +251,16 @@ class RunLock:
     # ------------------------------------------------------------------ S3
     def _try_create_s3(self, holder: Holder) -> Holder | bool | None:
         for _ in range(5):
-            etag = self.store.write_bytes_exclusive(self.name, holder.to_bytes())
+            data = holder.to_bytes()
+            etag = self.store.write_bytes_exclusive(self.name, data)
             if etag is not None:
+                # A store that ignores If-None-Match would let two runs both "create" the
+                # lock: a second conditional create of the same (identical) bytes must fail.
+                if self.store.write_bytes_exclusive(self.name, data) is not None:
+                    self.store.delete(self.name)
+                    raise LockError(
+                        f"{self.where}: this S3 store ignores conditional writes (PutObject with "
+                        "If-None-Match), so it cannot hold a lock; use a store that supports them")
                 self._etag = etag
                 return None
             got = self.store.read_with_etag(self.name)

@@ -291,3 +291,19 @@ def test_caredata_run_refuses_while_another_run_holds_the_warehouse(tmp_path, ca
     assert f"pid {os.getpid()}" in err
     assert not (tmp_path / "publish").exists()  # no work was done
     assert not warehouse.exists() or list(warehouse.iterdir()) == []
+
+
+class IgnoresConditions(Store):
+    """An S3 store that silently ignores If-None-Match, as some old S3 servers do."""
+
+    def write_bytes_exclusive(self, path, data):
+        self.client.put_object(Bucket=self.bucket, Key=self._key(path), Body=data)
+        return "etag"
+
+
+def test_an_s3_store_without_conditional_writes_is_refused(s3_bucket):
+    bucket, endpoint = s3_bucket
+    store = IgnoresConditions(f"s3://{bucket}/warehouse", endpoint_url=endpoint)
+    with pytest.raises(LockError, match="ignores conditional writes"):
+        lock_of(store).acquire()
+    assert not store.exists(LOCK_NAME)
