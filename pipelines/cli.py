@@ -47,16 +47,19 @@ def _run(args) -> int:
     if settings.effective_pseudo_key is None:
         print("caredata: no pseudonymisation key (CAREDATA_PSEUDO_KEY or CAREDATA_PSEUDO_KEY_FILE): "
               "the restricted zone will not be written; public datasets are.", file=sys.stderr)
-    from pipelines.lock import LockError, LockHeld
+    from pipelines.lock import LockConfigError, LockError, LockHeld
 
     try:
         summary = run_pipeline(settings, progress=lambda m: print(m, file=sys.stderr))
     except LockHeld as exc:  # another run on this warehouse: nothing was done
         print(f"caredata: {exc}", file=sys.stderr)
         return 3
-    except LockError as exc:
+    except LockConfigError as exc:
         print(f"caredata: configuration error: {exc}", file=sys.stderr)
         return 2
+    except LockError as exc:  # the warehouse cannot be locked: nothing was done
+        print(f"The run failed:\n  {exc}")
+        return 1
     print_summary(summary, settings)
     return 0 if summary.ok else 1
 

@@ -6,9 +6,9 @@ holder refreshes every ``heartbeat`` seconds while it runs.
 
 * **Folder**: the lock file is created exclusively (written to a temporary file, then
   ``os.link``-ed to the lock's name, which fails if the name exists: the file is never seen
-  half-written). Checking, breaking and creating happen under ``fcntl.flock`` on the
-  warehouse folder itself, so two processes never break the same stale lock and then both
-  take it.
+  half-written). Checking, breaking and creating happen under ``fcntl.flock`` on an empty
+  file beside it (``_run.lock.guard``), so two processes never break the same stale lock
+  and then both take it.
 * **S3**: the lock object is created with a conditional write (``PutObject`` with
   ``If-None-Match: *``: the second writer gets 412 Precondition Failed). It is refreshed
   with ``If-Match: <its ETag>`` and deleted (released or broken) with ``If-Match`` too, so
@@ -40,7 +40,7 @@ from typing import Callable
 
 from pipelines.storage import Store
 
-__all__ = ["LOCK_NAME", "LockError", "LockHeld", "LockLost", "Holder", "RunLock", "run_lock"]
+__all__ = ["LOCK_NAME", "LockConfigError", "LockError", "LockHeld", "LockLost", "Holder", "RunLock", "run_lock"]
 
 LOCK_NAME = "_run.lock"
 DEFAULT_WAIT = 0.0  # seconds a second run waits for the lock before giving up
@@ -50,6 +50,10 @@ DEFAULT_HEARTBEAT = 60.0
 
 class LockError(RuntimeError):
     pass
+
+
+class LockConfigError(LockError):
+    """A lock setting is wrong (CAREDATA_LOCK_* or the arguments)."""
 
 
 class LockHeld(LockError):
@@ -124,7 +128,7 @@ class RunLock:
                  clock: Callable[[], float] = time.time, host: str | None = None,
                  pid: int | None = None, pid_alive: Callable[[int], bool] = _pid_alive):
         if stale_after <= heartbeat:
-            raise LockError("the stale timeout must be longer than the heartbeat interval")
+            raise LockConfigError("the stale timeout must be longer than the heartbeat interval")
         self.store, self.name = store, name
         self.wait, self.stale_after, self.heartbeat, self.poll = wait, stale_after, heartbeat, poll
         self.command = command if command is not None else _command()
@@ -144,6 +148,13 @@ class RunLock:
 
     # ------------------------------------------------------------------ public
     def acquire(self) -> Holder:
+        try:
+            return self._acquire()
+        except OSError as exc:  # the warehouse is not a folder, not writable, S3 unreachable
+            raise LockError(f"cannot take the run lock on {self.where}: {type(exc).__name__}: "
+                            f"{exc.strerror or exc}") from exc
+
+    def _acquire(self) -> Holder:
         start = time.monotonic()
         while True:
             holder = Holder(self.host, self.pid,
@@ -213,9 +224,12 @@ class RunLock:
     def _guard(self):
         import fcntl
 
-        root = self.store.root
-        root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(root, os.O_RDONLY)
+        guard = self.store.root / f"{self.name}.guard"
+        if not guard.parent.exists():
+            guard.parent.mkdir(parents=True, exist_ok=True)
+        # a file opened for writing (flock on NFS is emulated with byte-range locks, which
+        # need that); it stays beside the lock, empty
+        fd = os.open(guard, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -328,9 +342,9 @@ def settings_from_env(env=None) -> dict:
             try:
                 value = float(raw)
             except ValueError:
-                raise LockError(f"{name} must be a number of seconds") from None
+                raise LockConfigError(f"{name} must be a number of seconds") from None
             if value < 0:
-                raise LockError(f"{name} must not be negative")
+                raise LockConfigError(f"{name} must not be negative")
             out[key] = value
     return out
 

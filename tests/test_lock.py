@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.lock import LOCK_NAME, Holder, LockError, LockHeld, LockLost, RunLock, settings_from_env
+from pipelines.lock import (LOCK_NAME, Holder, LockConfigError, LockError, LockHeld, LockLost, RunLock,
+                            settings_from_env)
 from pipelines.storage import Store
 
 
@@ -214,12 +215,20 @@ def test_settings_from_env():
     assert settings_from_env({}) == {}
     assert settings_from_env({"CAREDATA_LOCK_WAIT_SECONDS": "30", "CAREDATA_LOCK_STALE_SECONDS": "900"}) == {
         "wait": 30.0, "stale_after": 900.0}
-    with pytest.raises(LockError):
+    with pytest.raises(LockConfigError):
         settings_from_env({"CAREDATA_LOCK_WAIT_SECONDS": "soon"})
-    with pytest.raises(LockError):
+    with pytest.raises(LockConfigError):
         settings_from_env({"CAREDATA_LOCK_WAIT_SECONDS": "-1"})
-    with pytest.raises(LockError):
+    with pytest.raises(LockConfigError):
         RunLock(Store("/tmp/x"), stale_after=10, heartbeat=60)
+
+
+def test_a_warehouse_that_cannot_hold_a_lock_is_an_error(tmp_path):
+    blocker = tmp_path / "wh"
+    blocker.write_text("a file where the warehouse folder should be")
+    with pytest.raises(LockError, match="cannot take the run lock.*NotADirectoryError") as err:
+        lock_of(Store(blocker)).acquire()
+    assert not isinstance(err.value, LockHeld)
 
 
 # ------------------------------------------------------------------ processes
@@ -290,7 +299,7 @@ def test_caredata_run_refuses_while_another_run_holds_the_warehouse(tmp_path, ca
     assert "another run holds the lock" in err and "caredata run (the first one)" in err
     assert f"pid {os.getpid()}" in err
     assert not (tmp_path / "publish").exists()  # no work was done
-    assert not warehouse.exists() or list(warehouse.iterdir()) == []
+    assert not warehouse.exists() or [p.name for p in warehouse.iterdir()] in ([], ["_run.lock.guard"])
 
 
 class IgnoresConditions(Store):
@@ -307,3 +316,14 @@ def test_an_s3_store_without_conditional_writes_is_refused(s3_bucket):
     with pytest.raises(LockError, match="ignores conditional writes"):
         lock_of(store).acquire()
     assert not store.exists(LOCK_NAME)
+
+
+def test_caredata_run_with_a_bad_lock_setting_is_a_configuration_error(tmp_path, capsys, monkeypatch):
+    from pipelines import cli
+
+    monkeypatch.setenv("CAREDATA_LOCK_WAIT_SECONDS", "a while")
+    rc = cli.main(["run", "--landing", str(tmp_path / "landing"), "--warehouse", str(tmp_path / "wh"),
+                   "--publish", str(tmp_path / "publish")])
+    assert rc == 2
+    assert "configuration error: CAREDATA_LOCK_WAIT_SECONDS must be a number" in capsys.readouterr().err
+    assert not (tmp_path / "publish").exists()
