@@ -235,7 +235,9 @@ def _load(store: Store, base: str) -> dict | None:
 
 
 def _write_manifest(store: Store, base: str, manifest: dict) -> None:
-    store.write_bytes(f"{base}/{MANIFEST}", _dump(manifest))
+    # the temporary file is made in the staging folder, never in the dataset folder
+    store.write_bytes(f"{base}/{MANIFEST}", _dump(manifest), tmp_dir=_staging_dir(base))
+    store.remove_empty_dirs(_staging_dir(base), parents=True)
 
 
 def _file_records(manifest: dict) -> Iterator[dict]:
@@ -277,7 +279,7 @@ def _promote(store: Store, base: str, manifest: dict) -> bool:
             raise PublicationError(
                 f"{base}: the manifest lists a staged file that is missing ({rec['path']}); "
                 "the publication cannot be completed")
-        store.copy(src, f"{base}/{_final_path(base, rec['path'])}")
+        store.copy(src, f"{base}/{_final_path(base, rec['path'])}", tmp_dir=_staging_dir(base))
         if n == 0:
             _checkpoint("promoting")
     _checkpoint("promoted")

@@ -150,11 +150,14 @@ class Store:
             except FileExistsError:  # pragma: no cover - 128 random bits
                 continue
 
-    def _write_tmp(self, target: Path, data: bytes | None = None, src: Path | None = None) -> Path:
+    def _write_tmp(self, target: Path, data: bytes | None = None, src: Path | None = None,
+                   tmp_dir: str | None = None) -> Path:
+        folder = self.root / tmp_dir if tmp_dir else target.parent
         for attempt in range(5):
-            target.parent.mkdir(parents=True, exist_ok=True)
             try:
-                fd, tmp = self._tmp_create(target.parent)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                folder.mkdir(parents=True, exist_ok=True)
+                fd, tmp = self._tmp_create(folder)
                 break
             except FileNotFoundError:  # another writer pruned the empty folder just now
                 if attempt == 4:
@@ -176,12 +179,14 @@ class Store:
             raise
         return tmp
 
-    def write_bytes(self, path: str, data: bytes) -> None:
+    def write_bytes(self, path: str, data: bytes, *, tmp_dir: str | None = None) -> None:
+        """Write ``path`` atomically. Locally the temporary file is made in ``tmp_dir`` (a
+        folder of the store, so on the same file system) rather than beside the target."""
         if self.is_s3:
             self.client.put_object(Bucket=self.bucket, Key=self._key(path), Body=data)
             return
         target = self.root / path
-        tmp = self._write_tmp(target, data)
+        tmp = self._write_tmp(target, data, tmp_dir=tmp_dir)
         try:
             os.replace(tmp, target)
         except BaseException:
@@ -189,16 +194,17 @@ class Store:
                 os.unlink(tmp)
             raise
 
-    def copy(self, src: str, dst: str) -> None:
+    def copy(self, src: str, dst: str, *, tmp_dir: str | None = None) -> None:
         """Copy ``src`` to ``dst`` within the store, atomic for a reader of ``dst`` (local:
-        temporary file renamed into place; S3: server-side copy, one object version)."""
+        temporary file, in ``tmp_dir`` if given, renamed into place; S3: server-side copy,
+        one object version)."""
         if self.is_s3:
             self.client.copy(
                 {"Bucket": self.bucket, "Key": self._key(src)}, self.bucket, self._key(dst)
             )
             return
         target = self.root / dst
-        tmp = self._write_tmp(target, src=self.root / src)
+        tmp = self._write_tmp(target, src=self.root / src, tmp_dir=tmp_dir)
         try:
             os.replace(tmp, target)
         except BaseException:

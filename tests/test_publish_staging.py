@@ -158,6 +158,30 @@ def test_glob_after_a_kill_and_after_recovery(tmp_path, store, point):
     assert set(pq.read_table(root / "public" / DS.name).column("commissioner_code").to_pylist()) == {"00M"}
 
 
+class RecordingStore(Store):
+    """Records the folder of every temporary file it makes."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.tmp_folders = []
+
+    def _tmp_create(self, folder):
+        self.tmp_folders.append(Path(folder).relative_to(self.root).as_posix())
+        return Store._tmp_create(folder)
+
+
+def test_temporary_files_are_never_made_in_a_dataset_folder(tmp_path):
+    store = RecordingStore(tmp_path / "publish")
+    publish(store, practice_rows())
+    publish(store, practice_rows(commissioner="00M"), run_id="run-2")  # replaces every partition
+    publish_file(store, "public", "data_dictionary.md", b"dictionary")
+    # per publication: staged files, promotion copies, two manifests (commit, point back)
+    assert len(store.tmp_folders) == 2 * (3 + 3 + 2) + (1 + 1 + 2), store.tmp_folders
+    assert {f.split("/")[0] for f in store.tmp_folders} == {"_staging"}
+    assert not any(f.startswith(("public", "restricted")) for f in store.tmp_folders)
+    assert empty_folders(Path(store.root)) == [] and not (Path(store.root) / "_staging").exists()
+
+
 def test_no_empty_folder_after_many_publications(store):
     root = Path(store.root)
     for k in range(4):
