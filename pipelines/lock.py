@@ -15,7 +15,7 @@ holder refreshes every ``heartbeat`` seconds while it runs.
   a process only ever replaces or removes the very object it read.
 
 A lock is **stale**, and is broken with a message saying whose it was, when its holder ran
-on this host and that process is gone, or when its heartbeat is older than ``stale_after``
+on this host (same host name and pid namespace) and that process is gone, or when its heartbeat is older than ``stale_after``
 seconds (the holder was killed on another host, or hangs). A run that finds a live lock
 waits up to ``wait`` seconds (0 by default: it stops at once) and then raises
 :class:`LockHeld`, whose message names the holder.
@@ -82,6 +82,7 @@ class Holder:
     command: str
     token: str
     heartbeat_at: float  # epoch seconds
+    pid_ns: str = ""  # the pid namespace (containers on one host share a host name)
 
     def to_bytes(self) -> bytes:
         return (json.dumps(self.__dict__, sort_keys=True) + "\n").encode()
@@ -92,7 +93,7 @@ class Holder:
             d = json.loads(data)
             return cls(host=str(d["host"]), pid=int(d["pid"]), started_at=str(d["started_at"]),
                        command=str(d["command"]), token=str(d["token"]),
-                       heartbeat_at=float(d["heartbeat_at"]))
+                       heartbeat_at=float(d["heartbeat_at"]), pid_ns=str(d.get("pid_ns", "")))
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -112,6 +113,13 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:  # someone else's live process
         return True
     return True
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
 
 
 def _command() -> str:
@@ -135,6 +143,7 @@ class RunLock:
         self.warn = warn or (lambda m: print(f"caredata: {m}", file=sys.stderr))
         self.clock, self.host = clock, host or socket.gethostname()
         self.pid = os.getpid() if pid is None else pid
+        self.pid_ns = _pid_namespace()
         self.pid_alive = pid_alive
         self.holder: Holder | None = None
         self._etag: str | None = None  # S3: ETag of our lock object
@@ -159,7 +168,7 @@ class RunLock:
         while True:
             holder = Holder(self.host, self.pid,
                             datetime.fromtimestamp(self.clock(), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                            self.command, uuid.uuid4().hex, self.clock())
+                            self.command, uuid.uuid4().hex, self.clock(), self.pid_ns)
             current = self._try_create(holder)
             if current is None:
                 self.holder = holder
@@ -208,7 +217,7 @@ class RunLock:
             if age > self.stale_after:
                 return f"its lock file cannot be read and is {age:.0f} s old"
             return None
-        if holder.host == self.host and not self.pid_alive(holder.pid):
+        if holder.host == self.host and holder.pid_ns == self.pid_ns and not self.pid_alive(holder.pid):
             return f"process {holder.pid} is no longer running on this host"
         age = now - holder.heartbeat_at
         if age > self.stale_after:
@@ -315,7 +324,7 @@ class RunLock:
         if holder is None:
             return
         new = Holder(holder.host, holder.pid, holder.started_at, holder.command, holder.token,
-                     self.clock())
+                     self.clock(), holder.pid_ns)
         if self.store.is_s3:
             etag = self.store.write_bytes_if_match(self.name, new.to_bytes(), self._etag)
             if etag is None:

@@ -134,13 +134,26 @@ def test_stale_lock_of_a_dead_process_on_this_host_is_broken(store):
     dead.wait()
     import socket
 
-    _fake_lock(store, host=socket.gethostname(), pid=dead.pid)
+    from pipelines.lock import _pid_namespace
+
+    _fake_lock(store, host=socket.gethostname(), pid=dead.pid, pid_ns=_pid_namespace())
     said = []
     with lock_of(store, warn=said.append) as lock:
         assert Holder.parse(store.read_bytes(LOCK_NAME)).token == lock.holder.token
     assert len(said) == 1
     assert "breaking a stale lock" in said[0] and f"process {dead.pid} is no longer running" in said[0]
     assert "old run" in said[0]
+
+
+def test_same_host_name_in_another_pid_namespace_is_not_judged_by_pid(store):
+    """Two containers may share a host name; a pid of the other one means nothing here."""
+    import socket
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _fake_lock(store, host=socket.gethostname(), pid=dead.pid, pid_ns="pid:[1]")
+    with pytest.raises(LockHeld):
+        lock_of(store).acquire()
 
 
 def test_live_lock_on_another_host_is_kept_until_its_heartbeat_is_too_old(store):
