@@ -187,14 +187,19 @@ class RunLock:
         if self.holder is None:
             return
         holder, self.holder = self.holder, None
-        if self.store.is_s3:
-            ok = self.store.delete_if_match(self.name, self._etag)
-        else:
-            with self._guard():
-                mine = self._read_local()
-                ok = mine is not None and mine[0] is not None and mine[0].token == holder.token
-                if ok:
-                    os.unlink(self.store.root / self.name)
+        try:
+            if self.store.is_s3:
+                ok = self.store.delete_if_match(self.name, self._etag)
+            else:
+                with self._guard():
+                    mine = self._read_local()
+                    ok = mine is not None and mine[0] is not None and mine[0].token == holder.token
+                    if ok:
+                        os.unlink(self.store.root / self.name)
+        except Exception as exc:  # never hide the run's own outcome behind this
+            self.warn(f"warning: could not remove the lock {self.where} ({type(exc).__name__}); "
+                      "the next run will find it stale")
+            return
         if not ok and self.lost is None:
             self.lost = "the lock was broken or replaced by another process while this run held it"
         if self.lost:

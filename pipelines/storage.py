@@ -6,7 +6,8 @@ reading and writing, and through ``pyarrow.fs.S3FileSystem`` for Arrow datasets,
 reads it as Arrow and needs no extension.
 
 Writes are atomic for a reader: locally a temporary file is renamed into place; on S3 a
-PUT is atomic per object.
+PUT is atomic per object. Local files and folders follow the process's umask. Conditional
+writes (create only if absent, replace or delete only if unchanged) serve the locks.
 """
 
 from __future__ import annotations
