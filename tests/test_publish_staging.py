@@ -318,3 +318,33 @@ def test_s3_keys_a_glob_sees_during_and_after_a_publish(s3_bucket, monkeypatch):
     assert keys() == [f"public/{DS.name}/_manifest.json"] + [
         f"public/{DS.name}/period={p}/part-00000.parquet" for p in PERIODS]
     assert verify_publication(store, "public", DS.name) == []
+
+
+# --------------------------------------------------------------------------- a whole run
+
+
+def test_a_run_leaves_no_staging_no_empty_folder_and_readable_files(tmp_path, umask):
+    """`caredata run` on a tiny landing zone (the ledger, the dictionary, data quality are
+    published): the publish root globs cleanly, has no empty folder, and is 0644/0755."""
+    import contextlib
+    import io
+
+    from pipelines import cli
+
+    landing = tmp_path / "landing"
+    (landing / "reference").mkdir(parents=True)
+    (landing / "reference" / "providers.csv").write_text("PROVIDER_CODE,NAME,COMMISSIONER_CODE\nRXX,A,00K\n")
+    (landing / "sus_apc").mkdir()
+    (landing / "sus_apc" / "apc_rxx_2014.csv").write_text("PROCODE3,SUSRECID\nRXX,1\n")
+    umask(0o022)
+    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()):
+        rc = cli.main(["run", "--landing", str(landing), "--warehouse", str(tmp_path / "wh"),
+                       "--publish", str(tmp_path / "pub"), "--demo-mode"])
+    assert rc == 0, out.getvalue()
+    root = tmp_path / "pub"
+    assert globbed(root), "the run published no dataset"
+    assert_globbable(root)
+    assert empty_folders(root) == [] and not (root / "_staging").exists()
+    for p in root.rglob("*"):
+        assert stat.S_IMODE(p.stat().st_mode) == (0o755 if p.is_dir() else 0o644), p
+    assert not (tmp_path / "wh" / "_run.lock").exists()  # the run lock was released
