@@ -337,9 +337,14 @@ def test_a_run_leaves_no_staging_no_empty_folder_and_readable_files(tmp_path, um
     (landing / "sus_apc").mkdir()
     (landing / "sus_apc" / "apc_rxx_2014.csv").write_text("PROCODE3,SUSRECID\nRXX,1\n")
     umask(0o022)
-    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()):
-        rc = cli.main(["run", "--landing", str(landing), "--warehouse", str(tmp_path / "wh"),
-                       "--publish", str(tmp_path / "pub"), "--demo-mode"])
+    saved = dict(os.environ)  # the runner exports the roots (and demo mode) to its assets
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()):
+            rc = cli.main(["run", "--landing", str(landing), "--warehouse", str(tmp_path / "wh"),
+                           "--publish", str(tmp_path / "pub"), "--demo-mode"])
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     assert rc == 0, out.getvalue()
     root = tmp_path / "pub"
     assert globbed(root), "the run published no dataset"
