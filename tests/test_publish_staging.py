@@ -353,3 +353,38 @@ def test_a_run_leaves_no_staging_no_empty_folder_and_readable_files(tmp_path, um
     for p in root.rglob("*"):
         assert stat.S_IMODE(p.stat().st_mode) == (0o755 if p.is_dir() else 0o644), p
     assert not (tmp_path / "wh" / "_run.lock").exists()  # the run lock was released
+
+
+def test_s3_concurrent_publications_of_one_dataset_lose_no_partition(s3_bucket):
+    """Runs of different periods (the Dagster queue allows them together) publish the same
+    dataset at once: the S3 publication lock serialises them, so no partition is lost."""
+    import threading
+
+    bucket, endpoint = s3_bucket
+    periods = ["2014-01", "2014-02", "2014-03", "2014-04"]
+    barrier = threading.Barrier(len(periods))
+    errors = []
+
+    def worker(p):
+        try:
+            store = Store(f"s3://{bucket}/publish", endpoint_url=endpoint)
+            barrier.wait()
+            for k in range(2):
+                publish(store, practice_rows(periods=[p], commissioner=["00L", "00M"][k]), run_id=f"{p}-{k}",
+                        input_submissions={})
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(p,)) for p in periods]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    store = Store(f"s3://{bucket}/publish", endpoint_url=endpoint)
+    m = read_manifest(store, "public", DS.name)
+    assert sorted(m["partitions"]) == periods
+    assert {e["run_id"] for e in m["partitions"].values()} == {f"{p}-1" for p in periods}
+    assert verify_publication(store, "public", DS.name) == []
+    assert [f.path for f in store.list("")] == [f"public/{DS.name}/_manifest.json"] + [
+        f"public/{DS.name}/period={p}/part-00000.parquet" for p in periods]
