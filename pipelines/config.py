@@ -251,6 +251,9 @@ class Settings:
     pseudo_key: str | None = field(default=None, repr=False)
     demo_mode: bool = False
     thresholds: dict = field(default_factory=_defaults)
+    # The YAML file the thresholds came from (absolute), so that a run's Dagster resource
+    # loads the same configuration (pipelines.runner passes it on as CAREDATA_CONFIG).
+    config_file: str | None = None
 
     def __post_init__(self) -> None:
         # The same rule however the object is made (outputs.md "Keys").
@@ -283,6 +286,7 @@ class Settings:
         config_file = config_file or env.get("CAREDATA_CONFIG")
         if config_file:
             loaded = cls._read_yaml(Path(config_file), problems)
+            values["config_file"] = str(Path(config_file).expanduser().resolve())
             where = f" (in {config_file})"
             if "pseudo_key" in loaded:
                 loaded.pop("pseudo_key")
@@ -349,7 +353,7 @@ class Settings:
                 cls._check_root(key, value, " (override)", problems)
             elif key == "thresholds":
                 _check(value, defaults, "thresholds", problems)
-            elif key != "pseudo_key":
+            elif key not in ("pseudo_key", "config_file"):
                 problems.append(f"{key}: not a setting")
             values[key] = value
         values.setdefault("thresholds", thresholds)

@@ -151,6 +151,8 @@ def _env_for(settings: Settings) -> dict[str, str]:
         env["CAREDATA_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
     if settings.demo_mode:
         env["CAREDATA_DEMO_MODE"] = "1"
+    if settings.config_file:  # the resource must load the same thresholds as the caller
+        env["CAREDATA_CONFIG"] = settings.config_file
     return env
 
 
@@ -171,6 +173,7 @@ def run_pipeline(settings: Settings, *, periods: list[str] | None = None, progre
         summary.errors.append(str(exc))
         summary.startup_code = exc.code
         return summary
+    saved = {k: os.environ.get(k) for k in _env_for(settings)}  # restored after the run
     try:
         _materialise(settings, summary, periods=periods, progress=progress, log_level=log_level)
     except Exception as exc:  # noqa: BLE001 - the summary says it in one line; the log has it all
@@ -179,6 +182,12 @@ def run_pipeline(settings: Settings, *, periods: list[str] | None = None, progre
         summary.storage_failed |= is_storage_error(exc)
         if debug:
             traceback.print_exc()
+    finally:
+        for k, v in saved.items():  # one run's roots and demo mode must not leak into the next
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     if summary.tracebacks:
         summary.log_file = _write_log(summary, log_file)
     return summary
