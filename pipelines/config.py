@@ -349,6 +349,8 @@ class Settings:
         for key, value in overrides.items():
             if value is None:
                 continue
+            if key in ("landing", "warehouse", "publish") and isinstance(value, os.PathLike):
+                value = os.fspath(value)
             if key in ROOT_KEYS:
                 cls._check_root(key, value, " (override)", problems)
             elif key == "thresholds":
