@@ -86,6 +86,18 @@ def test_a_storage_failure_during_the_run_is_one_line_the_summary_and_exit_3(tmp
     assert 'File "' in log.read_text() and "NotADirectoryError" in log.read_text()  # the stack is in the log
 
 
+def test_debug_shows_the_tracebacks_on_the_console(tmp_path, capfd):
+    landing = tmp_path / "landing"
+    (landing / "reference").mkdir(parents=True)
+    (landing / "reference" / "providers.csv").write_text("PROVIDER_CODE,NAME,COMMISSIONER_CODE\nRXX,A,00K\n")
+    (tmp_path / "wh").mkdir()
+    (tmp_path / "wh" / "ledger").write_text("a file where the ledger's folder should be")
+    rc = cli.main(["run", *_roots(tmp_path), "--debug", "--log-file", str(tmp_path / "run.log")])
+    out, err = capfd.readouterr()
+    assert rc == EXIT_STORAGE
+    assert 'File "' in err and "NotADirectoryError" in err
+
+
 def test_a_failed_step_exits_1_and_the_config_file_reaches_every_step(tmp_path, small_landing):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("targets:\n  - {id: t, measure: m, metric: pct_no_such_metric, target_pct: 50.0}\n")
