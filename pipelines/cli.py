@@ -1,13 +1,18 @@
 """The ``caredata`` command.
 
     caredata synth OUT_DIR [--seed N] [--scale X] [--months N] [--start YYYY-MM]
-    caredata run --landing PATH_OR_S3 --warehouse PATH_OR_S3 --publish PATH_OR_S3 [--config FILE] [--demo-mode]
+    caredata run --landing PATH_OR_S3 --warehouse PATH_OR_S3 --publish PATH_OR_S3 [--config FILE]
+                 [--demo-mode] [--debug] [--log-file FILE]
     caredata demo [--out DIR]
 
-Exit status is non-zero only when the run itself failed (1: a step raised, or a blocking
-check refused a publication; 2: a configuration error; 3: another run holds the
-warehouse's lock and nothing was done), never because a submission was bad: bad
-submissions are recorded in the ledger and reported as held back.
+The configuration is checked whole before any work (a problem is one line, exit 2), then
+the three roots (pipelines.runner.check_roots). Exit status (EXIT_CODES below):
+0 ok, 1 the run failed (a step raised, or a blocking check refused a publication), 2
+configuration or usage error before any work, 3 try again later: a storage (S3, network,
+disk) error, or another run holds the warehouse's lock (nothing was done). Never non-zero
+because a submission was bad: bad submissions are recorded in the ledger and reported as
+held back. Errors are one line each on the console; full tracebacks go to a log file (named
+in the summary), or to the console too with --debug.
 """
 
 from __future__ import annotations
@@ -16,6 +21,23 @@ import argparse
 import os
 import sys
 from pathlib import Path
+
+# Exit codes a scheduler can trust (README "Run it on your own data", `caredata run --help`).
+EXIT_OK = 0        # every period ran; bad submissions were held back or rejected, not a failure
+EXIT_FAILED = 1    # the run failed: a step raised, or a blocking check refused a publication
+EXIT_USAGE = 2     # configuration or usage error, found before any work: nothing was read or written
+EXIT_STORAGE = 3   # try again later: a root could not be reached, read or written (S3, network,
+                   # file system), or another run holds the warehouse's lock and nothing was done
+EXIT_CODES = f"""exit status:
+  {EXIT_OK}  the run succeeded (bad submissions are held back or rejected, not a failure)
+  {EXIT_FAILED}  the run failed: a step raised, or a blocking check refused a publication
+  {EXIT_USAGE}  configuration or usage error, before any work (bad --config or CAREDATA_*
+     setting, a key under 32 bytes or an unreadable key file, a landing root that does not
+     exist or an S3 landing prefix with no object, a warehouse or publish root that cannot
+     be created)
+  {EXIT_STORAGE}  try again later: S3, the network or the file system could not be reached,
+     read or written (before or during the run; the run summary is still printed), or
+     another run holds the warehouse's lock (nothing was done; the holder is named)"""
 
 
 def _synth(args) -> int:
@@ -32,41 +54,51 @@ def _synth(args) -> int:
     return 0
 
 
-def _run(args) -> int:
+def _load_settings(args):
+    """The whole configuration, checked; None (after one line on stderr) when it is wrong."""
     from pipelines.config import ConfigError, Settings
-    from pipelines.runner import print_summary, run_pipeline
 
     try:
-        settings = Settings.load(
+        return Settings.load(
             args.config, landing=args.landing, warehouse=args.warehouse, publish=args.publish,
             s3_endpoint_url=args.s3_endpoint_url, demo_mode=True if args.demo_mode else None,
         )
     except ConfigError as exc:
         print(f"caredata: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return None
+
+
+def _run(args) -> int:
+    from pipelines.runner import print_summary, run_pipeline
+
+    settings = _load_settings(args)
+    if settings is None:
+        return EXIT_USAGE
     if settings.effective_pseudo_key is None:
         print("caredata: no pseudonymisation key (CAREDATA_PSEUDO_KEY or CAREDATA_PSEUDO_KEY_FILE): "
               "the restricted zone will not be written; public datasets are.", file=sys.stderr)
-    from pipelines.lock import LockConfigError, LockError, LockHeld
-
-    try:
-        summary = run_pipeline(settings, progress=lambda m: print(m, file=sys.stderr))
-    except LockHeld as exc:  # another run on this warehouse: nothing was done
-        print(f"caredata: {exc}", file=sys.stderr)
-        return 3
-    except LockConfigError as exc:
-        print(f"caredata: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except LockError as exc:  # the warehouse cannot be locked: nothing was done
-        print(f"The run failed:\n  {exc}")
-        return 1
+    debug = getattr(args, "debug", False)
+    summary = run_pipeline(
+        settings, progress=lambda m: print(m, file=sys.stderr),
+        # Dagster's console logger prints a traceback per failed step: only with --debug.
+        log_level="WARNING" if debug else "CRITICAL",
+        log_file=getattr(args, "log_file", None), debug=debug,
+    )
+    for line in summary.errors:
+        print(f"caredata: error: {line}", file=sys.stderr)
     print_summary(summary, settings)
-    return 0 if summary.ok else 1
+    return summary.exit_code
 
 
 def _demo(args) -> int:
     out = Path(args.out).resolve()
     landing = out / "landing"
+    ns = argparse.Namespace(
+        config=None, landing=str(landing), warehouse=str(out / "warehouse"), publish=str(out / "publish"),
+        s3_endpoint_url=None, demo_mode=True, debug=args.debug, log_file=args.log_file,
+    )
+    if _load_settings(ns) is None:  # checked before generating anything
+        return EXIT_USAGE
     if not landing.exists():
         from pipelines.synth import generate
 
@@ -74,16 +106,20 @@ def _demo(args) -> int:
         generate(landing, seed=args.seed, scale=args.scale, months=args.months, start=args.start,
                  truth_dir=out / "ground_truth", progress=True)
     os.environ.setdefault("DAGSTER_HOME", str(out / ".dagster_home"))
-    ns = argparse.Namespace(
-        config=None, landing=str(landing), warehouse=str(out / "warehouse"), publish=str(out / "publish"),
-        s3_endpoint_url=None, demo_mode=True,
-    )
     rc = _run(ns)
     print(f"\nDatasets: {out / 'publish'}  (public/ and restricted/; data dictionary: "
           f"{out / 'publish' / 'public' / 'data_dictionary.html'})")
     print(f"Ledger of every file: {out / 'publish' / 'public' / 'submissions'}")
     print("Open the Dagster UI on this demo: make dev")
     return rc
+
+
+def _add_error_options(p) -> None:
+    p.add_argument("--debug", action="store_true",
+                   help="print full tracebacks on the console too (Dagster's step logs)")
+    p.add_argument("--log-file", default=None, metavar="FILE",
+                   help="where full tracebacks of failures go (default: a new caredata-run-<time>.log "
+                        "in the temporary folder, written only when something failed)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,21 +136,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_synth)
 
-    p = sub.add_parser("run", help="run the whole pipeline for every period in the landing zone")
+    p = sub.add_parser("run", help="run the whole pipeline for every period in the landing zone",
+                       description="Run the whole pipeline for every period in the landing zone. The "
+                                   "configuration (--config / CAREDATA_CONFIG, CAREDATA_* variables, the key) "
+                                   "is checked whole before any work, then the three roots.",
+                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--landing", required=True, help="folder or s3://bucket/prefix")
     p.add_argument("--warehouse", required=True, help="folder or s3://bucket/prefix")
     p.add_argument("--publish", required=True, help="folder or s3://bucket/prefix")
     p.add_argument("--config", default=None, help="YAML file overriding thresholds (defaults.yaml)")
     p.add_argument("--s3-endpoint-url", default=None, help="a non-AWS S3 endpoint")
     p.add_argument("--demo-mode", action="store_true", help="pseudonymise with the public demo key")
+    _add_error_options(p)
     p.set_defaults(func=_run)
 
-    p = sub.add_parser("demo", help="synth a small landing zone, run, print where the datasets are")
+    p = sub.add_parser("demo", help="synth a small landing zone, run, print where the datasets are",
+                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=float, default=0.002)
     p.add_argument("--months", type=int, default=3)
     p.add_argument("--start", default="2014-01")
+    _add_error_options(p)
     p.set_defaults(func=_demo)
 
     args = parser.parse_args(argv)

@@ -29,6 +29,13 @@ from pipelines import nhs_number as nhsno
 
 ID_HEX_CHARS = 32
 HESID_PREFIX = "HESID:"
+# outputs.md "Keys": a key shorter than this (after stripping surrounding whitespace) is a
+# configuration error (pipelines.config checks it before any work starts).
+MIN_KEY_BYTES = 32
+# What manifests say about the key: an HMAC of this fixed label under the key, never a
+# plain hash of the key (a plain hash would let anyone test guesses of the key offline).
+KEY_LABEL_MESSAGE = b"caredata key label v1"
+KEY_LABEL_HEX_CHARS = 16
 
 
 class MissingKeyError(RuntimeError):
@@ -55,6 +62,13 @@ def _key_bytes(key: str | bytes | None) -> bytes:
         return bytes(key)
     # Never echo the value: only its type.
     raise TypeError(f"pseudonymisation key must be str or bytes, not {type(key).__name__}")
+
+
+def key_label_digest(key: str | bytes) -> str:
+    """The first 16 hex characters of HMAC-SHA256(key, "caredata key label v1"): tells two
+    keys apart in a manifest without being a hash of the key itself."""
+    kb = _key_bytes(key)
+    return hmac.new(kb, KEY_LABEL_MESSAGE, hashlib.sha256).hexdigest()[:KEY_LABEL_HEX_CHARS]
 
 
 def _digest(key: bytes, message: str) -> str:

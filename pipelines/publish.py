@@ -461,6 +461,7 @@ def publish_dataset(
             old = old_parts.get(period)
             if (
                 old is not None
+                and old.get("key_label") == key_label  # a new label (e.g. the HMAC form) is rewritten
                 and [f.get("sha256") for f in old.get("files", [])] == [digest]
                 and old["files"][0].get("path") == final
                 and existing.get(f"{base}/{final}") == len(payload)

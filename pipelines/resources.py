@@ -12,7 +12,11 @@ class CareDataConfig(dg.ConfigurableResource):
     """Roots and thresholds for every asset. Empty fields fall back to the environment
     (CAREDATA_LANDING, ...) and the YAML configuration (CAREDATA_CONFIG). The
     pseudonymisation key is never resource config (it would show in run config): it comes
-    from CAREDATA_PSEUDO_KEY or CAREDATA_PSEUDO_KEY_FILE."""
+    from CAREDATA_PSEUDO_KEY or CAREDATA_PSEUDO_KEY_FILE.
+
+    The whole configuration is checked when a run starts (``setup_for_execution``), before
+    any step: a wrong setting fails the run at once with the one-line
+    :class:`~pipelines.config.ConfigError`, as ``caredata run`` does."""
 
     landing: str = ""
     warehouse: str = ""
@@ -22,6 +26,9 @@ class CareDataConfig(dg.ConfigurableResource):
     demo_mode: bool = False
 
     _settings: Settings | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self.settings()  # raises ConfigError before any asset runs
 
     def settings(self) -> Settings:
         if self._settings is None:

@@ -5,18 +5,64 @@ period, ingest and validation; then, for each period, linkage (it uses each prac
 newest extract, whatever its month); then, for each period, the datasets, disclosure
 control and publishing (so a window's 30-day follow-up sees the next month's data); last,
 the submissions ledger.
+
+Before any of that, :func:`check_roots` makes sure the three roots can be used; after it,
+every failure is one line in the summary (the full tracebacks go to a log file), and
+:attr:`RunSummary.exit_code` is what ``caredata run`` exits with (:data:`EXIT_CODES`).
 """
 
 from __future__ import annotations
 
+import builtins
+import datetime as dt
 import os
 import sys
 import tempfile
+import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import dagster as dg
 
 from pipelines.config import Settings
+
+from pipelines.cli import EXIT_CODES, EXIT_FAILED, EXIT_OK, EXIT_STORAGE, EXIT_USAGE  # noqa: F401
+# Errors of storage and network: S3 (botocore), pyarrow.fs (OSError) and the file system.
+_OS_ERRORS = {c.__name__ for c in vars(builtins).values() if isinstance(c, type) and issubclass(c, OSError)}
+_BOTOCORE_ERRORS = {"ClientError", "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+                    "ConnectionClosedError", "NoCredentialsError", "PartialCredentialsError", "NoRegionError",
+                    "CredentialRetrievalError", "HTTPClientError", "ProxyConnectionError", "SSLError",
+                    "BotoCoreError", "NoSuchBucket", "NoSuchKey", "S3UploadFailedError"}
+STORAGE_ERRORS = frozenset(_OS_ERRORS | _BOTOCORE_ERRORS)
+
+
+def _storage_exceptions() -> tuple[type[BaseException], ...]:
+    out: list[type[BaseException]] = [OSError]
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        out += [BotoCoreError, ClientError]
+    except ImportError:  # pragma: no cover - boto3 is a dependency
+        pass
+    return tuple(out)
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    return isinstance(exc, _storage_exceptions())
+
+
+def one_line(exc: BaseException) -> str:
+    """``ClassName: message`` on one line (what the console shows instead of a traceback)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class StartupError(Exception):
+    """A root cannot be used: found before any work; ``code`` is the exit code."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass
@@ -27,10 +73,65 @@ class RunSummary:
     published: list[dict] = field(default_factory=list)
     held_back: list[dict] = field(default_factory=list)
     run_ids: list[str] = field(default_factory=list)
+    # Failures outside a Dagster step (storage, the runner itself), one line each.
+    errors: list[str] = field(default_factory=list)
+    # The run stopped before any work (check_roots): its exit code.
+    startup_code: int | None = None
+    storage_failed: bool = False
+    tracebacks: list[str] = field(default_factory=list, repr=False)
+    log_file: str | None = None
 
     @property
     def ok(self) -> bool:
-        return not self.failed_steps and not self.failed_checks
+        return not self.failed_steps and not self.failed_checks and not self.errors
+
+    @property
+    def exit_code(self) -> int:
+        if self.startup_code is not None:
+            return self.startup_code
+        if self.ok:
+            return EXIT_OK
+        return EXIT_STORAGE if self.storage_failed else EXIT_FAILED
+
+
+def check_roots(settings: Settings) -> None:
+    """Before any work: the landing root exists (a folder, or an S3 prefix holding at least
+    one object), the warehouse and publish roots exist or can be created (folders) or their
+    buckets can be listed (S3). Raises :class:`StartupError` (one line, with the exit code)."""
+    from pipelines.storage import Store
+
+    ep = settings.s3_endpoint_url
+    for name, root in (("landing", settings.landing), ("warehouse", settings.warehouse),
+                       ("publish", settings.publish)):
+        store = Store(root, ep)
+        if store.is_s3:
+            _check_s3_root(name, store)
+        elif name == "landing":
+            if not store.root.exists():
+                raise StartupError(f"landing root {store.root} does not exist", EXIT_USAGE)
+            if not store.root.is_dir():
+                raise StartupError(f"landing root {store.root} is not a folder", EXIT_USAGE)
+        else:
+            try:
+                store.root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StartupError(f"{name} root {store.root} cannot be created "
+                                   f"({exc.strerror or type(exc).__name__})", EXIT_USAGE) from None
+            if not os.access(store.root, os.W_OK | os.X_OK):
+                raise StartupError(f"{name} root {store.root} is not writable", EXIT_USAGE)
+
+
+def _check_s3_root(name: str, store) -> None:
+    if not store.bucket:
+        raise StartupError(f"{name} root {store.url}: no bucket in the S3 address", EXIT_USAGE)
+    prefix = f"{store.prefix}/" if store.prefix else ""
+    try:
+        page = store.client.list_objects_v2(Bucket=store.bucket, Prefix=prefix, MaxKeys=1)
+    except _storage_exceptions() as exc:
+        raise StartupError(f"{name} root {store.url}: cannot list it ({one_line(exc)})", EXIT_STORAGE) from None
+    if name == "landing" and not page.get("KeyCount", len(page.get("Contents", []))):
+        raise StartupError(f"landing root {store.url} holds no object: nothing to take in "
+                           "(is the bucket or prefix right?)", EXIT_USAGE)
 
 
 def _instance() -> dg.DagsterInstance:
@@ -50,22 +151,79 @@ def _env_for(settings: Settings) -> dict[str, str]:
         env["CAREDATA_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
     if settings.demo_mode:
         env["CAREDATA_DEMO_MODE"] = "1"
+    if settings.config_file:  # the resource must load the same thresholds as the caller
+        env["CAREDATA_CONFIG"] = settings.config_file
     return env
 
 
 def run_pipeline(settings: Settings, *, periods: list[str] | None = None, progress=print,
-                 log_level: str = "WARNING") -> RunSummary:
-    """Materialise everything for every period found (or the ones given), holding the
-    warehouse's run lock (pipelines/lock.py: raises LockHeld if another run holds it)."""
-    from pipelines.lock import run_lock
+                 log_level: str = "WARNING", preflight=check_roots, log_file: str | None = None,
+                 debug: bool = False) -> RunSummary:
+    """Materialise everything for every period found (or the ones given).
 
-    with run_lock(settings.warehouse, settings.s3_endpoint_url):
-        return _run_pipeline(settings, periods=periods, progress=progress, log_level=log_level)
+    ``preflight`` (default :func:`check_roots`) runs first; a :class:`StartupError` stops
+    the run before any work. A storage or other error raised outside a Dagster step ends
+    the run as one line in ``summary.errors``. Every failure's full traceback is written to
+    ``log_file`` (default: a new file in the temporary folder, only when something failed),
+    and to the console too when ``debug``."""
+    from pipelines.lock import LockConfigError, LockError, LockHeld, run_lock, settings_from_env
+
+    summary = RunSummary()
+    try:
+        lock_settings = settings_from_env()
+    except LockConfigError as exc:
+        summary.errors.append(f"configuration error: {exc}")
+        summary.startup_code = EXIT_USAGE
+        return summary
+    try:
+        preflight(settings)
+    except StartupError as exc:
+        summary.errors.append(str(exc))
+        summary.startup_code = exc.code
+        return summary
+    saved = {k: os.environ.get(k) for k in _env_for(settings)}  # restored after the run
+    try:
+        # The warehouse's run lock (pipelines/lock.py): two runs on one warehouse never overlap.
+        with run_lock(settings.warehouse, settings.s3_endpoint_url, **lock_settings):
+            _materialise(settings, summary, periods=periods, progress=progress, log_level=log_level)
+    except LockHeld as exc:  # another run holds the warehouse: nothing was done, try later
+        summary.errors.append(str(exc))
+        summary.startup_code = EXIT_STORAGE
+    except LockError as exc:  # the warehouse cannot hold a lock, or ours was broken
+        summary.errors.append(str(exc))
+        summary.tracebacks.append(traceback.format_exc())
+    except Exception as exc:  # noqa: BLE001 - the summary says it in one line; the log has it all
+        summary.errors.append(one_line(exc))
+        summary.tracebacks.append(traceback.format_exc())
+        summary.storage_failed |= is_storage_error(exc)
+        if debug:
+            traceback.print_exc()
+    finally:
+        for k, v in saved.items():  # one run's roots and demo mode must not leak into the next
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    if summary.tracebacks:
+        summary.log_file = _write_log(summary, log_file)
+    return summary
 
 
-def _run_pipeline(settings: Settings, *, periods: list[str] | None = None, progress=print,
-                  log_level: str = "WARNING") -> RunSummary:
-    """Materialise everything for every period found (or the ones given)."""
+def _write_log(summary: RunSummary, log_file: str | None) -> str | None:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = Path(log_file) if log_file else Path(tempfile.gettempdir()) / f"caredata-run-{stamp}.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(f"caredata run {stamp}: {len(summary.tracebacks)} failure(s)\n\n")
+            fh.write("\n\n".join(summary.tracebacks) + "\n")
+    except OSError as exc:
+        summary.errors.append(f"could not write the log file {path} ({exc.strerror or type(exc).__name__})")
+        return None
+    return str(path)
+
+
+def _materialise(settings: Settings, summary: RunSummary, *, periods, progress, log_level) -> None:
     from assets import ALL_ASSETS, LEDGER, PERIOD_INGEST, PERIOD_LINK, PERIOD_OUTPUTS, UNPARTITIONED
     from pipelines import stages
     from pipelines.resources import CareDataConfig
@@ -80,7 +238,6 @@ def _run_pipeline(settings: Settings, *, periods: list[str] | None = None, progr
         "io_manager": dg.FilesystemIOManager(base_dir=tempfile.mkdtemp(prefix="caredata-io-")),
     }
     instance = _instance()
-    summary = RunSummary()
 
     def _run(selection, partition_key=None, label=""):
         result = dg.materialize(
@@ -94,7 +251,9 @@ def _run_pipeline(settings: Settings, *, periods: list[str] | None = None, progr
                 err = ev.event_specific_data.error
                 while err.cause is not None:  # the user error, not Dagster's wrapper
                     err = err.cause
-                summary.failed_steps.append(f"{label}{ev.step_key}: {err.message.strip()}")
+                summary.storage_failed |= err.cls_name in STORAGE_ERRORS
+                summary.failed_steps.append(f"{label}{ev.step_key}: {' '.join(err.message.split())}")
+                summary.tracebacks.append(f"{label}{ev.step_key}:\n{ev.event_specific_data.error.to_string()}")
             if ev.event_type_value == "ASSET_CHECK_EVALUATION":
                 data = ev.event_specific_data
                 if not data.passed and data.severity == dg.AssetCheckSeverity.ERROR:
@@ -120,11 +279,16 @@ def _run_pipeline(settings: Settings, *, periods: list[str] | None = None, progr
     _run(dg.AssetSelection.assets(*LEDGER), label="[ledger] ")
     summary.published = stages.published_summary(settings)
     summary.held_back = stages.held_back_summary(settings)
-    return summary
 
 
 def print_summary(summary: RunSummary, settings: Settings, out=None) -> None:
     w = (out or sys.stdout).write
+    if summary.startup_code is not None:
+        w("\nThe run did not start:\n")
+        for e in summary.errors:
+            w(f"  {e}\n")
+        w(f"Exit status {summary.exit_code} (caredata run --help lists the codes).\n")
+        return
     w(f"\nPeriods: {', '.join(summary.periods) or 'none found'}\n")
     w(f"Published to {settings.publish}:\n")
     for row in summary.published:
@@ -138,7 +302,10 @@ def print_summary(summary: RunSummary, settings: Settings, out=None) -> None:
         w("  nothing\n")
     if settings.demo_mode and not settings.pseudo_key:
         w("DEMO MODE: the restricted zone is pseudonymised with the public demo key; not for real data.\n")
-    if summary.failed_steps or summary.failed_checks:
+    if not summary.ok:
         w("The run failed:\n")
-        for f in summary.failed_steps + summary.failed_checks:
+        for f in summary.failed_steps + summary.failed_checks + summary.errors:
             w(f"  {f}\n")
+        if summary.log_file:
+            w(f"Full tracebacks: {summary.log_file}\n")
+        w(f"Exit status {summary.exit_code} (caredata run --help lists the codes).\n")

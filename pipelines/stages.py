@@ -442,7 +442,10 @@ def publish(settings: Settings, period: str, *, run_id: str = "cli") -> dict:
         if r.get("status") in ("current", "held") and (r.get("reporting_period") == period or r.get("source") == "reference")
     )
     report = {}
-    for zone in ("public", "restricted"):
+    # A run without a key never writes, replaces or re-labels the restricted zone (outputs.md
+    # "Keys"): release candidates an earlier keyed run left in the warehouse stay unpublished.
+    zones = ("public", "restricted") if settings.effective_pseudo_key is not None else ("public",)
+    for zone in zones:
         for name in PUBLIC_DATASETS if zone == "public" else RESTRICTED_DATASETS:
             path = _release_path(zone, name, period)
             if not wh.store.exists(path):

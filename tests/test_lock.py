@@ -311,7 +311,8 @@ def test_caredata_run_refuses_while_another_run_holds_the_warehouse(tmp_path, ca
     err = capsys.readouterr().err
     assert "another run holds the lock" in err and "caredata run (the first one)" in err
     assert f"pid {os.getpid()}" in err
-    assert not (tmp_path / "publish").exists()  # no work was done
+    # No work was done: the roots were checked (and the publish root created), nothing written.
+    assert not (tmp_path / "publish").exists() or not any((tmp_path / "publish").iterdir())
     assert not warehouse.exists() or [p.name for p in warehouse.iterdir()] in ([], ["_run.lock.guard"])
 
 

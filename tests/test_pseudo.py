@@ -253,3 +253,13 @@ def test_strip_chars_are_exactly_what_str_strip_removes():
     spaces = "".join(ch for ch in map(chr, range(sys.maxunicode + 1)) if ch.isspace())
     assert pseudo._STRIP_CHARS == spaces
     assert all(ch.strip() == "" for ch in spaces)
+
+
+def test_key_label_digest_is_an_hmac_of_a_fixed_label_not_a_hash_of_the_key():
+    key = "k" * 40
+    want = hmac.new(key.encode(), b"caredata key label v1", hashlib.sha256).hexdigest()[:16]
+    assert pseudo.key_label_digest(key) == want == pseudo.key_label_digest(key.encode())
+    assert pseudo.key_label_digest(key) not in hashlib.sha256(key.encode()).hexdigest()
+    assert pseudo.key_label_digest(key) != pseudo.key_label_digest(key + "x")
+    with pytest.raises(pseudo.MissingKeyError):
+        pseudo.key_label_digest("   ")

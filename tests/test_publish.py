@@ -488,3 +488,18 @@ def test_s3_publish_read_back_idempotent_and_recovers(s3_endpoint, monkeypatch):
     assert verify_publication(store, "public", DS.name) == []
     via_arrow = pads.dataset(f"{base}/{BASE}", filesystem=fs, format="parquet", partitioning="hive").to_table()
     assert canon(via_arrow.to_pylist(), columns) == canon(v2.to_pylist(), columns)
+
+
+def test_a_partition_whose_key_label_changed_is_rewritten_even_with_the_same_rows(store):
+    """Manifests written before key labels were HMACs carry a plain hash of the key: the
+    next publication replaces the label even though the rows are the same."""
+    ds = schemas.get("linked_episodes")
+    row = {c.name: None for c in ds.columns}
+    table = pa.Table.from_pylist([{**row, "period": "2014-01", "person_id": "a" * 32, "provider_code": "RXH",
+                                   "susrecid": "1", "diagnoses": [], "procedures": []}])
+    kw = dict(run_id="r", code_version="c", input_submissions={}, thresholds={})
+    assert publish_dataset(store, ds, table, key_label="configured:abcd1234", **kw).written == ["2014-01"]
+    assert publish_dataset(store, ds, table, key_label="configured:abcd1234", **kw).unchanged == ["2014-01"]
+    assert publish_dataset(store, ds, table, key_label="configured:0123456789abcdef", **kw).written == ["2014-01"]
+    m = read_manifest(store, "restricted", "linked_episodes")
+    assert m["partitions"]["2014-01"]["key_label"] == "configured:0123456789abcdef"
