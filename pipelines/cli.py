@@ -3,6 +3,7 @@
     caredata synth OUT_DIR [--seed N] [--scale X] [--months N] [--start YYYY-MM]
     caredata run --landing PATH_OR_S3 --warehouse PATH_OR_S3 --publish PATH_OR_S3 [--config FILE] [--demo-mode]
     caredata demo [--out DIR]
+    caredata release FILE_NAME --warehouse PATH_OR_S3 [--by NAME] [--note TEXT]
 
 Exit status is non-zero only when the run itself failed (a step raised, or a blocking check
 refused a publication), never because a submission was bad: bad submissions are recorded
@@ -73,6 +74,31 @@ def _demo(args) -> int:
     return rc
 
 
+def _release(args) -> int:
+    """Release a held file: a ``released`` event in the warehouse ledger (who, when, why);
+    the next run takes the file as current (a GP extract: if it is the practice's newest)."""
+    import getpass
+
+    from pipelines.ingest import release_held
+    from pipelines.storage import Store
+    from pipelines.warehouse import Warehouse
+
+    root = args.warehouse or os.environ.get("CAREDATA_WAREHOUSE")
+    if not root:
+        print("caredata release: give --warehouse (or set CAREDATA_WAREHOUSE)", file=sys.stderr)
+        return 2
+    endpoint = args.s3_endpoint_url or os.environ.get("CAREDATA_S3_ENDPOINT_URL") or None
+    by = args.by or os.environ.get("USER") or getpass.getuser()
+    try:
+        what = release_held(Warehouse(Store(root, endpoint)), args.file_name, by, args.note)
+    except ValueError as exc:
+        print(f"caredata release: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.file_name}: {what}")
+    print("The next run (caredata run) takes it in as current if it is the newest.")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="caredata", description="The care.data pipeline.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,6 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--months", type=int, default=3)
     p.add_argument("--start", default="2014-01")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("release", help="release a held file (e.g. a held GP extract) so the next run uses it")
+    p.add_argument("file_name", help="path relative to the landing root, e.g. gp/GP_A81001_20261204.csv")
+    p.add_argument("--warehouse", default=None, help="folder or s3://bucket/prefix (default: CAREDATA_WAREHOUSE)")
+    p.add_argument("--s3-endpoint-url", default=None, help="a non-AWS S3 endpoint")
+    p.add_argument("--by", default=None, help="who releases it (default: the login name)")
+    p.add_argument("--note", default=None, help="why, in plain words (recorded in the ledger)")
+    p.set_defaults(func=_release)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -148,6 +148,17 @@ def _events(warehouse: Warehouse) -> pd.DataFrame:
 
 
 _NO_ROWS = np.zeros(0, dtype=np.int64)
+OPERATOR_EVENTS = ("released", "revalidated")
+"""Ledger events recorded after a file's outcome: an operator's release of a held file
+(``caredata release``), and a re-validation against reference data that arrived later.
+Their ``first_seen_at`` holds the time of the event (the file's first sighting is the
+earliest of its events'); their ``reason`` says who or what, and why."""
+
+
+class _GPSize(NamedTuple):
+    rows: int  # data rows of the extract (rows received + type 1 rows)
+    file_name: str
+    submitted_at: object  # the extract date (a UTC timestamp)
 
 
 class _Ledger:
@@ -171,6 +182,24 @@ class _Ledger:
         self._taken_by_submission = self.taken.groupby(["source", "submission_id"], sort=False).indices
         self._by_file = {True: self.outcomes.groupby("file_name", sort=False).indices,
                          False: ev.groupby("file_name", sort=False).indices}
+        rel = ev[ev["status"] == "released"]
+        self.released = set(zip(rel["file_name"], rel["sha256"]))
+
+    def gp_current_sizes(self) -> dict[str, "_GPSize"]:
+        """Per practice, its current extract as far as the held rule is concerned: the
+        newest (by extract date) taken in and not held, a released one included."""
+        t = self.taken[self.taken["source"] == "gp"]
+        if t.empty:
+            return {}
+        ok = (t["status"] == "taken").to_numpy(dtype=bool) | np.array(
+            [(f, s) in self.released for f, s in zip(t["file_name"], t["sha256"])], dtype=bool)
+        t = t[ok].assign(ts_=pd.to_datetime(t["submitted_at"], utc=True)).sort_values(["ts_", "file_name"])
+        out: dict[str, _GPSize] = {}
+        for r in t.itertuples(index=False):
+            rows = int(0 if pd.isna(r.rows_received) else r.rows_received) + int(
+                0 if pd.isna(r.type1_objections) else r.type1_objections)
+            out[r.submitter_code] = _GPSize(rows, r.file_name, r.ts_)
+        return out
 
     def first_seen(self, file_name: str, sha: str) -> datetime:
         return self.seen.get((file_name, sha)) or _now()
@@ -245,6 +274,17 @@ def _derive_status(df: pd.DataFrame) -> pd.DataFrame:
             word = "a newer extract" if source == "gp" else "a newer file"
             for i in order.index[:-1]:
                 supersede(i, f"superseded by {word}, {df.at[newest, 'file_name']}")
+    # A held GP extract supersedes nothing (inputs.md), and a later extract of the
+    # practice, taken in and not held, supersedes it.
+    gp_live = df[df["status"].isin(["current", "superseded"]) & (df["source"] == "gp")]
+    for i in df.index[(df["status"] == "held") & (df["source"] == "gp")]:
+        later = gp_live[(gp_live["submitter_code"] == df.at[i, "submitter_code"]) & (ts[gp_live.index] > ts[i])]
+        if later.empty:
+            continue
+        newest = later.assign(_ts=ts[later.index]).sort_values(["_ts", "file_name"]).index[-1]
+        was = df.at[i, "reason"]
+        supersede(i, f"superseded by a newer extract, {df.at[newest, 'file_name']}"
+                     + (f" (it had been held: {was})" if isinstance(was, str) and was else ""))
     # Reference files: the newest version of each (by first seen) is current.
     ref = df[live & (df["source"] == "reference")]
     for _, grp in ref.groupby("submission_id"):
@@ -256,6 +296,33 @@ def _derive_status(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def _apply_operator_events(ev: pd.DataFrame, operator: pd.DataFrame) -> pd.DataFrame:
+    """Each file's outcome with the events recorded after it (:data:`OPERATOR_EVENTS`):
+    a released held file is taken in like any other (its reason says who released it,
+    when); the latest re-validation of a file gives its row counts, and its reason says
+    what changed."""
+    if operator.empty:
+        return ev
+    ev = ev.copy()
+    operator = operator.assign(_at=pd.to_datetime(operator["first_seen_at"], utc=True)).sort_values("_at")
+    pos = {k: i for i, k in zip(ev.index, zip(ev["file_name"], ev["sha256"]))}
+    for r in operator.itertuples(index=False):
+        i = pos.get((r.file_name, r.sha256))
+        if i is None or ev.at[i, "status"] not in TAKEN:
+            continue
+        if r.status == "released":
+            if ev.at[i, "status"] == "held":
+                ev.at[i, "status"] = "taken"
+                ev.at[i, "reason"] = r.reason
+        else:
+            for c in ("rows_received", "rows_quarantined", "rows_kept"):
+                if not pd.isna(getattr(r, c)):
+                    ev.at[i, c] = getattr(r, c)
+            was = ev.at[i, "reason"]
+            ev.at[i, "reason"] = f"{was}; {r.reason}" if isinstance(was, str) and was else r.reason
+    return ev
+
+
 def read_ledger(warehouse: Warehouse) -> pa.Table:
     """Every file seen, one row per (file name, SHA-256), with its derived status:
     ``current``, ``superseded``, ``held``, ``rejected``, or ``pending`` (seen by a scan,
@@ -264,6 +331,8 @@ def read_ledger(warehouse: Warehouse) -> pa.Table:
     ev = _events(warehouse)
     if ev.empty:
         return ds.arrow_schema().empty_table()
+    operator = ev[ev["status"].isin(OPERATOR_EVENTS)]
+    ev = ev[~ev["status"].isin(OPERATOR_EVENTS)].copy()
     ev["_first"] = pd.to_datetime(ev["first_seen_at"], utc=True)
     first = ev.groupby(["file_name", "sha256"])["_first"].min()
     prio = {"taken": 0, "held": 0, "rejected": 1, "seen": 2}
@@ -274,7 +343,8 @@ def read_ledger(warehouse: Warehouse) -> pa.Table:
     pending = ev["status"] == "seen"
     ev.loc[pending, "status"] = "pending"
     ev.loc[pending, "reason"] = "seen in the landing zone, not yet taken in"
-    ev = _derive_status(ev.drop(columns=["_first", "_prio"]))
+    ev = _apply_operator_events(ev.drop(columns=["_first", "_prio"]), operator)
+    ev = _derive_status(ev)
     ev = ev.sort_values(["first_seen_at", "file_name", "sha256"]).reset_index(drop=True)
     ev["first_seen_at"] = pd.to_datetime(ev["first_seen_at"], utc=True)
     ev["submitted_at"] = pd.to_datetime(ev["submitted_at"], utc=True)
@@ -300,6 +370,46 @@ def submissions_dataset(warehouse: Warehouse, periods: list[str] | None = None) 
     led = led.sort_values(["period", "first_seen_at", "file_name"])
     cols = ds.arrow_schema(include_partition=True).names
     return ds.conform(pa.Table.from_pandas(led[cols].reset_index(drop=True), preserve_index=False))
+
+
+def release_held(warehouse: Warehouse, file_name: str, by: str, note: str | None = None) -> str:
+    """An operator's release of a held file: a ``released`` event in the ledger (the
+    file itself is never edited), so that from the next run it is taken as any file
+    taken in (a GP extract becomes the practice's current one if it is the newest).
+    Returns what was done; raises ValueError naming the file when it is not held."""
+    if not by or not by.strip():
+        raise ValueError("say who releases the file (--by)")
+    led = read_ledger(warehouse).to_pandas()
+    rows = led[led["file_name"] == file_name]
+    if rows.empty:
+        raise ValueError(f"{file_name}: not in the ledger (give the path relative to the landing root, "
+                         f"e.g. gp/GP_A81001_20261204.csv)")
+    held = rows[rows["status"] == "held"]
+    if held.empty:
+        raise ValueError(f"{file_name}: not held (status {', '.join(sorted(set(rows['status'])))}); "
+                         f"only a held file can be released")
+    r = held.iloc[-1]
+    at = _now()
+    reason = (f"released by {by.strip()} on {at.strftime('%Y-%m-%d %H:%M UTC')}"
+              + (f": {note.strip()}" if note and note.strip() else "")
+              + (f" (it had been held: {r['reason']})" if isinstance(r["reason"], str) and r["reason"] else ""))
+    event = _event(file_name, r["sha256"], int(r["size_bytes"]) if not pd.isna(r["size_bytes"]) else None,
+                   at, "released", reason)
+    _write_events(warehouse, [event], "released")
+    log.warning("%s", f"{file_name}: {reason}")
+    return reason
+
+
+def released_submissions(warehouse: Warehouse) -> set[str]:
+    """Submission ids of the files an operator released (:func:`release_held`). Reads only
+    the ledger's release parts."""
+    paths = [f.path for f in warehouse.store.list(LEDGER_PARTS) if f.path.endswith("-released.parquet")]
+    out: set[str] = set()
+    for p in paths:
+        t = warehouse.store.read_parquet(p)
+        out.update(s for s, st in zip(t.column("submission_id").to_pylist(), t.column("status").to_pylist())
+                   if st == "released" and s)
+    return out
 
 
 # ============================================================================ report
@@ -388,6 +498,23 @@ def _is_held(received: int, rejected: int, settings) -> bool:
         share = float(settings.t("data_quality", "held_reject_share"))
         return bool(received) and rejected / received > share
     return bool(is_held(received, rejected, settings))
+
+
+GP_HOLD_UNTIL = "held until an operator releases it or a later extract arrives"
+GP_HELD_RULE = ("a GP extract with no data row, or with fewer than half the rows of the practice's current "
+                "extract, is held: it supersedes nothing until an operator releases it or a later extract "
+                "arrives (inputs.md)")
+
+
+def _gp_size_reason(rows: int, current: "_GPSize | None") -> str | None:
+    """The GP held rule (inputs.md, :data:`GP_HELD_RULE`) for an extract of ``rows`` data
+    rows: its reason when held, else None. Exactly half is not fewer than half."""
+    if current is not None and 2 * rows < current.rows:
+        return (f"{rows} rows against {current.rows} in the current extract "
+                f"{current.file_name.rsplit('/', 1)[-1]}; {GP_HOLD_UNTIL}")
+    if rows == 0:
+        return f"no data row (header only); {GP_HOLD_UNTIL}"
+    return None
 
 
 def _held_reason(file_name: str, received: int, rejected: int, rule_ids: list[list[str]],
@@ -879,6 +1006,7 @@ def ingest(source: str, period: str, landing: Store, warehouse: Warehouse, setti
             mine.append((parsed, fi))
     mine.sort(key=_sort_key)
     _remove_untaken_parts(warehouse, period, ledger)
+    gp_sizes = ledger.gp_current_sizes() if source == "gp" else None  # the GP held rule's "current"
     context = None
     # Files are validated together in chunks of about VALIDATE_BATCH_ROWS rows (one GX
     # context per chunk, not per file: 6,500 GP extracts a month), then taken in one by
@@ -901,7 +1029,7 @@ def ingest(source: str, period: str, landing: Store, warehouse: Warehouse, setti
         for (p_, fi_, fr, info_, sha_, first_), outcome, silver in zip(chunk, outcomes, silvers):
             _take_in(source, period, p_, fr, info_, sha_, fi_.size, first_, warehouse, settings,
                      _as_of_submission(context, p_), data_docs_dir, report, outcome=outcome, silver=silver,
-                     sink=sink)
+                     sink=sink, gp_current=gp_sizes)
         sink.write()
         for _, fi_, _, _, sha_, _ in chunk:
             ledger.keys.add((fi_.path, sha_))
@@ -1044,10 +1172,13 @@ def _validate_chunk(source: str, period: str, jobs: list[tuple], data_docs_dir, 
 
 def _take_in(source, period, parsed: ParsedName, frame: pd.DataFrame, info, sha: str, size: int,
              first: datetime, warehouse: Warehouse, settings, context, data_docs_dir, report: IngestReport,
-             outcome=None, silver: pa.Table | None = None, sink: "_ChunkParts | None" = None):
+             outcome=None, silver: pa.Table | None = None, sink: "_ChunkParts | None" = None,
+             gp_current: "dict[str, _GPSize] | None" = None):
     """Take one validated file in: its silver part (part = its submission id); its
     quarantine, data-quality and ``gp_extracts`` rows and its ledger outcome, written as
-    its own parts, or handed to ``sink`` to be written with the rest of its chunk."""
+    its own parts, or handed to ``sink`` to be written with the rest of its chunk.
+    ``gp_current``: per practice, its current extract (:meth:`_Ledger.gp_current_sizes`),
+    for the GP held rule; updated when this extract becomes the current one."""
     sid = parsed.submission_id
     if outcome is None:
         outcome = _validate(source, frame, period=period, submitter=parsed.submitter_code,
@@ -1074,6 +1205,16 @@ def _take_in(source, period, parsed: ParsedName, frame: pd.DataFrame, info, sha:
     held = _is_held(received, n_rej, settings)
     reason = (_held_reason(parsed.file_name, received, n_rej, outcome.rule_ids, rejected,
                            parsed.submitter_code, period, settings) if held else None)
+    if source == "gp" and gp_current is not None:
+        rows = received + int(info.type1_objections or 0)
+        now = gp_current.get(parsed.submitter_code)
+        size_reason = _gp_size_reason(rows, now)
+        if size_reason is not None:
+            reason = size_reason if not held else f"{size_reason}; {reason}"
+            held = True
+            log.warning("held %s: %s", parsed.file_name, size_reason)
+        elif not held and (now is None or pd.Timestamp(parsed.submitted_at) >= pd.Timestamp(now.submitted_at)):
+            gp_current[parsed.submitter_code] = _GPSize(rows, parsed.file_name, parsed.submitted_at)
     if source == "gp":
         obj = _strip(frame, "OBJECTION").str.upper()
         type2 = int((obj == TYPE2.upper()).fillna(False).sum())

@@ -1,0 +1,248 @@
+"""Issue 21, items 3 and 4: two silent failures.
+
+(a) The GP held rule (inputs.md "GP extracts"): an extract with no data row, or with fewer
+    than half the rows of the practice's current extract, is held: it supersedes nothing
+    until an operator releases it (``caredata release``) or a later extract arrives.
+(b) Late reference data (inputs.md "No file can stop the pipeline"): reference files that
+    arrive after the data re-validate the files already taken in; the ledger and the
+    data-quality figures say what changed.
+
+GP tests replace the validator with a small stand-in (rows with SEX 'X' rejected); the
+late-reference tests run the real one on a few FFT rows.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines import cli, current, ingest, linkage, quality, schemas, stages
+from pipelines.config import Settings
+from pipelines.nhs_number import with_check_digit
+from pipelines.schemas.inputs import FEEDS
+from pipelines.storage import Store
+from pipelines.warehouse import Warehouse
+
+GP_COLS = ["NHS_NUMBER", "DATE_OF_BIRTH", "SEX", "REGISTRATION_DATE", "OBJECTION"]
+FFT_COLS = ["RESPONSE_ID", "PROVIDER_CODE", "SITE_CODE", "SETTING", "RESPONSE_DATE", "RESPONSE"]
+
+
+def fake_validate(source, frame, *, period, submitter, file_name, context=None, data_docs_dir=None):
+    n = len(frame)
+    bad = np.zeros(n, dtype=bool)
+    for c in FEEDS[source].required:
+        if c in frame:
+            bad |= frame[c].isna().to_numpy()
+    if "SEX" in frame:
+        bad |= (frame["SEX"] == "X").fillna(False).to_numpy(dtype=bool)
+    return SimpleNamespace(
+        rejected=bad, rule_ids=[["BAD"] if b else [] for b in bad], messages=[["bad"] if b else [] for b in bad],
+        rule_counts=pd.DataFrame([{"rule_id": "BAD", "field": "SEX", "severity": "reject", "rows_checked": n,
+                                   "rows_failed": int(bad.sum()), "example_lines": []}]),
+        field_scores=pd.DataFrame({"field": ["SEX"], "rows": [n], "rows_valid": [n - int(bad.sum())]}),
+        data_docs=None)
+
+
+def put(landing: Path, rel: str, lines: list[str]) -> None:
+    p = landing / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text("\n".join(lines) + "\n")
+    old = p.stat().st_mtime - 60
+    os.utime(p, (old, old))
+
+
+def gp_lines(first: int, count: int, *, type1: int = 0) -> list[str]:
+    """A GP extract: header, ``count`` patients (999 test numbers), ``type1`` of them type 1."""
+    lines = [",".join(GP_COLS)]
+    for k in range(first, first + count):
+        obj = "9Nu0" if k - first < type1 else ""
+        lines.append(f"{with_check_digit(f'999{k:06d}')},1970-01-01,1,2000-01-01,{obj}")
+    return lines
+
+
+class Zone:
+    def __init__(self, root: Path):
+        self.root = root
+        self.landing = root / "landing"
+        self.landing.mkdir(parents=True, exist_ok=True)
+        self.store = Store(self.landing)
+        self.wh = Warehouse(Store(root / "warehouse"))
+        self.settings = Settings(landing=str(self.landing), warehouse=str(root / "warehouse"),
+                                 publish=str(root / "publish"))
+
+    def gp(self, name: str, lines: list[str]):
+        put(self.landing, f"gp/{name}", lines)
+        period = f"{name[10:14]}-{name[14:16]}"
+        return ingest.ingest("gp", period, self.store, self.wh, self.settings)
+
+    def ledger(self) -> pd.DataFrame:
+        return ingest.read_ledger(self.wh).to_pandas().set_index("file_name")
+
+    def newest(self) -> dict:
+        t = current.gp_current(self.wh).patients_newest_overall.to_pandas()
+        return t.groupby("practice_code")["submission_id"].unique().map(list).to_dict()
+
+    def coverage(self, period: str) -> dict:
+        """linkage_coverage_practice of the period for A81001, as the stages compute it."""
+        practices = schemas.get("ref_practices").conform(pd.DataFrame({
+            "practice_code": ["A81001"], "name": ["X"], "postcode": [None], "open_date": [None],
+            "close_date": [None], "status": ["A"], "commissioner_code": ["00K"],
+            "prescribing_setting": ["4"]}).pipe(lambda d: __import__("pyarrow").Table.from_pandas(d)))
+        lazy = current.gp_current_lazy(self.wh, period)
+        empty = schemas.get("sus_episodes").arrow_schema(include_partition=True).empty_table()
+        linked = linkage.link_episodes(empty, lazy.patients_newest_overall)
+        out = linkage.coverage(period, linked, practices, self.wh.read("ref_providers"), lazy.extracts,
+                               lazy.patients_newest_in_period, self.settings)
+        return out["linkage_coverage_practice"].to_pylist()[0]
+
+
+@pytest.fixture
+def zone(tmp_path, monkeypatch):
+    monkeypatch.setattr(ingest, "_validate", fake_validate)
+    monkeypatch.setattr(ingest, "_reference_context", lambda *a, **k: None)
+    return Zone(tmp_path)
+
+
+JAN, FEB, MAR = "GP_A81001_20240110.csv", "GP_A81001_20240210.csv", "GP_A81001_20240310.csv"
+
+
+def _balanced(led: pd.DataFrame) -> None:
+    taken = led[led["status"] != "rejected"]
+    assert (taken["rows_received"] == taken["rows_kept"] + taken["rows_quarantined"]).all()
+
+
+# ----------------------------------------------------------------------------- (a) GP held rule
+def test_header_only_extract_is_held_and_the_practice_stays_as_before(zone):
+    zone.gp(JAN, gp_lines(1, 10))
+    before = zone.coverage("2024-01")
+    assert before["registered_patients"] == 10
+    report = zone.gp(FEB, gp_lines(1, 0))  # the header and nothing else
+    led = zone.ledger()
+    assert led.at[f"gp/{FEB}", "status"] == "held"
+    assert led.at[f"gp/{FEB}", "reason"] == (
+        f"0 rows against 10 in the current extract {JAN}; "
+        "held until an operator releases it or a later extract arrives")
+    assert led.at[f"gp/{JAN}", "status"] == "current"  # superseded by nothing
+    assert zone.newest() == {"A81001": ["GP_A81001_20240110"]}
+    assert zone.coverage("2024-01") == before
+    # February: no extract in force dated in it: empty, not 0 patients
+    assert zone.coverage("2024-02")["registered_patients"] is None
+    # the report, the run summary's "Held back", the Dagster check
+    assert [h["file_name"] for h in report.held_files] == [f"gp/{FEB}"]
+    held_back = stages.held_back_summary(zone.settings)
+    assert {"what": f"held gp/{FEB}", "why": led.at[f"gp/{FEB}", "reason"]} in held_back
+    check = {c["name"]: c for c in stages.ingest_checks({"metadata": report.as_metadata(),
+                                                         "failing_rules": None})}["no_held_submissions"]
+    assert check["passed"] is False and check["severity"] == "warn"
+    assert f"gp/{FEB}" in check["description"] and "fewer than half the rows" in check["description"]
+    assert "caredata release" in check["description"]
+    assert check["metadata"]["gp_held_rule"] == [f"gp/{FEB}"]
+    # data_quality_summary: February's row for the practice is held, with the reason
+    out = quality.data_quality_tables(zone.wh.read("dq_rules"), zone.wh.read("dq_fields"),
+                                      ingest.read_ledger(zone.wh), zone.settings)
+    s = out["data_quality_summary"].to_pandas().set_index("period")
+    assert bool(s.at["2024-02", "held"]) is True and "0 rows against 10" in s.at["2024-02", "held_reason"]
+    assert bool(s.at["2024-01", "held"]) is False
+    _balanced(led)
+
+
+def test_first_extract_with_no_data_row_is_held(zone):
+    zone.gp(JAN, gp_lines(1, 0))
+    led = zone.ledger()
+    assert led.at[f"gp/{JAN}", "status"] == "held"
+    assert led.at[f"gp/{JAN}", "reason"].startswith("no data row (header only); held until")
+    assert zone.newest() == {}
+    assert zone.coverage("2024-01")["registered_patients"] is None
+
+
+def test_extract_shrunk_to_40_percent_is_held(zone):
+    zone.gp(JAN, gp_lines(1, 10))
+    zone.gp(FEB, gp_lines(1, 4))
+    led = zone.ledger()
+    assert led.at[f"gp/{FEB}", "status"] == "held"
+    assert led.at[f"gp/{FEB}", "reason"].startswith(f"4 rows against 10 in the current extract {JAN};")
+    assert led.at[f"gp/{FEB}", "rows_received"] == 4 and led.at[f"gp/{FEB}", "rows_kept"] == 4
+    assert zone.newest() == {"A81001": ["GP_A81001_20240110"]}
+    held = current.gp_current(zone.wh).extracts.to_pandas().set_index("submission_id")["held"]
+    assert held.to_dict() == {"GP_A81001_20240110": False, "GP_A81001_20240210": True}
+    _balanced(led)
+
+
+def test_exactly_half_is_not_held(zone):
+    zone.gp(JAN, gp_lines(1, 10))
+    zone.gp(FEB, gp_lines(1, 5))
+    led = zone.ledger()
+    assert led.at[f"gp/{FEB}", "status"] == "current"
+    assert led.at[f"gp/{JAN}", "status"] == "superseded"
+    assert zone.newest() == {"A81001": ["GP_A81001_20240210"]}
+
+
+def test_type1_rows_count_as_rows_of_the_extract(zone):
+    # 10 patients, 6 of them type 1: 4 rows received, but the extract is not shrunken
+    zone.gp(JAN, gp_lines(1, 10))
+    zone.gp(FEB, gp_lines(1, 10, type1=6))
+    assert zone.ledger().at[f"gp/{FEB}", "status"] == "current"
+
+
+def test_release_makes_the_held_extract_current_on_the_next_run(zone, capsys):
+    zone.gp(JAN, gp_lines(1, 10))
+    zone.gp(FEB, gp_lines(1, 4))  # the practice really did lose patients: an operator checked
+    stored = zone.wh.read("gp_extracts").to_pandas().set_index("submission_id")["held"].to_dict()
+    # a file that is not held cannot be released, and says why
+    rc = cli.main(["release", f"gp/{JAN}", "--warehouse", str(zone.root / "warehouse"), "--by", "ops"])
+    assert rc == 1 and "not held (status current)" in capsys.readouterr().err
+    rc = cli.main(["release", f"gp/{FEB}", "--warehouse", str(zone.root / "warehouse"), "--by", "j.smith",
+                   "--note", "practice split, confirmed with the CCG"])
+    assert rc == 0
+    led = zone.ledger()
+    assert led.at[f"gp/{FEB}", "status"] == "current"
+    assert led.at[f"gp/{FEB}", "reason"].startswith("released by j.smith on ")
+    assert "practice split, confirmed with the CCG" in led.at[f"gp/{FEB}", "reason"]
+    assert led.at[f"gp/{JAN}", "status"] == "superseded"
+    assert zone.newest() == {"A81001": ["GP_A81001_20240210"]}
+    assert zone.coverage("2024-02")["registered_patients"] == 4
+    # the release is an event in the ledger, the extract's own record is not edited
+    assert zone.wh.read("gp_extracts").to_pandas().set_index("submission_id")["held"].to_dict() == stored
+    events = ingest._events(zone.wh)
+    assert list(events.loc[events["status"] == "released", "file_name"]) == [f"gp/{FEB}"]
+    # the public ledger: current, so no reason (outputs.md); held back: nothing
+    sub = ingest.submissions_dataset(zone.wh).to_pandas().set_index("file_name")
+    assert sub.at[f"gp/{FEB}", "status"] == "current"
+    assert not [h for h in stages.held_back_summary(zone.settings) if FEB in h["what"]]
+    # a later extract is compared with the released one (4 rows): 3 rows is not under half
+    zone.gp(MAR, gp_lines(1, 3))
+    assert zone.ledger().at[f"gp/{MAR}", "status"] == "current"
+
+
+def test_a_later_extract_supersedes_both(zone):
+    zone.gp(JAN, gp_lines(1, 10))
+    zone.gp(FEB, gp_lines(1, 0))
+    zone.gp(MAR, gp_lines(1, 9))  # compared with January's 10, not with the held 0
+    led = zone.ledger()
+    assert led.at[f"gp/{MAR}", "status"] == "current"
+    assert led.at[f"gp/{JAN}", "status"] == "superseded"
+    assert led.at[f"gp/{FEB}", "status"] == "superseded"
+    assert led.at[f"gp/{FEB}", "reason"].startswith(f"superseded by a newer extract, gp/{MAR} (it had been held: 0 rows")
+    assert zone.newest() == {"A81001": ["GP_A81001_20240310"]}
+    assert not [h for h in stages.held_back_summary(zone.settings) if "GP_" in h["what"]]
+    # data_quality_summary leaves the superseded held extract out: February is not held
+    out = quality.data_quality_tables(zone.wh.read("dq_rules"), zone.wh.read("dq_fields"),
+                                      ingest.read_ledger(zone.wh), zone.settings)
+    s = out["data_quality_summary"].to_pandas()
+    assert not s["held"].any()
+    # a held extract still does not count for its own month
+    assert zone.coverage("2024-02")["registered_patients"] is None
+
+
+def test_two_extracts_in_one_run_compare_with_each_other(zone):
+    put(zone.landing, f"gp/{JAN}", gp_lines(1, 10))
+    put(zone.landing, "gp/GP_A81001_20240120.csv", gp_lines(1, 3))
+    ingest.ingest("gp", "2024-01", zone.store, zone.wh, zone.settings)
+    led = zone.ledger()
+    assert led.at["gp/GP_A81001_20240120.csv", "status"] == "held"
+    assert led.at[f"gp/{JAN}", "status"] == "current"
