@@ -246,3 +246,98 @@ def test_two_extracts_in_one_run_compare_with_each_other(zone):
     led = zone.ledger()
     assert led.at["gp/GP_A81001_20240120.csv", "status"] == "held"
     assert led.at[f"gp/{JAN}", "status"] == "current"
+
+
+# ----------------------------------------------------------------------------- (b) late reference data
+FFT_FILE = "fft/FFT_RGT_202401_20240205120000.csv"
+
+
+def fft_lines(sites: list[str]) -> list[str]:
+    return [",".join(FFT_COLS)] + [f"R{k},RGT,{site},IP,2024-01-15,1" for k, site in enumerate(sites, 1)]
+
+
+def put_now(landing: Path, rel: str, text: str) -> None:
+    """A new version of a reference file, written now (after the pipeline last looked)."""
+    p = landing / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)
+
+
+class RefZone(Zone):
+    def sites(self, rows: list[tuple[str, str]]) -> dict:
+        put_now(self.landing, "reference/sites.csv",
+                "SITE_CODE,PROVIDER_CODE,NAME\n" + "".join(f"{s},{p},SITE {s}\n" for s, p in rows))
+        return ingest.load_reference(self.store, self.wh)
+
+    def national_responses(self, period="2024-01") -> int:
+        from pipelines import fft
+
+        scores = fft.fft_scores(current.current_fft(self.wh, period), self.wh.read("ref_sites"),
+                                self.wh.read("ref_providers")).to_pandas()
+        return int(scores.loc[scores["level"] == "national", "responses"].sum())
+
+
+@pytest.fixture
+def ref_zone(tmp_path):
+    z = RefZone(tmp_path)
+    put(z.landing, "reference/providers.csv", ["PROVIDER_CODE,NAME,COMMISSIONER_CODE", "RGT,A,00K", "RXX,B,00L"])
+    return z
+
+
+def test_sites_arriving_after_fft_data_quarantine_the_row_they_now_reject(ref_zone):
+    z = ref_zone
+    z.sites([("RGT01", "RGT"), ("RGT02", "RGT")])
+    put(z.landing, FFT_FILE, fft_lines(["RGT01", "RGT01", "RGT02"]))
+    ingest.ingest("fft", "2024-01", z.store, z.wh, z.settings)
+    assert z.national_responses() == 3
+    before = z.ledger().loc[FFT_FILE]
+    assert (before["rows_received"], before["rows_kept"], before["rows_quarantined"]) == (3, 3, 0)
+
+    out = z.sites([("RGT01", "RGT"), ("RGT02", "RXX")])  # RGT02 is another provider's site
+    assert [r["file_name"] for r in out["revalidated"]] == [FFT_FILE]
+    assert z.national_responses() == 2
+    led = z.ledger()
+    row = led.loc[FFT_FILE]
+    assert row["status"] == "current"
+    assert (row["rows_received"], row["rows_kept"], row["rows_quarantined"]) == (3, 2, 1)
+    day = pd.Timestamp(led.loc["reference/sites.csv", "first_seen_at"].max()).strftime("%Y-%m-%d")
+    assert row["reason"] == (f"re-validated against reference/sites.csv of {day}: 1 row now quarantined, "
+                             "SITE_CODE_PROVIDER now fails on 1 row (was 0)")
+    q = z.wh.read("quarantine", ["2024-01"]).to_pandas()
+    assert q["line"].tolist() == [4] and list(q["rule_ids"].iloc[0]) == ["SITE_CODE_PROVIDER"]
+    # the public ledger's counts, the data-quality figures
+    sub = ingest.submissions_dataset(z.wh).to_pandas().set_index("file_name")
+    assert (sub.at[FFT_FILE, "rows_kept"], sub.at[FFT_FILE, "rows_quarantined"]) == (2, 1)
+    dq = quality.data_quality_tables(z.wh.read("dq_rules"), z.wh.read("dq_fields"), ingest.read_ledger(z.wh),
+                                     z.settings)
+    s = dq["data_quality_summary"].to_pylist()[0]
+    assert (s["rows_received"], s["rows_kept"], s["rows_quarantined"]) == (3, 2, 1)
+    r = dq["data_quality"].to_pandas().set_index("rule_id").loc["SITE_CODE_PROVIDER"]
+    assert (r["rows_checked"], r["rows_failed"]) == (3, 1)
+    assert len(z.wh.read("dq_rules", ["2024-01"]).to_pandas().query("rule_id == 'SITE_CODE_PROVIDER'")) == 1
+
+    # the same sites again: nothing to do; the next run reads the same
+    assert ingest.load_reference(z.store, z.wh).get("revalidated") is None
+    assert z.national_responses() == 2
+
+    # and back: the row passes again and is kept, the quarantine row goes
+    out = z.sites([("RGT01", "RGT"), ("RGT02", "RGT"), ("RXX01", "RXX")])
+    assert [r["file_name"] for r in out["revalidated"]] == [FFT_FILE]
+    assert z.national_responses() == 3
+    row = z.ledger().loc[FFT_FILE]
+    assert (row["rows_kept"], row["rows_quarantined"]) == (3, 0)
+    assert row["reason"].endswith(": 1 row now kept, SITE_CODE_PROVIDER now fails on 0 rows (was 1)")
+    assert z.wh.read("quarantine", ["2024-01"]).num_rows == 0
+
+
+def test_a_file_gone_from_the_landing_zone_is_said_not_to_be_revalidated(ref_zone):
+    z = ref_zone
+    z.sites([("RGT01", "RGT"), ("RGT02", "RGT")])
+    put(z.landing, FFT_FILE, fft_lines(["RGT01", "RGT02"]))
+    ingest.ingest("fft", "2024-01", z.store, z.wh, z.settings)
+    (z.landing / FFT_FILE).unlink()
+    z.sites([("RGT01", "RGT"), ("RGT02", "RXX")])
+    row = z.ledger().loc[FFT_FILE]
+    assert "not re-validated against reference/sites.csv" in row["reason"]
+    assert (row["rows_kept"], row["rows_quarantined"]) == (2, 0)  # as first validated, still balanced
+    assert z.national_responses() == 2
