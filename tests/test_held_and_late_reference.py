@@ -341,3 +341,42 @@ def test_a_file_gone_from_the_landing_zone_is_said_not_to_be_revalidated(ref_zon
     assert "not re-validated against reference/sites.csv" in row["reason"]
     assert (row["rows_kept"], row["rows_quarantined"]) == (2, 0)  # as first validated, still balanced
     assert z.national_responses() == 2
+
+
+def epraccur(*codes: str) -> str:
+    rows = []
+    for c in codes:
+        row = [""] * 27
+        row[0], row[1], row[12], row[14], row[25] = c, "SURGERY", "A", "00K", "4"
+        rows.append(",".join(row) + "\n")
+    return "".join(rows)
+
+
+def test_epraccur_arriving_after_sus_data_recounts_the_unknown_practice_warning(ref_zone):
+    z = ref_zone
+    put_now(z.landing, "reference/epraccur.csv", epraccur("A81001"))
+    ingest.load_reference(z.store, z.wh)
+    cols = ["PROCODE3", "SUSRECID", "EPISTART", "EPIEND", "ADMIDATE", "ADMIMETH", "DISMETH", "SEX", "GPPRAC"]
+    name = "sus_apc/APC_RGT_202401_20240205120000_BULK.csv"
+    put(z.landing, name, [",".join(cols)] + [
+        f"RGT,{rid},2024-01-05,2024-01-10,2024-01-05,11,1,1,{gp}" for rid, gp in
+        (("E1", "A81001"), ("E2", "A81002"), ("E3", "A81002"))])
+    ingest.ingest("sus_apc", "2024-01", z.store, z.wh, z.settings)
+
+    def warned() -> dict:
+        t = z.wh.read("sus_episodes", ["2024-01"]).to_pandas().set_index("susrecid")
+        return {k: "GPPRAC_UNKNOWN" in list(v) for k, v in t["dq_warnings"].items()}
+
+    def failed() -> int:
+        r = z.wh.read("dq_rules", ["2024-01"]).to_pandas()
+        return int(r.loc[r["rule_id"] == "GPPRAC_UNKNOWN", "rows_failed"].sum())
+
+    assert warned() == {"E1": False, "E2": True, "E3": True} and failed() == 2
+    put_now(z.landing, "reference/epraccur.csv", epraccur("A81001", "A81002"))  # A81002 opened
+    out = ingest.load_reference(z.store, z.wh)
+    assert [r["file_name"] for r in out["revalidated"]] == [name]
+    assert warned() == {"E1": False, "E2": False, "E3": False} and failed() == 0
+    row = z.ledger().loc[name]
+    assert row["status"] == "current" and (row["rows_received"], row["rows_kept"], row["rows_quarantined"]) == (3, 3, 0)
+    assert row["reason"].endswith(": GPPRAC_UNKNOWN now fails on 0 rows (was 2)")
+    assert current.current_sus(z.wh, "2024-01").num_rows == 3
