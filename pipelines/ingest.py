@@ -194,6 +194,7 @@ class _Ledger:
         ok = (t["status"] == "taken").to_numpy(dtype=bool) | np.array(
             [(f, s) in self.released for f, s in zip(t["file_name"], t["sha256"])], dtype=bool)
         t = t[ok].assign(ts_=pd.to_datetime(t["submitted_at"], utc=True)).sort_values(["ts_", "file_name"])
+        t = t.drop_duplicates("submitter_code", keep="last")
         out: dict[str, _GPSize] = {}
         for r in t.itertuples(index=False):
             rows = int(0 if pd.isna(r.rows_received) else r.rows_received) + int(
@@ -1569,8 +1570,15 @@ extracts have no rule on reference data. HES extracts (many periods in one file)
 validated again: their GPPRAC warnings stay as first counted."""
 
 
-def _sid_filter(table: pa.Table, sids: set[str]) -> pa.Table:
-    return table.filter(pc.is_in(table.column("submission_id"), pa.array(sorted(sids), pa.string())))
+def _sid_rows(warehouse: Warehouse, table: str, period: str, sids: set[str], columns: list[str]) -> pa.Table:
+    """Only ``columns`` of the rows of the submissions ``sids`` in a period of a table
+    (a national month of SUS episodes is not read whole for three columns)."""
+    import pyarrow.dataset as pads
+
+    if not sids:
+        return pa.table({c: pa.array([], pa.string()) for c in columns})
+    data = warehouse.dataset(table, [period], columns=columns)
+    return data.to_table(filter=pads.field("submission_id").isin(sorted(sids)))
 
 
 def _fft_now_differs(warehouse: Warehouse, period: str, sids: set[str], site_providers: dict) -> set[str]:
@@ -1581,12 +1589,12 @@ def _fft_now_differs(warehouse: Warehouse, period: str, sids: set[str], site_pro
     for site, prov in site_providers.items():
         sites_of.setdefault(prov, set()).add(site)
     out: set[str] = set()
-    kept = _sid_filter(warehouse.read("fft_responses", [period]), sids)
+    kept = _sid_rows(warehouse, "fft_responses", period, sids, ["submission_id", "site_code", "provider_code"])
     for sid, site, prov in zip(kept.column("submission_id").to_pylist(), kept.column("site_code").to_pylist(),
                                kept.column("provider_code").to_pylist()):
         if prov in sites_of and site not in sites_of[prov]:
             out.add(sid)
-    q = _sid_filter(warehouse.read("quarantine", [period]), sids - out)
+    q = _sid_rows(warehouse, "quarantine", period, sids - out, ["submission_id", "rule_ids", "raw"])
     for sid, ids, raw in zip(q.column("submission_id").to_pylist(), q.column("rule_ids").to_pylist(),
                              q.column("raw").to_pylist()):
         if ids != ["SITE_CODE_PROVIDER"]:
@@ -1609,7 +1617,7 @@ def _sus_now_differs(warehouse: Warehouse, period: str, sids: set[str], practice
     from expectations.rules import PRACTICE_PLACEHOLDERS
 
     known = set(practices) | set(PRACTICE_PLACEHOLDERS)
-    kept = _sid_filter(warehouse.read("sus_episodes", [period]), sids)
+    kept = _sid_rows(warehouse, "sus_episodes", period, sids, ["submission_id", "gpprac", "dq_warnings"])
     out: set[str] = set()
     for sid, gp, warns in zip(kept.column("submission_id").to_pylist(), kept.column("gpprac").to_pylist(),
                               kept.column("dq_warnings").to_pylist()):
@@ -1683,10 +1691,10 @@ def _revalidate_file(landing: Store, warehouse: Warehouse, r, context, ref: Pars
     rejected = np.asarray(outcome.rejected, dtype=bool)
     kept = ~rejected
     received, n_rej = len(frame), int(rejected.sum())
-    old_q = _sid_filter(warehouse.read("quarantine", [period]), {sid})
-    old_lines = set(old_q.column("line").to_pylist())
+    old_lines = set(_sid_rows(warehouse, "quarantine", period, {sid}, ["submission_id", "line"])
+                    .column("line").to_pylist())
     new_lines = set(frame["_line"].to_numpy()[rejected].tolist())
-    old_rules = _sid_filter(warehouse.read("dq_rules", [period]), {sid}).to_pandas()
+    old_rules = _sid_rows(warehouse, "dq_rules", period, {sid}, ["submission_id", "rule_id", "rows_failed"]).to_pandas()
     old_fails = int(old_rules.loc[old_rules["rule_id"] == rule, "rows_failed"].sum())
     rc = outcome.rule_counts
     new_fails = int(rc.loc[rc["rule_id"] == rule, "rows_failed"].sum()) if len(rc) else 0
