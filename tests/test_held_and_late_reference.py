@@ -111,6 +111,14 @@ def zone(tmp_path, monkeypatch):
 JAN, FEB, MAR = "GP_A81001_20240110.csv", "GP_A81001_20240210.csv", "GP_A81001_20240310.csv"
 
 
+def _publishable(zone) -> None:
+    """The public ledger with these reasons passes the public zone's checks."""
+    from pipelines import disclosure
+
+    table = ingest.submissions_dataset(zone.wh)
+    assert disclosure.check_public(schemas.get("submissions"), table, zone.settings) == []
+
+
 def _balanced(led: pd.DataFrame) -> None:
     taken = led[led["status"] != "rejected"]
     assert (taken["rows_received"] == taken["rows_kept"] + taken["rows_quarantined"]).all()
@@ -142,6 +150,7 @@ def test_header_only_extract_is_held_and_the_practice_stays_as_before(zone):
     assert f"gp/{FEB}" in check["description"] and "fewer than half the rows" in check["description"]
     assert "caredata release" in check["description"]
     assert check["metadata"]["gp_held_rule"] == [f"gp/{FEB}"]
+    _publishable(zone)
     # data_quality_summary: February's row for the practice is held, with the reason
     out = quality.data_quality_tables(zone.wh.read("dq_rules"), zone.wh.read("dq_fields"),
                                       ingest.read_ledger(zone.wh), zone.settings)
@@ -230,6 +239,7 @@ def test_a_later_extract_supersedes_both(zone):
     assert led.at[f"gp/{FEB}", "reason"].startswith(f"superseded by a newer extract, gp/{MAR} (it had been held: 0 rows")
     assert zone.newest() == {"A81001": ["GP_A81001_20240310"]}
     assert not [h for h in stages.held_back_summary(zone.settings) if "GP_" in h["what"]]
+    _publishable(zone)
     # data_quality_summary leaves the superseded held extract out: February is not held
     out = quality.data_quality_tables(zone.wh.read("dq_rules"), zone.wh.read("dq_fields"),
                                       ingest.read_ledger(zone.wh), zone.settings)
@@ -308,6 +318,7 @@ def test_sites_arriving_after_fft_data_quarantine_the_row_they_now_reject(ref_zo
     # the public ledger's counts, the data-quality figures
     sub = ingest.submissions_dataset(z.wh).to_pandas().set_index("file_name")
     assert (sub.at[FFT_FILE, "rows_kept"], sub.at[FFT_FILE, "rows_quarantined"]) == (2, 1)
+    _publishable(z)
     dq = quality.data_quality_tables(z.wh.read("dq_rules"), z.wh.read("dq_fields"), ingest.read_ledger(z.wh),
                                      z.settings)
     s = dq["data_quality_summary"].to_pylist()[0]
