@@ -69,7 +69,10 @@ event per file with its new row counts and a reason ("re-validated against
 reference/sites.csv of 2026-12-04: 1 row now quarantined, SITE_CODE_PROVIDER now fails
 on 1 row (was 0)"); `submissions`, `data_quality` and `data_quality_summary` show the new
 counts from the next run. A file no longer in the landing zone as it was taken in is not
-validated again and the ledger says so. A re-validation does not hold or release a file.
+validated again and the ledger says so. A file with more than the held share of its rows
+rejected after a re-validation is held, as it would have been at take-in ("held after
+re-validation against ..."; earlier data for the submitter and period stay in force), and
+one under it again is no longer held.
 HES extracts are not validated again (their `GPPRAC_UNKNOWN` counts stay as first
 counted); `reference/providers.csv` feeds no rule, and the figures computed from it
 follow it from the next run.

@@ -316,11 +316,16 @@ def _apply_operator_events(ev: pd.DataFrame, operator: pd.DataFrame) -> pd.DataF
                 ev.at[i, "status"] = "taken"
                 ev.at[i, "reason"] = r.reason
         else:
+            counted = False
             for c in ("rows_received", "rows_quarantined", "rows_kept"):
                 if not pd.isna(getattr(r, c)):
                     ev.at[i, c] = getattr(r, c)
+                    counted = True
+            reason = r.reason or ""
+            if counted:  # validated again: held or not by its new counts
+                ev.at[i, "status"] = "held" if reason.startswith(REVALIDATED_HELD) else "taken"
             was = ev.at[i, "reason"]
-            ev.at[i, "reason"] = f"{was}; {r.reason}" if isinstance(was, str) and was else r.reason
+            ev.at[i, "reason"] = f"{was}; {reason}" if isinstance(was, str) and was else reason
     return ev
 
 
@@ -397,7 +402,7 @@ def release_held(warehouse: Warehouse, file_name: str, by: str, note: str | None
     event = _event(file_name, r["sha256"], int(r["size_bytes"]) if not pd.isna(r["size_bytes"]) else None,
                    at, "released", reason)
     _write_events(warehouse, [event], "released")
-    log.warning("%s", f"{file_name}: {reason}")
+    log.info("%s", f"{file_name}: {reason}")
     return reason
 
 
@@ -1511,12 +1516,14 @@ def _take_in_hes(parsed: ParsedName, frame: pd.DataFrame, sha: str, size: int, f
 
 
 # ============================================================================ reference
-def load_reference(landing: Store, warehouse: Warehouse) -> dict:
+def load_reference(landing: Store, warehouse: Warehouse, settings=None) -> dict:
     """Read ``reference/epraccur.csv``, ``providers.csv`` and ``sites.csv`` into
     ``ref_practices``, ``ref_providers`` and ``ref_sites`` (epraccur dates YYYYMMDD),
     recording each file in the ledger. A file already taken in byte for byte is not read
     again; a new version under the same name replaces the table (ODS republishes its
-    files under the same names). Returns counts and rejections, for metadata."""
+    files under the same names), and the files already taken in are validated again
+    against it (:func:`revalidate`; ``settings`` for the held share, defaults if None).
+    Returns counts, rejections and the files validated again, for metadata."""
     ledger = _Ledger(warehouse)
     out: dict = {"ref_practices": None, "ref_providers": None, "ref_sites": None,
                  "files_taken": [], "rejected_files": []}
@@ -1552,7 +1559,7 @@ def load_reference(landing: Store, warehouse: Warehouse) -> dict:
         ledger.keys.add((fi.path, sha))
         out["files_taken"].append(fi.path)
     if arrived:
-        out["revalidated"] = revalidate(landing, warehouse, arrived)
+        out["revalidated"] = revalidate(landing, warehouse, arrived, settings)
         for _, e_ in arrived:
             _write_event(warehouse, e_, "outcome")
     for name in target.values():
@@ -1628,18 +1635,25 @@ def _sus_now_differs(warehouse: Warehouse, period: str, sids: set[str], practice
     return out
 
 
-def revalidate(landing: Store, warehouse: Warehouse, arrived: list[tuple[ParsedName, dict]]) -> list[dict]:
+def revalidate(landing: Store, warehouse: Warehouse, arrived: list[tuple[ParsedName, dict]],
+               settings=None) -> list[dict]:
     """Validate again, against the reference data now in the warehouse, the files already
     taken in whose rules read a reference file that has just ``arrived`` (a list of
     (parsed name, its ledger event)). Only the files where a row's verdict changes are
     validated again, from their bytes in the landing zone (the same bytes, checked by
     SHA-256): their kept rows, quarantine and data-quality rows are replaced by the new
     outcome (rows that now fail are quarantined, rows that now pass are kept again), and
-    a ``revalidated`` event in the ledger gives their new counts and says what changed.
-    Returns one entry per file validated again."""
+    a ``revalidated`` event in the ledger gives their new counts and says what changed
+    (a file with more than ``held_reject_share`` of its rows now rejected is held, as at
+    take-in; one under it again is no longer held). Returns one entry per file validated
+    again."""
     feeds = {p.feed: (p, e) for p, e in arrived if p.feed in REFERENCE_RULES}
     if not feeds:
         return []
+    if settings is None:
+        from pipelines.config import Settings
+
+        settings = Settings()
     context = _context_from_tables(warehouse, None)
     led = read_ledger(warehouse).to_pandas()
     done: list[dict] = []
@@ -1655,14 +1669,19 @@ def revalidate(landing: Store, warehouse: Warehouse, arrived: list[tuple[ParsedN
             else:
                 changed = _sus_now_differs(warehouse, period, sids, set(getattr(context, "practice_codes", None) or ()))
             for r in grp[grp["submission_id"].isin(changed)].itertuples(index=False):
-                got = _revalidate_file(landing, warehouse, r, context, ref, ref_event, rule)
+                got = _revalidate_file(landing, warehouse, r, context, ref, ref_event, rule, settings)
                 if got is not None:
                     done.append(got)
     return done
 
 
+REVALIDATED_HELD = "held after re-validation against "
+"""How a re-validation's reason starts when the file's new counts hold it (more than
+``data_quality.held_reject_share`` of its rows rejected): the ledger then shows it held."""
+
+
 def _revalidate_file(landing: Store, warehouse: Warehouse, r, context, ref: ParsedName, ref_event: dict,
-                     rule: str) -> dict | None:
+                     rule: str, settings) -> dict | None:
     parsed = parse_name(r.file_name)
     source, period, sid = parsed.source, parsed.reporting_period, parsed.submission_id
     ref_label = f"{ref.file_name} of {pd.Timestamp(ref_event['first_seen_at']).strftime('%Y-%m-%d')}"
@@ -1728,8 +1747,14 @@ def _revalidate_file(landing: Store, warehouse: Warehouse, r, context, ref: Pars
     what += [f"{n} row{'s' if n != 1 else ''} now kept" for n in [now_k] if n]
     if new_fails != old_fails:
         what.append(f"{rule} now fails on {new_fails} row{'s' if new_fails != 1 else ''} (was {old_fails})")
-    got = note(f"re-validated against {ref_label}: {', '.join(what)}", received=received, quarantined=n_rej,
-               kept=received - n_rej)
+    if _is_held(received, n_rej, settings):
+        share = float(settings.t("data_quality", "held_reject_share"))
+        reason = (f"{REVALIDATED_HELD}{ref_label}: {', '.join(what)}; {n_rej} of {received} rows rejected, "
+                  f"more than {share:.0%}: nothing downstream is computed from this file and earlier data for "
+                  f"{parsed.submitter_code} {period} stay in force")
+    else:
+        reason = f"re-validated against {ref_label}: {', '.join(what)}"
+    got = note(reason, received=received, quarantined=n_rej, kept=received - n_rej)
     warn = _warnings(outcome, kept)
     kept_frame = frame.iloc[np.flatnonzero(kept)]
     silver = (_fft_silver(kept_frame, parsed, period, warn) if source == "fft"

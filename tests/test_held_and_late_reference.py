@@ -391,3 +391,32 @@ def test_epraccur_arriving_after_sus_data_recounts_the_unknown_practice_warning(
     assert row["status"] == "current" and (row["rows_received"], row["rows_kept"], row["rows_quarantined"]) == (3, 3, 0)
     assert row["reason"].endswith(": GPPRAC_UNKNOWN now fails on 0 rows (was 2)")
     assert current.current_sus(z.wh, "2024-01").num_rows == 3
+
+
+def test_a_file_with_most_rows_now_rejected_is_held_and_the_older_file_stands_again(ref_zone):
+    z = ref_zone
+    z.sites([("RGT01", "RGT"), ("RGT02", "RGT")])
+    older = "fft/FFT_RGT_202401_20240203120000.csv"
+    put(z.landing, older, fft_lines(["RGT01"]))
+    put(z.landing, FFT_FILE, fft_lines(["RGT01", "RGT02", "RGT02"]))
+    ingest.ingest("fft", "2024-01", z.store, z.wh, z.settings)
+    assert z.ledger().loc[older, "status"] == "superseded" and z.national_responses() == 3
+
+    z.sites([("RGT01", "RGT"), ("RGT02", "RXX")])  # 2 of the newer file's 3 rows now fail
+    led = z.ledger()
+    row = led.loc[FFT_FILE]
+    assert row["status"] == "held"
+    assert row["reason"].startswith("held after re-validation against reference/sites.csv of ")
+    assert "2 of 3 rows rejected, more than 50%" in row["reason"]
+    assert (row["rows_received"], row["rows_kept"], row["rows_quarantined"]) == (3, 1, 2)
+    assert led.loc[older, "status"] == "current"  # earlier data for RGT 2024-01 stay in force
+    assert z.national_responses() == 1
+    assert any(h["what"] == f"held {FFT_FILE}" for h in stages.held_back_summary(z.settings))
+    dq = quality.data_quality_tables(z.wh.read("dq_rules"), z.wh.read("dq_fields"), ingest.read_ledger(z.wh),
+                                     z.settings)["data_quality_summary"].to_pylist()[0]
+    assert dq["held"] is True and dq["held_reason"].startswith("held after re-validation")
+
+    z.sites([("RGT01", "RGT"), ("RGT02", "RGT"), ("RXX01", "RXX")])  # and back: no longer held
+    led = z.ledger()
+    assert led.loc[FFT_FILE, "status"] == "current" and led.loc[older, "status"] == "superseded"
+    assert z.national_responses() == 3
