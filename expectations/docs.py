@@ -62,20 +62,20 @@ new version of one of these files is taken in, the files already taken in whose 
 changes (an FFT row kept at a site that is not now one of its provider's, or quarantined
 only for that rule at a site that now is; a SUS episode whose `GPPRAC_UNKNOWN` warning
 would now differ) are validated again, from their bytes in the landing zone (checked
-against the SHA-256 taken in), exactly as if they had arrived after the reference file:
+against the SHA-256 taken in), exactly as if they had been taken in after the reference file:
 rows that now fail a reject rule are quarantined, rows that now pass are kept again, and
 the file's quarantine and data-quality rows are replaced. The ledger gets a `revalidated`
 event per file with its new row counts and a reason ("re-validated against
 reference/sites.csv of 2026-12-04: 1 row now quarantined, SITE_CODE_PROVIDER now fails
 on 1 row (was 0)"); `submissions`, `data_quality` and `data_quality_summary` show the new
-counts from the next run. A file no longer in the landing zone as it was taken in is not
+counts from the run that takes the reference file in (reference data load before any period). A file no longer in the landing zone as it was taken in is not
 validated again and the ledger says so. A file with more than the held share of its rows
 rejected after a re-validation is held, as it would have been at take-in ("held after
 re-validation against ..."; earlier data for the submitter and period stay in force), and
 one under it again is no longer held.
 HES extracts are not validated again (their `GPPRAC_UNKNOWN` counts stay as first
 counted); `reference/providers.csv` feeds no rule, and the figures computed from it
-follow it from the next run.
+(commissioners) follow it from the run that takes it in.
 
 ## Choices where the specification is silent
 
