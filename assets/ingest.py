@@ -53,7 +53,9 @@ def _bronze_asset(source: str, description: str) -> dg.AssetsDefinition:
         *[dg.AssetCheckSpec(dim, asset=name, description=f"No {dim} rule failed ({dim} of the rows, by rule).")
           for dim in ("completeness", "validity", "uniqueness", "consistency")],
         dg.AssetCheckSpec("no_held_submissions", asset=name,
-                          description="No submission of the period is held (more than half its rows rejected)."),
+                          description="No submission of the period is held (more than half its rows rejected; "
+                                      "a GP extract with no data row or under half the rows of the "
+                                      "practice's current extract)."),
         dg.AssetCheckSpec("no_rejected_files", asset=name,
                           description="No file of the period was rejected whole (name, columns, parse)."),
     ]

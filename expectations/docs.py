@@ -51,7 +51,31 @@ rule named. The Data Docs are GX's, with the counts of every row.
 verdicts, counts and example lines (`tests/test_validation_engines.py`).
 
 Rows received = rows kept + rows quarantined, always. A file with more than
-`data_quality.held_reject_share` (default one half) of its rows rejected is **held**.
+`data_quality.held_reject_share` (default one half) of its rows rejected is **held**. A GP
+extract with no data row, or with fewer than half the rows (type 1 rows included) of the
+practice's current extract, is **held** too (inputs.md): it supersedes nothing until an
+operator releases it (`caredata release`, docs/runbook.md) or a later extract arrives.
+
+**Reference data that arrive late.** Two rules read reference data: `SITE_CODE_PROVIDER`
+(FFT, `reference/sites.csv`) and `GPPRAC_UNKNOWN` (SUS, `reference/epraccur.csv`). When a
+new version of one of these files is taken in, the files already taken in whose verdicts it
+changes (an FFT row kept at a site that is not now one of its provider's, or quarantined
+only for that rule at a site that now is; a SUS episode whose `GPPRAC_UNKNOWN` warning
+would now differ) are validated again, from their bytes in the landing zone (checked
+against the SHA-256 taken in), exactly as if they had been taken in after the reference file:
+rows that now fail a reject rule are quarantined, rows that now pass are kept again, and
+the file's quarantine and data-quality rows are replaced. The ledger gets a `revalidated`
+event per file with its new row counts and a reason ("re-validated against
+reference/sites.csv of 2026-12-04: 1 row now quarantined, SITE_CODE_PROVIDER now fails
+on 1 row (was 0)"); `submissions`, `data_quality` and `data_quality_summary` show the new
+counts from the run that takes the reference file in (reference data load before any period). A file no longer in the landing zone as it was taken in is not
+validated again and the ledger says so. A file with more than the held share of its rows
+rejected after a re-validation is held, as it would have been at take-in ("held after
+re-validation against ..."; earlier data for the submitter and period stay in force), and
+one under it again is no longer held.
+HES extracts are not validated again (their `GPPRAC_UNKNOWN` counts stay as first
+counted); `reference/providers.csv` feeds no rule, and the figures computed from it
+(commissioners) follow it from the run that takes it in.
 
 ## Choices where the specification is silent
 

@@ -4,6 +4,7 @@
     caredata run --landing PATH_OR_S3 --warehouse PATH_OR_S3 --publish PATH_OR_S3 [--config FILE]
                  [--demo-mode] [--debug] [--log-file FILE]
     caredata demo [--out DIR]
+    caredata release FILE_NAME --warehouse PATH_OR_S3 [--by NAME] [--note TEXT]
 
 The configuration is checked whole before any work (a problem is one line, exit 2), then
 the three roots (pipelines.runner.check_roots). Exit status (EXIT_CODES below):
@@ -122,6 +123,31 @@ def _add_error_options(p) -> None:
                         "in the temporary folder, written only when something failed)")
 
 
+def _release(args) -> int:
+    """Release a held file: a ``released`` event in the warehouse ledger (who, when, why);
+    the next run takes the file as current (a GP extract: if it is the practice's newest)."""
+    import getpass
+
+    from pipelines.ingest import release_held
+    from pipelines.storage import Store
+    from pipelines.warehouse import Warehouse
+
+    root = args.warehouse or os.environ.get("CAREDATA_WAREHOUSE")
+    if not root:
+        print("caredata release: give --warehouse (or set CAREDATA_WAREHOUSE)", file=sys.stderr)
+        return EXIT_USAGE
+    endpoint = args.s3_endpoint_url or os.environ.get("CAREDATA_S3_ENDPOINT_URL") or None
+    by = args.by or os.environ.get("USER") or getpass.getuser()
+    try:
+        what = release_held(Warehouse(Store(root, endpoint)), args.file_name, by, args.note)
+    except ValueError as exc:
+        print(f"caredata release: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{args.file_name}: {what}")
+    print("The next run (caredata run) takes it in as current if it is the newest.")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="caredata", description="The care.data pipeline.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -159,6 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--start", default="2014-01")
     _add_error_options(p)
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("release", help="release a held file (e.g. a held GP extract) so the next run uses it")
+    p.add_argument("file_name", help="path relative to the landing root, e.g. gp/GP_A81001_20261204.csv")
+    p.add_argument("--warehouse", default=None, help="folder or s3://bucket/prefix (default: CAREDATA_WAREHOUSE)")
+    p.add_argument("--s3-endpoint-url", default=None, help="a non-AWS S3 endpoint")
+    p.add_argument("--by", default=None, help="who releases it (default: the login name)")
+    p.add_argument("--note", default=None, help="why, in plain words (recorded in the ledger)")
+    p.set_defaults(func=_release)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -163,11 +163,30 @@ def _gp_rows(warehouse: Warehouse, chosen: pd.DataFrame) -> pa.Table:
     return schemas.get("gp_patients").conform(warehouse.read("gp_patients", parts=paths))
 
 
+def gp_extracts(warehouse: Warehouse) -> pa.Table:
+    """Every ``gp_extracts`` row, ``held`` as it stands now: held when taken in (the
+    data-quality rule, or the GP held rule of inputs.md: no data row, or under half the
+    rows of the practice's current extract) and not released by an operator since
+    (:func:`pipelines.ingest.release_held`). A held extract supersedes nothing."""
+    from pipelines.ingest import released_submissions
+
+    extracts = warehouse.read("gp_extracts")
+    if extracts.num_rows == 0:
+        return extracts
+    released = released_submissions(warehouse)
+    if not released:
+        return extracts
+    held = pc.fill_null(extracts.column("held"), False)
+    free = pc.is_in(extracts.column("submission_id"), pa.array(sorted(released), pa.string()))
+    i = extracts.schema.get_field_index("held")
+    return extracts.set_column(i, extracts.schema.field(i), pc.and_(held, pc.invert(free)))
+
+
 def gp_current(warehouse: Warehouse, period: str | None = None) -> GPCurrent:
     """GP: each practice's newest extract supersedes its older ones; held extracts are
     skipped (the previous extract stays in force). ``patients_newest_in_period`` is empty
     when no period is given."""
-    extracts = warehouse.read("gp_extracts")
+    extracts = gp_extracts(warehouse)
     ex = extracts.to_pandas()
     if ex.empty:
         return GPCurrent(_empty("gp_patients"), _empty("gp_patients"), extracts)
@@ -215,7 +234,7 @@ def _gp_dataset(warehouse: Warehouse, chosen: pd.DataFrame | None, columns: list
 
 def gp_deaths_lazy(warehouse: Warehouse, since, until, columns: list[str] | None = None) -> ds.Dataset:
     """The ``gp_patients`` rows of :func:`gp_death_extracts`, as a lazy dataset."""
-    ex = warehouse.read("gp_extracts").to_pandas()
+    ex = gp_extracts(warehouse).to_pandas()
     return _gp_dataset(warehouse, gp_death_extracts(ex, since, until) if len(ex) else None, columns)
 
 
@@ -232,7 +251,7 @@ def gp_current_lazy(warehouse: Warehouse, period: str | None = None,
     :func:`gp_current` concatenates them) with the declared ``gp_patients`` columns, or
     only ``columns``, typed as declared. Scanning one gives the rows of the matching
     :func:`gp_current` table (a column missing from an older part reads as null)."""
-    extracts = warehouse.read("gp_extracts")
+    extracts = gp_extracts(warehouse)
     ex = extracts.to_pandas()
     if ex.empty:
         return GPCurrentLazy(_gp_dataset(warehouse, None, columns), _gp_dataset(warehouse, None, columns), extracts)

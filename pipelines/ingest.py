@@ -148,6 +148,17 @@ def _events(warehouse: Warehouse) -> pd.DataFrame:
 
 
 _NO_ROWS = np.zeros(0, dtype=np.int64)
+OPERATOR_EVENTS = ("released", "revalidated")
+"""Ledger events recorded after a file's outcome: an operator's release of a held file
+(``caredata release``), and a re-validation against reference data that arrived later.
+Their ``first_seen_at`` holds the time of the event (the file's first sighting is the
+earliest of its events'); their ``reason`` says who or what, and why."""
+
+
+class _GPSize(NamedTuple):
+    rows: int  # data rows of the extract (rows received + type 1 rows)
+    file_name: str
+    submitted_at: object  # the extract date (a UTC timestamp)
 
 
 class _Ledger:
@@ -171,6 +182,25 @@ class _Ledger:
         self._taken_by_submission = self.taken.groupby(["source", "submission_id"], sort=False).indices
         self._by_file = {True: self.outcomes.groupby("file_name", sort=False).indices,
                          False: ev.groupby("file_name", sort=False).indices}
+        rel = ev[ev["status"] == "released"]
+        self.released = set(zip(rel["file_name"], rel["sha256"]))
+
+    def gp_current_sizes(self) -> dict[str, "_GPSize"]:
+        """Per practice, its current extract as far as the held rule is concerned: the
+        newest (by extract date) taken in and not held, a released one included."""
+        t = self.taken[self.taken["source"] == "gp"]
+        if t.empty:
+            return {}
+        ok = (t["status"] == "taken").to_numpy(dtype=bool) | np.array(
+            [(f, s) in self.released for f, s in zip(t["file_name"], t["sha256"])], dtype=bool)
+        t = t[ok].assign(ts_=pd.to_datetime(t["submitted_at"], utc=True)).sort_values(["ts_", "file_name"])
+        t = t.drop_duplicates("submitter_code", keep="last")
+        out: dict[str, _GPSize] = {}
+        for r in t.itertuples(index=False):
+            rows = int(0 if pd.isna(r.rows_received) else r.rows_received) + int(
+                0 if pd.isna(r.type1_objections) else r.type1_objections)
+            out[r.submitter_code] = _GPSize(rows, r.file_name, r.ts_)
+        return out
 
     def first_seen(self, file_name: str, sha: str) -> datetime:
         return self.seen.get((file_name, sha)) or _now()
@@ -245,6 +275,17 @@ def _derive_status(df: pd.DataFrame) -> pd.DataFrame:
             word = "a newer extract" if source == "gp" else "a newer file"
             for i in order.index[:-1]:
                 supersede(i, f"superseded by {word}, {df.at[newest, 'file_name']}")
+    # A held GP extract supersedes nothing (inputs.md), and a later extract of the
+    # practice, taken in and not held, supersedes it.
+    gp_live = df[df["status"].isin(["current", "superseded"]) & (df["source"] == "gp")]
+    for i in df.index[(df["status"] == "held") & (df["source"] == "gp")]:
+        later = gp_live[(gp_live["submitter_code"] == df.at[i, "submitter_code"]) & (ts[gp_live.index] > ts[i])]
+        if later.empty:
+            continue
+        newest = later.assign(_ts=ts[later.index]).sort_values(["_ts", "file_name"]).index[-1]
+        was = df.at[i, "reason"]
+        supersede(i, f"superseded by a newer extract, {df.at[newest, 'file_name']}"
+                     + (f" (it had been held: {was})" if isinstance(was, str) and was else ""))
     # Reference files: the newest version of each (by first seen) is current.
     ref = df[live & (df["source"] == "reference")]
     for _, grp in ref.groupby("submission_id"):
@@ -256,6 +297,38 @@ def _derive_status(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def _apply_operator_events(ev: pd.DataFrame, operator: pd.DataFrame) -> pd.DataFrame:
+    """Each file's outcome with the events recorded after it (:data:`OPERATOR_EVENTS`):
+    a released held file is taken in like any other (its reason says who released it,
+    when); the latest re-validation of a file gives its row counts, and its reason says
+    what changed."""
+    if operator.empty:
+        return ev
+    ev = ev.copy()
+    operator = operator.assign(_at=pd.to_datetime(operator["first_seen_at"], utc=True)).sort_values("_at")
+    pos = {k: i for i, k in zip(ev.index, zip(ev["file_name"], ev["sha256"]))}
+    for r in operator.itertuples(index=False):
+        i = pos.get((r.file_name, r.sha256))
+        if i is None or ev.at[i, "status"] not in TAKEN:
+            continue
+        if r.status == "released":
+            if ev.at[i, "status"] == "held":
+                ev.at[i, "status"] = "taken"
+                ev.at[i, "reason"] = r.reason
+        else:
+            counted = False
+            for c in ("rows_received", "rows_quarantined", "rows_kept"):
+                if not pd.isna(getattr(r, c)):
+                    ev.at[i, c] = getattr(r, c)
+                    counted = True
+            reason = r.reason or ""
+            if counted:  # validated again: held or not by its new counts
+                ev.at[i, "status"] = "held" if reason.startswith(REVALIDATED_HELD) else "taken"
+            was = ev.at[i, "reason"]
+            ev.at[i, "reason"] = f"{was}; {reason}" if isinstance(was, str) and was else reason
+    return ev
+
+
 def read_ledger(warehouse: Warehouse) -> pa.Table:
     """Every file seen, one row per (file name, SHA-256), with its derived status:
     ``current``, ``superseded``, ``held``, ``rejected``, or ``pending`` (seen by a scan,
@@ -264,6 +337,8 @@ def read_ledger(warehouse: Warehouse) -> pa.Table:
     ev = _events(warehouse)
     if ev.empty:
         return ds.arrow_schema().empty_table()
+    operator = ev[ev["status"].isin(OPERATOR_EVENTS)]
+    ev = ev[~ev["status"].isin(OPERATOR_EVENTS)].copy()
     ev["_first"] = pd.to_datetime(ev["first_seen_at"], utc=True)
     first = ev.groupby(["file_name", "sha256"])["_first"].min()
     prio = {"taken": 0, "held": 0, "rejected": 1, "seen": 2}
@@ -274,7 +349,8 @@ def read_ledger(warehouse: Warehouse) -> pa.Table:
     pending = ev["status"] == "seen"
     ev.loc[pending, "status"] = "pending"
     ev.loc[pending, "reason"] = "seen in the landing zone, not yet taken in"
-    ev = _derive_status(ev.drop(columns=["_first", "_prio"]))
+    ev = _apply_operator_events(ev.drop(columns=["_first", "_prio"]), operator)
+    ev = _derive_status(ev)
     ev = ev.sort_values(["first_seen_at", "file_name", "sha256"]).reset_index(drop=True)
     ev["first_seen_at"] = pd.to_datetime(ev["first_seen_at"], utc=True)
     ev["submitted_at"] = pd.to_datetime(ev["submitted_at"], utc=True)
@@ -300,6 +376,46 @@ def submissions_dataset(warehouse: Warehouse, periods: list[str] | None = None) 
     led = led.sort_values(["period", "first_seen_at", "file_name"])
     cols = ds.arrow_schema(include_partition=True).names
     return ds.conform(pa.Table.from_pandas(led[cols].reset_index(drop=True), preserve_index=False))
+
+
+def release_held(warehouse: Warehouse, file_name: str, by: str, note: str | None = None) -> str:
+    """An operator's release of a held file: a ``released`` event in the ledger (the
+    file itself is never edited), so that from the next run it is taken as any file
+    taken in (a GP extract becomes the practice's current one if it is the newest).
+    Returns what was done; raises ValueError naming the file when it is not held."""
+    if not by or not by.strip():
+        raise ValueError("say who releases the file (--by)")
+    led = read_ledger(warehouse).to_pandas()
+    rows = led[led["file_name"] == file_name]
+    if rows.empty:
+        raise ValueError(f"{file_name}: not in the ledger (give the path relative to the landing root, "
+                         f"e.g. gp/GP_A81001_20261204.csv)")
+    held = rows[rows["status"] == "held"]
+    if held.empty:
+        raise ValueError(f"{file_name}: not held (status {', '.join(sorted(set(rows['status'])))}); "
+                         f"only a held file can be released")
+    r = held.iloc[-1]
+    at = _now()
+    reason = (f"released by {by.strip()} on {at.strftime('%Y-%m-%d %H:%M UTC')}"
+              + (f": {note.strip()}" if note and note.strip() else "")
+              + (f" (it had been held: {r['reason']})" if isinstance(r["reason"], str) and r["reason"] else ""))
+    event = _event(file_name, r["sha256"], int(r["size_bytes"]) if not pd.isna(r["size_bytes"]) else None,
+                   at, "released", reason)
+    _write_events(warehouse, [event], "released")
+    log.info("%s", f"{file_name}: {reason}")
+    return reason
+
+
+def released_submissions(warehouse: Warehouse) -> set[str]:
+    """Submission ids of the files an operator released (:func:`release_held`). Reads only
+    the ledger's release parts."""
+    paths = [f.path for f in warehouse.store.list(LEDGER_PARTS) if f.path.endswith("-released.parquet")]
+    out: set[str] = set()
+    for p in paths:
+        t = warehouse.store.read_parquet(p)
+        out.update(s for s, st in zip(t.column("submission_id").to_pylist(), t.column("status").to_pylist())
+                   if st == "released" and s)
+    return out
 
 
 # ============================================================================ report
@@ -344,10 +460,15 @@ class IngestReport:
 
 # ============================================================================ context
 def _reference_context(landing: Store, warehouse: Warehouse, today: date | None):
-    from pipelines.validation import ValidationContext
-
     if not warehouse.store.exists(warehouse.path("ref_sites")) and landing.list("reference"):
         load_reference(landing, warehouse)
+    return _context_from_tables(warehouse, today)
+
+
+def _context_from_tables(warehouse: Warehouse, today: date | None):
+    """The validation context from the reference tables as they are in the warehouse."""
+    from pipelines.validation import ValidationContext
+
     sites = warehouse.read("ref_sites")
     practices = warehouse.read("ref_practices")
     site_providers = (
@@ -388,6 +509,23 @@ def _is_held(received: int, rejected: int, settings) -> bool:
         share = float(settings.t("data_quality", "held_reject_share"))
         return bool(received) and rejected / received > share
     return bool(is_held(received, rejected, settings))
+
+
+GP_HOLD_UNTIL = "held until an operator releases it or a later extract arrives"
+GP_HELD_RULE = ("a GP extract with no data row, or with fewer than half the rows of the practice's current "
+                "extract, is held: it supersedes nothing until an operator releases it or a later extract "
+                "arrives (inputs.md)")
+
+
+def _gp_size_reason(rows: int, current: "_GPSize | None") -> str | None:
+    """The GP held rule (inputs.md, :data:`GP_HELD_RULE`) for an extract of ``rows`` data
+    rows: its reason when held, else None. Exactly half is not fewer than half."""
+    if current is not None and 2 * rows < current.rows:
+        return (f"{rows} rows against {current.rows} in the current extract "
+                f"{current.file_name.rsplit('/', 1)[-1]}; {GP_HOLD_UNTIL}")
+    if rows == 0:
+        return f"no data row (header only); {GP_HOLD_UNTIL}"
+    return None
 
 
 def _held_reason(file_name: str, received: int, rejected: int, rule_ids: list[list[str]],
@@ -879,6 +1017,7 @@ def ingest(source: str, period: str, landing: Store, warehouse: Warehouse, setti
             mine.append((parsed, fi))
     mine.sort(key=_sort_key)
     _remove_untaken_parts(warehouse, period, ledger)
+    gp_sizes = ledger.gp_current_sizes() if source == "gp" else None  # the GP held rule's "current"
     context = None
     # Files are validated together in chunks of about VALIDATE_BATCH_ROWS rows (one GX
     # context per chunk, not per file: 6,500 GP extracts a month), then taken in one by
@@ -901,7 +1040,7 @@ def ingest(source: str, period: str, landing: Store, warehouse: Warehouse, setti
         for (p_, fi_, fr, info_, sha_, first_), outcome, silver in zip(chunk, outcomes, silvers):
             _take_in(source, period, p_, fr, info_, sha_, fi_.size, first_, warehouse, settings,
                      _as_of_submission(context, p_), data_docs_dir, report, outcome=outcome, silver=silver,
-                     sink=sink)
+                     sink=sink, gp_current=gp_sizes)
         sink.write()
         for _, fi_, _, _, sha_, _ in chunk:
             ledger.keys.add((fi_.path, sha_))
@@ -1044,10 +1183,13 @@ def _validate_chunk(source: str, period: str, jobs: list[tuple], data_docs_dir, 
 
 def _take_in(source, period, parsed: ParsedName, frame: pd.DataFrame, info, sha: str, size: int,
              first: datetime, warehouse: Warehouse, settings, context, data_docs_dir, report: IngestReport,
-             outcome=None, silver: pa.Table | None = None, sink: "_ChunkParts | None" = None):
+             outcome=None, silver: pa.Table | None = None, sink: "_ChunkParts | None" = None,
+             gp_current: "dict[str, _GPSize] | None" = None):
     """Take one validated file in: its silver part (part = its submission id); its
     quarantine, data-quality and ``gp_extracts`` rows and its ledger outcome, written as
-    its own parts, or handed to ``sink`` to be written with the rest of its chunk."""
+    its own parts, or handed to ``sink`` to be written with the rest of its chunk.
+    ``gp_current``: per practice, its current extract (:meth:`_Ledger.gp_current_sizes`),
+    for the GP held rule; updated when this extract becomes the current one."""
     sid = parsed.submission_id
     if outcome is None:
         outcome = _validate(source, frame, period=period, submitter=parsed.submitter_code,
@@ -1074,6 +1216,16 @@ def _take_in(source, period, parsed: ParsedName, frame: pd.DataFrame, info, sha:
     held = _is_held(received, n_rej, settings)
     reason = (_held_reason(parsed.file_name, received, n_rej, outcome.rule_ids, rejected,
                            parsed.submitter_code, period, settings) if held else None)
+    if source == "gp" and gp_current is not None:
+        rows = received + int(info.type1_objections or 0)
+        now = gp_current.get(parsed.submitter_code)
+        size_reason = _gp_size_reason(rows, now)
+        if size_reason is not None:
+            reason = size_reason if not held else f"{size_reason}; {reason}"
+            held = True
+            log.warning("held %s: %s", parsed.file_name, size_reason)
+        elif not held and (now is None or pd.Timestamp(parsed.submitted_at) >= pd.Timestamp(now.submitted_at)):
+            gp_current[parsed.submitter_code] = _GPSize(rows, parsed.file_name, parsed.submitted_at)
     if source == "gp":
         obj = _strip(frame, "OBJECTION").str.upper()
         type2 = int((obj == TYPE2.upper()).fillna(False).sum())
@@ -1364,12 +1516,14 @@ def _take_in_hes(parsed: ParsedName, frame: pd.DataFrame, sha: str, size: int, f
 
 
 # ============================================================================ reference
-def load_reference(landing: Store, warehouse: Warehouse) -> dict:
+def load_reference(landing: Store, warehouse: Warehouse, settings=None) -> dict:
     """Read ``reference/epraccur.csv``, ``providers.csv`` and ``sites.csv`` into
     ``ref_practices``, ``ref_providers`` and ``ref_sites`` (epraccur dates YYYYMMDD),
     recording each file in the ledger. A file already taken in byte for byte is not read
     again; a new version under the same name replaces the table (ODS republishes its
-    files under the same names). Returns counts and rejections, for metadata."""
+    files under the same names), and the files already taken in are validated again
+    against it (:func:`revalidate`; ``settings`` for the held share, defaults if None).
+    Returns counts, rejections and the files validated again, for metadata."""
     ledger = _Ledger(warehouse)
     out: dict = {"ref_practices": None, "ref_providers": None, "ref_sites": None,
                  "files_taken": [], "rejected_files": []}
@@ -1377,6 +1531,7 @@ def load_reference(landing: Store, warehouse: Warehouse) -> dict:
     files = landing.list("reference")
     _record_bad_names(landing, files, ledger, warehouse, report)
     target = {"epraccur": "ref_practices", "providers": "ref_providers", "sites": "ref_sites"}
+    arrived: list[tuple[ParsedName, dict]] = []
     for fi in files:
         parsed = parse_name(fi.path)
         if not isinstance(parsed, ParsedName):
@@ -1396,14 +1551,216 @@ def load_reference(landing: Store, warehouse: Warehouse) -> dict:
             continue
         table = _reference_table(parsed.feed, frame)
         warehouse.write(table_name, table)
-        _write_event(warehouse, _event(parsed, sha, len(data), first, "taken", None, received=len(frame),
-                                       quarantined=0, kept=table.num_rows), "outcome")
+        # The ledger outcome is written after the files already taken in are validated
+        # again against it: a run stopped part-way takes the file in again, and does the
+        # re-validation again.
+        arrived.append((parsed, _event(parsed, sha, len(data), first, "taken", None, received=len(frame),
+                                       quarantined=0, kept=table.num_rows)))
         ledger.keys.add((fi.path, sha))
         out["files_taken"].append(fi.path)
+    if arrived:
+        out["revalidated"] = revalidate(landing, warehouse, arrived, settings)
+        for _, e_ in arrived:
+            _write_event(warehouse, e_, "outcome")
     for name in target.values():
         out[name] = warehouse.read(name).num_rows
     out["rejected_files"] = report.rejected_files
     return out
+
+
+# ============================================================================ re-validation
+REFERENCE_RULES = {"sites": ("fft", "SITE_CODE_PROVIDER"), "epraccur": ("sus_apc", "GPPRAC_UNKNOWN")}
+"""The rules that read reference data (expectations/fft.py, expectations/sus_apc.py): the
+reference file, the feed whose files it validates, the rule. ``providers.csv`` feeds no
+rule (only the commissioner of the computed figures, which follow it from then on); GP
+extracts have no rule on reference data. HES extracts (many periods in one file) are not
+validated again: their GPPRAC warnings stay as first counted."""
+
+
+def _sid_rows(warehouse: Warehouse, table: str, period: str, sids: set[str], columns: list[str]) -> pa.Table:
+    """Only ``columns`` of the rows of the submissions ``sids`` in a period of a table
+    (a national month of SUS episodes is not read whole for three columns)."""
+    import pyarrow.dataset as pads
+
+    if not sids:
+        return pa.table({c: pa.array([], pa.string()) for c in columns})
+    data = warehouse.dataset(table, [period], columns=columns)
+    return data.to_table(filter=pads.field("submission_id").isin(sorted(sids)))
+
+
+def _fft_now_differs(warehouse: Warehouse, period: str, sids: set[str], site_providers: dict) -> set[str]:
+    """FFT submissions of ``period`` with a row whose SITE_CODE_PROVIDER verdict the sites
+    now change: a kept row whose site is not one of its provider's (the provider has sites
+    listed), or a row quarantined for that rule alone whose site now is."""
+    sites_of: dict[str, set[str]] = {}
+    for site, prov in site_providers.items():
+        sites_of.setdefault(prov, set()).add(site)
+    out: set[str] = set()
+    kept = _sid_rows(warehouse, "fft_responses", period, sids, ["submission_id", "site_code", "provider_code"])
+    for sid, site, prov in zip(kept.column("submission_id").to_pylist(), kept.column("site_code").to_pylist(),
+                               kept.column("provider_code").to_pylist()):
+        if prov in sites_of and site not in sites_of[prov]:
+            out.add(sid)
+    q = _sid_rows(warehouse, "quarantine", period, sids - out, ["submission_id", "rule_ids", "raw"])
+    for sid, ids, raw in zip(q.column("submission_id").to_pylist(), q.column("rule_ids").to_pylist(),
+                             q.column("raw").to_pylist()):
+        if ids != ["SITE_CODE_PROVIDER"]:
+            continue
+        try:
+            row = json.loads(raw)
+        except (TypeError, ValueError):
+            continue
+        norm = {str(k).strip().upper(): v for k, v in row.items()}
+        prov = str(norm.get("PROVIDER_CODE") or "").strip().upper()
+        site = str(norm.get("SITE_CODE") or "").strip().upper()
+        if prov not in sites_of or site in sites_of[prov]:
+            out.add(sid)
+    return out
+
+
+def _sus_now_differs(warehouse: Warehouse, period: str, sids: set[str], practices: set[str]) -> set[str]:
+    """SUS submissions of ``period`` with a kept episode whose GPPRAC_UNKNOWN warning the
+    practices now change (a superset: the re-validation says what really changed)."""
+    from expectations.rules import PRACTICE_PLACEHOLDERS
+
+    known = set(practices) | set(PRACTICE_PLACEHOLDERS)
+    kept = _sid_rows(warehouse, "sus_episodes", period, sids, ["submission_id", "gpprac", "dq_warnings"])
+    out: set[str] = set()
+    for sid, gp, warns in zip(kept.column("submission_id").to_pylist(), kept.column("gpprac").to_pylist(),
+                              kept.column("dq_warnings").to_pylist()):
+        warned = "GPPRAC_UNKNOWN" in (warns or [])
+        now = bool(practices) and gp is not None and gp.strip().upper() not in known
+        if warned != now:
+            out.add(sid)
+    return out
+
+
+def revalidate(landing: Store, warehouse: Warehouse, arrived: list[tuple[ParsedName, dict]],
+               settings=None) -> list[dict]:
+    """Validate again, against the reference data now in the warehouse, the files already
+    taken in whose rules read a reference file that has just ``arrived`` (a list of
+    (parsed name, its ledger event)). Only the files where a row's verdict changes are
+    validated again, from their bytes in the landing zone (the same bytes, checked by
+    SHA-256): their kept rows, quarantine and data-quality rows are replaced by the new
+    outcome (rows that now fail are quarantined, rows that now pass are kept again), and
+    a ``revalidated`` event in the ledger gives their new counts and says what changed
+    (a file with more than ``held_reject_share`` of its rows now rejected is held, as at
+    take-in; one under it again is no longer held). Returns one entry per file validated
+    again."""
+    feeds = {p.feed: (p, e) for p, e in arrived if p.feed in REFERENCE_RULES}
+    if not feeds:
+        return []
+    if settings is None:
+        from pipelines.config import Settings
+
+        settings = Settings()
+    context = _context_from_tables(warehouse, None)
+    led = read_ledger(warehouse).to_pandas()
+    done: list[dict] = []
+    for feed, (ref, ref_event) in feeds.items():
+        source, rule = REFERENCE_RULES[feed]
+        files = led[(led["source"] == source) & led["status"].isin(["current", "superseded", "held"])]
+        if files.empty:
+            continue
+        for period, grp in files.groupby("reporting_period"):
+            sids = set(grp["submission_id"])
+            if source == "fft":
+                changed = _fft_now_differs(warehouse, period, sids, getattr(context, "site_providers", None) or {})
+            else:
+                changed = _sus_now_differs(warehouse, period, sids, set(getattr(context, "practice_codes", None) or ()))
+            for r in grp[grp["submission_id"].isin(changed)].itertuples(index=False):
+                got = _revalidate_file(landing, warehouse, r, context, ref, ref_event, rule, settings)
+                if got is not None:
+                    done.append(got)
+    return done
+
+
+REVALIDATED_HELD = "held after re-validation against "
+"""How a re-validation's reason starts when the file's new counts hold it (more than
+``data_quality.held_reject_share`` of its rows rejected): the ledger then shows it held."""
+
+
+def _revalidate_file(landing: Store, warehouse: Warehouse, r, context, ref: ParsedName, ref_event: dict,
+                     rule: str, settings) -> dict | None:
+    parsed = parse_name(r.file_name)
+    source, period, sid = parsed.source, parsed.reporting_period, parsed.submission_id
+    ref_label = f"{ref.file_name} of {pd.Timestamp(ref_event['first_seen_at']).strftime('%Y-%m-%d')}"
+    stage = f"revalidated-{ref_event['sha256'][:12]}"
+
+    def note(reason: str, **counts) -> dict:
+        event = _event(parsed, r.sha256, None if pd.isna(r.size_bytes) else int(r.size_bytes), _now(),
+                       "revalidated", reason, **counts)
+        _write_events(warehouse, [event], stage)
+        log.warning("%s: %s", r.file_name, reason)
+        return {"file_name": r.file_name, "reason": reason}
+
+    try:
+        data = landing.read_bytes(r.file_name)
+    except Exception:  # noqa: BLE001 - gone from the landing zone
+        data = None
+    if data is None or hashlib.sha256(data).hexdigest() != r.sha256:
+        return note(f"not re-validated against {ref_label}: the file taken in is no longer in the landing "
+                    f"zone as it was; its rows stand as first validated")
+    try:
+        frame, _ = parse_bytes(data, r.file_name, FEEDS[source])
+    except FileRejected:
+        return None  # taken in before, so readable: a reader change, left as it was
+    outcome = _validate(source, frame, period=period, submitter=parsed.submitter_code, file_name=r.file_name,
+                        context=_as_of_submission(context, parsed), data_docs_dir=None)
+    rejected = np.asarray(outcome.rejected, dtype=bool)
+    kept = ~rejected
+    received, n_rej = len(frame), int(rejected.sum())
+    old_lines = set(_sid_rows(warehouse, "quarantine", period, {sid}, ["submission_id", "line"])
+                    .column("line").to_pylist())
+    new_lines = set(frame["_line"].to_numpy()[rejected].tolist())
+    old_rules = _sid_rows(warehouse, "dq_rules", period, {sid}, ["submission_id", "rule_id", "rows_failed"]).to_pandas()
+    old_fails = int(old_rules.loc[old_rules["rule_id"] == rule, "rows_failed"].sum())
+    rc = outcome.rule_counts
+    new_fails = int(rc.loc[rc["rule_id"] == rule, "rows_failed"].sum()) if len(rc) else 0
+    if new_lines == old_lines and new_fails == old_fails:
+        return None
+    # Replace the file's rows: the new quarantine and data-quality parts first, then the
+    # old rows taken out of the parts they share with other files, then the ledger event,
+    # then the kept rows (what the next run's check reads: a run stopped part-way does it
+    # all again).
+    own = f"{sid}-revalidated"
+    q = _quarantine(frame, rejected, outcome, source=source, file_name=r.file_name, submission_id=sid,
+                    submitter=parsed.submitter_code, periods=period)
+    rules, fields = _dq_tables([(period, sid, source, parsed.submitter_code, outcome.rule_counts,
+                                 outcome.field_scores)])
+    for table, new in (("quarantine", q), ("dq_rules", rules), ("dq_fields", fields)):
+        warehouse.write(table, new, period, part=own)
+        for path in warehouse.parts(table, [period]):
+            if path.rsplit("/", 1)[-1] == f"{own}.parquet":
+                continue
+            t = warehouse.store.read_parquet(path)
+            mine = pc.equal(t.column("submission_id"), sid)
+            if not pc.any(mine).as_py():
+                continue
+            rest = t.filter(pc.invert(mine))
+            if rest.num_rows:
+                warehouse.store.write_parquet(path, rest)
+            else:
+                warehouse.store.delete(path)
+    now_q, now_k = len(new_lines - old_lines), len(old_lines - new_lines)
+    what = [f"{n} row{'s' if n != 1 else ''} now quarantined" for n in [now_q] if n]
+    what += [f"{n} row{'s' if n != 1 else ''} now kept" for n in [now_k] if n]
+    if new_fails != old_fails:
+        what.append(f"{rule} now fails on {new_fails} row{'s' if new_fails != 1 else ''} (was {old_fails})")
+    if _is_held(received, n_rej, settings):
+        share = float(settings.t("data_quality", "held_reject_share"))
+        reason = (f"{REVALIDATED_HELD}{ref_label}: {', '.join(what)}; {n_rej} of {received} rows rejected, "
+                  f"more than {share:.0%}: nothing downstream is computed from this file and earlier data for "
+                  f"{parsed.submitter_code} {period} stay in force")
+    else:
+        reason = f"re-validated against {ref_label}: {', '.join(what)}"
+    got = note(reason, received=received, quarantined=n_rej, kept=received - n_rej)
+    warn = _warnings(outcome, kept)
+    kept_frame = frame.iloc[np.flatnonzero(kept)]
+    silver = (_fft_silver(kept_frame, parsed, period, warn) if source == "fft"
+              else _sus_silver(kept_frame, source, parsed.protocol, period, sid, warn))
+    warehouse.write(SILVER[source], silver, period, part=sid)
+    return got
 
 
 def _reference_table(feed: str, frame: pd.DataFrame) -> pa.Table:

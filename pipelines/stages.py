@@ -76,7 +76,7 @@ def load_reference(settings: Settings) -> dict:
     from pipelines import ingest
 
     landing, wh, _ = stores(settings)
-    return ingest.load_reference(landing, wh)
+    return ingest.load_reference(landing, wh, settings)
 
 
 def ingest_hes(settings: Settings) -> dict:
@@ -183,11 +183,16 @@ def ingest_checks(report: dict) -> list[dict]:
             "metadata": {"rows_quarantined_by_rules": rejects, "rows_warned": warns,
                          "failing_rules": {"markdown": _rules_table(part)}},
         })
+    from pipelines.ingest import GP_HELD_RULE, GP_HOLD_UNTIL
+
+    gp_held = [s.get("file_name") for s in held if GP_HOLD_UNTIL in (s.get("held_reason") or "")]
     checks += [
         {"name": "no_held_submissions", "passed": not held, "severity": "warn",
          "description": "no submission held" if not held else
-         "; ".join(f"{s.get('file_name')}: {_reason(s)}" for s in held),
-         "metadata": {"held": [s.get("file_name") for s in held]}},
+         "; ".join(f"{s.get('file_name')}: {_reason(s)}" for s in held)
+         + (f". GP held rule: {GP_HELD_RULE}; an operator releases a file with "
+            f"`caredata release FILE_NAME`" if gp_held else ""),
+         "metadata": {"held": [s.get("file_name") for s in held], "gp_held_rule": gp_held}},
         {"name": "no_rejected_files", "passed": not rejected, "severity": "warn",
          "description": "no file rejected" if not rejected else
          "; ".join(f"{r.get('file_name')}: {_reason(r)}" for r in rejected),

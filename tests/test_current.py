@@ -278,6 +278,26 @@ def test_gp_current_lazy_chooses_the_same_rows_without_reading_them(zone):
     assert "nhs_number" in empty.patients_newest_overall.schema.names
 
 
+def test_a_released_extract_is_not_held_for_every_reader_of_the_gp_extracts(zone):
+    two_months_of_gp(zone)
+    feb = "GP_A81001_20240210"
+    ingest.release_held(zone.wh, f"gp/{feb}.csv", "ops")
+    stored = zone.wh.read("gp_extracts").to_pandas().set_index("submission_id")["held"]
+    assert bool(stored[feb]) is True  # the record of the take-in is not edited
+    held = current.gp_extracts(zone.wh).to_pandas().set_index("submission_id")["held"]
+    assert not held.any()
+    assert zone.status()[f"gp/{feb}.csv"] == "current"
+    for period in ("2024-02", None):
+        eager, lazy = current.gp_current(zone.wh, period), current.gp_current_lazy(zone.wh, period)
+        assert lazy.extracts.equals(eager.extracts)
+        assert lazy.patients_newest_in_period.to_table().equals(eager.patients_newest_in_period)
+    # every row of that extract was rejected: released, it is the practice's (empty) current one
+    _, in_feb, _ = current.gp_current(zone.wh, "2024-02")
+    assert sorted(in_feb.to_pandas()["submission_id"].unique()) == ["GP_A81002_20240205"]
+    with pytest.raises(ValueError, match="not held"):
+        ingest.release_held(zone.wh, f"gp/{feb}.csv", "ops")
+
+
 def test_warehouse_dataset_reads_an_older_part_missing_a_column_as_null(zone):
     from pipelines import schemas
 
