@@ -359,21 +359,27 @@ def identifiers_in(text: str, *, strict: bool = True) -> set[str]:
 # the ASCII values that could hold an identifier (a superset); those and every non-ASCII
 # value are decided by the Python rules above, each distinct value once.
 _NOT_ALNUM = "[^0-9A-Za-z]"
-_CANDIDATE_RE2 = (
-    f"[0-9](?:{_NOT_ALNUM}{{0,{_MAX_GAP}}}[0-9]){{9}}"  # ten digits with short gaps
-    r"|[0-9]{1,4}[-/.][0-9]{1,2}[-/.][0-9]{1,4}"        # a date
-    f"|(?i:{_POSTCODE_BODY})"                            # a postcode, unbounded
-)
+_TEN_DIGITS_RE2 = f"[0-9](?:{_NOT_ALNUM}{{0,{_MAX_GAP}}}[0-9]){{9}}"  # ten digits, short gaps
+_EDGE_L, _EDGE_R = f"(?:^|{_NOT_ALNUM})", f"(?:{_NOT_ALNUM}|$)"
+_POSTCODE_RE2 = f"{_EDGE_L}(?i:{_POSTCODE_BODY}){_EDGE_R}"
+_CANDIDATE_RE2 = {
+    # public: a number may touch letters; dates count
+    True: f"{_TEN_DIGITS_RE2}|[0-9]{{1,4}}[-/.][0-9]{{1,2}}[-/.][0-9]{{1,4}}|{_POSTCODE_RE2}",
+    # restricted: a number stands apart from letters and digits (record keys are not looked at)
+    False: f"{_EDGE_L}{_TEN_DIGITS_RE2}{_EDGE_R}|{_POSTCODE_RE2}",
+}
 _MIN_BYTES = 5  # the shortest value that can hold one (a postcode without its space)
 
 
-def _candidates(values: pa.Array) -> np.ndarray:
+def _candidates(values: pa.Array, strict: bool = True) -> np.ndarray:
+    """Values that may hold an identifier: every non-ASCII value, and the ASCII values RE2
+    finds a candidate shape in (a superset of what the Python rules find in them)."""
     out = np.zeros(len(values), dtype=bool)
     if len(values) == 0:
         return out
     longer = pc.fill_null(pc.greater_equal(pc.binary_length(values), _MIN_BYTES), False)
     ascii_ = pc.fill_null(pc.string_is_ascii(values), True)
-    hit = pc.fill_null(pc.match_substring_regex(values, _CANDIDATE_RE2), False)
+    hit = pc.fill_null(pc.match_substring_regex(values, _CANDIDATE_RE2[strict]), False)
     cand = pc.and_(longer, pc.or_(pc.invert(ascii_), hit))
     return cand.to_numpy(zero_copy_only=False).astype(bool)
 
@@ -383,7 +389,7 @@ def _identifier_hits(values: pa.Array, *, strict: bool = True,
     """Per value and kind: :func:`identifiers_in` (``prepare`` maps a value to the text to
     scan, e.g. a declared format's opaque parts blanked)."""
     out = {k: np.zeros(len(values), dtype=bool) for k in KINDS}
-    cand = _candidates(values)
+    cand = _candidates(values, strict)
     if not cand.any():
         return out
     idx = np.nonzero(cand)[0]
