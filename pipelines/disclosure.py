@@ -1,20 +1,27 @@
 """Disclosure control of published datasets (outputs.md "Disclosure control on the public zone").
 
-Three things, all plain functions over Arrow tables (no Dagster):
+Plain functions over Arrow tables (no Dagster):
 
 * :func:`apply_small_numbers` blanks small counts and rates from few records in a public
   dataset, setting each ``<count>_suppressed`` flag. The columns it acts on come from the
   declarations (``Column.suppress`` = ``"count"`` or ``"rate"`` with its ``denominator``),
   so a stage never lists them by hand.
-* :func:`scan_for_identifiers` looks at every value of every string (and list-of-string)
-  column for NHS-number-shaped strings that pass Modulus 11 and for UK postcodes, at every
-  10-digit integer for a valid NHS number, and at column names for dates of birth.
+* :func:`scan_for_identifiers` reads every value of every string (and list-of-string)
+  column after Unicode NFKC normalisation, with digits of any script read as ASCII digits,
+  for NHS numbers (Modulus 11 valid, in digit groups with any short separators; in the
+  public reading also touching letters), UK postcodes and (public reading) dates of birth
+  inside longer values; every 10-digit integer for a valid NHS number; and column names for
+  dates of birth.
 * :func:`check_public` and :func:`check_restricted` verify a table that is about to be
-  published and return :class:`Violation` s. A publication with any violation is refused
-  (:func:`pipelines.publish.publish_dataset` calls them; the Dagster asset check does too).
+  published and return :class:`Violation` s: in the public zone every string must be one of
+  its column's declared ``codes`` or match its declared ``format``
+  (:class:`pipelines.schemas.Format`), and a string column without either is refused.
+  :func:`pipelines.publish.publish_dataset` refuses a table with any violation; the release
+  stage (:func:`pipelines.stages.release`) blocks that dataset and period only.
 
-Findings and violations name the dataset, the column, the rule and a count of rows: never
-a value, so they can go in logs, exceptions and run metadata.
+Findings and violations name the dataset, the column, the rule, a count of rows and their
+positions (``rows``, for naming the submissions they came from): never a value, so they
+can go in logs, exceptions and run metadata.
 
 Rules, as implemented (thresholds from ``defaults.yaml`` ``disclosure``):
 

@@ -668,6 +668,11 @@ def held_back_summary(settings: Settings) -> list[dict]:
             if why.startswith(f"{r['file_name']}: "):
                 why = why[len(r["file_name"]) + 2:]
             out.append({"what": f"{r['status']} {r['file_name']}", "why": why})
+    for f in wh.store.list("release/blocked"):
+        for b in json.loads(wh.store.read_bytes(f.path)):
+            out.append({"what": f"blocked {b['zone']}/{b['dataset']} {b['period']}",
+                        "why": f"disclosure control ({', '.join(b['rules'])} in {', '.join(b['columns'])}); "
+                               f"from {', '.join(b['submissions'][:5]) or 'no identified submission'}"})
     if settings.effective_pseudo_key is None:
         out.append({"what": "restricted zone", "why": "no pseudonymisation key configured"})
     return out

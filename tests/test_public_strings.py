@@ -222,6 +222,8 @@ def test_an_identifier_blocks_only_its_dataset_and_period_and_a_replacement_publ
     msg = report["violations"][0]
     assert "fft_scores" in msg and "org_code" in msg and P in msg and bad in msg and "LS14AP" not in msg
     assert stages.release(zone, P2)["blocked"] == []
+    held = [h for h in stages.held_back_summary(zone) if h["what"].startswith("blocked")]
+    assert [h["what"] for h in held] == [f"blocked public/fft_scores {P}"] and bad in held[0]["why"]
     stages.publish(zone, P)
     stages.publish(zone, P2)
     manifest = json.loads((Path(zone.publish) / "public/fft_scores/_manifest.json").read_text())
