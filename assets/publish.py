@@ -1,4 +1,9 @@
-"""Disclosure control (a blocking check) and publishing to the public and restricted zones."""
+"""Disclosure control and publishing to the public and restricted zones.
+
+The disclosure_control checks are not blocking: a dataset (and period) that breaks a rule
+is blocked on its own by the release stage, and every other dataset and period is still
+published. The check fails with ERROR severity naming each blocked dataset, column, period
+and the submissions the values came from (never a value), so the run summary shows it."""
 
 
 from datetime import timedelta
@@ -16,19 +21,23 @@ from pipelines.resources import CareDataConfig
     group_name="publish", partitions_def=period_partitions,
     deps=[linkage_coverage, fft_results, consultant_outcomes_window, quality_reports],
     check_specs=[
-        dg.AssetCheckSpec("disclosure_control", asset="release_candidate", blocking=True,
-                          description="No count 1-7 below national level, no rate from fewer than 8, no identifier in any value of the public zone; no NHS number, postcode or date of birth in the restricted zone."),
+        dg.AssetCheckSpec("disclosure_control", asset="release_candidate", blocking=False,
+                          description="No count 1-7 below national level, no rate from fewer than 8, every public string a code of its declared format, no identifier in any value of the public zone; no NHS number, postcode or date of birth in the restricted zone. A dataset that fails is blocked for the period; the others are published."),
     ],
     description="The period's datasets with disclosure control applied, ready to publish (not yet visible to readers).",
 )
 def release_candidate(context: dg.AssetExecutionContext, caredata: CareDataConfig):
     report = stages.release(caredata.settings(), context.partition_key)
     yield dg.MaterializeResult(metadata=_md(report["metadata"]))
+    blocked = report.get("blocked", [])
     yield dg.AssetCheckResult(
-        check_name="disclosure_control", passed=not report["violations"],
+        check_name="disclosure_control", passed=not blocked,
         severity=dg.AssetCheckSeverity.ERROR,
         description="; ".join(report["violations"][:20]) or "no violation",
-        metadata={"violations": len(report["violations"])},
+        metadata={"blocked": len(blocked),
+                  "blocked_datasets": [f"{b['zone']}/{b['dataset']}" for b in blocked],
+                  "details": {b["zone"] + "/" + b["dataset"]: {k: b[k] for k in ("period", "rules", "columns", "rows", "submissions")}
+                              for b in blocked}},
     )
 
 
@@ -45,12 +54,13 @@ def published(context: dg.AssetExecutionContext, caredata: CareDataConfig) -> dg
 
 
 @dg.asset(group_name="publish", deps=["landing_scan", "gp_bronze", "sus_apc_bronze", "fft_bronze", "hes_apc_bronze"],
-          check_specs=[dg.AssetCheckSpec("disclosure_control", asset="submissions", blocking=True,
-                                         description="The ledger holds no identifier in any value.")],
+          check_specs=[dg.AssetCheckSpec("disclosure_control", asset="submissions", blocking=False,
+                                         description="Every value of the public ledger is a code of its declared format (misnamed files as <folder>/unrecognised-<hash>) and holds no identifier; a month that fails is not published, the others are.")],
           description=stages.describe("submissions"))
 def submissions(context: dg.AssetExecutionContext, caredata: CareDataConfig):
     report = stages.publish_submissions(caredata.settings(), run_id=context.run_id)
     yield dg.MaterializeResult(metadata=_md({k: v for k, v in report.items() if k != "violations"}))
     yield dg.AssetCheckResult(check_name="disclosure_control", passed=not report["violations"],
                               severity=dg.AssetCheckSeverity.ERROR,
-                              description="; ".join(report["violations"]) or "no violation")
+                              description="; ".join(report["violations"]) or "no violation",
+                              metadata={"blocked_periods": report.get("blocked_periods", [])})

@@ -113,6 +113,22 @@ counted); `reference/providers.csv` feeds no rule, and the figures computed from
   ODS reference.
 - **Specialties** (`MAINSPEF`, `TRETSPEF`) must be 3 digits; `EPIORDER` 1 or 2 digits (HES
   writes `1`, SUS `01`).
+- **Codes that reach the published zones are warned and blanked, or quarantined.** A
+  value that breaks `CONSULT_FORMAT` (`C` + 7 digits), `MAINSPEF_FORMAT` or
+  `TRETSPEF_FORMAT` (3 digits) is `warn`: the episode is kept, the failure counted, and the
+  value is read as not known (empty) in the typed rows, so nothing a supplier typed there
+  (a formula such as `=cmd|...`, a name, an NHS number) reaches the restricted
+  `consultant_code`, `mainspef`, `tretspef` or, through them, consultant outcomes and FFT by
+  specialty. An episode is worth keeping without its consultant or specialty (linkage,
+  coverage, spells), so these are not `reject`. HES "not known" codes (`&`) and other
+  special codes (dentists' `D` + 7 digits, midwives' and nurses' codes) are not `C` + 7
+  digits: they are counted under the rule and read as not known, as `&` means; the HES
+  dummy consultant codes that are `C` + 7 digits (`C9999998`) pass and stay.
+  `WARD_CODE_FORMAT` (1 to 8 characters `A`-`Z`, `0`-`9` after trimming and upper-casing,
+  inputs.md) is `reject`: a ward code is published as part of `fft_scores.org_code`, and a
+  response without a usable ward cannot be placed in the hierarchy it is suppressed in.
+  Lower-case letters are accepted and upper-cased; a full-width or Arabic-Indic digit, a
+  space, a dot, a name or anything longer than 8 characters quarantines the row.
 
 ## Data-quality score
 

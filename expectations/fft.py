@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from expectations.rules import KEY, R, REPEAT, W, Env, Rule, ScoredField, column_rules, nhs_number
+from expectations.rules import (
+    KEY, R, REPEAT, W, WARD_CODE_RE, Env, Rule, ScoredField, column_rules, nhs_number,
+)
 from pipelines.schemas.inputs import FFT
 
 FEED = FFT
@@ -59,6 +61,12 @@ def _rules() -> list[Rule]:
             out.append(Rule("RESPONSE_DATE_PERIOD", "RESPONSE_DATE", R,
                             "RESPONSE_DATE is not in the file's reporting month.",
                             "ExpectColumnValuesToBeIsoDatesBetween", _in_period))
+        elif c.name == "WARD_CODE":
+            # inputs.md: 1 to 8 characters A-Z, 0-9 after trimming and upper-casing; anything
+            # else quarantines the row (a ward code is published in fft_scores.org_code).
+            out.append(Rule("WARD_CODE_FORMAT", "WARD_CODE", R,
+                            "WARD_CODE is not 1 to 8 letters A-Z or digits 0-9.",
+                            "ExpectColumnValuesToMatchRegex", {"column": "WARD_CODE", "regex": WARD_CODE_RE}))
         elif c.name == "TRETSPEF":
             out.append(Rule("TRETSPEF_FORMAT", "TRETSPEF", W, "TRETSPEF is not a 3-digit treatment function code.",
                             "ExpectColumnValuesToMatchRegex", {"column": "TRETSPEF", "regex": r"^[0-9]{3}$"}))

@@ -171,6 +171,20 @@ ICD10_RE = r"^(?:[A-Z][0-9]{2}[0-9X]?|-)$"
 # OPCS-4: letter + 3 digits; '-' (padded '-   ') means no procedure.
 OPCS4_RE = r"^(?:[A-Z][0-9]{3}|-\s*)$"
 SPECIALTY_RE = r"^[0-9]{3}$"
+# FFT WARD_CODE (inputs.md): 1 to 8 characters A-Z, 0-9 after trimming and upper-casing.
+# Spelled with both cases, not (?i): a case-insensitive class also takes the Kelvin sign and
+# the long s, which upper-case to K and S.
+WARD_CODE_RE = r"^[A-Za-z0-9]{1,8}$"
+
+# Warn rules whose failing value is blanked in the typed (silver) row: the row is kept and
+# counted in the data-quality outputs, and the value, which would reach the restricted
+# zone (and, through consultant outcomes or FFT by specialty, the public one), is read as
+# not known. (Rule id -> the column's format.)
+BLANK_ON_FAIL = {
+    "CONSULT_FORMAT": CONSULTANT_RE,
+    "MAINSPEF_FORMAT": SPECIALTY_RE,
+    "TRETSPEF_FORMAT": SPECIALTY_RE,
+}
 
 
 def column_rules(feed: Feed, c: InputColumn, *, skip: tuple[str, ...] = ()) -> list[Rule]:
@@ -196,7 +210,8 @@ def column_rules(feed: Feed, c: InputColumn, *, skip: tuple[str, ...] = ()) -> l
     elif c.kind == "mydob":
         out.append(regex(c.name, MYDOB_RE, W, f"{c.name} is not a month and year of birth written MMYYYY."))
     elif c.kind == "consultant":
-        out.append(regex(c.name, CONSULTANT_RE, W, f"{c.name} is not a consultant code (C + 7-digit GMC number)."))
+        out.append(regex(c.name, CONSULTANT_RE, W, f"{c.name} is not a consultant code (C + 7-digit GMC "
+                                                  "number): the row is kept with the consultant not known."))
     elif c.kind == "icd10":
         out.append(regex(c.name, ICD10_RE, W,
                          f"{c.name} is not an ICD-10 code (letter, 2 digits, optional 4th character, no dot)."))

@@ -78,7 +78,7 @@ def _rules() -> list[Rule]:
                             "GPPRAC is not a practice in the ODS reference file (epraccur).",
                             "ExpectColumnValuesToBeInSet", _practices))
         elif n in ("MAINSPEF", "TRETSPEF"):
-            out.append(regex(n, SPECIALTY_RE, W, f"{n} is not a 3-digit code."))
+            out.append(regex(n, SPECIALTY_RE, W, f"{n} is not a 3-digit code: the row is kept with {n} not known."))
         elif n == "EPIORDER":
             out.append(regex(n, r"^[0-9]{1,2}$", W, "EPIORDER is not a 1- or 2-digit episode order."))
         else:

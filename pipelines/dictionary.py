@@ -58,9 +58,16 @@ RULES = [
     "readmission percentages, median length of stay, SMR, funnel limits and outlier "
     "status (a deliberate exception, as in the Consultant Outcomes Publication); their "
     "death and readmission counts follow the 1-to-7 rule.",
-    "Every value of every published text column is scanned for NHS numbers and postcodes "
-    "before publication. A publication that would break any rule is not written, and the "
-    "run says why.",
+    "Every text value in the public zone is a code of its column's declared format or one "
+    "of its listed values (the Format and Values of each column below); supplier text that "
+    "does not match never reaches it. A landing file whose name breaks its folder's naming "
+    "convention is listed as `<folder>/unrecognised-<first 12 hex digits of its SHA-256>`.",
+    "Every value of every published text column is also scanned, after Unicode NFKC "
+    "normalisation (digits of any script read as digits), for NHS numbers (10 digits passing "
+    "Modulus 11, however spaced, dotted or prefixed), postcodes and dates of birth, inside "
+    "longer values too. A dataset (and period) that would break any rule is not written, "
+    "the run says which dataset, column, period and submissions (never the value), and "
+    "every other dataset and period is still published.",
     "The thresholds (7 and 8 by default) are configuration; the values used are recorded "
     "in each dataset's manifest.",
 ]
@@ -151,6 +158,8 @@ def render_markdown(datasets: Iterable[Dataset] | None = None) -> str:
             desc = c.description
             if c.codes:
                 desc += " Values: " + ", ".join(f"`{v}`" for v in c.codes) + "."
+            if c.format is not None:
+                desc += (" Or f" if c.codes else " F") + f"ormat: {c.format.description}."
             if not c.nullable:
                 desc += " Never empty."
             out.append(
@@ -211,6 +220,8 @@ def render_html(datasets: Iterable[Dataset] | None = None) -> str:
             desc = e(c.description)
             if c.codes:
                 desc += " Values: " + ", ".join(f"<code>{e(v)}</code>" for v in c.codes) + "."
+            if c.format is not None:
+                desc += (" Or f" if c.codes else " F") + f"ormat: {e(c.format.description)}."
             if not c.nullable:
                 desc += " Never empty."
             out.append(

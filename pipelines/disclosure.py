@@ -1,20 +1,27 @@
 """Disclosure control of published datasets (outputs.md "Disclosure control on the public zone").
 
-Three things, all plain functions over Arrow tables (no Dagster):
+Plain functions over Arrow tables (no Dagster):
 
 * :func:`apply_small_numbers` blanks small counts and rates from few records in a public
   dataset, setting each ``<count>_suppressed`` flag. The columns it acts on come from the
   declarations (``Column.suppress`` = ``"count"`` or ``"rate"`` with its ``denominator``),
   so a stage never lists them by hand.
-* :func:`scan_for_identifiers` looks at every value of every string (and list-of-string)
-  column for NHS-number-shaped strings that pass Modulus 11 and for UK postcodes, at every
-  10-digit integer for a valid NHS number, and at column names for dates of birth.
+* :func:`scan_for_identifiers` reads every value of every string (and list-of-string)
+  column after Unicode NFKC normalisation, with digits of any script read as ASCII digits,
+  for NHS numbers (Modulus 11 valid, in digit groups with any short separators; in the
+  public reading also touching letters), UK postcodes and (public reading) dates of birth
+  inside longer values; every 10-digit integer for a valid NHS number; and column names for
+  dates of birth.
 * :func:`check_public` and :func:`check_restricted` verify a table that is about to be
-  published and return :class:`Violation` s. A publication with any violation is refused
-  (:func:`pipelines.publish.publish_dataset` calls them; the Dagster asset check does too).
+  published and return :class:`Violation` s: in the public zone every string must be one of
+  its column's declared ``codes`` or match its declared ``format``
+  (:class:`pipelines.schemas.Format`), and a string column without either is refused.
+  :func:`pipelines.publish.publish_dataset` refuses a table with any violation; the release
+  stage (:func:`pipelines.stages.release`) blocks that dataset and period only.
 
-Findings and violations name the dataset, the column, the rule and a count of rows: never
-a value, so they can go in logs, exceptions and run metadata.
+Findings and violations name the dataset, the column, the rule, a count of rows and their
+positions (``rows``, for naming the submissions they came from): never a value, so they
+can go in logs, exceptions and run metadata.
 
 Rules, as implemented (thresholds from ``defaults.yaml`` ``disclosure``):
 
@@ -32,8 +39,10 @@ Rules, as implemented (thresholds from ``defaults.yaml`` ``disclosure``):
 
 from __future__ import annotations
 
+import datetime as _dt
 import re
-from dataclasses import dataclass
+import unicodedata
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -70,12 +79,13 @@ class Finding:
     column: str
     kind: str  # "nhs_number" | "postcode" | "date_of_birth"
     count: int  # rows (values) concerned; for a date-of-birth column, its non-empty values
+    rows: tuple = field(default=(), compare=False, repr=False)  # their positions (never values)
 
     def __str__(self) -> str:
         what = {
             "nhs_number": "value(s) containing a valid NHS number (Modulus 11)",
             "postcode": "value(s) containing a full UK postcode",
-            "date_of_birth": "value(s) in a date-of-birth column",
+            "date_of_birth": "value(s) holding a date (of birth?) or in a date-of-birth column",
         }.get(self.kind, self.kind)
         return f"{self.dataset or '?'}.{self.column}: {self.count} {what}"
 
@@ -89,6 +99,7 @@ class Violation:
     column: str | None
     count: int
     message: str
+    rows: tuple = field(default=(), compare=False, repr=False)  # positions in the table checked
 
     def __str__(self) -> str:
         return self.message
@@ -235,10 +246,27 @@ def apply_small_numbers(
 
 
 # --------------------------------------------------------------------------- identifier scan
+#
+# Every value is read after Unicode NFKC normalisation, with every decimal digit of any
+# script read as its ASCII digit (NFKC maps full-width digits, not Arabic-Indic ones), so a
+# number written in other digits is still a number here, though it is never a valid code.
+#
+# NHS numbers: the digit groups of a value (maximal runs of digits) that follow one another
+# with at most 3 separator characters (anything but a letter or digit: space, '-', '.',
+# '/', ...) between them form a run; any consecutive groups of a run holding exactly 10
+# digits that pass Modulus 11 are an NHS number ('999 058 7116', '999.058.7116',
+# '9-9-9-0-5-8-7-1-1-6'). In the public zone the number may touch letters ('W9990587116',
+# 'Smith9990587116'); in the restricted zone, where record keys such as 'RGT0000012345'
+# are data, it must stand apart from letters, as a whole token. A digit group of more than
+# 10 digits is a longer number, not an NHS number.
+# Postcodes: a full UK postcode standing apart from letters and digits, any case, with or
+# without the space.
+# Dates of birth (public zone only): a real date written YYYY-MM-DD or DD-MM-YYYY, with '-',
+# '/' or '.', anywhere in a value, not touching other digits.
 
-# Ten digits, optionally 3-3-4 with spaces or hyphens, not part of a longer alphanumeric
-# token (so a run of digits inside a hex digest or a longer number is not a candidate).
-_NHS_RE = re.compile(r"(?<![0-9A-Za-z])(\d{3})[ -]?(\d{3})[ -]?(\d{4})(?![0-9A-Za-z])")
+_MAX_GAP = 3
+_DIGIT_ANY = re.compile(r"\d")  # Python: every Unicode decimal digit
+_GROUP_RE = re.compile(r"[0-9]+")
 # Full UK postcodes (outward code, optional space, inward code), case-insensitive,
 # following the Royal Mail letter rules (first letter not Q V X; second not I J Z; inward
 # letters not C I K M O V), plus GIR 0AA.
@@ -247,119 +275,140 @@ _POSTCODE_BODY = (
     r"|[A-PR-UWYZ][0-9][A-HJKPSTUW]|[A-PR-UWYZ][A-HK-Y][0-9][ABEHMNPRVWXY]) ?[0-9][ABD-HJLNP-UW-Z]{2})"
 )
 _POSTCODE_RE = re.compile(r"(?<![0-9A-Za-z])" + _POSTCODE_BODY + r"(?![0-9A-Za-z])", re.IGNORECASE)
+_DATE_RE = re.compile(
+    r"(?<![0-9])(?:(?P<y1>[0-9]{4})(?P<s1>[-/.])(?P<m1>[0-9]{1,2})(?P=s1)(?P<d1>[0-9]{1,2})"
+    r"|(?P<d2>[0-9]{1,2})(?P<s2>[-/.])(?P<m2>[0-9]{1,2})(?P=s2)(?P<y2>[0-9]{4}))(?![0-9])"
+)
 _DOB_NAME_RE = re.compile(
     r"(^|[^a-z])(dob|dateofbirth|date_of_birth|birth_?date|birth_?dt|date_?birth|birthday)([^a-z]|$)",
     re.IGNORECASE,
 )
+KINDS = ("nhs_number", "postcode", "date_of_birth")
 
 
-def _contains_nhs_number(text: str) -> bool:
-    """The rule, value by value (the reference :func:`_nhs_number_hits` keeps to)."""
-    for m in _NHS_RE.finditer(text):
-        if nhs_number.is_valid("".join(m.groups())):
-            return True
+def normalise(text: str) -> str:
+    """``text`` after NFKC, every decimal digit of any script as its ASCII digit."""
+    text = unicodedata.normalize("NFKC", text)
+    if text.isascii():
+        return text
+    return _DIGIT_ANY.sub(lambda m: str(unicodedata.decimal(m.group(0))), text)
+
+
+def _is_alnum(ch: str) -> bool:
+    return ch.isalnum()
+
+
+def _contains_nhs_number(text: str, *, bounded: bool = False) -> bool:
+    """The NHS number rule on one value (``bounded``: the restricted zone's reading, where
+    the number must not touch a letter)."""
+    t = normalise(text)
+    groups = [m.span() for m in _GROUP_RE.finditer(t)]
+    runs: list[list[tuple[int, int]]] = []
+    for g in groups:
+        if runs:
+            gap = t[runs[-1][-1][1]:g[0]]
+            if 1 <= len(gap) <= _MAX_GAP and not any(_is_alnum(c) for c in gap):
+                runs[-1].append(g)
+                continue
+        runs.append([g])
+    for run in runs:
+        for i in range(len(run)):
+            total = 0
+            for j in range(i, len(run)):
+                total += run[j][1] - run[j][0]
+                if total > 10:
+                    break
+                if total == 10:
+                    start, end = run[i][0], run[j][1]
+                    if bounded and ((start > 0 and _is_alnum(t[start - 1]))
+                                    or (end < len(t) and _is_alnum(t[end]))):
+                        break
+                    digits = "".join(t[a:b] for a, b in run[i:j + 1])
+                    if nhs_number.is_valid(digits):
+                        return True
+                    break
     return False
 
 
 def _contains_postcode(text: str) -> bool:
-    """The rule, value by value (the reference :func:`_postcode_hits` keeps to)."""
-    return _POSTCODE_RE.search(text) is not None
+    """The postcode rule on one value."""
+    return _POSTCODE_RE.search(normalise(text)) is not None
 
 
-# --- the same rules over whole Arrow arrays (RE2 in pyarrow, no Python per value)
-#
-# RE2 has no lookaround: "not preceded/followed by [0-9A-Za-z]" becomes a consumed
-# "(^|[^0-9A-Za-z])" / "([^0-9A-Za-z]|$)", which gives the same yes/no for a search.
-# Python's \d is any Unicode digit, RE2's only 0-9; and Python's IGNORECASE also folds
-# U+0130 and U+0131 to I, U+017F to S and U+212A (Kelvin) to K, which RE2's (?i) does not
-# all do: so the RE2 patterns spell out every class, and a value the RE2 pattern selects
-# is still decided by the Python rule unless the verdict is certain without it.
-
-_FOLD_CANDIDATES = (
-    "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz\u0130\u0131\u017f\u212a"
-)
-
-
-def _spell_out_ignorecase(pattern: str) -> str:
-    """``pattern`` (classes, literal letters, no escapes) with each class and letter
-    replaced by the explicit class of the characters Python's ``re.IGNORECASE`` matches
-    with it (tests/test_disclosure.py checks no other code point matches)."""
-
-    def explicit(m: re.Match) -> str:
-        token = m.group(0)
-        negated = token.startswith("[^")
-        positive = "[" + token[2:] if negated else token
-        chars = "".join(c for c in _FOLD_CANDIDATES if re.fullmatch(positive, c, re.IGNORECASE))
-        return ("[^" if negated else "[") + chars + "]"
-
-    return re.sub(r"\[[^\]]*\]|[A-Za-z]", explicit, pattern)
+def _contains_date(text: str) -> bool:
+    """The date-of-birth rule on one value: a real calendar date from 1850 to 2199."""
+    for m in _DATE_RE.finditer(normalise(text)):
+        y, mo, d = (m.group("y1"), m.group("m1"), m.group("d1")) if m.group("y1") else (
+            m.group("y2"), m.group("m2"), m.group("d2"))
+        if not 1850 <= int(y) <= 2199:
+            continue
+        try:
+            _dt.date(int(y), int(mo), int(d))
+        except ValueError:
+            continue
+        return True
+    return False
 
 
-_NOT_ALNUM = "[^0-9A-Za-z]"
-_NHS_SHAPE = "[0-9]{3}[ -]?[0-9]{3}[ -]?[0-9]{4}"
-# every value holding a match of _NHS_RE made of ASCII digits (the only ones is_valid takes)
-_NHS_RE2 = f"(?:^|{_NOT_ALNUM}){_NHS_SHAPE}(?:{_NOT_ALNUM}|$)"
-# a value that is one such number and nothing else: _NHS_RE's only match is all of it
-_NHS_WHOLE_RE2 = f"^{_NHS_SHAPE}$"
-# exactly the values _POSTCODE_RE.search finds something in
-_POSTCODE_RE2 = _spell_out_ignorecase(f"(?:^|{_NOT_ALNUM}){_POSTCODE_BODY}(?:{_NOT_ALNUM}|$)")
-
-
-# The fewest bytes a value holding a match can have (10 digits; a 5-character postcode):
-# shorter values (most codes) are not handed to RE2 at all.
-_NHS_MIN_BYTES = 10
-_POSTCODE_MIN_BYTES = 5
-
-
-def _regex_mask(values: pa.Array, pattern: str, min_bytes: int = 0) -> np.ndarray:
-    """Per value: RE2 ``pattern`` found in it (False for null and shorter values)."""
-    out = np.zeros(len(values), dtype=bool)
-    if len(values) == 0:
-        return out
-    longer = pc.fill_null(pc.greater_equal(pc.binary_length(values), min_bytes), False).to_numpy(
-        zero_copy_only=False).astype(bool)
-    if not longer.any():
-        return out
-    if longer.all():
-        return pc.fill_null(pc.match_substring_regex(values, pattern), False).to_numpy(
-            zero_copy_only=False).astype(bool)
-    found = pc.fill_null(pc.match_substring_regex(values.filter(pa.array(longer)), pattern), False)
-    out[longer] = found.to_numpy(zero_copy_only=False).astype(bool)
+def identifiers_in(text: str, *, strict: bool = True) -> set[str]:
+    """The kinds of identifier in one value (``strict``: the public zone's rules)."""
+    out = set()
+    if _contains_nhs_number(text, bounded=not strict):
+        out.add("nhs_number")
+    if _contains_postcode(text):
+        out.add("postcode")
+    if strict and _contains_date(text):
+        out.add("date_of_birth")
     return out
 
 
-def _confirm(values: pa.Array, mask: np.ndarray, test) -> np.ndarray:
-    """``mask`` narrowed by the Python rule ``test``, run on the selected values only."""
-    idx = np.nonzero(mask)[0]
-    if len(idx):
-        texts = values.take(pa.array(idx)).to_pylist()
-        mask = mask.copy()
-        mask[idx] = [bool(test(text)) for text in texts]
-    return mask
+# --- the same rules over whole Arrow arrays: RE2 (in pyarrow, no Python per value) picks
+# the ASCII values that could hold an identifier (a superset); those and every non-ASCII
+# value are decided by the Python rules above, each distinct value once.
+_NOT_ALNUM = "[^0-9A-Za-z]"
+_TEN_DIGITS_RE2 = f"[0-9](?:{_NOT_ALNUM}{{0,{_MAX_GAP}}}[0-9]){{9}}"  # ten digits, short gaps
+_EDGE_L, _EDGE_R = f"(?:^|{_NOT_ALNUM})", f"(?:{_NOT_ALNUM}|$)"
+_POSTCODE_RE2 = f"{_EDGE_L}(?i:{_POSTCODE_BODY}){_EDGE_R}"
+_CANDIDATE_RE2 = {
+    # public: a number may touch letters; dates count
+    True: f"{_TEN_DIGITS_RE2}|[0-9]{{1,4}}[-/.][0-9]{{1,2}}[-/.][0-9]{{1,4}}|{_POSTCODE_RE2}",
+    # restricted: a number stands apart from letters and digits (record keys are not looked at)
+    False: f"{_EDGE_L}{_TEN_DIGITS_RE2}{_EDGE_R}|{_POSTCODE_RE2}",
+}
+_MIN_BYTES = 5  # the shortest value that can hold one (a postcode without its space)
 
 
-def _nhs_number_hits(values: pa.Array) -> np.ndarray:
-    """Per value: :func:`_contains_nhs_number`."""
-    cand = _regex_mask(values, _NHS_RE2, _NHS_MIN_BYTES)
-    if not cand.any():
-        return cand
-    idx = np.nonzero(cand)[0]
-    sub = values.take(pa.array(idx))
-    whole = _regex_mask(sub, _NHS_WHOLE_RE2)
+def _candidates(values: pa.Array, strict: bool = True) -> np.ndarray:
+    """Values that may hold an identifier: every non-ASCII value, and the ASCII values RE2
+    finds a candidate shape in (a superset of what the Python rules find in them)."""
     out = np.zeros(len(values), dtype=bool)
-    if whole.any():
-        import pandas as pd
+    if len(values) == 0:
+        return out
+    longer = pc.fill_null(pc.greater_equal(pc.binary_length(values), _MIN_BYTES), False)
+    ascii_ = pc.fill_null(pc.string_is_ascii(values), True)
+    hit = pc.fill_null(pc.match_substring_regex(values, _CANDIDATE_RE2[strict]), False)
+    cand = pc.and_(longer, pc.or_(pc.invert(ascii_), hit))
+    return cand.to_numpy(zero_copy_only=False).astype(bool)
 
-        numbers = sub.filter(pa.array(whole)).cast(pa.string()).to_pandas()
-        out[idx[whole]] = nhs_number.valid_series(pd.Series(numbers)).to_numpy(dtype=bool)
-    rest = np.zeros(len(values), dtype=bool)
-    rest[idx[~whole]] = True
-    return out | _confirm(values, rest, _contains_nhs_number)
 
-
-def _postcode_hits(values: pa.Array) -> np.ndarray:
-    """Per value: :func:`_contains_postcode`."""
-    return _confirm(values, _regex_mask(values, _POSTCODE_RE2, _POSTCODE_MIN_BYTES), _contains_postcode)
+def _identifier_hits(values: pa.Array, *, strict: bool = True,
+                     prepare=None) -> dict[str, np.ndarray]:
+    """Per value and kind: :func:`identifiers_in` (``prepare`` maps a value to the text to
+    scan, e.g. a declared format's opaque parts blanked)."""
+    out = {k: np.zeros(len(values), dtype=bool) for k in KINDS}
+    cand = _candidates(values, strict)
+    if not cand.any():
+        return out
+    idx = np.nonzero(cand)[0]
+    texts = values.take(pa.array(idx)).to_pylist()
+    verdict: dict[str, set[str]] = {}
+    for i, text in zip(idx, texts):
+        kinds = verdict.get(text)
+        if kinds is None:
+            kinds = verdict[text] = identifiers_in(prepare(text) if prepare else text, strict=strict)
+        for k in kinds:
+            out[k][i] = True
+    return out
 
 
 def _string_values(arr: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray] | None:
@@ -369,7 +418,10 @@ def _string_values(arr: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray] | None:
     if pa.types.is_dictionary(t):
         arr = arr.cast(t.value_type)
         t = arr.type
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
+    if pa.types.is_large_string(t):
+        arr = arr.cast(pa.string())
+        t = arr.type
+    if pa.types.is_string(t):
         return arr, np.arange(len(arr))
     if (pa.types.is_list(t) or pa.types.is_large_list(t)) and (
         pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type)
@@ -379,32 +431,17 @@ def _string_values(arr: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray] | None:
         values = pc.list_flatten(arr)
         if pa.types.is_dictionary(values.type):
             values = values.cast(values.type.value_type)
+        if pa.types.is_large_string(values.type):
+            values = values.cast(pa.string())
         return values, parents
     return None
 
 
-# either pattern, to look at each value once: values holding neither (nearly all) are done
-_EITHER_RE2 = f"(?:{_NHS_RE2})|(?:{_POSTCODE_RE2})"
-
-
-def _identifier_hits(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Per value: (:func:`_contains_nhs_number`, :func:`_contains_postcode`)."""
-    nhs = np.zeros(len(values), dtype=bool)
-    postcode = np.zeros(len(values), dtype=bool)
-    either = _regex_mask(values, _EITHER_RE2, min(_NHS_MIN_BYTES, _POSTCODE_MIN_BYTES))
-    if either.any():
-        idx = np.nonzero(either)[0]
-        sub = values.take(pa.array(idx))
-        nhs[idx] = _nhs_number_hits(sub)
-        postcode[idx] = _postcode_hits(sub)
-    return nhs, postcode
-
-
-def _rows_matching(rows: np.ndarray, hit: np.ndarray) -> int:
-    """The number of distinct rows (``rows``: the row of each value) with a hit."""
+def _rows_matching(rows: np.ndarray, hit: np.ndarray) -> np.ndarray:
+    """The distinct rows (``rows``: the row of each value) with a hit."""
     if not hit.any():
-        return 0
-    return int(np.unique(rows[hit]).size)
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(rows[hit])
 
 
 def scan_for_identifiers(
@@ -412,18 +449,23 @@ def scan_for_identifiers(
     *,
     dataset: str | None = None,
     skip_columns: Iterable[str] = (),
+    strict: bool = True,
+    prepare: Mapping[str, Any] | None = None,
 ) -> list[Finding]:
     """Every value of every text column, every 10-digit integer, and every column name.
 
-    Finds NHS numbers (10 digits, optionally spaced or hyphenated 3-3-4, passing Modulus
-    11) anywhere inside text, full UK postcodes (with or without the space, any case),
-    10-digit integers that pass Modulus 11, and date-of-birth columns. A finding counts the
-    rows concerned and never holds a value. ``skip_columns`` are not scanned (for a code
-    column known to hold 10-digit identifiers that are not NHS numbers).
+    Finds, after NFKC normalisation, NHS numbers (10 digits in groups with any short
+    separators, passing Modulus 11; ``strict``, the public reading, also touching
+    letters), full UK postcodes (any case, with or without the space), dates of birth inside
+    text (``strict`` only), 10-digit integers that pass Modulus 11, and date-of-birth
+    columns. A finding counts the rows concerned (and keeps their positions, ``rows``)
+    and never holds a value. ``skip_columns`` are not scanned; ``prepare`` maps a column
+    to a function giving the text to scan for a value (a format's opaque parts blanked).
     """
     if dataset is None and table.schema.metadata and b"dataset" in table.schema.metadata:
         dataset = table.schema.metadata[b"dataset"].decode()
     skip = set(skip_columns)
+    prepare = prepare or {}
     findings: list[Finding] = []
     for name in table.column_names:
         if name in skip:
@@ -434,13 +476,11 @@ def scan_for_identifiers(
         text = _string_values(col)
         if text is not None:
             values, rows = text
-            nhs_hit, postcode_hit = _identifier_hits(values)
-            n = _rows_matching(rows, nhs_hit)
-            if n:
-                findings.append(Finding(dataset, name, "nhs_number", n))
-            n = _rows_matching(rows, postcode_hit)
-            if n:
-                findings.append(Finding(dataset, name, "postcode", n))
+            hits = _identifier_hits(values, strict=strict, prepare=prepare.get(name))
+            for kind in KINDS:
+                where = _rows_matching(rows, hits[kind])
+                if len(where):
+                    findings.append(Finding(dataset, name, kind, len(where), tuple(where.tolist())))
         elif pa.types.is_integer(col.type):
             arr = col.combine_chunks()
             in_range = pc.fill_null(
@@ -450,10 +490,12 @@ def scan_for_identifiers(
             if in_range.any():
                 import pandas as pd
 
+                idx = np.nonzero(in_range)[0]
                 cand = arr.filter(pa.array(in_range)).cast(pa.string()).to_pandas()
-                n = int(nhs_number.valid_series(pd.Series(cand)).sum())
-                if n:
-                    findings.append(Finding(dataset, name, "nhs_number", n))
+                ok = nhs_number.valid_series(pd.Series(cand)).to_numpy(dtype=bool)
+                if ok.any():
+                    findings.append(Finding(dataset, name, "nhs_number", int(ok.sum()),
+                                            tuple(idx[ok].tolist())))
     return findings
 
 
@@ -477,11 +519,44 @@ _RESTRICTED_FORBIDDEN = re.compile(
 )
 
 
-def _scan_violations(ds: Dataset, table: pa.Table) -> list[Violation]:
+def _scan_violations(ds: Dataset, table: pa.Table, *, strict: bool) -> list[Violation]:
     skip = ds.extra.get("identifier_scan_exempt", ()) if ds.extra else ()
+    prepare = {c.name: c.format.scan_text for c in ds.columns
+               if c.format is not None and c.format.regex.groupindex}
     out = []
-    for f in scan_for_identifiers(table, dataset=ds.name, skip_columns=skip):
-        out.append(Violation(ds.name, f"identifier:{f.kind}", f.column, f.count, str(f)))
+    for f in scan_for_identifiers(table, dataset=ds.name, skip_columns=skip, strict=strict,
+                                  prepare=prepare):
+        out.append(Violation(ds.name, f"identifier:{f.kind}", f.column, f.count, str(f), f.rows))
+    return out
+
+
+def _format_violations(ds: Dataset, table: pa.Table, *, every_string: bool) -> list[Violation]:
+    """Values of string columns that are neither a declared code nor of the declared format
+    (``every_string``: a string column with neither declared is a violation too)."""
+    out: list[Violation] = []
+    declared = {c.name: c for c in ds.published_columns()}
+    for name in table.column_names:
+        c = declared.get(name)
+        text = _string_values(table.column(name))
+        if text is None:
+            continue
+        if c is None or (c.codes is None and c.format is None):
+            if every_string:
+                out.append(Violation(ds.name, "format_undeclared", name, table.num_rows,
+                                     f"{ds.name}: string column {name} has no declared format or "
+                                     f"codes, so it cannot be published in the public zone"))
+            continue
+        values, rows = text
+        distinct = pc.unique(values.drop_null()).to_pylist()
+        bad = [v for v in distinct if not c.conforms(v)]
+        if not bad:
+            continue
+        hit = pc.fill_null(pc.is_in(values, pa.array(bad, values.type)), False).to_numpy(
+            zero_copy_only=False).astype(bool)
+        where = _rows_matching(rows, hit)
+        out.append(Violation(ds.name, "format", name, len(where),
+                             f"{ds.name}: {len(where)} row(s) of {name} are not "
+                             f"{c.declared_format}", tuple(where.tolist())))
     return out
 
 
@@ -562,7 +637,8 @@ def check_public(ds: Dataset, table: pa.Table, settings: Any = None) -> list[Vio
                                      f"{ds.name}: {int(shown.sum())} suppressed row(s) still "
                                      f"show {n}"))
 
-    out += _scan_violations(ds, table)
+    out += _format_violations(ds, table, every_string=True)
+    out += _scan_violations(ds, table, strict=True)
     return out
 
 
@@ -578,7 +654,8 @@ def check_restricted(ds: Dataset, table: pa.Table) -> list[Violation]:
             out.append(Violation(ds.name, "forbidden_column", name, table.num_rows,
                                  f"{ds.name}: column {name} is a direct identifier and may not "
                                  f"be published, even in the restricted zone"))
-    out += _scan_violations(ds, table)
+    out += _format_violations(ds, table, every_string=False)
+    out += _scan_violations(ds, table, strict=False)
     return out
 
 

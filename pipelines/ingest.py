@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -358,9 +359,58 @@ def read_ledger(warehouse: Warehouse) -> pa.Table:
     return ds.conform(table)
 
 
+_LANDING_FOLDERS = ("reference", "gp", "sus_apc", "fft", "hes_apc")
+
+
+def public_file_name(file_name: str, sha256: str) -> str:
+    """A landing file's name as the public ledger shows it: as is when it follows its
+    folder's naming convention (its parts are then codes and dates); else
+    ``<folder>/unrecognised-<first 12 hex of its SHA-256>`` (no folder when it is not in a
+    landing folder: a folder name is free text too). A HES extract's name is free text by
+    convention, so it is always ``hes_apc/extract-<12 hex>``."""
+    from pipelines.schemas.outputs import F_LANDING_NAME
+
+    if F_LANDING_NAME.matches(file_name):
+        return file_name
+    digest = (sha256 or "")[:12]
+    parts = file_name.split("/")
+    folder = parts[0] if len(parts) > 1 and parts[0] in _LANDING_FOLDERS else None
+    if folder == "hes_apc" and len(parts) == 2 and (parts[1].endswith(".csv") or parts[1].endswith(".csv.gz")):
+        return f"hes_apc/extract-{digest}"
+    return f"{folder}/unrecognised-{digest}" if folder else f"unrecognised-{digest}"
+
+
+_WHEN_RE = re.compile(r"\b([0-9]{4}-[0-9]{2})-[0-9]{2} [0-9]{2}:[0-9]{2} UTC")
+_SHA_PAIR_RE = re.compile(r"had SHA-256 [0-9a-f]{12}\.\.\., this one has [0-9a-f]{12}\.\.\.")
+_HEADER_RE = re.compile(r"the header repeats column\(s\) .*$", re.DOTALL)
+
+
+def public_reason(reason: str | None, file_name: str, renamed: dict[str, str]) -> str | None:
+    """A ledger reason as the public ledger shows it: file names as published
+    (:func:`public_file_name`), no supplier text (repeated header names withheld), and no
+    date or digest (the month of an earlier version, not its day and time)."""
+    if reason is None:
+        return None
+    out = reason
+    if out.startswith(f"{file_name}: "):
+        out = out[len(file_name) + 2:]
+    for original in sorted(renamed, key=len, reverse=True):
+        if original in out:
+            out = out.replace(original, renamed[original])
+    out = _HEADER_RE.sub("the header repeats a column (the names are withheld: header text is the supplier's)", out)
+    out = _SHA_PAIR_RE.sub("had other bytes (another SHA-256)", out)
+    out = _WHEN_RE.sub(r"\1", out)
+    return out
+
+
 def submissions_dataset(warehouse: Warehouse, periods: list[str] | None = None) -> pa.Table:
     """The public ``submissions`` ledger: every file seen, ``period`` = the month (UTC)
-    the pipeline first saw it. Files seen by a scan but not yet taken in are left out."""
+    the pipeline first saw it. Files seen by a scan but not yet taken in are left out.
+
+    A file name that breaks its folder's naming convention is published as
+    ``<folder>/unrecognised-<first 12 hex of its SHA-256>`` (:func:`public_file_name`),
+    with no submitter, period, time or protocol, and no reason repeats an original name
+    (:func:`public_reason`); the warehouse ledger (:func:`read_ledger`) keeps them whole."""
     ds = schemas.get("submissions")
     led = read_ledger(warehouse).to_pandas()
     led = led[led["status"] != "pending"]
@@ -373,6 +423,15 @@ def submissions_dataset(warehouse: Warehouse, periods: list[str] | None = None) 
     for c in ("rows_received", "rows_quarantined", "rows_kept"):
         led[c] = led[c].astype("Int64").mask(rejected)
     led.loc[led["status"] == "current", "reason"] = None
+    public = [public_file_name(f, h) for f, h in zip(led["file_name"], led["sha256"])]
+    renamed = {f: p for f, p in zip(led["file_name"], public) if f != p and len(f) >= 6}
+    led["reason"] = [public_reason(r if isinstance(r, str) else None, f, renamed)
+                     for r, f in zip(led["reason"], led["file_name"])]
+    unconventional = pd.Series([f != p for f, p in zip(led["file_name"], public)], index=led.index)
+    for c in ("submitter_code", "reporting_period", "protocol"):
+        led[c] = led[c].astype(object).mask(unconventional, None)
+    led["submitted_at"] = led["submitted_at"].mask(unconventional)
+    led["file_name"] = public
     led = led.sort_values(["period", "first_seen_at", "file_name"])
     cols = ds.arrow_schema(include_partition=True).names
     return ds.conform(pa.Table.from_pandas(led[cols].reset_index(drop=True), preserve_index=False))
@@ -807,9 +866,9 @@ def _sus_silver_many(frames: list[pd.DataFrame], source: str, protocols: list, p
         "birth_month": pa.array(month.astype(object).where(month.notna(), None).tolist(), pa.int64()),
         "postcode": _postcode(c.text("HOMEADD")),
         "gpprac": _str_array(c.text("GPPRAC")),
-        "consultant_code": _str_array(c.text("CONSULT")),
-        "mainspef": _str_array(c.text("MAINSPEF")),
-        "tretspef": _str_array(c.text("TRETSPEF")),
+        "consultant_code": _str_array(_blank_malformed(c.text("CONSULT"), "CONSULT_FORMAT")),
+        "mainspef": _str_array(_blank_malformed(c.text("MAINSPEF"), "MAINSPEF_FORMAT")),
+        "tretspef": _str_array(_blank_malformed(c.text("TRETSPEF"), "TRETSPEF_FORMAT")),
         "diagnoses": diagnoses,
         "procedures": procedures,
         "procedure_dates": proc_dates,
@@ -819,6 +878,15 @@ def _sus_silver_many(frames: list[pd.DataFrame], source: str, protocols: list, p
     return _sliced(schemas.get("sus_episodes").conform(pa.table(cols)), sizes)
 
 
+def _blank_malformed(values: pd.Series, rule_id: str) -> pd.Series:
+    """``values`` with those breaking the warn rule ``rule_id`` blanked (expectations.rules
+    BLANK_ON_FAIL: the rule counts them; the row is kept, the value read as not known)."""
+    from expectations.rules import BLANK_ON_FAIL
+
+    ok = values.str.contains(BLANK_ON_FAIL[rule_id], regex=True)
+    return values.where(ok.fillna(True).astype(bool))
+
+
 def _fft_silver(frame: pd.DataFrame, parsed: ParsedName, period: str, warn: pa.Array) -> pa.Table:
     n = len(frame)
     nhs, valid = _nhs(_strip(frame, "NHS_NUMBER"))
@@ -826,7 +894,7 @@ def _fft_silver(frame: pd.DataFrame, parsed: ParsedName, period: str, warn: pa.A
         "provider_code": _str_array(_strip(frame, "PROVIDER_CODE").str.upper()),
         "response_id": _str_array(_strip(frame, "RESPONSE_ID")),
         "site_code": _str_array(_strip(frame, "SITE_CODE").str.upper()),
-        "ward_code": _str_array(_strip(frame, "WARD_CODE")),
+        "ward_code": _str_array(_strip(frame, "WARD_CODE").str.upper()),  # WARD_CODE_FORMAT: A-Z 0-9 after upper-casing
         "setting": _str_array(_strip(frame, "SETTING")),
         "response_date": _dates(frame, "RESPONSE_DATE"),
         "response": _str_array(_strip(frame, "RESPONSE")),

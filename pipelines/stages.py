@@ -394,16 +394,118 @@ def _notify_quality(settings: Settings, summary: pa.Table, period: str) -> None:
 
 
 # --------------------------------------------------------------------------- release
+# Disclosure control blocks a dataset (for a period), never the run: release writes the
+# release candidate of every dataset that passes and records the blocked ones in
+# release/blocked/period=YYYY-MM.json (dataset, zone, period, rules, columns, row counts and
+# the submissions the offending values came from; never a value); publish publishes the
+# candidates present and reports the blocked ones. A blocked dataset's earlier publication
+# stays as it was.
+
+KEY_LABEL_META = b"caredata_key_label"
+
+# Where a dataset's values come from: the period's current tables and their code columns,
+# to name the submission(s) an offending value came from; else the sources' submissions.
+_ORIGINS = {
+    "fft_scores": [("current_fft_responses", ("ward_code", "site_code", "provider_code"))],
+    "fft_by_specialty": [("current_fft_responses", ("provider_code", "tretspef")),
+                         ("current_sus_episodes", ("tretspef", "provider_code"))],
+    "consultant_outcomes": [("current_sus_episodes", ("consultant_code", "provider_code"))],
+    "linkage_coverage_provider": [("current_sus_episodes", ("provider_code",))],
+    "linked_episodes": [("current_sus_episodes", ("consultant_code", "mainspef", "tretspef", "susrecid",
+                                                  "spell_id", "classpat", "epiorder", "provider_code"))],
+    "linked_spells": [("current_sus_episodes", ("consultant_code", "spell_id", "provider_code"))],
+}
+_SOURCES = {
+    "fft_scores": ("fft", "reference"), "fft_by_specialty": ("fft", "sus_apc", "hes_apc"),
+    "data_quality": ("gp", "sus_apc", "hes_apc", "fft"), "data_quality_summary": ("gp", "sus_apc", "hes_apc", "fft"),
+}
+_DEFAULT_SOURCES = ("reference", "gp", "sus_apc", "hes_apc")
+
+
 def _release_path(zone: str, name: str, period: str) -> str:
     return f"release/{zone}/{name}/period={period}/part-00000.parquet"
 
 
+def _blocked_path(period: str) -> str:
+    return f"release/blocked/period={period}.json"
+
+
+def blocked_datasets(settings: Settings, period: str) -> list[dict]:
+    """What the last release of ``period`` blocked (empty when nothing, or never released)."""
+    _, wh, _ = stores(settings)
+    path = _blocked_path(period)
+    return json.loads(wh.store.read_bytes(path)) if wh.store.exists(path) else []
+
+
+def _origins(wh, name: str, period: str, table: pa.Table, violations) -> list[str]:
+    """The landing files the offending values of ``table`` came from (file names, for
+    operators): rows of the period's current tables holding a code of an offending value;
+    where none is found, every current or held submission of the dataset's sources for the
+    period (the value is in one of them)."""
+    from pipelines import ingest
+
+    tokens: set[str] = set()
+    for v in violations:
+        if v.column and v.column in table.column_names and v.rows:
+            col = table.column(v.column).take(pa.array(list(v.rows)))
+            for value in col.to_pylist():
+                for item in value if isinstance(value, list) else [value]:
+                    if isinstance(item, str):
+                        tokens.add(item)
+                        tokens.update(t for t in item.split("/") if t)
+    ids: set[str] = set()
+    for raw, columns in _ORIGINS.get(name, []):
+        if not tokens:
+            break
+        t = wh.read_raw(raw, [period])
+        if t is None or "submission_id" not in t.column_names:
+            continue
+        hit = None
+        for c in columns:
+            if c in t.column_names:
+                m = pc.fill_null(pc.is_in(t.column(c).cast(pa.string()), pa.array(sorted(tokens), pa.string())), False)
+                hit = m if hit is None else pc.or_(hit, m)
+        if hit is not None:
+            ids.update(x for x in pc.unique(t.column("submission_id").filter(hit)).to_pylist() if x)
+    ledger = ingest.read_ledger(wh).to_pylist()
+    if ids:
+        names = sorted({r["file_name"] for r in ledger if r.get("submission_id") in ids})
+        if names:
+            return names
+    sources = _SOURCES.get(name, _DEFAULT_SOURCES)
+    return sorted(r["file_name"] for r in ledger if r.get("status") in ("current", "held")
+                  and r.get("source") in sources
+                  and (r.get("reporting_period") == period or r.get("source") in ("reference", "hes_apc")))
+
+
+def _block(wh, zone: str, name: str, period: str, table: pa.Table, violations) -> dict:
+    """Record why a dataset's period is not released, and remove any stale candidate."""
+    path = _release_path(zone, name, period)
+    if wh.store.exists(path):
+        wh.store.delete(path)
+    files = _origins(wh, name, period, table, violations)
+    shown = files[:10] + ([f"and {len(files) - 10} more"] if len(files) > 10 else [])
+    columns = sorted({v.column for v in violations if v.column})
+    return {
+        "zone": zone, "dataset": name, "period": period,
+        "rules": sorted({v.rule for v in violations}), "columns": columns,
+        "rows": int(sum(v.count for v in violations)),
+        "submissions": files,
+        "message": (f"{zone}/{name} period {period} not published: "
+                    + "; ".join(f"[{v.rule}] {v.message}" for v in violations)
+                    + f" (from {', '.join(shown) if shown else 'no identified submission'})"),
+    }
+
+
 def release(settings: Settings, period: str) -> dict:
-    """Disclosure control: staged -> release candidates, and every rule checked."""
+    """Disclosure control: staged -> release candidates, every rule checked. A dataset
+    that breaks a rule is blocked for this period (no candidate, reason recorded); the
+    others are released. Without a key nothing restricted is released, and candidates an
+    earlier keyed run left for this period are removed."""
     from pipelines import disclosure, linkage, outcomes
 
     _, wh, _ = stores(settings)
-    violations: list[str] = []
+    blocked: list[dict] = []
     md: dict = {}
     for name in PUBLIC_DATASETS:
         ds = schemas.get(name)
@@ -411,33 +513,57 @@ def release(settings: Settings, period: str) -> dict:
         public = disclosure.apply_small_numbers(
             ds, staged, small_max=settings.t("disclosure", "small_count_max"),
             min_denominator=settings.t("disclosure", "min_denominator"))
-        violations += [f"{name}: {v}" for v in disclosure.check_public(ds, public, settings)]
+        found = disclosure.check_public(ds, public, settings)
+        if found:
+            blocked.append(_block(wh, "public", name, period, public, found))
+            md[name] = "blocked by disclosure control"
+            continue
         wh.store.write_parquet(_release_path("public", name, period), public)
         md[name] = public.num_rows
     key = settings.effective_pseudo_key
     if key is None:
+        for name in RESTRICTED_DATASETS:
+            stale = _release_path("restricted", name, period)
+            if wh.store.exists(stale):
+                wh.store.delete(stale)
         md["restricted"] = "not written: no pseudonymisation key configured"
     else:
+        label = settings.key_label.encode()
+        tables = {}
         linked = wh.read_raw("linked_episodes", [period])
         if linked is not None:
-            t = linkage.linked_episodes_restricted(linked, key)
-            violations += [f"linked_episodes: {v}" for v in disclosure.check_restricted(schemas.get("linked_episodes"), t)]
-            wh.store.write_parquet(_release_path("restricted", "linked_episodes", period), t)
-            md["linked_episodes"] = t.num_rows
+            tables["linked_episodes"] = linkage.linked_episodes_restricted(linked, key)
         spells = wh.read_raw("spells", [period])
         if spells is not None:
             # A spell belongs to the period of its discharge (the window's spells are all
             # stored under the window's end; publish those discharged in this period).
             t = outcomes.linked_spells_restricted(spells, key)
-            t = t.filter(pc.equal(t.column("period"), period)) if "period" in t.column_names else t
-            violations += [f"linked_spells: {v}" for v in disclosure.check_restricted(schemas.get("linked_spells"), t)]
-            wh.store.write_parquet(_release_path("restricted", "linked_spells", period), t)
-            md["linked_spells"] = t.num_rows
-    return {"metadata": md, "violations": violations}
+            tables["linked_spells"] = t.filter(pc.equal(t.column("period"), period)) if "period" in t.column_names else t
+        for name in RESTRICTED_DATASETS:
+            if name not in tables:
+                stale = _release_path("restricted", name, period)
+                if wh.store.exists(stale):
+                    wh.store.delete(stale)
+                continue
+            t = tables[name]
+            found = disclosure.check_restricted(schemas.get(name), t)
+            if found:
+                blocked.append(_block(wh, "restricted", name, period, t, found))
+                md[name] = "blocked by disclosure control"
+                continue
+            t = t.replace_schema_metadata({**(t.schema.metadata or {}), KEY_LABEL_META: label})
+            wh.store.write_parquet(_release_path("restricted", name, period), t)
+            md[name] = t.num_rows
+    wh.store.write_bytes(_blocked_path(period), json.dumps(blocked, indent=1, sort_keys=True).encode())
+    return {"metadata": md, "violations": [b["message"] for b in blocked], "blocked": blocked}
 
 
 def publish(settings: Settings, period: str, *, run_id: str = "cli") -> dict:
-    from pipelines import ingest, publish as pub
+    """Publish the period's release candidates. Datasets blocked by disclosure control have
+    none (their earlier publication stays); without a key nothing in the restricted zone is
+    written, replaced or re-labelled, and a restricted candidate made under another key (or
+    none) is never published."""
+    from pipelines import disclosure, ingest, publish as pub
     from pipelines.dictionary import write_dictionary
 
     _, wh, out = stores(settings)
@@ -446,23 +572,40 @@ def publish(settings: Settings, period: str, *, run_id: str = "cli") -> dict:
         r["file_name"] for r in ledger.to_pylist()
         if r.get("status") in ("current", "held") and (r.get("reporting_period") == period or r.get("source") == "reference")
     )
-    report = {}
+    blocked = {(b["zone"], b["dataset"]): b for b in blocked_datasets(settings, period)}
+    key = settings.effective_pseudo_key
+    report: dict = {}
     # A run without a key never writes, replaces or re-labels the restricted zone (outputs.md
     # "Keys"): release candidates an earlier keyed run left in the warehouse stay unpublished.
-    zones = ("public", "restricted") if settings.effective_pseudo_key is not None else ("public",)
-    for zone in zones:
+    for zone in ("public", "restricted"):
+        if zone == "restricted" and key is None:
+            report["restricted"] = "not published: no pseudonymisation key configured"
+            continue
         for name in PUBLIC_DATASETS if zone == "public" else RESTRICTED_DATASETS:
+            if (zone, name) in blocked:
+                report[f"{zone}/{name}"] = "blocked by disclosure control"
+                continue
             path = _release_path(zone, name, period)
             if not wh.store.exists(path):
                 continue
             table = wh.store.read_parquet(path)
+            if zone == "restricted":
+                made_with = (table.schema.metadata or {}).get(KEY_LABEL_META)
+                if made_with != settings.key_label.encode():
+                    report[f"{zone}/{name}"] = ("not published: its release candidate was made under "
+                                                "another key; release the period again")
+                    continue
             if "period" not in table.column_names:
                 table = table.append_column("period", pa.array([period] * table.num_rows, pa.string()))
-            pub.publish_dataset(
-                out, schemas.get(name), table, run_id=run_id, code_version=code_version(),
-                input_submissions={period: inputs}, thresholds=settings.thresholds,
-                key_label=settings.key_label if zone == "restricted" else None,
-            )
+            try:
+                pub.publish_dataset(
+                    out, schemas.get(name), table, run_id=run_id, code_version=code_version(),
+                    input_submissions={period: inputs}, thresholds=settings.thresholds,
+                    key_label=settings.key_label if zone == "restricted" else None,
+                )
+            except disclosure.DisclosureError as exc:
+                report[f"{zone}/{name}"] = f"blocked by disclosure control: {len(exc.violations)} rule(s) broken"
+                continue
             report[f"{zone}/{name}"] = table.num_rows
     for f in wh.store.list(f"work/funnel_plots/period={period}"):
         spec = f.path.rsplit("/", 1)[1]
@@ -473,20 +616,34 @@ def publish(settings: Settings, period: str, *, run_id: str = "cli") -> dict:
 
 def publish_submissions(settings: Settings, *, run_id: str = "cli") -> dict:
     """The public ledger of every file seen. Its partition is the month the pipeline first
-    saw a file (not a reporting period), so it is published on its own, whole."""
+    saw a file (not a reporting period), so it is published on its own, month by month:
+    a month that breaks a disclosure rule is blocked (named in ``violations``), the other
+    months are published."""
     from pipelines import disclosure, ingest, publish as pub
 
     _, wh, out = stores(settings)
     ds = schemas.get("submissions")
     table = ingest.submissions_dataset(wh)
-    violations = [str(v) for v in disclosure.check_public(ds, table, settings)]
-    if violations:
-        return {"rows": table.num_rows, "violations": violations, "published": False}
-    if table.num_rows:
-        pub.publish_dataset(out, ds, table, run_id=run_id, code_version=code_version(),
+    violations: list[str] = []
+    blocked: list[str] = []
+    published = 0
+    months = sorted(pc.unique(table.column("period")).to_pylist()) if table.num_rows else []
+    for month in months:
+        part = table.filter(pc.equal(table.column("period"), month))
+        found = disclosure.check_public(ds, part, settings)
+        if found:
+            sids = sorted({part.column("sha256")[r].as_py()[:12] for v in found for r in v.rows})
+            blocked.append(month)
+            violations.append(f"public/submissions period {month} not published: "
+                              + "; ".join(f"[{v.rule}] {v.message}" for v in found)
+                              + (f" (files with SHA-256 starting {', '.join(sids)})" if sids else ""))
+            continue
+        pub.publish_dataset(out, ds, part, run_id=run_id, code_version=code_version(),
                             thresholds=settings.thresholds)
+        published += part.num_rows
     statuses = pc.value_counts(table.column("status")).to_pylist() if table.num_rows else []
-    return {"rows": table.num_rows, "violations": [], "published": True,
+    return {"rows": table.num_rows, "rows_published": published, "violations": violations,
+            "blocked_periods": blocked, "published": not blocked,
             "by_status": {r["values"]: r["counts"] for r in statuses}}
 
 
@@ -518,6 +675,11 @@ def held_back_summary(settings: Settings) -> list[dict]:
             if why.startswith(f"{r['file_name']}: "):
                 why = why[len(r["file_name"]) + 2:]
             out.append({"what": f"{r['status']} {r['file_name']}", "why": why})
+    for f in wh.store.list("release/blocked"):
+        for b in json.loads(wh.store.read_bytes(f.path)):
+            out.append({"what": f"blocked {b['zone']}/{b['dataset']} {b['period']}",
+                        "why": f"disclosure control ({', '.join(b['rules'])} in {', '.join(b['columns'])}); "
+                               f"from {', '.join(b['submissions'][:5]) or 'no identified submission'}"})
     if settings.effective_pseudo_key is None:
         out.append({"what": "restricted zone", "why": "no pseudonymisation key configured"})
     return out

@@ -16,7 +16,9 @@ it means.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Iterable, Literal
 
 import pyarrow as pa
@@ -32,6 +34,46 @@ SCHEMA_VERSION = "1.0.0"
 
 
 @dataclass(frozen=True)
+class Format:
+    """The declared format of a string column: what every non-empty value must be.
+
+    ``pattern`` is matched against the whole value (``re.fullmatch``, ASCII classes
+    only: a full-width or Arabic-Indic digit is not ``[0-9]``). ``opaque`` names regex
+    groups of the pattern holding text the pipeline made itself (a hash): the identifier
+    scan reads the value with those groups blanked, since a digest's digits are no
+    patient's and would otherwise block a publication at random.
+    ``description`` is what the data dictionary shows."""
+
+    name: str
+    pattern: str
+    description: str
+
+    @property
+    def regex(self) -> "re.Pattern[str]":
+        return _compiled(self.pattern)
+
+    def matches(self, value: str) -> bool:
+        return self.regex.fullmatch(value) is not None
+
+    def scan_text(self, value: str) -> str:
+        """``value`` with its opaque groups blanked (unchanged when it does not match)."""
+        m = self.regex.fullmatch(value)
+        if m is None or not self.regex.groupindex:
+            return value
+        out = value
+        for name in self.regex.groupindex:
+            if name.startswith("opaque") and m.group(name) is not None:
+                a, b = m.span(name)
+                out = out[:a] + "#" * (b - a) + out[b:]
+        return out
+
+
+@lru_cache(maxsize=None)
+def _compiled(pattern: str) -> "re.Pattern[str]":
+    return re.compile(pattern, re.ASCII)
+
+
+@dataclass(frozen=True)
 class Column:
     name: str
     type: pa.DataType
@@ -41,6 +83,28 @@ class Column:
     codes: tuple[str, ...] | None = None  # the allowed values, for code columns
     suppress: Suppress = None
     denominator: str | None = None  # for suppress="rate": the count column it is computed from
+    # The declared format of a string column (schemas.outputs.FORMATS): every public
+    # string column has codes or a format, checked at publication.
+    format: Format | None = None
+
+    def conforms(self, value: str) -> bool:
+        """True when ``value`` is one of ``codes`` or matches ``format`` (a column with
+        neither accepts anything: only restricted and internal columns may be so)."""
+        if self.codes is not None and value in self.codes:
+            return True
+        if self.format is not None:
+            return self.format.matches(value)
+        return self.codes is None
+
+    @property
+    def declared_format(self) -> str | None:
+        """In words, for the data dictionary."""
+        parts = []
+        if self.codes is not None:
+            parts.append("one of " + ", ".join(f"`{c}`" for c in self.codes))
+        if self.format is not None:
+            parts.append(self.format.description)
+        return "; or ".join(parts) if parts else None
 
     def arrow_field(self) -> pa.Field:
         meta = {b"description": self.description.encode()}
@@ -198,7 +262,31 @@ def dates(name: str, description: str, **kw) -> Column:
     return Column(name, pa.list_(pa.date32()), description, **kw)
 
 
-PERIOD = s("period", "Reporting month, YYYY-MM (from the partition path).", nullable=False)
+# --------------------------------------------------------------------------- formats
+# Declared once; the public datasets (schemas.outputs) and the restricted ones use them.
+F_PERIOD = Format("period", r"[0-9]{4}-(?:0[1-9]|1[0-2])", "a month written YYYY-MM")
+F_PRACTICE = Format("practice", r"[A-Z][0-9]{5}", "GP practice code: a letter and 5 digits (A81001)")
+F_PROVIDER = Format("provider", r"[A-Z0-9]{3}", "provider code: 3 letters or digits (RGT)")
+F_SITE = Format("site", r"[A-Z0-9]{5}", "site code: 5 letters or digits (RGT01)")
+F_COMMISSIONER = Format("commissioner", r"[A-Z0-9]{3}", "CCG/ICB code: 3 letters or digits (00K)")
+F_WARD = Format("ward", r"[A-Z0-9]{1,8}", "ward code: 1 to 8 letters or digits")
+F_CONSULTANT = Format("consultant", r"C[0-9]{7}", "consultant code: C and a 7-digit GMC number")
+F_SPECIALTY_CODE = Format("specialty_code", r"[0-9]{3}", "main specialty or treatment function code: 3 digits")
+F_ICD10 = Format("icd10", r"[A-Z][0-9]{2}[0-9X]?", "ICD-10 code without the dot (I219, R69X)")
+F_OPCS4 = Format("opcs4", r"[A-Z][0-9]{3}", "OPCS-4 code without the dot (K401)")
+F_IDENTIFIER = Format("identifier", r"[a-z][a-z0-9_]{0,63}",
+                      "a lower-case identifier of the pipeline or its configuration (letters, digits, _)")
+F_RULE_ID = Format("rule_id", r"[A-Z][A-Z0-9_]{0,63}", "a rule id of expectations/ (upper case, digits, _)")
+F_FIELD = Format("field", r"[A-Z][A-Z0-9_]{0,63}", "a landing-file column name declared in inputs.md")
+F_SHA256 = Format("sha256", r"(?P<opaque>[0-9a-f]{64})", "64 lower-case hex digits")
+# Text the pipeline writes itself (reasons, configured measures): printable ASCII, and no
+# leading = + - @ (a spreadsheet formula). Supplier text never reaches it: file names are
+# replaced by their published form and header names are withheld (ingest.submissions_dataset).
+F_PROSE = Format("prose", r"(?![=+\-@])[ -~]{1,2000}",
+                 "plain words written by the pipeline or its configuration (printable ASCII, "
+                 "no leading = + - @)")
+
+PERIOD = s("period", "Reporting month, YYYY-MM (from the partition path).", nullable=False, format=F_PERIOD)
 
 
 def all_columns(items: Iterable[Dataset]) -> dict[str, list[str]]:

@@ -8,8 +8,20 @@ Column names are exact. Counts that disclosure control may blank are ``suppress=
 from __future__ import annotations
 
 from pipelines.schemas import (
+    F_COMMISSIONER,
+    F_CONSULTANT,
+    F_FIELD,
+    F_IDENTIFIER,
+    F_PERIOD,
+    F_PRACTICE,
+    F_PROSE,
+    F_PROVIDER,
+    F_RULE_ID,
+    F_SHA256,
+    F_SPECIALTY_CODE,
     PERIOD,
     Dataset,
+    Format,
     b,
     cols,
     d,
@@ -27,6 +39,33 @@ SETTINGS = (
     "MAT_POSTNATAL_COMMUNITY", "OP", "COMMUNITY", "MH", "AMB", "GP",
 )
 SOURCES = ("gp", "sus_apc", "hes_apc", "fft")
+# Formats of public columns that combine several kinds of code.
+F_ORG = Format("fft_org", r"[A-Z0-9]{3}|[A-Z0-9]{5}|[A-Z0-9]{5}/[A-Z0-9]{1,8}",
+               "commissioner or provider code (3 letters or digits), site code (5), or a ward "
+               "written <site>/<ward> (ward: 1 to 8 letters or digits)")
+F_PARENT = Format("fft_parent", r"[A-Z0-9]{3}|[A-Z0-9]{5}", "commissioner, provider (3) or site (5) code")
+F_SUBMITTER = Format("submitter", r"[A-Z][0-9]{5}|[A-Z0-9]{3}", "GP practice code (A81001) or provider code (RGT)")
+# A landing file name as published (inputs.md names; anything else is replaced by
+# <folder>/unrecognised-<12 hex of its SHA-256>, and a HES extract's free name by
+# hes_apc/extract-<12 hex>: ingest.public_file_name).
+F_LANDING_NAME = Format(
+    "landing_name",
+    r"reference/(?:epraccur|providers|sites)\.csv(?:\.gz)?"
+    r"|gp/GP_[A-Z][0-9]{5}_[0-9]{8}\.csv(?:\.gz)?"
+    r"|sus_apc/APC_[A-Z0-9]{3}_[0-9]{6}_[0-9]{14}_(?:BULK|NET)\.csv(?:\.gz)?"
+    r"|fft/FFT_[A-Z0-9]{3}_[0-9]{6}_[0-9]{14}\.csv(?:\.gz)?",
+    "a landing file name that follows inputs.md (codes and dates only)")
+F_FILE_NAME = Format(
+    "file_name",
+    F_LANDING_NAME.pattern
+    + r"|(?:(?:reference|gp|sus_apc|fft|hes_apc)/)?unrecognised-(?P<opaque1>[0-9a-f]{12})"
+    + r"|hes_apc/extract-(?P<opaque2>[0-9a-f]{12})",
+    "a landing file name that follows inputs.md; else <folder>/unrecognised-<first 12 hex of its "
+    "SHA-256> (no folder when it is not a landing folder), and hes_apc/extract-<12 hex> for a HES "
+    "extract, whose name is free text")
+NATIONAL = ("ENG",)
+UNKNOWN_CONSULTANT = ("&",)
+
 OUTLIER_STATUS = ("alarm_high", "alert_high", "as_expected", "alert_low", "alarm_low", "insufficient_data")
 
 # --------------------------------------------------------------------------- linkage
@@ -37,8 +76,8 @@ linkage_coverage_practice = register(Dataset(
     description="care.data linkage coverage of each active GP practice in a month.",
     columns=cols(
         PERIOD,
-        s("practice_code", "ODS code of the GP practice (epraccur).", nullable=False),
-        s("commissioner_code", "CCG/ICB the practice belongs to (epraccur column 15)."),
+        s("practice_code", "ODS code of the GP practice (epraccur).", nullable=False, format=F_PRACTICE),
+        s("commissioner_code", "CCG/ICB the practice belongs to (epraccur column 15).", format=F_COMMISSIONER),
         b("extract_received", "True where the practice provided an extract dated in the period.", nullable=False),
         d("extract_date", "Date of the practice's newest extract dated in the period; empty where none."),
         i("registered_patients", "Patients registered on the extract date (type 1 rows never counted, type 2 counted); empty without an extract.", suppress="count"),
@@ -58,8 +97,8 @@ linkage_coverage_provider = register(Dataset(
     description="NHS number completeness and linkage of each provider's SUS episodes in a month.",
     columns=cols(
         PERIOD,
-        s("provider_code", "ODS code of the provider (PROCODE3).", nullable=False),
-        s("commissioner_code", "Host CCG/ICB of the provider (providers.csv)."),
+        s("provider_code", "ODS code of the provider (PROCODE3).", nullable=False, format=F_PROVIDER),
+        s("commissioner_code", "Host CCG/ICB of the provider (providers.csv).", format=F_COMMISSIONER),
         i("episodes", "Episodes in the current view ending in the period.", suppress="count"),
         i("episodes_valid_nhs_number", "Episodes with a valid NHS number (Modulus 11).", suppress="count"),
         f("pct_valid_nhs_number", "100 x episodes_valid_nhs_number / episodes.", unit="percent", suppress="rate", denominator="episodes"),
@@ -84,7 +123,7 @@ linkage_coverage_summary = register(Dataset(
     columns=cols(
         PERIOD,
         s("area_level", "national or commissioner.", nullable=False, codes=("national", "commissioner")),
-        s("area_code", "ENG for national, else the CCG/ICB code.", nullable=False),
+        s("area_code", "ENG for national, else the CCG/ICB code.", nullable=False, codes=NATIONAL, format=F_COMMISSIONER),
         i("practices", "Active GP practices (status A, prescribing setting 4)."),
         i("practices_providing_extract", "Of those, practices with an extract dated in the period."),
         f("pct_practices_providing_extract", "100 x practices_providing_extract / practices.", unit="percent"),
@@ -104,9 +143,9 @@ programme_targets = register(Dataset(
     columns=cols(
         PERIOD,
         s("area_level", "national or commissioner.", nullable=False, codes=("national", "commissioner")),
-        s("area_code", "ENG for national, else the CCG/ICB code.", nullable=False),
-        s("target_id", "Identifier of the target (configuration).", nullable=False),
-        s("measure", "What is measured, in words."),
+        s("area_code", "ENG for national, else the CCG/ICB code.", nullable=False, codes=NATIONAL, format=F_COMMISSIONER),
+        s("target_id", "Identifier of the target (configuration).", nullable=False, format=F_IDENTIFIER),
+        s("measure", "What is measured, in words.", format=F_PROSE),
         f("target_pct", "The target level.", unit="percent"),
         d("due_date", "Date the target falls due; empty where not set in configuration."),
         f("actual_pct", "The measured level in the period.", unit="percent"),
@@ -116,8 +155,8 @@ programme_targets = register(Dataset(
 
 # --------------------------------------------------------------------------- outcomes
 _window = (
-    s("window_start", "First month of the window, YYYY-MM.", nullable=False),
-    s("window_end", "Last month of the window, YYYY-MM (the partition).", nullable=False),
+    s("window_start", "First month of the window, YYYY-MM.", nullable=False, format=F_PERIOD),
+    s("window_end", "Last month of the window, YYYY-MM (the partition).", nullable=False, format=F_PERIOD),
 )
 
 consultant_outcomes = register(Dataset(
@@ -129,9 +168,9 @@ consultant_outcomes = register(Dataset(
     columns=cols(
         PERIOD,
         *_window,
-        s("specialty", "One of the ten specialties (methods.md).", nullable=False),
-        s("provider_code", "Provider of the episode holding the index procedure.", nullable=False),
-        s("consultant_code", "CONSULT of that episode: C + 7-digit GMC number.", nullable=False),
+        s("specialty", "One of the ten specialties (methods.md).", nullable=False, format=F_IDENTIFIER),
+        s("provider_code", "Provider of the episode holding the index procedure.", nullable=False, format=F_PROVIDER),
+        s("consultant_code", "CONSULT of that episode: C + 7-digit GMC number.", nullable=False, codes=UNKNOWN_CONSULTANT, format=F_CONSULTANT),
         i("procedures", "Index procedures in the window (published for every consultant)."),
         i("deaths_30d", "Deaths within 30 days of the procedure.", suppress="count"),
         f("crude_mortality_pct", "100 x deaths_30d / procedures (published: the consultant-level exception).", unit="percent"),
@@ -157,7 +196,7 @@ specialty_outcomes = register(Dataset(
     columns=cols(
         PERIOD,
         *_window,
-        s("specialty", "One of the ten specialties.", nullable=False),
+        s("specialty", "One of the ten specialties.", nullable=False, format=F_IDENTIFIER),
         i("procedures", "Index procedures in the window."),
         i("consultants", "Consultants with at least one index procedure."),
         i("deaths_30d", "Deaths within 30 days (national: not suppressed)."),
@@ -176,7 +215,7 @@ specialty_calibration = register(Dataset(
     columns=cols(
         PERIOD,
         *_window,
-        s("specialty", "One of the ten specialties.", nullable=False),
+        s("specialty", "One of the ten specialties.", nullable=False, format=F_IDENTIFIER),
         i("risk_decile", "1 (lowest predicted risk) to 10.", nullable=False),
         i("procedures", "Index procedures in the decile."),
         i("observed_deaths", "Observed 30-day deaths (national: not suppressed)."),
@@ -209,8 +248,8 @@ fft_scores = register(Dataset(
         s("setting", "FFT setting (IP, AE, MAT_*, OP, COMMUNITY, MH, AMB, GP).", nullable=False, codes=SETTINGS),
         s("level", "ward, site, provider, commissioner or national.", nullable=False,
           codes=("ward", "site", "provider", "commissioner", "national")),
-        s("org_code", "Organisation code; a ward is <site>/<ward>; national is ENG.", nullable=False),
-        s("parent_code", "Code of the parent organisation (empty for national)."),
+        s("org_code", "Organisation code; a ward is <site>/<ward>; national is ENG.", nullable=False, codes=NATIONAL, format=F_ORG),
+        s("parent_code", "Code of the parent organisation (empty for national).", codes=NATIONAL, format=F_PARENT),
         *_fft_counts,
     ),
 ))
@@ -222,8 +261,9 @@ fft_by_specialty = register(Dataset(
     description="Inpatient FFT responses linked to the spell discharged 0 to 2 days before, by the treatment function of its last episode.",
     columns=cols(
         PERIOD,
-        s("provider_code", "Provider of the response and the spell.", nullable=False),
-        s("tretspef", "Treatment function of the spell's last episode.", nullable=False),
+        s("provider_code", "Provider of the response and the spell.", nullable=False, format=F_PROVIDER),
+        s("tretspef", "Treatment function of the spell's last episode; & where not known.", nullable=False,
+          codes=("&",), format=F_SPECIALTY_CODE),
         *_fft_counts,
     ),
 ))
@@ -237,9 +277,9 @@ data_quality = register(Dataset(
     columns=cols(
         PERIOD,
         s("source", "gp, sus_apc, hes_apc or fft.", nullable=False, codes=SOURCES),
-        s("submitter_code", "Practice or provider code.", nullable=False),
-        s("rule_id", "Identifier of the rule (expectations/).", nullable=False),
-        s("field", "The field the rule reads."),
+        s("submitter_code", "Practice or provider code.", nullable=False, format=F_SUBMITTER),
+        s("rule_id", "Identifier of the rule (expectations/).", nullable=False, format=F_RULE_ID),
+        s("field", "The field the rule reads.", format=F_FIELD),
         s("severity", "reject (row quarantined) or warn (row kept, flagged).", codes=("reject", "warn")),
         i("rows_checked", "Rows the rule was applied to."),
         i("rows_failed", "Rows that broke the rule."),
@@ -255,7 +295,7 @@ data_quality_summary = register(Dataset(
     columns=cols(
         PERIOD,
         s("source", "gp, sus_apc, hes_apc or fft.", nullable=False, codes=SOURCES),
-        s("submitter_code", "Practice or provider code.", nullable=False),
+        s("submitter_code", "Practice or provider code.", nullable=False, format=F_SUBMITTER),
         i("rows_received", "Rows received (type 1 objections never counted)."),
         i("rows_quarantined", "Rows rejected to quarantine."),
         i("rows_kept", "Rows kept (rows_received - rows_quarantined)."),
@@ -263,7 +303,7 @@ data_quality_summary = register(Dataset(
         f("pct_valid_nhs_number", "Share of rows with a valid NHS number.", unit="percent"),
         b("below_sanction_threshold", "dq_score under 95 or valid NHS number rate under 99%.", nullable=False),
         b("held", "True when any current-or-held submission of the month is held.", nullable=False),
-        s("held_reason", "Why it was held, in plain words."),
+        s("held_reason", "Why it was held, in plain words.", format=F_PROSE),
     ),
 ))
 
@@ -274,15 +314,15 @@ submissions = register(Dataset(
     description="The ledger of every file seen in the landing zone and what became of it.",
     columns=cols(
         PERIOD,
-        s("file_name", "Path relative to the landing root.", nullable=False),
+        s("file_name", "Path relative to the landing root.", nullable=False, format=F_FILE_NAME),
         s("source", "reference, gp, sus_apc, hes_apc or fft.", codes=("reference",) + SOURCES),
-        s("submitter_code", "Practice or provider code from the file name."),
-        s("reporting_period", "Reporting month from the file name, YYYY-MM."),
+        s("submitter_code", "Practice or provider code from the file name.", format=F_SUBMITTER),
+        s("reporting_period", "Reporting month from the file name, YYYY-MM.", format=F_PERIOD),
         ts("submitted_at", "Submission time from the file name (UTC)."),
-        s("protocol", "BULK or NET for SUS; empty otherwise."),
-        s("sha256", "SHA-256 of the file's bytes as stored.", nullable=False),
+        s("protocol", "BULK or NET for SUS; empty otherwise.", codes=("BULK", "NET")),
+        s("sha256", "SHA-256 of the file's bytes as stored.", nullable=False, format=F_SHA256),
         s("status", "current, superseded, held or rejected.", codes=("current", "superseded", "held", "rejected")),
-        s("reason", "Plain words; empty when current."),
+        s("reason", "Plain words; empty when current.", format=F_PROSE),
         i("rows_received", "Rows read (type 1 never counted); empty for a rejected file."),
         i("rows_quarantined", "Rows quarantined; empty for a rejected file."),
         i("rows_kept", "Rows kept; empty for a rejected file."),
@@ -298,7 +338,7 @@ linked_episodes = register(Dataset(
     columns=cols(
         PERIOD,
         s("person_id", "Keyed pseudonym: first 32 hex of HMAC-SHA256(key, NHS number or HESID:...)."),
-        s("provider_code", "PROCODE3.", nullable=False),
+        s("provider_code", "PROCODE3.", nullable=False, format=F_PROVIDER),
         s("susrecid", "CDS unique identifier of the episode.", nullable=False),
         s("spell_id", "Hospital provider spell identifier."),
         s("epiorder", "Order of the episode in its spell."),
@@ -309,9 +349,9 @@ linked_episodes = register(Dataset(
         s("admimeth", "Admission method."),
         s("dismeth", "Discharge method."),
         s("classpat", "Patient classification."),
-        s("mainspef", "Main specialty."),
-        s("tretspef", "Treatment function."),
-        s("consultant_code", "CONSULT."),
+        s("mainspef", "Main specialty (MAINSPEF; a malformed one is blanked at ingest, rule MAINSPEF_FORMAT).", format=F_SPECIALTY_CODE),
+        s("tretspef", "Treatment function (TRETSPEF; a malformed one is blanked at ingest, rule TRETSPEF_FORMAT).", format=F_SPECIALTY_CODE),
+        s("consultant_code", "CONSULT (a malformed one is blanked at ingest, rule CONSULT_FORMAT).", format=F_CONSULTANT),
         strings("diagnoses", "ICD-10 codes in order."),
         strings("procedures", "OPCS-4 codes in order."),
         i("age_at_admission", "Age in whole years at admission.", unit="years"),
@@ -341,7 +381,7 @@ linked_spells = register(Dataset(
         s("specialty", "Specialty of the index procedure, if any."),
         s("index_procedure", "OPCS-4 code of the index procedure."),
         d("index_procedure_date", "Its date."),
-        s("consultant_code", "Consultant of the episode holding the index procedure."),
+        s("consultant_code", "Consultant of the episode holding the index procedure.", format=F_CONSULTANT),
         i("charlson_index", "Charlson comorbidity index (Quan ICD-10) from the spell's diagnoses."),
         b("death_30d", "Died within 30 days of the index procedure."),
         b("emergency_readmission_30d", "Emergency admission 1-30 days after discharge, any provider."),
