@@ -70,6 +70,9 @@ class RunSummary:
     periods: list[str] = field(default_factory=list)
     failed_steps: list[str] = field(default_factory=list)
     failed_checks: list[str] = field(default_factory=list)
+    # Non-blocking checks that failed with ERROR severity (a dataset held back by disclosure
+    # control): printed, but the run did its job, so they do not make it fail.
+    refused_checks: list[str] = field(default_factory=list)
     published: list[dict] = field(default_factory=list)
     held_back: list[dict] = field(default_factory=list)
     run_ids: list[str] = field(default_factory=list)
@@ -257,8 +260,11 @@ def _materialise(settings: Settings, summary: RunSummary, *, periods, progress, 
             if ev.event_type_value == "ASSET_CHECK_EVALUATION":
                 data = ev.event_specific_data
                 if not data.passed and data.severity == dg.AssetCheckSeverity.ERROR:
-                    summary.failed_checks.append(
-                        f"{label}{data.asset_key.to_user_string()}.{data.check_name}: {data.description or ''}")
+                    line = f"{label}{data.asset_key.to_user_string()}.{data.check_name}: {data.description or ''}"
+                    # A blocking check stops what follows it: the run failed. A non-blocking one
+                    # (disclosure control blocks one dataset, and the rest is published) is the
+                    # pipeline doing its job on bad input: reported, not a failure.
+                    (summary.failed_checks if data.blocking else summary.refused_checks).append(line)
         return result
 
     progress("caredata: scanning the landing zone")
@@ -300,6 +306,10 @@ def print_summary(summary: RunSummary, settings: Settings, out=None) -> None:
         w(f"  {row['what']}: {row['why']}\n")
     if not summary.held_back:
         w("  nothing\n")
+    if summary.refused_checks:
+        w("Checks that refused a publication (everything else was published):\n")
+        for c in summary.refused_checks:
+            w(f"  {c}\n")
     if settings.demo_mode and not settings.pseudo_key:
         w("DEMO MODE: the restricted zone is pseudonymised with the public demo key; not for real data.\n")
     if not summary.ok:
