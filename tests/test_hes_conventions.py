@@ -77,3 +77,86 @@ def test_quality_outputs_count_a_hes_extract_under_each_provider(zone):
     assert set(dq["submitter_code"]) == {"RAA", "RBB"}
     sex = dq[(dq["field"] == "SEX") & (dq["rows_failed"] > 0)]
     assert sex[["period", "submitter_code", "rows_failed"]].values.tolist() == [["2002-01", "RAA", 1]]
+
+
+# ------------------------------------------------------------------ placeholder dates
+DATE_COLS = HES_COLS + ["DISDATE", "DOB", "MYDOB", "OPERTN_4_01", "OPDATE_01"]
+
+
+def _ingest_hes(zone, rows):
+    path, landing, wh, settings = zone
+    put(path, "hes_apc/extract.csv", csv(rows, DATE_COLS))
+    report = ingest.ingest_hes(landing, wh, settings)
+    silver = wh.read("sus_episodes").to_pandas().set_index("susrecid")
+    q = wh.read("quarantine").to_pandas()
+    q["key"] = [__import__("json").loads(r)["EPIKEY"] for r in q["raw"]]
+    return report, silver, q.set_index("key"), wh
+
+
+def test_hes_placeholder_dates_read_as_empty_with_a_warning(zone):
+    rows = [
+        episode(1, "RAA", "2002-01-10", DISDATE="1800-01-01"),                   # kept, no discharge date
+        episode(2, "RAA", "2002-01-10", DOB="1582-10-15", MYDOB="041968"),       # kept, birth from MYDOB
+        episode(3, "RAA", "2002-01-10", OPERTN_4_01="K401", OPDATE_01="1600-01-01"),  # kept, date unknown
+        episode(4, "RAA", "1801-01-01", EPISTART="1801-01-01"),                  # EPIEND unknown: required
+        episode(5, "RAA", "2002-01-10", DISDATE="1850-06-01"),                   # not a placeholder: impossible
+        episode(6, "RAA", "2002-01-10", DOB="1889-12-31"),                       # before 1890: impossible
+        episode(7, "RAA", "2002-01-10", DOB="1890-01-01"),                       # the first possible date
+        episode(8, "RAA", "2002-01-10", DISDATE="2099-01-10"),                   # after the file: impossible
+    ]
+    report, silver, q, wh = _ingest_hes(zone, rows)
+    assert report.rows_read == 8 and report.rows_kept + report.rows_quarantined == 8
+    assert set(silver.index) == {"K1", "K2", "K3", "K7"} and set(q.index) == {"K4", "K5", "K6", "K8"}
+    assert pd.isna(silver.at["K1", "disdate"]) and "DISDATE_PLACEHOLDER" in silver.at["K1", "dq_warnings"]
+    assert pd.isna(silver.at["K2", "dob"]) and (silver.at["K2", "birth_year"], silver.at["K2", "birth_month"]) == (1968, 4)
+    assert "DOB_PLACEHOLDER" in silver.at["K2", "dq_warnings"]
+    assert list(silver.at["K3", "procedures"]) == ["K401"] and pd.isna(silver.at["K3", "procedure_dates"][0])
+    assert "OPDATE_01_PLACEHOLDER" in silver.at["K3", "dq_warnings"]
+    assert silver.at["K7", "dob"].isoformat() == "1890-01-01" and len(silver.at["K7", "dq_warnings"]) == 0
+    assert {"EPIEND_PLACEHOLDER", "EPISTART_PLACEHOLDER", "EPIEND_MISSING"} <= set(q.at["K4", "rule_ids"])
+    assert "EPIEND_BEFORE_1890" not in q.at["K4", "rule_ids"]
+    assert "DISDATE_BEFORE_1890" in q.at["K5", "rule_ids"] and "DISDATE_PLACEHOLDER" not in q.at["K5", "rule_ids"]
+    assert list(q.at["K6", "rule_ids"]) == ["DOB_BEFORE_1890"]
+    assert "DISDATE_FUTURE" in q.at["K8", "rule_ids"]
+    # A placeholder never opens a period: no 18xx month anywhere.
+    periods = set(report.partitions) | set(wh.periods("sus_episodes")) | set(wh.periods("quarantine")) \
+        | set(wh.periods("dq_rules"))
+    assert not any(p < "1890" for p in periods) and "2002-01" in periods
+    # Counted: each placeholder rule's failures, under the provider.
+    dq = wh.read("dq_rules").to_pandas()
+    failed = dq[dq["rows_failed"] > 0].groupby("rule_id")["rows_failed"].sum().to_dict()
+    for rid in ("DISDATE_PLACEHOLDER", "DOB_PLACEHOLDER", "OPDATE_01_PLACEHOLDER", "EPIEND_PLACEHOLDER",
+                "EPISTART_PLACEHOLDER"):
+        assert failed.get(rid) == 1, rid
+    assert dq.loc[dq["rule_id"] == "DISDATE_PLACEHOLDER", "severity"].unique().tolist() == ["warn"]
+
+
+def test_sus_placeholder_dates_read_as_empty_in_both_typing_paths():
+    """The SUS silver rows typed from the raw rows and from validation's work frame agree:
+    placeholders missing in both."""
+    from pipelines import validation
+    from pipelines.validation import ValidationContext
+
+    cols = DATE_COLS
+    rows = [episode(1, "RAA", "2002-01-10", DISDATE="1801-01-01", DOB="1800-01-01", MYDOB="051970",
+                    OPERTN_4_01="W371", OPDATE_01="1582-10-15"),
+            episode(2, "RAA", "2002-01-10", DISDATE="2002-01-10", DOB="1970-05-02")]
+    frame = pd.DataFrame(rows, columns=cols, dtype="string")
+    frame["SUSRECID"] = frame["EPIKEY"]
+    frame["_line"] = [2, 3]
+    work: list = []
+    out = validation.validate_many("sus_apc", [
+        {"frame": frame, "period": "2002-01", "submitter": "RAA",
+         "file_name": "sus_apc/APC_RAA_200201_20020205120000_BULK.csv", "context": ValidationContext()},
+        {"frame": frame.iloc[:0], "period": "2002-01", "submitter": "RAA",
+         "file_name": "sus_apc/APC_RAA_200201_20020206120000_BULK.csv", "context": ValidationContext()}],
+        work_out=work)
+    assert not out[0].rejected.any() and "DISDATE_PLACEHOLDER" in out[0].rule_ids[0]
+    warn = ingest._warnings(out[0], ~out[0].rejected)
+    raw = ingest._sus_silver_many([frame], "sus_apc", ["BULK"], ["2002-01"], ["S"], [warn]).table
+    worked = ingest._sus_silver_many([frame], "sus_apc", ["BULK"], ["2002-01"], ["S"], [warn],
+                                     work[0].iloc[:2]).table
+    assert raw.equals(worked)
+    t = raw.to_pandas()
+    assert pd.isna(t.at[0, "disdate"]) and pd.isna(t.at[0, "dob"]) and t.at[0, "birth_year"] == 1970
+    assert pd.isna(t.at[0, "procedure_dates"][0]) and t.at[1, "disdate"].isoformat() == "2002-01-10"
