@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines import charlson, schemas
+from pipelines import spells as _spells
 from pipelines.funnel import control_limits, outlier_statuses
 from pipelines.text import SPACE_CHARS, WHITESPACE
 from pipelines.funnel import exact_ci, funnel_plot, poisson_limits  # noqa: F401  (re-exported)
@@ -176,7 +177,7 @@ def _to_arrow(df: pd.DataFrame, date_cols=()) -> pa.Table:
 
 # --------------------------------------------------------------------------- spells
 _EPISODE_COLUMNS = (
-    "provider_code", "susrecid", "spell_id", "epiorder", "epistart", "epiend", "admidate",
+    "provider_code", "susrecid", "spell_id", "epiorder", "epistat", "epistart", "epiend", "admidate",
     "disdate", "admimeth", "dismeth", "sex", "dob", "birth_year", "birth_month",
     "consultant_code", "nhs_number", "nhs_number_valid", "period", "linked_nhs_number",
     "date_of_death", "type2_objection", "pseudo_hesid",
@@ -217,26 +218,33 @@ def build_spells(
         ep[c] = ep[c].astype("string").str.strip().replace("", pd.NA)
     ep["row"] = np.arange(len(ep))
 
-    # spell key; an episode without a spell id is a spell of its own
-    ep["spell_key"] = ep["spell_id"].fillna("EPI:" + ep["susrecid"].fillna(""))
-    ep["epiorder_num"] = pd.to_numeric(ep["epiorder"], errors="coerce")
-    ep = ep.sort_values(["provider_code", "spell_key", "epiorder_num", "epistart", "susrecid"],
-                        na_position="last", kind="stable")
-    ep["spell"] = ep.groupby(["provider_code", "spell_key"], sort=False).ngroup()
+    # Spells and episode order as every module derives them (pipelines/spells.py): the
+    # given spell id, else HES's derivation (person, provider, admission date, cut at each
+    # discharge), else the episode alone; EPIORDER 98/99 after every real order.
+    assigned = _spells.assign_spells(episodes)
+    ep = ep.iloc[assigned["row"].to_numpy()].reset_index(drop=True)
+    ep["spell_key"] = assigned["spell_id"].to_numpy()
+    ep["spell"] = assigned["spell"].to_numpy()
+    ep["epiorder_num"] = assigned["order_rank"].to_numpy()
+    ep["is_last"] = assigned["is_last"].to_numpy()
+    ep["unfinished"] = assigned["unfinished"].to_numpy()
     n = int(ep["spell"].max()) + 1 if len(ep) else 0
     ep["t2"] = ep["type2_objection"].astype("boolean").fillna(False).astype(bool)
     ep["valid_nhs"] = ep["nhs_number"].where(ep["nhs_number_valid"].fillna(False).astype(bool))
 
     g = ep.groupby("spell", sort=True)
+    # The spell's discharge is its last episode's; none when that episode is unfinished.
+    last = ep[ep["is_last"]].set_index("spell")
     sp = pd.DataFrame({
         "provider_code": g["provider_code"].first(),
         "spell_id": g["spell_key"].first(),
         "spell_period": g["period"].max(),
         "admidate": g["admidate"].first(),
         "first_epistart": g["epistart"].min(),
-        "disdate": g["disdate"].last(),
+        "disdate": last["disdate"].where(~last["unfinished"]),
         "admimeth": g["admimeth"].first(),
-        "dismeth": g["dismeth"].last(),
+        "dismeth": last["dismeth"].where(~last["unfinished"]),
+        "last_unfinished": last["unfinished"],
         "sex": g["sex"].first(),
         "dob": g["dob"].first(),
         "birth_year": g["birth_year"].first(),
@@ -285,6 +293,8 @@ def build_spells(
 
     # index procedure
     index = _index_procedures(episodes, ep, sp, diag, cohorts, min_age)
+    # A spell whose last episode is unfinished opens no outcome: not an index spell.
+    index = index[~sp["last_unfinished"].reindex(index.index).fillna(False).astype(bool).to_numpy()]
     sp = sp.join(index, how="left")
     sp["index_procedure_date"] = pd.to_datetime(sp["index_procedure_date"])
     for c in ("specialty", "index_procedure", "consultant_code"):
@@ -412,8 +422,9 @@ def _readmissions(sp: pd.DataFrame, days: int) -> pd.Series:
 
 
 # --------------------------------------------------------------------------- the window's spells
-_KEY_COLUMNS = ("provider_code", "spell_id", "susrecid")
+_KEY_COLUMNS = _spells.GROUP_COLUMNS  # what an episode's spell group is worked out from
 _PERSON_COLUMNS = ("nhs_number", "nhs_number_valid", "linked_nhs_number", "pseudo_hesid")
+_KEY_AND_PERSON = tuple(dict.fromkeys(_KEY_COLUMNS + _PERSON_COLUMNS))
 
 
 def window_spells(
@@ -467,7 +478,7 @@ def window_spells(
     keep_keys = _sorted_set(keep)
     people = []
     for p in periods:
-        t = read(p, _KEY_COLUMNS + _PERSON_COLUMNS)
+        t = read(p, _KEY_AND_PERSON)
         if t is not None and t.num_rows:
             mine = _member(_spell_hashes(t), keep_keys)
             people += [ids[mine] for ids in _person_hashes(t)]
@@ -475,7 +486,7 @@ def window_spells(
     people_keys = people_keys[people_keys != 0]
     wanted = [keep_keys]
     for p in periods:
-        t = read(p, _KEY_COLUMNS + _PERSON_COLUMNS)
+        t = read(p, _KEY_AND_PERSON)
         if t is not None and t.num_rows:
             theirs = np.zeros(t.num_rows, dtype=bool)
             for ids in _person_hashes(t):
@@ -546,12 +557,13 @@ def _hashes(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 def _spell_hashes(t: pa.Table) -> np.ndarray:
-    """Each episode's spell (provider and spell key, as :func:`build_spells` groups them)
-    as a hash; 0 for an episode without a provider (it is in no spell)."""
+    """Each episode's spell group (provider and :func:`pipelines.spells.group_keys`: its
+    spell id, else its person and admission date, else itself) as a hash; 0 for an
+    episode without a provider (it is in no spell). A derived group holds every episode
+    a derived spell can take (several spells when the person was discharged and
+    admitted again on the same day), so reading groups reads whole spells."""
     provider = _stripped(_column(t, "provider_code"))
-    epi = pc.binary_join_element_wise("EPI:", pc.fill_null(_stripped(_column(t, "susrecid")), ""), "")
-    key = pc.coalesce(_stripped(_column(t, "spell_id")), epi)
-    return _hashes(pc.binary_join_element_wise(provider, key, "\x1f"))
+    return _hashes(pc.binary_join_element_wise(provider, _spells.group_keys(t), "\x1f"))
 
 
 def _person_hashes(t: pa.Table) -> list[np.ndarray]:

@@ -160,3 +160,142 @@ def test_sus_placeholder_dates_read_as_empty_in_both_typing_paths():
     t = raw.to_pandas()
     assert pd.isna(t.at[0, "disdate"]) and pd.isna(t.at[0, "dob"]) and t.at[0, "birth_year"] == 1970
     assert pd.isna(t.at[0, "procedure_dates"][0]) and t.at[1, "disdate"].isoformat() == "2002-01-10"
+
+
+# ------------------------------------------------------------------ spells
+import datetime as dt  # noqa: E402
+
+import pyarrow as pa  # noqa: E402
+
+from pipelines import fft, outcomes, spells  # noqa: E402
+
+D = dt.date
+EP_TYPES = {"epistart": pa.date32(), "epiend": pa.date32(), "admidate": pa.date32(), "disdate": pa.date32(),
+            "dob": pa.date32(), "nhs_number_valid": pa.bool_(), "diagnoses": pa.list_(pa.string()),
+            "procedures": pa.list_(pa.string()), "procedure_dates": pa.list_(pa.date32())}
+
+
+def hes_episode(key, *, start, end, order="01", adm=D(2020, 3, 1), disdate=None, dismeth="8", stat="3",
+                hesid="H1", nhs=None, provider="RAA", procs=(), tret="110", spell_id=None, period="2020-03"):
+    return {"provider_code": provider, "susrecid": key, "spell_id": spell_id, "epiorder": order, "epistat": stat,
+            "epistart": start, "epiend": end, "admidate": adm, "disdate": disdate, "admimeth": "11",
+            "dismeth": dismeth, "sex": "1", "dob": D(1950, 5, 5), "nhs_number": nhs,
+            "nhs_number_valid": nhs is not None, "pseudo_hesid": hesid, "tretspef": tret,
+            "consultant_code": "C1234567", "period": period, "procedures": list(procs),
+            "procedure_dates": [None] * len(procs), "diagnoses": []}
+
+
+def table(rows):
+    cols = list(rows[0])
+    return pa.table({c: pa.array([r[c] for r in rows], EP_TYPES.get(c, pa.string())) for c in cols})
+
+
+def by_id(t: pa.Table, key: str = "spell_id") -> dict:
+    return {r[key]: r for r in t.to_pylist()}
+
+
+def test_hes_stay_with_procedure_then_death_counts_the_death_and_both_modules_agree():
+    # No SUSSPELLID: one stay of H1 at RAA admitted 2020-03-01. The first episode holds the
+    # hip replacement, the second (EPIORDER 02) ends in death; a third row of the stay is
+    # EPIORDER 99, which sorts after every real order and is the spell's last episode.
+    rows = [
+        hes_episode("E2", start=D(2020, 3, 4), end=D(2020, 3, 9), order="02", disdate=D(2020, 3, 9),
+                    dismeth="4", tret="300"),
+        hes_episode("E1", start=D(2020, 3, 1), end=D(2020, 3, 4), order="01", procs=["W371"]),
+    ]
+    sp = by_id(outcomes.build_spells(table(rows)))
+    assert list(sp) == ["DER:E1"]                     # one spell, named after its first episode
+    s = sp["DER:E1"]
+    assert (s["specialty"], s["index_procedure"]) == ("orthopaedic_surgery", "W371")
+    assert s["death_30d"] is True and s["dismeth"] == "4" and s["disdate"] == D(2020, 3, 9)
+    assert s["person_key"] == "HESID:H1"
+    f = by_id(fft.spells_for_fft_linkage(table(rows)))
+    assert list(f) == ["DER:E1"] and (f["DER:E1"]["disdate"], f["DER:E1"]["tretspef_last"]) == (D(2020, 3, 9), "300")
+
+
+def test_epiorder_99_sorts_last_in_every_module():
+    rows = [
+        hes_episode("A", start=D(2020, 3, 1), end=D(2020, 3, 2), order="01", procs=["W371"]),
+        hes_episode("Z", start=D(2020, 3, 1), end=D(2020, 3, 2), order="99", disdate=D(2020, 3, 6), dismeth="1",
+                    tret="800"),
+        hes_episode("B", start=D(2020, 3, 2), end=D(2020, 3, 6), order="02", tret="300"),
+    ]
+    assigned = spells.assign_spells(table(rows))
+    assert assigned["susrecid"].tolist() == ["A", "B", "Z"]
+    last_rows = spells.last_episodes(assigned)["row"].tolist()
+    assert last_rows == [1]
+    s = by_id(outcomes.build_spells(table(rows)))["DER:A"]
+    assert s["disdate"] == D(2020, 3, 6) and s["dismeth"] == "1" and s["death_30d"] is False
+    f = by_id(fft.spells_for_fft_linkage(table(rows)))["DER:A"]
+    assert f["tretspef_last"] == "800" and f["disdate"] == D(2020, 3, 6)
+
+
+def test_derived_spells_are_cut_at_each_discharge_and_follow_the_person():
+    nhs = "9990000018"
+    from pipelines.nhs_number import is_valid
+    assert is_valid(nhs)
+    rows = [
+        # discharged and admitted again the same day: two spells
+        hes_episode("P1", start=D(2020, 3, 1), end=D(2020, 3, 1), disdate=D(2020, 3, 1), dismeth="1"),
+        hes_episode("P2", start=D(2020, 3, 1), end=D(2020, 3, 3), order="01", disdate=D(2020, 3, 3), dismeth="1",
+                    stat="3"),
+        # DISMETH 9 is not a discharge: the stay goes on into the next episode
+        hes_episode("Q1", start=D(2020, 4, 1), end=D(2020, 4, 2), adm=D(2020, 4, 1), disdate=D(2020, 4, 2),
+                    dismeth="9", order="01"),
+        hes_episode("Q2", start=D(2020, 4, 2), end=D(2020, 4, 5), adm=D(2020, 4, 1), disdate=D(2020, 4, 5),
+                    dismeth="1", order="02"),
+        # a valid NHS number is the person, whatever the PSEUDO_HESID: the same person's stay
+        hes_episode("N1", start=D(2020, 5, 1), end=D(2020, 5, 2), adm=D(2020, 5, 1), nhs=nhs, hesid="X1"),
+        hes_episode("N2", start=D(2020, 5, 2), end=D(2020, 5, 4), adm=D(2020, 5, 1), nhs=nhs, hesid="X2",
+                    order="02", disdate=D(2020, 5, 4), dismeth="1"),
+        # another person, same provider and day: another spell
+        hes_episode("O1", start=D(2020, 5, 1), end=D(2020, 5, 4), adm=D(2020, 5, 1), hesid="H9",
+                    disdate=D(2020, 5, 4), dismeth="1"),
+        # the same person at another provider: another spell
+        hes_episode("R1", start=D(2020, 5, 1), end=D(2020, 5, 4), adm=D(2020, 5, 1), nhs=nhs, provider="RBB",
+                    disdate=D(2020, 5, 4), dismeth="1"),
+        # a SUSSPELLID is taken as given
+        hes_episode("S1", start=D(2020, 5, 1), end=D(2020, 5, 4), adm=D(2020, 5, 1), hesid="H9", spell_id="SP7",
+                    disdate=D(2020, 5, 4), dismeth="1"),
+    ]
+    sp = by_id(outcomes.build_spells(table(rows)))
+    assert set(sp) == {"DER:P1", "DER:P2", "DER:Q1", "DER:N1", "DER:O1", "DER:R1", "SP7"}
+    assert sp["DER:Q1"]["disdate"] == D(2020, 4, 5) and sp["DER:N1"]["disdate"] == D(2020, 5, 4)
+    assert sp["DER:N1"]["person_key"] == nhs
+    f = by_id(fft.spells_for_fft_linkage(table(rows)))
+    assert set(f) == set(sp)
+    assert f["DER:N1"]["nhs_number"] == nhs and f["DER:O1"]["nhs_number"] is None
+
+
+def test_spell_ids_never_carry_a_patient_identifier():
+    nhs = "9990000018"
+    rows = [hes_episode("K1", start=D(2020, 3, 1), end=D(2020, 3, 2), nhs=nhs, hesid="HX",
+                        disdate=D(2020, 3, 2), dismeth="1")]
+    ids = outcomes.build_spells(table(rows)).column("spell_id").to_pylist()
+    assert ids == ["DER:K1"] and not any(nhs in i or "HX" in i for i in ids)
+
+
+# ------------------------------------------------------------------ unfinished episodes
+def test_unfinished_last_episode_opens_no_outcome():
+    rows = [
+        hes_episode("U1", start=D(2020, 3, 1), end=D(2020, 3, 4), order="01", procs=["W371"]),
+        # last episode unfinished (EPISTAT 1), with a discharge recorded anyway
+        hes_episode("U2", start=D(2020, 3, 4), end=D(2020, 3, 31), order="02", stat="1",
+                    disdate=D(2020, 3, 31), dismeth="4"),
+        # EPISTAT 9 (derived unfinished) likewise
+        hes_episode("V1", start=D(2020, 3, 1), end=D(2020, 3, 31), hesid="H2", stat="9", procs=["W371"],
+                    disdate=D(2020, 3, 31), dismeth="1"),
+        # an unfinished episode that is not the last does not stop the spell
+        hes_episode("W1", start=D(2020, 3, 1), end=D(2020, 3, 2), hesid="H3", stat="1", procs=["W371"]),
+        hes_episode("W2", start=D(2020, 3, 2), end=D(2020, 3, 5), hesid="H3", order="02",
+                    disdate=D(2020, 3, 5), dismeth="1"),
+    ]
+    sp = by_id(outcomes.build_spells(table(rows)))
+    for sid in ("DER:U1", "DER:V1"):
+        assert sp[sid]["specialty"] is None and sp[sid]["index_procedure"] is None, sid
+        assert sp[sid]["disdate"] is None and sp[sid]["dismeth"] is None and sp[sid]["death_30d"] is None
+        assert sp[sid]["discharged_alive"] is False
+    assert sp["DER:W1"]["index_procedure"] == "W371" and sp["DER:W1"]["disdate"] == D(2020, 3, 5)
+    f = by_id(fft.spells_for_fft_linkage(table(rows)))
+    assert f["DER:U1"]["disdate"] is None and f["DER:V1"]["disdate"] is None
+    assert f["DER:W1"]["disdate"] == D(2020, 3, 5)
