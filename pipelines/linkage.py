@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from expectations.rules import PRACTICE_PLACEHOLDERS
 from pipelines import pseudo, schemas
 
 __all__ = [
@@ -129,6 +130,10 @@ _GP_PERIOD_IN = {
 _SEX = "CASE WHEN trim({c}) IN ('1', '2') THEN trim({c}) END"  # 0 and 9 never agree
 _POSTCODE = r"NULLIF(upper(regexp_replace({c}, '\s', '', 'g')), '')"
 _CODE = "NULLIF(upper(trim({c})), '')"
+NO_PRACTICE = PRACTICE_PLACEHOLDERS + ("&",)
+"""GPPRAC values meaning "no practice / not known" (inputs.md): such an episode is in no
+practice's expected episodes."""
+_NO_PRACTICE_SQL = ", ".join(f"'{c}'" for c in NO_PRACTICE)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -560,7 +565,8 @@ def coverage(
             SELECT {_CODE.format(c="provider_code")} AS provider_code,
                    coalesce(nhs_number_valid, false) AS valid,
                    trim(nhsnoind) = '01' AS verified,
-                   {_CODE.format(c="gpprac")} AS gpprac,
+                   CASE WHEN {_CODE.format(c="gpprac")} IN ({_NO_PRACTICE_SQL}) THEN NULL
+                        ELSE {_CODE.format(c="gpprac")} END AS gpprac,
                    match_rank,
                    {_CODE.format(c="registered_practice")} AS registered_practice
             FROM lk_in WHERE epiend BETWEEN {p_start} AND {p_end}
@@ -571,6 +577,7 @@ def coverage(
             SELECT {_CODE.format(c="practice_code")} AS practice, min(commissioner_code) AS commissioner_code
             FROM prac_in
             WHERE trim(status) = 'A' AND trim(prescribing_setting) = '4'
+              AND coalesce({_CODE.format(c="practice_code")} NOT IN ({_NO_PRACTICE_SQL}), true)
             GROUP BY 1
         """)
         # Each practice's newest extract dated in the period (held extracts do not count).

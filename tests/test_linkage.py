@@ -695,3 +695,28 @@ def test_gp_deaths_newest_extract_with_a_death_and_type2_from_any():
     assert out == [{"nhs_number": a, "date_of_death": D(2014, 1, 6), "type2_objection": True}]
     assert linkage.gp_deaths(rows, []).num_rows == 0
     assert linkage.gp_deaths(rows, pa.chunked_array([[a, None, ""], [a, c]])).column("nhs_number").to_pylist() == [a, c]
+
+
+def test_coverage_gpprac_placeholders_belong_to_no_practice():
+    """GPPRAC V81997, V81998, V81999 and '&' mean no practice / not known (inputs.md): such
+    episodes are in no practice's expected episodes, even where the reference file lists
+    the pseudo code as an active practice; they still count for their provider."""
+    extra = [dict(practice_code=c, status="A", prescribing_setting="4", commissioner_code="C1")
+             for c in ("V81997", "V81998", "V81999", "&")]
+    prac = pa.concat_tables([practices(), _table("ref_practices", extra)])
+    base = linked_table()
+    rows = [dict(provider_code="R1", epiend=D(2014, 3, 10), nhs_number_valid=True, nhsnoind="01", gpprac=g,
+                 match_rank=1, registered_practice="P1") for g in ("V81997", "V81998", " v81999 ", "&")]
+    linked = pa.concat_tables([base, pa.Table.from_pylist(rows, schema=base.schema)])
+    out = linkage.coverage("2014-03", linked, prac, providers(), extracts(), gp_patients_period(), Settings())
+    practice = {r["practice_code"]: r for r in out["linkage_coverage_practice"].to_pylist()}
+    assert sorted(practice) == ["P1", "P2", "P3"]          # the pseudo codes are not practices
+    plain = linkage.coverage("2014-03", base, practices(), providers(), extracts(), gp_patients_period(), Settings())
+    before = {r["practice_code"]: r for r in plain["linkage_coverage_practice"].to_pylist()}
+    for code in practice:
+        assert (practice[code]["episodes_expected"], practice[code]["episodes_linked"]) == \
+            (before[code]["episodes_expected"], before[code]["episodes_linked"]), code
+    assert out["linkage_coverage_summary"].to_pylist() == plain["linkage_coverage_summary"].to_pylist()
+    prov = {r["provider_code"]: r for r in out["linkage_coverage_provider"].to_pylist()}
+    prov0 = {r["provider_code"]: r for r in plain["linkage_coverage_provider"].to_pylist()}
+    assert prov["R1"]["episodes"] == prov0["R1"]["episodes"] + 4
