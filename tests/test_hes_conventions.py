@@ -299,3 +299,67 @@ def test_unfinished_last_episode_opens_no_outcome():
     f = by_id(fft.spells_for_fft_linkage(table(rows)))
     assert f["DER:U1"]["disdate"] is None and f["DER:V1"]["disdate"] is None
     assert f["DER:W1"]["disdate"] == D(2020, 3, 5)
+
+
+# ------------------------------------------------------------------ age at admission
+def aged(key, *, dob=None, by=None, bm=None, gp_dob=None, hesid="H1", **kw):
+    row = hes_episode(key, start=D(2020, 3, 1), end=D(2020, 3, 3), procs=["W371"], hesid=hesid,
+                      disdate=D(2020, 3, 3), dismeth="1", **kw)
+    row.update(dob=dob, birth_year=by, birth_month=bm, linked_date_of_birth=gp_dob,
+               submission_id="hes_extract", line=int(key[1:]) + 1, source="hes_apc")
+    return row
+
+
+AGE_TYPES = {"linked_date_of_birth": pa.date32(), "birth_year": pa.int64(), "birth_month": pa.int64(),
+             "line": pa.int64()}
+
+
+def aged_table(rows):
+    cols = list(rows[0])
+    return pa.table({c: pa.array([r[c] for r in rows], AGE_TYPES.get(c, EP_TYPES.get(c, pa.string())))
+                     for c in cols})
+
+
+def test_age_from_dob_else_mydob_else_the_linked_gp_record():
+    rows = [
+        aged("E1", dob=D(2003, 3, 2), by=2003, bm=3, gp_dob=D(1950, 1, 1)),  # DOB: 16, a child
+        aged("E2", by=2001, bm=2, gp_dob=D(1950, 1, 1), hesid="H2"),        # MYDOB: 19 (not the GP's 70)
+        aged("E3", gp_dob=D(1950, 1, 1), hesid="H3"),                       # GP record: 70
+        aged("E4", hesid="H4"),                                             # unknown
+    ]
+    sp = by_id(outcomes.build_spells(aged_table(rows)))
+    assert [sp[f"DER:E{i}"]["age"] for i in range(1, 5)] == [16, 19, 70, None]
+    assert sp["DER:E1"]["specialty"] is None                 # under 18: not an index procedure
+    assert sp["DER:E2"]["specialty"] == sp["DER:E3"]["specialty"] == "orthopaedic_surgery"
+    assert sp["DER:E4"]["specialty"] is None                 # age unknown: not an index procedure ...
+
+
+def test_procedure_with_unknown_age_is_counted_in_data_quality_for_its_provider():
+    from pipelines.quality import data_quality_tables
+
+    rows = [aged("E1", gp_dob=D(1950, 1, 1)), aged("E2", hesid="H2"), aged("E3", hesid="H3"),
+            aged("E4", hesid="H4", provider="RBB")]
+    rows[2]["procedures"], rows[2]["procedure_dates"] = ["A011"], [None]   # not a cohort procedure
+    rules = outcomes.procedures_without_age(aged_table(rows), "2020-03")
+    got = {(r["submitter_code"], r["rule_id"]): (r["rows_checked"], r["rows_failed"], r["example_lines"])
+           for r in rules.to_pylist()}
+    assert got == {("RAA", "PROCEDURE_AGE_UNKNOWN"): (2, 1, ["3"]), ("RBB", "PROCEDURE_AGE_UNKNOWN"): (1, 1, ["5"])}
+    assert set(rules.column("source").to_pylist()) == {"hes_apc"} and set(rules.column("field").to_pylist()) == {"DOB"}
+    # ... and reaches data_quality under each provider (a HES extract's rows count there)
+    led = pa.Table.from_pylist([{"file_name": "hes_apc/x.csv", "submission_id": "hes_extract", "source": "hes_apc",
+                                 "submitter_code": None, "reporting_period": None, "status": "current",
+                                 "reason": None, "rows_received": 4, "rows_quarantined": 0, "rows_kept": 4}])
+    dq = data_quality_tables(rules, None, led, Settings())["data_quality"].to_pylist()
+    assert {(r["submitter_code"], r["rule_id"], r["rows_failed"], r["severity"]) for r in dq} == {
+        ("RAA", "PROCEDURE_AGE_UNKNOWN", 1, "warn"), ("RBB", "PROCEDURE_AGE_UNKNOWN", 1, "warn")}
+
+
+def test_age_unknown_uses_the_spell_like_build_spells():
+    # the spell's second episode holds the procedure; its first has the MYDOB: age known
+    first = aged("E1", by=1950, bm=1, hesid="H7")
+    second = aged("E2", hesid="H7", order="02")
+    first["procedures"], first["procedure_dates"] = [], []
+    first["disdate"], first["dismeth"] = None, "8"
+    rules = outcomes.procedures_without_age(aged_table([first, second]), "2020-03").to_pylist()
+    assert [(r["rows_checked"], r["rows_failed"]) for r in rules] == [(1, 0)]
+    assert by_id(outcomes.build_spells(aged_table([first, second])))["DER:E1"]["age"] == 70

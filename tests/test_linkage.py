@@ -161,10 +161,20 @@ def test_never_link_to_a_patient_with_another_valid_nhs_number():
     # N[5] is valid but not in the GP data; PATIENT agrees on DOB, sex and postcode.
     got = link_one(ep_row(N[5]), PATIENT)
     assert got == dict(match_rank=None, linked_nhs_number=None, registered_practice=None,
-                       lsoa=None, date_of_death=None, type2_objection=False)
+                       lsoa=None, date_of_death=None, type2_objection=False, linked_date_of_birth=None)
     # N[1] is in the GP data with another DOB: rank 4 to N[1], never rank 5 to PATIENT.
     got = link_one(ep_row(N[1]), PATIENT, gp_row(N[1], date_of_birth=D(1990, 1, 1)))
     assert got["match_rank"] == 4 and got["linked_nhs_number"] == N[1]
+    assert got["linked_date_of_birth"] == D(1990, 1, 1)  # the GP record's, for age at admission
+
+
+def test_linked_date_of_birth_only_for_ranks_1_to_4_from_the_newest_extract():
+    newer = gp_row(N[0], date_of_birth=D(1961, 2, 2), extract_date=D(2014, 3, 20))
+    older = gp_row(N[0], date_of_birth=D(1960, 1, 1), extract_date=D(2014, 1, 20))
+    got = link_one(ep_row(N[0], dob=None, birth_year=None, birth_month=None), older, newer)
+    assert got["match_rank"] == 4 and got["linked_date_of_birth"] == D(1961, 2, 2)
+    rank5 = link_one(ep_row(None, postcode="ls1 4ap"), PATIENT)
+    assert rank5["match_rank"] == 5 and rank5["linked_date_of_birth"] is None
 
 
 def test_gp_rows_without_a_valid_nhs_number_are_never_linked():
@@ -530,7 +540,7 @@ def test_coverage_rejects_a_bad_period():
 
 def test_empty_inputs():
     linked = linkage.link_episodes(eps(), gp())
-    assert linked.num_rows == 0 and linked.column_names[-6:] == list(linkage.LINK_COLUMNS)
+    assert linked.num_rows == 0 and linked.column_names[-len(linkage.LINK_COLUMNS):] == list(linkage.LINK_COLUMNS)
     out = linkage.coverage("2014-03", linked, practices(), providers(), extracts(), gp(), Settings())
     assert out["linkage_coverage_provider"].num_rows == 0
     summary = out["linkage_coverage_summary"].to_pylist()
@@ -625,7 +635,7 @@ def test_link_episodes_same_from_a_parquet_dataset_as_from_a_table(tmp_path, mon
     # rank 5 to N[7]: its other row (another file, another postcode) gives the registration
     # covering EPISTART, its LSOA and the type 2 objection
     assert got[6] == dict(match_rank=5, linked_nhs_number=N[7], registered_practice="P2",
-                          lsoa="E01000072", date_of_death=None, type2_objection=True)
+                          lsoa="E01000072", date_of_death=None, type2_objection=True, linked_date_of_birth=None)
     # the second patient on that DOB, sex and postcode has no episode, yet still counts
     assert got[7]["linked_nhs_number"] is None
     assert (got[8]["linked_nhs_number"], got[8]["registered_practice"], got[8]["date_of_death"]) == (
