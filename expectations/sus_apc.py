@@ -195,7 +195,8 @@ def prepare(frame: pd.DataFrame, env: Env) -> pd.DataFrame:
     for name in DATE_COLUMNS:
         if name not in frame.columns:
             continue
-        flag = is_placeholder_date(frame[name])
+        # the work frame's columns are already stripped strings: a plain set lookup
+        flag = frame[name].isin(PLACEHOLDER_DATES).fillna(False).astype(bool)
         # categorical: one byte a row (29 such columns on every SUS row)
         frame[placeholder_col(name)] = pd.Categorical.from_codes(np.where(flag.to_numpy(), 0, -1).astype(np.int8),
                                                                  categories=["1"])
