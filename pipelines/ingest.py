@@ -1212,8 +1212,9 @@ def ingest_hes(landing: Store, warehouse: Warehouse, settings, *, today: date | 
                data_docs_dir: str | None = None) -> IngestReport:
     """Take in every not-yet-taken-in HES APC extract under ``hes_apc/``. Each row belongs
     to the provider in its PROCODE3 and the month of its EPIEND; rows whose EPIEND is
-    not a date (they are quarantined: EPIEND is required) are filed under the month the
-    file was first seen. Silver, quarantine and data-quality parts are written per
+    not a date or a HES placeholder (they are quarantined: EPIEND is required) are filed
+    under the file's latest EPIEND month (the month it was first seen if it has none), so
+    they open no period of their own. Silver, quarantine and data-quality parts are written per
     period (part = the file's submission id); the ledger holds one row per file."""
     report = IngestReport("hes_apc", None)
     ledger = _Ledger(warehouse)
@@ -1345,8 +1346,11 @@ def _take_in_hes(parsed: ParsedName, frame: pd.DataFrame, sha: str, size: int, f
     n = len(frame)
     # A placeholder EPIEND is missing (quarantined: EPIEND is required): it opens no period.
     epiend = _parse_dates(_strip(frame, "EPIEND"))
-    fallback = first.strftime("%Y-%m")
-    periods = epiend.dt.strftime("%Y-%m").astype(object).where(epiend.notna(), fallback).to_numpy()
+    # Rows with no EPIEND date (quarantined) open no period of their own: they go under
+    # the file's latest EPIEND month, or the month it was first seen if it has none.
+    months = epiend.dt.strftime("%Y-%m").astype(object)
+    fallback = max(months.dropna(), default=first.strftime("%Y-%m"))
+    periods = months.where(epiend.notna(), fallback).to_numpy()
     procode = _strip(frame, "PROCODE3").str.upper()
     provider = procode.astype(object).where(procode.notna(), None).to_numpy()
     groups = pd.Series([f"{p}|{s or ''}" for p, s in zip(periods, provider)])
