@@ -730,3 +730,18 @@ def test_coverage_gpprac_placeholders_belong_to_no_practice():
     prov = {r["provider_code"]: r for r in out["linkage_coverage_provider"].to_pylist()}
     prov0 = {r["provider_code"]: r for r in plain["linkage_coverage_provider"].to_pylist()}
     assert prov["R1"]["episodes"] == prov0["R1"]["episodes"] + 4
+
+
+def test_linked_episodes_age_falls_back_to_the_linked_gp_date_of_birth():
+    linked = linkage.link_episodes(
+        eps(ep_row(N[0], susrecid="B1", dob=None, birth_year=None, birth_month=None, admidate=D(2014, 3, 14)),
+            ep_row(N[0], susrecid="B2", dob=None, birth_year=1960, birth_month=1, admidate=D(2014, 3, 14)),
+            ep_row(N[6], susrecid="B3", dob=None, birth_year=None, birth_month=None)),   # unlinked
+        gp(PATIENT),  # born 1950-03-15
+    )
+    out = linkage.linked_episodes_restricted(linked, KEY)
+    assert "linked_date_of_birth" not in out.column_names  # never published
+    rows = {r["susrecid"]: r for r in out.to_pylist()}
+    assert rows["B1"]["match_rank"] == 4 and rows["B1"]["age_at_admission"] == 63  # the GP record's
+    assert rows["B2"]["age_at_admission"] == 54        # MYDOB comes before the GP record
+    assert rows["B3"]["age_at_admission"] is None
