@@ -364,21 +364,22 @@ class _Scan:
     a quote; a line break or delimiter inside quotes is part of the value), every
     record's width, each field's size, NUL bytes, UTF-8. Gives the header's fields and the
     physical line (split on ``\n``) where each non-blank data record starts. The first
-    problem found rejects the file (:class:`FileRejected`), as soon as it is seen."""
+    problem in the text (by position, so the same however the text is cut into chunks)
+    rejects the file (:class:`FileRejected`) as soon as it is seen."""
 
     def __init__(self, rel_path: str, delimiter: str, limits: Limits, header: bool):
         self.rel, self.delim, self.limits, self.has_header = rel_path, ord(delimiter), limits, header
         self.off = 0  # global offset of the next byte
         self.quotes = 0  # quotes before off
         self.lines = 0  # line feeds before off
+        self.delims = 0  # delimiters outside quotes before off
         self.prev = -1  # the byte before off (-1: start of the file)
         self.rec_start, self.rec_line, self.rec_delims = 0, 1, 0  # the record being read
         self.field_start, self.field_line = 0, 1  # the field being read
         self.last_open_line = 0  # line of the latest opening quote
-        self.width: int | None = None  # fields per record (the first non-blank record's)
+        self.width: int | None = None  # fields per record (the header's, or the first record's)
         self.header_raw: bytes | None = None
         self.header_buf = bytearray()
-        self.header_line = 1
         self.starts: list[np.ndarray] = []
         self.multiline = False
         self.blank_first = False
@@ -389,6 +390,13 @@ class _Scan:
         where = f"line {line}: " if line else ""
         raise FileRejected(f"{self.rel}: {where}{why}")
 
+    def _too_many_words(self, width: int | None, fields: int | None) -> str:
+        if width is None:
+            return (f"more than {self.limits.max_columns:,} columns, the limit "
+                    f"(limits.max_columns)")
+        found = f"more than {width}" if fields is None else f"{fields}"
+        return f"expected {width} fields, found {found}"
+
     def feed(self, buf: bytes, nxt: int) -> None:
         """Scan ``buf`` (the bytes at ``off``...); ``nxt``: the byte after it (-1 at the end)."""
         a = np.frombuffer(buf, dtype=np.uint8)
@@ -396,21 +404,24 @@ class _Scan:
         if n == 0:
             return
         nl = np.flatnonzero(a == _LF)
+        problems: list[tuple[int, int | None, str]] = []  # (local position, line, why)
 
         def line_of(pos):  # 1-based physical line of local positions
             return self.lines + np.searchsorted(nl, pos) + 1
 
+        def problem(pos, why, line=None):
+            problems.append((int(pos), int(line_of(pos)) if line is None else line, why))
+
         nul = np.flatnonzero(a == 0)
         if len(nul):
-            self._fail(int(line_of(nul[0])), "binary content (a NUL byte), not CSV text")
-        if self.utf8.getstate()[0] or bool((a >= 0x80).any()):
+            problem(nul[0], "binary content (a NUL byte), not CSV text")
+        if self.utf8.getstate()[0] or bool((a >= 0x80).any()) or nxt < 0:
             pending = len(self.utf8.getstate()[0])
             try:
                 self.utf8.decode(buf, final=nxt < 0)
             except UnicodeDecodeError as exc:
-                self._fail(int(line_of(max(exc.start - pending, 0))), "not UTF-8 text")
-        elif nxt < 0:
-            self.utf8.decode(b"", final=True)
+                problem(max(exc.start - pending, 0), "not UTF-8 text")
+                self.utf8.reset()
 
         q = np.flatnonzero(a == _DQ)
 
@@ -425,9 +436,8 @@ class _Scan:
             bad = (opening & ~np.isin(before, [self.delim, _LF, _DQ, -1])) | (
                 ~opening & ~np.isin(after, [self.delim, _LF, _CR, _DQ, -1]))
             if bad.any():
-                self._fail(int(line_of(q[np.argmax(bad)])),
-                           "broken quoting (a quote inside a value that does not start with one, "
-                           "or something other than a delimiter after a closing quote)")
+                problem(q[np.argmax(bad)], "broken quoting (a quote inside a value that does not start with "
+                                           "one, or something other than a delimiter after a closing quote)")
             if opening.any():
                 self.last_open_line = int(line_of(q[opening][-1]))
         cr = np.flatnonzero(a == _CR)
@@ -439,7 +449,7 @@ class _Scan:
             after = np.where(cr < n - 1, a[np.minimum(cr + 1, n - 1)].astype(np.int64), nxt)
             bad = after != _LF
             if bad.any():
-                self._fail(int(line_of(cr[np.argmax(bad)])), "a carriage return that does not end a line")
+                problem(cr[np.argmax(bad)], "a carriage return that does not end a line")
         nl_out = outside(nl)
         if not nl_out.all():
             self.multiline = True
@@ -448,90 +458,112 @@ class _Scan:
         de = np.flatnonzero(a == self.delim)
         de = de[outside(de)]
 
-        # Field sizes: between boundaries (delimiters and record ends outside quotes).
-        bounds = np.union1d(de, term)
+        # Field sizes: between boundaries (delimiters and record ends outside quotes); a
+        # field too long is a problem at the byte that makes it too long.
         limit = self.limits.max_field_bytes
+        too_long = f"a value longer than the limit of {_bytes_words(limit)} (limits.max_field_bytes)"
+        bounds = np.union1d(de, term)
+        f_starts = np.concatenate([[self.field_start - self.off], bounds + 1])
+        f_ends = np.concatenate([bounds, [n]])
+        over = np.flatnonzero(f_ends - f_starts > limit)
+        if len(over):
+            k = int(over[0])
+            line = self.field_line if k == 0 else int(line_of(f_starts[k]))
+            problem(max(int(f_starts[k]) + limit, 0), too_long, line)
         if len(bounds):
-            starts = np.concatenate([[self.field_start - self.off], bounds[:-1] + 1])
-            sizes = bounds - starts
-            if sizes.max() > limit:
-                k = int(np.argmax(sizes > limit))
-                line = self.field_line if k == 0 else int(line_of(starts[k]))
-                self._fail(line, f"a value longer than the limit of {_bytes_words(limit)} (limits.max_field_bytes)")
             self.field_start = self.off + int(bounds[-1]) + 1
             self.field_line = int(line_of(bounds[-1] + 1))
-        if self.off + n - self.field_start > limit:
-            self._fail(self.field_line, f"a value longer than the limit of {_bytes_words(limit)} (limits.max_field_bytes)")
 
-        # Records ending here: their width, blank or not, where they start.
-        delims_before = np.searchsorted(de, term)
-        rec_delims = np.diff(np.concatenate([[0], delims_before]))
-        if len(rec_delims):
-            rec_delims[0] += self.rec_delims
-        rec_starts = np.concatenate([[self.rec_start - self.off], term[:-1] + 1]) if len(term) else term
-        rec_lines = (np.concatenate([[self.rec_line], self.lines + term_idx[:-1] + 2]) if len(term)
-                     else term)
+        # Records: their width, blank or not, where they start.
+        rec_starts = np.concatenate([[self.rec_start - self.off], term + 1])  # the last one still open
+        rec_lines = np.concatenate([[self.rec_line], self.lines + term_idx + 2])
+        d_before = np.searchsorted(de, rec_starts)  # delimiters of this chunk before each start
+        ends_at = np.concatenate([np.searchsorted(de, term), [len(de)]])
+        rec_delims = ends_at - d_before
+        rec_delims[0] += self.rec_delims
+        done = len(term)
         prev_byte = np.where(term > 0, a[np.maximum(term - 1, 0)].astype(np.int64), self.prev)
-        length = term - rec_starts
+        length = term - rec_starts[:done]
         blank = (length == 0) | ((length == 1) & (prev_byte == _CR))
-        self._records(rec_delims, rec_lines, blank, buf, rec_starts, term)
-        if len(term):
-            self.rec_start = self.off + int(term[-1]) + 1
-            self.rec_line = self.lines + int(term_idx[-1]) + 2
-            self.rec_delims = int(len(de) - delims_before[-1])
-        else:
-            self.rec_delims += len(de)
-        if self.header_raw is None and self.has_header:
-            lo = max(self.rec_start - self.off, 0)
-            self.header_buf += buf[lo:]
-            if len(self.header_buf) > limit:
-                self._fail(1, f"the header is longer than the limit of {_bytes_words(limit)} (limits.max_field_bytes)")
-        # The record still open: too many fields already?
-        most = self.width if self.width is not None else self.limits.max_columns
-        if self.rec_delims + 1 > most:
-            self._too_many(self.rec_line, self.rec_delims + 1, at_least=True)
+        self._records(rec_delims, rec_lines, rec_starts, blank, d_before, de, term, buf, problem)
 
+        if self.has_header and self.header_raw is None and not self.blank_first:
+            # The header still open: kept (it is the one part of the text kept), within the limit.
+            if self.off + n > limit:
+                problem(max(limit - self.off, 0), f"the header is longer than the limit of "
+                        f"{_bytes_words(limit)} (limits.max_field_bytes)", 1)
+            else:
+                self.header_buf += buf
+        if problems:
+            pos, line, why = min(problems, key=lambda p: p[0])
+            self._fail(line, why)
+        if done:
+            self.rec_start = self.off + int(term[-1]) + 1
+            self.rec_line = int(rec_lines[-1])
+            self.rec_delims = int(rec_delims[-1])
+        else:
+            self.rec_delims = int(rec_delims[0])
         self.quotes += len(q)
         self.lines += len(nl)
         self.prev = int(a[-1])
         self.off += n
 
-    def _too_many(self, line: int, fields: int, at_least: bool = False) -> None:
-        found = f"at least {fields}" if at_least else f"{fields}"
-        if self.width is None:
-            self._fail(line, f"{found} columns, more than the limit of {self.limits.max_columns:,} (limits.max_columns)")
-        self._fail(line, f"expected {self.width} fields, found {found}")
-
-    def _records(self, rec_delims, rec_lines, blank, buf, rec_starts, term) -> None:
-        if not len(rec_delims):
-            return
+    def _records(self, rec_delims, rec_lines, rec_starts, blank, d_before, de, term, buf, problem) -> None:
+        """The records of a chunk (the last one still open): header, width, ragged rows."""
+        done = len(term)
         fields = rec_delims + 1
-        if self.has_header and self.header_raw is None:  # the first record is the header
-            keep = np.flatnonzero(~blank)
-            if not len(keep):  # blank lines only so far: empty, unless something follows
-                self.blank_first = True
+        n = len(buf)
+        last_len = n - int(rec_starts[-1])  # bytes of the open record in this chunk
+        open_content = last_len > 1 or (last_len == 1 and buf[-1] != _CR) or (
+            done == 0 and self.off + n - self.rec_start > 1)
+
+        def carried(k: int) -> int:
+            return self.rec_delims if k == 0 else 0
+
+        first = 0
+        if self.width is None:
+            if self.has_header:
+                nonblank = [k for k in range(done) if not blank[k]] + ([done] if open_content else [])
+                if done and blank[0] and not self.blank_first:
+                    self.blank_first = True
+                if self.blank_first:
+                    if nonblank:  # something after a blank first line: the header is empty
+                        k = nonblank[0]
+                        problem(max(int(rec_starts[k]), 0), "the header is empty", 1)
+                    return
+                k = 0
+            else:
+                nonblank = [k for k in range(done) if not blank[k]] + ([done] if open_content else [])
+                if not nonblank:
+                    return
+                k = nonblank[0]
+            if fields[k] > self.limits.max_columns:
+                cut = int(d_before[k]) + self.limits.max_columns - 1 - carried(k)
+                problem(de[cut], self._too_many_words(None, None), int(rec_lines[k]))
                 return
-            if keep[0] != 0 or self.blank_first:
-                self._fail(1, "the header is empty")
-            if fields[0] > self.limits.max_columns:
-                self._too_many(1, int(fields[0]))
-            self.header_raw = bytes(self.header_buf) + buf[max(int(rec_starts[0]), 0):int(term[0])]
-            self.header_buf = bytearray()
-            self.width = int(fields[0])
-            fields, rec_lines, blank = fields[1:], rec_lines[1:], blank[1:]
-        elif self.width is None:  # no header: the first non-blank record sets the width
-            keep = np.flatnonzero(~blank)
-            if not len(keep):
+            if k == done:  # still open: the width is not known yet
                 return
-            if fields[keep[0]] > self.limits.max_columns:
-                self._too_many(int(rec_lines[keep[0]]), int(fields[keep[0]]))
-            self.width = int(fields[keep[0]])
+            self.width = int(fields[k])
+            if self.has_header:
+                self.header_raw = bytes(self.header_buf) + buf[max(int(rec_starts[0]), 0):int(term[0])]
+                self.header_buf = bytearray()
+                if len(self.header_raw) > self.limits.max_field_bytes:
+                    problem(max(self.limits.max_field_bytes - self.off, 0), "the header is longer than the limit of "
+                            f"{_bytes_words(self.limits.max_field_bytes)} (limits.max_field_bytes)", 1)
+                first = 1
+        width = self.width
+        many = [k for k in np.flatnonzero(fields > width) if k >= first]
+        if many:  # a problem at the delimiter that makes one field too many
+            k = int(many[0])
+            problem(de[int(d_before[k]) + width - 1 - carried(k)], self._too_many_words(width, None),
+                    int(rec_lines[k]))
+        few = [k for k in np.flatnonzero((fields[:done] < width) & ~blank) if k >= first]
+        if few:
+            k = int(few[0])
+            problem(term[k], self._too_many_words(width, int(fields[k])), int(rec_lines[k]))
         ok = ~blank
-        ragged = ok & (fields != self.width)
-        if ragged.any():
-            k = int(np.argmax(ragged))
-            self._too_many(int(rec_lines[k]), int(fields[k]))
-        self.starts.append(np.asarray(rec_lines[ok], dtype=np.int64))
+        ok[:first] = False
+        self.starts.append(np.asarray(rec_lines[:done][ok], dtype=np.int64))
         self.nonblank += int(ok.sum())
 
     def finish(self) -> None:
@@ -757,14 +789,19 @@ def to_date(values: pd.Series) -> pa.Array:
     s = values.astype("string").str.strip()
     ok = s.str.fullmatch(DATE_RE).fillna(False)
     parsed = pd.to_datetime(s.where(ok), format="%Y-%m-%d", errors="coerce")
-    return pa.array(parsed.dt.date.where(parsed.notna(), None).tolist(), pa.date32())
+    return _dates_or_null(parsed)
+
+
+def _dates_or_null(parsed: pd.Series) -> pa.Array:
+    days = np.asarray(parsed.to_numpy(), dtype="datetime64[s]").astype("datetime64[D]")
+    return pa.array(days, pa.date32(), mask=np.isnat(days))
 
 
 def to_date_yyyymmdd(values: pd.Series) -> pa.Array:
     s = values.astype("string").str.strip()
     ok = s.str.fullmatch(r"[0-9]{8}").fillna(False)
     parsed = pd.to_datetime(s.where(ok), format="%Y%m%d", errors="coerce")
-    return pa.array(parsed.dt.date.where(parsed.notna(), None).tolist(), pa.date32())
+    return _dates_or_null(parsed)
 
 
 def opcs_present(values: pd.Series) -> pd.Series:
