@@ -462,7 +462,8 @@ class _Scan:
         # field too long is a problem at the byte that makes it too long.
         limit = self.limits.max_field_bytes
         too_long = f"a value longer than the limit of {_bytes_words(limit)} (limits.max_field_bytes)"
-        bounds = np.union1d(de, term)
+        bounds = np.flatnonzero((a == self.delim) | (a == _LF))  # sorted, no sort needed
+        bounds = bounds[outside(bounds)]
         f_starts = np.concatenate([[self.field_start - self.off], bounds + 1])
         f_ends = np.concatenate([bounds, [n]])
         over = np.flatnonzero(f_ends - f_starts > limit)
