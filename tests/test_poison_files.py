@@ -362,3 +362,33 @@ def test_unrecognised_objections_warn_on_the_extract(tmp_path):
     assert sorted(p["nhs_number"] for p in patients) == sorted([rows[0], rows[3]])
     assert [p["type2_objection"] for p in patients if p["nhs_number"] == rows[3]] == [True]
     assert wh.read("gp_extracts", ["2024-01"]).to_pylist()[0]["type2_objections"] == 1
+
+
+def test_hes_and_reference_poison_files_are_rejected_once(tmp_path):
+    landing = tmp_path / "landing"
+    outside = put(tmp_path / "outside", "epraccur.csv", "A81001," * 26 + "x\n")
+    put(landing, "hes_apc/wide.csv", ",".join(f"C{i}" for i in range(3000)) + "\n")
+    data = gzip.compress(("PROCODE3,EPIKEY\n" + "RGT,1\n" * 5000).encode())
+    put(landing, "hes_apc/cut.csv.gz", data[: len(data) // 2])
+    (landing / "hes_apc" / "link.csv").symlink_to(outside)
+    (landing / "reference").mkdir()
+    (landing / "reference" / "epraccur.csv").symlink_to(outside)
+    put(landing, "reference/sites.csv", 'SITE_CODE,PROVIDER_CODE,NAME\nRGT01,RGT,"A ""quoted""\nname"\n')
+    store, wh = Store(landing), Warehouse(Store(tmp_path / "warehouse"))
+    ref = ingest.load_reference(store, wh, Settings())
+    assert ref["files_taken"] == ["reference/sites.csv"] and ref["ref_sites"] == 1
+    assert wh.read("ref_sites").column("name").to_pylist() == ['A "quoted"\nname']
+    report = ingest.ingest_hes(store, wh, Settings())
+    reasons = {r["file_name"]: r["reason"] for r in ref["rejected_files"] + report.rejected_files}
+    assert reasons == {
+        "reference/epraccur.csv": "reference/epraccur.csv: a symbolic link: only regular files under the landing "
+                                  "root are read, so neither it nor what it points to was opened",
+        "hes_apc/link.csv": "hes_apc/link.csv: a symbolic link: only regular files under the landing root are "
+                            "read, so neither it nor what it points to was opened",
+        "hes_apc/wide.csv": "hes_apc/wide.csv: line 1: more than 2,000 columns, the limit (limits.max_columns)",
+        "hes_apc/cut.csv.gz": "hes_apc/cut.csv.gz: the gzip data is damaged or truncated",
+    }
+    parts = outcome_parts(wh)
+    assert ingest.load_reference(store, wh, Settings())["rejected_files"] == []
+    assert ingest.ingest_hes(store, wh, Settings()).rejected_files == []
+    assert outcome_parts(wh) == parts
