@@ -6,7 +6,6 @@ landing zones; NHS numbers generated in the 999 test range."""
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import subprocess
 import sys
