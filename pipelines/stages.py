@@ -76,7 +76,7 @@ def load_reference(settings: Settings) -> dict:
     from pipelines import ingest
 
     landing, wh, _ = stores(settings)
-    return ingest.load_reference(landing, wh)
+    return ingest.load_reference(landing, wh, settings)
 
 
 def ingest_hes(settings: Settings) -> dict:
