@@ -643,10 +643,16 @@ def _header(raw: bytes, delimiter: str, fd: Feed, rel_path: str, info: ReadInfo)
             raise FileRejected(f"{rel_path}: line 1: the header has an empty column name")
         names.append(declared.get(key, h.strip(_TRIM)))
         keys.append(key)
-    dupes = sorted({names[i] for i, k in enumerate(keys) if keys.count(k) > 1})
+    seen: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        seen.setdefault(k, []).append(i + 1)
+    dupes = [(k, at) for k, at in seen.items() if len(at) > 1]
     if dupes:
+        # Declared names are quoted; any other only by position (a header line that is
+        # really a data row must not be quoted back).
+        words = sorted(declared[k] if k in declared else "columns " + " and ".join(map(str, at)) for k, at in dupes)
         raise FileRejected(f"{rel_path}: line 1: the header names the same column more than once "
-                           f"(names compared trimmed and ignoring case): {', '.join(dupes)}")
+                           f"(names compared trimmed and ignoring case): {', '.join(words)}")
     missing = [c for c in fd.required if c not in names]
     if missing:
         raise FileRejected(f"{rel_path}: the header lacks required column(s) {', '.join(missing)}")

@@ -343,6 +343,17 @@ def test_header_naming_a_column_twice_is_rejected(tmp_path, header):
         read_csv(store, "gp/GP_A81001_20240131.csv", "gp")
 
 
+def test_a_data_row_read_as_header_is_never_quoted_back(tmp_path):
+    """An extract without its header: its first row's values repeat (two dates); the
+    reason names positions, never the values."""
+    row = _gp_rows([""]).strip().rstrip(",").replace(",1,", ",1970-01-01,")
+    store = _store(tmp_path, {"gp/GP_A81001_20240131.csv": row + "\n" + row + "\n"})
+    with pytest.raises(FileRejected) as exc:
+        read_csv(store, "gp/GP_A81001_20240131.csv", "gp")
+    assert exc.value.reason.endswith("ignoring case): columns 2 and 3")
+    assert "1970" not in exc.value.reason and row.split(",")[0] not in exc.value.reason
+
+
 def test_gp_header_without_objection_is_rejected_even_if_no_one_objects(tmp_path):
     text = "NHS_NUMBER,DATE_OF_BIRTH,SEX,REGISTRATION_DATE\n" + _gp_rows([""]).replace(",\n", "\n")
     store = _store(tmp_path, {"gp/GP_A81001_20240131.csv": text})
