@@ -265,7 +265,7 @@ def test_store_refuses_to_open_links_and_lists_them_only_when_asked(tmp_path):
     assert store.read_bytes("gp/real.csv", regular_only=True) == b"x"
 
 
-def test_s3_keys_with_dot_dot_or_empty_segments_are_listed_unsafe(s3_bucket):
+def test_s3_keys_with_dot_dot_or_empty_segments_are_listed_unsafe(s3_bucket, tmp_path):
     import boto3
 
     bucket, endpoint = s3_bucket
@@ -278,6 +278,19 @@ def test_s3_keys_with_dot_dot_or_empty_segments_are_listed_unsafe(s3_bucket):
     kinds = {f.path: f.kind for f in store.list("gp", special=True)}
     assert kinds == {"gp/GP_A81001_20240131.csv": "file", "gp//GP_A81002_20240131.csv": "unsafe",
                      "gp/../gp/GP_A81003_20240131.csv": "unsafe"}
+    from pipelines.storage import UnsafePath
+
+    with pytest.raises(UnsafePath):
+        store.open("gp/../gp/GP_A81003_20240131.csv", regular_only=True)
+    # Recorded as rejected, never read, once.
+    wh = Warehouse(Store(tmp_path / "warehouse"))
+    out = ingest.scan_landing(store, wh)
+    assert sorted(r["file_name"] for r in out["rejected_files"]) == [
+        "gp/../gp/GP_A81003_20240131.csv", "gp//GP_A81002_20240131.csv"]
+    led = ledger(wh)
+    assert {led[n]["sha256"] for n in ("gp//GP_A81002_20240131.csv", "gp/../gp/GP_A81003_20240131.csv")} == {
+        "not-opened-unsafe-path"}
+    assert ingest.scan_landing(store, wh)["rejected_files"] == []
 
 
 # ----------------------------------------------------------------------------- unexpected errors
