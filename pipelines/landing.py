@@ -523,8 +523,9 @@ class _Scan:
 
         first = 0
         if self.width is None:
+            done_nonblank = np.flatnonzero(~blank[:done])[:1].tolist()
+            nonblank = done_nonblank + ([done] if open_content else [])
             if self.has_header:
-                nonblank = [k for k in range(done) if not blank[k]] + ([done] if open_content else [])
                 if done and blank[0] and not self.blank_first:
                     self.blank_first = True
                 if self.blank_first:
@@ -534,7 +535,6 @@ class _Scan:
                     return
                 k = 0
             else:
-                nonblank = [k for k in range(done) if not blank[k]] + ([done] if open_content else [])
                 if not nonblank:
                     return
                 k = nonblank[0]
@@ -593,6 +593,22 @@ class _Opener:
     def chunks(self, limits: Limits, info: ReadInfo) -> Iterator[bytes]:
         with self.open_fn() as fh:
             yield from _text_chunks(fh, self.rel, limits, self.size, info)
+
+
+IN_ONE_PIECE = 256 << 20
+"""A text up to this size (already scanned and within the limits) is handed to the parser
+in one piece (pyarrow parses a buffer faster than a Python stream); a larger one as a
+stream."""
+
+
+def _parse_input(chunks: Iterator[bytes], one_piece: int = IN_ONE_PIECE):
+    held, total = [], 0
+    for chunk in chunks:
+        held.append(chunk)
+        total += len(chunk)
+        if total > one_piece:
+            return _ChunkReader(itertools.chain(held, chunks))
+    return pa.BufferReader(b"".join(held))
 
 
 def _header_key(name: str) -> str:
@@ -709,7 +725,7 @@ def read_stream(open_fn, rel_path: str, feed: Feed | str, limits: Limits | None 
     chunks = opener.chunks(limits, ReadInfo(rel_path, key))
     try:
         table = pacsv.read_csv(
-            _ChunkReader(chunks),
+            _parse_input(chunks),
             read_options=read_opts,
             parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=scan.multiline),
             convert_options=pacsv.ConvertOptions(

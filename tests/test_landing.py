@@ -420,3 +420,18 @@ def test_dates_need_ascii_digits():
 
     assert to_date(pd.Series(["2024-01-31", "\uff12\uff10\uff12\uff14-01-31"], dtype="string")).to_pylist()[1] is None
     assert to_date_yyyymmdd(pd.Series(["\uff12\uff10\uff12\uff140131"], dtype="string")).to_pylist() == [None]
+
+
+def test_a_large_text_is_parsed_as_a_stream_like_a_small_one():
+    import pyarrow.csv as pacsv
+
+    from pipelines.landing import _ChunkReader, _parse_input
+
+    text = b"A,B\n" + b"".join(b"%d,x\n" % i for i in range(50_000))
+    pieces = [text[i:i + 1000] for i in range(0, len(text), 1000)]
+    streamed = _parse_input(iter(pieces), one_piece=5000)
+    assert isinstance(streamed, _ChunkReader)
+    whole = _parse_input(iter(pieces))
+    assert not isinstance(whole, _ChunkReader)
+    assert pacsv.read_csv(streamed).equals(pacsv.read_csv(whole))
+    assert pacsv.read_csv(_parse_input(iter(pieces), one_piece=5000)).num_rows == 50_000
