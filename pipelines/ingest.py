@@ -5,7 +5,7 @@ they broke). See ``docs/ingest.md``.
 Public API (no Dagster here; the assets call one function per source and period)::
 
     scan_landing(landing, warehouse, settings=None) -> dict
-    load_reference(landing, warehouse) -> dict
+    load_reference(landing, warehouse, settings=None) -> dict
     ingest(source, period, landing, warehouse, settings, *, today=None, data_docs_dir=None) -> IngestReport
     ingest_hes(landing, warehouse, settings, *, today=None, data_docs_dir=None) -> IngestReport
     read_ledger(warehouse) -> pa.Table                 # conformed to schemas.get("ledger")
@@ -45,16 +45,17 @@ from expectations.rules import date_col
 from pipelines import nhs_number, schemas
 from pipelines.landing import (
     FileRejected,
+    Limits,
     ParsedName,
     Rejection,
     opcs_present,
-    parse_bytes,
     parse_name,
+    read_csv,
     sha256_stream,
     to_date_yyyymmdd,
 )
 from pipelines.schemas.inputs import FEEDS, TYPE2
-from pipelines.storage import FileInfo, Store
+from pipelines.storage import FileInfo, Store, UnsafePath
 from pipelines.text import SPACE
 from pipelines.warehouse import Warehouse
 
@@ -494,6 +495,7 @@ class IngestReport:
     submissions: list[dict] = field(default_factory=list)  # one per file taken in
     partitions: dict[str, list[str]] = field(default_factory=dict)  # period -> submission ids
     rule_counts: list[dict] = field(default_factory=list)  # failing rules per file
+    objection_warnings: list[dict] = field(default_factory=list)  # GP: {file_name, objection_unrecognised, warning}
     validation_seconds: float = 0.0  # time this process spent validating or waiting for the worker
     validation_worker_seconds: float = 0.0  # time the worker process spent validating (overlapped)
 
@@ -512,6 +514,7 @@ class IngestReport:
             "rejected_files": self.rejected_files, "held_files": self.held_files,
             "submissions": self.submissions, "partitions": self.partitions,
             "rule_counts": self.rule_counts[:200],
+            "objection_warnings": self.objection_warnings,
             "validation_seconds": round(self.validation_seconds, 3),
             "validation_worker_seconds": round(self.validation_worker_seconds, 3),
         }
@@ -997,35 +1000,93 @@ def _dq_tables(files: list[tuple]) -> tuple[pa.Table, pa.Table]:
 
 
 # ============================================================================ files
-def _read_candidate(landing, fi, parsed: ParsedName, feed, ledger, warehouse: Warehouse, report: IngestReport):
+NOT_OPENED = {
+    "link": ("not-opened-symbolic-link",
+             "a symbolic link: only regular files under the landing root are read, so neither it "
+             "nor what it points to was opened"),
+    "special": ("not-opened-special-file",
+                "not a regular file (a FIFO, socket or device): only regular files are read; not opened"),
+    "unsafe": ("not-opened-unsafe-path",
+               "its path has '..', '.' or empty segments: only files under the landing root are read; not opened"),
+    "error": ("not-opened-read-error", None),
+}
+"""What the ledger's ``sha256`` holds for a file never opened (clearly not a hash), and why."""
+
+
+def _unexpected(fi_path: str, what: str, exc: BaseException) -> str:
+    """The reason for a file an unexpected error stopped: the error's class only (its
+    message may quote a row)."""
+    return (f"{fi_path}: {what} failed with an unexpected error ({type(exc).__name__}); "
+            f"the file is rejected and the other files go on")
+
+
+def _refuse_unopened(warehouse: Warehouse, fi: FileInfo, kind: str, ledger: "_Ledger",
+                     report: IngestReport | None, reason: str | None = None) -> None:
+    """Record, once, a file that is not to be opened (or could not be): rejected, its
+    ``sha256`` a marker saying why (:data:`NOT_OPENED`), no size."""
+    marker, why = NOT_OPENED[kind]
+    if ledger.has(fi.path, marker):
+        return
+    parsed = parse_name(fi.path)
+    name = parsed if isinstance(parsed, ParsedName) else Rejection(
+        fi.path, "", parsed.source, parsed.submission_id)
+    _reject(warehouse, name, marker, None, ledger.first_seen(fi.path, marker),
+            reason or f"{fi.path}: {why}", report)
+    ledger.keys.add((fi.path, marker))
+
+
+def _read_candidate(landing, fi, parsed: ParsedName, feed, ledger, warehouse: Warehouse, report: IngestReport,
+                    limits: Limits | None = None):
     """A file not yet taken in, parsed: (frame, info, sha256, first seen), or None when it
-    is not to be read (seen before) or cannot be parsed (then recorded as rejected)."""
+    is not to be read (seen before) or cannot be parsed (then recorded as rejected, with
+    any unexpected error: no file stops the run). Read as a stream (landing.read_csv)."""
     got = _candidate(landing, fi, parsed, ledger, warehouse, report)
     if got is None:
         return None
-    data, sha = got
+    size, sha = got
     first = ledger.first_seen(fi.path, sha)
     try:
-        frame, info = parse_bytes(data, fi.path, feed)
+        frame, info = read_csv(landing, fi.path, feed, limits or Limits.from_settings(None), size)
     except FileRejected as exc:
-        _reject(warehouse, parsed, sha, len(data), first, exc.reason, report)
+        _reject(warehouse, parsed, sha, size, first, exc.reason, report)
         return None
+    except UnsafePath:  # replaced by a link since it was hashed
+        _refuse_unopened(warehouse, fi, "link", ledger, report)
+        return None
+    except Exception as exc:  # noqa: BLE001 - no file can stop the pipeline
+        _reject(warehouse, parsed, sha, size, first, _unexpected(fi.path, "reading it", exc), report)
+        return None
+    if info.objection_unrecognised:
+        _objection_warning(report, fi.path, info)
     return frame, info, sha, first
 
 
+def _objection_warning(report: IngestReport, file_name: str, info) -> None:
+    """An extract with OBJECTION values that are no known code: read as type 1 (dropped),
+    and said on the extract (report, Dagster check); the count is never published."""
+    n = info.objection_unrecognised
+    report.objection_warnings.append({
+        "file_name": file_name, "objection_unrecognised": n,
+        "warning": (f"{file_name}: {n} OBJECTION value(s) neither empty nor 9Nu0 nor 9Nu4 were read as type 1 "
+                    f"objections (their rows dropped, never stored); ask the practice to correct the codes")})
+    log.warning("%s: %d OBJECTION value(s) not recognised, read as type 1 objections", file_name, n)
+
+
 def _candidate(landing: Store, fi: FileInfo, parsed: ParsedName, ledger: _Ledger,
-               warehouse: Warehouse, report: IngestReport) -> tuple[bytes, str] | None:
-    """The file's bytes and SHA-256 when it is to be taken in now; None when it was seen
-    before byte for byte, or is refused (recorded in the ledger)."""
+               warehouse: Warehouse, report: IngestReport) -> tuple[int, str] | None:
+    """The file's size and SHA-256 (streamed) when it is to be taken in now; None when it
+    was seen before byte for byte, or is refused (recorded in the ledger)."""
     if ledger.unchanged(fi):
         report.files_skipped.append(fi.path)
         return None
     try:
-        data = landing.read_bytes(fi.path)
-    except Exception as exc:  # noqa: BLE001
-        report.rejected_files.append({"file_name": fi.path, "reason": f"{fi.path}: cannot be read ({type(exc).__name__})"})
+        sha, size = sha256_stream(landing, fi.path)
+    except UnsafePath:
+        _refuse_unopened(warehouse, fi, "link", ledger, report)
         return None
-    sha = hashlib.sha256(data).hexdigest()
+    except Exception as exc:  # noqa: BLE001
+        _refuse_unopened(warehouse, fi, "error", ledger, report, _unexpected(fi.path, "reading it", exc))
+        return None
     if ledger.has(fi.path, sha):
         report.files_skipped.append(fi.path)
         return None
@@ -1037,7 +1098,7 @@ def _candidate(landing: Store, fi: FileInfo, parsed: ParsedName, ledger: _Ledger
         reason = (f"{fi.path}: changed after it was taken in: the file taken in on {when} had SHA-256 "
                   f"{e['sha256'][:12]}..., this one has {sha[:12]}...; the earlier version stays in force. "
                   f"A corrected submission needs a new file name")
-        _reject(warehouse, parsed, sha, len(data), first, reason, report)
+        _reject(warehouse, parsed, sha, size, first, reason, report)
         log.error("%s", reason)
         return None
     dup = ledger.taken_submission(parsed.source, parsed.submission_id)
@@ -1045,12 +1106,12 @@ def _candidate(landing: Store, fi: FileInfo, parsed: ParsedName, ledger: _Ledger
     if not dup.empty and parsed.source != "reference":
         reason = (f"{fi.path}: the same submission ({parsed.submission_id}) was already taken in as "
                   f"{dup.iloc[0]['file_name']}")
-        _reject(warehouse, parsed, sha, len(data), first, reason, report)
+        _reject(warehouse, parsed, sha, size, first, reason, report)
         return None
-    return data, sha
+    return size, sha
 
 
-def _reject(warehouse: Warehouse, name, sha: str, size: int, first: datetime, reason: str,
+def _reject(warehouse: Warehouse, name, sha: str, size: int | None, first: datetime, reason: str,
             report: IngestReport | None) -> None:
     _write_event(warehouse, _event(name, sha, size, first, "rejected", reason), "outcome")
     if report is not None:
@@ -1060,17 +1121,35 @@ def _reject(warehouse: Warehouse, name, sha: str, size: int, first: datetime, re
 
 def _record_bad_names(landing: Store, files: list[FileInfo], ledger: _Ledger, warehouse: Warehouse,
                       report: IngestReport | None) -> None:
+    """Record, once each, what is listed but never to be read: links, special files,
+    unsafe keys (not opened) and misnamed files (hashed, not parsed)."""
     for fi in files:
+        if fi.kind != "file":
+            _refuse_unopened(warehouse, fi, fi.kind if fi.kind in NOT_OPENED else "special", ledger, report)
+            continue
         parsed = parse_name(fi.path)
         if not isinstance(parsed, Rejection):
             continue
         if ledger.unchanged(fi):
             continue
-        sha, size = sha256_stream(landing, fi.path)
+        try:
+            sha, size = sha256_stream(landing, fi.path)
+        except UnsafePath:
+            _refuse_unopened(warehouse, fi, "link", ledger, report)
+            continue
+        except Exception as exc:  # noqa: BLE001
+            _refuse_unopened(warehouse, fi, "error", ledger, report, _unexpected(fi.path, "reading it", exc))
+            continue
         if ledger.has(fi.path, sha):
             continue
         _reject(warehouse, parsed, sha, size, ledger.first_seen(fi.path, sha), parsed.reason, report)
         ledger.keys.add((fi.path, sha))
+
+
+def _files(landing: Store, folder: str) -> list[FileInfo]:
+    """What the landing zone lists under ``folder``: regular files, and links, special
+    files and unsafe keys (for :func:`_record_bad_names` to record; never read)."""
+    return landing.list(folder, special=True)
 
 
 def _sort_key(item):
@@ -1092,12 +1171,15 @@ def ingest(source: str, period: str, landing: Store, warehouse: Warehouse, setti
     feed = FEEDS[source]
     report = IngestReport(source, period)
     ledger = _Ledger(warehouse)
-    files = landing.list(feed.folder)
+    files = _files(landing, feed.folder)
     report.files_listed = len(files)
     _record_bad_names(landing, files, ledger, warehouse, report)
+    limits = Limits.from_settings(settings)
 
     mine = []
     for fi in files:
+        if fi.kind != "file":
+            continue
         parsed = parse_name(fi.path)
         if isinstance(parsed, ParsedName) and parsed.reporting_period == period:
             mine.append((parsed, fi))
@@ -1137,10 +1219,32 @@ def ingest(source: str, period: str, landing: Store, warehouse: Warehouse, setti
             chunk, future = in_flight
             in_flight = None
             t0 = time.perf_counter()
-            outcomes, silvers, seconds = future.result()
-            report.validation_seconds += time.perf_counter() - t0   # what this process waited
-            report.validation_worker_seconds += seconds
-            take(chunk, outcomes, silvers)
+            try:
+                outcomes, silvers, seconds = future.result()
+                report.validation_seconds += time.perf_counter() - t0   # what this process waited
+                report.validation_worker_seconds += seconds
+                take(chunk, outcomes, silvers)
+            except Exception:  # noqa: BLE001 - no file can stop the pipeline
+                take_alone(chunk)
+
+    def take_alone(chunk: list[tuple]) -> None:
+        """A chunk failed: its files validated and taken in one by one; a file that fails
+        alone is rejected (the error's class only), its parts removed, and the run goes on."""
+        log.warning("a chunk of %d file(s) failed; taking its files in one by one", len(chunk))
+        _remove_untaken_parts(warehouse, period, _Ledger(warehouse))
+        for item in chunk:
+            p_, fi_, fr, _info, sha_, first_ = item
+            try:
+                outcome = _validate(source, fr, period=period, submitter=p_.submitter_code,
+                                    file_name=p_.file_name, context=_as_of_submission(context, p_),
+                                    data_docs_dir=data_docs_dir)
+                take([item], [outcome])
+            except Exception as exc:  # noqa: BLE001
+                _remove_file_parts(warehouse, [period], p_.submission_id)
+                _remove_untaken_parts(warehouse, period, _Ledger(warehouse))
+                _reject(warehouse, p_, sha_, fi_.size, first_, _unexpected(p_.file_name, "taking it in", exc),
+                        report)
+                ledger.keys.add((fi_.path, sha_))
 
     def flush(last: bool) -> None:
         nonlocal pending, pending_rows, pending_cells, worker, in_flight
@@ -1155,15 +1259,18 @@ def ingest(source: str, period: str, landing: Store, warehouse: Warehouse, setti
                 in_flight = (chunk, future)
             else:
                 t0 = time.perf_counter()
-                outcomes = _validate_chunk(source, period, jobs, data_docs_dir)
-                report.validation_seconds += time.perf_counter() - t0
-                take(chunk, outcomes)
+                try:
+                    outcomes = _validate_chunk(source, period, jobs, data_docs_dir)
+                    report.validation_seconds += time.perf_counter() - t0
+                    take(chunk, outcomes)
+                except Exception:  # noqa: BLE001 - no file can stop the pipeline
+                    take_alone(chunk)
         if last:
             take_in_flight()
 
     try:
         for parsed, fi in mine:
-            got = _read_candidate(landing, fi, parsed, feed, ledger, warehouse, report)
+            got = _read_candidate(landing, fi, parsed, feed, ledger, warehouse, report, limits)
             if got is None:
                 continue
             frame, info, sha, first = got
@@ -1351,6 +1458,15 @@ def _remove_untaken_parts(warehouse: Warehouse, period: str, ledger: "_Ledger") 
                 warehouse.store.delete(path)
 
 
+def _remove_file_parts(warehouse: Warehouse, periods: list[str], submission_id: str) -> None:
+    """Remove the parts one file wrote under its own name (part = its submission id), in
+    ``periods``: left by a file whose take-in failed part-way (it is then rejected)."""
+    tables = sorted(set(SILVER.values())) + list(_ChunkParts.TABLES)
+    for table in tables:
+        for period in periods:
+            warehouse.delete_part(table, period, submission_id)
+
+
 class _ChunkParts:
     """The quarantine, data-quality and ``gp_extracts`` rows and the ledger outcomes of the
     files of one chunk, written together: one part per table and one ledger part for the
@@ -1438,21 +1554,27 @@ def ingest_hes(landing: Store, warehouse: Warehouse, settings, *, today: date | 
     period (part = the file's submission id); the ledger holds one row per file."""
     report = IngestReport("hes_apc", None)
     ledger = _Ledger(warehouse)
-    files = landing.list("hes_apc")
+    files = _files(landing, "hes_apc")
     report.files_listed = len(files)
     _record_bad_names(landing, files, ledger, warehouse, report)
+    limits = Limits.from_settings(settings)
     context = None
     for fi in files:
         parsed = parse_name(fi.path)
-        if not isinstance(parsed, ParsedName):
+        if fi.kind != "file" or not isinstance(parsed, ParsedName):
             continue
-        got = _read_candidate(landing, fi, parsed, "hes_apc", ledger, warehouse, report)
+        got = _read_candidate(landing, fi, parsed, "hes_apc", ledger, warehouse, report, limits)
         if got is None:
             continue
         frame, _info, sha, first = got
         if context is None:
             context = _reference_context(landing, warehouse, today)
-        _take_in_hes(parsed, frame, sha, fi.size, first, warehouse, settings, context, data_docs_dir, report)
+        try:
+            _take_in_hes(parsed, frame, sha, fi.size, first, warehouse, settings, context, data_docs_dir, report)
+        except Exception as exc:  # noqa: BLE001 - no file can stop the pipeline
+            periods = sorted({*periods_with_data(warehouse)})
+            _remove_file_parts(warehouse, periods, parsed.submission_id)
+            _reject(warehouse, parsed, sha, fi.size, first, _unexpected(fi.path, "taking it in", exc), report)
         ledger.keys.add((fi.path, sha))
     return report
 
@@ -1620,33 +1742,46 @@ def load_reference(landing: Store, warehouse: Warehouse, settings=None) -> dict:
     out: dict = {"ref_practices": None, "ref_providers": None, "ref_sites": None,
                  "files_taken": [], "rejected_files": []}
     report = IngestReport("reference", None)
-    files = landing.list("reference")
+    files = _files(landing, "reference")
     _record_bad_names(landing, files, ledger, warehouse, report)
+    limits = Limits.from_settings(settings)
     target = {"epraccur": "ref_practices", "providers": "ref_providers", "sites": "ref_sites"}
     arrived: list[tuple[ParsedName, dict]] = []
     for fi in files:
         parsed = parse_name(fi.path)
-        if not isinstance(parsed, ParsedName):
+        if fi.kind != "file" or not isinstance(parsed, ParsedName):
             continue
         table_name = target[parsed.feed]
         if ledger.unchanged(fi) and warehouse.store.exists(warehouse.path(table_name)):
             continue
-        data = landing.read_bytes(fi.path)
-        sha = hashlib.sha256(data).hexdigest()
+        try:
+            sha, size = sha256_stream(landing, fi.path)
+        except UnsafePath:
+            _refuse_unopened(warehouse, fi, "link", ledger, report)
+            continue
+        except Exception as exc:  # noqa: BLE001
+            _refuse_unopened(warehouse, fi, "error", ledger, report, _unexpected(fi.path, "reading it", exc))
+            continue
         if ledger.has(fi.path, sha) and warehouse.store.exists(warehouse.path(table_name)):
             continue
         first = ledger.first_seen(fi.path, sha)
         try:
-            frame, _ = parse_bytes(data, fi.path, parsed.feed)
+            frame, _ = read_csv(landing, fi.path, parsed.feed, limits, size)
+            table = _reference_table(parsed.feed, frame)
         except FileRejected as exc:
-            _reject(warehouse, parsed, sha, len(data), first, exc.reason, report)
+            _reject(warehouse, parsed, sha, size, first, exc.reason, report)
             continue
-        table = _reference_table(parsed.feed, frame)
+        except UnsafePath:
+            _refuse_unopened(warehouse, fi, "link", ledger, report)
+            continue
+        except Exception as exc:  # noqa: BLE001 - no file can stop the pipeline
+            _reject(warehouse, parsed, sha, size, first, _unexpected(fi.path, "reading it", exc), report)
+            continue
         warehouse.write(table_name, table)
         # The ledger outcome is written after the files already taken in are validated
         # again against it: a run stopped part-way takes the file in again, and does the
         # re-validation again.
-        arrived.append((parsed, _event(parsed, sha, len(data), first, "taken", None, received=len(frame),
+        arrived.append((parsed, _event(parsed, sha, size, first, "taken", None, received=len(frame),
                                        quarantined=0, kept=table.num_rows)))
         ledger.keys.add((fi.path, sha))
         out["files_taken"].append(fi.path)
@@ -1787,14 +1922,14 @@ def _revalidate_file(landing: Store, warehouse: Warehouse, r, context, ref: Pars
         return {"file_name": r.file_name, "reason": reason}
 
     try:
-        data = landing.read_bytes(r.file_name)
-    except Exception:  # noqa: BLE001 - gone from the landing zone
+        data = landing.read_bytes(r.file_name, regular_only=True)
+    except Exception:  # noqa: BLE001 - gone from the landing zone (or no longer a regular file)
         data = None
     if data is None or hashlib.sha256(data).hexdigest() != r.sha256:
         return note(f"not re-validated against {ref_label}: the file taken in is no longer in the landing "
                     f"zone as it was; its rows stand as first validated")
     try:
-        frame, _ = parse_bytes(data, r.file_name, FEEDS[source])
+        frame, _ = parse_bytes(data, r.file_name, FEEDS[source], Limits.from_settings(settings))
     except FileRejected:
         return None  # taken in before, so readable: a reader change, left as it was
     outcome = _validate(source, frame, period=period, submitter=parsed.submitter_code, file_name=r.file_name,
@@ -1889,16 +2024,25 @@ def scan_landing(landing: Store, warehouse: Warehouse, settings=None) -> dict:
     Reads nothing but bytes for the hash; takes nothing in. The events are written
     ``SEEN_PER_PART`` to a ledger part (a national month brings 6,500 new files)."""
     ledger = _Ledger(warehouse)
-    files = landing.list("")
+    files = _files(landing, "")
     report = IngestReport("scan", None)
     _record_bad_names(landing, files, ledger, warehouse, report)
     new = 0
     seen: list[dict] = []
     for fi in files:
+        if fi.kind != "file":
+            continue
         parsed = parse_name(fi.path)
         if isinstance(parsed, Rejection) or ledger.unchanged(fi, outcomes_only=False):
             continue
-        sha, size = sha256_stream(landing, fi.path)
+        try:
+            sha, size = sha256_stream(landing, fi.path)
+        except UnsafePath:
+            _refuse_unopened(warehouse, fi, "link", ledger, report)
+            continue
+        except Exception as exc:  # noqa: BLE001 - no file can stop the pipeline
+            _refuse_unopened(warehouse, fi, "error", ledger, report, _unexpected(fi.path, "reading it", exc))
+            continue
         if (fi.path, sha) in ledger.seen:
             continue
         seen.append(_event(parsed, sha, size, _now(), "seen"))

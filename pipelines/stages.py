@@ -165,6 +165,7 @@ def ingest_checks(report: dict) -> list[dict]:
                   and s["rows_received"] != (s.get("rows_kept") or 0) + (s.get("rows_quarantined") or 0)]
     held = [s for s in subs if s.get("held")]
     rejected = md.get("rejected_files", []) or []
+    objections = md.get("objection_warnings", []) or []
     failing = report.get("failing_rules")
     checks = [
         {"name": "rows_accounted_for", "passed": not unbalanced, "severity": "error",
@@ -197,6 +198,11 @@ def ingest_checks(report: dict) -> list[dict]:
          "description": "no file rejected" if not rejected else
          "; ".join(f"{r.get('file_name')}: {_reason(r)}" for r in rejected),
          "metadata": {"rejected": rejected}},
+        # GP extracts with OBJECTION values that are no known code (read as type 1).
+        {"name": "no_unrecognised_objections", "passed": not objections, "severity": "warn",
+         "description": "every OBJECTION value recognised" if not objections else
+         "; ".join(w.get("warning", "") for w in objections),
+         "metadata": {"objection_warnings": objections}},
     ]
     return checks
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import stat
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +32,20 @@ class FileInfo:
     path: str  # relative to the store root, '/'-separated
     size: int
     modified: datetime
+    kind: str = "file"
+    """``file`` (a regular file, the only kind ever read); with ``Store.list(special=True)``
+    also ``link`` (a symbolic link, to a file or a folder: never followed), ``special`` (a
+    FIFO, socket or device) or ``unsafe`` (an S3 key with ``..``, ``.`` or empty path
+    segments)."""
+
+
+class UnsafePath(OSError):
+    """A path that is not a regular file under the store root (a link, a special file,
+    a path escaping the root). Its message names the path only."""
+
+
+def _unsafe_segments(rel: str) -> bool:
+    return any(seg in ("", ".", "..") for seg in rel.split("/"))
 
 
 class Store:
@@ -77,8 +92,11 @@ class Store:
             return f"s3://{self.bucket}/{self._key(path)}"
         return str(self.root / path) if path else str(self.root)
 
-    def list(self, prefix: str = "") -> list[FileInfo]:
-        """Every file under ``prefix`` (recursive), sorted by path."""
+    def list(self, prefix: str = "", *, special: bool = False) -> list[FileInfo]:
+        """Every regular file under ``prefix`` (recursive), sorted by path. Symbolic links
+        are never followed (a linked folder is not descended into) and are left out, as are
+        special files and unsafe S3 keys, unless ``special``: then they are listed too, with
+        their ``kind``, so that the landing zone can record them as rejected."""
         out: list[FileInfo] = []
         if self.is_s3:
             paginator = self.client.get_paginator("list_objects_v2")
@@ -89,20 +107,45 @@ class Store:
                 for obj in page.get("Contents", []):
                     if obj["Key"].endswith("/"):
                         continue
-                    out.append(FileInfo(self._rel(obj["Key"]), obj["Size"], obj["LastModified"]))
+                    rel = self._rel(obj["Key"])
+                    kind = "unsafe" if _unsafe_segments(rel) else "file"
+                    if kind == "file" or special:
+                        out.append(FileInfo(rel, obj["Size"], obj["LastModified"], kind))
         else:
             base = self.root / prefix if prefix else self.root
-            if base.exists():
-                for p in base.rglob("*"):
-                    if p.is_file() and not p.name.startswith(".tmp-"):
-                        st = p.stat()
-                        out.append(
-                            FileInfo(
-                                p.relative_to(self.root).as_posix(),
-                                st.st_size,
-                                datetime.fromtimestamp(st.st_mtime, tz=timezone.utc),
-                            )
-                        )
+
+            def entry(p: str, st: os.stat_result, kind: str) -> None:
+                if kind == "file" or special:
+                    rel = Path(p).relative_to(self.root).as_posix()
+                    out.append(FileInfo(rel, st.st_size, datetime.fromtimestamp(st.st_mtime, tz=timezone.utc), kind))
+
+            try:
+                st = os.lstat(base)
+            except FileNotFoundError:
+                return []
+            if stat.S_ISLNK(st.st_mode):
+                entry(str(base), st, "link")  # the folder itself is a link: never descended into
+                return sorted(out, key=lambda f: f.path)
+            if not stat.S_ISDIR(st.st_mode):
+                return []
+            for folder, dirs, files in os.walk(base, followlinks=False):
+                for d in list(dirs):
+                    full = os.path.join(folder, d)
+                    st = os.lstat(full)
+                    if stat.S_ISLNK(st.st_mode):
+                        dirs.remove(d)  # os.walk does not descend into it; recorded here
+                        entry(full, st, "link")
+                for f in files:
+                    if f.startswith(".tmp-"):
+                        continue
+                    full = os.path.join(folder, f)
+                    try:
+                        st = os.lstat(full)
+                    except FileNotFoundError:  # removed while listing
+                        continue
+                    kind = ("file" if stat.S_ISREG(st.st_mode) else
+                            "link" if stat.S_ISLNK(st.st_mode) else "special")
+                    entry(full, st, kind)
         return sorted(out, key=lambda f: f.path)
 
     def exists(self, path: str) -> bool:
@@ -114,19 +157,48 @@ class Store:
                 return False
         return (self.root / path).is_file()
 
-    def read_bytes(self, path: str) -> bytes:
+    def read_bytes(self, path: str, *, regular_only: bool = False) -> bytes:
+        """The file's bytes. ``regular_only``: see :meth:`open`."""
+        if regular_only:
+            with self.open(path, regular_only=True) as fh:
+                return fh.read()
         if self.is_s3:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(path))["Body"].read()
         return (self.root / path).read_bytes()
 
-    def open(self, path: str):
-        """A binary file object for reading (streams on S3)."""
+    def open(self, path: str, *, regular_only: bool = False):
+        """A binary file object for reading (streams on S3). ``regular_only``: raise
+        :class:`UnsafePath`, before opening anything, unless ``path`` is a regular file under
+        the root reached through no symbolic link (locally: every folder on the way checked,
+        the file opened with ``O_NOFOLLOW`` and checked again once open; S3: a key without
+        ``..``, ``.`` or empty segments)."""
         if self.is_s3:
+            if regular_only and _unsafe_segments(path):
+                raise UnsafePath(f"{path}: not a safe key under the landing prefix")
             return self.client.get_object(Bucket=self.bucket, Key=self._key(path))["Body"]
-        return open(self.root / path, "rb")
+        if not regular_only:
+            return open(self.root / path, "rb")
+        if _unsafe_segments(path) or path.startswith("/"):
+            raise UnsafePath(f"{path}: not a path under the root")
+        full = self.root / path
+        here = self.root
+        for seg in path.split("/")[:-1]:  # every folder on the way: a real folder, no link
+            here = here / seg
+            if not stat.S_ISDIR(os.lstat(here).st_mode):
+                raise UnsafePath(f"{path}: a folder on its path is a symbolic link or not a folder")
+        if os.path.realpath(full) != str(full):
+            raise UnsafePath(f"{path}: resolves outside the root or through a symbolic link")
+        fd = os.open(full, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UnsafePath(f"{path}: not a regular file")
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
 
-    def iter_chunks(self, path: str, size: int = 8 << 20) -> Iterator[bytes]:
-        with self.open(path) as fh:
+    def iter_chunks(self, path: str, size: int = 8 << 20, *, regular_only: bool = False) -> Iterator[bytes]:
+        with self.open(path, regular_only=regular_only) as fh:
             while True:
                 chunk = fh.read(size)
                 if not chunk:

@@ -151,7 +151,8 @@ def test_broken_quoting_rejected(tmp_path):
 
 
 @pytest.mark.parametrize("content, words", [
-    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary content"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "line 1: not UTF-8 text"),  # the first problem by position
+    (b"PROCODE3,SUSRECID\nRGT,\x00\x01\n", "line 2: binary content"),
     (b"PROCODE3,SUSRECID\n\xff\xfe\xfa\n", "line 2: not UTF-8 text"),
     (b"", "the file is empty"),
     (b"\x1f\x8b\x08\x00garbage", "gzip data is damaged"),
@@ -204,16 +205,233 @@ def test_empty_values_are_missing_and_whitespace_kept_raw(tmp_path):
     assert frame.at[0, "EPIEND"] == " 2024-01-03 "
 
 
-def test_record_lines_are_the_lines_holding_more_than_carriage_returns():
-    """The line numbers given to rows: every physical line with anything but ``\\r`` on
-    it, against the definition read line by line, on random bytes of newlines, carriage
-    returns and text."""
+GP_HEADER = "NHS_NUMBER,DATE_OF_BIRTH,SEX,REGISTRATION_DATE,OBJECTION"
+
+
+def _gp_rows(values: list[str], start: int = 100) -> str:
+    """GP rows with generated NHS numbers, one per OBJECTION value."""
+    out, k = [], start
+    for v in values:
+        n = None
+        while not n:
+            n = with_check_digit(f"999{k:06d}")
+            k += 1
+        out.append(f"{n},1970-01-01,1,2000-01-01,{v}")
+    return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------------------- scan
+def _lines(data: bytes, header: bool = True, chunk: int | None = None):
+    """Start lines of the data records found by the scan, the text fed in pieces of
+    ``chunk`` bytes (None: whole)."""
+    from pipelines.landing import Limits, _Scan, _scan
+
+    scan = _Scan("t.csv", ",", Limits(2000, 1 << 20, 100, 1 << 30), header)
+    pieces = [data] if chunk is None else [data[i:i + chunk] for i in range(0, len(data), chunk)]
+    _scan(iter(pieces), scan)
+    return (scan.header_raw, [int(x) for a in scan.starts for x in a])
+
+
+def test_record_start_lines_with_quoted_line_breaks_any_chunking():
+    """Generated records (quoted commas, quoted line breaks, "" escapes, CRLF, blank
+    lines): the scan gives the physical line where each record starts, whatever the
+    size of the pieces the text arrives in."""
     import random
 
-    from pipelines.landing import _nonblank_lines
+    rnd = random.Random(7)
+    values = ["a", "", '"x,y"', '"two\nlines"', '"q""uote"', '"\r\n"', "b c", '"three\n\nlines"']
+    for _ in range(200):
+        text, line, want = "H1,H2\n", 2, []
+        for _ in range(rnd.randrange(0, 8)):
+            if rnd.random() < 0.2:
+                text += rnd.choice(["\n", "\r\n"])
+                line += 1
+                continue
+            row = ",".join(rnd.choice(values) for _ in range(2))
+            want.append(line)
+            text += row + rnd.choice(["\n", "\r\n"])
+            line += row.count("\n") + 1
+        data = text.encode()
+        for chunk in (None, 1, 2, 3, 5, 64):
+            assert _lines(data, chunk=chunk) == (b"H1,H2", want), (data, chunk)
+
+
+def test_scan_fuzz_only_ever_rejects_and_does_not_depend_on_chunks():
+    """Random bytes: the scan either rejects the text (FileRejected) or gives lines, the
+    same however the text is cut."""
+    import random
 
     rnd = random.Random(5)
-    for _ in range(3000):
-        data = bytes(rnd.choice(b"\n\r\ra,") for _ in range(rnd.randrange(0, 30)))
-        want = [i + 1 for i, line in enumerate(data.split(b"\n")) if line.strip(b"\r")]
-        assert _nonblank_lines(data).tolist() == want, data
+    for _ in range(1500):
+        data = bytes(rnd.choice(b'\n\r\ra,,"x') for _ in range(rnd.randrange(0, 24)))
+        for header in (False, True):
+            outs = []
+            for chunk in (None, 1, 2, 7):
+                try:
+                    outs.append(_lines(data, header=header, chunk=chunk))
+                except FileRejected as exc:
+                    outs.append(exc.reason)
+            assert all(o == outs[0] for o in outs), (data, header)
+
+
+def test_quoted_comma_and_line_break_are_values_and_lines_stay_right(tmp_path):
+    text = (SUS_HEADER + ",NOTE\n"
+            'RGT,1,2024-01-01,2024-01-03,2024-01-01,11,1,1,"a, b"\n'
+            'RGT,2,2024-01-01,2024-01-03,2024-01-01,11,1,1,"first\nsecond\r\nthird"\n'
+            "\n"
+            'RGT,3,2024-01-01,2024-01-03,2024-01-01,11,1,1,"say ""hi"""\n'
+            "RGT,4,2024-01-01,2024-01-03,2024-01-01,11,1,1,\n")
+    store = _store(tmp_path, {"sus_apc/a.csv": text})
+    frame, _ = read_csv(store, "sus_apc/a.csv", "sus_apc")
+    assert frame["NOTE"].tolist()[:3] == ["a, b", "first\nsecond\r\nthird", 'say "hi"']
+    assert frame["SUSRECID"].tolist() == ["1", "2", "3", "4"]
+    # The record of line 3 spans lines 3-5; line 6 is blank; line 7 and 8 follow.
+    assert frame["_line"].tolist() == [2, 3, 7, 8]
+
+
+def test_unclosed_quote_is_broken_quoting_with_its_line(tmp_path):
+    text = SUS_HEADER + '\nRGT,1,2024-01-01,2024-01-03,2024-01-01,11,1,1\nRGT,"2,2024-01-01,2024-01-03,2024-01-01,11,1,1\n'
+    store = _store(tmp_path, {"sus_apc/a.csv": text})
+    with pytest.raises(FileRejected) as exc:
+        read_csv(store, "sus_apc/a.csv", "sus_apc")
+    assert exc.value.reason == "sus_apc/a.csv: line 3: broken quoting (a quoted value is never closed)"
+
+
+def test_field_over_the_limit_says_so(tmp_path):
+    from pipelines.landing import Limits
+
+    big = "x" * 2000
+    text = SUS_HEADER + ",NOTE\nRGT,1,2024-01-01,2024-01-03,2024-01-01,11,1,1,ok\n" \
+        f'RGT,2,2024-01-01,2024-01-03,2024-01-01,11,1,1,"{big}"\n'
+    store = _store(tmp_path, {"sus_apc/a.csv": text})
+    with pytest.raises(FileRejected) as exc:
+        read_csv(store, "sus_apc/a.csv", "sus_apc", Limits(2000, 1024, 100, 1 << 30))
+    assert exc.value.reason == ("sus_apc/a.csv: line 3: a value longer than the limit of 1 KiB "
+                                "(limits.max_field_bytes)")
+    frame, _ = read_csv(store, "sus_apc/a.csv", "sus_apc", Limits(2000, 4096, 100, 1 << 30))
+    assert frame["NOTE"].tolist() == ["ok", big]
+
+
+def test_limits_come_from_the_settings_passed_in():
+    from pipelines.config import Settings
+    from pipelines.landing import Limits
+
+    assert Limits.from_settings(Settings()) == Limits(2000, 1 << 20, 100.0, 20 << 30)
+    s = Settings.load(env={"CAREDATA_LIMITS__MAX_COLUMNS": "12"})
+    assert Limits.from_settings(s).max_columns == 12
+
+
+# ----------------------------------------------------------------------------- headers
+def test_header_names_matched_trimmed_and_ignoring_case(tmp_path):
+    text = " nhs_number ,Date_Of_Birth,sex,Registration_Date, Objection,My Extra \n" + \
+        _gp_rows(["", "9Nu4"]).replace(",\n", ",,x\n").replace(",9Nu4\n", ",9Nu4,y\n")
+    store = _store(tmp_path, {"gp/GP_A81001_20240131.csv": text})
+    frame, info = read_csv(store, "gp/GP_A81001_20240131.csv", "gp")
+    assert list(frame.columns) == ["NHS_NUMBER", "DATE_OF_BIRTH", "SEX", "REGISTRATION_DATE", "OBJECTION",
+                                   "My Extra", "_line"]
+    assert info.extra_columns == ["My Extra"]
+    assert frame["My Extra"].tolist() == ["x", "y"]
+
+
+@pytest.mark.parametrize("header", [
+    "NHS_NUMBER,DATE_OF_BIRTH,SEX,REGISTRATION_DATE,OBJECTION,objection",
+    "NHS_NUMBER,DATE_OF_BIRTH,SEX,REGISTRATION_DATE,OBJECTION, nhs_number",
+])
+def test_header_naming_a_column_twice_is_rejected(tmp_path, header):
+    store = _store(tmp_path, {"gp/GP_A81001_20240131.csv": header + "\n" + _gp_rows([""]).replace("\n", ",\n")})
+    with pytest.raises(FileRejected, match=r"line 1: the header names the same column more than once"):
+        read_csv(store, "gp/GP_A81001_20240131.csv", "gp")
+
+
+def test_a_data_row_read_as_header_is_never_quoted_back(tmp_path):
+    """An extract without its header: its first row's values repeat (two dates); the
+    reason names positions, never the values."""
+    row = _gp_rows([""]).strip().rstrip(",").replace(",1,", ",1970-01-01,")
+    store = _store(tmp_path, {"gp/GP_A81001_20240131.csv": row + "\n" + row + "\n"})
+    with pytest.raises(FileRejected) as exc:
+        read_csv(store, "gp/GP_A81001_20240131.csv", "gp")
+    assert exc.value.reason.endswith("ignoring case): columns 2 and 3")
+    assert "1970" not in exc.value.reason and row.split(",")[0] not in exc.value.reason
+
+
+def test_gp_header_without_objection_is_rejected_even_if_no_one_objects(tmp_path):
+    text = "NHS_NUMBER,DATE_OF_BIRTH,SEX,REGISTRATION_DATE\n" + _gp_rows([""]).replace(",\n", "\n")
+    store = _store(tmp_path, {"gp/GP_A81001_20240131.csv": text})
+    with pytest.raises(FileRejected) as exc:
+        read_csv(store, "gp/GP_A81001_20240131.csv", "gp")
+    assert exc.value.reason == ("gp/GP_A81001_20240131.csv: the header lacks the column OBJECTION, which must "
+                                "be present even where every value is empty: an extract without it cannot "
+                                "prove that no patient objected")
+
+
+def test_mixed_case_objection_header_still_drops_type1_rows(tmp_path):
+    """The attack: a header spelling `Objection` used to be an unknown extra column, and
+    every type 1 objector's row was stored."""
+    text = "NHS_NUMBER,DATE_OF_BIRTH,SEX,REGISTRATION_DATE,Objection\n" + _gp_rows(["", "9Nu0", "9Nu0", ""])
+    t1 = [r.split(",")[0] for r in text.splitlines()[1:] if r.endswith("9Nu0")]
+    store = _store(tmp_path, {"gp/GP_A81001_20240131.csv": text})
+    frame, info = read_csv(store, "gp/GP_A81001_20240131.csv", "gp")
+    assert info.type1_objections == 2 and len(frame) == 2
+    assert frame["_line"].tolist() == [2, 5]
+    assert not set(t1) & set(frame["NHS_NUMBER"])
+
+
+# ----------------------------------------------------------------------------- objections
+@pytest.mark.parametrize("value, kind", [
+    ("", None), (" ", None), ("\u200b", None),
+    ("9Nu0", "type1"), (" 9nu0 ", "type1"), ("9NU0", "type1"),
+    ("9Nu4", "type2"), ("9nu4\t", "type2"),
+    ("9NuO", "unrecognised"), ("9Nu0.", "unrecognised"), ("9Nu0\u200b", "unrecognised"),
+    ("\uff19Nu0", "unrecognised"), ("9Nu\uff14", "unrecognised"), ("9N u4", "unrecognised"),
+    ("yes", "unrecognised"), ("9Nu", "unrecognised"),
+])
+def test_objection_values(value, kind):
+    from pipelines.landing import objection_kind
+
+    assert objection_kind(value) == kind
+
+
+def test_unrecognised_objections_read_as_type1_counted_apart_type2_canonical(tmp_path):
+    values = ["", "9Nu0", "9NuO", "9Nu0.", "9Nu0\u200b", "9nu4", " 9Nu4 ", "garbage", "\u200b"]
+    text = GP_HEADER + "\n" + _gp_rows(values)
+    store = _store(tmp_path, {"gp/GP_A81001_20240131.csv": text})
+    frame, info = read_csv(store, "gp/GP_A81001_20240131.csv", "gp")
+    assert info.type1_objections == 5 and info.objection_unrecognised == 4
+    assert frame["_line"].tolist() == [2, 7, 8, 10]
+    # Type 2 stored as the canonical code, as silver and linkage read it (== TYPE2, any case).
+    assert frame["OBJECTION"].tolist()[1:3] == ["9Nu4", "9Nu4"]
+    assert frame["OBJECTION"].isna().tolist() == [True, False, False, True]
+
+
+# ----------------------------------------------------------------------------- digits
+@pytest.mark.parametrize("path", [
+    "gp/GP_A\uff18\uff11\uff10\uff10\uff11_20240131.csv",       # full-width practice digits
+    "gp/GP_A81001_\u0662\u0660\u0662\u0664\u0660\u0661\u0663\u0661.csv",  # Arabic-Indic date
+    "sus_apc/APC_RGT_\uff12\uff10\uff12\uff14\uff10\uff11_20240205120000_BULK.csv",
+    "fft/FFT_RGT_202401_2024020508000\uff10.csv",
+])
+def test_non_ascii_digits_in_file_names_are_rejected(path):
+    r = parse_name(path)
+    assert isinstance(r, Rejection) and "does not follow" in r.reason
+
+
+def test_dates_need_ascii_digits():
+    from pipelines.landing import to_date, to_date_yyyymmdd
+
+    assert to_date(pd.Series(["2024-01-31", "\uff12\uff10\uff12\uff14-01-31"], dtype="string")).to_pylist()[1] is None
+    assert to_date_yyyymmdd(pd.Series(["\uff12\uff10\uff12\uff140131"], dtype="string")).to_pylist() == [None]
+
+
+def test_a_large_text_is_parsed_as_a_stream_like_a_small_one():
+    import pyarrow.csv as pacsv
+
+    from pipelines.landing import _ChunkReader, _parse_input
+
+    text = b"A,B\n" + b"".join(b"%d,x\n" % i for i in range(50_000))
+    pieces = [text[i:i + 1000] for i in range(0, len(text), 1000)]
+    streamed = _parse_input(iter(pieces), one_piece=5000)
+    assert isinstance(streamed, _ChunkReader)
+    whole = _parse_input(iter(pieces))
+    assert not isinstance(whole, _ChunkReader)
+    assert pacsv.read_csv(streamed).equals(pacsv.read_csv(whole))
+    assert pacsv.read_csv(_parse_input(iter(pieces), one_piece=5000)).num_rows == 50_000

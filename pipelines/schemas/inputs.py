@@ -18,6 +18,7 @@ class InputColumn:
     required: bool = False  # must be in the header, else the file is rejected whole
     kind: str = "string"  # string | date | code | nhs_number | postcode | ...
     codes: tuple[str, ...] | None = None
+    why_in_header: str | None = None  # set: must be in the header even where every value is empty
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,11 @@ class Feed:
     @property
     def required(self) -> list[str]:
         return [c.name for c in self.columns if c.required]
+
+    @property
+    def header_columns(self) -> list[str]:
+        """Columns that may be empty but must be in the header (else the file is rejected)."""
+        return [c.name for c in self.columns if c.why_in_header]
 
     @property
     def column_names(self) -> list[str]:
@@ -75,7 +81,7 @@ EPRACCUR_WIDTH = 27
 GP = Feed(
     source="gp",
     folder="gp",
-    name_pattern=re.compile(r"^GP_(?P<submitter>[A-Z]\d{5})_(?P<date>\d{8})\.csv(\.gz)?$"),
+    name_pattern=re.compile(r"^GP_(?P<submitter>[A-Z][0-9]{5})_(?P<date>[0-9]{8})\.csv(\.gz)?$"),
     description="One GP practice's full care.data core extract on the extract date.",
     columns=(
         InputColumn("NHS_NUMBER", "10 digits, may contain spaces; Modulus 11 valid.", True, "nhs_number"),
@@ -87,7 +93,9 @@ GP = Feed(
         InputColumn("REGISTRATION_DATE", "Date the registration started.", True, "date"),
         InputColumn("DEREGISTRATION_DATE", "Date it ended.", False, "date"),
         InputColumn("DATE_OF_DEATH", "Date of death.", False, "date"),
-        InputColumn("OBJECTION", "Empty, 9Nu0 (type 1) or 9Nu4 (type 2).", False, "code", OBJECTION_CODES),
+        InputColumn("OBJECTION", "Empty, 9Nu0 (type 1) or 9Nu4 (type 2); any other value is read as type 1.",
+                    False, "code", OBJECTION_CODES,
+                    why_in_header="an extract without it cannot prove that no patient objected"),
     ),
 )
 
@@ -129,7 +137,7 @@ SUS_APC = Feed(
     source="sus_apc",
     folder="sus_apc",
     name_pattern=re.compile(
-        r"^APC_(?P<submitter>[A-Z0-9]{3})_(?P<period>\d{6})_(?P<submitted>\d{14})_(?P<protocol>BULK|NET)\.csv(\.gz)?$"
+        r"^APC_(?P<submitter>[A-Z0-9]{3})_(?P<period>[0-9]{6})_(?P<submitted>[0-9]{14})_(?P<protocol>BULK|NET)\.csv(\.gz)?$"
     ),
     description="One SUS admitted patient care submission (CDS), bulk replacement or net change.",
     columns=tuple(_sus_cols),
@@ -155,7 +163,7 @@ FFT = Feed(
     source="fft",
     folder="fft",
     name_pattern=re.compile(
-        r"^FFT_(?P<submitter>[A-Z0-9]{3})_(?P<period>\d{6})_(?P<submitted>\d{14})\.csv(\.gz)?$"
+        r"^FFT_(?P<submitter>[A-Z0-9]{3})_(?P<period>[0-9]{6})_(?P<submitted>[0-9]{14})\.csv(\.gz)?$"
     ),
     description="One provider's Friends and Family Test responses for a month.",
     columns=(
