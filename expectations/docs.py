@@ -35,8 +35,8 @@ A rule on an optional field checks only rows where the field has a value (a miss
 optional value is no error); a rule that compares two dates checks only rows where both
 are valid dates (the dates' own rules catch the rest). Values are checked with surrounding
 spaces trimmed, and a value made only of spaces counts as missing; codes are otherwise
-compared exactly (case matters), except `OBJECTION`, read case-insensitively like the
-ingest's type 1 filter. Rules whose arguments come from the file name or reference data (marked *per
+compared exactly (case matters); `OBJECTION` has no rule: the reader has already read it
+(empty, type 2, or type 1 and dropped). Rules whose arguments come from the file name or reference data (marked *per
 submission* below) are applied only when those are known; a rule that is not applied is not counted.
 
 **How the rules run.** Each rule is declared as a GX expectation (the class and arguments
@@ -96,8 +96,11 @@ counted); `reference/providers.csv` feeds no rule, and the figures computed from
   starting before its admission, a discharge before admission, registration before birth,
   deregistration before registration and death before birth are `warn`: the record is
   usable, one of its dates is doubtful.
-- **OBJECTION** other than empty, `9Nu0` or `9Nu4` (any case) is `reject`: an objection that cannot be
-  read must not be treated as no objection.
+- **OBJECTION** other than empty, `9Nu0` or `9Nu4` (any case, spaces around) is read as a type 1
+  objection by the reader, before validation: the row is dropped and counted, never quarantined
+  with the patient's identifiers, and the extract carries a warning (the check
+  `no_unrecognised_objections`). An objection that cannot be read must not be treated as no
+  objection (inputs.md).
 - **HES placeholders**: `-` (and `-   `) in a diagnosis or procedure position means "none";
   `R69X`-style codes with `X` as 4th character are valid ICD-10; `&` and other HES "not
   known" markers fail the format rule (warn). `V81997`-`V81999` are valid practice codes

@@ -1,6 +1,7 @@
 """Suite of the GP extract feed (``gp/``), inputs.md "GP extracts".
 
-Type 1 objection rows never reach validation (ingest drops them on read).
+Type 1 objection rows, and rows whose objection cannot be read (read as type 1), never
+reach validation: the reader drops them (pipelines/landing.py).
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from expectations.rules import R, W, Env, Rule, ScoredField, column_rules, nhs_number, not_before
-from pipelines.schemas.inputs import GP, OBJECTION_CODES
+from pipelines.schemas.inputs import GP
 
 FEED = GP
 SOURCES = ("gp",)
@@ -21,13 +22,9 @@ def _rules() -> list[Rule]:
     out += nhs_number("NHS_NUMBER", missing=R, invalid=R)
     for c in FEED.columns:
         if c.name == "OBJECTION":
-            # Case-insensitive, as ingest's type 1 filter (a '9NU0' row never gets here).
-            out.append(Rule(
-                "OBJECTION_CODE", "OBJECTION", R,
-                "OBJECTION is not empty, 9Nu0 or 9Nu4: the patient's objection cannot be "
-                "read, so the row is held back until the practice corrects it.",
-                "ExpectColumnValuesToMatchRegex",
-                {"column": "OBJECTION", "regex": "(?i)^(?:" + "|".join(OBJECTION_CODES) + ")$"}))
+            # No rule: the reader (pipelines.landing.objection_kind) has already made every
+            # value empty or 9Nu4; type 1 rows, and any value it cannot read (read as type 1,
+            # inputs.md), never reach validation, so no objector is ever quarantined.
             continue
         out += column_rules(FEED, c)
     out += [

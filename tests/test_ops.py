@@ -294,10 +294,11 @@ def _gp_extract(n: int, seed: int) -> str:
 
 
 def held_gp_extract(n: int = 8) -> str:
-    """A GP extract whose every row is rejected (unreadable objection code): held."""
+    """A GP extract whose every row is rejected (a SEX that is no code): held. (An
+    unreadable objection code would not do: such a row is read as type 1 and dropped.)"""
     return ("NHS_NUMBER,DATE_OF_BIRTH,SEX,POSTCODE,LSOA,ETHNIC_CATEGORY,REGISTRATION_DATE,"
             "DEREGISTRATION_DATE,DATE_OF_DEATH,OBJECTION\n"
-            + "".join(f"12345678{i:02d},1950-01-01,1,TS1 1AA,,A,2001-01-01,,,BAD{i}\n" for i in range(n)))
+            + "".join(f"12345678{i:02d},1950-01-01,7,TS1 1AA,,A,2001-01-01,,,\n" for i in range(n)))
 
 
 def tiny_landing(root: Path) -> Path:

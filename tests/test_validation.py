@@ -343,7 +343,6 @@ def test_gp_each_rule_and_field_scores():
         "REGISTRATION_BEFORE_BIRTH": {"REGISTRATION_DATE": "1970-01-01"},
         "DEREGISTRATION_BEFORE_REGISTRATION": {"DEREGISTRATION_DATE": "1999-12-31"},
         "DEATH_BEFORE_BIRTH": {"DATE_OF_DEATH": "1979-01-01"},
-        "OBJECTION_CODE": {"OBJECTION": "9Nu9"},
     }
     variants = [{"OBJECTION": "9nu4", "SEX": " 1 ", "NHS_NUMBER": f" {NHS_OK[:3]} {NHS_OK[3:6]} {NHS_OK[6:]} ",
                  "POSTCODE": "ls14ap", "ETHNIC_CATEGORY": "99", "DEREGISTRATION_DATE": "2020-01-01",
