@@ -198,12 +198,13 @@ def ingest_checks(report: dict) -> list[dict]:
          "description": "no file rejected" if not rejected else
          "; ".join(f"{r.get('file_name')}: {_reason(r)}" for r in rejected),
          "metadata": {"rejected": rejected}},
-        # GP extracts with OBJECTION values that are no known code (read as type 1).
-        {"name": "no_unrecognised_objections", "passed": not objections, "severity": "warn",
-         "description": "every OBJECTION value recognised" if not objections else
-         "; ".join(w.get("warning", "") for w in objections),
-         "metadata": {"objection_warnings": objections}},
     ]
+    if (report.get("source") or md.get("source")) == "gp":
+        # GP extracts with OBJECTION values that are no known code (read as type 1).
+        checks.append({"name": "no_unrecognised_objections", "passed": not objections, "severity": "warn",
+                       "description": "every OBJECTION value recognised" if not objections else
+                       "; ".join(w.get("warning", "") for w in objections),
+                       "metadata": {"objection_warnings": objections}})
     return checks
 
 
