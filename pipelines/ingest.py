@@ -374,7 +374,8 @@ def public_file_name(file_name: str, sha256: str) -> str:
 
     if F_LANDING_NAME.matches(file_name):
         return file_name
-    digest = (sha256 or "")[:12]
+    # A file never opened has no digest (NOT_OPENED): such names read "...-not-opened".
+    digest = "not-opened" if (sha256 or "").startswith("not-opened-") else (sha256 or "")[:12]
     parts = file_name.split("/")
     folder = parts[0] if len(parts) > 1 and parts[0] in _LANDING_FOLDERS else None
     if folder == "hes_apc" and len(parts) == 2 and (parts[1].endswith(".csv") or parts[1].endswith(".csv.gz")):

@@ -168,3 +168,36 @@ def test_a_file_named_after_a_patient_is_never_named_in_logs_or_the_run_summary(
     assert "unrecognised-" in printed
     for needle in (nhs, "Jane", "LS1 4AP", "1970-01-01"):
         assert needle not in printed, needle
+
+
+def test_links_in_the_landing_zone_leave_the_public_ledger_publishable(tmp_path):
+    """A link is rejected and never opened (its ledger digest is a not-opened marker): the
+    public ledger still passes disclosure control and is published, and it shows neither
+    the target's digest nor a name that breaks the convention."""
+    import hashlib
+
+    from pipelines import disclosure, ingest, schemas, stages
+    from pipelines.config import Settings
+
+    secret = tmp_path / "outside" / "secret.csv"
+    secret.parent.mkdir()
+    secret.write_text("NHS_NUMBER,DATE_OF_BIRTH\n")
+    landing = tmp_path / "landing"
+    (landing / "gp").mkdir(parents=True)
+    (landing / "gp" / "GP_A81001_20240131.csv").symlink_to(secret)
+    (landing / "gp" / "Jane Doe.csv").symlink_to(secret)
+    settings = Settings(landing=str(landing), warehouse=str(tmp_path / "wh"), publish=str(tmp_path / "pub"))
+    stages.ingest_feed(settings, "gp", "2024-01")
+    wh = stages.stores(settings)[1]
+    table = ingest.submissions_dataset(wh)
+    rows = sorted(table.to_pylist(), key=lambda r: r["file_name"])
+    assert [(r["file_name"], r["status"], r["sha256"]) for r in rows] == [
+        ("gp/GP_A81001_20240131.csv", "rejected", "not-opened-symbolic-link"),
+        ("gp/unrecognised-not-opened", "rejected", "not-opened-symbolic-link")]
+    assert disclosure.check_public(schemas.get("submissions"), table, settings) == []
+    report = stages.publish_submissions(settings)
+    assert report["published"] and report["rows_published"] == 2
+    target_digest = hashlib.sha256(secret.read_bytes()).hexdigest()
+    published = "\n".join(text for _, text in _texts(tmp_path / "pub"))  # Parquet by its values
+    assert "not-opened-symbolic-link" in published  # the search finds what is there
+    assert target_digest not in published and "Jane" not in published

@@ -278,7 +278,9 @@ F_IDENTIFIER = Format("identifier", r"[a-z][a-z0-9_]{0,63}",
                       "a lower-case identifier of the pipeline or its configuration (letters, digits, _)")
 F_RULE_ID = Format("rule_id", r"[A-Z][A-Z0-9_]{0,63}", "a rule id of expectations/ (upper case, digits, _)")
 F_FIELD = Format("field", r"[A-Z][A-Z0-9_]{0,63}", "a landing-file column name declared in inputs.md")
-F_SHA256 = Format("sha256", r"(?P<opaque>[0-9a-f]{64})", "64 lower-case hex digits")
+F_SHA256 = Format("sha256", r"(?P<opaque>[0-9a-f]{64})|not-opened-(?:symbolic-link|special-file|unsafe-path|read-error)",
+                  "64 lower-case hex digits; for a file never opened (a link, a special file, a path "
+                  "outside the root, a read error) not-opened-<why>")
 # Text the pipeline writes itself (reasons, configured measures): printable ASCII, and no
 # leading = + - @ (a spreadsheet formula). Supplier text never reaches it: file names are
 # replaced by their published form and header names are withheld (ingest.submissions_dataset).

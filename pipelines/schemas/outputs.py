@@ -58,11 +58,11 @@ F_LANDING_NAME = Format(
 F_FILE_NAME = Format(
     "file_name",
     F_LANDING_NAME.pattern
-    + r"|(?:(?:reference|gp|sus_apc|fft|hes_apc)/)?unrecognised-(?P<opaque1>[0-9a-f]{12})"
-    + r"|hes_apc/extract-(?P<opaque2>[0-9a-f]{12})",
+    + r"|(?:(?:reference|gp|sus_apc|fft|hes_apc)/)?unrecognised-(?:(?P<opaque1>[0-9a-f]{12})|not-opened)"
+    + r"|hes_apc/extract-(?:(?P<opaque2>[0-9a-f]{12})|not-opened)",
     "a landing file name that follows inputs.md; else <folder>/unrecognised-<first 12 hex of its "
     "SHA-256> (no folder when it is not a landing folder), and hes_apc/extract-<12 hex> for a HES "
-    "extract, whose name is free text")
+    "extract, whose name is free text; -not-opened in place of the digest for a file never opened")
 NATIONAL = ("ENG",)
 UNKNOWN_CONSULTANT = ("&",)
 
@@ -320,7 +320,7 @@ submissions = register(Dataset(
         s("reporting_period", "Reporting month from the file name, YYYY-MM.", format=F_PERIOD),
         ts("submitted_at", "Submission time from the file name (UTC)."),
         s("protocol", "BULK or NET for SUS; empty otherwise.", codes=("BULK", "NET")),
-        s("sha256", "SHA-256 of the file's bytes as stored.", nullable=False, format=F_SHA256),
+        s("sha256", "SHA-256 of the file's bytes as stored; not-opened-<why> for a file never opened (a symbolic link, a special file, a path outside the landing root, a read error).", nullable=False, format=F_SHA256),
         s("status", "current, superseded, held or rejected.", codes=("current", "superseded", "held", "rejected")),
         s("reason", "Plain words; empty when current.", format=F_PROSE),
         i("rows_received", "Rows read (type 1 never counted); empty for a rejected file."),
