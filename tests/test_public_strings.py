@@ -282,7 +282,10 @@ def test_misnamed_files_are_published_as_unrecognised_and_no_reason_repeats_them
     assert f"fft/unrecognised-{sha[arabic][:12]}" in names
     assert header in names
     header_reason = [r["reason"] for r in rows.values() if r["file_name"] == header][0]
-    assert "repeats a column" in header_reason
+    # the reader names a repeated header column that is no declared column by its position
+    # only (header text is the supplier's): the public reason says so, and holds no value
+    assert "same column more than once" in header_reason and "columns 2 and 3" in header_reason
+    assert NHS not in header_reason
     misnamed = rows[sha[nasty]]
     assert misnamed["status"] == "rejected" and "does not follow" in misnamed["reason"]
     assert misnamed["submitter_code"] is None and misnamed["reporting_period"] is None
