@@ -58,6 +58,7 @@ def run_pipeline(settings: Settings, *, periods: list[str] | None = None, progre
     """Materialise everything for every period found (or the ones given)."""
     from assets import ALL_ASSETS, LEDGER, PERIOD_INGEST, PERIOD_LINK, PERIOD_OUTPUTS, UNPARTITIONED
     from pipelines import stages
+    from pipelines.partitions import sync_periods
     from pipelines.resources import CareDataConfig
 
     # Resource values come from the settings object (its roots are already resolved).
@@ -95,6 +96,10 @@ def run_pipeline(settings: Settings, *, periods: list[str] | None = None, progre
     progress("caredata: scanning the landing zone")
     _run(dg.AssetSelection.assets(*UNPARTITIONED), label="")
     found = stages.periods(settings)
+    # The periods are dynamic partitions: exactly the months with data, whatever they are.
+    added, removed = sync_periods(instance, found)
+    if removed:
+        progress(f"caredata: no file of {', '.join(removed)} is in the landing zone any more: not run")
     summary.periods = [p for p in found if periods is None or p in periods]
     for p in summary.periods:
         progress(f"caredata: {p}: ingest and validation")

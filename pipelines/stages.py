@@ -216,16 +216,20 @@ def current_fft(settings: Settings, period: str) -> dict:
 
 
 def periods(settings: Settings) -> list[str]:
-    """Every reporting period with a taken-in submission (or HES rows), or with landing
-    files still to take in (the runner calls this after the scan, before any ingest), sorted."""
+    """Every reporting period the pipeline runs, sorted: the months with data in the
+    landing zone now (files taken in, or HES rows of extracts taken in) and those with
+    landing files still to take in (the runner calls this after the scan, before any
+    ingest). Any month: 2001, 1801 or next year alike. A period whose files were all
+    removed from the landing zone is not one any more."""
     from pipelines import ingest
 
     landing, wh, _ = stores(settings)
-    return sorted(set(ingest.periods_with_data(wh)) | set(ingest.pending_periods(landing, wh)))
+    return sorted(set(ingest.periods_with_data(wh, landing)) | set(ingest.pending_periods(landing, wh)))
 
 
 def pending_periods(settings: Settings) -> dict[str, str]:
-    """For the sensor: periods with landing files not yet in the ledger -> a fingerprint."""
+    """For the sensor: periods with landing files not yet in the ledger, or with HES rows
+    not yet run through the period -> a fingerprint."""
     from pipelines import ingest
 
     landing, wh, _ = stores(settings)
