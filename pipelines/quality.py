@@ -53,7 +53,60 @@ def _pct(num: pd.Series, den: pd.Series) -> pd.Series:
     return (100.0 * num / den).where(den > 0)
 
 
-def data_quality_tables(dq_rules: pa.Table, dq_fields: pa.Table, ledger: pa.Table, settings) -> dict[str, pa.Table]:
+HES = "hes_apc"
+HES_NO_PROVIDER = "UNKNOWN"
+"""The submitter a HES extract's rows count under when their PROCODE3 is missing (such
+rows are quarantined: PROCODE3 is required; ``submitter_code`` is never empty)."""
+
+
+def _hes_group_rows(groups: pd.DataFrame, fields: pd.DataFrame, quarantine: pd.DataFrame | None) -> pd.DataFrame:
+    """Rows received, quarantined and kept of each (submission, period, provider) group of
+    a HES extract. Every scored field of a group has one row per row received (ingest's
+    ``_hes_group_counts``), so received is their largest ``rows``; quarantined counts the
+    group's quarantine rows (null when the quarantine is not given); kept is the rest."""
+    key = ["submission_id", "period", "submitter_code"]
+    g = groups[key].reset_index(drop=True)
+    f = fields.loc[fields["submission_id"].isin(set(g["submission_id"])), key + ["rows"]].copy()
+    f["submitter_code"] = f["submitter_code"].astype(object).where(f["submitter_code"].notna(), HES_NO_PROVIDER)
+    f["rows"] = f["rows"].astype("Float64")
+    received = f.groupby(key, dropna=False)["rows"].max()
+    out = g.merge(received.rename("rows_received").reset_index(), on=key, how="left")
+    if quarantine is None:
+        out["rows_quarantined"] = pd.Series(pd.NA, index=out.index, dtype="Float64")
+    else:
+        q = quarantine.loc[quarantine["submission_id"].isin(set(g["submission_id"])), key].copy()
+        q["submitter_code"] = q["submitter_code"].astype(object).where(q["submitter_code"].notna(), HES_NO_PROVIDER)
+        n_q = q.groupby(key, dropna=False).size().rename("rows_quarantined").reset_index()
+        out = out.merge(n_q, on=key, how="left")
+        out["rows_quarantined"] = out["rows_quarantined"].astype("Float64").fillna(0)
+    out["rows_received"] = out["rows_received"].astype("Float64")
+    out["rows_kept"] = out["rows_received"] - out["rows_quarantined"]
+    return out
+
+
+def _member(df: pd.DataFrame, hes: np.ndarray) -> pd.Series:
+    """What ties dq rows to a summary group: the submission, or (HES) the submission, period
+    and provider."""
+    own = df["submission_id"].astype(str)
+    return own.where(~hes, own + "|" + df["period"].astype(str) + "|" + df["submitter_code"].astype(str))
+
+
+def _hes_provider(df: pd.DataFrame, led: pd.DataFrame) -> pd.DataFrame:
+    """A HES extract's dq rows with no provider (PROCODE3 missing) under HES_NO_PROVIDER."""
+    hes = df["submission_id"].map(led["source"]).eq(HES) & df["submitter_code"].isna()
+    if not hes.any():
+        return df
+    df = df.copy()
+    df["submitter_code"] = df["submitter_code"].astype(object)
+    df.loc[hes, "submitter_code"] = HES_NO_PROVIDER
+    return df
+
+
+def data_quality_tables(dq_rules: pa.Table, dq_fields: pa.Table, ledger: pa.Table, settings,
+                        quarantine: pa.Table | None = None) -> dict[str, pa.Table]:
+    """The two data-quality datasets. ``quarantine`` (the period's quarantine rows, at
+    least ``period``, ``submission_id``, ``submitter_code``) gives a HES extract's rows
+    quarantined per provider; without it those counts are empty."""
     led = _frame(ledger, ["submission_id", "source", "submitter_code", "reporting_period", "status",
                           "reason", "rows_received", "rows_quarantined", "rows_kept"])
     led = led[led["status"].isin(KEEP_STATUSES) & led["source"].isin(SOURCES)]
@@ -65,6 +118,12 @@ def data_quality_tables(dq_rules: pa.Table, dq_fields: pa.Table, ledger: pa.Tabl
     rules = rules[rules["submission_id"].isin(keep)]
     fields = _frame(dq_fields, ["period", "submission_id", "source", "submitter_code", "field", "rows", "rows_valid"])
     fields = fields[fields["submission_id"].isin(keep)]
+    rules, fields = _hes_provider(rules, led), _hes_provider(fields, led)
+    q = None
+    if quarantine is not None:
+        q = _frame(quarantine.select([c for c in ("period", "submission_id", "submitter_code")
+                                      if c in quarantine.column_names]),
+                   ["period", "submission_id", "submitter_code"])
     key = ["period", "source", "submitter_code"]
 
     # ---------------------------------------------------------------- data_quality
@@ -81,16 +140,32 @@ def data_quality_tables(dq_rules: pa.Table, dq_fields: pa.Table, ledger: pa.Tabl
 
     # ---------------------------------------------------------------- summary
     # Which (period, source, submitter) each submission belongs to: its dq rows' period,
-    # else (no dq rows, e.g. an empty file) its reporting period.
-    placed = pd.concat([rules[["submission_id", "period"]], fields[["submission_id", "period"]]]).drop_duplicates()
+    # else (no dq rows, e.g. an empty file) its reporting period. A HES extract has no
+    # submitter of its own: its rows count under the provider in their PROCODE3, the
+    # submitter_code its dq rows carry (one group per period and provider).
+    placed = pd.concat([rules[["submission_id", "period", "submitter_code"]],
+                        fields[["submission_id", "period", "submitter_code"]]])
+    placed["source"] = placed["submission_id"].map(led["source"])
+    hes = placed["source"].eq(HES).to_numpy(dtype=bool)
+    placed["submitter_code"] = placed["submitter_code"].where(
+        hes, placed["submission_id"].map(led["submitter_code"])).astype(object)
+    placed.loc[hes & placed["submitter_code"].isna().to_numpy(), "submitter_code"] = HES_NO_PROVIDER
+    placed = placed.drop_duplicates(["submission_id", "period", "submitter_code"])
     unplaced = ~led.index.isin(placed["submission_id"])
     extra = pd.DataFrame({"submission_id": led.index[unplaced].tolist(),
-                          "period": led["reporting_period"].to_numpy()[unplaced].tolist()}, dtype="object")
-    placed = pd.concat([placed, extra.dropna(subset=["period"])], ignore_index=True)
-    placed["source"] = placed["submission_id"].map(led["source"])
-    placed["submitter_code"] = placed["submission_id"].map(led["submitter_code"])
+                          "period": led["reporting_period"].to_numpy()[unplaced].tolist(),
+                          "source": led["source"].to_numpy()[unplaced].tolist(),
+                          "submitter_code": led["submitter_code"].to_numpy()[unplaced].tolist()}, dtype="object")
+    extra = extra.dropna(subset=["period"])
+    extra = extra[extra["source"].ne(HES) & extra["submitter_code"].notna()]
+    placed = pd.concat([placed, extra], ignore_index=True)
+    hes = placed["source"].eq(HES).to_numpy(dtype=bool)
     for c in ("rows_received", "rows_quarantined", "rows_kept"):
         placed[c] = placed["submission_id"].map(led[c]).astype("Float64")
+    if hes.any():
+        counts = _hes_group_rows(placed[hes], fields, q)
+        for c in ("rows_received", "rows_quarantined", "rows_kept"):
+            placed.loc[hes, c] = counts[c].to_numpy()
     placed["held"] = placed["submission_id"].map(led["status"]).eq("held")
     placed["reason"] = placed["submission_id"].map(led["reason"])
 
@@ -109,10 +184,12 @@ def data_quality_tables(dq_rules: pa.Table, dq_fields: pa.Table, ledger: pa.Tabl
     group_source = groups["source"].to_numpy(dtype=object)
 
     # Each group's fields: rows and rows present-and-valid summed over its submissions.
-    members = placed[["g", "submission_id"]].drop_duplicates()
-    f = fields.loc[fields["field"].notna(), ["submission_id", "field", "rows", "rows_valid"]]
-    f = f.assign(rows=f["rows"].fillna(0).astype("int64"), rows_valid=f["rows_valid"].fillna(0).astype("int64"))
-    f = (members.merge(f, on="submission_id", how="inner")
+    # A HES extract's fields belong to their own (period, provider) group only.
+    members = placed[["g", "submission_id"]].assign(member=_member(placed, hes)).drop_duplicates(["g", "member"])
+    f = fields.loc[fields["field"].notna(), ["submission_id", "period", "submitter_code", "field", "rows", "rows_valid"]]
+    f = f.assign(rows=f["rows"].fillna(0).astype("int64"), rows_valid=f["rows_valid"].fillna(0).astype("int64"),
+                 member=_member(f, f["submission_id"].map(led["source"]).eq(HES).to_numpy(dtype=bool)))
+    f = (members[["g", "member"]].merge(f, on="member", how="inner")
          .groupby(["g", "field"], sort=True)[["rows", "rows_valid"]].sum().reset_index())
     fg = f["g"].to_numpy(dtype="int64")
     f_rows = f["rows"].to_numpy(dtype="int64")

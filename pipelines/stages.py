@@ -360,7 +360,10 @@ def quality_outputs(settings: Settings, period: str) -> dict:
 
     _, wh, _ = stores(settings)
     ledger = ingest.read_ledger(wh)
-    out = quality.data_quality_tables(wh.read("dq_rules", [period]), wh.read("dq_fields", [period]), ledger, settings)
+    # The quarantine's keys give a HES extract's rows quarantined per provider.
+    quarantine = wh.dataset("quarantine", [period], columns=["period", "submission_id", "submitter_code"]).to_table()
+    out = quality.data_quality_tables(wh.read("dq_rules", [period]), wh.read("dq_fields", [period]), ledger, settings,
+                                      quarantine=quarantine)
     report = {}
     for name in QUALITY_DATASETS:
         table = out[name]

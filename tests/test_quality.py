@@ -250,21 +250,55 @@ def _reference_tables(dq_rules_t, dq_fields_t, ledger_t, settings):
     data_quality = schemas.get("data_quality").conform(
         pa.Table.from_pandas(dq.reset_index(drop=True), preserve_index=False))
 
-    placed = pd.concat([rules[["submission_id", "period"]], fields[["submission_id", "period"]]]).drop_duplicates()
-    unplaced = [s for s in led.index if s not in set(placed["submission_id"])]
+    # HES (added with the per-provider rule): a HES extract's dq rows carry their provider
+    # (none: "UNKNOWN"); its group's rows received are its fields' largest row count, the
+    # quarantined and kept unknown without the quarantine.
+    def provider(df):
+        df = df.copy()
+        hes = df["submission_id"].map(led["source"]).eq("hes_apc")
+        df["submitter_code"] = [("UNKNOWN" if h and (c is None or c != c) else c)
+                                for h, c in zip(hes, df["submitter_code"])]
+        return df
+
+    rules, fields = provider(rules), provider(fields)
+    if len(rules):
+        dq = (rules.assign(rows_checked=rules["rows_checked"].fillna(0).astype("int64"),
+                           rows_failed=rules["rows_failed"].fillna(0).astype("int64"))
+              .groupby(key + ["rule_id", "field", "severity"], dropna=False, sort=True)
+              [["rows_checked", "rows_failed"]].sum().reset_index())
+        dq["pct_passed"] = pct(dq["rows_checked"] - dq["rows_failed"], dq["rows_checked"])
+        data_quality = schemas.get("data_quality").conform(
+            pa.Table.from_pandas(dq.reset_index(drop=True), preserve_index=False))
+    rows = []
+    for df in (rules, fields):
+        for r in df.itertuples(index=False):
+            hes = led.at[r.submission_id, "source"] == "hes_apc"
+            rows.append((r.submission_id, r.period, r.submitter_code if hes else led.at[r.submission_id, "submitter_code"]))
+    placed = pd.DataFrame(rows, columns=["submission_id", "period", "submitter_code"], dtype="object").drop_duplicates()
+    unplaced = [s for s in led.index if s not in set(placed["submission_id"])
+                and led.at[s, "source"] != "hes_apc"]
     extra = pd.DataFrame({"submission_id": unplaced,
-                          "period": [led.at[s, "reporting_period"] for s in unplaced]}, dtype="object")
+                          "period": [led.at[s, "reporting_period"] for s in unplaced],
+                          "submitter_code": [led.at[s, "submitter_code"] for s in unplaced]}, dtype="object")
     placed = pd.concat([placed, extra.dropna(subset=["period"])], ignore_index=True)
     placed["source"] = placed["submission_id"].map(led["source"])
-    placed["submitter_code"] = placed["submission_id"].map(led["submitter_code"])
     for c in ("rows_received", "rows_quarantined", "rows_kept"):
         placed[c] = placed["submission_id"].map(led[c]).astype("Float64")
+    for i in placed.index[placed["source"] == "hes_apc"]:
+        sid, per, sub = placed.at[i, "submission_id"], placed.at[i, "period"], placed.at[i, "submitter_code"]
+        mine = fields[(fields["submission_id"] == sid) & (fields["period"] == per) & (fields["submitter_code"] == sub)]
+        got = [float(x) for x in mine["rows"] if x is not None and x == x]
+        placed.at[i, "rows_received"] = max(got) if got else pd.NA
+        placed.at[i, "rows_quarantined"] = pd.NA
+        placed.at[i, "rows_kept"] = pd.NA
     placed["held"] = placed["submission_id"].map(led["status"]).eq("held")
     placed["reason"] = placed["submission_id"].map(led["reason"])
     out_rows = []
     for (period, source, submitter), grp in placed.groupby(key, dropna=False, sort=True):
         subs = set(grp["submission_id"])
         f = fields[fields["submission_id"].isin(subs)]
+        if source == "hes_apc":  # a HES extract's fields of this period and provider only
+            f = f[(f["period"] == period) & (f["submitter_code"] == submitter)]
         f = (f.assign(rows=f["rows"].fillna(0).astype("int64"), rows_valid=f["rows_valid"].fillna(0).astype("int64"))
              .groupby("field")[["rows", "rows_valid"]].sum())
         nhs_field = NHS_NUMBER_FIELD.get(source)
@@ -313,6 +347,7 @@ def _generated_month(seed: int):
     for src, count in (("gp", 40), ("sus_apc", 8), ("hes_apc", 3), ("fft", 6), ("reference", 2)):
         for s in range(count):
             submitter = f"{src[:1].upper()}{s:03d}"
+            hes = src == "hes_apc"  # a HES extract: no submitter; its rows carry their providers
             for _ in range(rnd.randint(1, 4)):
                 n += 1
                 sid = f"S{n:04d}"
@@ -322,8 +357,8 @@ def _generated_month(seed: int):
                 quarantined = None if received is None else rnd.randint(0, received)
                 kept = None if received is None or rnd.random() < 0.1 else received - quarantined
                 reason = rnd.choice(reasons) if status == "held" else rnd.choice(["", None, "replaced"])
-                led.append((f"{src}/{sid}.csv", sid, src, submitter, period, status, reason,
-                            received, quarantined, kept))
+                led.append((f"{src}/{sid}.csv", sid, src, None if hes else submitter, None if hes else period,
+                            status, reason, received, quarantined, kept))
                 if rnd.random() < 0.05:  # the same submission again: the last row counts
                     led.append((f"{src}/{sid}.csv.gz", sid, src, submitter, period, rnd.choice(statuses),
                                 rnd.choice(reasons), received, quarantined, kept))
@@ -331,15 +366,17 @@ def _generated_month(seed: int):
                     continue  # no dq rows (an empty or unreadable file)
                 dq_period = period or "2024-03"
                 names = rnd.sample(fields_of[src], rnd.randint(1, len(fields_of[src])))
-                for name in names:
-                    rows = rnd.choice([0] + [rnd.randint(1, 5000) for _ in range(5)])
-                    valid = rnd.choice([None, rows, rnd.randint(0, rows), 0])
-                    fields.append((dq_period, sid, src, submitter, name if rnd.random() > 0.03 else None,
-                                   rows if rnd.random() > 0.03 else None, valid))
-                for rule in rnd.sample(["R1", "R2", "R3"], rnd.randint(0, 3)):
-                    checked = rnd.randint(0, 5000)
-                    rules.append((dq_period, sid, src, submitter, rule, f"F{rule}", rnd.choice(["reject", "warn"]),
-                                  checked, rnd.choice([None, rnd.randint(0, checked)])))
+                providers = [("RA1", "2024-03"), ("RB2", "2024-03"), ("RA1", "2024-02"), (None, "2024-03")]
+                for who, per in (rnd.sample(providers, rnd.randint(1, 4)) if hes else [(submitter, dq_period)]):
+                    for name in names:
+                        rows = rnd.choice([0] + [rnd.randint(1, 5000) for _ in range(5)])
+                        valid = rnd.choice([None, rows, rnd.randint(0, rows), 0])
+                        fields.append((per, sid, src, who, name if rnd.random() > 0.03 else None,
+                                       rows if rnd.random() > 0.03 else None, valid))
+                    for rule in rnd.sample(["R1", "R2", "R3"], rnd.randint(0, 3)):
+                        checked = rnd.randint(0, 5000)
+                        rules.append((per, sid, src, who, rule, f"F{rule}", rnd.choice(["reject", "warn"]),
+                                      checked, rnd.choice([None, rnd.randint(0, checked)])))
     return dq_rules(rules), dq_fields(fields), ledger(led)
 
 
@@ -369,3 +406,52 @@ def test_matches_reference_with_only_empty_files(settings):
         "period": "2024-03", "source": "gp", "submitter_code": "P1", "rows_received": 0, "rows_quarantined": 0,
         "rows_kept": 0, "dq_score": None, "pct_valid_nhs_number": None, "below_sanction_threshold": False,
         "held": False, "held_reason": None}]
+
+
+# A HES extract (one ledger row, no submitter of its own) counts under the provider in each
+# row's PROCODE3, per period of EPIEND: its dq rows carry that provider.
+HES_LEDGER = ledger([("hes_apc/extract.csv", "extract", "hes_apc", None, None, "current", "", 6, 2, 4)])
+HES_RULES = dq_rules([
+    ("2002-01", "extract", "hes_apc", "RAA", "EPIEND_BEFORE_EPISTART", "EPIEND", "reject", 3, 1),
+    ("2002-01", "extract", "hes_apc", "RBB", "EPIEND_BEFORE_EPISTART", "EPIEND", "reject", 2, 0),
+    ("2002-02", "extract", "hes_apc", "RAA", "EPIEND_BEFORE_EPISTART", "EPIEND", "reject", 1, 1),
+])
+HES_FIELDS = dq_fields([
+    ("2002-01", "extract", "hes_apc", "RAA", "EPIEND", 3, 2),
+    ("2002-01", "extract", "hes_apc", "RAA", "NEWNHSNO", 3, 3),
+    ("2002-01", "extract", "hes_apc", "RBB", "EPIEND", 2, 2),
+    ("2002-01", "extract", "hes_apc", "RBB", "NEWNHSNO", 2, 1),
+    ("2002-02", "extract", "hes_apc", "RAA", "EPIEND", 1, 0),
+    ("2002-02", "extract", "hes_apc", "RAA", "NEWNHSNO", 1, 1),
+])
+HES_QUARANTINE = pa.table({"period": ["2002-01", "2002-02"], "submission_id": ["extract", "extract"],
+                           "submitter_code": ["RAA", "RAA"]})
+
+
+def test_quality_hes_extract_counts_under_each_provider(settings):
+    out = data_quality_tables(HES_RULES, HES_FIELDS, HES_LEDGER, settings, quarantine=HES_QUARANTINE)
+    rows = {(r["period"], r["submitter_code"]): r for r in out["data_quality_summary"].to_pylist()}
+    assert set(rows) == {("2002-01", "RAA"), ("2002-01", "RBB"), ("2002-02", "RAA")}
+    assert all(r["source"] == "hes_apc" for r in rows.values())
+    counts = {k: (r["rows_received"], r["rows_quarantined"], r["rows_kept"]) for k, r in rows.items()}
+    assert counts == {("2002-01", "RAA"): (3, 1, 2), ("2002-01", "RBB"): (2, 0, 2), ("2002-02", "RAA"): (1, 1, 0)}
+    # the file's totals are the sum of its groups
+    assert sum(c[0] for c in counts.values()) == 6 and sum(c[1] for c in counts.values()) == 2
+    assert rows[("2002-01", "RAA")]["dq_score"] == pytest.approx(100 * (2 / 3 + 1) / 2)
+    assert rows[("2002-01", "RBB")]["pct_valid_nhs_number"] == pytest.approx(50.0)
+    dq = {(r["period"], r["submitter_code"], r["rule_id"]): r["rows_failed"] for r in out["data_quality"].to_pylist()}
+    assert dq == {("2002-01", "RAA", "EPIEND_BEFORE_EPISTART"): 1, ("2002-01", "RBB", "EPIEND_BEFORE_EPISTART"): 0,
+                  ("2002-02", "RAA", "EPIEND_BEFORE_EPISTART"): 1}
+    # without the quarantine the per-provider quarantined and kept counts are unknown, not guessed
+    plain = data_quality_tables(HES_RULES, HES_FIELDS, HES_LEDGER, settings)["data_quality_summary"].to_pylist()
+    assert {(r["rows_received"], r["rows_quarantined"]) for r in plain} == {(3, None), (2, None), (1, None)}
+
+
+def test_quality_hes_rows_without_provider_count_under_unknown(settings):
+    rules = dq_rules([("2002-01", "extract", "hes_apc", None, "PROCODE3_NULL", "PROCODE3", "reject", 1, 1)])
+    fields = dq_fields([("2002-01", "extract", "hes_apc", None, "PROCODE3", 1, 0)])
+    q = pa.table({"period": ["2002-01"], "submission_id": ["extract"], "submitter_code": pa.array([None], pa.string())})
+    out = data_quality_tables(rules, fields, HES_LEDGER, settings, quarantine=q)
+    (row,) = out["data_quality_summary"].to_pylist()
+    assert row["submitter_code"] == "UNKNOWN" and (row["rows_received"], row["rows_quarantined"]) == (1, 1)
+    assert out["data_quality"].column("submitter_code").to_pylist() == ["UNKNOWN"]
