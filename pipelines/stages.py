@@ -9,6 +9,7 @@ linkage, fft, outcomes, quality, disclosure, publish).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import subprocess
 from functools import lru_cache
@@ -234,6 +235,23 @@ def pending_periods(settings: Settings) -> dict[str, str]:
 
     landing, wh, _ = stores(settings)
     return ingest.pending_periods(landing, wh)
+
+
+def ledger_to_publish(settings: Settings) -> str | None:
+    """For the sensor: a fingerprint of the ledger when it changed after the published
+    ``submissions`` dataset was last written (or was never published), else None. Cheap:
+    lists the ledger's event parts and reads the published manifest's time."""
+    from pipelines import ingest
+
+    _, wh, out = stores(settings)
+    parts = sorted((f for f in wh.store.list(ingest.LEDGER_PARTS) if f.path.endswith(".parquet")),
+                   key=lambda f: f.path)
+    if not parts:
+        return None
+    manifest = [f for f in out.list("public/submissions") if f.path == "public/submissions/_manifest.json"]
+    if manifest and max(f.modified for f in parts) <= manifest[0].modified:
+        return None
+    return hashlib.sha256("\n".join(f"{f.path}:{f.size}" for f in parts).encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- linkage
