@@ -238,13 +238,15 @@ def pending_periods(settings: Settings) -> dict[str, str]:
 
 
 def ledger_to_publish(settings: Settings) -> str | None:
-    """For the sensor: a fingerprint of the ledger when it changed after the published
-    ``submissions`` dataset was last written (or was never published), else None. Cheap:
-    lists the ledger's event parts and reads the published manifest's time."""
+    """For the sensor: a fingerprint of the ledger's outcomes when one was recorded after
+    the published ``submissions`` dataset was last written (or it was never published),
+    else None. Only outcome events count: a file seen by a scan and not yet taken in is
+    not in the dataset. Cheap: lists the ledger's event parts and the published manifest."""
     from pipelines import ingest
 
     _, wh, out = stores(settings)
-    parts = sorted((f for f in wh.store.list(ingest.LEDGER_PARTS) if f.path.endswith(".parquet")),
+    parts = sorted((f for f in wh.store.list(ingest.LEDGER_PARTS)
+                    if f.path.endswith(".parquet") and not f.path.endswith("-seen.parquet")),
                    key=lambda f: f.path)
     if not parts:
         return None

@@ -41,6 +41,12 @@ def _instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
+def _sensor_context(defs, instance: dg.DagsterInstance):
+    """A sensor's context as the daemon builds it: the instance by reference (the period
+    partitions are dynamic, read from the instance)."""
+    return dg.build_sensor_context(definitions=defs, instance=instance, instance_ref=instance.get_ref())
+
+
 # --------------------------------------------------------------------------- the instance
 def test_deploy_yaml_builds_a_postgres_instance_with_queue_limits_and_retries(dagster_home):
     from dagster._core.run_coordinator import QueuedRunCoordinator
@@ -186,23 +192,82 @@ def test_nightly_schedule_is_0200_london_time_all_year():
 def test_landing_sensor_requests_one_run_per_pending_period_and_skips_when_nothing_is_new(monkeypatch, tmp_path):
     from pipelines import stages
     from pipelines.definitions import defs
+    from pipelines.partitions import PERIODS
     from schedules import landing_sensor, period_job
 
     for key in ("LANDING", "WAREHOUSE", "PUBLISH"):
         monkeypatch.setenv(f"CAREDATA_{key}", str(tmp_path / key.lower()))
-    pending = {"2014-02": "f2", "2014-01": "f1"}
+    pending = {"2014-02": "f2", "2001-04": "f1"}
     monkeypatch.setattr(stages, "pending_periods", lambda settings: dict(pending))
 
-    data = landing_sensor.evaluate_tick(dg.build_sensor_context(definitions=defs))
-    assert [r.partition_key for r in data.run_requests] == ["2014-01", "2014-02"]
-    assert [r.run_key for r in data.run_requests] == ["2014-01:f1", "2014-02:f2"]
-    assert all(r.tags["dagster/priority"] == "10" for r in data.run_requests)
-    assert landing_sensor.job_name == period_job.name
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(PERIODS, ["1801-01"])  # its file was removed
+        data = landing_sensor.evaluate_tick(_sensor_context(defs, instance))
+        assert [r.partition_key for r in data.run_requests] == ["2001-04", "2014-02"]
+        assert [r.run_key for r in data.run_requests] == ["2001-04:f1", "2014-02:f2"]
+        assert all(r.job_name == period_job.name for r in data.run_requests)
+        assert all(r.tags["dagster/priority"] == "10" for r in data.run_requests)
+        # The partitions follow the data: any month added, a month without files removed.
+        reqs = {type(r).__name__: sorted(r.partition_keys) for r in data.dynamic_partitions_requests}
+        assert reqs == {"AddDynamicPartitionsRequest": ["2001-04", "2014-02"],
+                        "DeleteDynamicPartitionsRequest": ["1801-01"]}
 
-    pending.clear()
-    data = landing_sensor.evaluate_tick(dg.build_sensor_context(definitions=defs))
-    assert data.run_requests == []
-    assert data.skip_message == "no new submissions in the landing zone"
+        pending.clear()
+        data = landing_sensor.evaluate_tick(_sensor_context(defs, instance))
+        assert data.run_requests == []
+        assert data.skip_message == "no new submissions in the landing zone"
+
+
+def test_landing_sensor_publishes_the_ledger_after_the_periods(monkeypatch, tmp_path):
+    """Nothing pending and the ledger changed after its publication: a ledger_job run, but
+    only once no period run is queued or running."""
+    from pipelines import stages
+    from pipelines.definitions import defs
+    from schedules import landing_sensor, ledger_job
+
+    for key in ("LANDING", "WAREHOUSE", "PUBLISH"):
+        monkeypatch.setenv(f"CAREDATA_{key}", str(tmp_path / key.lower()))
+    monkeypatch.setattr(stages, "pending_periods", lambda settings: {})
+    monkeypatch.setattr(stages, "periods", lambda settings: [])
+    stale = {"fp": "abc123"}
+    monkeypatch.setattr(stages, "ledger_to_publish", lambda settings: stale["fp"])
+
+    with dg.instance_for_test() as instance:
+        def tick():
+            return landing_sensor.evaluate_tick(_sensor_context(defs, instance))
+
+        running = _queued(instance, "period_job", {"dagster/partition": "2014-01"}, status=DagsterRunStatus.STARTED)
+        assert tick().run_requests == []  # a period is still being run: its outcomes come first
+        instance.report_run_canceled(running)
+        data = tick()
+        assert [(r.job_name, r.run_key) for r in data.run_requests] == [(ledger_job.name, "ledger:abc123")]
+        assert data.run_requests[0].tags["dagster/priority"] == "10"
+        stale["fp"] = None  # published since
+        assert tick().run_requests == []
+
+
+def test_ledger_to_publish_follows_the_ledger_and_its_publication(tmp_path, monkeypatch):
+    _need("pipelines.ingest", "pending_periods")
+    from pipelines import stages
+    from pipelines.config import Settings
+
+    landing = tiny_landing(tmp_path / "landing")
+    _roots(tmp_path, monkeypatch, landing)
+    settings = Settings.load()
+    assert stages.ledger_to_publish(settings) is None  # no ledger yet
+    stages.scan(settings)
+    assert stages.ledger_to_publish(settings) is None  # files seen, none taken in: not in the dataset
+    stages.load_reference(settings)
+    first = stages.ledger_to_publish(settings)
+    assert first
+    assert stages.publish_submissions(settings)["rows"] == 3
+    assert stages.ledger_to_publish(settings) is None
+    time.sleep(1.1)  # (mtimes of a coarse file system)
+    stages.ingest_feed(settings, "gp", "2014-01")
+    second = stages.ledger_to_publish(settings)
+    assert second and second != first
+    stages.publish_submissions(settings)
+    assert stages.ledger_to_publish(settings) is None
 
 
 # --------------------------------------------------------------------------- run-failure alert
@@ -373,9 +438,11 @@ def test_landing_sensor_on_a_real_landing_zone(tmp_path, monkeypatch):
     landing = tiny_landing(tmp_path / "landing")
     _roots(tmp_path, monkeypatch, landing)
     settings = Settings.load()
+    (tmp_path / "dagster_home").mkdir()
+    instance = dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")).__enter__()
 
     def tick():
-        return landing_sensor.evaluate_tick(dg.build_sensor_context(definitions=defs))
+        return landing_sensor.evaluate_tick(_sensor_context(defs, instance))
 
     first = tick()
     assert [r.partition_key for r in first.run_requests] == ["2014-01", "2014-02"]
@@ -383,6 +450,9 @@ def test_landing_sensor_on_a_real_landing_zone(tmp_path, monkeypatch):
     stages.load_reference(settings)
     for period in ("2014-01", "2014-02"):
         stages.ingest_feed(settings, "gp", period)
+    ledger = tick()  # the periods' outcomes are in the ledger, not yet published
+    assert [r.job_name for r in ledger.run_requests] == ["ledger_job"]
+    stages.publish_submissions(settings)
     nothing = tick()
     assert nothing.run_requests == [] and "no new submissions" in nothing.skip_message
 
@@ -537,7 +607,7 @@ def test_backfill_through_the_daemon_then_one_resubmitted_period_reruns_alone(
     before_published = _digests(Path(roots["publish"]), "period=2014-02")
     assert before_other and before_this and before_published
     _resubmit_one_bulk(landing, roots["warehouse"], "2014-01")
-    tick = landing_sensor.evaluate_tick(dg.build_sensor_context(definitions=defs))
+    tick = landing_sensor.evaluate_tick(_sensor_context(defs, instance))
     assert [r.partition_key for r in tick.run_requests] == ["2014-01"]
 
     result = defs.resolve_job_def("period_job").execute_in_process(
@@ -547,5 +617,6 @@ def test_backfill_through_the_daemon_then_one_resubmitted_period_reruns_alone(
     assert _digests(warehouse, "2014-02") == before_other
     assert _digests(Path(roots["publish"]), "period=2014-02") == before_published
     assert _digests(warehouse, "2014-01") != before_this
-    # Nothing is pending any more.
-    assert landing_sensor.evaluate_tick(dg.build_sensor_context(definitions=defs)).run_requests == []
+    # No period is pending any more; what is left is the ledger's publication.
+    after = landing_sensor.evaluate_tick(_sensor_context(defs, instance))
+    assert [r.job_name for r in after.run_requests] == ["ledger_job"]
