@@ -34,28 +34,45 @@ def _wanted(periods: Iterable[str]) -> list[str]:
     return sorted(set(periods))
 
 
-def plan(existing: Iterable[str], periods: Iterable[str]) -> tuple[list[str], list[str]]:
-    """(keys to add, keys to delete) so that the partitions are exactly ``periods``."""
-    want, have = set(_wanted(periods)), set(existing)
-    return sorted(want - have), sorted(have - want)
+def plan(existing: Iterable[str], periods: Iterable[str], *, in_order: bool = False) -> tuple[list[str], list[str]]:
+    """(keys to add, keys to delete) so that the partitions are exactly ``periods``.
+
+    Dynamic partitions are listed (in the UI, and by ``dagster job backfill --from --to``)
+    in the order they were added. With ``in_order``, a month that sorts before months
+    already there (historical HES loaded after 2014) has those later months deleted and
+    added again after it, so the list stays in calendar order; delete before adding."""
+    want = _wanted(periods)
+    have = list(existing)
+    gone = [k for k in have if k not in set(want)]
+    kept = [k for k in have if k in set(want)]
+    if not in_order:
+        return sorted(set(want) - set(have)), sorted(gone)
+    same = 0  # the kept keys already in calendar order before any new one
+    while same < len(kept) and same < len(want) and kept[same] == want[same]:
+        same += 1
+    return want[same:], sorted(gone + kept[same:])
 
 
 def sync_periods(instance: dg.DagsterInstance, periods: Iterable[str]) -> tuple[list[str], list[str]]:
-    """Make the instance's period partitions exactly ``periods``; returns (added, removed)."""
-    add, delete = plan(instance.get_dynamic_partitions(PERIODS), periods)
-    if add:
-        instance.add_dynamic_partitions(PERIODS, add)
+    """Make the instance's period partitions exactly ``periods``, in calendar order;
+    returns (months added, months removed)."""
+    existing = list(instance.get_dynamic_partitions(PERIODS))
+    want = _wanted(periods)
+    add, delete = plan(existing, want, in_order=True)
     for key in delete:
         instance.delete_dynamic_partition(PERIODS, key)
-    return add, delete
+    if add:
+        instance.add_dynamic_partitions(PERIODS, add)
+    return sorted(set(want) - set(existing)), sorted(set(existing) - set(want))
 
 
 def partition_requests(existing: Iterable[str], periods: Iterable[str]) -> list:
-    """The same change as :func:`sync_periods`, as a sensor's dynamic partition requests."""
+    """A sensor's dynamic partition requests making the partitions exactly ``periods``
+    (additions at the end: a sensor's run requests cannot name a key it also deletes)."""
     add, delete = plan(existing, periods)
     out = []
-    if add:
-        out.append(period_partitions.build_add_request(add))
     if delete:
         out.append(period_partitions.build_delete_request(delete))
+    if add:
+        out.append(period_partitions.build_add_request(add))
     return out

@@ -85,11 +85,15 @@ def test_period_partitions_are_dynamic_months_of_any_year():
     for key in ("2014-13", "2014-00", "2014-1", "201401", "\uff12\uff10\uff11\uff14-01", "2014-01 ", ""):
         assert not is_period(key), key
     assert plan(["2014-01", "2001-04"], ["2001-04", "2099-12", "1801-01"]) == (["1801-01", "2099-12"], ["2014-01"])
+    # In calendar order: later months already there are added again after an earlier one.
+    assert plan(["2014-01", "2014-02"], ["2001-04", "2014-01", "2014-02"], in_order=True) == (
+        ["2001-04", "2014-01", "2014-02"], ["2014-01", "2014-02"])
+    assert plan(["2014-01", "2014-02"], ["2014-01", "2014-03"], in_order=True) == (["2014-03"], ["2014-02"])
     with pytest.raises(ValueError, match="not a period"):
         plan([], ["2014-13"])
     reqs = partition_requests(["2014-01"], ["2001-04"])
     assert [(type(r).__name__, list(r.partition_keys)) for r in reqs] == [
-        ("AddDynamicPartitionsRequest", ["2001-04"]), ("DeleteDynamicPartitionsRequest", ["2014-01"])]
+        ("DeleteDynamicPartitionsRequest", ["2014-01"]), ("AddDynamicPartitionsRequest", ["2001-04"])]
     assert partition_requests(["2001-04"], ["2001-04"]) == []
 
 
@@ -115,6 +119,17 @@ def test_sync_periods_keeps_the_instance_to_the_months_with_data():
         assert sync_periods(instance, ["2001-04", "2002-03", "2099-01"]) == (["2099-01"], ["1801-01"])
         assert sorted(instance.get_dynamic_partitions(PERIODS)) == ["2001-04", "2002-03", "2099-01"]
         assert sync_periods(instance, ["2001-04", "2002-03", "2099-01"]) == ([], [])
+        # Historical data arrive after: the list stays in calendar order (the UI's ranges,
+        # `dagster job backfill --from --to`).
+        assert sync_periods(instance, ["1989-01", "2001-04", "2002-03", "2099-01"]) == (["1989-01"], [])
+        assert list(instance.get_dynamic_partitions(PERIODS)) == ["1989-01", "2001-04", "2002-03", "2099-01"]
+        assert list(instance.get_dynamic_partitions(PERIODS)) == period_partitions_keys(instance)
+
+
+def period_partitions_keys(instance) -> list[str]:
+    from pipelines.partitions import period_partitions
+
+    return list(period_partitions.get_partition_keys(dynamic_partitions_store=instance))
 
 
 def test_dagster_definitions_validate_passes():

@@ -620,3 +620,85 @@ def test_backfill_through_the_daemon_then_one_resubmitted_period_reruns_alone(
     # No period is pending any more; what is left is the ledger's publication.
     after = landing_sensor.evaluate_tick(_sensor_context(defs, instance))
     assert [r.job_name for r in after.run_requests] == ["ledger_job"]
+
+
+def test_the_daemon_alone_publishes_every_public_dataset_and_the_ledger(
+        postgres, pg_database, dagster_home, tmp_path, monkeypatch):
+    """The runbook's production set-up and nothing else: the nightly scan (as its schedule
+    runs it), then `dagster-daemon run` with the landing sensor on. The sensor adds the
+    periods as partitions and asks for a run of each; once they are done it asks for the
+    ledger's publication. At the end every public dataset is in the publish root, the
+    `submissions` ledger included (every landing file, taken in or rejected, none pending),
+    and the partitions are the months with data."""
+    synth = _need("pipelines.synth", "generate")
+    _need("pipelines.ingest", "pending_periods")
+    from pipelines import schemas, stages
+    from pipelines.config import Settings
+    from pipelines.definitions import defs
+    from pipelines.partitions import PERIODS
+    from schedules import scan_job
+
+    landing = tmp_path / "landing"
+    synth.generate(landing, seed=1, scale=0.001, months=2, start="2014-01", truth_dir=tmp_path / "truth",
+                   progress=False)
+    _land(landing / "gp" / "GP_A81001_2014.csv", "not an extract\n")  # rejected by its name
+    roots = _roots(tmp_path, monkeypatch, landing)
+    monkeypatch.setenv("CAREDATA_SENSOR_INTERVAL_SECONDS", "5")
+    env = {k: os.environ[k] for k in os.environ if k.startswith(("DAGSTER_", "CAREDATA_"))}
+    instance = _instance()
+    settings = Settings.load()
+
+    scan = defs.resolve_job_def(scan_job.name).execute_in_process(
+        instance=instance, tags={"dagster/schedule_name": "nightly_scan"},
+        resources={"caredata": _resources(roots, tmp_path)["caredata"]})
+    assert scan.success
+    # The scan made the periods partitions (a backfill could run them from here).
+    assert sorted(instance.get_dynamic_partitions(PERIODS)) == ["2014-01", "2014-02"]
+
+    def ledger_runs():
+        return [r for r in instance.get_runs() if r.job_name == "ledger_job"]
+
+    def done() -> bool:
+        return (_settled(instance) and any(r.status == DagsterRunStatus.SUCCESS for r in ledger_runs())
+                and all(r.is_finished for r in ledger_runs()) and stages.ledger_to_publish(settings) is None)
+
+    daemon_log = open(tmp_path / "daemon.log", "w")
+    daemon = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+                              cwd=ROOT, env={**os.environ, **env}, stdout=daemon_log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline and not done():
+            time.sleep(3)
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        try:
+            daemon.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+        daemon_log.close()
+    assert done(), _failures(instance) or (tmp_path / "daemon.log").read_text()[-4000:]
+    statuses = {p: r.status for p, r in _latest_period_runs(instance).items()}
+    assert statuses == {"2014-01": DagsterRunStatus.SUCCESS, "2014-02": DagsterRunStatus.SUCCESS}
+    assert all(r.tags.get("caredata/trigger") == "landing_sensor" for r in instance.get_runs()
+               if r.job_name in ("period_job", "ledger_job"))
+    # The ledger's publication came after the periods' runs had finished.
+    period_ends = [instance.get_run_record_by_id(r.run_id).end_time for r in instance.get_runs()
+                   if r.job_name == "period_job"]
+    ledger_ok = [instance.get_run_record_by_id(r.run_id) for r in ledger_runs() if r.status == DagsterRunStatus.SUCCESS]
+    assert max(rec.start_time for rec in ledger_ok) >= max(period_ends)
+
+    publish = Path(roots["publish"])
+    for ds in schemas.datasets("public"):
+        manifest = publish / "public" / ds.name / "_manifest.json"
+        assert manifest.exists(), ds.name
+        if ds.name != "submissions":
+            assert {"2014-01", "2014-02"} <= set(json.loads(manifest.read_text())["partitions"]), ds.name
+    import pyarrow.parquet as pq
+
+    ledger = pq.read_table(publish / "public" / "submissions").to_pandas()
+    on_disk = {p.relative_to(landing).as_posix() for p in landing.rglob("*") if p.is_file()}
+    assert set(ledger["file_name"]) == on_disk
+    assert "pending" not in set(ledger["status"])
+    assert ledger.set_index("file_name").at["gp/GP_A81001_2014.csv", "status"] == "rejected"
+    assert sorted(instance.get_dynamic_partitions(PERIODS)) == ["2014-01", "2014-02"]
