@@ -51,7 +51,8 @@ def consultant_outcomes_window(context: dg.AssetExecutionContext, caredata: Care
 
 @dg.multi_asset(group_name="quality", partitions_def=period_partitions,
                 specs=_specs(stages.QUALITY_DATASETS,
-                             ["gp_bronze", "sus_apc_bronze", "fft_bronze", "hes_apc_bronze", sus_apc_current, fft_current]))
+                             ["gp_bronze", "sus_apc_bronze", "fft_bronze", "hes_apc_bronze", sus_apc_current, fft_current,
+                              linked_episodes_work]))  # its PROCEDURE_AGE_UNKNOWN counts
 def quality_reports(context: dg.AssetExecutionContext, caredata: CareDataConfig):
     report = stages.quality_outputs(caredata.settings(), context.partition_key)
     for name in stages.QUALITY_DATASETS:

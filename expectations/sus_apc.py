@@ -10,6 +10,7 @@ an insert or replacement).
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from expectations.custom import parse_iso_dates
@@ -43,10 +44,48 @@ def _net_only(env: Env) -> dict | None:
     return {"column": "CDS_UPDATE_TYPE"} if env.protocol == "NET" else None
 
 
+# HES's placeholder dates (inputs.md): "not known". Read as empty (the row then meets the
+# rules of an empty value: a required date is missing), with a warning rule per column.
+PLACEHOLDER_DATES = ("1800-01-01", "1801-01-01", "1600-01-01", "1582-10-15")
+EARLIEST_DATE = "1890-01-01"  # any other date before it is impossible
+PLACEHOLDER_SUFFIX = "__placeholder"  # "1" where the column held a placeholder date
+DATE_COLUMNS = tuple(c.name for c in FEED.columns if c.kind == "date")
+
+
+def placeholder_col(name: str) -> str:
+    return f"{name}{PLACEHOLDER_SUFFIX}"
+
+
+def is_placeholder_date(values: pd.Series) -> pd.Series:
+    """True where a (stripped) value is one of HES's placeholder dates."""
+    return values.astype("string").str.strip().isin(PLACEHOLDER_DATES).fillna(False).astype(bool)
+
+
+def blank_placeholder_dates(values: pd.Series) -> pd.Series:
+    """The values with HES's placeholder dates as missing."""
+    return values.mask(is_placeholder_date(values))
+
+
+def _date_rules(n: str) -> list[Rule]:
+    """A date column's HES rules: a placeholder is counted (warn, read as empty); any other
+    date before 1890 is impossible (reject, like a date after the file's submission)."""
+    return [
+        Rule(f"{n}_PLACEHOLDER", n, W,
+             f"{n} is a HES placeholder date (1800-01-01, 1801-01-01, 1600-01-01 or 1582-10-15): "
+             "read as not known.",
+             "ExpectColumnValuesToBeNull", {"column": placeholder_col(n)}),
+        Rule(f"{n}_BEFORE_1890", n, R,
+             f"{n} is before 1890 (and not a HES placeholder date): an impossible date.",
+             "ExpectColumnValuesToBeIsoDatesBetween", {"column": n, "min_value": EARLIEST_DATE}),
+    ]
+
+
 def _rules() -> list[Rule]:
     out: list[Rule] = []
     for c in FEED.columns:
         n = c.name
+        if c.kind == "date":
+            out += _date_rules(n)
         if n == "NEWNHSNO":
             out += nhs_number("NEWNHSNO", missing=W)
         elif n == "PROCODE3":
@@ -152,6 +191,19 @@ def prepare(frame: pd.DataFrame, env: Env) -> pd.DataFrame:
         s = frame[name].astype("string").str.strip()
         return s.mask(s == "")
 
+    # HES placeholder dates: flagged, then read as empty (text and parsed date).
+    for name in DATE_COLUMNS:
+        if name not in frame.columns:
+            continue
+        # the work frame's columns are already stripped strings: a plain set lookup
+        flag = frame[name].isin(PLACEHOLDER_DATES).fillna(False).astype(bool)
+        # categorical: one byte a row (29 such columns on every SUS row)
+        frame[placeholder_col(name)] = pd.Categorical.from_codes(np.where(flag.to_numpy(), 0, -1).astype(np.int8),
+                                                                 categories=["1"])
+        if bool(flag.any()):
+            frame[name] = frame[name].mask(flag)
+            if date_col(name) in frame.columns:
+                frame[date_col(name)] = frame[date_col(name)].mask(flag)
     if env.source == "hes_apc":
         ident = strip("SUSRECID").fillna(strip("EPIKEY"))
         frame[KEY] = (strip("PROCODE3").fillna("") + "|" + ident).where(ident.notna())

@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines import schemas
+from pipelines import schemas, spells
 from pipelines.text import WHITESPACE
 
 TableLike = Union[pa.Table, pd.DataFrame]
@@ -48,8 +48,6 @@ COUNT_COLUMNS = ("extremely_likely", "likely", "neither", "unlikely", "extremely
 SCORE_COLUMNS = ("pct_recommend", "pct_not_recommend", "net_score")
 # HES/SUS "not known" treatment function, used where a linked spell's last episode has none.
 TRETSPEF_NOT_KNOWN = "&"
-# EPIORDER codes that are not an order (HES: 98 not applicable, 99 not known).
-_EPIORDER_NOT_AN_ORDER = (98, 99)
 
 LINKED_SCHEMA = pa.schema([
     pa.field("period", pa.string()),
@@ -306,20 +304,25 @@ def fft_scores(responses: TableLike, sites: TableLike | None, providers: TableLi
 # --------------------------------------------------------------------------- linkage
 _SPELL_REQUIRED = ("provider_code", "spell_id", "epiorder", "nhs_number", "nhs_number_valid", "disdate",
                    "epiend", "tretspef")
-SPELL_EPISODE_COLUMNS = _SPELL_REQUIRED + ("cds_update_type", "susrecid")
-"""The episode columns :func:`spells_for_fft_linkage` reads (the last two if present)."""
+SPELL_EPISODE_COLUMNS = tuple(dict.fromkeys(_SPELL_REQUIRED + spells.EPISODE_COLUMNS + ("cds_update_type",)))
+"""The episode columns :func:`spells_for_fft_linkage` reads (those after
+``_SPELL_REQUIRED`` if present)."""
+_SPELL_DATES = ("admidate", "epistart", "epiend", "disdate")
 
 
 def spells_for_fft_linkage(episodes: TableLike) -> pa.Table:
-    """One row per hospital spell (provider_code + spell_id) from current SUS episodes:
-    provider_code, spell_id, nhs_number, disdate, tretspef_last.
+    """One row per hospital spell from current SUS/HES episodes: provider_code, spell_id,
+    nhs_number, disdate, tretspef_last.
 
-    The spell's last episode is the one with the highest EPIORDER (98/99 and non-numeric
-    values rank below every real order), then the latest EPIEND, then the highest
-    susrecid; disdate and tretspef_last come from it. nhs_number is the spell's valid NHS
-    number: empty where no episode has one, or where its episodes carry two different
-    valid numbers (we cannot tell whose spell it is). Episodes without a spell id are
-    left out, and so are deletions (cds_update_type 1) if any reach this far.
+    Spells and their last episode are those of :mod:`pipelines.spells`, as in the
+    outcomes: the given spell id, else HES's derivation (person, provider, admission date,
+    cut at each discharge), else the episode alone; the last episode in order of EPIORDER
+    (98, 99 and anything not an order after every real order), EPISTART, EPIEND,
+    susrecid. disdate and tretspef_last come from the last episode; a spell whose last
+    episode is unfinished (EPISTAT 1 or 9) has no discharge date, so no response links to
+    it. nhs_number is the spell's valid NHS number: empty where no episode has one, or
+    where its episodes carry two different valid numbers (we cannot tell whose spell it
+    is). Deletions (cds_update_type 1) are left out if any reach this far.
     """
     if isinstance(episodes, pa.Table):  # only what a spell needs goes to pandas
         episodes = episodes.select([c for c in SPELL_EPISODE_COLUMNS if c in episodes.column_names])
@@ -327,31 +330,42 @@ def spells_for_fft_linkage(episodes: TableLike) -> pa.Table:
     if df.empty:
         return SPELLS_SCHEMA.empty_table()
     if "cds_update_type" in df.columns:
-        df = df[_code(df["cds_update_type"]) != "1"].copy()
-    for col in ("provider_code", "spell_id", "nhs_number", "tretspef"):
-        df[col] = _code(df[col])
-    df = df[df["provider_code"].notna() & df["spell_id"].notna()].copy()
+        df = df[_code(df["cds_update_type"]) != "1"]
+    df = df.reset_index(drop=True)
     if df.empty:
         return SPELLS_SCHEMA.empty_table()
-    order = pd.to_numeric(_code(df["epiorder"]), errors="coerce")
-    df["_order"] = order.where(~order.isin(_EPIORDER_NOT_AN_ORDER))
-    df["_epiend"] = _dates(df["epiend"])
-    df["disdate"] = _dates(df["disdate"])
-    df["_rec"] = _code(df["susrecid"]) if "susrecid" in df.columns else None
-    df = df.sort_values(["provider_code", "spell_id", "_order", "_epiend", "_rec"],
-                        na_position="first", kind="mergesort")
-    last = df.drop_duplicates(["provider_code", "spell_id"], keep="last").set_index(["provider_code", "spell_id"])
+    cols = {}
+    for c in spells.EPISODE_COLUMNS + ("tretspef",):
+        if c not in df.columns:
+            continue
+        if c in _SPELL_DATES:
+            cols[c] = pa.array(_dates(df[c]).to_numpy(), pa.timestamp("s"), from_pandas=True).cast(pa.date32())
+        elif c == "nhs_number_valid":
+            cols[c] = pa.array(df[c].astype("boolean").fillna(False).to_numpy(dtype=bool), pa.bool_())
+        else:
+            cols[c] = pa.array(list(_code(df[c])), pa.string())
+    t = pa.table(cols)
+    assigned = spells.assign_spells(t)
+    if assigned.empty:
+        return SPELLS_SCHEMA.empty_table()
+    last = spells.last_episodes(assigned)
+    rows = last["row"].to_numpy()
+    disdate = _dates(df["disdate"]).to_numpy()[rows]
+    disdate = np.where(last["unfinished"].to_numpy(dtype=bool), np.datetime64("NaT"), disdate)
 
-    valid = df[df["nhs_number_valid"].fillna(False).astype(bool) & df["nhs_number"].notna()]
-    numbers = valid.groupby(["provider_code", "spell_id"])["nhs_number"].agg(["nunique", "first"])
+    nhs = _code(df["nhs_number"]).to_numpy(dtype=object)[assigned["row"].to_numpy()]
+    valid = df["nhs_number_valid"].astype("boolean").fillna(False).to_numpy(dtype=bool)[assigned["row"].to_numpy()]
+    has = valid & pd.notna(nhs)
+    per = pd.DataFrame({"spell": assigned["spell"].to_numpy()[has], "nhs": nhs[has]})
+    numbers = per.groupby("spell")["nhs"].agg(["nunique", "first"])
     numbers = numbers[numbers["nunique"] == 1]["first"]
 
     out = pd.DataFrame({
-        "provider_code": last.index.get_level_values(0),
-        "spell_id": last.index.get_level_values(1),
+        "provider_code": last["provider_code"].to_numpy(),
+        "spell_id": last["spell_id"].to_numpy(),
         "nhs_number": numbers.reindex(last.index).to_numpy(),
-        "disdate": last["disdate"].to_numpy(),
-        "tretspef_last": last["tretspef"].to_numpy(),
+        "disdate": disdate,
+        "tretspef_last": _code(df["tretspef"]).to_numpy(dtype=object)[rows],
     }).sort_values(["provider_code", "spell_id"])
     return pa.Table.from_arrays([
         pa.array(list(_code(out["provider_code"])), pa.string()),

@@ -371,6 +371,15 @@ def _as_of_submission(context, parsed: ParsedName):
     return dataclasses.replace(context, today=min(today, ceiling))
 
 
+def _as_of(context, ceiling: date):
+    """The context with "today" no later than ``ceiling``."""
+    import dataclasses
+
+    if context is None:
+        return context
+    return dataclasses.replace(context, today=min(context.today or date.today(), ceiling))
+
+
 def _validate(source, frame, **kw):
     """The validation stage's :func:`pipelines.validation.validate` (a seam for tests)."""
     from pipelines.validation import validate
@@ -418,6 +427,15 @@ def _dates(frame: pd.DataFrame, name: str) -> pa.Array:
     return _date_array(parse_iso_dates(_strip(frame, name)))
 
 
+def _parse_dates(text: pd.Series, placeholder_dates: bool = True) -> pd.Series:
+    """ISO dates (datetime64, NaT where missing or not a real date); with
+    ``placeholder_dates``, HES's placeholder dates (1800-01-01, ...) are missing too."""
+    from expectations.custom import parse_iso_dates
+    from expectations.sus_apc import blank_placeholder_dates
+
+    return parse_iso_dates(blank_placeholder_dates(text) if placeholder_dates else text)
+
+
 def _date_array(parsed: pd.Series) -> pa.Array:
     """datetime64 values (NaT = missing) to date32, without a Python object per value."""
     days = np.asarray(parsed.to_numpy(), dtype="datetime64[s]").astype("datetime64[D]")
@@ -430,8 +448,10 @@ class _Columns:
     rows (:func:`pipelines.validation._work_frame`: the declared columns cleaned the
     same way, dates parsed), taken from it, so the worker does that work once."""
 
-    def __init__(self, frame: pd.DataFrame, work: pd.DataFrame | None = None):
-        self.frame, self.work = frame, work
+    def __init__(self, frame: pd.DataFrame, work: pd.DataFrame | None = None, placeholder_dates: bool = False):
+        # placeholder_dates (SUS, HES): HES's placeholder dates read as missing, as the
+        # suite's ``prepare`` reads them (expectations.sus_apc.PLACEHOLDER_DATES).
+        self.frame, self.work, self.placeholder_dates = frame, work, placeholder_dates
 
     def has(self, name: str) -> bool:
         return name in self.frame.columns
@@ -448,9 +468,7 @@ class _Columns:
         got = self._worked(date_col(name))
         if got is not None:
             return got
-        from expectations.custom import parse_iso_dates
-
-        return parse_iso_dates(self.text(name))
+        return _parse_dates(self.text(name), self.placeholder_dates)
 
     def dates(self, name: str) -> pa.Array:
         return _date_array(self.parsed(name))
@@ -618,7 +636,7 @@ def _sus_silver_many(frames: list[pd.DataFrame], source: str, protocols: list, p
     concatenation, one piece per file. ``periods``: per file, its period, or (HES) one
     per row. ``work``: as for :func:`_gp_silver_many`."""
     frame, sizes, which = _one_frame(frames)
-    c = _Columns(frame, work)
+    c = _Columns(frame, work, placeholder_dates=True)
     n = len(frame)
     nhs, valid = _nhs(c.text("NEWNHSNO"))
     susrecid = c.text("SUSRECID")
@@ -1194,8 +1212,9 @@ def ingest_hes(landing: Store, warehouse: Warehouse, settings, *, today: date | 
                data_docs_dir: str | None = None) -> IngestReport:
     """Take in every not-yet-taken-in HES APC extract under ``hes_apc/``. Each row belongs
     to the provider in its PROCODE3 and the month of its EPIEND; rows whose EPIEND is
-    not a date (they are quarantined: EPIEND is required) are filed under the month the
-    file was first seen. Silver, quarantine and data-quality parts are written per
+    not a date or a HES placeholder (they are quarantined: EPIEND is required) are filed
+    under the file's latest EPIEND month (the month it was first seen if it has none), so
+    they open no period of their own. Silver, quarantine and data-quality parts are written per
     period (part = the file's submission id); the ledger holds one row per file."""
     report = IngestReport("hes_apc", None)
     ledger = _Ledger(warehouse)
@@ -1260,7 +1279,7 @@ def _hes_group_counts(frame: pd.DataFrame, outcome, context, groups: pd.Series, 
             continue
         present = None
         try:
-            if rule.expectation == "ExpectColumnValuesToNotBeNull":
+            if rule.expectation in ("ExpectColumnValuesToNotBeNull", "ExpectColumnValuesToBeNull"):
                 present = np.ones(n, dtype=bool)
             elif "column_A" in kw:
                 present = (work[kw["column_A"]].notna() & work[kw["column_B"]].notna()).to_numpy(dtype=bool)
@@ -1317,16 +1336,21 @@ def _hes_group_counts(frame: pd.DataFrame, outcome, context, groups: pd.Series, 
 
 def _take_in_hes(parsed: ParsedName, frame: pd.DataFrame, sha: str, size: int, first: datetime,
                  warehouse: Warehouse, settings, context, data_docs_dir, report: IngestReport) -> None:
-    from expectations.custom import parse_iso_dates
-
     sid = parsed.submission_id
+    # No date after the file was submitted: a HES extract's name has no submission time,
+    # so the time it was first seen stands for it.
+    context = _as_of(context, first.date())
     outcome = _validate("hes_apc", frame, period=None, submitter=None, file_name=parsed.file_name,
                         context=context, data_docs_dir=data_docs_dir)
     rejected = np.asarray(outcome.rejected, dtype=bool)
     n = len(frame)
-    epiend = parse_iso_dates(_strip(frame, "EPIEND"))
-    fallback = first.strftime("%Y-%m")
-    periods = epiend.dt.strftime("%Y-%m").astype(object).where(epiend.notna(), fallback).to_numpy()
+    # A placeholder EPIEND is missing (quarantined: EPIEND is required): it opens no period.
+    epiend = _parse_dates(_strip(frame, "EPIEND"))
+    # Rows with no EPIEND date (quarantined) open no period of their own: they go under
+    # the file's latest EPIEND month, or the month it was first seen if it has none.
+    months = epiend.dt.strftime("%Y-%m").astype(object)
+    fallback = max(months.dropna(), default=first.strftime("%Y-%m"))
+    periods = months.where(epiend.notna(), fallback).to_numpy()
     procode = _strip(frame, "PROCODE3").str.upper()
     provider = procode.astype(object).where(procode.notna(), None).to_numpy()
     groups = pd.Series([f"{p}|{s or ''}" for p, s in zip(periods, provider)])

@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from expectations.rules import PRACTICE_PLACEHOLDERS
 from pipelines import pseudo, schemas
 
 __all__ = [
@@ -57,6 +58,7 @@ LINK_COLUMNS = (
     "lsoa",
     "date_of_death",
     "type2_objection",
+    "linked_date_of_birth",
 )
 
 # The columns each function reads, with their types; absent optional columns are read as
@@ -129,6 +131,10 @@ _GP_PERIOD_IN = {
 _SEX = "CASE WHEN trim({c}) IN ('1', '2') THEN trim({c}) END"  # 0 and 9 never agree
 _POSTCODE = r"NULLIF(upper(regexp_replace({c}, '\s', '', 'g')), '')"
 _CODE = "NULLIF(upper(trim({c})), '')"
+NO_PRACTICE = PRACTICE_PLACEHOLDERS + ("&",)
+"""GPPRAC values meaning "no practice / not known" (inputs.md): such an episode is in no
+practice's expected episodes."""
+_NO_PRACTICE_SQL = ", ".join(f"'{c}'" for c in NO_PRACTICE)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -379,7 +385,8 @@ SELECT nhs,
     bool_or(t2) AS t2,
     {_NEWEST_DOD} FILTER (WHERE date_of_death IS NOT NULL) AS dod,
     first(lsoa ORDER BY registration_date DESC NULLS LAST, extract_date DESC, practice, __seq)
-        FILTER (WHERE lsoa IS NOT NULL) AS lsoa_latest
+        FILTER (WHERE lsoa IS NOT NULL) AS lsoa_latest,
+    first(g_dob ORDER BY extract_date DESC, __seq) FILTER (WHERE g_dob IS NOT NULL) AS dob_latest
 FROM gp
 WHERE nhs IN (SELECT nhs FROM links UNION SELECT e_nhs FROM ep WHERE e_nhs IS NOT NULL)
 GROUP BY nhs;
@@ -409,7 +416,10 @@ SELECT
     c.practice AS registered_practice,
     CASE WHEN l.nhs IS NOT NULL THEN coalesce(c.lsoa, p.lsoa_latest) END AS lsoa,
     p.dod AS date_of_death,
-    coalesce(p.t2, false) OR coalesce(p_own.t2, false) AS type2_objection
+    coalesce(p.t2, false) OR coalesce(p_own.t2, false) AS type2_objection,
+    -- the linked GP record's date of birth (newest extract), ranks 1 to 4 only: where the
+    -- episode has neither DOB nor MYDOB, age at admission comes from it (methods.md)
+    CASE WHEN l.match_rank BETWEEN 1 AND 4 THEN p.dob_latest END AS linked_date_of_birth
 FROM ep e
 LEFT JOIN links l USING (__row)
 LEFT JOIN cover c USING (__row)
@@ -437,9 +447,11 @@ def link_episodes(episodes: pa.Table, gp_patients, *, memory_limit: str | None =
     Returns ``episodes`` unchanged, in the same order, with :data:`LINK_COLUMNS` added
     (replaced if already there): ``match_rank`` (1-5, null = unlinked),
     ``linked_nhs_number``, ``registered_practice`` (registration covering EPISTART, else
-    null), ``lsoa``, ``date_of_death`` (the linked patient's) and ``type2_objection``
+    null), ``lsoa``, ``date_of_death`` (the linked patient's), ``type2_objection``
     (True when the linked patient, or the owner of the episode's own valid NHS number,
-    has a type 2 objection in any GP row).
+    has a type 2 objection in any GP row) and ``linked_date_of_birth`` (ranks 1 to 4:
+    the linked patient's date of birth in their newest extract, for age at admission
+    where the episode has neither DOB nor MYDOB; internal, never published).
     """
     ep_in = _slim(episodes, _EPISODE_IN, _EPISODE_REQUIRED, "episodes")
     ep_in = ep_in.append_column("__row", pa.array(range(episodes.num_rows), pa.int64()))
@@ -473,6 +485,7 @@ def link_episodes(episodes: pa.Table, gp_patients, *, memory_limit: str | None =
         "lsoa": pa.string(),
         "date_of_death": pa.date32(),
         "type2_objection": pa.bool_(),
+        "linked_date_of_birth": pa.date32(),
     }
     for name in LINK_COLUMNS:
         out = out.append_column(pa.field(name, types[name]), result.column(name).cast(types[name]))
@@ -560,7 +573,8 @@ def coverage(
             SELECT {_CODE.format(c="provider_code")} AS provider_code,
                    coalesce(nhs_number_valid, false) AS valid,
                    trim(nhsnoind) = '01' AS verified,
-                   {_CODE.format(c="gpprac")} AS gpprac,
+                   CASE WHEN {_CODE.format(c="gpprac")} IN ({_NO_PRACTICE_SQL}) THEN NULL
+                        ELSE {_CODE.format(c="gpprac")} END AS gpprac,
                    match_rank,
                    {_CODE.format(c="registered_practice")} AS registered_practice
             FROM lk_in WHERE epiend BETWEEN {p_start} AND {p_end}
@@ -571,6 +585,7 @@ def coverage(
             SELECT {_CODE.format(c="practice_code")} AS practice, min(commissioner_code) AS commissioner_code
             FROM prac_in
             WHERE trim(status) = 'A' AND trim(prescribing_setting) = '4'
+              AND coalesce({_CODE.format(c="practice_code")} NOT IN ({_NO_PRACTICE_SQL}), true)
             GROUP BY 1
         """)
         # Each practice's newest extract dated in the period (held extracts do not count).
@@ -837,6 +852,10 @@ LATERAL (SELECT CASE
                  OR (month(admidate) = month(dob) AND day(admidate) < day(dob)) THEN 1 ELSE 0 END
     WHEN birth_year IS NOT NULL AND birth_month IS NOT NULL THEN year(admidate) - birth_year
         - CASE WHEN month(admidate) < birth_month THEN 1 ELSE 0 END
+    WHEN linked_date_of_birth IS NOT NULL THEN year(admidate) - year(linked_date_of_birth)
+        - CASE WHEN month(admidate) < month(linked_date_of_birth)
+                 OR (month(admidate) = month(linked_date_of_birth)
+                     AND day(admidate) < day(linked_date_of_birth)) THEN 1 ELSE 0 END
 END AS age) a
 WHERE NOT coalesce(type2_objection, false)
   AND (NULLIF(trim(pseudo_hesid), '') IS NULL OR trim(pseudo_hesid) NOT IN (SELECT h FROM t2_hesid))
@@ -849,7 +868,7 @@ _RESTRICTED_OPTIONAL = {
     "consultant_code": pa.string(), "diagnoses": pa.list_(pa.string()),
     "procedures": pa.list_(pa.string()), "dob": pa.date32(), "birth_year": pa.int64(),
     "birth_month": pa.int64(), "pseudo_hesid": pa.string(), "nhs_number": pa.string(),
-    "nhs_number_valid": pa.bool_(), "sex": pa.string(),
+    "nhs_number_valid": pa.bool_(), "sex": pa.string(), "linked_date_of_birth": pa.date32(),
 }
 
 
@@ -864,7 +883,7 @@ def linked_episodes_restricted(linked: pa.Table, key: str) -> pa.Table:
     """
     pseudo.person_id(key, None, None)  # MissingKeyError now, not after the work
     required = ("provider_code", "susrecid", "admidate", "epistart", "epiend", "admimeth",
-                "dismeth", *LINK_COLUMNS)
+                "dismeth", *(c for c in LINK_COLUMNS if c not in _RESTRICTED_OPTIONAL))
     missing = [c for c in required if c not in linked.column_names]
     if missing:
         raise ValueError(f"linked: missing columns {missing}")

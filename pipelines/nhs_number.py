@@ -1,26 +1,47 @@
-"""NHS number validity (methods.md "NHS number"), scalar and vectorised.
+"""NHS number validity (methods.md "NHS number"), scalar and vectorised: one
+normalisation for every caller (ingest, validation, pseudonymisation, disclosure checks).
 
-Remove spaces and hyphens; valid when exactly 10 digits whose tenth is the Modulus 11
-check digit of the first nine (weights 10..2; 11 - remainder; 11 -> 0; 10 -> invalid),
-and not ten identical digits.
+Canonical form: every whitespace character (Python's ``\\s``: spaces, tabs, line
+breaks, no-break and other Unicode spaces; :data:`pipelines.text.SPACE_CHARS`) and
+hyphen (``-``, U+2010 hyphen, U+2011 non-breaking hyphen) removed, wherever it stands.
+Valid when the canonical form is exactly 10 ASCII digits (``0``-``9``: a full-width or
+Arabic-Indic digit makes it invalid) whose tenth is the Modulus 11 check digit of the
+first nine (weights 10..2; 11 - remainder; 11 -> 0; 10 -> invalid), and not ten identical
+digits. :func:`canonical`/:func:`is_valid` (one value), :func:`canonical_series`/
+:func:`valid_series` (pandas) and :func:`canonical_arrow` (Arrow) agree on every input.
 """
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.text import SPACE_CHARS
 
 WEIGHTS = np.arange(10, 1, -1)  # 10, 9, ..., 2
+HYPHENS = "\u2010\u2011-"  # hyphen, non-breaking hyphen, hyphen-minus ('-' last in a class)
+_SPACE_OR_HYPHEN = f"[{SPACE_CHARS}{HYPHENS}]"  # the same in Python's re and in RE2 (pipelines.text)
+_SPACE_OR_HYPHEN_RE = re.compile(_SPACE_OR_HYPHEN)
+
+
+def _missing(value: object) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def canonical(value: object) -> str | None:
-    """Spaces and hyphens removed; None for missing."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    """Whitespace and hyphens removed; None for missing or empty."""
+    if _missing(value):
         return None
-    text = str(value).replace(" ", "").replace("-", "")
+    text = _SPACE_OR_HYPHEN_RE.sub("", str(value))
     return text or None
 
 
@@ -55,7 +76,12 @@ def with_check_digit(first_nine: str) -> str | None:
     return None if len(set(full)) == 1 else full
 
 
-_SPACE_OR_HYPHEN = f"[{SPACE_CHARS}-]"
+def canonical_arrow(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Vectorised :func:`canonical` over Arrow text (null for missing or empty)."""
+    text = values if pa.types.is_string(values.type) or pa.types.is_large_string(values.type) \
+        else values.cast(pa.string())
+    out = pc.replace_substring_regex(text, _SPACE_OR_HYPHEN, "")
+    return pc.if_else(pc.equal(out, ""), pa.scalar(None, out.type), out)
 
 
 def canonical_series(values: pd.Series) -> pd.Series:

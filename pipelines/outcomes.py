@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines import charlson, schemas
+from pipelines import spells as _spells
 from pipelines.funnel import control_limits, outlier_statuses
 from pipelines.text import SPACE_CHARS, WHITESPACE
 from pipelines.funnel import exact_ci, funnel_plot, poisson_limits  # noqa: F401  (re-exported)
@@ -110,19 +111,27 @@ def _flatten(table: pa.Table, column: str, value_name: str) -> pd.DataFrame:
     return pd.DataFrame({"row": parents.astype("int64"), "pos": pos.astype("int64"), value_name: vals})
 
 
-def _age(on: pd.Series, dob: pd.Series, by: pd.Series, bm: pd.Series) -> pd.Series:
-    """Age in whole years on a date. From DOB when present; else from year and month of
-    birth, counting the birthday as reached only from the month after the birth month
-    (never makes a 17-year-old 18); else from the year alone, minus one. Null when unknown."""
+def _age(on: pd.Series, dob: pd.Series, by: pd.Series, bm: pd.Series,
+         gp_dob: pd.Series | None = None) -> pd.Series:
+    """Age in whole years on a date (methods.md: the episode's DOB, else its MYDOB, else
+    the linked GP record's date of birth, ranks 1 to 4). From DOB when present; else from
+    year and month of birth, counting the birthday as reached only from the month after
+    the birth month (never makes a 17-year-old 18); else from ``gp_dob``; else from the
+    year alone, minus one. Null when unknown."""
     on_y, on_m, on_d = on.dt.year, on.dt.month, on.dt.day
-    from_dob = on_y - dob.dt.year - (
-        (on_m < dob.dt.month) | ((on_m == dob.dt.month) & (on_d < dob.dt.day))).astype("Int64")
+
+    def from_date(d: pd.Series) -> pd.Series:
+        return (on_y - d.dt.year - (
+            (on_m < d.dt.month) | ((on_m == d.dt.month) & (on_d < d.dt.day))).astype("Int64")).astype("Float64")
+
     by = pd.to_numeric(by, errors="coerce").astype("Float64")
     bm = pd.to_numeric(bm, errors="coerce").astype("Float64")
     from_ym = on_y - by - (on_m <= bm).astype("Float64")
     from_y = on_y - by - 1
-    age = from_dob.astype("Float64")
+    age = from_date(dob)
     age = age.fillna(from_ym.where(bm.notna()))
+    if gp_dob is not None:
+        age = age.fillna(from_date(pd.to_datetime(gp_dob)))
     age = age.fillna(from_y)
     age = age.where((age >= 0) & (age <= MAX_AGE))  # birth after admission or absurd: unknown
     return age.round().astype("Int64")
@@ -176,10 +185,10 @@ def _to_arrow(df: pd.DataFrame, date_cols=()) -> pa.Table:
 
 # --------------------------------------------------------------------------- spells
 _EPISODE_COLUMNS = (
-    "provider_code", "susrecid", "spell_id", "epiorder", "epistart", "epiend", "admidate",
+    "provider_code", "susrecid", "spell_id", "epiorder", "epistat", "epistart", "epiend", "admidate",
     "disdate", "admimeth", "dismeth", "sex", "dob", "birth_year", "birth_month",
     "consultant_code", "nhs_number", "nhs_number_valid", "period", "linked_nhs_number",
-    "date_of_death", "type2_objection", "pseudo_hesid",
+    "date_of_death", "type2_objection", "pseudo_hesid", "linked_date_of_birth",
 )
 EPISODE_COLUMNS = _EPISODE_COLUMNS + ("diagnoses", "procedures", "procedure_dates")
 """The linked-episode columns :func:`build_spells` reads."""
@@ -210,37 +219,45 @@ def build_spells(
     for c in _EPISODE_COLUMNS:
         if c not in ep.columns:
             ep[c] = None
-    for c in ("epistart", "epiend", "admidate", "disdate", "dob", "date_of_death"):
+    for c in ("epistart", "epiend", "admidate", "disdate", "dob", "date_of_death", "linked_date_of_birth"):
         ep[c] = pd.to_datetime(ep[c])
     for c in ("provider_code", "susrecid", "spell_id", "epiorder", "admimeth", "dismeth", "sex",
               "consultant_code", "nhs_number", "linked_nhs_number", "pseudo_hesid", "period"):
         ep[c] = ep[c].astype("string").str.strip().replace("", pd.NA)
     ep["row"] = np.arange(len(ep))
 
-    # spell key; an episode without a spell id is a spell of its own
-    ep["spell_key"] = ep["spell_id"].fillna("EPI:" + ep["susrecid"].fillna(""))
-    ep["epiorder_num"] = pd.to_numeric(ep["epiorder"], errors="coerce")
-    ep = ep.sort_values(["provider_code", "spell_key", "epiorder_num", "epistart", "susrecid"],
-                        na_position="last", kind="stable")
-    ep["spell"] = ep.groupby(["provider_code", "spell_key"], sort=False).ngroup()
+    # Spells and episode order as every module derives them (pipelines/spells.py): the
+    # given spell id, else HES's derivation (person, provider, admission date, cut at each
+    # discharge), else the episode alone; EPIORDER 98/99 after every real order.
+    assigned = _spells.assign_spells(episodes)
+    ep = ep.iloc[assigned["row"].to_numpy()].reset_index(drop=True)
+    ep["spell_key"] = assigned["spell_id"].to_numpy()
+    ep["spell"] = assigned["spell"].to_numpy()
+    ep["epiorder_num"] = assigned["order_rank"].to_numpy()
+    ep["is_last"] = assigned["is_last"].to_numpy()
+    ep["unfinished"] = assigned["unfinished"].to_numpy()
     n = int(ep["spell"].max()) + 1 if len(ep) else 0
     ep["t2"] = ep["type2_objection"].astype("boolean").fillna(False).astype(bool)
     ep["valid_nhs"] = ep["nhs_number"].where(ep["nhs_number_valid"].fillna(False).astype(bool))
 
     g = ep.groupby("spell", sort=True)
+    # The spell's discharge is its last episode's; none when that episode is unfinished.
+    last = ep[ep["is_last"]].set_index("spell")
     sp = pd.DataFrame({
         "provider_code": g["provider_code"].first(),
         "spell_id": g["spell_key"].first(),
         "spell_period": g["period"].max(),
         "admidate": g["admidate"].first(),
         "first_epistart": g["epistart"].min(),
-        "disdate": g["disdate"].last(),
+        "disdate": last["disdate"].where(~last["unfinished"]),
         "admimeth": g["admimeth"].first(),
-        "dismeth": g["dismeth"].last(),
+        "dismeth": last["dismeth"].where(~last["unfinished"]),
+        "last_unfinished": last["unfinished"],
         "sex": g["sex"].first(),
         "dob": g["dob"].first(),
         "birth_year": g["birth_year"].first(),
         "birth_month": g["birth_month"].first(),
+        "gp_dob": g["linked_date_of_birth"].first(),
         "valid_nhs": g["valid_nhs"].first(),
         "linked_nhs": g["linked_nhs_number"].first(),
         "pseudo_hesid": g["pseudo_hesid"].first(),
@@ -253,7 +270,7 @@ def build_spells(
     # (HES extracts only) the PSEUDO_HESID
     sp["person_key"] = sp["valid_nhs"].fillna(sp["linked_nhs"]).fillna("HESID:" + sp["pseudo_hesid"])
     on = sp["admidate"].fillna(sp["first_epistart"])
-    sp["age"] = _age(on, sp["dob"], sp["birth_year"], sp["birth_month"])
+    sp["age"] = _age(on, sp["dob"], sp["birth_year"], sp["birth_month"], sp["gp_dob"])
     los = (sp["disdate"] - sp["admidate"]).dt.days.astype("Int64")
     sp["los_days"] = los.where(los >= 0)  # discharge before admission: unknown
     sp["emergency"] = sp["admimeth"].isin(EMERGENCY_ADMIMETH).fillna(False).astype(bool)
@@ -285,6 +302,8 @@ def build_spells(
 
     # index procedure
     index = _index_procedures(episodes, ep, sp, diag, cohorts, min_age)
+    # A spell whose last episode is unfinished opens no outcome: not an index spell.
+    index = index[~sp["last_unfinished"].reindex(index.index).fillna(False).astype(bool).to_numpy()]
     sp = sp.join(index, how="left")
     sp["index_procedure_date"] = pd.to_datetime(sp["index_procedure_date"])
     for c in ("specialty", "index_procedure", "consultant_code"):
@@ -412,8 +431,9 @@ def _readmissions(sp: pd.DataFrame, days: int) -> pd.Series:
 
 
 # --------------------------------------------------------------------------- the window's spells
-_KEY_COLUMNS = ("provider_code", "spell_id", "susrecid")
+_KEY_COLUMNS = _spells.GROUP_COLUMNS  # what an episode's spell group is worked out from
 _PERSON_COLUMNS = ("nhs_number", "nhs_number_valid", "linked_nhs_number", "pseudo_hesid")
+_KEY_AND_PERSON = tuple(dict.fromkeys(_KEY_COLUMNS + _PERSON_COLUMNS))
 
 
 def window_spells(
@@ -467,7 +487,7 @@ def window_spells(
     keep_keys = _sorted_set(keep)
     people = []
     for p in periods:
-        t = read(p, _KEY_COLUMNS + _PERSON_COLUMNS)
+        t = read(p, _KEY_AND_PERSON)
         if t is not None and t.num_rows:
             mine = _member(_spell_hashes(t), keep_keys)
             people += [ids[mine] for ids in _person_hashes(t)]
@@ -475,7 +495,7 @@ def window_spells(
     people_keys = people_keys[people_keys != 0]
     wanted = [keep_keys]
     for p in periods:
-        t = read(p, _KEY_COLUMNS + _PERSON_COLUMNS)
+        t = read(p, _KEY_AND_PERSON)
         if t is not None and t.num_rows:
             theirs = np.zeros(t.num_rows, dtype=bool)
             for ids in _person_hashes(t):
@@ -546,12 +566,13 @@ def _hashes(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 def _spell_hashes(t: pa.Table) -> np.ndarray:
-    """Each episode's spell (provider and spell key, as :func:`build_spells` groups them)
-    as a hash; 0 for an episode without a provider (it is in no spell)."""
+    """Each episode's spell group (provider and :func:`pipelines.spells.group_keys`: its
+    spell id, else its person and admission date, else itself) as a hash; 0 for an
+    episode without a provider (it is in no spell). A derived group holds every episode
+    a derived spell can take (several spells when the person was discharged and
+    admitted again on the same day), so reading groups reads whole spells."""
     provider = _stripped(_column(t, "provider_code"))
-    epi = pc.binary_join_element_wise("EPI:", pc.fill_null(_stripped(_column(t, "susrecid")), ""), "")
-    key = pc.coalesce(_stripped(_column(t, "spell_id")), epi)
-    return _hashes(pc.binary_join_element_wise(provider, key, "\x1f"))
+    return _hashes(pc.binary_join_element_wise(provider, _spells.group_keys(t), "\x1f"))
 
 
 def _person_hashes(t: pa.Table) -> list[np.ndarray]:
@@ -592,6 +613,71 @@ def _has_cohort_code(t: pa.Table, prefixes: dict[int, set]) -> np.ndarray:
     parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
     hit[parents[matches[index]]] = True
     return hit
+
+
+# --------------------------------------------------------------------------- age unknown
+AGE_UNKNOWN_RULE = "PROCEDURE_AGE_UNKNOWN"
+"""The data-quality rule counting episodes with a cohort procedure whose patient's age at
+admission stays unknown (no DOB, no MYDOB, no linked GP date of birth at ranks 1 to 4):
+such a procedure can be no index procedure (adults only), so it is counted, not lost."""
+
+
+def procedures_without_age(linked: pa.Table, period: str, cohorts: pd.DataFrame | None = None) -> pa.Table:
+    """``dq_rules`` rows (internal, ``schemas.get("dq_rules")``) for one period's linked
+    episodes: per submission and provider, ``rows_checked`` = episodes with
+    a procedure code of a cohort's prefix, ``rows_failed`` = those whose age at admission
+    is unknown, worked out as :func:`build_spells` works it out over the episodes of the
+    spell seen here (DOB, else MYDOB, else the linked GP date of birth, from the first
+    episode that has one). Rule :data:`AGE_UNKNOWN_RULE`, field ``DOB``, severity ``warn``;
+    example lines are line numbers, never values."""
+    ds = schemas.get("dq_rules")
+    empty = ds.arrow_schema(include_partition=True).empty_table()
+    if cohorts is None:
+        cohorts = load_cohorts()
+    if linked is None or linked.num_rows == 0:
+        return empty
+    hit = _has_cohort_code(linked, _prefixes_by_length(cohorts))
+    if not hit.any():
+        return empty
+    cols = ("submission_id", "provider_code", "line", "admidate", "epistart", "dob", "birth_year", "birth_month",
+            "linked_date_of_birth")
+    df = pd.DataFrame({c: (linked.column(c).to_pandas() if c in linked.column_names else pd.Series([None] * linked.num_rows))
+                       for c in cols})
+    for c in ("admidate", "epistart", "dob", "linked_date_of_birth"):
+        df[c] = pd.to_datetime(df[c])
+    # the spell's values, from its first episode that has each (as build_spells)
+    assigned = _spells.assign_spells(linked)
+    spell = np.full(len(df), -1, dtype=np.int64)
+    spell[assigned["row"].to_numpy()] = assigned["spell"].to_numpy()
+    own = spell < 0
+    spell[own] = spell.max(initial=-1) + 1 + np.arange(int(own.sum()))
+    order = np.empty(len(df), dtype=np.int64)
+    order[assigned["row"].to_numpy()] = np.arange(len(assigned))
+    order[own] = len(assigned) + np.arange(int(own.sum()))
+    df["spell"], df["order"] = spell, order
+    firsts = df.sort_values("order").groupby("spell")[["admidate", "epistart", "dob", "birth_year", "birth_month",
+                                                       "linked_date_of_birth"]].first()
+    sp = firsts.reindex(df["spell"].to_numpy())
+    on = sp["admidate"].fillna(sp["epistart"]).reset_index(drop=True)
+    age = _age(on, sp["dob"].reset_index(drop=True), sp["birth_year"].reset_index(drop=True),
+               sp["birth_month"].reset_index(drop=True), sp["linked_date_of_birth"].reset_index(drop=True))
+    df["checked"] = hit
+    df["failed"] = hit & age.isna().to_numpy(dtype=bool)
+    df = df[df["checked"]]
+    df["provider_code"] = df["provider_code"].astype("string").str.strip().str.upper()
+    rows = []
+    for (sid, provider), grp in df.groupby(["submission_id", "provider_code"], sort=True, dropna=False):
+        lines = grp.loc[grp["failed"], "line"].dropna().astype("int64").tolist()[:5]
+        rows.append({"period": period, "submission_id": sid, "source": None, "submitter_code": None if pd.isna(provider) else provider,
+                     "rule_id": AGE_UNKNOWN_RULE, "field": "DOB", "severity": "warn",
+                     "rows_checked": int(len(grp)), "rows_failed": int(grp["failed"].sum()),
+                     "example_lines": [str(x) for x in lines]})
+    out = pd.DataFrame(rows)
+    if "source" in linked.column_names:
+        src = pd.Series(linked.column("source").to_pandas()).groupby(
+            pd.Series(linked.column("submission_id").to_pandas())).first()
+        out["source"] = out["submission_id"].map(src)
+    return ds.conform(pa.Table.from_pandas(out, preserve_index=False))
 
 
 # --------------------------------------------------------------------------- models

@@ -192,11 +192,11 @@ def _generic_text(values: list) -> pa.Array:
 def _messages(numbers: pa.Array, hesids: pa.Array) -> pa.Array:
     """The message hashed for each record (as :func:`person_id`), null for none.
 
-    The NHS number keeps the scalar rule exactly: only ' ' and '-' removed (not other
-    whitespace, unlike :func:`pipelines.nhs_number.canonical_series`), then exactly ten
-    ASCII digits passing Modulus 11."""
+    The NHS number is made canonical as everywhere (:mod:`pipelines.nhs_number`:
+    whitespace and hyphens removed), then must be exactly ten ASCII digits passing
+    Modulus 11."""
     numbers, hesids = numbers.cast(pa.large_string()), hesids.cast(pa.large_string())
-    canon = pc.replace_substring(pc.replace_substring(numbers, " ", ""), "-", "")
+    canon = nhsno.canonical_arrow(numbers)
     shaped = pc.fill_null(pc.match_substring_regex(canon, "^[0-9]{10}$"), False)
     valid = shaped.to_numpy(zero_copy_only=False).astype(bool)
     if valid.any():

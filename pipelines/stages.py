@@ -268,6 +268,11 @@ def link(settings: Settings, period: str) -> dict:
     newest = current.gp_current_lazy(wh, period).patients_newest_overall
     linked = linkage.link_episodes(episodes, newest)
     wh.write_raw("linked_episodes", linked, period)
+    # Episodes with a cohort procedure whose age at admission stays unknown even with the
+    # linked GP record's date of birth: counted in data_quality (rule PROCEDURE_AGE_UNKNOWN).
+    from pipelines import outcomes
+    cohorts = outcomes.load_cohorts(settings.t("outcomes", "cohorts_file"))
+    wh.write("dq_rules", outcomes.procedures_without_age(linked, period, cohorts), period, part="linkage-age-unknown")
     ranks = pc.value_counts(linked.column("match_rank")).to_pylist() if linked.num_rows else []
     return {"episodes": linked.num_rows,
             "linked": int(pc.sum(pc.is_valid(linked.column("match_rank"))).as_py() or 0) if linked.num_rows else 0,

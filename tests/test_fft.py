@@ -435,10 +435,13 @@ def episode(spell, epiorder, epiend, tretspef, disdate=None, nhs=VALID_A, valid=
 
 def test_spells_take_the_last_episode():
     eps = pd.DataFrame([
-        # S1: episode 02 is last (01 ends later but has a lower order; 99 is "not known")
+        # S1: episode 02 is last (01 ends later but has a lower order)
         episode("S1", "01", D(2014, 1, 9), "300"),
         episode("S1", "02", D(2014, 1, 8), "110", disdate=D(2014, 1, 8), valid=False),
-        episode("S1", "99", D(2014, 1, 7), "800"),
+        # S5: 99 ("not known") sorts after every real order (inputs.md): it is last
+        episode("S5", "01", D(2014, 1, 9), "300"),
+        episode("S5", "99", D(2014, 1, 7), "800", disdate=D(2014, 1, 9)),
+        episode("S5", "02", D(2014, 1, 8), "110"),
         # S2: two episodes 01: the later end wins
         episode("S2", "01", D(2014, 1, 3), "100", nhs=VALID_B),
         episode("S2", "01", D(2014, 1, 5), "101", disdate=D(2014, 1, 5), nhs=VALID_B),
@@ -447,13 +450,14 @@ def test_spells_take_the_last_episode():
         # S4: two different valid NHS numbers: nobody's spell
         episode("S4", "01", D(2014, 1, 2), "100"),
         episode("S4", "02", D(2014, 1, 4), "100", disdate=D(2014, 1, 4), nhs=VALID_B),
-        # no spell id: left out
-        episode(None, "01", D(2014, 1, 2), "100", disdate=D(2014, 1, 2)),
+        # no spell id and no admission date to derive one from: a spell of its own
+        episode(None, "01", D(2014, 1, 2), "100", disdate=D(2014, 1, 2), susrecid="E9"),
     ])
     out = fft.spells_for_fft_linkage(eps)
     assert out.schema.field("disdate").type == pa.date32()
     got = {(r["provider_code"], r["spell_id"]): r for r in out.to_pylist()}
-    assert set(got) == {("RA1", "S1"), ("RA1", "S2"), ("RB2", "S1"), ("RA1", "S4")}
+    assert set(got) == {("RA1", "S1"), ("RA1", "S2"), ("RB2", "S1"), ("RA1", "S4"), ("RA1", "S5"), ("RA1", "EPI:E9")}
+    assert (got[("RA1", "S5")]["tretspef_last"], got[("RA1", "S5")]["disdate"]) == ("800", D(2014, 1, 9))
     assert got[("RA1", "S1")] == {"provider_code": "RA1", "spell_id": "S1", "nhs_number": VALID_A,
                                   "disdate": D(2014, 1, 8), "tretspef_last": "110"}
     assert got[("RA1", "S2")]["tretspef_last"] == "101"

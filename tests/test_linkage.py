@@ -161,10 +161,20 @@ def test_never_link_to_a_patient_with_another_valid_nhs_number():
     # N[5] is valid but not in the GP data; PATIENT agrees on DOB, sex and postcode.
     got = link_one(ep_row(N[5]), PATIENT)
     assert got == dict(match_rank=None, linked_nhs_number=None, registered_practice=None,
-                       lsoa=None, date_of_death=None, type2_objection=False)
+                       lsoa=None, date_of_death=None, type2_objection=False, linked_date_of_birth=None)
     # N[1] is in the GP data with another DOB: rank 4 to N[1], never rank 5 to PATIENT.
     got = link_one(ep_row(N[1]), PATIENT, gp_row(N[1], date_of_birth=D(1990, 1, 1)))
     assert got["match_rank"] == 4 and got["linked_nhs_number"] == N[1]
+    assert got["linked_date_of_birth"] == D(1990, 1, 1)  # the GP record's, for age at admission
+
+
+def test_linked_date_of_birth_only_for_ranks_1_to_4_from_the_newest_extract():
+    newer = gp_row(N[0], date_of_birth=D(1961, 2, 2), extract_date=D(2014, 3, 20))
+    older = gp_row(N[0], date_of_birth=D(1960, 1, 1), extract_date=D(2014, 1, 20))
+    got = link_one(ep_row(N[0], dob=None, birth_year=None, birth_month=None), older, newer)
+    assert got["match_rank"] == 4 and got["linked_date_of_birth"] == D(1961, 2, 2)
+    rank5 = link_one(ep_row(None, postcode="ls1 4ap"), PATIENT)
+    assert rank5["match_rank"] == 5 and rank5["linked_date_of_birth"] is None
 
 
 def test_gp_rows_without_a_valid_nhs_number_are_never_linked():
@@ -530,7 +540,7 @@ def test_coverage_rejects_a_bad_period():
 
 def test_empty_inputs():
     linked = linkage.link_episodes(eps(), gp())
-    assert linked.num_rows == 0 and linked.column_names[-6:] == list(linkage.LINK_COLUMNS)
+    assert linked.num_rows == 0 and linked.column_names[-len(linkage.LINK_COLUMNS):] == list(linkage.LINK_COLUMNS)
     out = linkage.coverage("2014-03", linked, practices(), providers(), extracts(), gp(), Settings())
     assert out["linkage_coverage_provider"].num_rows == 0
     summary = out["linkage_coverage_summary"].to_pylist()
@@ -625,7 +635,7 @@ def test_link_episodes_same_from_a_parquet_dataset_as_from_a_table(tmp_path, mon
     # rank 5 to N[7]: its other row (another file, another postcode) gives the registration
     # covering EPISTART, its LSOA and the type 2 objection
     assert got[6] == dict(match_rank=5, linked_nhs_number=N[7], registered_practice="P2",
-                          lsoa="E01000072", date_of_death=None, type2_objection=True)
+                          lsoa="E01000072", date_of_death=None, type2_objection=True, linked_date_of_birth=None)
     # the second patient on that DOB, sex and postcode has no episode, yet still counts
     assert got[7]["linked_nhs_number"] is None
     assert (got[8]["linked_nhs_number"], got[8]["registered_practice"], got[8]["date_of_death"]) == (
@@ -695,3 +705,43 @@ def test_gp_deaths_newest_extract_with_a_death_and_type2_from_any():
     assert out == [{"nhs_number": a, "date_of_death": D(2014, 1, 6), "type2_objection": True}]
     assert linkage.gp_deaths(rows, []).num_rows == 0
     assert linkage.gp_deaths(rows, pa.chunked_array([[a, None, ""], [a, c]])).column("nhs_number").to_pylist() == [a, c]
+
+
+def test_coverage_gpprac_placeholders_belong_to_no_practice():
+    """GPPRAC V81997, V81998, V81999 and '&' mean no practice / not known (inputs.md): such
+    episodes are in no practice's expected episodes, even where the reference file lists
+    the pseudo code as an active practice; they still count for their provider."""
+    extra = [dict(practice_code=c, status="A", prescribing_setting="4", commissioner_code="C1")
+             for c in ("V81997", "V81998", "V81999", "&")]
+    prac = pa.concat_tables([practices(), _table("ref_practices", extra)])
+    base = linked_table()
+    rows = [dict(provider_code="R1", epiend=D(2014, 3, 10), nhs_number_valid=True, nhsnoind="01", gpprac=g,
+                 match_rank=1, registered_practice="P1") for g in ("V81997", "V81998", " v81999 ", "&")]
+    linked = pa.concat_tables([base, pa.Table.from_pylist(rows, schema=base.schema)])
+    out = linkage.coverage("2014-03", linked, prac, providers(), extracts(), gp_patients_period(), Settings())
+    practice = {r["practice_code"]: r for r in out["linkage_coverage_practice"].to_pylist()}
+    assert sorted(practice) == ["P1", "P2", "P3"]          # the pseudo codes are not practices
+    plain = linkage.coverage("2014-03", base, practices(), providers(), extracts(), gp_patients_period(), Settings())
+    before = {r["practice_code"]: r for r in plain["linkage_coverage_practice"].to_pylist()}
+    for code in practice:
+        assert (practice[code]["episodes_expected"], practice[code]["episodes_linked"]) == \
+            (before[code]["episodes_expected"], before[code]["episodes_linked"]), code
+    assert out["linkage_coverage_summary"].to_pylist() == plain["linkage_coverage_summary"].to_pylist()
+    prov = {r["provider_code"]: r for r in out["linkage_coverage_provider"].to_pylist()}
+    prov0 = {r["provider_code"]: r for r in plain["linkage_coverage_provider"].to_pylist()}
+    assert prov["R1"]["episodes"] == prov0["R1"]["episodes"] + 4
+
+
+def test_linked_episodes_age_falls_back_to_the_linked_gp_date_of_birth():
+    linked = linkage.link_episodes(
+        eps(ep_row(N[0], susrecid="B1", dob=None, birth_year=None, birth_month=None, admidate=D(2014, 3, 14)),
+            ep_row(N[0], susrecid="B2", dob=None, birth_year=1960, birth_month=1, admidate=D(2014, 3, 14)),
+            ep_row(N[6], susrecid="B3", dob=None, birth_year=None, birth_month=None)),   # unlinked
+        gp(PATIENT),  # born 1950-03-15
+    )
+    out = linkage.linked_episodes_restricted(linked, KEY)
+    assert "linked_date_of_birth" not in out.column_names  # never published
+    rows = {r["susrecid"]: r for r in out.to_pylist()}
+    assert rows["B1"]["match_rank"] == 4 and rows["B1"]["age_at_admission"] == 63  # the GP record's
+    assert rows["B2"]["age_at_admission"] == 54        # MYDOB comes before the GP record
+    assert rows["B3"]["age_at_admission"] is None

@@ -1,4 +1,5 @@
 import pandas as pd
+import pyarrow as pa
 import pytest
 from hypothesis import given, strategies as st
 
@@ -36,3 +37,77 @@ def test_vectorised_matches_scalar(text):
 def test_with_check_digit_is_valid_when_defined(n):
     full = nn.with_check_digit(f"999{n:06d}")
     assert full is None or nn.is_valid(full)
+
+
+# --------------------------------------------------------------------------- one normalisation
+# Unicode whitespace and hyphens between digit groups are removed; only ASCII digits count.
+VALID = "9990000018"  # 999 test range
+SEPARATORS = [" ", "\t", "\n", "\r", "\x0b", "\x0c", "\xa0", "\u2007", "\u202f", "\u3000", "\u2028", "\x85",
+              "-", "\u2010", "\u2011"]
+FOREIGN_DIGITS = ["\uff19", "\u0669", "\u06f9", "\u0969"]  # full-width, Arabic-Indic, Eastern Arabic-Indic, Devanagari 9
+
+
+@pytest.mark.parametrize("sep", SEPARATORS)
+def test_whitespace_and_hyphens_between_groups_are_removed(sep):
+    value = f"{sep}999{sep}000{sep}{sep}0018{sep}"
+    assert nn.canonical(value) == VALID and nn.is_valid(value)
+    assert nn.canonical_series(pd.Series([value])).iloc[0] == VALID
+    assert bool(nn.valid_series(pd.Series([value])).iloc[0])
+    assert nn.canonical_arrow(pa.array([value])).to_pylist() == [VALID]
+
+
+@pytest.mark.parametrize("digit", FOREIGN_DIGITS)
+def test_non_ascii_digits_make_it_invalid(digit):
+    value = VALID[:-1] + digit
+    assert not nn.is_valid(value) and not bool(nn.valid_series(pd.Series([value])).iloc[0])
+
+
+def test_dashes_that_are_not_hyphens_are_kept():
+    for dash in ("\u2013", "\u2014", "\u2212"):  # en dash, em dash, minus sign
+        assert not nn.is_valid(f"999{dash}000{dash}0018")
+
+
+ALPHABET = st.sampled_from(list("0123456789") + SEPARATORS + FOREIGN_DIGITS + ["a", "\u2013", "\u200b", "."])
+
+
+def _pieces():
+    # mostly near-valid numbers with separators sprinkled in, some arbitrary text
+    return st.one_of(
+        st.lists(ALPHABET, max_size=16).map("".join),
+        st.tuples(st.sampled_from([VALID, "9990000026", "4010232137", "0000000000"]),
+                  st.lists(st.tuples(st.integers(0, 10), ALPHABET), max_size=4)).map(
+            lambda t: _sprinkle(*t)),
+        st.text(max_size=14),
+    )
+
+
+def _sprinkle(number, inserts):
+    chars = list(number)
+    for at, ch in sorted(inserts, reverse=True):
+        chars.insert(at, ch)
+    return "".join(chars)
+
+
+@given(st.lists(st.one_of(st.none(), _pieces()), min_size=1, max_size=8))
+def test_scalar_and_vectorised_paths_agree(values):
+    series = pd.Series(values, dtype=object)
+    canon = nn.canonical_series(series)
+    valid = nn.valid_series(series)
+    arrow = nn.canonical_arrow(pa.array(values, pa.string())).to_pylist()
+    for i, v in enumerate(values):
+        c = nn.canonical(v)
+        assert (None if pd.isna(canon.iloc[i]) else canon.iloc[i]) == c == arrow[i], repr(v)
+        assert bool(valid.iloc[i]) == nn.is_valid(v), repr(v)
+
+
+@given(st.lists(st.one_of(st.none(), _pieces()), min_size=1, max_size=6))
+def test_person_ids_vectorised_agree_with_the_scalar_rule(values):
+    from pipelines import pseudo
+
+    key = "k" * 32
+    got = pseudo.person_ids(key, pa.array(values, pa.string())).to_pylist()
+    assert got == [pseudo.person_id(key, v) for v in values]
+    # a valid number is hashed in its canonical form, whatever the separators
+    for v, pid in zip(values, got):
+        if nn.is_valid(v):
+            assert pid == pseudo.person_id(key, nn.canonical(v))

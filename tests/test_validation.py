@@ -68,6 +68,10 @@ def generic_bad(rule: Rule) -> dict:
         return {f: "BAD!"}
     if rule.id.endswith("_INVALID"):
         return {f: NHS_BAD}
+    if rule.id.endswith("_PLACEHOLDER"):
+        return {f: "1801-01-01"}  # a HES placeholder date: read as empty, warned
+    if rule.id.endswith("_BEFORE_1890"):
+        return {f: "1850-06-01"}
     raise KeyError(rule.id)
 
 
@@ -223,7 +227,8 @@ def test_sus_field_scores_present_and_valid(sus_run):
     bad_nhs = sum(1 for ids in out.rule_ids if {"NEWNHSNO_MISSING", "NEWNHSNO_INVALID"} & set(ids))
     assert fs.at["NEWNHSNO", "rows_valid"] == n - bad_nhs
     # DOB is present where DOB or MYDOB is
-    dob_bad = sum(1 for ids in out.rule_ids if {"DOB_DATE", "DOB_FUTURE", "MYDOB_FORMAT", "DOB_AFTER_ADMIDATE"} & set(ids))
+    dob_bad = sum(1 for ids in out.rule_ids if {"DOB_DATE", "DOB_FUTURE", "MYDOB_FORMAT", "DOB_AFTER_ADMIDATE",
+                                                 "DOB_PLACEHOLDER", "DOB_BEFORE_1890"} & set(ids))
     assert fs.at["DOB", "rows_valid"] == n - dob_bad
 
 
