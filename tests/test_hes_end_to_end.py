@@ -14,7 +14,6 @@ import csv
 import io
 import json
 import shutil
-from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
@@ -85,10 +84,10 @@ def _partitions(pub: Path, zone: str, name: str) -> set[str]:
 
 
 def _allowed_extra(periods: set[str], months: set[str]) -> set[str]:
-    """Periods beside the sample's months: the placeholder EPIEND's row, filed under 1801-01
-    (read as a date) or, read as "not known", under the month the file was first seen."""
-    now = datetime.now(timezone.utc).strftime("%Y-%m")
-    return periods - months - {"1801-01", now}
+    """Periods beside the sample's months: none. Its row whose EPIEND is the placeholder
+    1801-01-01 ("not known", quarantined) goes under the file's latest EPIEND month and
+    opens no 1801-01 period of its own."""
+    return periods - months
 
 
 @pytest.fixture
