@@ -8,10 +8,6 @@ from pipelines import stages
 from pipelines.partitions import period_partitions
 from pipelines.resources import CareDataConfig
 
-# Outcomes look back over a 36-month window (configurable; the mapping is the default).
-WINDOW = dg.TimeWindowPartitionMapping(start_offset=-35, end_offset=0)
-
-
 def _specs(names, deps):
     return [dg.AssetSpec(n, description=stages.describe(n), deps=deps) for n in names]
 
@@ -40,8 +36,13 @@ def fft_results(context: dg.AssetExecutionContext, caredata: CareDataConfig):
         yield dg.MaterializeResult(asset_key=name, metadata=_md(report[name]))
 
 
+# Outcomes look back over a 36-month window (outcomes.window_months): the stage reads the
+# window's linked episodes from the warehouse itself, whichever months of it have data. The
+# periods are dynamic partitions (any month), which a time-window mapping cannot map, so
+# the dependency is on the period's own linkage: the runner links every period before it
+# computes any period's outcomes, and a backfill should run forward to the latest period.
 @dg.multi_asset(group_name="outcomes", partitions_def=period_partitions, pool="caredata_heavy",
-                specs=_specs(stages.OUTCOME_DATASETS, [dg.AssetDep(linked_episodes_work, partition_mapping=WINDOW)]))
+                specs=_specs(stages.OUTCOME_DATASETS, [linked_episodes_work]))
 def consultant_outcomes_window(context: dg.AssetExecutionContext, caredata: CareDataConfig):
     report = stages.outcome_outputs(caredata.settings(), context.partition_key)
     for name in stages.OUTCOME_DATASETS:

@@ -5,7 +5,7 @@ and the current views the submission protocols define."""
 import dagster as dg
 
 from pipelines import stages
-from pipelines.partitions import period_partitions
+from pipelines.partitions import period_partitions, sync_periods
 from pipelines.resources import CareDataConfig
 
 
@@ -28,10 +28,20 @@ def _md(report: dict) -> dict:
     return out
 
 
-@dg.asset(group_name="ingest", description="Every file in the landing zone recorded in the ledger (name, size, SHA-256, outcome).")
+def _follow_the_data(context: dg.AssetExecutionContext, settings) -> dict:
+    """The period partitions (dynamic) made exactly the months with data in the landing zone,
+    so that a backfill or the UI can run any of them after the scan."""
+    added, removed = sync_periods(context.instance, stages.periods(settings))
+    if removed:
+        context.log.info(f"periods without a file in the landing zone any more: {', '.join(removed)}")
+    return {"periods_added": added, "periods_removed": removed}
+
+
+@dg.asset(group_name="ingest", description="Every file in the landing zone recorded in the ledger (name, size, SHA-256, outcome); the period partitions made the months with data.")
 def landing_scan(context: dg.AssetExecutionContext, caredata: CareDataConfig) -> dg.MaterializeResult:
-    report = stages.scan(caredata.settings())
-    return dg.MaterializeResult(metadata=_md(report))
+    settings = caredata.settings()
+    report = stages.scan(settings)
+    return dg.MaterializeResult(metadata=_md({**report, **_follow_the_data(context, settings)}))
 
 
 @dg.asset(group_name="ingest", deps=[landing_scan], description="ODS reference data: GP practices (epraccur), providers, sites.")
@@ -42,7 +52,10 @@ def reference_data(context: dg.AssetExecutionContext, caredata: CareDataConfig) 
 @dg.asset(group_name="ingest", deps=[landing_scan, reference_data], pool="caredata_heavy",
           description="HES APC extracts (many providers and periods), validated into the warehouse as net change.")
 def hes_apc_bronze(context: dg.AssetExecutionContext, caredata: CareDataConfig) -> dg.MaterializeResult:
-    return dg.MaterializeResult(metadata=_md(stages.ingest_hes(caredata.settings())))
+    settings = caredata.settings()
+    report = stages.ingest_hes(settings)
+    # A HES extract's rows bring their own months (any month): they become periods.
+    return dg.MaterializeResult(metadata=_md({**report, **_follow_the_data(context, settings)}))
 
 
 def _bronze_asset(source: str, description: str) -> dg.AssetsDefinition:

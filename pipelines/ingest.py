@@ -10,7 +10,7 @@ Public API (no Dagster here; the assets call one function per source and period)
     ingest_hes(landing, warehouse, settings, *, today=None, data_docs_dir=None) -> IngestReport
     read_ledger(warehouse) -> pa.Table                 # conformed to schemas.get("ledger")
     submissions_dataset(warehouse, periods=None) -> pa.Table  # conformed to "submissions"
-    periods_with_data(warehouse) -> list[str]
+    periods_with_data(warehouse, landing=None) -> list[str]
     pending_periods(landing, warehouse) -> dict[str, str]
 
 The ledger is append-only: one small Parquet file per event under ``ledger/parts/``
@@ -2064,10 +2064,14 @@ def scan_landing(landing: Store, warehouse: Warehouse, settings=None) -> dict:
 
 
 def pending_periods(landing: Store, warehouse: Warehouse) -> dict[str, str]:
-    """Reporting periods with GP, SUS or FFT files not yet taken in (no outcome in the
-    ledger for that name and size, or modified since), each with a fingerprint of those
-    files (for a sensor's run key). Cheap: lists, never reads. HES extracts have no
-    period in their name and are not included."""
+    """Reporting periods with work to do, each with a fingerprint of that work (for a
+    sensor's run key). Cheap: lists and reads the ledger, never reads a landing file.
+
+    * GP, SUS and FFT files not yet taken in (no outcome in the ledger for that name and
+      size, or modified since), by the period in their name;
+    * periods with rows of a HES extract (taken in by ``ingest_hes``, which has no period)
+      newer than the period's current view: the HES rows have not been run through the
+      period yet."""
     ledger = _Ledger(warehouse)
     out: dict[str, list[str]] = {}
     for folder in ("gp", "sus_apc", "fft"):
@@ -2078,14 +2082,61 @@ def pending_periods(landing: Store, warehouse: Warehouse) -> dict[str, str]:
             done = ledger.unchanged(fi)
             if not done:
                 out.setdefault(parsed.reporting_period, []).append(f"{fi.path}:{fi.size}:{fi.modified.isoformat()}")
+    hes = _hes_parts(landing, warehouse, ledger)
+    if hes:
+        views = {f.path.split("period=", 1)[1].split("/", 1)[0]: f.modified
+                 for f in warehouse.store.list("work/current_sus_episodes") if f.path.endswith(".parquet")}
+        for period, parts in hes.items():
+            newer = [f for f in parts if period not in views or f.modified > views[period]]
+            if newer:
+                out.setdefault(period, []).extend(f"{f.path}:{f.size}:{f.modified.isoformat()}" for f in newer)
     return {p: hashlib.sha256("\n".join(sorted(v)).encode()).hexdigest()[:16] for p, v in sorted(out.items())}
 
 
-def periods_with_data(warehouse: Warehouse) -> list[str]:
-    """Every reporting period with a submission taken in (or HES rows), sorted."""
-    found: set[str] = set()
-    for t in ("gp_patients", "sus_episodes", "fft_responses", "quarantine"):
-        found.update(warehouse.periods(t))
+def _hes_parts(landing: Store, warehouse: Warehouse, ledger: _Ledger | None = None,
+               present: set[str] | None = None) -> dict[str, list[FileInfo]]:
+    """Period -> the silver and quarantine parts written from the HES extracts that are in
+    the landing zone now (taken in or held: a part is named by its file's submission id)."""
+    ledger = ledger or _Ledger(warehouse)
+    files = [fi for fi in landing.list("hes_apc") if present is None or fi.path in present]
+    taken = set(ledger.outcomes.loc[ledger.outcomes["status"].isin(TAKEN), "file_name"])
+    sids = set()
+    for fi in files:
+        parsed = parse_name(fi.path)
+        if isinstance(parsed, ParsedName) and fi.path in taken:
+            sids.add(parsed.submission_id)
+    out: dict[str, list[FileInfo]] = {}
+    if not sids:
+        return out
+    for table in ("sus_episodes", "quarantine"):
+        folder = warehouse.path(table, "_", "_").split("/period=", 1)[0]
+        prefix = folder + "/period="
+        for f in warehouse.store.list(folder):
+            if not (f.path.startswith(prefix) and f.path.endswith(".parquet")):
+                continue
+            period, name = f.path[len(prefix):].split("/", 1)
+            if name[: -len(".parquet")] in sids:
+                out.setdefault(period, []).append(f)
+    return out
+
+
+def periods_with_data(warehouse: Warehouse, landing: Store | None = None) -> list[str]:
+    """Every reporting period with a submission taken in (or HES rows), sorted.
+
+    With ``landing``: only the periods whose data come from files that are in the landing
+    zone now (a GP, SUS or FFT file taken in or held, by the period of its name; a HES
+    extract taken in, by the periods of its rows). A period whose files were all removed
+    from the landing zone is no longer one: it stops being run (its warehouse files and
+    its last publication stay as they were)."""
     ev = _events(warehouse)
-    found.update(p for p in ev.loc[ev["status"].isin(TAKEN), "reporting_period"].dropna())
+    taken = ev.loc[ev["status"].isin(TAKEN)]
+    if landing is None:
+        found: set[str] = set()
+        for t in ("gp_patients", "sus_episodes", "fft_responses", "quarantine"):
+            found.update(warehouse.periods(t))
+        found.update(p for p in taken["reporting_period"].dropna())
+        return sorted(found)
+    present = {fi.path for fi in landing.list("")}
+    found = {p for p, f in zip(taken["reporting_period"], taken["file_name"]) if f in present and isinstance(p, str)}
+    found.update(_hes_parts(landing, warehouse, present=present))
     return sorted(found)

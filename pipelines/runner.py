@@ -229,6 +229,7 @@ def _write_log(summary: RunSummary, log_file: str | None) -> str | None:
 def _materialise(settings: Settings, summary: RunSummary, *, periods, progress, log_level) -> None:
     from assets import ALL_ASSETS, LEDGER, PERIOD_INGEST, PERIOD_LINK, PERIOD_OUTPUTS, UNPARTITIONED
     from pipelines import stages
+    from pipelines.partitions import sync_periods
     from pipelines.resources import CareDataConfig
 
     # Resource values come from the settings object (its roots are already resolved).
@@ -270,6 +271,10 @@ def _materialise(settings: Settings, summary: RunSummary, *, periods, progress, 
     progress("caredata: scanning the landing zone")
     _run(dg.AssetSelection.assets(*UNPARTITIONED), label="")
     found = stages.periods(settings)
+    # The periods are dynamic partitions: exactly the months with data, whatever they are.
+    added, removed = sync_periods(instance, found)
+    if removed:
+        progress(f"caredata: no file of {', '.join(removed)} is in the landing zone any more: not run")
     summary.periods = [p for p in found if periods is None or p in periods]
     for p in summary.periods:
         progress(f"caredata: {p}: ingest and validation")

@@ -9,6 +9,7 @@ linkage, fft, outcomes, quality, disclosure, publish).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import subprocess
 from functools import lru_cache
@@ -228,20 +229,43 @@ def current_fft(settings: Settings, period: str) -> dict:
 
 
 def periods(settings: Settings) -> list[str]:
-    """Every reporting period with a taken-in submission (or HES rows), or with landing
-    files still to take in (the runner calls this after the scan, before any ingest), sorted."""
+    """Every reporting period the pipeline runs, sorted: the months with data in the
+    landing zone now (files taken in, or HES rows of extracts taken in) and those with
+    landing files still to take in (the runner calls this after the scan, before any
+    ingest). Any month: 2001, 1801 or next year alike. A period whose files were all
+    removed from the landing zone is not one any more."""
     from pipelines import ingest
 
     landing, wh, _ = stores(settings)
-    return sorted(set(ingest.periods_with_data(wh)) | set(ingest.pending_periods(landing, wh)))
+    return sorted(set(ingest.periods_with_data(wh, landing)) | set(ingest.pending_periods(landing, wh)))
 
 
 def pending_periods(settings: Settings) -> dict[str, str]:
-    """For the sensor: periods with landing files not yet in the ledger -> a fingerprint."""
+    """For the sensor: periods with landing files not yet in the ledger, or with HES rows
+    not yet run through the period -> a fingerprint."""
     from pipelines import ingest
 
     landing, wh, _ = stores(settings)
     return ingest.pending_periods(landing, wh)
+
+
+def ledger_to_publish(settings: Settings) -> str | None:
+    """For the sensor: a fingerprint of the ledger's outcomes when one was recorded after
+    the published ``submissions`` dataset was last written (or it was never published),
+    else None. Only outcome events count: a file seen by a scan and not yet taken in is
+    not in the dataset. Cheap: lists the ledger's event parts and the published manifest."""
+    from pipelines import ingest
+
+    _, wh, out = stores(settings)
+    parts = sorted((f for f in wh.store.list(ingest.LEDGER_PARTS)
+                    if f.path.endswith(".parquet") and not f.path.endswith("-seen.parquet")),
+                   key=lambda f: f.path)
+    if not parts:
+        return None
+    manifest = [f for f in out.list("public/submissions") if f.path == "public/submissions/_manifest.json"]
+    if manifest and max(f.modified for f in parts) <= manifest[0].modified:
+        return None
+    return hashlib.sha256("\n".join(f"{f.path}:{f.size}" for f in parts).encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- linkage

@@ -5,14 +5,20 @@ import os
 
 import dagster as dg
 
-from assets import PERIOD_INGEST, PERIOD_LINK, PERIOD_OUTPUTS, UNPARTITIONED
+from assets import LEDGER, PERIOD_INGEST, PERIOD_LINK, PERIOD_OUTPUTS, UNPARTITIONED
 from pipelines import stages
 from pipelines.config import Settings
-from pipelines.partitions import period_partitions
+from pipelines.partitions import PERIODS, partition_requests, period_partitions
 
 scan_job = dg.define_asset_job(
-    "scan_job", selection=dg.AssetSelection.assets(*UNPARTITIONED),
-    description="Record new landing files in the ledger; reference data; HES extracts.",
+    "scan_job", selection=dg.AssetSelection.assets(*UNPARTITIONED, *LEDGER),
+    description="Record new landing files in the ledger; reference data; HES extracts; publish the submissions ledger.",
+)
+ledger_job = dg.define_asset_job(
+    "ledger_job", selection=dg.AssetSelection.assets(*LEDGER),
+    description="Publish the submissions ledger (every file seen, its outcome and reason). The landing "
+                "sensor requests it once the periods' runs have changed the ledger.",
+    tags={"dagster/max_retries": "2", "dagster/retry_strategy": "FROM_FAILURE"},
 )
 period_job = dg.define_asset_job(
     "period_job", selection=dg.AssetSelection.assets(*PERIOD_INGEST, *PERIOD_LINK, *PERIOD_OUTPUTS),
@@ -36,21 +42,54 @@ nightly_scan = dg.ScheduleDefinition(
 )
 
 
-@dg.sensor(job=period_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.RUNNING,
-           description="Watches the landing zone; launches one run per period with new or changed submissions.")
+# How often the landing sensor looks (seconds); the daemon evaluates it no more often.
+SENSOR_INTERVAL = int(os.environ.get("CAREDATA_SENSOR_INTERVAL_SECONDS", "300"))
+
+_IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+              dg.DagsterRunStatus.STARTED]
+
+
+def _instance(context: dg.SensorEvaluationContext) -> dg.DagsterInstance | None:
+    """The daemon's instance; None when a test evaluates the sensor without one."""
+    try:
+        return context.instance
+    except dg.DagsterInvariantViolationError:
+        return None
+
+
+@dg.sensor(jobs=[period_job, ledger_job], minimum_interval_seconds=SENSOR_INTERVAL,
+           default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Watches the landing zone: keeps the period partitions to the months with data, "
+                       "launches one run per period with new or changed submissions (or HES rows), and, once "
+                       "no period run is queued or running, publishes the submissions ledger if it changed.")
 def landing_sensor(context: dg.SensorEvaluationContext):
     settings = Settings.load()
     pending = stages.pending_periods(settings)
-    if not pending:
-        return dg.SkipReason("no new submissions in the landing zone")
+    periods = set(stages.periods(settings)) | set(pending)
+    instance = _instance(context)
+    # The periods are dynamic partitions: added before the runs that need them, removed
+    # when no file of theirs is in the landing zone any more.
+    partitions = partition_requests(instance.get_dynamic_partitions(PERIODS) if instance else [], periods)
     # The run key makes a request once per period and set of files: the same files seen
     # again (the sensor runs every 5 minutes) start nothing; a resubmission changes the
     # fingerprint and reruns that period only.
-    return [
-        dg.RunRequest(partition_key=period, run_key=f"{period}:{fingerprint}",
+    requests = [
+        dg.RunRequest(job_name=period_job.name, partition_key=period, run_key=f"{period}:{fingerprint}",
                       tags={**PRIORITY_TAGS, "caredata/trigger": "landing_sensor"})
         for period, fingerprint in sorted(pending.items())
     ]
+    if not requests:
+        # The ledger after the periods: their runs write the outcomes it publishes.
+        fingerprint = stages.ledger_to_publish(settings)
+        busy = instance is not None and instance.get_runs_count(
+            dg.RunsFilter(job_name=period_job.name, statuses=_IN_FLIGHT)) > 0
+        if fingerprint and not busy:
+            requests.append(dg.RunRequest(job_name=ledger_job.name, run_key=f"ledger:{fingerprint}",
+                                          tags={**PRIORITY_TAGS, "caredata/trigger": "landing_sensor"}))
+    if not requests:
+        return dg.SensorResult(skip_reason="no new submissions in the landing zone",
+                               dynamic_partitions_requests=partitions)
+    return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=partitions)
 
 
 @dg.run_failure_sensor(default_status=dg.DefaultSensorStatus.RUNNING,
@@ -78,6 +117,6 @@ def run_failure_alert(context: dg.RunFailureSensorContext):
         context.log.warning("run-failure alert not delivered to the webhook")
 
 
-JOBS = [scan_job, period_job]
+JOBS = [scan_job, period_job, ledger_job]
 SCHEDULES = [nightly_scan]
 SENSORS = [landing_sensor, run_failure_alert]

@@ -347,3 +347,94 @@ def test_every_dataset_reads_the_same_in_pandas_and_duckdb(run):
         n = duckdb.sql(f"select count(*) from read_parquet('{folder}/period=*/*.parquet', hive_partitioning=true)").fetchall()[0][0]
         assert len(pdf) == n > 0
         assert list(pdf.columns).count("period") == 1
+
+
+# --------------------------------------------------------------------------- periods of any month
+def _land(path: Path, text: str) -> None:
+    """A landing file as a supplier writes it, an hour before the pipeline looks."""
+    import time
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    past = time.time() - 3600
+    os.utime(path, (past, past))
+
+
+def _any_month_landing(root: Path, next_year: int) -> Path:
+    from pipelines.nhs_number import with_check_digit
+
+    ep = [""] * 27
+    ep[0], ep[1], ep[9], ep[10], ep[12], ep[14], ep[25] = "A81001", "THE SURGERY", "TS1 1AA", "19740401", "A", "00K", "4"
+    nhs = [n for n in (with_check_digit(f"999{i:06d}") for i in range(40)) if n][:6]
+    gp_head = ("NHS_NUMBER,DATE_OF_BIRTH,SEX,POSTCODE,LSOA,ETHNIC_CATEGORY,REGISTRATION_DATE,"
+               "DEREGISTRATION_DATE,DATE_OF_DEATH,OBJECTION\n")
+    gp = gp_head + "".join(f"{n},1950-01-15,1,TS1 1AA,,A,1980-01-01,,,\n" for n in nhs)
+    sus_head = "PROCODE3,SUSRECID,EPISTART,EPIEND,ADMIDATE,ADMIMETH,DISMETH,SEX,NEWNHSNO,GPPRAC\n"
+
+    def sus(year: int) -> str:
+        return sus_head + "".join(f"RGT,R{year}{i},{year}-01-0{i + 1},{year}-01-1{i},{year}-01-0{i + 1},21,1,1,{n},A81001\n"
+                                  for i, n in enumerate(nhs[:3]))
+
+    files = {
+        "reference/epraccur.csv": ",".join(ep) + "\n",
+        "reference/providers.csv": "PROVIDER_CODE,NAME,COMMISSIONER_CODE\nRGT,CAMBRIDGE UNIVERSITY HOSPITALS,00K\n",
+        "reference/sites.csv": "SITE_CODE,PROVIDER_CODE,NAME\nRGT01,RGT,ADDENBROOKE'S\n",
+        "gp/GP_A81001_19890131.csv": gp,
+        "sus_apc/APC_RGT_198901_19890215120000_BULK.csv": sus(1989),
+        f"gp/GP_A81001_{next_year}0131.csv": gp,
+        f"sus_apc/APC_RGT_{next_year}01_{next_year}0215120000_BULK.csv": sus(next_year),
+    }
+    for name, text in files.items():
+        _land(root / name, text)
+    return root
+
+
+def test_a_period_of_1989_or_of_next_year_is_run_never_a_crash(tmp_path):
+    """Files of 1989 and of next year: each taken in, quarantined or rejected by the rules,
+    the run exits 0, every file has an outcome; the periods are dynamic partitions holding
+    only those months; once the 1989 files are removed, 1989-01 is no longer run."""
+    import dagster as dg
+    from datetime import date
+
+    from pipelines.partitions import PERIODS
+
+    next_year = date.today().year + 1
+    landing = _any_month_landing(tmp_path / "landing", next_year)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+
+    def run_once() -> tuple[int, str]:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), _env(DAGSTER_HOME=str(home)):
+            rc = cli.main(["run", "--landing", str(landing), "--warehouse", str(tmp_path / "wh"),
+                           "--publish", str(tmp_path / "pub"), "--demo-mode"])
+        return rc, out.getvalue()
+
+    def partitions() -> list[str]:
+        with _env(DAGSTER_HOME=str(home)), dg.DagsterInstance.get() as instance:
+            return list(instance.get_dynamic_partitions(PERIODS))
+
+    rc, stdout = run_once()
+    assert rc == 0, stdout
+    periods = next(s for s in stdout.splitlines() if s.startswith("Periods: "))[len("Periods: "):].split(", ")
+    assert periods == ["1989-01", f"{next_year}-01"], stdout
+    assert partitions() == periods
+    ledger = ingest.read_ledger(Warehouse(Store(tmp_path / "wh"))).to_pandas().set_index("file_name")
+    on_disk = {p.relative_to(landing).as_posix() for p in landing.rglob("*") if p.is_file()}
+    assert set(ledger.index) == on_disk
+    assert "pending" not in set(ledger["status"]), ledger["status"]
+    assert ledger.at["sus_apc/APC_RGT_198901_19890215120000_BULK.csv", "status"] == "current"
+    published = json.loads((tmp_path / "pub" / "public" / "linkage_coverage_summary" / "_manifest.json").read_text())
+    assert "1989-01" in published["partitions"]
+
+    # Run again: nothing new, nothing crashes.
+    rc, stdout = run_once()
+    assert rc == 0, stdout
+
+    # The 1989 files are removed from the landing zone: 1989-01 stops being run.
+    (landing / "gp" / "GP_A81001_19890131.csv").unlink()
+    (landing / "sus_apc" / "APC_RGT_198901_19890215120000_BULK.csv").unlink()
+    rc, stdout = run_once()
+    assert rc == 0, stdout
+    assert "1989-01" not in next(s for s in stdout.splitlines() if s.startswith("Periods: "))
+    assert "1989-01" not in partitions()

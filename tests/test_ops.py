@@ -41,6 +41,12 @@ def _instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
+def _sensor_context(defs, instance: dg.DagsterInstance):
+    """A sensor's context as the daemon builds it: the instance by reference (the period
+    partitions are dynamic, read from the instance)."""
+    return dg.build_sensor_context(definitions=defs, instance=instance, instance_ref=instance.get_ref())
+
+
 # --------------------------------------------------------------------------- the instance
 def test_deploy_yaml_builds_a_postgres_instance_with_queue_limits_and_retries(dagster_home):
     from dagster._core.run_coordinator import QueuedRunCoordinator
@@ -186,23 +192,82 @@ def test_nightly_schedule_is_0200_london_time_all_year():
 def test_landing_sensor_requests_one_run_per_pending_period_and_skips_when_nothing_is_new(monkeypatch, tmp_path):
     from pipelines import stages
     from pipelines.definitions import defs
+    from pipelines.partitions import PERIODS
     from schedules import landing_sensor, period_job
 
     for key in ("LANDING", "WAREHOUSE", "PUBLISH"):
         monkeypatch.setenv(f"CAREDATA_{key}", str(tmp_path / key.lower()))
-    pending = {"2014-02": "f2", "2014-01": "f1"}
+    pending = {"2014-02": "f2", "2001-04": "f1"}
     monkeypatch.setattr(stages, "pending_periods", lambda settings: dict(pending))
 
-    data = landing_sensor.evaluate_tick(dg.build_sensor_context(definitions=defs))
-    assert [r.partition_key for r in data.run_requests] == ["2014-01", "2014-02"]
-    assert [r.run_key for r in data.run_requests] == ["2014-01:f1", "2014-02:f2"]
-    assert all(r.tags["dagster/priority"] == "10" for r in data.run_requests)
-    assert landing_sensor.job_name == period_job.name
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(PERIODS, ["1801-01"])  # its file was removed
+        data = landing_sensor.evaluate_tick(_sensor_context(defs, instance))
+        assert [r.partition_key for r in data.run_requests] == ["2001-04", "2014-02"]
+        assert [r.run_key for r in data.run_requests] == ["2001-04:f1", "2014-02:f2"]
+        assert all(r.job_name == period_job.name for r in data.run_requests)
+        assert all(r.tags["dagster/priority"] == "10" for r in data.run_requests)
+        # The partitions follow the data: any month added, a month without files removed.
+        reqs = {type(r).__name__: sorted(r.partition_keys) for r in data.dynamic_partitions_requests}
+        assert reqs == {"AddDynamicPartitionsRequest": ["2001-04", "2014-02"],
+                        "DeleteDynamicPartitionsRequest": ["1801-01"]}
 
-    pending.clear()
-    data = landing_sensor.evaluate_tick(dg.build_sensor_context(definitions=defs))
-    assert data.run_requests == []
-    assert data.skip_message == "no new submissions in the landing zone"
+        pending.clear()
+        data = landing_sensor.evaluate_tick(_sensor_context(defs, instance))
+        assert data.run_requests == []
+        assert data.skip_message == "no new submissions in the landing zone"
+
+
+def test_landing_sensor_publishes_the_ledger_after_the_periods(monkeypatch, tmp_path):
+    """Nothing pending and the ledger changed after its publication: a ledger_job run, but
+    only once no period run is queued or running."""
+    from pipelines import stages
+    from pipelines.definitions import defs
+    from schedules import landing_sensor, ledger_job
+
+    for key in ("LANDING", "WAREHOUSE", "PUBLISH"):
+        monkeypatch.setenv(f"CAREDATA_{key}", str(tmp_path / key.lower()))
+    monkeypatch.setattr(stages, "pending_periods", lambda settings: {})
+    monkeypatch.setattr(stages, "periods", lambda settings: [])
+    stale = {"fp": "abc123"}
+    monkeypatch.setattr(stages, "ledger_to_publish", lambda settings: stale["fp"])
+
+    with dg.instance_for_test() as instance:
+        def tick():
+            return landing_sensor.evaluate_tick(_sensor_context(defs, instance))
+
+        running = _queued(instance, "period_job", {"dagster/partition": "2014-01"}, status=DagsterRunStatus.STARTED)
+        assert tick().run_requests == []  # a period is still being run: its outcomes come first
+        instance.report_run_canceled(running)
+        data = tick()
+        assert [(r.job_name, r.run_key) for r in data.run_requests] == [(ledger_job.name, "ledger:abc123")]
+        assert data.run_requests[0].tags["dagster/priority"] == "10"
+        stale["fp"] = None  # published since
+        assert tick().run_requests == []
+
+
+def test_ledger_to_publish_follows_the_ledger_and_its_publication(tmp_path, monkeypatch):
+    _need("pipelines.ingest", "pending_periods")
+    from pipelines import stages
+    from pipelines.config import Settings
+
+    landing = tiny_landing(tmp_path / "landing")
+    _roots(tmp_path, monkeypatch, landing)
+    settings = Settings.load()
+    assert stages.ledger_to_publish(settings) is None  # no ledger yet
+    stages.scan(settings)
+    assert stages.ledger_to_publish(settings) is None  # files seen, none taken in: not in the dataset
+    stages.load_reference(settings)
+    first = stages.ledger_to_publish(settings)
+    assert first
+    assert stages.publish_submissions(settings)["rows"] == 3
+    assert stages.ledger_to_publish(settings) is None
+    time.sleep(1.1)  # (mtimes of a coarse file system)
+    stages.ingest_feed(settings, "gp", "2014-01")
+    second = stages.ledger_to_publish(settings)
+    assert second and second != first
+    stages.publish_submissions(settings)
+    assert stages.ledger_to_publish(settings) is None
 
 
 # --------------------------------------------------------------------------- run-failure alert
@@ -374,9 +439,11 @@ def test_landing_sensor_on_a_real_landing_zone(tmp_path, monkeypatch):
     landing = tiny_landing(tmp_path / "landing")
     _roots(tmp_path, monkeypatch, landing)
     settings = Settings.load()
+    (tmp_path / "dagster_home").mkdir()
+    instance = dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")).__enter__()
 
     def tick():
-        return landing_sensor.evaluate_tick(dg.build_sensor_context(definitions=defs))
+        return landing_sensor.evaluate_tick(_sensor_context(defs, instance))
 
     first = tick()
     assert [r.partition_key for r in first.run_requests] == ["2014-01", "2014-02"]
@@ -384,6 +451,9 @@ def test_landing_sensor_on_a_real_landing_zone(tmp_path, monkeypatch):
     stages.load_reference(settings)
     for period in ("2014-01", "2014-02"):
         stages.ingest_feed(settings, "gp", period)
+    ledger = tick()  # the periods' outcomes are in the ledger, not yet published
+    assert [r.job_name for r in ledger.run_requests] == ["ledger_job"]
+    stages.publish_submissions(settings)
     nothing = tick()
     assert nothing.run_requests == [] and "no new submissions" in nothing.skip_message
 
@@ -538,7 +608,7 @@ def test_backfill_through_the_daemon_then_one_resubmitted_period_reruns_alone(
     before_published = _digests(Path(roots["publish"]), "period=2014-02")
     assert before_other and before_this and before_published
     _resubmit_one_bulk(landing, roots["warehouse"], "2014-01")
-    tick = landing_sensor.evaluate_tick(dg.build_sensor_context(definitions=defs))
+    tick = landing_sensor.evaluate_tick(_sensor_context(defs, instance))
     assert [r.partition_key for r in tick.run_requests] == ["2014-01"]
 
     result = defs.resolve_job_def("period_job").execute_in_process(
@@ -548,5 +618,90 @@ def test_backfill_through_the_daemon_then_one_resubmitted_period_reruns_alone(
     assert _digests(warehouse, "2014-02") == before_other
     assert _digests(Path(roots["publish"]), "period=2014-02") == before_published
     assert _digests(warehouse, "2014-01") != before_this
-    # Nothing is pending any more.
-    assert landing_sensor.evaluate_tick(dg.build_sensor_context(definitions=defs)).run_requests == []
+    # No period is pending any more; what is left is the ledger's publication.
+    after = landing_sensor.evaluate_tick(_sensor_context(defs, instance))
+    assert [r.job_name for r in after.run_requests] == ["ledger_job"]
+
+
+def test_the_daemon_alone_publishes_every_public_dataset_and_the_ledger(
+        postgres, pg_database, dagster_home, tmp_path, monkeypatch):
+    """The runbook's production set-up and nothing else: the nightly scan (as its schedule
+    runs it), then `dagster-daemon run` with the landing sensor on. The sensor adds the
+    periods as partitions and asks for a run of each; once they are done it asks for the
+    ledger's publication. At the end every public dataset is in the publish root, the
+    `submissions` ledger included (every landing file, taken in or rejected, none pending),
+    and the partitions are the months with data."""
+    synth = _need("pipelines.synth", "generate")
+    _need("pipelines.ingest", "pending_periods")
+    from pipelines import schemas, stages
+    from pipelines.config import Settings
+    from pipelines.definitions import defs
+    from pipelines.partitions import PERIODS
+    from schedules import scan_job
+
+    landing = tmp_path / "landing"
+    synth.generate(landing, seed=1, scale=0.001, months=1, start="2014-01", truth_dir=tmp_path / "truth",
+                   progress=False)
+    _land(landing / "gp" / "GP_A81001_2014.csv", "not an extract\n")  # rejected by its name
+    roots = _roots(tmp_path, monkeypatch, landing)
+    monkeypatch.setenv("CAREDATA_SENSOR_INTERVAL_SECONDS", "5")
+    env = {k: os.environ[k] for k in os.environ if k.startswith(("DAGSTER_", "CAREDATA_"))}
+    instance = _instance()
+    settings = Settings.load()
+
+    scan = defs.resolve_job_def(scan_job.name).execute_in_process(
+        instance=instance, tags={"dagster/schedule_name": "nightly_scan"},
+        resources={"caredata": _resources(roots, tmp_path)["caredata"]})
+    assert scan.success
+    # The scan made the periods partitions (a backfill could run them from here).
+    assert sorted(instance.get_dynamic_partitions(PERIODS)) == ["2014-01"]
+
+    def ledger_runs():
+        return [r for r in instance.get_runs() if r.job_name == "ledger_job"]
+
+    def done() -> bool:
+        return (_settled(instance) and any(r.status == DagsterRunStatus.SUCCESS for r in ledger_runs())
+                and all(r.is_finished for r in ledger_runs()) and stages.ledger_to_publish(settings) is None)
+
+    daemon_log = open(tmp_path / "daemon.log", "w")
+    daemon = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+                              cwd=ROOT, env={**os.environ, **env}, stdout=daemon_log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 1500
+        while time.monotonic() < deadline and not done():
+            time.sleep(3)
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        try:
+            daemon.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+        daemon_log.close()
+    assert done(), (f"runs: {[(r.job_name, r.tags.get('dagster/partition'), r.status.value) for r in instance.get_runs()]}; "
+                    f"ledger to publish: {stages.ledger_to_publish(settings)}\n{_failures(instance)}\n"
+                    + (tmp_path / "daemon.log").read_text()[-3000:])
+    statuses = {p: r.status for p, r in _latest_period_runs(instance).items()}
+    assert statuses == {"2014-01": DagsterRunStatus.SUCCESS}
+    assert all(r.tags.get("caredata/trigger") == "landing_sensor" for r in instance.get_runs()
+               if r.job_name in ("period_job", "ledger_job"))
+    # The ledger's publication came after the periods' runs had finished.
+    period_ends = [instance.get_run_record_by_id(r.run_id).end_time for r in instance.get_runs()
+                   if r.job_name == "period_job"]
+    ledger_ok = [instance.get_run_record_by_id(r.run_id) for r in ledger_runs() if r.status == DagsterRunStatus.SUCCESS]
+    assert max(rec.start_time for rec in ledger_ok) >= max(period_ends)
+
+    publish = Path(roots["publish"])
+    for ds in schemas.datasets("public"):
+        manifest = publish / "public" / ds.name / "_manifest.json"
+        assert manifest.exists(), ds.name
+        if ds.name != "submissions":
+            assert "2014-01" in json.loads(manifest.read_text())["partitions"], ds.name
+    import pyarrow.parquet as pq
+
+    ledger = pq.read_table(publish / "public" / "submissions").to_pandas()
+    on_disk = {p.relative_to(landing).as_posix() for p in landing.rglob("*") if p.is_file()}
+    assert set(ledger["file_name"]) == on_disk
+    assert "pending" not in set(ledger["status"])
+    assert ledger.set_index("file_name").at["gp/GP_A81001_2014.csv", "status"] == "rejected"
+    assert sorted(instance.get_dynamic_partitions(PERIODS)) == ["2014-01"]
