@@ -7,12 +7,14 @@ import dagster as dg
 
 from assets import LEDGER, PERIOD_INGEST, PERIOD_LINK, PERIOD_OUTPUTS, UNPARTITIONED
 from pipelines import stages
-from pipelines.config import Settings
+from pipelines.config import ConfigError, Settings
 from pipelines.partitions import PERIODS, partition_requests, period_partitions
 
 scan_job = dg.define_asset_job(
     "scan_job", selection=dg.AssetSelection.assets(*UNPARTITIONED, *LEDGER),
     description="Record new landing files in the ledger; reference data; HES extracts; publish the submissions ledger.",
+    # One scan at a time (deploy/dagster.yaml): two would take the same new files in twice.
+    tags={"caredata/serial": "scan"},
 )
 ledger_job = dg.define_asset_job(
     "ledger_job", selection=dg.AssetSelection.assets(*LEDGER),
@@ -97,8 +99,14 @@ def landing_sensor(context: dg.SensorEvaluationContext):
 def run_failure_alert(context: dg.RunFailureSensorContext):
     from pipelines.notify import notify
 
-    settings = Settings.load()
-    url = settings.t("data_quality", "webhook_url")
+    try:
+        settings = Settings.load()
+        url = settings.t("data_quality", "webhook_url")
+        config_error = None
+    except ConfigError as exc:
+        # A bad configuration is what fails the runs this alert is for: still alert, to the
+        # webhook named in the environment, and say what is wrong.
+        url, config_error = os.environ.get("CAREDATA_DATA_QUALITY__WEBHOOK_URL"), str(exc)
     if not url:
         return dg.SkipReason("no webhook configured (data_quality.webhook_url)")
     run = context.dagster_run
@@ -107,6 +115,7 @@ def run_failure_alert(context: dg.RunFailureSensorContext):
     attempt = int(tags.get("dagster/retry_number", "0"))
     what = f"{run.job_name}" + (f" for {tags['dagster/partition']}" if tags.get("dagster/partition") else "")
     text = (f"care.data run {run.run_id} ({what}) failed: {context.failure_event.message}"
+            + (f" (the configuration is wrong: {config_error})" if config_error else "")
             + (f" (attempt {attempt + 1}; it will be retried)" if will_retry else ""))
     delivered = notify(url, {
         "event": "run_failed", "text": text, "run_id": run.run_id, "job": run.job_name,

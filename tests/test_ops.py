@@ -64,6 +64,11 @@ def test_deploy_yaml_builds_a_postgres_instance_with_queue_limits_and_retries(da
     config = instance.get_concurrency_config()
     limits = {lim["key"]: lim for lim in config.run_queue_config.tag_concurrency_limits}
     assert limits["dagster/backfill"]["limit"] == 2
+    # One scan at a time: the tag scan_job carries is limited to one run.
+    from schedules import scan_job
+
+    assert scan_job.tags.get("caredata/serial") == "scan"
+    assert limits["caredata/serial"] == {"key": "caredata/serial", "value": "scan", "limit": 1}
     assert config.run_queue_config.max_concurrent_runs > limits["dagster/backfill"]["limit"]
     assert config.pool_config.default_pool_limit == 1
     assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
@@ -334,6 +339,16 @@ def test_run_failure_alert_posts_to_the_webhook(dagster_home, monkeypatch):
     assert body["event"] == "run_failed" and body["run_id"] == result.run_id
     assert body["period"] == "2014-02"
     assert result.run_id in body["text"] and "failed" in body["text"]
+
+    # A bad configuration (what fails such runs) must not silence the alert: it goes to the
+    # webhook named in the environment, and says what is wrong.
+    with _Receiver() as hook:
+        monkeypatch.setenv("CAREDATA_DATA_QUALITY__WEBHOOK_URL", hook.url)
+        monkeypatch.setenv("CAREDATA_DISCLOSURE__SMALL_COUNT_MAX", "0")
+        evaluate()
+    assert len(hook.received) == 1
+    assert "the configuration is wrong" in hook.received[0]["text"]
+    assert "small_count_max" in hook.received[0]["text"]
 
 
 # --------------------------------------------------------------------------- on the pipeline
