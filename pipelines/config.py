@@ -214,20 +214,31 @@ def _read_key(env: Mapping[str, str], problems: list[str]) -> str | None:
         if key:
             problems.append("CAREDATA_PSEUDO_KEY and CAREDATA_PSEUDO_KEY_FILE are both set: set one of them")
             return None
-        source = f"CAREDATA_PSEUDO_KEY_FILE ({path})"
+        # The path is never echoed: set by mistake to the key itself, it would print the key.
+        source = "CAREDATA_PSEUDO_KEY_FILE"
         try:
             data = Path(path).read_bytes()
         except OSError as exc:
-            problems.append(f"CAREDATA_PSEUDO_KEY_FILE: cannot read {path} "
-                            f"({exc.strerror or type(exc).__name__})")
+            problems.append("CAREDATA_PSEUDO_KEY_FILE: the file it names cannot be read "
+                            f"({exc.strerror or type(exc).__name__}; it must name a file holding the key, "
+                            "not the key itself)")
+            return None
+        except ValueError:  # a NUL byte in the value: not a path
+            problems.append("CAREDATA_PSEUDO_KEY_FILE: the file it names cannot be read (it must name a "
+                            "file holding the key, not the key itself)")
             return None
         try:
             key = data.decode("utf-8").strip()
         except UnicodeDecodeError:
-            problems.append(f"CAREDATA_PSEUDO_KEY_FILE: {path} is not UTF-8 text "
+            problems.append("CAREDATA_PSEUDO_KEY_FILE: the file it names is not UTF-8 text "
                             "(write the key as text, e.g. `openssl rand -hex 32`)")
             return None
     if not key:
+        return None
+    if key == DEMO_PSEUDO_KEY:
+        problems.append(f"the pseudonymisation key from {source} is the public demo key: anyone could "
+                        "reverse the pseudonyms (use --demo-mode for the demo; make a key with "
+                        "`openssl rand -hex 32`)")
         return None
     if len(key.encode("utf-8")) < MIN_KEY_BYTES:
         problems.append(f"the pseudonymisation key from {source} is shorter than {MIN_KEY_BYTES} bytes "

@@ -159,9 +159,10 @@ earliest of its events'); their ``reason`` says who or what, and why."""
 
 
 class _GPSize(NamedTuple):
-    rows: int  # data rows of the extract (rows received + type 1 rows)
+    rows: int  # data rows of the extract (rows received + type 1 rows): what the rule compares
     file_name: str
     submitted_at: object  # the extract date (a UTC timestamp)
+    received: int = 0  # rows received (type 1 never counted): what the reason says
 
 
 class _Ledger:
@@ -202,7 +203,8 @@ class _Ledger:
         for r in t.itertuples(index=False):
             rows = int(0 if pd.isna(r.rows_received) else r.rows_received) + int(
                 0 if pd.isna(r.type1_objections) else r.type1_objections)
-            out[r.submitter_code] = _GPSize(rows, r.file_name, r.ts_)
+            out[r.submitter_code] = _GPSize(rows, r.file_name, r.ts_,
+                                            int(0 if pd.isna(r.rows_received) else r.rows_received))
         return out
 
     def first_seen(self, file_name: str, sha: str) -> datetime:
@@ -590,11 +592,17 @@ GP_HELD_RULE = ("a GP extract with no data row, or with fewer than half the rows
                 "arrives (inputs.md)")
 
 
-def _gp_size_reason(rows: int, current: "_GPSize | None") -> str | None:
+def _gp_size_reason(rows: int, current: "_GPSize | None", received: int | None = None) -> str | None:
     """The GP held rule (inputs.md, :data:`GP_HELD_RULE`) for an extract of ``rows`` data
-    rows: its reason when held, else None. Exactly half is not fewer than half."""
+    rows: its reason when held, else None. Exactly half is not fewer than half.
+
+    The rule compares data rows (type 1 rows included, so that a practice of many objectors
+    is not held); the reason, which the public ledger shows, gives rows received (type 1
+    never counted), as ``rows_received`` does: data rows would let a reader recover a
+    practice's type 1 count, which disclosure control suppresses, by subtraction."""
     if current is not None and 2 * rows < current.rows:
-        return (f"{rows} rows against {current.rows} in the current extract "
+        shown = rows if received is None else received
+        return (f"{shown} rows received against {current.received} in the current extract "
                 f"{current.file_name.rsplit('/', 1)[-1]}; {GP_HOLD_UNTIL}")
     if rows == 0:
         return f"no data row (header only); {GP_HOLD_UNTIL}"
@@ -1100,8 +1108,7 @@ def _candidate(landing: Store, fi: FileInfo, parsed: ParsedName, ledger: _Ledger
         reason = (f"{fi.path}: changed after it was taken in: the file taken in on {when} had SHA-256 "
                   f"{e['sha256'][:12]}..., this one has {sha[:12]}...; the earlier version stays in force. "
                   f"A corrected submission needs a new file name")
-        _reject(warehouse, parsed, sha, size, first, reason, report)
-        log.error("%s", reason)
+        _reject(warehouse, parsed, sha, size, first, reason, report)  # logged there, by its public name
         return None
     dup = ledger.taken_submission(parsed.source, parsed.submission_id)
     dup = dup[dup["file_name"] != fi.path]
@@ -1418,13 +1425,13 @@ def _take_in(source, period, parsed: ParsedName, frame: pd.DataFrame, info, sha:
     if source == "gp" and gp_current is not None:
         rows = received + int(info.type1_objections or 0)
         now = gp_current.get(parsed.submitter_code)
-        size_reason = _gp_size_reason(rows, now)
+        size_reason = _gp_size_reason(rows, now, received)
         if size_reason is not None:
             reason = size_reason if not held else f"{size_reason}; {reason}"
             held = True
             log.warning("held %s: %s", parsed.file_name, size_reason)
         elif not held and (now is None or pd.Timestamp(parsed.submitted_at) >= pd.Timestamp(now.submitted_at)):
-            gp_current[parsed.submitter_code] = _GPSize(rows, parsed.file_name, parsed.submitted_at)
+            gp_current[parsed.submitter_code] = _GPSize(rows, parsed.file_name, parsed.submitted_at, received)
     if source == "gp":
         obj = _strip(frame, "OBJECTION").str.upper()
         type2 = int((obj == TYPE2.upper()).fillna(False).sum())
@@ -1925,7 +1932,8 @@ def _revalidate_file(landing: Store, warehouse: Warehouse, r, context, ref: Pars
         event = _event(parsed, r.sha256, None if pd.isna(r.size_bytes) else int(r.size_bytes), _now(),
                        "revalidated", reason, **counts)
         _write_events(warehouse, [event], stage)
-        log.warning("%s: %s", r.file_name, reason)
+        shown = public_file_name(r.file_name, r.sha256)
+        log.warning("%s: %s", shown, public_reason(reason, r.file_name, {r.file_name: shown}))
         return {"file_name": r.file_name, "reason": reason}
 
     try:

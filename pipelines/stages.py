@@ -507,14 +507,18 @@ def _origins(wh, name: str, period: str, table: pa.Table, violations) -> list[st
         if hit is not None:
             ids.update(x for x in pc.unique(t.column("submission_id").filter(hit)).to_pylist() if x)
     ledger = ingest.read_ledger(wh).to_pylist()
+    # Named as the public ledger names them (a HES extract's free-text name, or any name
+    # that breaks its folder's convention, by its digest): this message reaches the console,
+    # the Dagster check and the webhook.
+    shown = lambda r: ingest.public_file_name(r["file_name"], r["sha256"])  # noqa: E731
     if ids:
-        names = sorted({r["file_name"] for r in ledger if r.get("submission_id") in ids})
+        names = sorted({shown(r) for r in ledger if r.get("submission_id") in ids})
         if names:
             return names
     sources = _SOURCES.get(name, _DEFAULT_SOURCES)
-    return sorted(r["file_name"] for r in ledger if r.get("status") in ("current", "held")
-                  and r.get("source") in sources
-                  and (r.get("reporting_period") == period or r.get("source") in ("reference", "hes_apc")))
+    return sorted({shown(r) for r in ledger if r.get("status") in ("current", "held")
+                   and r.get("source") in sources
+                   and (r.get("reporting_period") == period or r.get("source") in ("reference", "hes_apc"))})
 
 
 def _block(wh, zone: str, name: str, period: str, table: pa.Table, violations) -> dict:

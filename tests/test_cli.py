@@ -156,7 +156,7 @@ def test_configuration_errors_are_reported(tmp_path):
     (lambda tmp, mp: mp.setenv("CAREDATA_FFT__SUPPRESS_MAX_RESPONSES", "1"), "floor is 4"),
     (lambda tmp, mp: mp.setenv("CAREDATA_DISCLOSURE__MIN_DENOMINATOR", "3"), "floor is 8"),
     (lambda tmp, mp: mp.setenv("CAREDATA_PSEUDO_KEY", "s3cr3t-but-short"), "shorter than 32 bytes"),
-    (lambda tmp, mp: mp.setenv("CAREDATA_PSEUDO_KEY_FILE", str(tmp / "no.key")), "cannot read"),
+    (lambda tmp, mp: mp.setenv("CAREDATA_PSEUDO_KEY_FILE", str(tmp / "no.key")), "cannot be read"),
 ])
 def test_bad_configuration_stops_the_run_before_any_work(tmp_path, monkeypatch, setup, expected):
     landing = tmp_path / "landing"

@@ -81,14 +81,34 @@ def test_whitespace_only_counts_as_no_key(blank, tmp_path):
 
 
 def test_key_file_that_cannot_be_read_is_one_clear_configuration_error(tmp_path):
-    with pytest.raises(ConfigError, match=r"CAREDATA_PSEUDO_KEY_FILE: cannot read .*missing.key \(No such file"):
+    with pytest.raises(ConfigError, match=r"CAREDATA_PSEUDO_KEY_FILE: the file it names cannot be read \(No such file"):
         Settings.load(env={"CAREDATA_PSEUDO_KEY_FILE": str(tmp_path / "missing.key")})
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match="cannot be read"):
         Settings.load(env={"CAREDATA_PSEUDO_KEY_FILE": str(tmp_path)})  # a folder
     binary = tmp_path / "bin.key"
     binary.write_bytes(b"\xff\xfe" * 20)
     with pytest.raises(ConfigError, match="not UTF-8 text"):
         Settings.load(env={"CAREDATA_PSEUDO_KEY_FILE": str(binary)})
+
+
+def test_a_key_given_where_its_file_is_expected_is_never_echoed():
+    key = "3f9a" * 16  # the key itself, set by mistake in CAREDATA_PSEUDO_KEY_FILE
+    with pytest.raises(ConfigError) as err:
+        Settings.load(env={"CAREDATA_PSEUDO_KEY_FILE": key})
+    assert "cannot be read" in str(err.value) and key not in str(err.value) and "3f9a3f9a" not in str(err.value)
+
+
+def test_the_public_demo_key_is_refused_as_a_real_key(tmp_path):
+    from pipelines.config import DEMO_PSEUDO_KEY
+
+    with pytest.raises(ConfigError, match="public demo key"):
+        Settings.load(env={"CAREDATA_PSEUDO_KEY": DEMO_PSEUDO_KEY})
+    keyfile = tmp_path / "k"
+    keyfile.write_text(DEMO_PSEUDO_KEY + "\n")
+    with pytest.raises(ConfigError, match="public demo key"):
+        Settings.load(env={"CAREDATA_PSEUDO_KEY_FILE": str(keyfile)})
+    # demo mode still uses it, labelled demo
+    assert Settings.load(env={"CAREDATA_DEMO_MODE": "1"}).key_label.startswith("demo:")
 
 
 def test_key_file_and_both_sources(tmp_path):

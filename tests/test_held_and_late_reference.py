@@ -133,7 +133,7 @@ def test_header_only_extract_is_held_and_the_practice_stays_as_before(zone):
     led = zone.ledger()
     assert led.at[f"gp/{FEB}", "status"] == "held"
     assert led.at[f"gp/{FEB}", "reason"] == (
-        f"0 rows against 10 in the current extract {JAN}; "
+        f"0 rows received against 10 in the current extract {JAN}; "
         "held until an operator releases it or a later extract arrives")
     assert led.at[f"gp/{JAN}", "status"] == "current"  # superseded by nothing
     assert zone.newest() == {"A81001": ["GP_A81001_20240110"]}
@@ -155,7 +155,7 @@ def test_header_only_extract_is_held_and_the_practice_stays_as_before(zone):
     out = quality.data_quality_tables(zone.wh.read("dq_rules"), zone.wh.read("dq_fields"),
                                       ingest.read_ledger(zone.wh), zone.settings)
     s = out["data_quality_summary"].to_pandas().set_index("period")
-    assert bool(s.at["2024-02", "held"]) is True and "0 rows against 10" in s.at["2024-02", "held_reason"]
+    assert bool(s.at["2024-02", "held"]) is True and "0 rows received against 10" in s.at["2024-02", "held_reason"]
     assert bool(s.at["2024-01", "held"]) is False
     _balanced(led)
 
@@ -174,7 +174,7 @@ def test_extract_shrunk_to_40_percent_is_held(zone):
     zone.gp(FEB, gp_lines(1, 4))
     led = zone.ledger()
     assert led.at[f"gp/{FEB}", "status"] == "held"
-    assert led.at[f"gp/{FEB}", "reason"].startswith(f"4 rows against 10 in the current extract {JAN};")
+    assert led.at[f"gp/{FEB}", "reason"].startswith(f"4 rows received against 10 in the current extract {JAN};")
     assert led.at[f"gp/{FEB}", "rows_received"] == 4 and led.at[f"gp/{FEB}", "rows_kept"] == 4
     assert zone.newest() == {"A81001": ["GP_A81001_20240110"]}
     held = current.gp_current(zone.wh).extracts.to_pandas().set_index("submission_id")["held"]
@@ -196,6 +196,18 @@ def test_type1_rows_count_as_rows_of_the_extract(zone):
     zone.gp(JAN, gp_lines(1, 10))
     zone.gp(FEB, gp_lines(1, 10, type1=6))
     assert zone.ledger().at[f"gp/{FEB}", "status"] == "current"
+
+
+def test_the_held_reason_gives_rows_received_so_no_type1_count_can_be_subtracted(zone):
+    # current: 10 patients, 3 type 1 (7 received, public); then a shrunken extract of 2
+    zone.gp(JAN, gp_lines(1, 10, type1=3))
+    zone.gp(FEB, gp_lines(1, 2))
+    led = zone.ledger()
+    assert led.at[f"gp/{FEB}", "status"] == "held"
+    reason = led.at[f"gp/{FEB}", "reason"]
+    assert reason.startswith(f"2 rows received against 7 in the current extract {JAN};")
+    # the public ledger's rows_received and the reason together say nothing of the 3
+    assert "10" not in reason.replace(JAN, "") and int(led.at[f"gp/{JAN}", "rows_received"]) == 7
 
 
 def test_release_makes_the_held_extract_current_on_the_next_run(zone, capsys):
