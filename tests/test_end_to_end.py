@@ -92,8 +92,14 @@ def test_run_succeeds_and_says_what_it_published_and_held_back(run):
     text = run["stdout"]
     assert "Published to" in text and "Held back:" in text
     files = _truth(run, "files")
+    # Named as the public ledger names them: a name that breaks its folder's convention by
+    # its digest (supplier text may name a patient), and never in full.
+    led = ingest.read_ledger(run["wh"]).to_pandas()
+    shown = {f: ingest.public_file_name(f, h) for f, h in zip(led.file_name, led.sha256)}
     for path in files[files.status.isin(["rejected", "held"])].path:
-        assert path in text, f"{path} not reported as held back"
+        assert f" {shown[path]}: " in text, f"{path} not reported as held back"
+        if shown[path] != path:
+            assert path not in text, f"{path} printed in full"
     for name in [d.name for d in schemas.datasets("public")]:
         assert (run["pub"] / "public" / name / "_manifest.json").exists(), name
     for name in ("linked_episodes", "linked_spells"):
@@ -111,7 +117,10 @@ def test_ledger_explains_every_file_as_the_truth_says(run):
     assert wrong.empty, wrong[["path", "status_truth", "status", "reason"]].to_string()
     assert m.loc[m.status.isin(["rejected", "held"]), "reason"].str.len().gt(10).all()
     published = pd.read_parquet(run["pub"] / "public" / "submissions")
-    assert set(published.file_name) == set(files.path)
+    assert set(published.file_name) == {ingest.public_file_name(f, h) for f, h in zip(led.file_name, led.sha256)
+                                        if f in set(files.path)}
+    assert any(n.endswith(".csv") for n in published.file_name)  # conventional names as they are
+    assert any("/unrecognised-" in n for n in published.file_name)  # the planted misnamed files
     ok = published[published.status != "rejected"]
     assert (ok.rows_received == ok.rows_kept + ok.rows_quarantined).all()
 
