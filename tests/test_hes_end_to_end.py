@@ -9,7 +9,6 @@ The sample is found where CI clones it, beside the repository:
 
 from __future__ import annotations
 
-
 import contextlib
 import csv
 import hashlib
