@@ -181,3 +181,113 @@ def test_rank5_link_to_an_objector_known_only_from_another_extract():
                                    type2_numbers=[n])
     assert linked.column("match_rank").to_pylist() == [5]
     assert linked.column("type2_objection").to_pylist() == [True]
+
+
+# --------------------------------------------------------------------------- end to end
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sus_numbers(landing: Path) -> set[str]:
+    out: set[str] = set()
+    for p in sorted((landing / "sus_apc").iterdir()):
+        try:  # the generated zone holds poison files too: those are skipped here
+            raw = p.read_bytes()
+            text = (gzip.decompress(raw) if p.name.endswith(".gz") else raw).decode("utf-8-sig")
+            sep = "|" if "|" in text.partition("\n")[0] else ","
+            df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
+        except Exception:  # noqa: BLE001
+            continue
+        if "NEWNHSNO" in df.columns:
+            out |= {n.replace(" ", "") for n in df["NEWNHSNO"] if n.strip()}
+    return out
+
+
+def _current_gp_files(landing: Path) -> dict[str, Path]:
+    """Per practice, its newest plain-CSV extract named GP_<practice>_<YYYYMMDD>.csv."""
+    newest: dict[str, Path] = {}
+    for p in sorted((landing / "gp").iterdir()):
+        parts = p.name[:-4].split("_") if p.name.endswith(".csv") else []
+        if len(parts) == 3 and parts[2].isdigit() and len(parts[2]) == 8:
+            if parts[1] not in newest or p.name > newest[parts[1]].name:
+                newest[parts[1]] = p
+    return newest
+
+
+@pytest.fixture(scope="module")
+def type2_zone(tmp_path_factory):
+    from pipelines.synth import generate
+
+    root = tmp_path_factory.mktemp("type2")
+    landing, truth = root / "landing", root / "truth"
+    generate(landing, seed=7, scale=0.002, months=1, start="2014-01", truth_dir=truth, progress=False)
+    in_sus = _sus_numbers(landing)
+    files = _current_gp_files(landing)
+    chosen: dict[str, str] = {}
+    for practice, path in sorted(files.items()):
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        if not set(HEADER.split(",")) <= set(df.columns):
+            continue  # a poison file of the generated zone (rejected on its header)
+        nhs = df["NHS_NUMBER"].str.replace(" ", "")
+        obj = df["OBJECTION"].str.strip()
+        hit = nhs.isin(in_sus) & (df["SEX"].isin(["1", "2"]))
+        if "quarantined_objector" not in chosen and (hit & (obj == "9Nu4")).sum():
+            # route 1: the objector's row in the current extract is quarantined (SEX X)
+            i = df.index[hit & (obj == "9Nu4")][0]
+            j = df.index[hit & (obj == "")][0]  # and a non-objector's row, also quarantined
+            chosen["quarantined_objector"], chosen["quarantined_plain"] = nhs[i], nhs[j]
+            chosen["quarantined_in"] = path.name[:-4]
+            df.loc[[i, j], "SEX"] = "X"
+            df.to_csv(path, index=False)
+            continue
+        if "held_objector" not in chosen and (hit & (obj == "")).sum() >= 2:
+            # route 2: a newer extract, held (under half the rows), records an objection
+            # that the current extract does not have
+            k = df.index[hit & (obj == "")][-1]
+            chosen["held_objector"] = nhs[k]
+            held = df.loc[[k, df.index[0]]].copy()
+            held["OBJECTION"] = ["9Nu4", held["OBJECTION"].iloc[1]]
+            day = dt.datetime.strptime(path.name[-12:-4], "%Y%m%d").date() + dt.timedelta(days=2)
+            held.to_csv(landing / "gp" / f"GP_{practice}_{day:%Y%m%d}.csv", index=False)
+    assert set(chosen) == {"quarantined_objector", "quarantined_plain", "quarantined_in", "held_objector"}, chosen
+    env = {**os.environ, "DAGSTER_HOME": str(root / "dagster_home"), "PYTHONPATH": str(ROOT)}
+    (root / "dagster_home").mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "run", "--landing", str(landing), "--warehouse",
+         str(root / "wh"), "--publish", str(root / "pub"), "--demo-mode"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    return {"root": root, "proc": proc, "chosen": chosen}
+
+
+def _restricted_ids(root: Path, name: str) -> set[str]:
+    parts = sorted((root / "pub" / "restricted" / name).rglob("*.parquet"))
+    assert parts, f"no restricted {name} published"
+    return {v for p in parts for v in pq.read_table(p, columns=["person_id"]).column("person_id").to_pylist()}
+
+
+def test_end_to_end_quarantined_or_held_objection_keeps_person_out_of_restricted_zone(type2_zone):
+    z = type2_zone
+    assert z["proc"].returncode == 0, z["proc"].stdout[-3000:] + z["proc"].stderr[-3000:]
+    c = z["chosen"]
+    wh = Warehouse(Store(str(z["root"] / "wh")))
+    # the conditions of each route hold: the objector's row was quarantined, the held
+    # extract was held
+    silver = wh.read("gp_patients").to_pandas()
+    in_current = set(silver.loc[silver["submission_id"] == c["quarantined_in"], "nhs_number"])
+    assert in_current and c["quarantined_objector"] not in in_current and c["quarantined_plain"] not in in_current
+    q = wh.read("quarantine").to_pandas()
+    assert (q["submission_id"] == c["quarantined_in"]).sum() >= 2
+    ex = current.gp_extracts(wh).to_pandas()
+    assert ex["held"].fillna(False).any()
+    # the held extract is not current: the objection is only in the held file
+    cur = current.gp_current(wh)
+    patients = cur.patients_newest_overall.to_pandas()
+    held_rows = patients[patients["nhs_number"] == c["held_objector"]]
+    assert len(held_rows) and not held_rows["type2_objection"].any()
+    episodes = _restricted_ids(z["root"], "linked_episodes")
+    spells = _restricted_ids(z["root"], "linked_spells")
+    for who in ("quarantined_objector", "held_objector"):
+        pid = person_id(DEMO_PSEUDO_KEY, c[who])
+        assert pid not in episodes, who
+        assert pid not in spells, who
+    # a non-objector whose GP row was quarantined keeps their (unlinked) episodes
+    assert person_id(DEMO_PSEUDO_KEY, c["quarantined_plain"]) in episodes
