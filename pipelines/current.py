@@ -258,3 +258,35 @@ def gp_current_lazy(warehouse: Warehouse, period: str | None = None,
     overall = _gp_dataset(warehouse, _newest(ex), columns)
     in_period = _gp_dataset(warehouse, _newest(ex[ex["period"] == period]) if period else None, columns)
     return GPCurrentLazy(overall, in_period, extracts)
+
+
+TYPE2_STANDS_MONTHS = 12
+"""How long a type 2 objection seen in any GP extract stands (docs/methods-linkage.md,
+type2_objection): a ``9Nu4`` row of an extract dated within this many months before its
+practice's current extract (or after it: a newer, held one) marks the patient type 2, even
+where the current extract no longer records the objection."""
+
+
+def gp_type2_numbers(warehouse: Warehouse, months: int = TYPE2_STANDS_MONTHS) -> pa.Array:
+    """The NHS numbers to treat as type 2 objectors in linkage and every record-level
+    output, whichever extract is current: every ``gp_type2`` row (a ``9Nu4`` row of a GP
+    extract taken in or held, kept or quarantined) of an extract dated no more than
+    ``months`` months before its practice's current extract (the newest non-held one, as
+    :func:`gp_current` chooses; held extracts, newer ones included, all count). A practice
+    with no current extract keeps all its rows. Distinct canonical numbers, sorted."""
+    extracts = gp_extracts(warehouse).to_pandas()
+    ok = extracts[~extracts["held"].fillna(False).astype(bool)] if len(extracts) else extracts
+    cutoff: dict[str, pd.Timestamp] = {}
+    if len(ok):
+        newest = pd.to_datetime(ok["extract_date"]).groupby(ok["practice_code"]).max()
+        cutoff = {p: d - pd.DateOffset(months=months) for p, d in newest.items()}
+    found: set[str] = set()
+    source = warehouse.dataset("gp_type2", columns=["practice_code", "extract_date", "nhs_number"])
+    for batch in source.to_batches():
+        if not batch.num_rows:
+            continue
+        b = batch.to_pandas()
+        limit = pd.to_datetime(b["practice_code"].map(cutoff))
+        stands = limit.isna() | (pd.to_datetime(b["extract_date"]) >= limit)
+        found.update(n for n in b.loc[stands, "nhs_number"] if isinstance(n, str) and n)
+    return pa.array(sorted(found), pa.string())

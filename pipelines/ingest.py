@@ -1441,6 +1441,7 @@ def _take_in(source, period, parsed: ParsedName, frame: pd.DataFrame, info, sha:
             "rows_received": [received], "type1_objections": [info.type1_objections],
             "type2_objections": [type2], "held": [held],
         }))
+        parts.add("gp_type2", _gp_type2_rows(frame, obj == TYPE2.upper(), parsed, period))
     type1 = info.type1_objections if source == "gp" else None
     event = _event(parsed, sha, size, first, "held" if held else "taken", reason,
                    received=received, quarantined=n_rej, kept=n_kept, type1=type1)
@@ -1455,6 +1456,24 @@ def _take_in(source, period, parsed: ParsedName, frame: pd.DataFrame, info, sha:
     parts.outcome(event, account)
     if sink is None:
         parts.write(sid)
+
+
+def _gp_type2_rows(frame: pd.DataFrame, is_type2: pd.Series, parsed: ParsedName, period: str) -> pa.Table:
+    """The ``gp_type2`` rows of one GP extract: the canonical NHS number of each of its
+    9Nu4 rows that has a valid one, whether the row was kept or quarantined. Written for
+    every extract taken in, held ones included, so that linkage honours the objection
+    whichever extract is current (docs/methods-linkage.md, type2_objection)."""
+    mask = is_type2.fillna(False).to_numpy(dtype=bool)
+    nhs, valid = _nhs(_strip(frame, "NHS_NUMBER")[mask])
+    nhs = nhs.filter(valid)
+    n = len(nhs)
+    return pa.table({
+        "period": pa.array([period] * n, pa.string()),
+        "submission_id": pa.array([parsed.submission_id] * n, pa.string()),
+        "practice_code": pa.array([parsed.submitter_code] * n, pa.string()),
+        "extract_date": pa.array([parsed.extract_date] * n, pa.date32()),
+        "nhs_number": nhs,
+    })
 
 
 def _remove_untaken_parts(warehouse: Warehouse, period: str, ledger: "_Ledger") -> None:
@@ -1490,7 +1509,7 @@ class _ChunkParts:
     data parts it left are then removed first (:func:`_remove_untaken_parts`), so no row
     is counted twice. The report is told of each file only once its outcome is written."""
 
-    TABLES = ("quarantine", "dq_rules", "dq_fields", "gp_extracts")
+    TABLES = ("quarantine", "dq_rules", "dq_fields", "gp_extracts", "gp_type2")
 
     def __init__(self, warehouse: Warehouse, period: str):
         self.warehouse, self.period = warehouse, period

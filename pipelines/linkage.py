@@ -48,6 +48,7 @@ __all__ = [
     "link_episodes",
     "coverage",
     "linked_episodes_restricted",
+    "mark_type2",
 ]
 
 # Columns link_episodes adds to the episodes.
@@ -416,7 +417,9 @@ SELECT
     c.practice AS registered_practice,
     CASE WHEN l.nhs IS NOT NULL THEN coalesce(c.lsoa, p.lsoa_latest) END AS lsoa,
     p.dod AS date_of_death,
-    coalesce(p.t2, false) OR coalesce(p_own.t2, false) AS type2_objection,
+    coalesce(p.t2, false) OR coalesce(p_own.t2, false)
+        OR coalesce(l.nhs IN (SELECT nhs FROM t2n), false)
+        OR coalesce(e.e_nhs IN (SELECT nhs FROM t2n), false) AS type2_objection,
     -- the linked GP record's date of birth (newest extract), ranks 1 to 4 only: where the
     -- episode has neither DOB nor MYDOB, age at admission comes from it (methods.md)
     CASE WHEN l.match_rank BETWEEN 1 AND 4 THEN p.dob_latest END AS linked_date_of_birth
@@ -433,7 +436,46 @@ _GP_VALID_FILTER = pc.field("nhs_number").is_valid() & pc.field("nhs_number_vali
 _RANK5_COLUMNS = ["nhs_number", "nhs_number_valid", "date_of_birth", "sex", "postcode"]
 
 
-def link_episodes(episodes: pa.Table, gp_patients, *, memory_limit: str | None = None) -> pa.Table:
+def _numbers(values) -> pa.Array:
+    """Distinct non-empty strings of an Arrow array or any iterable of strings."""
+    if values is None:
+        return pa.array([], pa.string())
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        arr = pc.drop_null(values.cast(pa.string()))
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        arr = pc.unique(arr)
+    else:
+        arr = pa.array(sorted({v for v in values if isinstance(v, str)}), pa.string())
+    return arr.filter(pc.not_equal(arr, ""))
+
+
+def mark_type2(linked: pa.Table, type2_numbers) -> pa.Table:
+    """``linked`` (the output of :func:`link_episodes`) with ``type2_objection`` also set
+    on every episode whose own valid NHS number, or linked patient's number, is one of
+    ``type2_numbers`` (:func:`pipelines.current.gp_type2_numbers`). Applied again when the
+    restricted datasets are released, so an objection that arrived after a period was
+    linked still keeps that period's episodes out."""
+    numbers = _numbers(type2_numbers)
+    flag = (pc.fill_null(linked.column("type2_objection"), False) if "type2_objection" in linked.column_names
+            else pa.array([False] * linked.num_rows, pa.bool_()))
+    if len(numbers) and linked.num_rows:
+        if "nhs_number" in linked.column_names:
+            own = pc.is_in(linked.column("nhs_number").cast(pa.string()), value_set=numbers)
+            if "nhs_number_valid" in linked.column_names:
+                own = pc.and_(own, pc.fill_null(linked.column("nhs_number_valid"), False))
+            flag = pc.or_(flag, pc.fill_null(own, False))
+        if "linked_nhs_number" in linked.column_names:
+            flag = pc.or_(flag, pc.fill_null(
+                pc.is_in(linked.column("linked_nhs_number").cast(pa.string()), value_set=numbers), False))
+    if "type2_objection" in linked.column_names:
+        i = linked.schema.get_field_index("type2_objection")
+        return linked.set_column(i, pa.field("type2_objection", pa.bool_()), flag)
+    return linked.append_column(pa.field("type2_objection", pa.bool_()), flag)
+
+
+def link_episodes(episodes: pa.Table, gp_patients, *, type2_numbers=None,
+                  memory_limit: str | None = None) -> pa.Table:
     """Link each episode to a GP-registered patient (methods.md "Record linkage").
 
     ``episodes``: current SUS episodes (warehouse ``sus_episodes`` columns).
@@ -442,6 +484,10 @@ def link_episodes(episodes: pa.Table, gp_patients, *, memory_limit: str | None =
     their Parquet parts (:func:`pipelines.current.gp_current_lazy`). The GP rows are
     scanned (twice when an episode has no valid NHS number) and only the rows of patients
     who can be linked are kept, so memory follows the episodes, not the GP list.
+    ``type2_numbers``: NHS numbers of type 2 objectors found in any GP extract taken in
+    or held, rows kept or quarantined (:func:`pipelines.current.gp_type2_numbers`): an
+    episode whose own valid number or linked patient is one of them is flagged
+    ``type2_objection`` even where no current GP row says so.
     ``memory_limit``: DuckDB's (default :func:`_memory_limit`).
 
     Returns ``episodes`` unchanged, in the same order, with :data:`LINK_COLUMNS` added
@@ -449,7 +495,7 @@ def link_episodes(episodes: pa.Table, gp_patients, *, memory_limit: str | None =
     ``linked_nhs_number``, ``registered_practice`` (registration covering EPISTART, else
     null), ``lsoa``, ``date_of_death`` (the linked patient's), ``type2_objection``
     (True when the linked patient, or the owner of the episode's own valid NHS number,
-    has a type 2 objection in any GP row) and ``linked_date_of_birth`` (ranks 1 to 4:
+    has a type 2 objection in any GP row or is in ``type2_numbers``) and ``linked_date_of_birth`` (ranks 1 to 4:
     the linked patient's date of birth in their newest extract, for age at admission
     where the episode has neither DOB nor MYDOB; internal, never published).
     """
@@ -458,6 +504,9 @@ def link_episodes(episodes: pa.Table, gp_patients, *, memory_limit: str | None =
     gp_src = _gp_source(gp_patients, _GP_IN, _GP_REQUIRED, "gp_patients")
     with _connect(memory_limit) as con:
         con.register("ep_in", ep_in)
+        con.register("t2n_in", pa.table({"nhs": _numbers(type2_numbers)}))
+        con.execute("CREATE TEMP TABLE t2n AS SELECT DISTINCT nhs FROM t2n_in")
+        con.unregister("t2n_in")
         for statement in _statements(_LINK_PREPARE_SQL):
             con.execute(statement)
         if con.sql("SELECT count(*) FROM k5").fetchall()[0][0]:

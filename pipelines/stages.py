@@ -278,7 +278,8 @@ def link(settings: Settings, period: str) -> dict:
         episodes = schemas.get("sus_episodes").arrow_schema(include_partition=True).empty_table()
     # The GP rows stay on disk (or S3): linkage scans them and keeps only what can link.
     newest = current.gp_current_lazy(wh, period).patients_newest_overall
-    linked = linkage.link_episodes(episodes, newest)
+    # Type 2 objectors seen in any GP extract taken in or held, rows kept or quarantined.
+    linked = linkage.link_episodes(episodes, newest, type2_numbers=current.gp_type2_numbers(wh))
     wh.write_raw("linked_episodes", linked, period)
     # Episodes with a cohort procedure whose age at admission stays unknown even with the
     # linked GP record's date of birth: counted in data_quality (rule PROCEDURE_AGE_UNKNOWN).
@@ -571,13 +572,23 @@ def release(settings: Settings, period: str) -> dict:
                 wh.store.delete(stale)
         md["restricted"] = "not written: no pseudonymisation key configured"
     else:
+        from pipelines import current
+
         label = settings.key_label.encode()
         tables = {}
+        # The type 2 objectors as the GP extracts stand now (one that arrived after a
+        # period was linked still keeps that period's records out).
+        type2 = current.gp_type2_numbers(wh)
         linked = wh.read_raw("linked_episodes", [period])
         if linked is not None:
-            tables["linked_episodes"] = linkage.linked_episodes_restricted(linked, key)
+            tables["linked_episodes"] = linkage.linked_episodes_restricted(linkage.mark_type2(linked, type2), key)
         spells = wh.read_raw("spells", [period])
         if spells is not None:
+            if len(type2) and spells.num_rows:
+                objector = pc.fill_null(pc.is_in(spells.column("person_key"), value_set=type2), False)
+                flag = pc.or_(pc.fill_null(spells.column("type2_objection"), False), objector)
+                spells = spells.set_column(spells.schema.get_field_index("type2_objection"),
+                                           pa.field("type2_objection", pa.bool_()), flag)
             # A spell belongs to the period of its discharge (the window's spells are all
             # stored under the window's end; publish those discharged in this period).
             t = outcomes.linked_spells_restricted(spells, key)

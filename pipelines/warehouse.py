@@ -19,6 +19,7 @@ from pipelines.storage import Store
 AREAS = {
     "ledger": "ledger",
     "gp_extracts": "ledger",
+    "gp_type2": "ledger",
     "ref_practices": "reference",
     "ref_providers": "reference",
     "ref_sites": "reference",

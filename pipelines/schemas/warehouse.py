@@ -6,6 +6,7 @@ Layout in the warehouse root (see :mod:`pipelines.warehouse`)::
 
     ledger/parts/<sha256[:16]>-<sha1(path)[:8]>-<stage>.parquet  ledger events (append-only)
     ledger/gp_extracts/period=YYYY-MM/<submission_id>.parquet  GP extracts and objection counts
+    ledger/gp_type2/period=YYYY-MM/<part>.parquet           NHS numbers of type 2 rows (kept or quarantined)
     reference/<table>.parquet                               practices, providers, sites
     silver/<source>/period=YYYY-MM/<submission_id>.parquet  validated, typed, kept rows
     quarantine/<source>/period=YYYY-MM/<submission_id>.parquet  rejected rows + rules
@@ -226,5 +227,21 @@ gp_extracts = register(Dataset(
         i("type1_objections", "Type 1 rows dropped on read (only their count is kept)."),
         i("type2_objections", "Type 2 rows among the rows received (kept or quarantined)."),
         b("held", "Held by the data-quality rule (more than half rows rejected)."),
+    ),
+))
+
+gp_type2 = register(Dataset(
+    name="gp_type2", zone="internal", grain="type 2 objection row of a GP extract taken in or held",
+    description="Every valid NHS number on a 9Nu4 (type 2) row of every GP extract taken in or held, "
+                "whether the row was kept or quarantined (a quarantined row is not in gp_patients, and a "
+                "held extract is never current). Linkage ORs it into the type 2 flag "
+                "(pipelines.current.gp_type2_numbers), so an objection is honoured whichever extract is current. "
+                "Never published; type 1 rows never reach it.",
+    columns=cols(
+        PERIOD,
+        s("submission_id", "Submission (GP extract).", nullable=False),
+        s("practice_code", "Practice.", nullable=False),
+        d("extract_date", "Extract date.", nullable=False),
+        s("nhs_number", "Canonical 10-digit NHS number (valid ones only).", nullable=False),
     ),
 ))
