@@ -8,6 +8,10 @@ The person id of the restricted outputs is a keyed hash:
   episode has a ``PSEUDO_HESID``;
 * else no id (None).
 
+Record keys (``susrecid``, ``spell_id`` of the restricted zone) are keyed pseudonyms too:
+HMAC-SHA256(key, ``"SUSRECID:" + provider + ":" + SUSRECID``), or ``"SPELL:"``, first 32
+hex characters (:func:`record_key_ids`).
+
 The key comes from configuration (:attr:`pipelines.config.Settings.effective_pseudo_key`),
 never from the code. Asking for an id without a key raises :class:`MissingKeyError`. The
 key, the NHS numbers and the HESIDs never appear in an exception message or a log line.
