@@ -256,12 +256,14 @@ def apply_small_numbers(
 # '/', ...) between them form a run; any consecutive groups of a run holding exactly 10
 # digits that pass Modulus 11 are an NHS number ('999 058 7116', '999.058.7116',
 # '9-9-9-0-5-8-7-1-1-6'). In the public zone the number may touch letters ('W9990587116',
-# 'Smith9990587116'); in the restricted zone, where record keys such as 'RGT0000012345'
-# are data, it must stand apart from letters, as a whole token. A digit group of more than
-# 10 digits is a longer number, not an NHS number.
+# 'Smith9990587116'). Both zones use this (strict) reading: the restricted zone publishes
+# record keys as keyed pseudonyms, whose hex the scan does not read (Format opaque groups).
+# The lenient reading (strict=False: the number must stand apart from letters, and dates
+# are not looked for) is kept for callers that scan supplier keys themselves. A digit group
+# of more than 10 digits is a longer number, not an NHS number.
 # Postcodes: a full UK postcode standing apart from letters and digits, any case, with or
 # without the space.
-# Dates of birth (public zone only): a real date written YYYY-MM-DD or DD-MM-YYYY, with '-',
+# Dates of birth (strict reading): a real date written YYYY-MM-DD or DD-MM-YYYY, with '-',
 # '/' or '.', anywhere in a value, not touching other digits.
 
 _MAX_GAP = 3
