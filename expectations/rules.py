@@ -20,7 +20,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
-from pipelines.schemas.inputs import Feed, InputColumn
+from pipelines.schemas.inputs import CLASSPAT_CODES, Feed, InputColumn
 
 Severity = Literal["reject", "warn"]
 
@@ -180,10 +180,25 @@ WARD_CODE_RE = r"^[A-Za-z0-9]{1,8}$"
 # counted in the data-quality outputs, and the value, which would reach the restricted
 # zone (and, through consultant outcomes or FFT by specialty, the public one), is read as
 # not known. (Rule id -> the column's format.)
+# EPIORDER: 1 or 2 digits (HES writes 1 for 01); ingest writes a 1-digit order with its
+# leading 0, so the restricted zone holds 2 digits (98 and 99 included).
+EPIORDER_RE = r"^[0-9]{1,2}$"
+
+
+def codes_re(codes: tuple[str, ...]) -> str:
+    """A regex matching exactly one of ``codes``."""
+    import re
+
+    return "^(?:" + "|".join(re.escape(c) for c in codes) + ")$"
+
+
 BLANK_ON_FAIL = {
     "CONSULT_FORMAT": CONSULTANT_RE,
     "MAINSPEF_FORMAT": SPECIALTY_RE,
     "TRETSPEF_FORMAT": SPECIALTY_RE,
+    "EPIORDER_FORMAT": EPIORDER_RE,
+    "CLASSPAT_CODE": codes_re(CLASSPAT_CODES),
+    "LSOA_FORMAT": LSOA_RE,  # GP extracts: the lsoa of linked_episodes
 }
 
 
@@ -206,7 +221,8 @@ def column_rules(feed: Feed, c: InputColumn, *, skip: tuple[str, ...] = ()) -> l
     elif c.kind == "postcode":
         out.append(regex(c.name, POSTCODE_RE, W, f"{c.name} is not shaped like a UK postcode."))
     elif c.kind == "lsoa":
-        out.append(regex(c.name, LSOA_RE, W, f"{c.name} is not a 2011 LSOA code (E01 + 6 digits)."))
+        out.append(regex(c.name, LSOA_RE, W, f"{c.name} is not a 2011 LSOA code (E01 + 6 digits): "
+                                          "the row is kept with the LSOA not known."))
     elif c.kind == "mydob":
         out.append(regex(c.name, MYDOB_RE, W, f"{c.name} is not a month and year of birth written MMYYYY."))
     elif c.kind == "consultant":

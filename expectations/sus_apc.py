@@ -15,7 +15,7 @@ import pandas as pd
 
 from expectations.custom import parse_iso_dates
 from expectations.rules import (
-    BIRTH, KEY, PRACTICE_PLACEHOLDERS, PRACTICE_RE, R, REPEAT, SPECIALTY_RE, W, Env, Rule, ScoredField,
+    BIRTH, EPIORDER_RE, KEY, PRACTICE_PLACEHOLDERS, PRACTICE_RE, R, REPEAT, SPECIALTY_RE, W, Env, Rule, ScoredField,
     column_rules, date_col, in_set, nhs_number, not_before, not_null, regex,
 )
 from pipelines.schemas.inputs import CDS_UPDATE_TYPES, HES_APC, SUS_APC
@@ -119,7 +119,8 @@ def _rules() -> list[Rule]:
         elif n in ("MAINSPEF", "TRETSPEF"):
             out.append(regex(n, SPECIALTY_RE, W, f"{n} is not a 3-digit code: the row is kept with {n} not known."))
         elif n == "EPIORDER":
-            out.append(regex(n, r"^[0-9]{1,2}$", W, "EPIORDER is not a 1- or 2-digit episode order."))
+            out.append(regex(n, EPIORDER_RE, W, "EPIORDER is not a 1- or 2-digit episode order: "
+                             "the row is kept with EPIORDER not known."))
         else:
             out += column_rules(FEED, c)
         if n == "EPIEND":

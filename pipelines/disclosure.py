@@ -256,12 +256,14 @@ def apply_small_numbers(
 # '/', ...) between them form a run; any consecutive groups of a run holding exactly 10
 # digits that pass Modulus 11 are an NHS number ('999 058 7116', '999.058.7116',
 # '9-9-9-0-5-8-7-1-1-6'). In the public zone the number may touch letters ('W9990587116',
-# 'Smith9990587116'); in the restricted zone, where record keys such as 'RGT0000012345'
-# are data, it must stand apart from letters, as a whole token. A digit group of more than
-# 10 digits is a longer number, not an NHS number.
+# 'Smith9990587116'). Both zones use this (strict) reading: the restricted zone publishes
+# record keys as keyed pseudonyms, whose hex the scan does not read (Format opaque groups).
+# The lenient reading (strict=False: the number must stand apart from letters, and dates
+# are not looked for) is kept for callers that scan supplier keys themselves. A digit group
+# of more than 10 digits is a longer number, not an NHS number.
 # Postcodes: a full UK postcode standing apart from letters and digits, any case, with or
 # without the space.
-# Dates of birth (public zone only): a real date written YYYY-MM-DD or DD-MM-YYYY, with '-',
+# Dates of birth (strict reading): a real date written YYYY-MM-DD or DD-MM-YYYY, with '-',
 # '/' or '.', anywhere in a value, not touching other digits.
 
 _MAX_GAP = 3
@@ -544,7 +546,7 @@ def _format_violations(ds: Dataset, table: pa.Table, *, every_string: bool) -> l
             if every_string:
                 out.append(Violation(ds.name, "format_undeclared", name, table.num_rows,
                                      f"{ds.name}: string column {name} has no declared format or "
-                                     f"codes, so it cannot be published in the public zone"))
+                                     f"codes, so it cannot be published in the {ds.zone} zone"))
             continue
         values, rows = text
         distinct = pc.unique(values.drop_null()).to_pylist()
@@ -644,7 +646,8 @@ def check_public(ds: Dataset, table: pa.Table, settings: Any = None) -> list[Vio
 
 def check_restricted(ds: Dataset, table: pa.Table) -> list[Violation]:
     """Violations of the restricted-zone rules: no NHS number, postcode, date of birth or
-    name, as a column or inside any value."""
+    name, as a column or inside any value; every string value of its declared format or
+    code set (a value outside it blocks the dataset for the period)."""
     out: list[Violation] = []
     if ds.zone != "restricted":
         out.append(Violation(ds.name, "zone", None, 0,
@@ -654,8 +657,12 @@ def check_restricted(ds: Dataset, table: pa.Table) -> list[Violation]:
             out.append(Violation(ds.name, "forbidden_column", name, table.num_rows,
                                  f"{ds.name}: column {name} is a direct identifier and may not "
                                  f"be published, even in the restricted zone"))
-    out += _format_violations(ds, table, every_string=False)
-    out += _scan_violations(ds, table, strict=False)
+    # As for the public zone: every string column has a declared format or code set (record
+    # keys are published as keyed pseudonyms, pipelines.pseudo, whose hex the scan does not
+    # read), and the scan is the strict one: an NHS number touching letters, and a date
+    # inside a string, are found here too.
+    out += _format_violations(ds, table, every_string=True)
+    out += _scan_violations(ds, table, strict=True)
     return out
 
 

@@ -785,7 +785,7 @@ def _gp_silver_many(frames: list[pd.DataFrame], parsed: list[ParsedName], period
         "date_of_birth": c.dates("DATE_OF_BIRTH"),
         "sex": _str_array(c.text("SEX")),
         "postcode": _postcode(c.text("POSTCODE")),
-        "lsoa": _str_array(c.text("LSOA").str.upper()),
+        "lsoa": _str_array(_blank_malformed(c.text("LSOA"), "LSOA_FORMAT").str.upper()),
         "ethnic_category": _str_array(c.text("ETHNIC_CATEGORY")),
         "registration_date": c.dates("REGISTRATION_DATE"),
         "deregistration_date": c.dates("DEREGISTRATION_DATE"),
@@ -800,6 +800,9 @@ def _code_lists(c: _Columns, prefix: str, count: int, dates_prefix: str | None =
     """Present codes in column order (HES placeholders '-', '&' dropped), and the dates
     aligned with them. Built in Arrow: the present cells' values taken row by row from
     the columns one after another, with no Python string per code."""
+    from expectations.rules import ICD10_RE, OPCS4_RE
+
+    code_re = OPCS4_RE if prefix.startswith("OPERTN") else ICD10_RE
     n = len(c.frame)
     columns: list[pa.Array] = []
     present = np.zeros((n, count), dtype=bool)
@@ -810,7 +813,9 @@ def _code_lists(c: _Columns, prefix: str, count: int, dates_prefix: str | None =
             columns.append(pa.nulls(n, pa.string()))
             continue  # absent column: nothing present (dates stay None)
         s = c.text(name)
-        ok = opcs_present(s).to_numpy(dtype=bool)
+        # present and well formed: a malformed code is counted by its warn rule
+        # (<name>_FORMAT) and left out, as it would reach the restricted zone
+        ok = (opcs_present(s) & s.str.contains(code_re, regex=True).fillna(False)).to_numpy(dtype=bool)
         columns.append(_str_array(s))
         present[:, k] = ok
         if dates_prefix:
@@ -878,7 +883,7 @@ def _sus_silver_many(frames: list[pd.DataFrame], source: str, protocols: list, p
         "susrecid": _str_array(susrecid),
         "cds_update_type": _str_array(update),
         "spell_id": _str_array(c.text("SUSSPELLID")),
-        "epiorder": _str_array(c.text("EPIORDER")),
+        "epiorder": _str_array(_blank_malformed(c.text("EPIORDER"), "EPIORDER_FORMAT").str.zfill(2)),
         "epistat": _str_array(c.text("EPISTAT")),
         "epistart": c.dates("EPISTART"),
         "epiend": c.dates("EPIEND"),
@@ -888,7 +893,7 @@ def _sus_silver_many(frames: list[pd.DataFrame], source: str, protocols: list, p
         "dismeth": _str_array(c.text("DISMETH")),
         "admisorc": _str_array(c.text("ADMISORC")),
         "disdest": _str_array(c.text("DISDEST")),
-        "classpat": _str_array(c.text("CLASSPAT")),
+        "classpat": _str_array(_blank_malformed(c.text("CLASSPAT"), "CLASSPAT_CODE")),
         "sex": _str_array(c.text("SEX")),
         "nhs_number": nhs, "nhs_number_valid": valid,
         "nhsnoind": _str_array(c.text("NHSNOIND")),

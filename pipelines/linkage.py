@@ -926,7 +926,8 @@ def linked_episodes_restricted(linked: pa.Table, key: str) -> pa.Table:
 
     Every episode flagged ``type2_objection`` is dropped, and so is every episode sharing
     a PSEUDO_HESID with one. ``person_id`` is :func:`pipelines.pseudo.person_ids` of the
-    episode's valid NHS number, else the linked patient's (rank 5), else the PSEUDO_HESID.
+    episode's valid NHS number, else the linked patient's (rank 5), else the PSEUDO_HESID;
+    ``susrecid`` and ``spell_id`` are :func:`pipelines.pseudo.record_key_ids`.
     No NHS number, postcode or date of birth is kept. Raises
     :class:`pipelines.pseudo.MissingKeyError` without a key, before reading anything.
     """
@@ -947,4 +948,11 @@ def linked_episodes_restricted(linked: pa.Table, key: str) -> pa.Table:
     ids = pseudo.person_ids(key, rows.column("__id_nhs"), rows.column("__id_hesid"))
     rows = rows.drop_columns(["__id_nhs", "__id_hesid"])
     rows = rows.add_column(1, pa.field("person_id", pa.string()), ids)
+    # Record keys are supplier text: published as keyed pseudonyms (the same function as
+    # linked_spells, so that spell_id still joins the two datasets).
+    provider = rows.column("provider_code")
+    for name, kind in (("susrecid", pseudo.SUSRECID_KIND), ("spell_id", pseudo.SPELL_KIND)):
+        i = rows.column_names.index(name)
+        rows = rows.set_column(i, pa.field(name, pa.string()),
+                               pseudo.record_key_ids(key, kind, provider, rows.column(name)))
     return schemas.get("linked_episodes").conform(rows)

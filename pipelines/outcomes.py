@@ -923,7 +923,8 @@ def _empty(name: str) -> pa.Table:
 # --------------------------------------------------------------------------- restricted
 def linked_spells_restricted(spells: pa.Table, key: str | bytes | None) -> pa.Table:
     """The restricted ``linked_spells`` dataset: every spell of a person without a type 2
-    objection, the NHS number replaced by the keyed person id (:mod:`pipelines.pseudo`).
+    objection, the NHS number replaced by the keyed person id and the spell id by its keyed
+    pseudonym (:mod:`pipelines.pseudo`).
     Raises ``pipelines.pseudo.MissingKeyError`` without a key."""
     from pipelines import pseudo  # lazily: owned by another stage
 
@@ -934,6 +935,10 @@ def linked_spells_restricted(spells: pa.Table, key: str | bytes | None) -> pa.Ta
     # for a number and so hashes from the pseudo_hesid column instead
     ids = pseudo.person_ids(key, kept.column("person_key"), hesid)
     table = kept.append_column("person_id", ids)
+    # spell_id: a keyed pseudonym, as linked_episodes.spell_id (the same function)
+    i = table.column_names.index("spell_id")
+    table = table.set_column(i, pa.field("spell_id", pa.string()), pseudo.record_key_ids(
+        key, pseudo.SPELL_KIND, table.column("provider_code"), table.column("spell_id")))
     # period = the month of the spell's last episode end (its discharge), whatever
     # partition the spells table was stored under
     if "period" in table.column_names:

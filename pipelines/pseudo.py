@@ -8,6 +8,10 @@ The person id of the restricted outputs is a keyed hash:
   episode has a ``PSEUDO_HESID``;
 * else no id (None).
 
+Record keys (``susrecid``, ``spell_id`` of the restricted zone) are keyed pseudonyms too:
+HMAC-SHA256(key, ``"SUSRECID:" + provider + ":" + SUSRECID``), or ``"SPELL:"``, first 32
+hex characters (:func:`record_key_ids`).
+
 The key comes from configuration (:attr:`pipelines.config.Settings.effective_pseudo_key`),
 never from the code. Asking for an id without a key raises :class:`MissingKeyError`. The
 key, the NHS numbers and the HESIDs never appear in an exception message or a log line.
@@ -273,3 +277,57 @@ def person_ids(
     distinct = encoded.dictionary.cast(pa.large_binary()).to_pylist()
     ids = pa.array(_hmac_hex(kb, distinct), type=pa.string())
     return ids.take(encoded.indices)
+
+
+# --------------------------------------------------------------------------- record keys
+# A supplier's record key is free text (a supplier may build SUSRECID from an NHS number),
+# so no format check can make it safe to publish. The restricted zone publishes it as a
+# keyed pseudonym, scoped by kind and provider so that equal keys of two providers, or an
+# episode key equal to a spell key, give unrelated pseudonyms.
+SUSRECID_KIND = "SUSRECID"
+SPELL_KIND = "SPELL"
+RECORD_KINDS = (SUSRECID_KIND, SPELL_KIND)
+
+
+def record_key_ids(
+    key: str | bytes | None,
+    kind: str,
+    providers: pa.Array | pa.ChunkedArray,
+    values: pa.Array | pa.ChunkedArray,
+) -> pa.Array:
+    """The keyed pseudonym of each record key: the first 32 hex characters of
+    HMAC-SHA256(key, ``kind + ":" + provider + ":" + value``) (``kind``: ``SUSRECID`` or
+    ``SPELL``), null where the value is null or empty. The one function used for
+    ``linked_episodes`` and ``linked_spells``, so that their ``spell_id`` still join.
+    Raises :class:`MissingKeyError` without a key."""
+    kb = _key_bytes(key)
+    if kind not in RECORD_KINDS:
+        raise ValueError(f"unknown record key kind {kind!r}")
+
+    def text(a: pa.Array | pa.ChunkedArray) -> pa.Array:
+        a = a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a
+        if pa.types.is_dictionary(a.type):
+            a = a.dictionary_decode()
+        return a.cast(pa.large_string())
+
+    vals, provs = text(values), text(providers)
+    if len(vals) != len(provs):
+        raise ValueError("providers and values differ in length")
+    if len(vals) == 0:
+        return pa.array([], type=pa.string())
+    present = pc.fill_null(pc.greater(pc.binary_length(vals), 0), False)
+    vals = pc.if_else(present, vals, pa.scalar(None, pa.large_string()))
+    messages = pc.binary_join_element_wise(
+        pa.scalar(kind, pa.large_string()), pc.fill_null(provs, ""), vals, pa.scalar(":", pa.large_string()))
+    encoded = pc.dictionary_encode(messages)
+    distinct = encoded.dictionary.cast(pa.large_binary()).to_pylist()
+    ids = pa.array(_hmac_hex(kb, distinct), type=pa.string())
+    return ids.take(encoded.indices)
+
+
+def record_key_id(key: str | bytes | None, kind: str, provider: str, value: str | None) -> str | None:
+    """:func:`record_key_ids` of one record key (for tests and readers of the docs)."""
+    if value is None or value == "":
+        _key_bytes(key)
+        return None
+    return _digest(_key_bytes(key), f"{kind}:{provider}:{value}")

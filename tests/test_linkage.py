@@ -27,6 +27,14 @@ KEY = "unit-test-key"
 N = [n for n in (with_check_digit(f"999{i:06d}") for i in range(100)) if n][:10]
 
 
+def by_susrecid(out: pa.Table, key: str, susrecids) -> dict:
+    """Rows of a linked_episodes table by their supplier SUSRECID (published as keyed
+    pseudonyms: pseudo.record_key_id)."""
+    names = {pseudo.record_key_id(key, "SUSRECID", p, s): s for s in susrecids
+             for p in set(out.column("provider_code").to_pylist())}
+    return {names[r["susrecid"]]: r for r in out.to_pylist()}
+
+
 def hmac32(key: str, message: str) -> str:
     return hmac.new(key.encode(), message.encode(), hashlib.sha256).hexdigest()[:32]
 
@@ -280,7 +288,9 @@ def test_linked_episodes_restricted():
     for banned in ("nhs_number", "linked_nhs_number", "postcode", "dob", "birth_year", "birth_month",
                    "pseudo_hesid", "type2_objection"):
         assert banned not in out.column_names
-    rows = {r["susrecid"]: r for r in out.to_pylist()}
+    assert {r["susrecid"] for r in out.to_pylist()}.isdisjoint({"A1", "A2", "A5", "A6"})
+    rows = by_susrecid(out, KEY, ["A1", "A2", "A3", "A4", "A5", "A6"])
+    assert rows["A1"]["susrecid"] == hmac32(KEY, f"SUSRECID:{rows['A1']['provider_code']}:A1")
     # A3 is the type 2 patient; A4 shares its PSEUDO_HESID, so it is the same person.
     assert sorted(rows) == ["A1", "A2", "A5", "A6"]
     assert rows["A1"]["person_id"] == hmac32(KEY, N[0])
@@ -741,7 +751,7 @@ def test_linked_episodes_age_falls_back_to_the_linked_gp_date_of_birth():
     )
     out = linkage.linked_episodes_restricted(linked, KEY)
     assert "linked_date_of_birth" not in out.column_names  # never published
-    rows = {r["susrecid"]: r for r in out.to_pylist()}
+    rows = by_susrecid(out, KEY, ["B1", "B2", "B3"])
     assert rows["B1"]["match_rank"] == 4 and rows["B1"]["age_at_admission"] == 63  # the GP record's
     assert rows["B2"]["age_at_admission"] == 54        # MYDOB comes before the GP record
     assert rows["B3"]["age_at_admission"] is None

@@ -344,7 +344,12 @@ def test_formula_in_consult_is_warned_and_blanked_and_keyless_runs_never_touch_r
     stages.publish(with_key, P, run_id="keyed")
     restricted = pq.read_table(Path(zone.publish) / "restricted/linked_episodes")
     by_id = dict(zip(restricted.column("susrecid").to_pylist(), restricted.column("consultant_code").to_pylist()))
-    assert by_id == {"A": "C1234567", "B": None, "C": None, "D": None}
+    # susrecid is published as its keyed pseudonym (pipelines.pseudo.record_key_id)
+    from pipelines.pseudo import record_key_id
+    assert by_id == {record_key_id(KEY, "SUSRECID", "RGT", "A"): "C1234567",
+                     record_key_id(KEY, "SUSRECID", "RGT", "B"): None,
+                     record_key_id(KEY, "SUSRECID", "RGT", "C"): None,
+                     record_key_id(KEY, "SUSRECID", "RGT", "D"): None}
     assert set(restricted.column("tretspef").to_pylist()) == {"100", None}
     before = tree(zone.publish, "restricted")
     assert before

@@ -170,9 +170,9 @@ def test_restricted_dataset_with_lists_reads_back(store):
     ds = schemas.get("linked_episodes")
     row = {c.name: None for c in ds.columns}
     rows = [
-        {**row, "period": "2014-01", "person_id": "a" * 32, "provider_code": "RXH", "susrecid": "89278841913241",
-         "diagnoses": ["I21", "E11"], "procedures": ["K40.1"], "admidate": dt.date(2014, 1, 2), "match_rank": 1},
-        {**row, "period": "2014-01", "person_id": "b" * 32, "provider_code": "RXH", "susrecid": "89278841913242",
+        {**row, "period": "2014-01", "person_id": "a" * 32, "provider_code": "RXH", "susrecid": "c" * 32,
+         "diagnoses": ["I21", "E11"], "procedures": ["K401"], "admidate": dt.date(2014, 1, 2), "match_rank": 1},
+        {**row, "period": "2014-01", "person_id": "b" * 32, "provider_code": "RXH", "susrecid": "d" * 32,
          "diagnoses": [], "procedures": None},
     ]
     res = publish_dataset(store, ds, pa.Table.from_pylist(rows), run_id="r", code_version="c",
@@ -496,7 +496,7 @@ def test_a_partition_whose_key_label_changed_is_rewritten_even_with_the_same_row
     ds = schemas.get("linked_episodes")
     row = {c.name: None for c in ds.columns}
     table = pa.Table.from_pylist([{**row, "period": "2014-01", "person_id": "a" * 32, "provider_code": "RXH",
-                                   "susrecid": "1", "diagnoses": [], "procedures": []}])
+                                   "susrecid": "c" * 32, "diagnoses": [], "procedures": []}])
     kw = dict(run_id="r", code_version="c", input_submissions={}, thresholds={})
     assert publish_dataset(store, ds, table, key_label="configured:abcd1234", **kw).written == ["2014-01"]
     assert publish_dataset(store, ds, table, key_label="configured:abcd1234", **kw).unchanged == ["2014-01"]

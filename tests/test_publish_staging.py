@@ -203,7 +203,7 @@ def _episode_rows(k):
     ds = schemas.get("linked_episodes")
     row = {c.name: None for c in ds.columns}
     row.update(period=f"2014-0{1 + k % 2}", person_id="a" * 32, provider_code="RXH",
-               susrecid=f"8927884191324{k}", diagnoses=["I21"], procedures=[])
+               susrecid=f"{k}" * 32, diagnoses=["I21"], procedures=[])  # a pseudonym
     return pa.Table.from_pylist([row])
 
 

@@ -274,6 +274,14 @@ F_CONSULTANT = Format("consultant", r"C[0-9]{7}", "consultant code: C and a 7-di
 F_SPECIALTY_CODE = Format("specialty_code", r"[0-9]{3}", "main specialty or treatment function code: 3 digits")
 F_ICD10 = Format("icd10", r"[A-Z][0-9]{2}[0-9X]?", "ICD-10 code without the dot (I219, R69X)")
 F_OPCS4 = Format("opcs4", r"[A-Z][0-9]{3}", "OPCS-4 code without the dot (K401)")
+# Restricted record-level codes (inputs.md code sets; a malformed optional one is blanked
+# at ingest under a warn rule, expectations.rules.BLANK_ON_FAIL).
+F_EPIORDER = Format("epiorder", r"[0-9]{2}", "episode order: 2 digits (01, 02, ...; 98 not applicable, 99 not known)")
+F_LSOA = Format("lsoa", r"E01[0-9]{6}", "2011 LSOA code: E01 and 6 digits")
+# A keyed pseudonym made by pipelines.pseudo (person_id, susrecid, spell_id): its hex is a
+# digest, opaque to the identifier scan.
+F_PSEUDONYM = Format("pseudonym", r"(?P<opaque>[0-9a-f]{32})",
+                     "keyed pseudonym: 32 lower-case hex digits (pipelines.pseudo)")
 F_IDENTIFIER = Format("identifier", r"[a-z][a-z0-9_]{0,63}",
                       "a lower-case identifier of the pipeline or its configuration (letters, digits, _)")
 F_RULE_ID = Format("rule_id", r"[A-Z][A-Z0-9_]{0,63}", "a rule id of expectations/ (upper case, digits, _)")

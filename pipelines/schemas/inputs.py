@@ -61,6 +61,10 @@ ADMIMETH_ELECTIVE = ("11", "12", "13")
 ADMIMETH_EMERGENCY = ("21", "22", "23", "24", "25", "28", "2A", "2B", "2C", "2D")
 ADMIMETH_CODES = ADMIMETH_ELECTIVE + ADMIMETH_EMERGENCY + ("31", "32", "81", "82", "83", "98", "99")
 DISMETH_CODES = ("1", "2", "3", "4", "5", "8", "9")
+# Patient classification (NHS Data Dictionary): 1 ordinary admission, 2 day case, 3 regular
+# day attender, 4 regular night attender, 5 mothers and babies using delivery facilities
+# only, 8 not applicable, 9 not known.
+CLASSPAT_CODES = ("1", "2", "3", "4", "5", "8", "9")
 NHSNOIND_CODES = ("01", "02", "03", "04", "05", "06", "07", "08")
 EPISTAT_CODES = ("1", "3", "9")
 CDS_UPDATE_TYPES = ("9", "1")
@@ -115,12 +119,12 @@ _sus_cols = [
     InputColumn("HOMEADD", "Postcode of usual address.", False, "postcode"),
     InputColumn("GPPRAC", "Registered GP practice code.", False, "code"),
     InputColumn("SUSSPELLID", "Hospital provider spell identifier.", False),
-    InputColumn("EPIORDER", "Order of the episode in its spell.", False, "code"),
+    InputColumn("EPIORDER", "Order of the episode in its spell, 01, 02, ... (98, 99).", False, "code"),
     InputColumn("EPISTAT", "Episode status.", False, "code", EPISTAT_CODES),
     InputColumn("DISDATE", "Discharge date of the spell.", False, "date"),
     InputColumn("ADMISORC", "Admission source.", False, "code"),
     InputColumn("DISDEST", "Discharge destination.", False, "code"),
-    InputColumn("CLASSPAT", "Patient classification.", False, "code"),
+    InputColumn("CLASSPAT", "Patient classification.", False, "code", CLASSPAT_CODES),
     InputColumn("CONSULT", "Consultant: C + 7-digit GMC number.", False, "consultant"),
     InputColumn("MAINSPEF", "Main specialty, 3 digits.", False, "code"),
     InputColumn("TRETSPEF", "Treatment function, 3 digits.", False, "code"),
