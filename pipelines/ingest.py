@@ -1035,6 +1035,20 @@ def _unexpected(fi_path: str, what: str, exc: BaseException) -> str:
             f"the file is rejected and the other files go on")
 
 
+def _hash_or_refuse(landing: Store, warehouse: Warehouse, fi: FileInfo, ledger: "_Ledger",
+                    report: IngestReport | None) -> tuple[str, int] | None:
+    """The SHA-256 and size of a regular file under the landing root, streamed; None when
+    it is not one (a link swapped in since the listing) or cannot be read: then recorded,
+    once, as a file never opened (:func:`_refuse_unopened`)."""
+    try:
+        return sha256_stream(landing, fi.path)
+    except UnsafePath:
+        _refuse_unopened(warehouse, fi, "link", ledger, report)
+    except Exception as exc:  # noqa: BLE001 - no file can stop the pipeline
+        _refuse_unopened(warehouse, fi, "error", ledger, report, _unexpected(fi.path, "reading it", exc))
+    return None
+
+
 def _refuse_unopened(warehouse: Warehouse, fi: FileInfo, kind: str, ledger: "_Ledger",
                      report: IngestReport | None, reason: str | None = None) -> None:
     """Record, once, a file that is not to be opened (or could not be): rejected, its
@@ -1150,14 +1164,10 @@ def _record_bad_names(landing: Store, files: list[FileInfo], ledger: _Ledger, wa
             continue
         if ledger.unchanged(fi):
             continue
-        try:
-            sha, size = sha256_stream(landing, fi.path)
-        except UnsafePath:
-            _refuse_unopened(warehouse, fi, "link", ledger, report)
+        hashed = _hash_or_refuse(landing, warehouse, fi, ledger, report)
+        if hashed is None:
             continue
-        except Exception as exc:  # noqa: BLE001
-            _refuse_unopened(warehouse, fi, "error", ledger, report, _unexpected(fi.path, "reading it", exc))
-            continue
+        sha, size = hashed
         if ledger.has(fi.path, sha):
             continue
         _reject(warehouse, parsed, sha, size, ledger.first_seen(fi.path, sha), parsed.reason, report)
@@ -1792,14 +1802,10 @@ def load_reference(landing: Store, warehouse: Warehouse, settings=None) -> dict:
         table_name = target[parsed.feed]
         if ledger.unchanged(fi) and warehouse.store.exists(warehouse.path(table_name)):
             continue
-        try:
-            sha, size = sha256_stream(landing, fi.path)
-        except UnsafePath:
-            _refuse_unopened(warehouse, fi, "link", ledger, report)
+        hashed = _hash_or_refuse(landing, warehouse, fi, ledger, report)
+        if hashed is None:
             continue
-        except Exception as exc:  # noqa: BLE001
-            _refuse_unopened(warehouse, fi, "error", ledger, report, _unexpected(fi.path, "reading it", exc))
-            continue
+        sha, size = hashed
         if ledger.has(fi.path, sha) and warehouse.store.exists(warehouse.path(table_name)):
             continue
         first = ledger.first_seen(fi.path, sha)

@@ -28,7 +28,8 @@ _SPACE_OR_HYPHEN = f"[{SPACE_CHARS}{HYPHENS}]"  # the same in Python's re and in
 _SPACE_OR_HYPHEN_RE = re.compile(_SPACE_OR_HYPHEN)
 
 
-def _missing(value: object) -> bool:
+def is_missing(value: object) -> bool:
+    """None, NaN, NaT and pandas' NA are missing; anything else (an empty string too) is not."""
     if value is None:
         return True
     try:
@@ -39,7 +40,7 @@ def _missing(value: object) -> bool:
 
 def canonical(value: object) -> str | None:
     """Whitespace and hyphens removed; None for missing or empty."""
-    if _missing(value):
+    if is_missing(value):
         return None
     text = _SPACE_OR_HYPHEN_RE.sub("", str(value))
     return text or None

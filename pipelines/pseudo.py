@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines import nhs_number as nhsno
+from pipelines.nhs_number import is_missing
 
 ID_HEX_CHARS = 32
 HESID_PREFIX = "HESID:"
@@ -79,17 +80,8 @@ def _digest(key: bytes, message: str) -> str:
     return hmac.new(key, message.encode("utf-8"), hashlib.sha256).hexdigest()[:ID_HEX_CHARS]
 
 
-def _is_missing(value: object) -> bool:
-    if value is None:
-        return True
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
-
-
 def _valid_canonical(nhs_number: object) -> str | None:
-    if _is_missing(nhs_number):
+    if is_missing(nhs_number):
         return None
     text = nhsno.canonical(nhs_number)
     if text is None or not nhsno.is_valid(text):
@@ -98,7 +90,7 @@ def _valid_canonical(nhs_number: object) -> str | None:
 
 
 def _hesid(pseudo_hesid: object) -> str | None:
-    if _is_missing(pseudo_hesid):
+    if is_missing(pseudo_hesid):
         return None
     text = str(pseudo_hesid).strip()
     return text or None
@@ -165,7 +157,7 @@ class _NotVectorisable(Exception):
 
 
 def _text_array(values: object, n: int | None) -> pa.Array:
-    """``values`` as a string array: null where :func:`_is_missing`, else ``str(value)``,
+    """``values`` as a string array: null where :func:`pipelines.nhs_number.is_missing`, else ``str(value)``,
     exactly as :func:`_to_list` and the scalar functions read them."""
     if values is None:
         if n is None:
@@ -202,7 +194,7 @@ def _text_array(values: object, n: int | None) -> pa.Array:
 
 def _generic_text(values: list) -> pa.Array:
     try:
-        return pa.array([None if _is_missing(v) else str(v) for v in values], type=pa.string())
+        return pa.array([None if is_missing(v) else str(v) for v in values], type=pa.string())
     except (pa.ArrowException, UnicodeError):
         raise _NotVectorisable() from None  # e.g. lone surrogates: the loop decides
 
