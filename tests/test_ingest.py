@@ -9,6 +9,7 @@ so that they stay quick; ``test_sus_end_to_end_with_the_real_validator`` and
 from __future__ import annotations
 
 import json
+import re
 import os
 import socket
 from pathlib import Path
@@ -555,9 +556,11 @@ def test_dq_rows_of_a_chunk_keep_each_files_own_keys():
 
 def test_code_lists_are_each_rows_present_codes_in_column_order():
     """Diagnosis and procedure lists (built in Arrow from all the code columns at once)
-    against the definition row by row: the stripped codes in column order, blanks and
-    the HES placeholders ('-', '-   ', '&') left out, each procedure with its own date;
-    an absent column holds nothing."""
+    against the definition row by row: the stripped codes in column order, blanks, the
+    HES placeholders ('-', '-   ', '&') and codes that are no OPCS-4 code (a letter and
+    three digits: 'Z99X', 'A01'; they are counted by their FORMAT rule and would reach the
+    restricted zone) left out, each procedure with its own date; an absent column holds
+    nothing."""
     rng = np.random.default_rng(11)
     pool = ["K401", " K402 ", "", None, "-", "-   ", "&", "I219", "Z99X", "\tA01"]
     dates = ["2024-03-01", "2024-02-30", None, " 2024-03-05 ", "x"]
@@ -573,7 +576,7 @@ def test_code_lists_are_each_rows_present_codes_in_column_order():
         for k in range(1, 7):
             v = frame.get(f"OPERTN_4_{k:02d}")
             v = None if v is None or pd.isna(v.iloc[i]) else v.iloc[i].strip()
-            if v and v not in ("-", "&"):
+            if v and re.fullmatch(r"[A-Z][0-9]{3}", v):
                 codes.append(v)
                 d = frame[f"OPDATE_{k:02d}"].iloc[i]
                 ds.append(None if pd.isna(d) else real.get(d))
@@ -581,4 +584,4 @@ def test_code_lists_are_each_rows_present_codes_in_column_order():
         want_dates.append(ds)
     assert lists.to_pylist() == want_codes
     assert [[None if d is None else d.isoformat() for d in row] for row in date_lists.to_pylist()] == want_dates
-    assert sum(map(len, want_codes)) > 300
+    assert sum(map(len, want_codes)) > 200
