@@ -59,6 +59,11 @@ def _bronze_asset(source: str, description: str) -> dg.AssetsDefinition:
         dg.AssetCheckSpec("no_rejected_files", asset=name,
                           description="No file of the period was rejected whole (name, columns, parse)."),
     ]
+    if source == "gp":
+        checks.append(dg.AssetCheckSpec(
+            "no_unrecognised_objections", asset=name,
+            description="Every OBJECTION value is empty, 9Nu0 or 9Nu4 (any other is read as type 1, counted, "
+                        "and the extract named here)."))
 
     @dg.asset(name=name, group_name="ingest", partitions_def=period_partitions,
               deps=[landing_scan, reference_data], check_specs=checks, description=description)

@@ -49,6 +49,7 @@ from pipelines.landing import (
     ParsedName,
     Rejection,
     opcs_present,
+    parse_bytes,
     parse_name,
     read_csv,
     sha256_stream,
@@ -1116,7 +1117,11 @@ def _reject(warehouse: Warehouse, name, sha: str, size: int | None, first: datet
     _write_event(warehouse, _event(name, sha, size, first, "rejected", reason), "outcome")
     if report is not None:
         report.rejected_files.append({"file_name": name.file_name, "reason": reason})
-    log.warning("rejected %s", reason)
+    # Logs name the file as the public ledger does: a name that breaks its folder's
+    # convention is supplier text (it may name a patient); the full name stays in the
+    # warehouse ledger and the Dagster metadata, for operators.
+    shown = public_file_name(name.file_name, sha)
+    log.warning("rejected %s: %s", shown, public_reason(reason, name.file_name, {name.file_name: shown}))
 
 
 def _record_bad_names(landing: Store, files: list[FileInfo], ledger: _Ledger, warehouse: Warehouse,
@@ -1435,7 +1440,8 @@ def _take_in(source, period, parsed: ParsedName, frame: pd.DataFrame, info, sha:
     def account() -> None:
         _account(report, parsed.file_name, sid, {period: (received, n_rej, n_kept)}, held, reason, outcome,
                  info.type1_objections if source == "gp" else 0)
-        log.info("took in %s: %d rows received, %d kept, %d quarantined%s", parsed.file_name, received, n_kept,
+        log.info("took in %s: %d rows received, %d kept, %d quarantined%s", public_file_name(parsed.file_name, sha),
+                 received, n_kept,
                  n_rej, " (held)" if held else "")
 
     parts.outcome(event, account)

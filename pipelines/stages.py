@@ -198,12 +198,13 @@ def ingest_checks(report: dict) -> list[dict]:
          "description": "no file rejected" if not rejected else
          "; ".join(f"{r.get('file_name')}: {_reason(r)}" for r in rejected),
          "metadata": {"rejected": rejected}},
-        # GP extracts with OBJECTION values that are no known code (read as type 1).
-        {"name": "no_unrecognised_objections", "passed": not objections, "severity": "warn",
-         "description": "every OBJECTION value recognised" if not objections else
-         "; ".join(w.get("warning", "") for w in objections),
-         "metadata": {"objection_warnings": objections}},
     ]
+    if (report.get("source") or md.get("source")) == "gp":
+        # GP extracts with OBJECTION values that are no known code (read as type 1).
+        checks.append({"name": "no_unrecognised_objections", "passed": not objections, "severity": "warn",
+                       "description": "every OBJECTION value recognised" if not objections else
+                       "; ".join(w.get("warning", "") for w in objections),
+                       "metadata": {"objection_warnings": objections}})
     return checks
 
 
@@ -681,14 +682,17 @@ def held_back_summary(settings: Settings) -> list[dict]:
     from pipelines import ingest
 
     _, wh, _ = stores(settings)
-    ledger = ingest.read_ledger(wh)
+    rows = ingest.read_ledger(wh).to_pylist()
+    # Printed as the public ledger names files: a name that breaks its folder's convention
+    # is supplier text (it may name a patient), shown by its digest; the full name is in
+    # the warehouse ledger and the Dagster metadata.
+    shown = {r["file_name"]: ingest.public_file_name(r["file_name"], r["sha256"]) for r in rows}
+    renamed = {f: p for f, p in shown.items() if f != p and len(f) >= 6}
     out = []
-    for r in ledger.to_pylist():
+    for r in rows:
         if r.get("status") in ("rejected", "held"):
-            why = r.get("reason") or ""
-            if why.startswith(f"{r['file_name']}: "):
-                why = why[len(r["file_name"]) + 2:]
-            out.append({"what": f"{r['status']} {r['file_name']}", "why": why})
+            why = ingest.public_reason(r.get("reason"), r["file_name"], renamed) or ""
+            out.append({"what": f"{r['status']} {shown[r['file_name']]}", "why": why})
     for f in wh.store.list("release/blocked"):
         for b in json.loads(wh.store.read_bytes(f.path)):
             out.append({"what": f"blocked {b['zone']}/{b['dataset']} {b['period']}",

@@ -70,3 +70,15 @@ def test_each_stage_dataset_list_matches_the_declarations():
     assert set(stages.PUBLIC_DATASETS) | {"submissions"} == public
     assert set(stages.RESTRICTED_DATASETS) == {d.name for d in schemas.datasets("restricted")}
     _ = dg
+
+
+def test_every_check_a_bronze_stage_reports_is_declared_on_its_asset():
+    """Dagster refuses a check result it was not told of (the whole step fails): every check
+    ``stages.ingest_checks`` can return for a feed is declared on that feed's asset."""
+    graph = _defs().resolve_asset_graph()
+    declared = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
+    md = {"submissions": [], "rejected_files": [], "objection_warnings": [{"file_name": "x", "warning": "w"}]}
+    for feed in ("gp", "sus_apc", "fft"):
+        names = {c["name"] for c in stages.ingest_checks({"metadata": dict(md), "source": feed, "failing_rules": None})}
+        assert names and {(f"{feed}_bronze", n) for n in names} <= declared, feed
+    assert ("gp_bronze", "no_unrecognised_objections") in declared

@@ -141,3 +141,30 @@ def test_no_type2_patient_in_the_restricted_zone_after_the_attack(header_case_at
         t = pd.read_parquet(a["root"] / "pub" / "restricted" / name)
         assert len(t) > 0
         assert not set(t["person_id"].dropna()) & type2_ids, name
+
+
+def test_a_file_named_after_a_patient_is_never_named_in_logs_or_the_run_summary(tmp_path, caplog):
+    """A misfiled file named with a patient's name, NHS number, postcode and date of birth:
+    rejected for its name; logs and the printed summary show it as the public ledger does
+    (by its digest), and only the warehouse ledger (for operators) keeps the name."""
+    import logging
+
+    from pipelines import ingest, stages
+    from pipelines.config import Settings
+    from pipelines.nhs_number import with_check_digit
+
+    nhs = with_check_digit("999058711")
+    name = f"gp/Jane Doe {nhs} LS1 4AP 1970-01-01.csv"
+    landing = tmp_path / "landing"
+    (landing / "gp").mkdir(parents=True)
+    (landing / name).write_text("NHS_NUMBER,DATE_OF_BIRTH\n")
+    settings = Settings(landing=str(landing), warehouse=str(tmp_path / "wh"), publish=str(tmp_path / "pub"))
+    caplog.set_level(logging.DEBUG)
+    stages.ingest_feed(settings, "gp", "2024-01")
+    summary = stages.held_back_summary(settings)
+    ledger = ingest.read_ledger(stages.stores(settings)[1]).to_pylist()
+    assert [r["file_name"] for r in ledger] == [name]  # operators still have it
+    printed = json.dumps(summary) + caplog.text
+    assert "unrecognised-" in printed
+    for needle in (nhs, "Jane", "LS1 4AP", "1970-01-01"):
+        assert needle not in printed, needle

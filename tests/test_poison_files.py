@@ -367,7 +367,7 @@ def test_unrecognised_objections_warn_on_the_extract(tmp_path):
     assert report.type1_objections == 2 and report.rows_read == 2
     md = report.as_metadata()
     assert [(w["file_name"], w["objection_unrecognised"]) for w in md["objection_warnings"]] == [(GOOD, 1)]
-    checks = {c["name"]: c for c in stages.ingest_checks({"metadata": md, "failing_rules": None})}
+    checks = {c["name"]: c for c in stages.ingest_checks({"metadata": md, "source": "gp", "failing_rules": None})}
     check = checks["no_unrecognised_objections"]
     assert not check["passed"] and GOOD in check["description"]
     patients = wh.read("gp_patients", ["2024-01"]).to_pylist()
