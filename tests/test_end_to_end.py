@@ -487,3 +487,23 @@ def test_hes_stay_without_nhs_number_is_one_spell_through_pseudo_hesid(run):
     eps = _restricted(run, "linked_episodes")
     got = eps[eps.susrecid.isin(p.susrecid)]
     assert got.match_rank.isna().all() and got.person_id.nunique() == 1 and got.person_id.notna().all()
+
+
+def test_hes_conventions_in_sus_files_are_read_as_hes_defines_them(run):
+    """sus_plants.parquet: EPISTAT 9 on a spell's last episode leaves it without a discharge;
+    EPIORDER 99 sorts last (its discharge is the spell's); no DOB nor MYDOB: rank 4 at most
+    and the age from the GP record; GPPRAC placeholders in no practice's episodes."""
+    sp = _truth(run, "sus_plants")
+    spells = _restricted(run, "linked_spells")
+    eps = _restricted(run, "linked_episodes")
+    u = sp[sp.plant == "epistat_9"].merge(spells, on=["provider_code", "spell_id"])
+    assert len(u) >= 3 and u.disdate.isna().all() and u.los_days.isna().all() and u.dismeth.isna().all()
+    o = sp[sp.plant == "epiorder_99"].merge(spells, on=["provider_code", "spell_id"], suffixes=("", "_got"))
+    assert len(o) >= 3
+    assert (o.spell_disdate == o.disdate.map(_date)).all() and (o.spell_dismeth == o.dismeth).all()
+    n = sp[sp.plant == "no_dob_no_mydob"].merge(eps, on=["provider_code", "susrecid"], suffixes=("_t", ""))
+    linked = n[n.match_rank.notna()]
+    assert len(linked) >= 3 and (linked.match_rank == 4).all() and linked.age_at_admission.notna().all()
+    g = sp[sp.plant == "gpprac_placeholder"]
+    opr = run["wh"].read("linkage_coverage_practice").to_pandas()
+    assert len(g) >= 3 and not set(opr.practice_code) & set(g.gpprac)

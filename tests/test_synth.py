@@ -574,3 +574,22 @@ def test_hes_extract_holds_every_planted_convention(zone):
     h = lk[lk.source == "hes_apc"]
     assert set(zip(h.provider_code, h.susrecid)) == set(zip(hes.PROCODE3, hes.key))
     assert h[h.susrecid.isin(plants[plants.plant.str.startswith("gpprac_")].susrecid)].gpprac.isna().all()
+
+
+def test_hes_conventions_planted_in_sus_files(zone):
+    """EPIORDER 99, EPISTAT 9, GPPRAC placeholders and episodes without DOB and MYDOB in
+    the SUS files, as sus_plants.parquet lists them."""
+    cur = _sus_current_view(zone)
+    sp = pd.read_parquet(zone["truth"] / "sus_plants.parquet")
+    assert {"epistat_9", "epiorder_99", "no_dob_no_mydob", "gpprac_placeholder"} == set(sp.plant)
+    m = sp.merge(cur, left_on=["provider_code", "susrecid"], right_on=["_provider", "SUSRECID"])
+    assert len(m) == len(sp)
+    by = {k: g for k, g in m.groupby("plant")}
+    assert (by["epistat_9"].EPISTAT == "9").all() and (by["epistat_9"].DISDATE != "").all()
+    assert set(cur.EPISTAT) == {"3", "9"} and (cur.EPISTAT == "9").sum() == len(by["epistat_9"])
+    assert (by["epiorder_99"].EPIORDER == "99").all() and (cur.EPIORDER == "99").sum() == len(by["epiorder_99"])
+    nd = by["no_dob_no_mydob"]
+    assert ((nd.DOB == "") & (nd.MYDOB == "")).all() and (nd.match_rank.isna() | (nd.match_rank == 4)).all()
+    assert set(by["gpprac_placeholder"].GPPRAC) == {"V81997", "V81998", "&"}
+    prac = pd.read_parquet(zone["truth"] / "linkage_practice.parquet")
+    assert not set(prac.practice_code) & {"V81997", "V81998", "V81999", "&"}

@@ -18,7 +18,7 @@ from .fft import write_fft
 from .hes import HES_PROVIDERS, write_hes_plants
 from .gp import expected_linkage, write_batch_gp
 from .population import ALL_PROC, DIAG_INDEX, ID_CATS, make_batch
-from .sus import SEVERITY, write_sus
+from .sus import PRACTICE_PLACEHOLDER_CODES, SEVERITY, plant_sus_conventions, write_sus
 from .util import NhsAllocator, write_file, ymd
 from .world import World, build_world
 
@@ -63,6 +63,7 @@ def generate(out_dir, *, seed: int = 0, scale: float = 0.002, months: int = 3, s
         bar.update(1)
     E = {k: np.concatenate([p[k] for p in parts]) for k in EPISODE_KEYS}
     del parts
+    plant_sus_conventions(E)
     cur = write_sus(w, E, out, files, faults, progress=bar)
     hes = write_hes_plants(w, E, cur, out, files)
     n_res = int(w.prac_size.sum())
@@ -230,7 +231,8 @@ def write_truth(w, E, cur, fft, files, faults, gp_truth, objectors, out, truth, 
         "identity_case": np.array(ID_CATS)[E["idcat"][ei]],
         "match_rank": pd.array(np.where(E["match_rank"][ei] > 0, E["match_rank"][ei], -1), dtype="Int8"),
         "linked_nhs_number": np.where(E["match_rank"][ei] > 0, E["linked_nhs"][ei].astype(str), None),
-        "gpprac": np.where(gp >= 0, pr_codes[np.maximum(gp, 0)], np.where(gp == -2, "V81999", None)),
+        "gpprac": np.where(gp >= 0, pr_codes[np.maximum(gp, 0)],
+                           pd.Series(gp).map(PRACTICE_PLACEHOLDER_CODES).to_numpy(dtype=object)),
         "practice_at_epistart": np.where(prac_cov >= 0, pr_codes[np.maximum(prac_cov, 0)], None),
         "true_practice_at_epistart": np.where(true_prac >= 0, pr_codes[np.maximum(true_prac, 0)], None),
         "linked_at_gpprac": E["linked_at_gpprac"][ei],
@@ -242,6 +244,23 @@ def write_truth(w, E, cur, fft, files, faults, gp_truth, objectors, out, truth, 
     lk.loc[~real, ["true_nhs_number", "linked_nhs_number", "gpprac", "practice_at_epistart"]] = None
     lk["match_rank"] = lk["match_rank"].mask(lk["match_rank"] < 0)
     lk["source"] = "sus_apc"
+    # ---- HES conventions planted in the SUS files (sus.plant_sus_conventions)
+    kinds = [("epistat_9", E["epistat9"]), ("epiorder_99", E["epiorder99"]), ("no_dob_no_mydob", E["no_mydob"]),
+             ("gpprac_placeholder", E["gpprac"] < -2)]
+    sp = []
+    for kind, flag in kinds:
+        f = real & ~cur["rej"] & flag[ei]
+        sp.append(pd.DataFrame({
+            "plant": kind, "provider_code": np.array(w.prov_codes)[cur["prov"][f]], "susrecid": cur["key"][f],
+            "spell_id": [f"{w.prov_codes[p_]}{int(x):010d}" for p_, x in zip(cur["prov"][f], E["spell"][ei[f]])],
+            "gpprac": lk["gpprac"].to_numpy()[f],
+            "match_rank": pd.array(np.where(E["match_rank"][ei[f]] > 0, E["match_rank"][ei[f]], -1), dtype="Int8"),
+            "spell_disdate": [None if kind == "epistat_9" or d < -10**6 else ymd(int(d)) for d in E["disdate"][ei[f]]],
+            "spell_dismeth": [None if kind == "epistat_9" else str(int(x)) for x in E["dismeth"][ei[f]]]}))
+    sp = pd.concat(sp, ignore_index=True)
+    sp["match_rank"] = sp["match_rank"].mask(sp["match_rank"] < 0)
+    _parquet(sp.sort_values(["plant", "provider_code", "susrecid"]).reset_index(drop=True),
+             truth / "sus_plants.parquet")
     if hes is not None:  # the HES extract's episodes (pipelines/synth/hes.py)
         h = hes[0].copy()
         h["match_rank"] = pd.array(h["match_rank"], dtype="Int8")
