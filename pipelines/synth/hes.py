@@ -185,3 +185,92 @@ def write_hes_plants(w: World, E: dict, cur: dict, out: Path, files: list) -> tu
                       protocol=None, rows=len(rows), delimiter=",", gzip=False, bom=False, status="current",
                       reason_kind=None, newest_in_period=None))
     return pd.DataFrame(lk), pd.DataFrame(plants)
+
+
+# --------------------------------------------------------------------------- history (benchmark)
+HISTORY_PROVIDERS = ["RZC", "RZD", "RZE", "RZF"]
+_HISTORY_PROCS = ["K401", "W371", "W381", "H071", "M021", "L191", "G011", "B081", "E191", "H331"]
+_HISTORY_DIAGS = ["I219", "J189", "I500", "E119", "N189", "K802", "S720", "C509", "J449", "I639"]
+
+
+def write_hes_history(out, *, years: int = 10, episodes_per_month: int = 2000, end: str = "2014-01",
+                      seed: int = 0, name: str = "HES_APC_history.csv") -> dict:
+    """A long HES APC extract for the benchmark (``make bench-hes``): ``years`` of activity
+    ending with the month ``end``, about ``episodes_per_month`` episodes a month at the
+    HES-only providers :data:`HISTORY_PROVIDERS` (no SUSSPELLID; stays of one or two
+    episodes; 1% of first episodes of two carry a placeholder ``DISDATE``). Patients are
+    drawn from the GP extracts already under ``out/gp/`` (so most episodes link, rank 1),
+    with ``GPPRAC`` their practice. Deterministic. Returns ``rows``, ``path``, ``periods``."""
+    import gzip as _gzip
+
+    out = Path(out)
+    rng = rng_for(seed, 21)
+    gp = []
+    for f in sorted((out / "gp").glob("GP_*")):
+        raw = f.read_bytes()
+        if f.name.endswith(".gz"):
+            raw = _gzip.decompress(raw)
+        try:
+            df = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False, encoding="utf-8-sig",
+                             usecols=["NHS_NUMBER", "DATE_OF_BIRTH", "SEX", "POSTCODE", "OBJECTION"])
+        except (ValueError, pd.errors.ParserError, UnicodeDecodeError):
+            continue  # a planted malformed or column-less extract
+        df["GPPRAC"] = f.name.split("_")[1]
+        gp.append(df)
+    people = pd.concat(gp, ignore_index=True)
+    people = people[(people.OBJECTION != "9Nu0") & people.DATE_OF_BIRTH.str.fullmatch(r"\d{4}-\d{2}-\d{2}")
+                    & people.GPPRAC.str.fullmatch(r"[A-Z]\d{5}")]
+    people = people.drop_duplicates("NHS_NUMBER").sort_values("NHS_NUMBER").reset_index(drop=True)
+    end_m = np.datetime64(end, "M")
+    months = np.arange(end_m - 12 * years + 1, end_m + 1)
+    n_spells = max(1, int(episodes_per_month / 1.3))
+    parts = []
+    for mi, m in enumerate(months):
+        ms, me = m.astype("datetime64[D]"), (m + 1).astype("datetime64[D]")
+        admi = ms + rng.integers(0, int((me - ms).astype(np.int64)), n_spells).astype("timedelta64[D]")
+        two = rng.random(n_spells) < 0.3
+        d1 = rng.integers(0, 4, n_spells)
+        d2 = rng.integers(0, 6, n_spells)
+        who = rng.integers(0, len(people), n_spells)
+        prov = rng.integers(0, len(HISTORY_PROVIDERS), n_spells)
+        proc = np.where(rng.random(n_spells) < 0.3, rng.integers(0, len(_HISTORY_PROCS), n_spells), -1)
+        diag = rng.integers(0, len(_HISTORY_DIAGS), n_spells)
+        emerg = rng.random(n_spells) < 0.4
+        died = rng.random(n_spells) < 0.02
+        ep = np.repeat(np.arange(n_spells), 1 + two)  # episodes of each stay, in order
+        order = np.concatenate([[0], (ep[1:] == ep[:-1]).astype(int)])  # 0 first episode, 1 second
+        last = np.ones(len(ep), bool)
+        last[:-1] = ep[1:] != ep[:-1]
+        a = admi[ep]
+        first_end = a + d1[ep].astype("timedelta64[D]")
+        start_ = np.where(order == 0, a, first_end)
+        end_ = np.where(order == 0, first_end, first_end + d2[ep].astype("timedelta64[D]"))
+        p = people.iloc[who[ep]].reset_index(drop=True)
+        pv = np.array(HISTORY_PROVIDERS)[prov[ep]]
+        seq = mi * 10**7 + np.arange(len(ep))
+        disdate = np.where(last, end_.astype(str), "")
+        placeholder = ~last & (rng.random(len(ep)) < 0.01)
+        disdate = np.where(placeholder, "1800-01-01", disdate)
+        pr = proc[ep]
+        parts.append(pd.DataFrame({
+            "PROCODE3": pv, "SUSRECID": [f"{x}{s:011d}" for x, s in zip(pv, seq)],
+            "EPISTART": start_.astype(str), "EPIEND": end_.astype(str), "ADMIDATE": a.astype(str),
+            "ADMIMETH": np.where(emerg[ep], "21", "11"),
+            "DISMETH": np.where(last, np.where(died[ep], "4", "1"), "8"),
+            "SEX": p.SEX.to_numpy(), "NEWNHSNO": p.NHS_NUMBER.str.replace(" ", "").to_numpy(), "NHSNOIND": "01",
+            "DOB": p.DATE_OF_BIRTH.to_numpy(), "MYDOB": (p.DATE_OF_BIRTH.str[5:7] + p.DATE_OF_BIRTH.str[:4]).to_numpy(),
+            "HOMEADD": p.POSTCODE.to_numpy(), "GPPRAC": p.GPPRAC.to_numpy(),
+            "EPIORDER": np.where(order == 0, "01", "02"), "EPISTAT": "3", "DISDATE": disdate,
+            "DISDEST": np.where(last, np.where(died[ep], "79", "19"), "98"), "CLASSPAT": "1",
+            "CONSULT": [f"C9{prov_i + 3}{c:05d}" for prov_i, c in zip(prov[ep], rng.integers(0, 40, len(ep)))],
+            "MAINSPEF": "100", "TRETSPEF": "100",
+            "DIAG_4_01": np.array(_HISTORY_DIAGS)[diag[ep]],
+            "OPERTN_4_01": np.where((order == 0) & (pr >= 0), np.array(_HISTORY_PROCS)[np.maximum(pr, 0)], "-"),
+            "OPDATE_01": np.where((order == 0) & (pr >= 0), start_.astype(str), ""),
+            "PSEUDO_HESID": [f"HES{int(x):010d}" for x in who[ep]], "EPIKEY": (800000000000 + seq).astype(str),
+            "FYEAR": "", "STARTAGE": "",
+        }))
+    df = pd.concat(parts, ignore_index=True).reindex(columns=HES_COLUMNS, fill_value="")
+    path = out / "hes_apc" / name
+    write_file(path, df.to_csv(index=False, lineterminator="\n").encode(), mtime=0)
+    return {"rows": int(len(df)), "path": str(path), "periods": [str(m) for m in months]}
