@@ -6,7 +6,7 @@ SCALE ?= 0.1
 MONTHS ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench dev validate clean ops-test ui-test deploy-check
+.PHONY: install demo test bench bench-hes dev validate clean ops-test ui-test deploy-check
 
 $(BIN)/caredata: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,16 @@ test: install
 
 bench: install
 	$(BIN)/python -m pipelines.bench --scale $(SCALE) --months $(MONTHS) --out bench-out
+
+# The cost of history: a HES extract of HES_YEARS years, HES_EPISODES episodes a month (the
+# scale knob), beside a small generated month (HES_SCALE) whose GP extracts the HES patients
+# link to; every stage runs over every month of the history (docs/performance.md).
+HES_YEARS ?= 10
+HES_EPISODES ?= 1000
+HES_SCALE ?= 0.002
+bench-hes: install
+	$(BIN)/python -m pipelines.bench --scale $(HES_SCALE) --months 1 --hes-years $(HES_YEARS) \
+	  --hes-episodes $(HES_EPISODES) --out bench-out
 
 # The UI on the demo: the same Dagster home `caredata demo` recorded its runs in.
 dev: install

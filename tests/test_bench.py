@@ -34,3 +34,23 @@ def test_bench_reports_every_stage_and_each_months_peak(tmp_path, capsys):
     bench.print_report(r)
     printed = capsys.readouterr().out
     assert "peak RSS by month" in printed and all(f"{p} " in printed for p in r["periods"])
+
+
+def test_bench_hes_history_runs_every_stage_over_every_month_of_the_extract(tmp_path, capsys):
+    """`make bench-hes` at a tiny scale: a HES extract of two years beside one generated month;
+    every month of the history is a period every stage ran for, and ingest counts its rows."""
+    out = tmp_path / "h"
+    r = bench.run(0.001, 1, out, seed=1, hes_years=2, hes_episodes_per_month=120)
+    assert r["hes_years"] == 2 and r["hes_rows"] > 2000
+    assert r["periods"][0] == "2012-02" and "2014-01" in r["periods"] and len(r["periods"]) >= 24
+    assert r["pandas_baseline"] is None
+    assert r["stages"]["ingest"]["rows"] >= r["hes_rows"]
+    for name in ("ingest", "link", "outcomes", "publish"):
+        s = r["stages"][name]
+        assert s["seconds"] > 0 and s["rows"] > 0 and s["peak_rss_bytes"] > 0, name
+        assert sorted(s["peak_rss_by_period"]) == r["periods"], name
+    # the HES episodes are linked, month by month
+    linked = ds.dataset(str(out / "warehouse" / "work" / "linked_episodes"), format="parquet").count_rows()
+    assert r["stages"]["link"]["rows"] == linked and linked > r["hes_rows"] * 0.9
+    bench.print_report(r)
+    assert "HES history: 2 year(s)" in capsys.readouterr().out

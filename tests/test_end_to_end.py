@@ -121,6 +121,7 @@ def test_ledger_explains_every_file_as_the_truth_says(run):
                                         if f in set(files.path)}
     assert any(n.endswith(".csv") for n in published.file_name)  # conventional names as they are
     assert any("/unrecognised-" in n for n in published.file_name)  # the planted misnamed files
+    assert any(n.startswith("hes_apc/extract-") for n in published.file_name)  # the HES extract
     ok = published[published.status != "rejected"]
     assert (ok.rows_received == ok.rows_kept + ok.rows_quarantined).all()
 
@@ -447,3 +448,156 @@ def test_a_period_of_1989_or_of_next_year_is_run_never_a_crash(tmp_path):
     assert rc == 0, stdout
     assert "1989-01" not in next(s for s in stdout.splitlines() if s.startswith("Periods: "))
     assert "1989-01" not in partitions()
+
+
+# --------------------------------------------------------------------------- HES extract
+# Each plant of the generator's HES extract (TRUTH.md "The HES APC extract",
+# hes_plants.parquet) against what the pipeline made of it.
+
+def _plants(run, plant=None) -> pd.DataFrame:
+    p = _truth(run, "hes_plants")
+    return p if plant is None else p[p.plant == plant]
+
+
+def _restricted(run, name) -> pd.DataFrame:
+    return pd.read_parquet(run["pub"] / "restricted" / name)
+
+
+def _spell_of(run, plant) -> pd.Series:
+    """The published spell a plant's episodes must form: exactly one, ``DER:`` + its first
+    episode's key."""
+    p = _plants(run, plant)
+    eps = _restricted(run, "linked_episodes")
+    got = eps[eps.provider_code.isin(p.provider_code) & eps.susrecid.isin(p.susrecid)]
+    assert len(got) == len(p), plant
+    spells = _restricted(run, "linked_spells")
+    spells = spells[spells.provider_code == p.provider_code.iloc[0]]
+    ids = set(spells.spell_id) & {"DER:" + k for k in p.susrecid}
+    assert ids == {"DER:" + p.spell_first_susrecid.iloc[0]}, (plant, ids)  # one spell, from its first episode
+    return spells[spells.spell_id == ids.pop()].iloc[0]
+
+
+def _date(v):
+    return None if v is None or pd.isna(v) else str(pd.Timestamp(v).date())
+
+
+def test_hes_extract_is_taken_in_under_its_rows_providers(run):
+    led = ingest.read_ledger(run["wh"]).to_pandas()
+    hes = led[led.file_name.str.startswith("hes_apc/")]
+    assert len(hes) == 1 and (hes.status == "current").all(), hes.to_string()
+    plants = _plants(run)
+    eps = run["wh"].read_raw("linked_episodes").to_pandas()
+    assert set(eps[eps.provider_code.isin(["RZA", "RZB"])].susrecid) == set(plants.susrecid)
+    dq = pd.read_parquet(run["pub"] / "public" / "data_quality_summary")
+    assert {"RZA", "RZB"} <= set(dq[dq.source == "hes_apc"].submitter_code)
+
+
+def test_hes_death_in_the_second_episode_counts_for_the_first_episodes_procedure(run):
+    p = _plants(run, "death")
+    s = _spell_of(run, "death")
+    assert s.index_procedure == p.spell_index_procedure.iloc[0]
+    assert bool(s.death_30d) is True and s.dismeth == "4"
+    assert _date(s.disdate) == p.spell_disdate.iloc[0]
+    assert s.consultant_code == "C9100001"  # the episode holding the procedure, not the one that ended it
+
+
+def test_hes_episode_without_dob_or_mydob_takes_its_age_from_the_gp_record(run):
+    p = _plants(run, "no_dob").iloc[0]
+    eps = _restricted(run, "linked_episodes")
+    e = eps[(eps.provider_code == p.provider_code) & (eps.susrecid == p.susrecid)].iloc[0]
+    assert int(e.match_rank) == 4 == int(p.match_rank)
+    assert int(e.age_at_admission) == int(p.age_at_admission)
+    s = _spell_of(run, "no_dob")
+    assert s.index_procedure == p.spell_index_procedure  # an adult: an index spell
+
+
+def test_hes_epiorder_99_sorts_after_every_real_order(run):
+    p = _plants(run, "epiorder_99")
+    s = _spell_of(run, "epiorder_99")
+    assert _date(s.disdate) == p.spell_disdate.iloc[0] and s.dismeth == p.spell_dismeth.iloc[0]
+
+
+def test_hes_unfinished_episodes_open_no_spell_outcome(run):
+    for plant in ("unfinished_9", "unfinished_1"):
+        p = _plants(run, plant)
+        assert p.epistat.isin(["1", "9"]).any()
+        s = _spell_of(run, plant)
+        assert pd.isna(s.disdate) and pd.isna(s.index_procedure) and pd.isna(s.los_days), plant
+        assert not bool(s.emergency_readmission_30d) if pd.notna(s.emergency_readmission_30d) else True
+    eps = _restricted(run, "linked_episodes")
+    unfinished = _plants(run)[_plants(run).epistat.isin(["1", "9"])]
+    assert unfinished.susrecid.isin(eps.susrecid).all()  # they count in activity
+
+
+def test_hes_gpprac_placeholders_are_in_no_practices_episodes(run):
+    p = _plants(run)
+    ph = p[p.plant.str.startswith("gpprac_")]
+    assert set(ph.gpprac) == {"V81997", "V81998", "V81999", "&"}
+    opr = run["wh"].read("linkage_coverage_practice").to_pandas()
+    assert not set(opr.practice_code) & set(ph.gpprac)
+    # every other HES episode with a real GPPRAC counts for that practice: the expected
+    # episodes equal the truth's, which leaves the placeholders out
+    tpr = _truth(run, "linkage_practice")
+    m = tpr.merge(opr, on=["period", "practice_code"], suffixes=("_t", ""))
+    assert (m.episodes_expected == m.episodes_expected_t).all()
+    lk = _truth(run, "linkage_episodes")
+    assert lk[lk.susrecid.isin(ph.susrecid)].gpprac.isna().all()
+
+
+def test_hes_placeholder_dates_are_read_as_empty_with_a_warning_and_open_no_period(run):
+    p = _plants(run)
+    p = p[p.warning.notna()]
+    assert {"DISDATE_PLACEHOLDER", "DOB_PLACEHOLDER", "OPDATE_01_PLACEHOLDER"} <= set(p.warning)
+    silver = run["wh"].read("sus_episodes").to_pandas()
+    silver = silver[silver.source == "hes_apc"]
+    for r in p.itertuples():
+        row = silver[(silver.provider_code == r.provider_code) & (silver.susrecid == r.susrecid)]
+        assert len(row) == 1, r.plant
+        row = row.iloc[0]
+        assert r.warning in list(row.dq_warnings), (r.plant, row.dq_warnings)
+        v = row[r.placeholder_column]
+        if r.placeholder_column == "procedure_dates":
+            assert all(pd.isna(x) for x in v), r.plant
+        else:
+            assert pd.isna(v), r.plant
+    assert (silver.period.astype(str) >= "2014-01").all()
+    periods = {str(x) for x in run["wh"].read("linkage_coverage_provider").to_pandas().period}
+    assert periods == set(_truth(run, "linkage_provider").period)
+    # the placeholder procedure date: the index procedure is dated by its EPISTART
+    s = _spell_of(run, "opdate_placeholder")
+    op = _plants(run, "opdate_placeholder").iloc[0]
+    assert s.index_procedure == op.spell_index_procedure and _date(s.index_procedure_date) == op.admidate
+    # the placeholder DOB: read as empty, the episode links on MYDOB (rank 3)
+    d = _plants(run, "dob_placeholder").iloc[0]
+    eps = _restricted(run, "linked_episodes")
+    assert int(eps[(eps.provider_code == d.provider_code) & (eps.susrecid == d.susrecid)].match_rank.iloc[0]) == 3
+
+
+def test_hes_stay_without_nhs_number_is_one_spell_through_pseudo_hesid(run):
+    p = _plants(run, "pseudo_hesid")
+    assert len(p) == 2 and p.match_rank.isna().all()
+    s = _spell_of(run, "pseudo_hesid")
+    assert _date(s.disdate) == p.spell_disdate.iloc[0]
+    eps = _restricted(run, "linked_episodes")
+    got = eps[eps.susrecid.isin(p.susrecid)]
+    assert got.match_rank.isna().all() and got.person_id.nunique() == 1 and got.person_id.notna().all()
+
+
+def test_hes_conventions_in_sus_files_are_read_as_hes_defines_them(run):
+    """sus_plants.parquet: EPISTAT 9 on a spell's last episode leaves it without a discharge;
+    EPIORDER 99 sorts last (its discharge is the spell's); no DOB nor MYDOB: rank 4 at most
+    and the age from the GP record; GPPRAC placeholders in no practice's episodes."""
+    sp = _truth(run, "sus_plants")
+    spells = _restricted(run, "linked_spells")
+    eps = _restricted(run, "linked_episodes")
+    u = sp[sp.plant == "epistat_9"].merge(spells, on=["provider_code", "spell_id"])
+    assert len(u) >= 3 and u.disdate.isna().all() and u.los_days.isna().all() and u.dismeth.isna().all()
+    o = sp[sp.plant == "epiorder_99"].merge(spells, on=["provider_code", "spell_id"], suffixes=("", "_got"))
+    assert len(o) >= 3
+    assert (o.spell_disdate == o.disdate.map(_date)).all() and (o.spell_dismeth == o.dismeth).all()
+    n = sp[sp.plant == "no_dob_no_mydob"].merge(eps, on=["provider_code", "susrecid"], suffixes=("_t", ""))
+    linked = n[n.match_rank.notna()]
+    assert len(linked) >= 3 and (linked.match_rank == 4).all() and linked.age_at_admission.notna().all()
+    g = sp[sp.plant == "gpprac_placeholder"]
+    opr = run["wh"].read("linkage_coverage_practice").to_pandas()
+    assert len(g) >= 3 and not set(opr.practice_code) & set(g.gpprac)

@@ -64,7 +64,7 @@ def parse_date(s: pd.Series) -> pd.Series:
 def test_truth_is_outside_the_landing_zone(zone):
     assert zone["truth"].is_dir() and (zone["truth"] / "truth.json").is_file()
     assert not any(p.name.endswith(".parquet") or p.name == "truth.json" for p in zone["lz"].rglob("*"))
-    assert set(p.name for p in zone["lz"].iterdir()) == {"reference", "gp", "sus_apc", "fft"}
+    assert set(p.name for p in zone["lz"].iterdir()) == {"reference", "gp", "sus_apc", "fft", "hes_apc"}
 
 
 def test_file_names_match_the_feed_patterns_except_planted_misnamed(zone):
@@ -77,6 +77,9 @@ def test_file_names_match_the_feed_patterns_except_planted_misnamed(zone):
         folder, name = path.split("/", 1)
         if folder == "reference":
             assert name in ("epraccur.csv", "providers.csv", "sites.csv")
+            continue
+        if folder == "hes_apc":  # any name (inputs.md)
+            assert pd.isna(rec["submitter"]) and pd.isna(rec["period"])
             continue
         ok = bool(feeds[folder].name_pattern.match(name))
         if rec["reason_kind"] == "misnamed_file":
@@ -110,7 +113,7 @@ def test_epraccur_has_27_columns_no_header_and_valid_codes(zone):
 
 
 def test_headers_have_required_columns_except_the_planted_one(zone):
-    feeds = {"gp": I.GP, "sus_apc": I.SUS_APC, "fft": I.FFT}
+    feeds = {"gp": I.GP, "sus_apc": I.SUS_APC, "fft": I.FFT, "hes_apc": I.HES_APC}
     missing = 0
     for _, rec in zone["files"].iterrows():
         if rec["source"] not in feeds or rec["reason_kind"] == "malformed_file":
@@ -326,6 +329,7 @@ def _sus_current_view(zone) -> pd.DataFrame:
 def test_current_sus_view_matches_linkage_truth(zone):
     cur = _sus_current_view(zone)
     lk = pd.read_parquet(zone["truth"] / "linkage_episodes.parquet")
+    lk = lk[lk["source"] == "sus_apc"]
     assert set(zip(cur["_provider"], cur["SUSRECID"])) == set(zip(lk["provider_code"], lk["susrecid"]))
     # episodes belong to the period of their EPIEND, multi-episode spells end with DISDATE on the last
     assert (cur["EPIEND"].str[:7].isin(zone["summary"]["periods"])).all()
@@ -349,7 +353,7 @@ def test_linkage_ranks_recomputed_from_the_files(zone):
     gp = pd.concat(rows, ignore_index=True)
     gp["nhs"] = canonical_series(gp["NHS_NUMBER"])
     gp["pc"] = gp["POSTCODE"].str.replace(" ", "").str.upper()
-    cur = _sus_current_view(zone)
+    cur = pd.concat([_sus_current_view(zone), _hes_rows(zone)], ignore_index=True)
     cur["nhs"] = canonical_series(cur["NEWNHSNO"])
     cur["valid"] = valid_series(cur["NEWNHSNO"]).to_numpy()
     cur["pc"] = cur["HOMEADD"].str.replace(" ", "").str.upper()
@@ -386,6 +390,16 @@ def test_linkage_ranks_recomputed_from_the_files(zone):
     # type 1 patients never link
     t1 = lk[lk["type1_patient"]]
     assert len(t1) and (t1["linked_nhs_number"] != t1["true_nhs_number"]).all()  # never linked to themselves
+
+
+def _hes_rows(zone) -> pd.DataFrame:
+    """The HES extract's rows as the linkage reads them: keyed by PROCODE3 and SUSRECID,
+    else EPIKEY; HES placeholder dates read as empty."""
+    hes = read_csv(zone["lz"] / "hes_apc" / "HES_APC_extract.csv")
+    hes["_provider"] = hes["PROCODE3"]
+    hes["SUSRECID"] = hes["SUSRECID"].where(hes["SUSRECID"] != "", hes["EPIKEY"])
+    hes["DOB"] = hes["DOB"].mask(hes["DOB"].isin(["1800-01-01", "1801-01-01", "1600-01-01", "1582-10-15"]), "")
+    return hes
 
 
 def test_coverage_truth_has_low_providers_and_practices(zone):
@@ -525,3 +539,57 @@ def test_truth_json_and_truth_md_document_every_file_and_field(zone):
         assert f"`{kind}`" in md, kind
     s = zone["summary"]
     assert s["files"] == len(zone["files"]) and s["periods"] == ["2014-01", "2014-02"]
+
+
+def test_hes_extract_holds_every_planted_convention(zone):
+    """The HES extract (TRUTH.md "The HES APC extract"): HES-only providers, no SUSSPELLID,
+    EPIKEY keys, placeholders, EPIORDER 99, unfinished episodes, no DOB/MYDOB, PSEUDO_HESID."""
+    hes = read_csv(zone["lz"] / "hes_apc" / "HES_APC_extract.csv")
+    plants = pd.read_parquet(zone["truth"] / "hes_plants.parquet")
+    assert "SUSSPELLID" not in hes.columns and "CDS_UPDATE_TYPE" not in hes.columns
+    assert {"EPIKEY", "PSEUDO_HESID"} <= set(hes.columns)
+    sus_providers = set(readable(zone, "sus_apc")["submitter"])
+    assert set(hes["PROCODE3"]) == {"RZA", "RZB"} and not set(hes["PROCODE3"]) & sus_providers
+    providers = read_csv(zone["lz"] / "reference" / "providers.csv")
+    assert {"RZA", "RZB"} <= set(providers["PROVIDER_CODE"])
+    hes["key"] = hes["SUSRECID"].where(hes["SUSRECID"] != "", hes["EPIKEY"])
+    assert (hes["SUSRECID"] == "").any() and hes["key"].is_unique
+    m = plants.merge(hes, left_on=["provider_code", "susrecid"], right_on=["PROCODE3", "key"], how="outer",
+                     indicator=True)
+    assert (m._merge == "both").all() and len(m) == len(hes)
+    dates = hes[[c for c in hes.columns if c in ("DOB", "DISDATE") or c.startswith("OPDATE_")]]
+    assert {"1800-01-01", "1801-01-01", "1600-01-01", "1582-10-15"} <= set(dates.to_numpy().ravel())
+    assert {"V81997", "V81998", "V81999", "&"} <= set(hes["GPPRAC"])
+    assert "99" in set(hes["EPIORDER"]) and {"1", "9"} <= set(hes["EPISTAT"])
+    assert ((hes["DOB"] == "") & (hes["MYDOB"] == "") & (hes["NEWNHSNO"] != "")).any()
+    nonhs = hes[hes["NEWNHSNO"] == ""]
+    assert len(nonhs) >= 2 and nonhs["PSEUDO_HESID"].nunique() == 1
+    death = m[m.plant == "death"].sort_values("EPIORDER")
+    assert death["OPERTN_4_01"].iloc[0] == "K401" and death["DISMETH"].iloc[-1] == "4"
+    # stays are multi-episode without a spell id: same person, provider and admission date
+    multi = m.groupby(["plant"]).size()
+    assert (multi > 1).sum() >= 3
+    # every HES episode is in the linkage truth, counted under its own provider
+    lk = pd.read_parquet(zone["truth"] / "linkage_episodes.parquet")
+    h = lk[lk.source == "hes_apc"]
+    assert set(zip(h.provider_code, h.susrecid)) == set(zip(hes.PROCODE3, hes.key))
+    assert h[h.susrecid.isin(plants[plants.plant.str.startswith("gpprac_")].susrecid)].gpprac.isna().all()
+
+
+def test_hes_conventions_planted_in_sus_files(zone):
+    """EPIORDER 99, EPISTAT 9, GPPRAC placeholders and episodes without DOB and MYDOB in
+    the SUS files, as sus_plants.parquet lists them."""
+    cur = _sus_current_view(zone)
+    sp = pd.read_parquet(zone["truth"] / "sus_plants.parquet")
+    assert {"epistat_9", "epiorder_99", "no_dob_no_mydob", "gpprac_placeholder"} == set(sp.plant)
+    m = sp.merge(cur, left_on=["provider_code", "susrecid"], right_on=["_provider", "SUSRECID"])
+    assert len(m) == len(sp)
+    by = {k: g for k, g in m.groupby("plant")}
+    assert (by["epistat_9"].EPISTAT == "9").all() and (by["epistat_9"].DISDATE != "").all()
+    assert set(cur.EPISTAT) == {"3", "9"} and (cur.EPISTAT == "9").sum() == len(by["epistat_9"])
+    assert (by["epiorder_99"].EPIORDER == "99").all() and (cur.EPIORDER == "99").sum() == len(by["epiorder_99"])
+    nd = by["no_dob_no_mydob"]
+    assert ((nd.DOB == "") & (nd.MYDOB == "")).all() and (nd.match_rank.isna() | (nd.match_rank == 4)).all()
+    assert set(by["gpprac_placeholder"].GPPRAC) == {"V81997", "V81998", "&"}
+    prac = pd.read_parquet(zone["truth"] / "linkage_practice.parquet")
+    assert not set(prac.practice_code) & {"V81997", "V81998", "V81999", "&"}

@@ -52,7 +52,7 @@ def write_fft(w: World, E: dict, cur: dict, out: Path, files: list, faults: list
     K, NP = len(w.periods), len(w.prov_codes)
     ok = (cur["eidx"] >= 0) & ~cur["rej"]
     e = cur["eidx"][ok]
-    e = e[E["last"][e] & E["nhs_valid"][e]]
+    e = e[E["last"][e] & E["nhs_valid"][e] & ~E["epistat9"][e]]  # an unfinished spell has no discharge
     spells = pd.DataFrame({"prov": E["prov"][e], "nhs": E["nhs"][e], "disdate": E["disdate"][e],
                            "tretspef": np.array(C.SPEC_CODES)[E["spec"][e]], "alive": E["dismeth"][e] != 4})
     pool = E["true_nhs"] if len(E["true_nhs"]) else alloc.get(np.arange(100))  # people known to hospitals

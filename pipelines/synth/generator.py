@@ -15,9 +15,10 @@ from tqdm import tqdm
 
 from . import codes as C
 from .fft import write_fft
+from .hes import HES_PROVIDERS, write_hes_plants
 from .gp import expected_linkage, write_batch_gp
 from .population import ALL_PROC, DIAG_INDEX, ID_CATS, make_batch
-from .sus import SEVERITY, write_sus
+from .sus import PRACTICE_PLACEHOLDER_CODES, SEVERITY, plant_sus_conventions, write_sus
 from .util import NhsAllocator, write_file, ymd
 from .world import World, build_world
 
@@ -35,7 +36,7 @@ def generate(out_dir, *, seed: int = 0, scale: float = 0.002, months: int = 3, s
     truth = Path(truth_dir) if truth_dir is not None else Path(str(out_dir).rstrip("/") + "_truth")
     if truth.resolve() == out.resolve() or out.resolve() in truth.resolve().parents:
         raise ValueError("truth_dir must not be inside the landing zone")
-    for d in ("reference", "gp", "sus_apc", "fft"):
+    for d in ("reference", "gp", "sus_apc", "fft", "hes_apc"):
         if (out / d).is_dir() and any((out / d).iterdir()):
             raise FileExistsError(f"{out / d} is not empty: generate() writes a fresh landing zone")
         (out / d).mkdir(parents=True, exist_ok=True)
@@ -62,13 +63,15 @@ def generate(out_dir, *, seed: int = 0, scale: float = 0.002, months: int = 3, s
         bar.update(1)
     E = {k: np.concatenate([p[k] for p in parts]) for k in EPISODE_KEYS}
     del parts
+    plant_sus_conventions(E)
     cur = write_sus(w, E, out, files, faults, progress=bar)
+    hes = write_hes_plants(w, E, cur, out, files)
     n_res = int(w.prac_size.sum())
     fft = write_fft(w, E, cur, out, files, faults, alloc, n_res, progress=bar)
     bar.close()
     tally = pd.concat(tallies, ignore_index=True).groupby(["cons", "cohort"], as_index=False).sum()
     summary = write_truth(w, E, cur, fft, files, faults, gp_truth, objectors, out, truth, seed, scale, months, start,
-                          tally)
+                          tally, hes)
     summary["seconds"] = round(time.time() - t0, 1)
     return summary
 
@@ -156,12 +159,13 @@ def write_reference(w: World, out: Path, files: list) -> None:
     assert all(len(l.split('","')) == 27 for l in lines)
     write_file(out / "reference" / "epraccur.csv", ("\n".join(lines) + "\n").encode(), mtime=w.start * 86400)
     prov = "PROVIDER_CODE,NAME,COMMISSIONER_CODE\n" + "".join(
-        f"{c},{n},{w.comm_codes[w.prov_comm[i]]}\n" for i, (c, n) in enumerate(zip(w.prov_codes, w.prov_names)))
+        f"{c},{n},{w.comm_codes[w.prov_comm[i]]}\n" for i, (c, n) in enumerate(zip(w.prov_codes, w.prov_names))) + "".join(
+        f"{c},{n},{w.comm_codes[i % len(w.comm_codes)]}\n" for i, (c, n) in enumerate(HES_PROVIDERS))
     write_file(out / "reference" / "providers.csv", prov.encode(), mtime=w.start * 86400)
     sites = "SITE_CODE,PROVIDER_CODE,NAME\n" + "".join(
         f"{s},{w.prov_codes[w.site_prov[i]]},{n}\n" for i, (s, n) in enumerate(zip(w.site_codes, w.site_names)))
     write_file(out / "reference" / "sites.csv", sites.encode(), mtime=w.start * 86400)
-    for name, rows in (("epraccur.csv", len(lines)), ("providers.csv", len(w.prov_codes)),
+    for name, rows in (("epraccur.csv", len(lines)), ("providers.csv", len(w.prov_codes) + len(HES_PROVIDERS)),
                        ("sites.csv", len(w.site_codes))):
         files.append(dict(path=f"reference/{name}", source="reference", submitter=None, period=None,
                           submitted_at=None, protocol=None, rows=rows, delimiter=",", gzip=False, bom=False,
@@ -178,7 +182,7 @@ def _parquet(df: pd.DataFrame | pa.Table, path: Path) -> None:
 
 
 def write_truth(w, E, cur, fft, files, faults, gp_truth, objectors, out, truth, seed, scale, months, start,
-                tally=None) -> dict:
+                tally=None, hes=None) -> dict:
     # ---- files and faults
     fdf = pd.DataFrame(files)
     flt = pd.DataFrame(faults, columns=["file", "line", "kind", "field", "severity"])
@@ -227,7 +231,8 @@ def write_truth(w, E, cur, fft, files, faults, gp_truth, objectors, out, truth, 
         "identity_case": np.array(ID_CATS)[E["idcat"][ei]],
         "match_rank": pd.array(np.where(E["match_rank"][ei] > 0, E["match_rank"][ei], -1), dtype="Int8"),
         "linked_nhs_number": np.where(E["match_rank"][ei] > 0, E["linked_nhs"][ei].astype(str), None),
-        "gpprac": np.where(gp >= 0, pr_codes[np.maximum(gp, 0)], np.where(gp == -2, "V81999", None)),
+        "gpprac": np.where(gp >= 0, pr_codes[np.maximum(gp, 0)],
+                           pd.Series(gp).map(PRACTICE_PLACEHOLDER_CODES).to_numpy(dtype=object)),
         "practice_at_epistart": np.where(prac_cov >= 0, pr_codes[np.maximum(prac_cov, 0)], None),
         "true_practice_at_epistart": np.where(true_prac >= 0, pr_codes[np.maximum(true_prac, 0)], None),
         "linked_at_gpprac": E["linked_at_gpprac"][ei],
@@ -238,6 +243,29 @@ def write_truth(w, E, cur, fft, files, faults, gp_truth, objectors, out, truth, 
     })
     lk.loc[~real, ["true_nhs_number", "linked_nhs_number", "gpprac", "practice_at_epistart"]] = None
     lk["match_rank"] = lk["match_rank"].mask(lk["match_rank"] < 0)
+    lk["source"] = "sus_apc"
+    # ---- HES conventions planted in the SUS files (sus.plant_sus_conventions)
+    kinds = [("epistat_9", E["epistat9"]), ("epiorder_99", E["epiorder99"]), ("no_dob_no_mydob", E["no_mydob"]),
+             ("gpprac_placeholder", E["gpprac"] < -2)]
+    sp = []
+    for kind, flag in kinds:
+        f = real & ~cur["rej"] & flag[ei]
+        sp.append(pd.DataFrame({
+            "plant": kind, "provider_code": np.array(w.prov_codes)[cur["prov"][f]], "susrecid": cur["key"][f],
+            "spell_id": [f"{w.prov_codes[p_]}{int(x):010d}" for p_, x in zip(cur["prov"][f], E["spell"][ei[f]])],
+            "gpprac": lk["gpprac"].to_numpy()[f],
+            "match_rank": pd.array(np.where(E["match_rank"][ei[f]] > 0, E["match_rank"][ei[f]], -1), dtype="Int8"),
+            "spell_disdate": [None if kind == "epistat_9" or d < -10**6 else ymd(int(d)) for d in E["disdate"][ei[f]]],
+            "spell_dismeth": [None if kind == "epistat_9" else str(int(x)) for x in E["dismeth"][ei[f]]]}))
+    sp = pd.concat(sp, ignore_index=True)
+    sp["match_rank"] = sp["match_rank"].mask(sp["match_rank"] < 0)
+    _parquet(sp.sort_values(["plant", "provider_code", "susrecid"]).reset_index(drop=True),
+             truth / "sus_plants.parquet")
+    if hes is not None:  # the HES extract's episodes (pipelines/synth/hes.py)
+        h = hes[0].copy()
+        h["match_rank"] = pd.array(h["match_rank"], dtype="Int8")
+        lk = pd.concat([lk, h[lk.columns]], ignore_index=True)
+        _parquet(hes[1], truth / "hes_plants.parquet")
     lk = lk.sort_values(["provider_code", "susrecid"]).reset_index(drop=True)
     _parquet(lk, truth / "linkage_episodes.parquet")
     use = lk[~lk["expected_quarantined"]]

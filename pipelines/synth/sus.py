@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -51,6 +52,32 @@ def stamp(day_: int, secs: int) -> str:
     return ymd(day_).replace("-", "") + f"{secs // 3600:02d}{secs // 60 % 60:02d}{secs % 60:02d}"
 
 
+PRACTICE_PLACEHOLDER_CODES = {-2: "V81999", -3: "V81997", -4: "V81998", -5: "&"}
+"""``E["gpprac"]`` below 0: no registered practice / not known (inputs.md); -1 is empty."""
+
+
+def plant_sus_conventions(E: dict) -> None:
+    """HES conventions in the SUS files too (TRUTH.md "Landing-zone choices"): picked by
+    ``SUSRECID`` number (no random draw, so nothing else changes). Adds ``E["epistat9"]``
+    (the last episode of a spell without a procedure is derived unfinished, ``EPISTAT``
+    ``9``, its discharge still written: the spell has none), ``E["epiorder99"]`` (the last
+    episode of a multi-episode spell has ``EPIORDER`` ``99``), ``E["no_mydob"]`` (a
+    ``dob_missing_mydob_ok`` episode without ``MYDOB`` either: rank 4, age from the GP
+    record); sets ``GPPRAC`` placeholders on a few episodes (in no practice's expected
+    episodes)."""
+    sid = E["sid"].astype(np.int64)
+    spell_has_proc = pd.Series(E["proc"] >= 0).groupby(E["spell"]).transform("any").to_numpy()
+    multi = E["last"] & (E["epiorder"] >= 2)
+    E["epistat9"] = multi & ~spell_has_proc & (E["dismeth"] != 4) & (sid % 41 == 0)
+    E["epiorder99"] = multi & ~E["epistat9"] & (sid % 41 == 1)
+    E["no_mydob"] = (E["idcat"] == ID_CATS.index("dob_missing_mydob_ok")) & (sid % 2 == 0)
+    E["match_rank"] = np.where(E["no_mydob"] & (E["match_rank"] >= 1) & (E["match_rank"] <= 3), 4,
+                               E["match_rank"]).astype(E["match_rank"].dtype)
+    ph = (E["gpprac"] >= 0) & (sid % 291 < 3)
+    E["gpprac"] = np.where(ph, -3 - sid % 291, E["gpprac"]).astype(E["gpprac"].dtype)
+    E["linked_at_gpprac"] = E["linked_at_gpprac"] & ~ph
+
+
 def render(w: World, E: dict, ix: np.ndarray, fmt: dict) -> dict:
     n = len(ix)
     g = lambda k: E[k][ix]  # noqa: E731
@@ -67,13 +94,15 @@ def render(w: World, E: dict, ix: np.ndarray, fmt: dict) -> dict:
     }
     dd = np.datetime64(0, "D") + g("dob").astype("timedelta64[D]")
     my = dd.astype("datetime64[M]").astype(np.int64) + g("my_shift")
-    cols["MYDOB"] = join(pc.utf8_lpad(ints_str(my % 12 + 1), 2, "0"), ints_str(1970 + my // 12))
+    cols["MYDOB"] = join(pc.utf8_lpad(ints_str(my % 12 + 1, mask=g("no_mydob")), 2, "0"), ints_str(1970 + my // 12))
     cols["HOMEADD"] = render_postcode(g("pc"), fmt["pc_style"])
     gp = g("gpprac")
-    cols["GPPRAC"] = take(list(w.prac_codes) + ["V81999"], np.where(gp == -2, len(w.prac_codes), gp))
+    npr = len(w.prac_codes)
+    cols["GPPRAC"] = take(list(w.prac_codes) + ["V81999", "V81997", "V81998", "&"],
+                          np.where(gp <= -2, npr - 2 - gp, gp))
     cols["SUSSPELLID"] = join(prov, pc.utf8_lpad(ints_str(g("spell")), 10, "0"))
-    cols["EPIORDER"] = pc.utf8_lpad(ints_str(g("epiorder")), 2, "0")
-    cols["EPISTAT"] = take(["3"], np.zeros(n, np.int64))
+    cols["EPIORDER"] = pc.utf8_lpad(ints_str(np.where(g("epiorder99"), 99, g("epiorder"))), 2, "0")
+    cols["EPISTAT"] = take(["3", "9"], g("epistat9").astype(np.int64))
     cols["DISDATE"] = dates_str(g("disdate"))
     cols["ADMISORC"] = take(["19", "51"], (g("readmission") & (g("sid") % 7 == 0)).astype(np.int64))
     last = g("last")
