@@ -18,7 +18,7 @@ import pytest
 
 from pipelines import cli, ingest, schemas
 from pipelines.config import DEMO_PSEUDO_KEY
-from pipelines.pseudo import person_id
+from pipelines.pseudo import SPELL_KIND, SUSRECID_KIND, person_id, record_key_id
 from pipelines.storage import Store
 from pipelines.synth import generate
 from pipelines.warehouse import Warehouse
@@ -463,17 +463,33 @@ def _restricted(run, name) -> pd.DataFrame:
     return pd.read_parquet(run["pub"] / "restricted" / name)
 
 
+def _ep_key(provider, susrecid) -> str:
+    """An episode's SUSRECID as the restricted zone publishes it (a keyed pseudonym)."""
+    return record_key_id(DEMO_PSEUDO_KEY, SUSRECID_KIND, provider, susrecid)
+
+
+def _spell_key(provider, spell_id) -> str:
+    """A spell id as the restricted zone publishes it (a keyed pseudonym)."""
+    return record_key_id(DEMO_PSEUDO_KEY, SPELL_KIND, provider, spell_id)
+
+
+def _ep_keys(frame: pd.DataFrame) -> set:
+    return {_ep_key(pr, s) for pr, s in zip(frame.provider_code, frame.susrecid)}
+
+
 def _spell_of(run, plant) -> pd.Series:
     """The published spell a plant's episodes must form: exactly one, ``DER:`` + its first
     episode's key."""
     p = _plants(run, plant)
     eps = _restricted(run, "linked_episodes")
-    got = eps[eps.provider_code.isin(p.provider_code) & eps.susrecid.isin(p.susrecid)]
+    got = eps[eps.provider_code.isin(p.provider_code) & eps.susrecid.isin(_ep_keys(p))]
     assert len(got) == len(p), plant
+    provider = p.provider_code.iloc[0]
     spells = _restricted(run, "linked_spells")
-    spells = spells[spells.provider_code == p.provider_code.iloc[0]]
-    ids = set(spells.spell_id) & {"DER:" + k for k in p.susrecid}
-    assert ids == {"DER:" + p.spell_first_susrecid.iloc[0]}, (plant, ids)  # one spell, from its first episode
+    spells = spells[spells.provider_code == provider]
+    ids = set(spells.spell_id) & {_spell_key(provider, "DER:" + k) for k in p.susrecid}
+    # one spell, from its first episode
+    assert ids == {_spell_key(provider, "DER:" + p.spell_first_susrecid.iloc[0])}, (plant, ids)
     return spells[spells.spell_id == ids.pop()].iloc[0]
 
 
@@ -504,7 +520,7 @@ def test_hes_death_in_the_second_episode_counts_for_the_first_episodes_procedure
 def test_hes_episode_without_dob_or_mydob_takes_its_age_from_the_gp_record(run):
     p = _plants(run, "no_dob").iloc[0]
     eps = _restricted(run, "linked_episodes")
-    e = eps[(eps.provider_code == p.provider_code) & (eps.susrecid == p.susrecid)].iloc[0]
+    e = eps[(eps.provider_code == p.provider_code) & (eps.susrecid == _ep_key(p.provider_code, p.susrecid))].iloc[0]
     assert int(e.match_rank) == 4 == int(p.match_rank)
     assert int(e.age_at_admission) == int(p.age_at_admission)
     s = _spell_of(run, "no_dob")
@@ -526,7 +542,7 @@ def test_hes_unfinished_episodes_open_no_spell_outcome(run):
         assert not bool(s.emergency_readmission_30d) if pd.notna(s.emergency_readmission_30d) else True
     eps = _restricted(run, "linked_episodes")
     unfinished = _plants(run)[_plants(run).epistat.isin(["1", "9"])]
-    assert unfinished.susrecid.isin(eps.susrecid).all()  # they count in activity
+    assert _ep_keys(unfinished) <= set(eps.susrecid)  # they count in activity
 
 
 def test_hes_gpprac_placeholders_are_in_no_practices_episodes(run):
@@ -570,7 +586,8 @@ def test_hes_placeholder_dates_are_read_as_empty_with_a_warning_and_open_no_peri
     # the placeholder DOB: read as empty, the episode links on MYDOB (rank 3)
     d = _plants(run, "dob_placeholder").iloc[0]
     eps = _restricted(run, "linked_episodes")
-    assert int(eps[(eps.provider_code == d.provider_code) & (eps.susrecid == d.susrecid)].match_rank.iloc[0]) == 3
+    assert int(eps[(eps.provider_code == d.provider_code)
+                   & (eps.susrecid == _ep_key(d.provider_code, d.susrecid))].match_rank.iloc[0]) == 3
 
 
 def test_hes_stay_without_nhs_number_is_one_spell_through_pseudo_hesid(run):
@@ -579,7 +596,8 @@ def test_hes_stay_without_nhs_number_is_one_spell_through_pseudo_hesid(run):
     s = _spell_of(run, "pseudo_hesid")
     assert _date(s.disdate) == p.spell_disdate.iloc[0]
     eps = _restricted(run, "linked_episodes")
-    got = eps[eps.susrecid.isin(p.susrecid)]
+    got = eps[eps.susrecid.isin(_ep_keys(p))]
+    assert len(got) == len(p)
     assert got.match_rank.isna().all() and got.person_id.nunique() == 1 and got.person_id.notna().all()
 
 
@@ -588,6 +606,9 @@ def test_hes_conventions_in_sus_files_are_read_as_hes_defines_them(run):
     EPIORDER 99 sorts last (its discharge is the spell's); no DOB nor MYDOB: rank 4 at most
     and the age from the GP record; GPPRAC placeholders in no practice's episodes."""
     sp = _truth(run, "sus_plants")
+    # the keys as the restricted zone publishes them (keyed pseudonyms)
+    sp = sp.assign(spell_id=[_spell_key(pr, s) for pr, s in zip(sp.provider_code, sp.spell_id)],
+                   susrecid=[_ep_key(pr, s) for pr, s in zip(sp.provider_code, sp.susrecid)])
     spells = _restricted(run, "linked_spells")
     eps = _restricted(run, "linked_episodes")
     u = sp[sp.plant == "epistat_9"].merge(spells, on=["provider_code", "spell_id"])
