@@ -715,8 +715,17 @@ def test_the_daemon_alone_publishes_every_public_dataset_and_the_ledger(
     import pyarrow.parquet as pq
 
     ledger = pq.read_table(publish / "public" / "submissions").to_pandas()
-    on_disk = {p.relative_to(landing).as_posix() for p in landing.rglob("*") if p.is_file()}
+    # Named as the public ledger names them: a name that breaks its folder's convention, and
+    # a HES extract's free name, by the first 12 hex of the file's SHA-256.
+    from pipelines.ingest import public_file_name
+
+    def published_name(p: Path) -> str:
+        return public_file_name(p.relative_to(landing).as_posix(), hashlib.sha256(p.read_bytes()).hexdigest())
+
+    on_disk = {published_name(p) for p in landing.rglob("*") if p.is_file()}
     assert set(ledger["file_name"]) == on_disk
     assert "pending" not in set(ledger["status"])
-    assert ledger.set_index("file_name").at["gp/GP_A81001_2014.csv", "status"] == "rejected"
+    misnamed = published_name(landing / "gp" / "GP_A81001_2014.csv")
+    assert misnamed.startswith("gp/unrecognised-")
+    assert ledger.set_index("file_name").at[misnamed, "status"] == "rejected"
     assert sorted(instance.get_dynamic_partitions(PERIODS)) == ["2014-01"]
