@@ -1,0 +1,65 @@
+"""DuckDB in process: the default engine (``engine: duckdb``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+from typing import Mapping
+
+import duckdb
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from pipelines.engine.base import Input, Parquet
+
+MEMORY_LIMIT_ENV = "CAREDATA_DUCKDB_MEMORY_LIMIT"
+DEFAULT_MEMORY_LIMIT = "4GB"
+
+
+class DuckDBEngine:
+    """One in-memory DuckDB database with a memory limit, one thread per CPU and its own
+    spill folder (removed on :meth:`close`). Each :meth:`query` runs on its own cursor, so
+    one engine serves several threads."""
+
+    name = "duckdb"
+
+    def __init__(self, memory_limit: str | None = None, threads: int | None = None):
+        self._spill = tempfile.mkdtemp(prefix="caredata-duckdb-")
+        self._con = duckdb.connect(database=":memory:", config={
+            "memory_limit": str(memory_limit or os.environ.get(MEMORY_LIMIT_ENV) or DEFAULT_MEMORY_LIMIT),
+            "temp_directory": self._spill,
+            "threads": threads or os.cpu_count() or 1,
+        })
+        self._lock = threading.Lock()
+
+    def query(self, sql: str, inputs: Mapping[str, Input] | None = None) -> pa.Table:
+        with self._lock:
+            cur = self._con.cursor()
+        try:
+            for name, value in (inputs or {}).items():
+                cur.register(name, _relation(value))
+            return cur.sql(sql).to_arrow_table()
+        finally:
+            cur.close()
+
+    def close(self) -> None:
+        try:
+            self._con.close()
+        finally:
+            shutil.rmtree(self._spill, ignore_errors=True)
+
+    def __enter__(self) -> "DuckDBEngine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _relation(value: Input):
+    if isinstance(value, pa.Table):
+        return value
+    if isinstance(value, Parquet):
+        return pads.dataset(list(value.paths), schema=value.schema, format="parquet")
+    raise TypeError(f"an engine input is an Arrow table or Parquet, not {type(value).__name__}")
