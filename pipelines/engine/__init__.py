@@ -13,6 +13,8 @@ from pipelines.engine.duckdb_engine import DuckDBEngine
 
 ENGINES = ("duckdb", "spark")
 
+_DEFAULT: Engine | None = None
+
 
 def make_engine(name: str = "duckdb", **options) -> Engine:
     if name == "duckdb":
@@ -24,4 +26,13 @@ def make_engine(name: str = "duckdb", **options) -> Engine:
     raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {name!r}")
 
 
-__all__ = ["ENGINES", "DuckDBEngine", "Engine", "Input", "Parquet", "make_engine"]
+def default_engine() -> Engine:
+    """The process's in-process DuckDB engine, made on first use: what a plan runs on
+    when its caller passes no engine (tests, notebooks)."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = DuckDBEngine()
+    return _DEFAULT
+
+
+__all__ = ["ENGINES", "DuckDBEngine", "Engine", "Input", "Parquet", "default_engine", "make_engine"]
