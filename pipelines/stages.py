@@ -41,6 +41,15 @@ def stores(settings: Settings) -> tuple[Store, Warehouse, Store]:
     return Store(settings.landing, ep), Warehouse(Store(settings.warehouse, ep)), Store(settings.publish, ep)
 
 
+def engine(settings: Settings):
+    """The engine that runs the heavy plans for ``settings`` (``engine: duckdb | spark``):
+    one per process, reused (:func:`pipelines.engine.from_settings`). Stages pass it down
+    to the plans they call."""
+    from pipelines.engine import from_settings
+
+    return from_settings(settings)
+
+
 @lru_cache(maxsize=1)
 def code_version() -> str:
     try:
