@@ -337,7 +337,8 @@ def fft_outputs(settings: Settings, period: str) -> dict:
     if episodes is None:
         episodes = schemas.get("sus_episodes").arrow_schema(include_partition=True).empty_table()
     spells = fft.spells_for_fft_linkage(episodes)
-    linked = fft.link_responses_to_spells(responses, spells, max_days=settings.t("fft", "link_max_days"))
+    linked = fft.link_responses_to_spells(responses, spells, max_days=settings.t("fft", "link_max_days"),
+                                          engine=engine(settings))
     by_spec = fft.fft_by_specialty(linked, suppress_max=suppress_max)
     wh.write("fft_scores", scores, period)
     wh.write("fft_by_specialty", by_spec, period)
