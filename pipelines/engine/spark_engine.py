@@ -202,8 +202,12 @@ class SparkEngine:
             self._started = False  # the server's session: never stopped from here
             return builder.getOrCreate()
         active = SparkSession.getActiveSession()
+        if active is None and os.environ.get("DATABRICKS_RUNTIME_VERSION"):
+            # a job on a Databricks cluster (e.g. launched by Dagster Pipes): the cluster's session
+            active = SparkSession.builder.getOrCreate()
         if active is not None:
             self._started = False
+            self._set_sql_conf(active)
             return active
         os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)
         builder = SparkSession.builder.master(self.master).appName(self.app_name)
@@ -215,6 +219,16 @@ class SparkEngine:
         spark.sparkContext.setLogLevel("WARN")
         self._started = True
         return spark
+
+    def _set_sql_conf(self, session) -> None:
+        """On a session this engine did not start: its SQL settings (the time zone above
+        all: dates and timestamps must read as UTC), where the session lets them be set."""
+        for k, v in self.conf.items():
+            if k.startswith("spark.sql.") and not k.startswith("spark.sql.execution.arrow.pyspark.fallback"):
+                try:
+                    session.conf.set(k, v)
+                except Exception:  # noqa: BLE001 - a static setting of the cluster's: kept as it is
+                    pass
 
     # ---------------------------------------------------------------- queries
     def query(self, sql: str, inputs: Mapping[str, Input] | None = None) -> pa.Table:
