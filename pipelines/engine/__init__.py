@@ -27,22 +27,24 @@ DuckDB and on Spark (SQLGlot carries it; tests/test_engines.py checks each rule)
    errors on both engines (Spark runs in ANSI mode): use them only on text already checked.
    Both accept a month or day without its leading zero (``2014-1-5``); check the text's
    shape with ``regexp_matches`` first where that matters.
-4. Date arithmetic: ``d + INTERVAL n DAY`` (a TIMESTAMP on DuckDB: CAST it to DATE) and
-   ``date_diff('day', a, b)`` (whole days from a to b). No ``d + n`` with a bare integer
-   (DuckDB only), no ``a - b`` of two dates (an interval on Spark, a number on DuckDB).
+4. Date arithmetic: ``d + INTERVAL n DAY`` (a TIMESTAMP on DuckDB, a DATE on Spark: CAST
+   it to DATE), ``d + n`` with an integer (a DATE on both) and ``date_diff('day', a, b)``
+   (whole days from a to b). Never ``a - b`` of two dates: days on DuckDB, an interval on
+   Spark (which comes back as a count of microseconds).
 5. Text: ``regexp_matches(x, pattern)`` is a search (anchor with ``^...$`` for a whole
-   match); ``regexp_replace`` always with the ``'g'`` flag (Spark replaces every match);
-   ``regexp_extract(x, pattern, group)`` with the group given; ``substr(x, start, len)``
-   1-based; ``trim``, ``upper``, ``length``, ``coalesce``.
-6. Windows: ``row_number()``, ``lag``, ``lead``, ``first_value`` with an ``ORDER BY`` that
-   makes the order total (ties broken by a unique column): the two engines break ties
-   differently. ``QUALIFY`` is carried (as a subquery), but prefer a subquery and WHERE.
-7. No ``//`` on negative numbers, no integer ``/`` (DuckDB 1+ and Spark both give a double for
-   ``/``; cast explicitly), no ``list``/``struct`` functions, no ``string_agg`` or ``list``
-   aggregates whose order matters, no ``hash()`` (different on each engine), no
-   ``random()``, no ``current_date`` (pass the date in as a literal or input).
+   match); ``regexp_replace`` always with the ``'g'`` flag (without it DuckDB replaces the
+   first match, Spark every match); ``regexp_extract(x, pattern, group)`` (without a group
+   the engine asks Spark for group 0, as DuckDB does); ``substr(x, start, len)`` 1-based;
+   ``trim``, ``upper``, ``length``, ``coalesce``.
+6. Windows: ``row_number()``, ``lag``, ``lead`` with an ``ORDER BY`` that makes the order
+   total (ties broken by a unique column): the two engines break ties differently. No
+   ``QUALIFY``: write a subquery and WHERE (SQLGlot carries ``SELECT * ... QUALIFY`` with
+   an extra column).
+7. No ``hash()`` (different on each engine, and out of range on Spark), no ``random()``,
+   no ``current_date`` (pass the date in as a literal or an input), no ``list``/``struct``
+   functions, no ``string_agg`` whose order matters. ``/`` gives a DOUBLE on both.
 8. Sort keys of an ``ORDER BY`` that decides a result say ``NULLS FIRST`` or ``NULLS
-   LAST`` (SQLGlot makes DuckDB's default explicit, but say it).
+   LAST`` (DuckDB's and Spark's defaults differ; SQLGlot makes DuckDB's explicit, but say it).
 """
 
 from __future__ import annotations
