@@ -15,7 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.config import ConfigError, Settings
-from pipelines.engine import DuckDBEngine, Parquet, default_engine, from_settings, make_engine
+from pipelines.engine import (
+    DuckDBEngine,
+    Parquet,
+    default_engine,
+    from_settings,
+    make_engine,
+)
 from pipelines.engine.spark_engine import SparkEngine, to_spark_sql
 
 
@@ -168,11 +174,14 @@ def test_dates_from_text_invalid_is_null_on_both(duck, spark_engine):
 def test_strptime_and_cast_of_bad_text_fail_on_both(duck, spark_engine):
     """Dialect rule 3: without try_, bad text is an error on both engines (Spark in ANSI mode)."""
     text = pa.table({"t": pa.array(["20140231"], pa.string())})
+    import duckdb
+    from pyspark.errors import PySparkException
+
     for sql in ("SELECT CAST(strptime(t, '%Y%m%d') AS DATE) AS d FROM text",
                 "SELECT CAST(t AS INTEGER) + 0 AS n FROM (SELECT 'x' || t AS t FROM text)"):
-        with pytest.raises(Exception):
+        with pytest.raises(duckdb.Error):
             duck.query(sql, {"text": text})
-        with pytest.raises(Exception):
+        with pytest.raises(PySparkException):
             spark_engine.query(sql, {"text": text})
 
 

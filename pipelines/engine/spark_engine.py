@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -104,7 +105,10 @@ def _duckdb_schema(sql: str, inputs: Mapping[str, Input]) -> pa.Schema | None:
     when DuckDB cannot run it (the Spark types are then kept, timestamps made naive)."""
     empties: dict[str, pa.Table] = {}
     for name, value in inputs.items():
-        schema = value.schema if isinstance(value, pa.Table) else _parquet_schema(value)
+        try:
+            schema = value.schema if isinstance(value, pa.Table) else _parquet_schema(value)
+        except Exception:  # noqa: BLE001 - files the driver cannot open (only the cluster can)
+            return None
         empties[name] = schema.empty_table()
     key = (sql, tuple((n, str(t.schema)) for n, t in sorted(empties.items())))
     if key not in _SCHEMA_CACHE:
@@ -227,7 +231,7 @@ class SparkEngine:
             if k.startswith("spark.sql.") and not k.startswith("spark.sql.execution.arrow.pyspark.fallback"):
                 try:
                     session.conf.set(k, v)
-                except Exception:  # noqa: BLE001 - a static setting of the cluster's: kept as it is
+                except Exception:  # noqa: BLE001, S110 - a static setting of the cluster's: kept as it is
                     pass
 
     # ---------------------------------------------------------------- queries
@@ -272,7 +276,7 @@ class SparkEngine:
         self._spark = None
         self._started = False
 
-    def __enter__(self) -> "SparkEngine":
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
