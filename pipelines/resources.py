@@ -45,15 +45,14 @@ class CareDataConfig(dg.ConfigurableResource):
 
 class EngineResource(dg.ConfigurableResource):
     """The engine that runs the heavy plans for a run (``engine: duckdb | spark`` in the
-    configuration, or ``engine`` here to override it): ``context.resources.engine.engine()``,
-    or ``engine: EngineResource`` as an asset parameter then ``engine.engine()``. It is the
-    process's engine for the run's settings (:func:`pipelines.engine.from_settings`), the
-    same object ``pipelines.stages.engine(settings)`` returns, so an asset and the stages it
-    calls share one Spark session. A Spark session starts when the run starts (before any
-    step): a cluster that cannot be reached fails the run at once."""
+    configuration: CAREDATA_ENGINE, ``caredata run --engine``): an asset takes
+    ``engine: EngineResource`` and calls ``engine.engine()``. It is the process's engine for
+    the run's settings (:func:`pipelines.engine.from_settings`), the same object
+    ``pipelines.stages.engine(settings)`` returns, so an asset and the stages it calls
+    share one Spark session. A Spark session starts when the resource is set up (before
+    the step that needs it): a cluster that cannot be reached fails that step at once."""
 
     caredata: CareDataConfig
-    engine_name: str = ""  # "" = the configuration's (CAREDATA_ENGINE, defaults.yaml)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         engine = self.engine()
@@ -61,17 +60,6 @@ class EngineResource(dg.ConfigurableResource):
             engine.spark  # noqa: B018 - start (or reach) the session now
 
     def engine(self):
-        from dataclasses import replace
-
         from pipelines.engine import from_settings
 
-        settings = self.caredata.settings()
-        if self.engine_name and self.engine_name != settings.engine:
-            from pipelines.config import ConfigError
-            from pipelines.engine import ENGINES
-
-            if self.engine_name not in ENGINES:
-                raise ConfigError(f"engine (EngineResource): expected one of {', '.join(ENGINES)}, "
-                                  f"got {self.engine_name!r}"[:120])
-            settings = replace(settings, engine=self.engine_name)
-        return from_settings(settings)
+        return from_settings(self.caredata.settings())

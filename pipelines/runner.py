@@ -251,7 +251,7 @@ def _materialise(settings: Settings, summary: RunSummary, *, periods, progress, 
     )
     resources = {
         "caredata": caredata,
-        "engine": EngineResource(caredata=caredata, engine_name=settings.engine),
+        "engine": EngineResource(caredata=caredata),
         "io_manager": dg.FilesystemIOManager(base_dir=tempfile.mkdtemp(prefix="caredata-io-")),
     }
     instance = _instance()
@@ -281,6 +281,11 @@ def _materialise(settings: Settings, summary: RunSummary, *, periods, progress, 
                     (summary.failed_checks if data.blocking else summary.refused_checks).append(line)
         return result
 
+    engine = stages.engine(settings)
+    if engine.name == "spark":  # reached before any step: a cluster that cannot be reached stops the run here
+        where = settings.spark.get("connect_url") and "Spark Connect" or settings.spark.get("master")
+        progress(f"caredata: starting the Spark session ({where})")
+        engine.spark  # noqa: B018
     progress("caredata: scanning the landing zone")
     _run(dg.AssetSelection.assets(*UNPARTITIONED), label="")
     found = stages.periods(settings)

@@ -336,71 +336,11 @@ def test_run_engine_flag_sets_the_setting_for_the_run(monkeypatch):
 def test_engine_resource_gives_the_process_engine(monkeypatch):
     from pipelines.resources import CareDataConfig, EngineResource
 
-    monkeypatch.delenv("CAREDATA_ENGINE", raising=False)
     caredata = CareDataConfig(landing="l", warehouse="w", publish="p", demo_mode=True)
+    monkeypatch.delenv("CAREDATA_ENGINE", raising=False)
     assert EngineResource(caredata=caredata).engine() is default_engine()
-    spark = EngineResource(caredata=caredata, engine_name="spark").engine()
+    monkeypatch.setenv("CAREDATA_ENGINE", "spark")   # what caredata run --engine spark sets for the run
+    caredata = CareDataConfig(landing="l", warehouse="w", publish="p", demo_mode=True)
+    spark = EngineResource(caredata=caredata).engine()
     assert isinstance(spark, SparkEngine)
     assert spark is from_settings(Settings.load(env={}, landing="l", warehouse="w", publish="p", engine="spark"))
-    with pytest.raises(ConfigError, match="expected one of duckdb, spark"):
-        EngineResource(caredata=caredata, engine_name="polars").engine()
-
-
-@pytest.mark.spark
-def test_fft_response_linkage_plan_same_on_both(duck, spark_engine):
-    """The first pipeline step wired through the engine (pipelines.fft.link_responses_to_spells,
-    called by stages.fft_outputs with stages.engine(settings)): the same linked rows."""
-    from pipelines import fft
-
-    a, b = "9990000018", "9990000026"
-    spells = pa.table({
-        "provider_code": ["RA1", "RA1", "RA1", "RA1", "RB2", " RA1 "],
-        "spell_id": ["S1", "S2", "S3", "S4", "S5", "S6"],
-        "nhs_number": [a, a, a, b, a, b],
-        "disdate": pa.array([dt.date(2014, 1, 20), dt.date(2014, 1, 21), dt.date(2014, 1, 23), dt.date(2014, 1, 9),
-                             dt.date(2014, 1, 21), None], pa.date32()),
-        "tretspef_last": ["300", "100", "502", None, "420", "110"],
-    })
-    responses = pa.table({
-        "period": ["2014-01"] * 6,
-        "provider_code": ["RA1", "RA1", "RA1", "RB2", "RA1", "RA1"],
-        "response_id": ["R1", "R2", "R3", "R4", "R5", "R6"],
-        "setting": ["IP", "IP", "AE", "IP", "IP", "IP"],
-        "response_date": pa.array([dt.date(2014, 1, 22), dt.date(2014, 1, 11), dt.date(2014, 1, 22),
-                                   dt.date(2014, 1, 22), dt.date(2014, 1, 10), dt.date(2014, 1, 22)], pa.date32()),
-        "response": ["4", "1", "2", "3", "5", "1"],
-        "nhs_number": [a, b, a, a, b, a],
-        "nhs_number_valid": [True, True, True, True, False, True],
-    })
-    d = fft.link_responses_to_spells(responses, spells, max_days=2, engine=duck)
-    before = spark_engine.queries
-    s = fft.link_responses_to_spells(responses, spells, max_days=2, engine=spark_engine)
-    assert spark_engine.queries == before + 1
-    assert s.equals(d)
-    assert s.to_pylist() == [
-        {"period": "2014-01", "provider_code": "RA1", "response_id": "R1", "tretspef": "100", "response": "4"},
-        {"period": "2014-01", "provider_code": "RA1", "response_id": "R2", "tretspef": None, "response": "1"},
-        {"period": "2014-01", "provider_code": "RA1", "response_id": "R6", "tretspef": "100", "response": "1"},
-        {"period": "2014-01", "provider_code": "RB2", "response_id": "R4", "tretspef": "420", "response": "3"},
-    ]
-
-
-@pytest.mark.spark
-def test_what_the_dialect_rules_forbid_really_differs(duck, spark_engine):
-    """The constructs plans must avoid (pipelines/engine/__init__.py, rules 4 to 6) give
-    other answers on Spark today; if SQLGlot or the engine comes to carry one right, this
-    fails and the rule can go."""
-    t = pa.table({"a": pa.array([dt.date(2014, 1, 31)], pa.date32()), "b": pa.array([dt.date(2014, 1, 1)], pa.date32()),
-                  "s": ["xx"], "i": pa.array([1], pa.int64())})
-    forbidden = ["SELECT a - b AS x FROM t",                                     # rule 4
-                 "SELECT regexp_replace(s, 'x', 'y') AS x FROM t",                # rule 5
-                 "SELECT * FROM t QUALIFY row_number() OVER (ORDER BY i) = 1"]    # rule 6
-    for sql in forbidden:
-        assert duck.query(sql, {"t": t}).to_pylist() != spark_engine.query(sql, {"t": t}).to_pylist(), sql
-    allowed = ["SELECT CAST(date_diff('day', b, a) AS BIGINT) AS x FROM t",
-               "SELECT regexp_replace(s, 'x', 'y', 'g') AS x FROM t",
-               "SELECT a + 1 AS x FROM t"]
-    assert [duck.query(q, {"t": t}).to_pylist() for q in allowed] == [
-        [{"x": 30}], [{"x": "yy"}], [{"x": dt.date(2014, 2, 1)}]]
-    for sql in allowed:
-        assert spark_engine.query(sql, {"t": t}).to_pylist() == duck.query(sql, {"t": t}).to_pylist(), sql
