@@ -55,8 +55,9 @@ DEFAULT_CONF: dict[str, str] = {
 }
 
 _LOCK = threading.Lock()          # one session per process; one query at a time on it
-_SQL_CACHE: dict[str, str] = {}
-_SCHEMA_CACHE: dict[tuple, pa.Schema | None] = {}
+_SQL_CACHE: dict[str, str] = {}                        # plan text -> Spark SQL
+_SCHEMA_CACHE: dict[tuple, pa.Schema | None] = {}      # (plan, input schemas) -> DuckDB's result schema
+_CACHE_MAX = 2048                                      # plans with literals in them: bounded
 
 
 # --------------------------------------------------------------------------- SQL
@@ -89,6 +90,8 @@ def to_spark_sql(sql: str) -> str:
 
         tree = tree.transform(fix)
         out = tree.sql(dialect="spark")
+        if len(_SQL_CACHE) >= _CACHE_MAX:
+            _SQL_CACHE.clear()
         _SQL_CACHE[sql] = out
     return out
 
@@ -114,6 +117,8 @@ def _duckdb_schema(sql: str, inputs: Mapping[str, Input]) -> pa.Schema | None:
     if key not in _SCHEMA_CACHE:
         import duckdb
 
+        if len(_SCHEMA_CACHE) >= _CACHE_MAX:
+            _SCHEMA_CACHE.clear()
         con = duckdb.connect()
         try:
             for name, table in empties.items():
@@ -146,7 +151,12 @@ def _conform(table: pa.Table, schema: pa.Schema | None) -> pa.Table:
             if pa.types.is_null(field.type):
                 col = pa.nulls(len(col), pa.null())
             else:
-                col = col.cast(field.type)
+                try:
+                    col = col.cast(field.type)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    raise TypeError(f"column {field.name}: Spark gave {col.type}, DuckDB gives {field.type} for "
+                                    f"the same plan, and one does not cast to the other ({type(exc).__name__}); "
+                                    "CAST it in the plan (pipelines.engine dialect rule 2)") from None
         cols.append(col)
     return pa.Table.from_arrays(cols, schema=schema)
 
