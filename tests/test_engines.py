@@ -344,3 +344,37 @@ def test_engine_resource_gives_the_process_engine(monkeypatch):
     spark = EngineResource(caredata=caredata).engine()
     assert isinstance(spark, SparkEngine)
     assert spark is from_settings(Settings.load(env={}, landing="l", warehouse="w", publish="p", engine="spark"))
+
+
+_CONNECT_SCRIPT = """
+import datetime as dt, sys
+import pyarrow as pa, pyarrow.parquet as pq
+from pipelines.engine import DuckDBEngine, Parquet
+from pipelines.engine.spark_engine import SparkEngine
+spark, duck = SparkEngine(connect_url="local[1]"), DuckDBEngine(threads=1)
+t = pa.table({"a": ["20140105", "x"], "d": pa.array([dt.date(2014, 1, 1), None], pa.date32()), "n": pa.nulls(2)})
+pq.write_table(t.drop_columns(["n"]), sys.argv[1])
+sql = "SELECT a, CAST(try_strptime(a, '%Y%m%d') AS DATE) AS p, d + INTERVAL 1 DAY AS nd, n FROM t"
+assert spark.query(sql, {"t": t}).equals(duck.query(sql, {"t": t}))
+src = Parquet((sys.argv[1],), pa.schema([("a", pa.string()), ("n", pa.string())]))
+assert spark.query("SELECT a, n FROM t", {"t": src}).equals(duck.query("SELECT a, n FROM t", {"t": src}))
+assert type(spark.spark).__module__.startswith("pyspark.sql.connect") and not spark._started
+print("connect ok")
+"""
+
+
+@pytest.mark.spark
+def test_spark_connect_path(tmp_path):
+    """``connect_url``: the same plan over Arrow and Parquet inputs through Spark Connect (a
+    local Connect server, ``sc://`` works the same), in a process of its own (one Spark per
+    process). Needs the ``spark`` extra (pyspark[connect])."""
+    import os
+    import subprocess
+    import sys
+
+    for module in ("grpc_status", "zstandard", "google.rpc"):
+        pytest.importorskip(module)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", _CONNECT_SCRIPT, str(tmp_path / "t.parquet")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "connect ok" in out.stdout, out.stderr[-2000:]
