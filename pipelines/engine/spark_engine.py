@@ -228,7 +228,8 @@ class SparkEngine:
         for k, v in self.conf.items():
             builder = builder.config(k, v)
         # log4j at WARN from the start (Spark's INFO lines otherwise flood the run's stderr)
-        builder = builder.config("spark.driver.extraJavaOptions", "-Dlog4j2.level=warn")
+        java = self.conf.get("spark.driver.extraJavaOptions", "")
+        builder = builder.config("spark.driver.extraJavaOptions", f"{java} -Dlog4j2.level=warn".strip())
         spark = builder.getOrCreate()
         spark.sparkContext.setLogLevel("WARN")
         self._started = True
