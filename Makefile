@@ -25,6 +25,9 @@ test: install
 bench: install
 	$(BIN)/python -m pipelines.bench --scale $(SCALE) --months $(MONTHS) --out bench-out
 
+bench-spark: install  # the same, the relational steps on Spark local[2] (docs/scaling.md)
+	$(BIN)/python -m pipelines.bench --scale $(SCALE) --months $(MONTHS) --out bench-out --engine spark
+
 # The cost of history: a HES extract of HES_YEARS years, HES_EPISODES episodes a month (the
 # scale knob), beside a small generated month (HES_SCALE) whose GP extracts the HES patients
 # link to; every stage runs over every month of the history (docs/performance.md).

@@ -2,8 +2,8 @@
 
     caredata synth OUT_DIR [--seed N] [--scale X] [--months N] [--start YYYY-MM]
     caredata run --landing PATH_OR_S3 --warehouse PATH_OR_S3 --publish PATH_OR_S3 [--config FILE]
-                 [--demo-mode] [--debug] [--log-file FILE]
-    caredata demo [--out DIR]
+                 [--engine duckdb|spark] [--demo-mode] [--debug] [--log-file FILE]
+    caredata demo [--out DIR] [--engine duckdb|spark]
     caredata release FILE_NAME --warehouse PATH_OR_S3 [--by NAME] [--note TEXT]
 
 The configuration is checked whole before any work (a problem is one line, exit 2), then
@@ -63,6 +63,7 @@ def _load_settings(args):
         return Settings.load(
             args.config, landing=args.landing, warehouse=args.warehouse, publish=args.publish,
             s3_endpoint_url=args.s3_endpoint_url, demo_mode=True if args.demo_mode else None,
+            engine=getattr(args, "engine", None),
         )
     except ConfigError as exc:
         print(f"caredata: configuration error: {exc}", file=sys.stderr)
@@ -96,7 +97,7 @@ def _demo(args) -> int:
     landing = out / "landing"
     ns = argparse.Namespace(
         config=None, landing=str(landing), warehouse=str(out / "warehouse"), publish=str(out / "publish"),
-        s3_endpoint_url=None, demo_mode=True, debug=args.debug, log_file=args.log_file,
+        s3_endpoint_url=None, demo_mode=True, debug=args.debug, log_file=args.log_file, engine=args.engine,
     )
     if _load_settings(ns) is None:  # checked before generating anything
         return EXIT_USAGE
@@ -113,6 +114,13 @@ def _demo(args) -> int:
     print(f"Ledger of every file: {out / 'publish' / 'public' / 'submissions'}")
     print("Open the Dagster UI on this demo: make dev")
     return rc
+
+
+def _add_engine_option(p) -> None:
+    p.add_argument("--engine", choices=("duckdb", "spark"), default=None,
+                   help="the engine of the heavy steps for this run (default: the configuration's "
+                        "engine, CAREDATA_ENGINE, else duckdb); spark uses the spark: settings "
+                        "(master, connect_url; docs/scaling.md)")
 
 
 def _add_error_options(p) -> None:
@@ -173,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=None, help="YAML file overriding thresholds (defaults.yaml)")
     p.add_argument("--s3-endpoint-url", default=None, help="a non-AWS S3 endpoint")
     p.add_argument("--demo-mode", action="store_true", help="pseudonymise with the public demo key")
+    _add_engine_option(p)
     _add_error_options(p)
     p.set_defaults(func=_run)
 
@@ -183,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", type=float, default=0.002)
     p.add_argument("--months", type=int, default=3)
     p.add_argument("--start", default="2014-01")
+    _add_engine_option(p)
     _add_error_options(p)
     p.set_defaults(func=_demo)
 

@@ -10,7 +10,11 @@ an optional YAML file (``--config`` or ``CAREDATA_CONFIG``), then environment va
   pseudonymisation key, at least 32 bytes once surrounding whitespace is stripped
   (whitespace only counts as no key);
 * ``CAREDATA_DEMO_MODE=1``: use the published demo key (said in every output);
-* ``CAREDATA_<SECTION>__<NAME>``: any threshold, e.g. ``CAREDATA_FFT__LINK_MAX_DAYS=3``.
+* ``CAREDATA_<SECTION>__<NAME>``: any threshold, e.g. ``CAREDATA_FFT__LINK_MAX_DAYS=3``;
+* ``CAREDATA_ENGINE`` (``duckdb`` or ``spark``) and ``CAREDATA_SPARK__<NAME>`` (``MASTER``,
+  ``CONNECT_URL``, ``DRIVER_MEMORY``, ``CONF`` as a YAML mapping): the engine that runs the
+  heavy steps (``engine`` and ``spark`` in ``defaults.yaml``; not thresholds, so not in
+  manifests: :attr:`Settings.engine`, :attr:`Settings.spark`).
 
 :meth:`Settings.load` checks the whole configuration before any work starts and raises one
 :class:`ConfigError` listing every problem with its key path: a key the defaults do not
@@ -54,6 +58,8 @@ DISCLOSURE_FLOORS: dict[tuple[str, str], int] = {
 
 # Settings that are not thresholds: the YAML file may give them at its top level.
 ROOT_KEYS = ("landing", "warehouse", "publish", "s3_endpoint_url", "demo_mode")
+# In defaults.yaml beside the thresholds, but how the pipeline runs, not what it computes.
+ENGINE_KEYS = ("engine", "spark")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -62,9 +68,53 @@ class ConfigError(ValueError):
     """The configuration is wrong; raised before any work starts. The message is one line."""
 
 
-def _defaults() -> dict:
+def _all_defaults() -> dict:
     text = resources.files("pipelines").joinpath("defaults.yaml").read_text()
     return yaml.safe_load(text)
+
+
+def _defaults() -> dict:
+    """The thresholds of defaults.yaml (without the engine keys)."""
+    return {k: v for k, v in _all_defaults().items() if k not in ENGINE_KEYS}
+
+
+def _spark_defaults() -> dict:
+    return dict(_all_defaults()["spark"])
+
+
+def _check_engine(value: Any, where: str, problems: list[str]) -> None:
+    from pipelines.engine import ENGINES
+
+    if value not in ENGINES:
+        got = f"{value!r}"[:40] if isinstance(value, str) else _kind(value)
+        problems.append(f"engine{where}: expected one of {', '.join(ENGINES)}, got {got}")
+
+
+def _check_spark(value: Any, path: str, where: str, problems: list[str]) -> dict:
+    """Check a (partial) ``spark`` mapping; returns it (conf keys and values as text)."""
+    if not isinstance(value, Mapping):
+        problems.append(f"{path}{where}: expected a mapping of master, connect_url, driver_memory, conf, "
+                        f"got {_kind(value)}")
+        return {}
+    defaults = _spark_defaults()
+    out: dict = {}
+    for k, v in value.items():
+        if k == "conf":
+            if not isinstance(v, Mapping) or not all(
+                    isinstance(x, (str, int, float, bool)) and not isinstance(x, Mapping) for x in v.values()):
+                problems.append(f"{path}.conf{where}: expected a mapping of Spark settings to text or "
+                                "numbers, e.g. {spark.sql.shuffle.partitions: 200}")
+                continue
+            out["conf"] = {str(ck): str(cv).lower() if isinstance(cv, bool) else str(cv) for ck, cv in v.items()}
+        elif k not in defaults:
+            problems.append(f"{path}.{k}{where}: unknown key (known: {', '.join(defaults)})")
+        else:
+            before = len(problems)
+            _check(v, defaults[k], f"{path}.{k}", problems, str(k))
+            problems[before:] = [p.replace(": ", f"{where}: ", 1) for p in problems[before:]]
+            if len(problems) == before:
+                out[k] = v
+    return out
 
 
 def _merge(base: dict, over: Mapping) -> dict:
@@ -265,6 +315,10 @@ class Settings:
     # The YAML file the thresholds came from (absolute), so that a run's Dagster resource
     # loads the same configuration (pipelines.runner passes it on as CAREDATA_CONFIG).
     config_file: str | None = None
+    # The engine of the heavy steps (pipelines.engine.from_settings) and the Spark session's
+    # settings (master, connect_url, driver_memory, conf), as in defaults.yaml.
+    engine: str = "duckdb"
+    spark: dict = field(default_factory=_spark_defaults)
 
     def __post_init__(self) -> None:
         # The same rule however the object is made (outputs.md "Keys").
@@ -308,9 +362,15 @@ class Settings:
                 if key in loaded:
                     values[key] = loaded.pop(key)
                     cls._check_root(key, values[key], where, problems)
+            if "engine" in loaded:
+                values["engine"] = loaded.pop("engine")
+                _check_engine(values["engine"], where, problems)
+            if "spark" in loaded:
+                spark = _check_spark(loaded.pop("spark"), "spark", where, problems)
+                values["spark"] = {**_spark_defaults(), **spark}
             for section, value in loaded.items():
                 if section not in defaults:
-                    known = ", ".join([*ROOT_KEYS, *defaults])
+                    known = ", ".join([*ROOT_KEYS, *ENGINE_KEYS, *defaults])
                     problems.append(f"{section}{where}: unknown key (known: {known})")
                     continue
                 before = len(problems)
@@ -335,10 +395,22 @@ class Settings:
         key = _read_key(env, problems)
         if key:
             values["pseudo_key"] = key
+        if (env.get("CAREDATA_ENGINE") or "").strip():
+            values["engine"] = env["CAREDATA_ENGINE"].strip().lower()
+            _check_engine(values["engine"], " (CAREDATA_ENGINE)", problems)
         for name, raw in sorted(env.items()):
             if not (name.startswith("CAREDATA_") and "__" in name):
                 continue
             section, _, item = name[len("CAREDATA_"):].lower().partition("__")
+            if section == "spark":
+                try:
+                    value = _coerce(raw) if item == "conf" else (raw if raw.strip() else None)
+                except (yaml.YAMLError, ValueError):
+                    problems.append(f"{name}: not a value YAML can read")
+                    continue
+                spark = _check_spark({item: value}, "spark", f" ({name})", problems)
+                values["spark"] = {**values.get("spark", _spark_defaults()), **spark}
+                continue
             if section not in defaults or not isinstance(defaults[section], dict):
                 sections = ", ".join(k for k, v in defaults.items() if isinstance(v, dict))
                 problems.append(f"{name}: no threshold section {section!r} (sections: {sections})")
@@ -364,6 +436,10 @@ class Settings:
                 value = os.fspath(value)
             if key in ROOT_KEYS:
                 cls._check_root(key, value, " (override)", problems)
+            elif key == "engine":
+                _check_engine(value, " (override)", problems)
+            elif key == "spark":
+                value = {**values.get("spark", _spark_defaults()), **_check_spark(value, "spark", " (override)", problems)}
             elif key == "thresholds":
                 _check(value, defaults, "thresholds", problems)
             elif key not in ("pseudo_key", "config_file"):

@@ -376,42 +376,71 @@ def spells_for_fft_linkage(episodes: TableLike) -> pa.Table:
     ], schema=SPELLS_SCHEMA)
 
 
-def link_responses_to_spells(responses: TableLike, spells: TableLike, *, max_days: int = 2) -> pa.Table:
+# The relational plan of the response-to-spell linkage (DuckDB's dialect; the dialect rules of
+# pipelines.engine): each inpatient response with a valid NHS number joined to that person's
+# spells at the same provider discharged 0..max_days days before it; the latest discharge
+# wins, then the highest spell_id (then the lowest tretspef_last: a total order, so both
+# engines pick the same spell).
+_LINK_SQL = """
+SELECT CAST(rid AS BIGINT) AS rid,
+       CAST(period AS VARCHAR) AS period,
+       CAST(provider_code AS VARCHAR) AS provider_code,
+       CAST(response_id AS VARCHAR) AS response_id,
+       CAST(tretspef_last AS VARCHAR) AS tretspef,
+       CAST(response AS VARCHAR) AS response
+FROM (
+    SELECT r.rid, r.period, r.provider_code, r.response_id, r.response, s.tretspef_last,
+           row_number() OVER (PARTITION BY r.rid
+                              ORDER BY s.disdate DESC NULLS LAST, s.spell_id DESC NULLS LAST,
+                                       s.tretspef_last ASC NULLS LAST) AS pick
+    FROM responses r
+    JOIN spells s ON r.nhs_number = s.nhs_number AND r.provider_code = s.provider_code
+    WHERE r.setting = 'IP' AND r.nhs_number_valid AND r.response_date IS NOT NULL
+      AND s.disdate IS NOT NULL
+      AND date_diff('day', s.disdate, r.response_date) BETWEEN 0 AND {max_days}
+) linked
+WHERE pick = 1
+"""
+
+
+def _date32(series: pd.Series) -> pa.Array:
+    return pa.array(_dates(series).to_numpy(), pa.timestamp("s"), from_pandas=True).cast(pa.date32())
+
+
+def link_responses_to_spells(responses: TableLike, spells: TableLike, *, max_days: int = 2,
+                             engine=None) -> pa.Table:
     """Inpatient (setting ``IP``) responses with a valid NHS number, each linked to that
     person's spell at the same provider discharged 0 to ``max_days`` days before the
     response date; the latest such discharge where there are several (then the highest
     spell_id). One row per linked response: period, provider_code, response_id,
-    tretspef (the spell's last episode's treatment function), response."""
+    tretspef (the spell's last episode's treatment function), response.
+
+    The codes are cleaned here (stripped, empty as missing); the join is a relational plan
+    run by ``engine`` (:mod:`pipelines.engine`; None: the process's DuckDB)."""
+    from pipelines.engine import default_engine
+
     r = _frame(responses, ["period", "provider_code", "response_id", "setting", "response_date",
                            "response", "nhs_number", "nhs_number_valid"])
     s = _frame(spells, ["nhs_number", "provider_code", "spell_id", "disdate", "tretspef_last"])
     if r.empty or s.empty:
         return LINKED_SCHEMA.empty_table()
-    for col in ("period", "provider_code", "response_id", "setting", "response", "nhs_number"):
-        r[col] = _code(r[col])
-    r["_date"] = _dates(r["response_date"])
-    r["_rid"] = np.arange(len(r))
-    r = r[(r["setting"] == "IP") & r["nhs_number_valid"].fillna(False).astype(bool)
-          & r["nhs_number"].notna() & r["_date"].notna()]
-    for col in ("nhs_number", "provider_code", "spell_id", "tretspef_last"):
-        s[col] = _code(s[col])
-    s["_dis"] = _dates(s["disdate"])
-    s = s[s["nhs_number"].notna() & s["provider_code"].notna() & s["_dis"].notna()]
-    if r.empty or s.empty:
-        return LINKED_SCHEMA.empty_table()
-
-    m = r[["_rid", "period", "provider_code", "response_id", "response", "nhs_number", "_date"]].merge(
-        s[["nhs_number", "provider_code", "spell_id", "_dis", "tretspef_last"]],
-        on=["nhs_number", "provider_code"], how="inner")
-    days = (m["_date"] - m["_dis"]).dt.days
-    m = m[(days >= 0) & (days <= max_days)]
-    m = m.sort_values(["_rid", "_dis", "spell_id"], ascending=[True, False, False], na_position="last")
-    m = m.drop_duplicates("_rid", keep="first")
-    m = m.sort_values(["period", "provider_code", "response_id", "_rid"], kind="mergesort")
-    return pa.Table.from_arrays([
-        pa.array(list(_code(m[c])), pa.string())
-        for c in ("period", "provider_code", "response_id", "tretspef_last", "response")
-    ], schema=LINKED_SCHEMA)
+    text = pa.string()
+    resp_in = pa.table({
+        "rid": pa.array(np.arange(len(r)), pa.int64()),
+        **{c: pa.array(list(_code(r[c])), text)
+           for c in ("period", "provider_code", "response_id", "setting", "response", "nhs_number")},
+        "nhs_number_valid": pa.array(r["nhs_number_valid"].astype("boolean").fillna(False).to_numpy(dtype=bool)),
+        "response_date": _date32(r["response_date"]),
+    })
+    spells_in = pa.table({
+        **{c: pa.array(list(_code(s[c])), text) for c in ("nhs_number", "provider_code", "spell_id", "tretspef_last")},
+        "disdate": _date32(s["disdate"]),
+    })
+    linked = (engine or default_engine()).query(
+        _LINK_SQL.format(max_days=int(max_days)), {"responses": resp_in, "spells": spells_in})
+    order = pc.sort_indices(linked, sort_keys=[(c, "ascending", "at_end")
+                                               for c in ("period", "provider_code", "response_id", "rid")])
+    return linked.take(order).drop_columns(["rid"]).cast(LINKED_SCHEMA)
 
 
 def fft_by_specialty(linked: TableLike, *, suppress_max: int = 4) -> pa.Table:

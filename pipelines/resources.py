@@ -41,3 +41,25 @@ class CareDataConfig(dg.ConfigurableResource):
                 demo_mode=self.demo_mode or None,
             )
         return self._settings
+
+
+class EngineResource(dg.ConfigurableResource):
+    """The engine that runs the heavy plans for a run (``engine: duckdb | spark`` in the
+    configuration: CAREDATA_ENGINE, ``caredata run --engine``): an asset takes
+    ``engine: EngineResource`` and calls ``engine.engine()``. It is the process's engine for
+    the run's settings (:func:`pipelines.engine.from_settings`), the same object
+    ``pipelines.stages.engine(settings)`` returns, so an asset and the stages it calls
+    share one Spark session. A Spark session starts when the resource is set up (before
+    the step that needs it): a cluster that cannot be reached fails that step at once."""
+
+    caredata: CareDataConfig
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        engine = self.engine()
+        if engine.name == "spark":
+            engine.spark  # noqa: B018 - start (or reach) the session now
+
+    def engine(self):
+        from pipelines.engine import from_settings
+
+        return from_settings(self.caredata.settings())

@@ -156,6 +156,17 @@ def _env_for(settings: Settings) -> dict[str, str]:
         env["CAREDATA_DEMO_MODE"] = "1"
     if settings.config_file:  # the resource must load the same thresholds as the caller
         env["CAREDATA_CONFIG"] = settings.config_file
+    # ... and the same engine (caredata run --engine; the resource reads the environment)
+    env["CAREDATA_ENGINE"] = settings.engine
+    if settings.engine == "spark":
+        import json
+
+        spark = settings.spark or {}
+        for name in ("master", "connect_url", "driver_memory"):
+            if spark.get(name):
+                env[f"CAREDATA_SPARK__{name.upper()}"] = str(spark[name])
+        if spark.get("conf"):
+            env["CAREDATA_SPARK__CONF"] = json.dumps(spark["conf"])  # JSON is YAML
     return env
 
 
@@ -230,15 +241,17 @@ def _materialise(settings: Settings, summary: RunSummary, *, periods, progress, 
     from assets import ALL_ASSETS, LEDGER, PERIOD_INGEST, PERIOD_LINK, PERIOD_OUTPUTS, UNPARTITIONED
     from pipelines import stages
     from pipelines.partitions import sync_periods
-    from pipelines.resources import CareDataConfig
+    from pipelines.resources import CareDataConfig, EngineResource
 
     # Resource values come from the settings object (its roots are already resolved).
     os.environ.update(_env_for(settings))
+    caredata = CareDataConfig(
+        landing=settings.landing, warehouse=settings.warehouse, publish=settings.publish,
+        s3_endpoint_url=settings.s3_endpoint_url or "", demo_mode=settings.demo_mode,
+    )
     resources = {
-        "caredata": CareDataConfig(
-            landing=settings.landing, warehouse=settings.warehouse, publish=settings.publish,
-            s3_endpoint_url=settings.s3_endpoint_url or "", demo_mode=settings.demo_mode,
-        ),
+        "caredata": caredata,
+        "engine": EngineResource(caredata=caredata),
         "io_manager": dg.FilesystemIOManager(base_dir=tempfile.mkdtemp(prefix="caredata-io-")),
     }
     instance = _instance()
@@ -268,6 +281,11 @@ def _materialise(settings: Settings, summary: RunSummary, *, periods, progress, 
                     (summary.failed_checks if data.blocking else summary.refused_checks).append(line)
         return result
 
+    engine = stages.engine(settings)
+    if engine.name == "spark":  # reached before any step: a cluster that cannot be reached stops the run here
+        where = settings.spark.get("connect_url") and "Spark Connect" or settings.spark.get("master")
+        progress(f"caredata: starting the Spark session ({where})")
+        engine.spark  # noqa: B018
     progress("caredata: scanning the landing zone")
     _run(dg.AssetSelection.assets(*UNPARTITIONED), label="")
     found = stages.periods(settings)

@@ -41,6 +41,15 @@ def stores(settings: Settings) -> tuple[Store, Warehouse, Store]:
     return Store(settings.landing, ep), Warehouse(Store(settings.warehouse, ep)), Store(settings.publish, ep)
 
 
+def engine(settings: Settings):
+    """The engine that runs the heavy plans for ``settings`` (``engine: duckdb | spark``):
+    one per process, reused (:func:`pipelines.engine.from_settings`). Stages pass it down
+    to the plans they call."""
+    from pipelines.engine import from_settings
+
+    return from_settings(settings)
+
+
 @lru_cache(maxsize=1)
 def code_version() -> str:
     try:
@@ -328,7 +337,8 @@ def fft_outputs(settings: Settings, period: str) -> dict:
     if episodes is None:
         episodes = schemas.get("sus_episodes").arrow_schema(include_partition=True).empty_table()
     spells = fft.spells_for_fft_linkage(episodes)
-    linked = fft.link_responses_to_spells(responses, spells, max_days=settings.t("fft", "link_max_days"))
+    linked = fft.link_responses_to_spells(responses, spells, max_days=settings.t("fft", "link_max_days"),
+                                          engine=engine(settings))
     by_spec = fft.fft_by_specialty(linked, suppress_max=suppress_max)
     wh.write("fft_scores", scores, period)
     wh.write("fft_by_specialty", by_spec, period)
