@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 
 import pyarrow.dataset as ds
+import pytest
 
 from pipelines import bench
+
+pytestmark = pytest.mark.e2e
 
 
 def test_bench_reports_every_stage_and_each_months_peak(tmp_path, capsys):

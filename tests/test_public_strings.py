@@ -9,15 +9,14 @@ import os
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from pipelines import disclosure, ingest, schemas, stages
 from pipelines.config import Settings
 from pipelines.nhs_number import with_check_digit
-from pipelines.warehouse import Warehouse
 from pipelines.storage import Store
+from pipelines.warehouse import Warehouse
 
 P = "2024-01"
 P2 = "2024-02"
@@ -257,7 +256,7 @@ def test_misnamed_files_are_published_as_unrecognised_and_no_reason_repeats_them
     put(landing, nasty, fft_csv([response("R1", "W1")]))
     put(landing, f"Smith_{NHS}.csv", "x\n")
     put(landing, f"gp/{NHS}/GP_A81001_20240131.csv", "y\n")
-    put(landing, f"fft/FFT_RGT_202401_2024020512000\u0661.csv", "z\n")  # an Arabic-Indic digit
+    put(landing, "fft/FFT_RGT_202401_2024020512000\u0661.csv", "z\n")  # an Arabic-Indic digit
     put(landing, f"hes_apc/smith {NHS}.csv", "PROCODE3,SUSRECID\n")  # a HES name is free text
     header = "fft/FFT_RGT_202401_20240205120000.csv"
     put(landing, header, f"RESPONSE_ID,{NHS},{NHS},PROVIDER_CODE\n1,2,3,RGT\n")
