@@ -4,13 +4,20 @@ tests/ on sys.path, as it does for conftest.py and pg.py)."""
 from __future__ import annotations
 
 import gzip
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from pipelines.nhs_number import with_check_digit
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # --------------------------------------------------------------------------- searching what was written
 _TEN_DIGITS = re.compile(r"(?=(\d{10}))")
@@ -105,3 +112,43 @@ def read_landing(path: Path) -> str | None:
 def write_landing(path: Path, text: str) -> None:
     data = text.encode("utf-8")
     path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+
+
+def land(root: Path, rel: str, content: str | bytes, age: float = 60) -> Path:
+    """A landing file as a supplier writes it, ``age`` seconds before the pipeline looks
+    (files still being written, modified in the last seconds, are left for the next run)."""
+    p = root / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(content.encode() if isinstance(content, str) else content)
+    old = p.stat().st_mtime - age
+    os.utime(p, (old, old))
+    return p
+
+
+# --------------------------------------------------------------------------- patients
+def nhs_numbers(start: int, count: int) -> list[str]:
+    """``count`` valid NHS numbers in the 999 test range (never a real one), from 999``start``."""
+    out, k = [], start
+    while len(out) < count:
+        n = with_check_digit(f"999{k:06d}")
+        if n:
+            out.append(n)
+        k += 1
+    return out
+
+
+def spaced(n: str) -> str:
+    """An NHS number as it is printed: 3-3-4 with spaces."""
+    return f"{n[:3]} {n[3:6]} {n[6:]}"
+
+
+# --------------------------------------------------------------------------- `caredata run` in a process
+def run_cli_process(root: Path, landing: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`caredata run --demo-mode` in a process of its own (this checkout's code), its Dagster
+    home, warehouse and publish root under ``root`` (dagster_home, wh, pub)."""
+    env = {**os.environ, "DAGSTER_HOME": str(root / "dagster_home"), "PYTHONPATH": str(ROOT)}
+    (root / "dagster_home").mkdir()
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "run", "--landing", str(landing), "--warehouse",
+         str(root / "wh"), "--publish", str(root / "pub"), "--demo-mode"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)

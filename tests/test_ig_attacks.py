@@ -16,9 +16,6 @@ carry their number); what is left that could hold their number is their GP rows 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -26,9 +23,8 @@ import pytest
 
 from pipelines.synth import generate
 
-from helpers import found_in, read_landing, write_landing, written_texts
+from helpers import found_in, read_landing, run_cli_process, write_landing, written_texts
 
-ROOT = Path(__file__).resolve().parents[1]
 SEPARATORS = str.maketrans("", "", " -\t")
 
 
@@ -65,12 +61,7 @@ def header_case_attack(tmp_path_factory):
     assert renamed >= 5
     dropped = sum(_drop_rows_of(p, type1) for folder in ("sus_apc", "fft")
                   for p in sorted((landing / folder).iterdir()))
-    env = {**os.environ, "DAGSTER_HOME": str(root / "dagster_home"), "PYTHONPATH": str(ROOT)}
-    (root / "dagster_home").mkdir()
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "run", "--landing", str(landing), "--warehouse",
-         str(root / "wh"), "--publish", str(root / "pub"), "--demo-mode"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    proc = run_cli_process(root, landing)
     return {"root": root, "proc": proc, "type1": type1, "objectors": objectors, "dropped": dropped}
 
 
