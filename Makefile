@@ -20,6 +20,7 @@ install: $(BIN)/caredata
 demo: install
 	$(BIN)/caredata demo --out demo
 
+# Two workers, a test file each at a time (pytest-xdist): make test PYTEST_ARGS="-n 2 --dist loadfile"
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
