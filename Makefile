@@ -1,4 +1,5 @@
-# The README's two commands: `make demo` and `make test`.
+# The README's two commands: `make demo` and `make test`; `make test-fast` and `make lint` for the
+# developers' loop.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,7 +7,7 @@ SCALE ?= 0.1
 MONTHS ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench bench-hes dev validate clean ops-test ui-test deploy-check
+.PHONY: install demo test test-fast lint bench bench-hes dev validate clean ops-test ui-test deploy-check
 
 $(BIN)/caredata: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +20,18 @@ install: $(BIN)/caredata
 demo: install
 	$(BIN)/caredata demo --out demo
 
+# Two workers, a test file each at a time (pytest-xdist): make test PYTEST_ARGS="-n 2 --dist loadfile"
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Everything but the slow kinds (markers in pyproject.toml): the whole pipeline end to end (e2e),
+# PostgreSQL and the daemon (ops), the UI in Chromium (ui), Spark (spark).
+test-fast: install
+	$(BIN)/python -m pytest -m "not e2e and not ops and not ui and not spark" $(PYTEST_ARGS)
+
+# ruff, configured in pyproject.toml; .ci/run runs it before the tests.
+lint: install
+	$(BIN)/ruff check .
 
 bench: install
 	$(BIN)/python -m pipelines.bench --scale $(SCALE) --months $(MONTHS) --out bench-out

@@ -8,6 +8,7 @@ from pipelines import stages
 from pipelines.partitions import period_partitions
 from pipelines.resources import CareDataConfig
 
+
 def _specs(names, deps):
     return [dg.AssetSpec(n, description=stages.describe(n), deps=deps) for n in names]
 

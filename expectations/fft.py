@@ -5,7 +5,16 @@ from __future__ import annotations
 import pandas as pd
 
 from expectations.rules import (
-    KEY, R, REPEAT, W, WARD_CODE_RE, Env, Rule, ScoredField, column_rules, nhs_number,
+    KEY,
+    REPEAT,
+    WARD_CODE_RE,
+    Env,
+    R,
+    Rule,
+    ScoredField,
+    W,
+    column_rules,
+    nhs_number,
 )
 from pipelines.schemas.inputs import FFT
 

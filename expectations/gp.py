@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from expectations.rules import R, W, Env, Rule, ScoredField, column_rules, nhs_number, not_before
+from expectations.rules import Env, R, Rule, ScoredField, W, column_rules, nhs_number, not_before
 from pipelines.schemas.inputs import GP
 
 FEED = GP

@@ -15,8 +15,25 @@ import pandas as pd
 
 from expectations.custom import parse_iso_dates
 from expectations.rules import (
-    BIRTH, EPIORDER_RE, KEY, PRACTICE_PLACEHOLDERS, PRACTICE_RE, R, REPEAT, SPECIALTY_RE, W, Env, Rule, ScoredField,
-    column_rules, date_col, in_set, nhs_number, not_before, not_null, regex,
+    BIRTH,
+    EPIORDER_RE,
+    KEY,
+    PRACTICE_PLACEHOLDERS,
+    PRACTICE_RE,
+    REPEAT,
+    SPECIALTY_RE,
+    Env,
+    R,
+    Rule,
+    ScoredField,
+    W,
+    column_rules,
+    date_col,
+    in_set,
+    nhs_number,
+    not_before,
+    not_null,
+    regex,
 )
 from pipelines.schemas.inputs import CDS_UPDATE_TYPES, HES_APC, SUS_APC
 

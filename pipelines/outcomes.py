@@ -36,9 +36,8 @@ import pyarrow.compute as pc
 
 from pipelines import charlson, schemas
 from pipelines import spells as _spells
-from pipelines.funnel import control_limits, outlier_statuses
+from pipelines.funnel import control_limits, exact_ci, funnel_plot, outlier_statuses, poisson_limits  # noqa: F401  (re-exported)
 from pipelines.text import SPACE_CHARS, WHITESPACE
-from pipelines.funnel import exact_ci, funnel_plot, poisson_limits  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 

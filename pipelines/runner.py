@@ -24,9 +24,9 @@ from pathlib import Path
 
 import dagster as dg
 
+from pipelines.cli import EXIT_CODES, EXIT_FAILED, EXIT_OK, EXIT_STORAGE, EXIT_USAGE  # noqa: F401
 from pipelines.config import Settings
 
-from pipelines.cli import EXIT_CODES, EXIT_FAILED, EXIT_OK, EXIT_STORAGE, EXIT_USAGE  # noqa: F401
 # Errors of storage and network: S3 (botocore), pyarrow.fs (OSError) and the file system.
 _OS_ERRORS = {c.__name__ for c in vars(builtins).values() if isinstance(c, type) and issubclass(c, OSError)}
 _BOTOCORE_ERRORS = {"ClientError", "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",

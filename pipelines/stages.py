@@ -627,7 +627,8 @@ def publish(settings: Settings, period: str, *, run_id: str = "cli") -> dict:
     none (their earlier publication stays); without a key nothing in the restricted zone is
     written, replaced or re-labelled, and a restricted candidate made under another key (or
     none) is never published."""
-    from pipelines import disclosure, ingest, publish as pub
+    from pipelines import disclosure, ingest
+    from pipelines import publish as pub
     from pipelines.dictionary import write_dictionary
 
     _, wh, out = stores(settings)
@@ -683,7 +684,8 @@ def publish_submissions(settings: Settings, *, run_id: str = "cli") -> dict:
     saw a file (not a reporting period), so it is published on its own, month by month:
     a month that breaks a disclosure rule is blocked (named in ``violations``), the other
     months are published."""
-    from pipelines import disclosure, ingest, publish as pub
+    from pipelines import disclosure, ingest
+    from pipelines import publish as pub
 
     _, wh, out = stores(settings)
     ds = schemas.get("submissions")

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import uuid
 
 import pytest
+
+# A pytest-xdist worker's __main__ has neither __spec__ nor __file__: pyspark.sql.connect, which
+# Great Expectations imports when pyspark is installed, takes that for a doctest run and exits
+# the worker. Naming an empty module as its file keeps it a worker (multiprocessing's spawn
+# children run that empty module as their __mp_main__).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _main = sys.modules["__main__"]
+    if getattr(_main, "__spec__", None) is None and not hasattr(_main, "__file__"):
+        _main.__file__ = os.path.join(os.path.dirname(__file__), "xdist_main.py")
 
 
 def _free_port() -> int:

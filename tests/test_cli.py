@@ -102,6 +102,7 @@ def test_debug_shows_the_tracebacks_on_the_console(tmp_path, capfd):
     assert 'File "' in err and "NotADirectoryError" in err
 
 
+@pytest.mark.e2e  # `caredata run` through Dagster on a generated landing zone
 def test_a_failed_step_exits_1_and_the_config_file_reaches_every_step(tmp_path, small_landing):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("targets:\n  - {id: t, measure: m, metric: pct_no_such_metric, target_pct: 50.0}\n")
@@ -115,6 +116,7 @@ def test_a_failed_step_exits_1_and_the_config_file_reaches_every_step(tmp_path, 
     assert [[t["id"] for t in p["thresholds"]["targets"]] for p in manifest["partitions"].values()] == [["t"]]
 
 
+@pytest.mark.e2e  # `caredata run` through Dagster on a generated landing zone
 def test_no_key_never_writes_replaces_or_relabels_the_restricted_zone(tmp_path, small_landing, monkeypatch):
     """A key of one space is no key: the public zone is published, the restricted zone of an
     earlier run is left exactly as it was (outputs.md "Keys")."""

@@ -17,7 +17,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from pipelines import current, ingest
 from pipelines.config import Settings

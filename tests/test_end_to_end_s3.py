@@ -10,12 +10,15 @@ import os
 
 import boto3
 import pandas as pd
+import pytest
 
 from pipelines import cli, ingest
 from pipelines.publish import read_published
 from pipelines.storage import Store
 from pipelines.synth import generate
 from pipelines.warehouse import Warehouse
+
+pytestmark = pytest.mark.e2e
 
 
 def test_everything_in_s3(tmp_path, s3_bucket):

@@ -24,6 +24,8 @@ import pytest
 from pipelines import cli, schemas
 from pipelines.partitions import PERIODS
 
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = ROOT.parent / "shared" / "reference" / "artificial_hes"
 SAMPLE = SAMPLE_DIR / "artificial_hes_apc_0102.csv"

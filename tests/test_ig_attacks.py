@@ -15,61 +15,30 @@ carry their number); what is left that could hold their number is their GP rows 
 
 from __future__ import annotations
 
-import gzip
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 
 from pipelines.synth import generate
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import found_in, read_landing, run_cli_process, write_landing, written_texts
+
 SEPARATORS = str.maketrans("", "", " -\t")
-
-
-def _read(path: Path) -> str | None:
-    """The file's text, or None for the generator's planted broken files (damaged gzip,
-    not UTF-8), which the pipeline rejects whole, storing nothing of them."""
-    raw = path.read_bytes()
-    try:
-        return (gzip.decompress(raw) if path.suffix == ".gz" else raw).decode("utf-8-sig")
-    except (OSError, EOFError, UnicodeDecodeError):
-        return None
-
-
-def _write(path: Path, text: str) -> None:
-    data = text.encode("utf-8")
-    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
 
 
 def _drop_rows_of(path: Path, numbers: set[str]) -> int:
     """Remove every data line with a field that is one of ``numbers`` (any spacing)."""
-    text = _read(path)
+    text = read_landing(path)
     if text is None:
         return 0
     lines = text.split("\n")
     delim = "|" if lines[0].count("|") > lines[0].count(",") else ","
     kept = [lines[0]] + [ln for ln in lines[1:]
                          if not any(f.strip('"').translate(SEPARATORS) in numbers for f in ln.split(delim))]
-    _write(path, "\n".join(kept))
+    write_landing(path, "\n".join(kept))
     return len(lines) - len(kept)
-
-
-def _texts(root: Path):
-    """(name, text) for every file under root; Parquet files also by their values
-    (zstd pages hide strings from a byte search)."""
-    for p in sorted(root.rglob("*")):
-        if not p.is_file():
-            continue
-        yield str(p), p.read_bytes().decode("utf-8", errors="replace")
-        if p.suffix == ".parquet":
-            t = pq.read_table(p)
-            yield f"{p} (values)", json.dumps(t.to_pylist(), default=str) + str(t.schema.metadata)
 
 
 @pytest.fixture(scope="module")
@@ -82,25 +51,21 @@ def header_case_attack(tmp_path_factory):
     assert type1
     renamed = 0
     for p in sorted((landing / "gp").iterdir()):
-        text = _read(p)
+        text = read_landing(p)
         if text is None:
             continue
         head, sep, rest = text.partition("\n")
         if "OBJECTION" in head:
-            _write(p, head.replace("OBJECTION", "Objection") + sep + rest)
+            write_landing(p, head.replace("OBJECTION", "Objection") + sep + rest)
             renamed += 1
     assert renamed >= 5
     dropped = sum(_drop_rows_of(p, type1) for folder in ("sus_apc", "fft")
                   for p in sorted((landing / folder).iterdir()))
-    env = {**os.environ, "DAGSTER_HOME": str(root / "dagster_home"), "PYTHONPATH": str(ROOT)}
-    (root / "dagster_home").mkdir()
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "run", "--landing", str(landing), "--warehouse",
-         str(root / "wh"), "--publish", str(root / "pub"), "--demo-mode"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    proc = run_cli_process(root, landing)
     return {"root": root, "proc": proc, "type1": type1, "objectors": objectors, "dropped": dropped}
 
 
+@pytest.mark.e2e
 def test_header_case_attack_runs_and_counts_objections(header_case_attack):
     a = header_case_attack
     assert a["proc"].returncode == 0, a["proc"].stdout[-3000:] + a["proc"].stderr[-3000:]
@@ -112,6 +77,7 @@ def test_header_case_attack_runs_and_counts_objections(header_case_attack):
     assert (coverage["type1_objections"].fillna(0) > 0).any() or coverage["type1_objections_suppressed"].any()
 
 
+@pytest.mark.e2e
 def test_no_type1_number_in_any_byte_the_pipeline_wrote(header_case_attack):
     a = header_case_attack
     assert a["proc"].returncode == 0
@@ -119,16 +85,17 @@ def test_no_type1_number_in_any_byte_the_pipeline_wrote(header_case_attack):
     needles = type1 | {f"{n[:3]} {n[3:6]} {n[6:]}" for n in type1}
     haystacks = [("stdout", a["proc"].stdout), ("stderr", a["proc"].stderr)]
     for base in ("wh", "pub", "dagster_home"):
-        haystacks += list(_texts(a["root"] / base))
-    found = sorted({name for name, text in haystacks for n in needles if n in text})
+        haystacks += list(written_texts(a["root"] / base))
+    found = sorted(name for name, text in haystacks if found_in(text, needles))
     assert found == []
     # The search finds what it looks for: other patients' GP numbers are in the warehouse.
     others = set(pd.concat([pd.read_csv(p, dtype=str, usecols=[0]).iloc[:, 0]
                             for p in (a["root"] / "landing" / "gp").glob("*.csv")]).dropna()) - type1
     silver = "\n".join(text for name, text in haystacks if "gp_patients" in name and name.endswith("(values)"))
-    assert silver and any(n in silver for n in list(others)[:50])
+    assert silver and found_in(silver, list(others)[:50])
 
 
+@pytest.mark.e2e
 def test_no_type2_patient_in_the_restricted_zone_after_the_attack(header_case_attack):
     from pipelines.config import DEMO_PSEUDO_KEY
     from pipelines.pseudo import person_id
@@ -198,6 +165,6 @@ def test_links_in_the_landing_zone_leave_the_public_ledger_publishable(tmp_path)
     report = stages.publish_submissions(settings)
     assert report["published"] and report["rows_published"] == 2
     target_digest = hashlib.sha256(secret.read_bytes()).hexdigest()
-    published = "\n".join(text for _, text in _texts(tmp_path / "pub"))  # Parquet by its values
+    published = "\n".join(text for _, text in written_texts(tmp_path / "pub"))  # Parquet by its values
     assert "not-opened-symbolic-link" in published  # the search finds what is there
     assert target_digest not in published and "Jane" not in published

@@ -9,8 +9,8 @@ so that they stay quick; ``test_sus_end_to_end_with_the_real_validator`` and
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import socket
 from pathlib import Path
 from types import SimpleNamespace

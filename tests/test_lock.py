@@ -10,12 +10,10 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-from pipelines.lock import (LOCK_NAME, Holder, LockConfigError, LockError, LockHeld, LockLost, RunLock,
-                            settings_from_env)
+from pipelines.lock import LOCK_NAME, Holder, LockConfigError, LockError, LockHeld, LockLost, RunLock, settings_from_env
 from pipelines.storage import Store
 
 

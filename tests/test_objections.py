@@ -9,80 +9,26 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-from pathlib import Path
-
-import pyarrow.parquet as pq
 
 from pipelines import current, ingest
 from pipelines.config import Settings
-from pipelines.nhs_number import with_check_digit
 from pipelines.storage import Store
 from pipelines.warehouse import Warehouse
+
+from helpers import land, nhs_numbers, spaced, written_texts
 
 HEADER = "NHS_NUMBER,DATE_OF_BIRTH,SEX,POSTCODE,REGISTRATION_DATE,DEREGISTRATION_DATE,OBJECTION"
 T1_DOB = "1911-11-11"  # only type 1 rows carry this date of birth and postcode
 T1_POSTCODE = "ZZ9 9ZZ"
 
 
-def numbers(start: int, count: int) -> list[str]:
-    out, k = [], start
-    while len(out) < count:
-        n = with_check_digit(f"999{k:06d}")
-        if n:
-            out.append(n)
-        k += 1
-    return out
-
-
-def spaced(n: str) -> str:
-    return f"{n[:3]} {n[3:6]} {n[6:]}"
-
-
-def write(landing: Path, rel: str, text: str) -> None:
-    p = landing / rel
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(text)
-    old = p.stat().st_mtime - 60
-    os.utime(p, (old, old))
-
-
-def _values(obj):
-    """Every scalar inside a Python value from Arrow (lists and structs flattened)."""
-    if isinstance(obj, dict):
-        for v in obj.values():
-            yield from _values(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from _values(v)
-    elif obj is not None:
-        yield str(obj)
-
-
-def everything_written(root: Path) -> list[tuple[str, str]]:
-    """(file, text) for every file under root: raw bytes decoded leniently, and for Parquet
-    files every value of every column (zstd pages hide strings from a byte search)."""
-    out = []
-    for p in sorted(root.rglob("*")):
-        if not p.is_file():
-            continue
-        raw = p.read_bytes()
-        out.append((str(p), raw.decode("utf-8", errors="replace")))
-        if p.suffix == ".parquet":
-            table = pq.read_table(p)
-            text = "\n".join(_values(table.to_pylist()))
-            meta = str(table.schema.metadata)
-            out.append((f"{p} (values)", text + "\n" + meta))
-    return out
-
-
 def test_type1_rows_never_stored_only_counted(tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     landing = tmp_path / "landing"
     wh_root = tmp_path / "warehouse"
-    ordinary = numbers(100, 4)
-    t1 = numbers(500, 5)
-    type2 = numbers(800, 1)[0]
+    ordinary = nhs_numbers(100, 4)
+    t1 = nhs_numbers(500, 5)
+    type2 = nhs_numbers(800, 1)[0]
     rows = [
         f"{ordinary[0]},1970-01-01,1,CB2 0QQ,2000-01-01,,",
         f"{t1[0]},{T1_DOB},2,{T1_POSTCODE},2000-01-01,,9Nu0",
@@ -94,11 +40,11 @@ def test_type1_rows_never_stored_only_counted(tmp_path, caplog):
         f"{t1[3]},{T1_DOB},2,{T1_POSTCODE},2000-01-01,, 9nu0 ",
         f"{ordinary[3]},1960-01-01,1,CB2 0QQ,2004-01-01,,",
     ]
-    write(landing, "gp/GP_A81001_20240131.csv", HEADER + "\n" + "\n".join(rows) + "\n")
-    write(landing, "gp/GP_A81002_20240115.csv",
-          HEADER + f"\n{t1[4]},{T1_DOB},1,{T1_POSTCODE},2000-01-01,,9Nu0\n{numbers(900, 1)[0]},1950-01-01,1,,2000-01-01,,\n")
+    land(landing, "gp/GP_A81001_20240131.csv", HEADER + "\n" + "\n".join(rows) + "\n")
+    land(landing, "gp/GP_A81002_20240115.csv",
+         HEADER + f"\n{t1[4]},{T1_DOB},1,{T1_POSTCODE},2000-01-01,,9Nu0\n{nhs_numbers(900, 1)[0]},1950-01-01,1,,2000-01-01,,\n")
     # A file rejected whole (ragged) holding a type 1 row: the reason must not quote it.
-    write(landing, "gp/GP_A81003_20240120.csv", HEADER + f"\n{t1[0]},{T1_DOB}\n")
+    land(landing, "gp/GP_A81003_20240120.csv", HEADER + f"\n{t1[0]},{T1_DOB}\n")
 
     store, wh = Store(landing), Warehouse(Store(wh_root))
     report = ingest.ingest("gp", "2024-01", store, wh, Settings(), data_docs_dir=str(wh_root / "data_docs"))
@@ -123,7 +69,7 @@ def test_type1_rows_never_stored_only_counted(tmp_path, caplog):
 
     # Nowhere: every file the pipeline wrote (values of every Parquet column too), the
     # report, the logs.
-    written = everything_written(wh_root)
+    written = list(written_texts(wh_root))
     assert any(name.endswith("(values)") for name, _ in written)
     assert any("data_docs" in name for name, _ in written)
     haystacks = written + [("report", json.dumps(report.as_metadata(), default=str)),

@@ -258,8 +258,8 @@ def test_readmission_person_through_linked_patient():
 
 def test_hes_extract_person_by_pseudo_hesid():
     # HES: no NHS number, PSEUDO_HESID is the person key
-    assert _readmission(3, nhs_number=None, nhs_number_valid=False, linked_nhs_number=None,
-                        pseudo_hesid="H1") == False  # noqa: E712  "back" has another (no) person
+    back = _readmission(3, nhs_number=None, nhs_number_valid=False, linked_nhs_number=None, pseudo_hesid="H1")
+    assert back == False  # noqa: E712 -- "back" has another (no) person
     s = spells_of(
         episode(spell_id="index", nhs_number=None, nhs_number_valid=False, linked_nhs_number=None,
                 pseudo_hesid="H1"),

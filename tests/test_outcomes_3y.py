@@ -47,10 +47,12 @@ import pytest
 from scipy import stats
 
 from pipelines import stages
-from pipelines.funnel import control_limits
 from pipelines.config import Settings
+from pipelines.funnel import control_limits
 from pipelines.storage import Store
 from pipelines.synth import generate
+
+pytestmark = pytest.mark.e2e
 
 SEED = int(os.environ.get("CAREDATA_TEST_3Y_SEED", "0"))   # another seed: see docs/methods-outcomes.md
 SCALE, MONTHS, START = 0.002, 36, "2014-01"

@@ -17,36 +17,18 @@ import pytest
 from pipelines import ingest
 from pipelines.config import Settings
 from pipelines.landing import FileRejected, Limits, read_csv
-from pipelines.nhs_number import with_check_digit
 from pipelines.storage import Store
 from pipelines.warehouse import Warehouse
+
+from helpers import land, nhs_numbers
 
 GP_HEADER = "NHS_NUMBER,DATE_OF_BIRTH,SEX,REGISTRATION_DATE,OBJECTION"
 GOOD = "gp/GP_A81001_20240131.csv"
 POISON = "gp/GP_A81002_20240131.csv"
 
 
-def numbers(count: int, start: int = 100) -> list[str]:
-    out, k = [], start
-    while len(out) < count:
-        n = with_check_digit(f"999{k:06d}")
-        if n:
-            out.append(n)
-        k += 1
-    return out
-
-
 def gp_text(count: int = 3, start: int = 100) -> str:
-    return GP_HEADER + "\n" + "".join(f"{n},1970-01-01,1,2000-01-01,\n" for n in numbers(count, start))
-
-
-def put(landing: Path, rel: str, content: bytes | str) -> Path:
-    p = landing / rel
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_bytes(content.encode() if isinstance(content, str) else content)
-    old = p.stat().st_mtime - 60
-    os.utime(p, (old, old))
-    return p
+    return GP_HEADER + "\n" + "".join(f"{n},1970-01-01,1,2000-01-01,\n" for n in nhs_numbers(start, count))
 
 
 def run(tmp_path: Path, landing_store: Store | None = None, warehouse: Warehouse | None = None,
@@ -87,10 +69,10 @@ def assert_rejected_once(tmp_path: Path, reason: str, *, good: bool = True, **kw
 # ----------------------------------------------------------------------------- limits
 def test_ten_thousand_columns_rejected_at_the_header(tmp_path):
     landing = tmp_path / "landing"
-    put(landing, GOOD, gp_text())
+    land(landing, GOOD, gp_text())
     header = GP_HEADER + "," + ",".join(f"X{i}" for i in range(10_000 - 5))
     row = ",".join(["1"] * 10_000)
-    put(landing, POISON, header + "\n" + "\n".join([row] * 40) + "\n")
+    land(landing, POISON, header + "\n" + "\n".join([row] * 40) + "\n")
     assert (landing / POISON).stat().st_size > 500_000
     assert_rejected_once(tmp_path, f"{POISON}: line 1: more than 2,000 columns, the limit (limits.max_columns)")
 
@@ -109,8 +91,8 @@ def _gzip_bomb(target_bytes: int) -> bytes:
 
 def test_gzip_bomb_rejected_for_its_ratio(tmp_path):
     landing = tmp_path / "landing"
-    put(landing, GOOD, gp_text())
-    put(landing, POISON + ".gz", _gzip_bomb(400 << 20))
+    land(landing, GOOD, gp_text())
+    land(landing, POISON + ".gz", _gzip_bomb(400 << 20))
     size = (landing / (POISON + ".gz")).stat().st_size
     assert 1.0 > size / (400 << 20) * 100  # more than 100 times
     from pipelines.landing import _bytes_words
@@ -121,7 +103,7 @@ def test_gzip_bomb_rejected_for_its_ratio(tmp_path):
 
 def test_gzip_past_the_absolute_limit_is_rejected(tmp_path):
     store = Store(tmp_path)
-    put(tmp_path, POISON + ".gz", gzip.compress(gp_text(2000).encode()))
+    land(tmp_path, POISON + ".gz", gzip.compress(gp_text(2000).encode()))
     with pytest.raises(FileRejected) as exc:
         read_csv(store, POISON + ".gz", "gp", Limits(2000, 1 << 20, 100, 50_000))
     assert exc.value.reason == f"{POISON}.gz: the gzip data inflates past the limit of 48.8281 KiB (limits.max_inflated_bytes)"
@@ -154,7 +136,7 @@ def test_poison_rejected_without_memory_growing(tmp_path, name, make, words):
     data = make()
     if name == "bomb":
         assert 2_000_000 < len(data) < 4_000_000
-    put(tmp_path, POISON + ".gz", data)
+    land(tmp_path, POISON + ".gz", data)
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     out = subprocess.run([sys.executable, "-c", BOMB_SCRIPT, str(tmp_path), POISON + ".gz"],
                          capture_output=True, text=True, env=env, timeout=300)
@@ -167,32 +149,32 @@ def test_poison_rejected_without_memory_growing(tmp_path, name, make, words):
 # ----------------------------------------------------------------------------- broken files
 def test_truncated_gzip(tmp_path):
     landing = tmp_path / "landing"
-    put(landing, GOOD, gp_text())
+    land(landing, GOOD, gp_text())
     data = gzip.compress(gp_text(500).encode())
-    put(landing, POISON + ".gz", data[: len(data) // 2])
+    land(landing, POISON + ".gz", data[: len(data) // 2])
     assert_rejected_once(tmp_path, f"{POISON}.gz: the gzip data is damaged or truncated")
 
 
 def test_nul_bytes(tmp_path):
     landing = tmp_path / "landing"
-    put(landing, GOOD, gp_text())
+    land(landing, GOOD, gp_text())
     text = gp_text(4).encode()
-    put(landing, POISON, text[:-20] + b"\x00\x00" + text[-20:])
+    land(landing, POISON, text[:-20] + b"\x00\x00" + text[-20:])
     assert_rejected_once(tmp_path, f"{POISON}: line 5: binary content (a NUL byte), not CSV text")
 
 
 def test_not_utf8(tmp_path):
     landing = tmp_path / "landing"
-    put(landing, GOOD, gp_text())
-    put(landing, POISON, gp_text(2).encode() + "x,1970-01-01,1,2000-01-01,caf\u00e9\n".encode("latin-1"))
+    land(landing, GOOD, gp_text())
+    land(landing, POISON, gp_text(2).encode() + "x,1970-01-01,1,2000-01-01,caf\u00e9\n".encode("latin-1"))
     assert_rejected_once(tmp_path, f"{POISON}: line 4: not UTF-8 text")
 
 
 def test_field_over_the_limit(tmp_path):
     landing = tmp_path / "landing"
-    put(landing, GOOD, gp_text())
-    secret = numbers(1, 700)[0]
-    put(landing, POISON, gp_text(2) + f'{secret},1970-01-01,1,2000-01-01,"{"9" * (2 << 20)}"\n')
+    land(landing, GOOD, gp_text())
+    secret = nhs_numbers(700, 1)[0]
+    land(landing, POISON, gp_text(2) + f'{secret},1970-01-01,1,2000-01-01,"{"9" * (2 << 20)}"\n')
     row = assert_rejected_once(
         tmp_path, f"{POISON}: line 4: a value longer than the limit of 1 MiB (limits.max_field_bytes)")
     assert secret not in row["reason"]
@@ -200,8 +182,8 @@ def test_field_over_the_limit(tmp_path):
 
 def test_duplicate_header(tmp_path):
     landing = tmp_path / "landing"
-    put(landing, GOOD, gp_text())
-    put(landing, POISON, gp_text().replace("SEX,", "SEX,Sex ,", 1).replace(",1,2000", ",1,1,2000"))
+    land(landing, GOOD, gp_text())
+    land(landing, POISON, gp_text().replace("SEX,", "SEX,Sex ,", 1).replace(",1,2000", ",1,1,2000"))
     assert_rejected_once(tmp_path, f"{POISON}: line 1: the header names the same column more than once "
                                    f"(names compared trimmed and ignoring case): SEX")
 
@@ -209,8 +191,8 @@ def test_duplicate_header(tmp_path):
 # ----------------------------------------------------------------------------- links
 def test_symlink_to_a_file_outside_is_never_opened(tmp_path):
     landing = tmp_path / "landing"
-    put(landing, GOOD, gp_text())
-    outside = put(tmp_path / "outside", "secret.csv", gp_text(3, 500))
+    land(landing, GOOD, gp_text())
+    outside = land(tmp_path / "outside", "secret.csv", gp_text(3, 500))
     (landing / POISON).symlink_to(outside)
     row = assert_rejected_once(
         tmp_path, f"{POISON}: a symbolic link: only regular files under the landing root are read, so neither "
@@ -226,8 +208,8 @@ def test_symlink_to_a_file_outside_is_never_opened(tmp_path):
 
 def test_escape_through_a_symlinked_folder(tmp_path):
     landing = tmp_path / "landing"
-    put(landing, GOOD, gp_text())
-    put(tmp_path / "elsewhere", "GP_A81003_20240131.csv", gp_text(3, 500))
+    land(landing, GOOD, gp_text())
+    land(tmp_path / "elsewhere", "GP_A81003_20240131.csv", gp_text(3, 500))
     (landing / "gp" / "more").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     row = assert_rejected_once(
         tmp_path, "gp/more: a symbolic link: only regular files under the landing root are read, so neither "
@@ -237,7 +219,7 @@ def test_escape_through_a_symlinked_folder(tmp_path):
 
 def test_a_linked_landing_folder_is_rejected_and_scan_records_links_once(tmp_path):
     landing = tmp_path / "landing"
-    put(tmp_path / "elsewhere", "GP_A81003_20240131.csv", gp_text(3, 500))
+    land(tmp_path / "elsewhere", "GP_A81003_20240131.csv", gp_text(3, 500))
     landing.mkdir()
     (landing / "gp").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     wh = Warehouse(Store(tmp_path / "warehouse"))
@@ -252,7 +234,7 @@ def test_a_linked_landing_folder_is_rejected_and_scan_records_links_once(tmp_pat
 def test_store_refuses_to_open_links_and_lists_them_only_when_asked(tmp_path):
     from pipelines.storage import UnsafePath
 
-    put(tmp_path, "gp/real.csv", "x")
+    land(tmp_path, "gp/real.csv", "x")
     (tmp_path / "gp" / "link.csv").symlink_to(tmp_path / "gp" / "real.csv")
     store = Store(tmp_path)
     assert [f.path for f in store.list("gp")] == ["gp/real.csv"]
@@ -312,9 +294,9 @@ class FailingParseStore(Store):
 
 def test_a_parse_raising_an_unexpected_error_rejects_only_that_file(tmp_path):
     landing = tmp_path / "landing"
-    put(landing, GOOD, gp_text())
-    put(landing, POISON, gp_text(3, 500))
-    secret = numbers(1, 500)[0]
+    land(landing, GOOD, gp_text())
+    land(landing, POISON, gp_text(3, 500))
+    secret = nhs_numbers(500, 1)[0]
     store = FailingParseStore(landing, POISON, secret)
     row = assert_rejected_once(
         tmp_path, f"{POISON}: reading it failed with an unexpected error (ValueError); the file is rejected "
@@ -337,8 +319,8 @@ class FailingWriteWarehouse(Warehouse):
 
 def test_a_take_in_failing_for_one_file_rejects_it_and_takes_the_others(tmp_path):
     landing = tmp_path / "landing"
-    put(landing, GOOD, gp_text())
-    put(landing, POISON, gp_text(3, 500))
+    land(landing, GOOD, gp_text())
+    land(landing, POISON, gp_text(3, 500))
     wh = FailingWriteWarehouse(Store(tmp_path / "warehouse"), "GP_A81002_20240131")
     report, _ = run(tmp_path, warehouse=wh)
     led = ledger(wh)
@@ -359,8 +341,8 @@ def test_unrecognised_objections_warn_on_the_extract(tmp_path):
     from pipelines import stages
 
     landing = tmp_path / "landing"
-    rows = numbers(4, 300)
-    put(landing, GOOD, GP_HEADER + "\n" + f"{rows[0]},1970-01-01,1,2000-01-01,\n"
+    rows = nhs_numbers(300, 4)
+    land(landing, GOOD, GP_HEADER + "\n" + f"{rows[0]},1970-01-01,1,2000-01-01,\n"
         f"{rows[1]},1970-01-01,1,2000-01-01,9NuO\n{rows[2]},1970-01-01,1,2000-01-01,9Nu0\n"
         f"{rows[3]},1970-01-01,1,2000-01-01,9Nu4\n")
     report, wh = run(tmp_path)
@@ -378,14 +360,14 @@ def test_unrecognised_objections_warn_on_the_extract(tmp_path):
 
 def test_hes_and_reference_poison_files_are_rejected_once(tmp_path):
     landing = tmp_path / "landing"
-    outside = put(tmp_path / "outside", "epraccur.csv", "A81001," * 26 + "x\n")
-    put(landing, "hes_apc/wide.csv", ",".join(f"C{i}" for i in range(3000)) + "\n")
+    outside = land(tmp_path / "outside", "epraccur.csv", "A81001," * 26 + "x\n")
+    land(landing, "hes_apc/wide.csv", ",".join(f"C{i}" for i in range(3000)) + "\n")
     data = gzip.compress(("PROCODE3,EPIKEY\n" + "RGT,1\n" * 5000).encode())
-    put(landing, "hes_apc/cut.csv.gz", data[: len(data) // 2])
+    land(landing, "hes_apc/cut.csv.gz", data[: len(data) // 2])
     (landing / "hes_apc" / "link.csv").symlink_to(outside)
     (landing / "reference").mkdir()
     (landing / "reference" / "epraccur.csv").symlink_to(outside)
-    put(landing, "reference/sites.csv", 'SITE_CODE,PROVIDER_CODE,NAME\nRGT01,RGT,"A ""quoted""\nname"\n')
+    land(landing, "reference/sites.csv", 'SITE_CODE,PROVIDER_CODE,NAME\nRGT01,RGT,"A ""quoted""\nname"\n')
     store, wh = Store(landing), Warehouse(Store(tmp_path / "warehouse"))
     ref = ingest.load_reference(store, wh, Settings())
     assert ref["files_taken"] == ["reference/sites.csv"] and ref["ref_sites"] == 1

@@ -9,15 +9,16 @@ import os
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from pipelines import disclosure, ingest, schemas, stages
 from pipelines.config import Settings
 from pipelines.nhs_number import with_check_digit
-from pipelines.warehouse import Warehouse
 from pipelines.storage import Store
+from pipelines.warehouse import Warehouse
+
+from helpers import land
 
 P = "2024-01"
 P2 = "2024-02"
@@ -26,15 +27,6 @@ assert NHS and NHS.startswith("999")
 FULL_WIDTH = "".join(chr(0xFF10 + int(c)) for c in NHS)
 ARABIC_INDIC = "".join(chr(0x0660 + int(c)) for c in NHS)
 KEY = "k" * 40
-
-
-def put(root: Path, rel: str, text: str | bytes) -> Path:
-    p = root / rel
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_bytes(text.encode() if isinstance(text, str) else text)
-    old = p.stat().st_mtime - 60
-    os.utime(p, (old, old))
-    return p
 
 
 def fft_csv(rows, cols=("RESPONSE_ID", "PROVIDER_CODE", "SITE_CODE", "WARD_CODE", "SETTING",
@@ -53,8 +45,8 @@ def response(rid, ward, *, site="RGT01", date="2024-01-10", answer="1"):
 @pytest.fixture
 def zone(tmp_path):
     landing = tmp_path / "landing"
-    put(landing, "reference/providers.csv", "PROVIDER_CODE,NAME,COMMISSIONER_CODE\nRGT,Trust,00K\n")
-    put(landing, "reference/sites.csv", "SITE_CODE,PROVIDER_CODE,NAME\nRGT01,RGT,Site one\nRGT02,RGT,Site two\n")
+    land(landing, "reference/providers.csv", "PROVIDER_CODE,NAME,COMMISSIONER_CODE\nRGT,Trust,00K\n")
+    land(landing, "reference/sites.csv", "SITE_CODE,PROVIDER_CODE,NAME\nRGT01,RGT,Site one\nRGT02,RGT,Site two\n")
     settings = Settings(landing=str(landing), warehouse=str(tmp_path / "wh"), publish=str(tmp_path / "pub"))
     return settings
 
@@ -186,7 +178,7 @@ def test_fft_ward_code_attacks_are_quarantined_and_never_published(zone):
     rows = [response(f"R{i}", ward) for i, ward in enumerate(wards.values())]
     rows += [response(f"S{i}", "W2") for i in range(10)]
     name = "fft/FFT_RGT_202401_20240205120000.csv"
-    put(landing, name, fft_csv(rows))
+    land(landing, name, fft_csv(rows))
     take_in(zone, ("fft", P))
     wh = wh_of(zone)
     quarantine = wh.read("quarantine", [P]).to_pylist()
@@ -209,9 +201,9 @@ def test_an_identifier_blocks_only_its_dataset_and_period_and_a_replacement_publ
     landing = Path(zone.landing)
     bad = "fft/FFT_RGT_202401_20240205120000.csv"
     # a postcode is 1 to 8 letters and digits: it passes WARD_CODE_FORMAT, the scan stops it
-    put(landing, bad, fft_csv([response(f"R{i}", "LS14AP" if i < 9 else "W1") for i in range(20)]))
-    put(landing, "fft/FFT_RGT_202402_20240305120000.csv",
-        fft_csv([response(f"R{i}", "W1", date="2024-02-10") for i in range(20)]))
+    land(landing, bad, fft_csv([response(f"R{i}", "LS14AP" if i < 9 else "W1") for i in range(20)]))
+    land(landing, "fft/FFT_RGT_202402_20240305120000.csv",
+         fft_csv([response(f"R{i}", "W1", date="2024-02-10") for i in range(20)]))
     take_in(zone, ("fft", P), ("fft", P2))
     for p in (P, P2):
         stages.current_fft(zone, p)
@@ -231,7 +223,7 @@ def test_an_identifier_blocks_only_its_dataset_and_period_and_a_replacement_publ
     dq = json.loads((Path(zone.publish) / "public/data_quality/_manifest.json").read_text())
     assert len(dq["partitions"]) == 2  # the other datasets of the blocked period are published
     # the supplier sends a corrected file (a newer FFT file replaces the older one)
-    put(landing, "fft/FFT_RGT_202401_20240210120000.csv", fft_csv([response(f"R{i}", "W1") for i in range(20)]))
+    land(landing, "fft/FFT_RGT_202401_20240210120000.csv", fft_csv([response(f"R{i}", "W1") for i in range(20)]))
     take_in(zone, ("fft", P))
     stages.current_fft(zone, P)
     stages.fft_outputs(zone, P)
@@ -254,13 +246,13 @@ def test_dagster_check_reports_blocked_datasets_with_error_severity_without_bloc
 def test_misnamed_files_are_published_as_unrecognised_and_no_reason_repeats_them(zone):
     landing = Path(zone.landing)
     nasty = f"fft/John Smith {NHS} LS1 4AP 1980-01-31.csv"
-    put(landing, nasty, fft_csv([response("R1", "W1")]))
-    put(landing, f"Smith_{NHS}.csv", "x\n")
-    put(landing, f"gp/{NHS}/GP_A81001_20240131.csv", "y\n")
-    put(landing, f"fft/FFT_RGT_202401_2024020512000\u0661.csv", "z\n")  # an Arabic-Indic digit
-    put(landing, f"hes_apc/smith {NHS}.csv", "PROCODE3,SUSRECID\n")  # a HES name is free text
+    land(landing, nasty, fft_csv([response("R1", "W1")]))
+    land(landing, f"Smith_{NHS}.csv", "x\n")
+    land(landing, f"gp/{NHS}/GP_A81001_20240131.csv", "y\n")
+    land(landing, "fft/FFT_RGT_202401_2024020512000\u0661.csv", "z\n")  # an Arabic-Indic digit
+    land(landing, f"hes_apc/smith {NHS}.csv", "PROCODE3,SUSRECID\n")  # a HES name is free text
     header = "fft/FFT_RGT_202401_20240205120000.csv"
-    put(landing, header, f"RESPONSE_ID,{NHS},{NHS},PROVIDER_CODE\n1,2,3,RGT\n")
+    land(landing, header, f"RESPONSE_ID,{NHS},{NHS},PROVIDER_CODE\n1,2,3,RGT\n")
     take_in(zone, ("fft", P))
     stages.ingest_hes(zone)
     wh = wh_of(zone)
@@ -330,7 +322,7 @@ def episode(rid, consult="C1234567", spec="100"):
 
 def test_formula_in_consult_is_warned_and_blanked_and_keyless_runs_never_touch_restricted(zone):
     landing = Path(zone.landing)
-    put(landing, "sus_apc/APC_RGT_202401_20240205120000_BULK.csv", sus_csv([
+    land(landing, "sus_apc/APC_RGT_202401_20240205120000_BULK.csv", sus_csv([
         episode("A"), episode("B", consult="=cmd|' /C calc'!A0", spec=f"{NHS}"),
         episode("C", consult="&", spec="&"), episode("D", consult=f"C{NHS}")]))
     take_in(zone, ("sus_apc", P))

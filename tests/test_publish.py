@@ -8,7 +8,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -419,44 +418,18 @@ def test_publish_file_is_atomic_idempotent_and_listed(store, monkeypatch):
 # --------------------------------------------------------------------------- S3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="eu-west-2")
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def test_s3_publish_read_back_idempotent_and_recovers(s3_endpoint, monkeypatch):
+def test_s3_publish_read_back_idempotent_and_recovers(s3_bucket, monkeypatch):
     import boto3
     import pyarrow.dataset as pads
 
+    bucket, s3_endpoint = s3_bucket  # the session's moto server (conftest.py), a bucket of its own
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="eu-west-2")
-    s3.create_bucket(Bucket="caredata", CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
-    store = Store("s3://caredata/publish", endpoint_url=s3_endpoint)
+    store = Store(f"s3://{bucket}/publish", endpoint_url=s3_endpoint)
     columns = [f.name for f in DS.arrow_schema(include_partition=True)]
     table = practice_rows()
     publish(store, table)
 
-    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="caredata")["Contents"])
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"])
     assert keys == [f"publish/{BASE}/_manifest.json"] + [
         f"publish/{BASE}/period={p}/part-00000.parquet" for p in PERIODS]
     assert verify_publication(store, "public", DS.name) == []
@@ -467,7 +440,7 @@ def test_s3_publish_read_back_idempotent_and_recovers(s3_endpoint, monkeypatch):
     assert canon(via_arrow.to_pylist(), columns) == canon(table.to_pylist(), columns)
 
     def etags():
-        return {o["Key"]: o["ETag"] for o in s3.list_objects_v2(Bucket="caredata")["Contents"]}
+        return {o["Key"]: o["ETag"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
 
     before = etags()
     manifest = store.read_bytes(f"{BASE}/_manifest.json")

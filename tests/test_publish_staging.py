@@ -26,6 +26,7 @@ from pipelines.publish import (
     verify_publication,
 )
 from pipelines.storage import Store
+
 from test_publish import AFTER_COMMIT, BEFORE_COMMIT, DS, PERIODS, Crash, _run_and_kill, practice_rows, publish
 
 PUBLISHED = re.compile(r"^(public|restricted)/([a-z0-9_]+)/period=(\d{4}-\d{2})/part-00000\.parquet$")

@@ -1,4 +1,8 @@
+import os
+import stat
+
 import pyarrow as pa
+import pytest
 
 from pipelines.storage import Store
 
@@ -28,14 +32,6 @@ def test_s3_through_a_moto_server(s3_bucket):
 
 
 # ------------------------------------------------------------------ the write side
-
-
-import os
-import stat
-
-import pytest
-
-
 @pytest.mark.parametrize("mask,file_mode,dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
 def test_local_writes_follow_the_umask(tmp_path, mask, file_mode, dir_mode):
     saved = os.umask(mask)

@@ -174,7 +174,7 @@ SHAPES = {"CONSULT": r"C\d{7}", "DIAG_4_01": r"[A-Z]\d{2}[0-9X]?", "OPERTN_4_01"
 
 def _fault_set(zone, rel, fields):
     f = faults_of(zone, rel)
-    return set(zip(f["line"], f["field"])) & {(l, c) for l in f["line"] for c in fields} if len(f) else set()
+    return set(zip(f["line"], f["field"])) & {(n, c) for n in f["line"] for c in fields} if len(f) else set()
 
 
 def test_codes_in_code_sets_except_where_planted(zone):
@@ -194,7 +194,7 @@ def test_codes_in_code_sets_except_where_planted(zone):
                 else:
                     bad = ~vals.isin(codes)
                 lines = set((np.flatnonzero(bad.to_numpy()) + 2).tolist())
-                assert lines == {l for l, c in planted if c == col}, (rec["path"], col)
+                assert lines == {n for n, c in planted if c == col}, (rec["path"], col)
                 seen_bad += len(lines)
     assert seen_bad > 0
 

@@ -11,9 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import io
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -23,30 +20,13 @@ import pytest
 
 from pipelines import current, ingest, linkage
 from pipelines.config import DEMO_PSEUDO_KEY, Settings
-from pipelines.nhs_number import with_check_digit
 from pipelines.pseudo import person_id, record_key_id
 from pipelines.storage import Store
 from pipelines.warehouse import Warehouse
 
+from helpers import land, nhs_numbers, run_cli_process
+
 HEADER = "NHS_NUMBER,DATE_OF_BIRTH,SEX,POSTCODE,REGISTRATION_DATE,DEREGISTRATION_DATE,DATE_OF_DEATH,OBJECTION"
-
-
-def numbers(start: int, count: int) -> list[str]:
-    out, k = [], start
-    while len(out) < count:
-        n = with_check_digit(f"999{k:06d}")
-        if n:
-            out.append(n)
-        k += 1
-    return out
-
-
-def write(landing: Path, rel: str, text: str) -> None:
-    p = landing / rel
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(text)
-    old = p.stat().st_mtime - 60
-    os.utime(p, (old, old))
 
 
 def _zone(tmp_path: Path):
@@ -67,16 +47,16 @@ def test_gp_type2_records_kept_and_quarantined_objectors_of_taken_and_held_extra
     number, and non-objectors, do not. Rows received = kept + quarantined, and the
     type 2 count of each extract, are as before."""
     store, wh, landing = _zone(tmp_path)
-    a = numbers(100, 12)
+    a = nhs_numbers(100, 12)
     kept, q_sex, q_dod, plain_q, plain = a[0], a[1], a[2], a[3], a[4:10]
     rows = [_row(kept, obj="9Nu4"), _row(q_sex, sex="X", obj="9Nu4"),
             _row(q_dod, dod="2099-01-01", obj="9Nu4"), _row(plain_q, sex="X"),
             _row("1234567890", obj="9Nu4")] + [_row(n) for n in plain]
-    write(landing, "gp/GP_Y00001_20240105.csv", "\n".join([HEADER, *rows]) + "\n")
+    land(landing, "gp/GP_Y00001_20240105.csv", "\n".join([HEADER, *rows]) + "\n")
     ingest.ingest("gp", "2024-01", store, wh, Settings())
     # a newer extract with fewer than half the rows: held; it records a new objection
-    write(landing, "gp/GP_Y00001_20240120.csv",
-          "\n".join([HEADER, _row(a[10], obj="9Nu4"), _row(a[11])]) + "\n")
+    land(landing, "gp/GP_Y00001_20240120.csv",
+         "\n".join([HEADER, _row(a[10], obj="9Nu4"), _row(a[11])]) + "\n")
     ingest.ingest("gp", "2024-01", store, wh, Settings())
 
     ex = wh.read("gp_extracts").to_pandas().set_index("submission_id")
@@ -100,14 +80,14 @@ def test_an_objection_stands_twelve_months_after_it_was_last_seen(tmp_path):
     """Withdrawn in a later extract: the flag of an extract dated within 12 months
     before the practice's current extract stands; older than that, it lapses."""
     store, wh, landing = _zone(tmp_path)
-    n, others = numbers(300, 1)[0], numbers(400, 4)
-    write(landing, "gp/GP_Y00002_20230110.csv",
-          "\n".join([HEADER, _row(n, obj="9Nu4"), *(_row(o) for o in others)]) + "\n")
+    n, others = nhs_numbers(300, 1)[0], nhs_numbers(400, 4)
+    land(landing, "gp/GP_Y00002_20230110.csv",
+         "\n".join([HEADER, _row(n, obj="9Nu4"), *(_row(o) for o in others)]) + "\n")
     ingest.ingest("gp", "2023-01", store, wh, Settings())
-    write(landing, "gp/GP_Y00002_20231215.csv", "\n".join([HEADER, _row(n), *(_row(o) for o in others)]) + "\n")
+    land(landing, "gp/GP_Y00002_20231215.csv", "\n".join([HEADER, _row(n), *(_row(o) for o in others)]) + "\n")
     ingest.ingest("gp", "2023-12", store, wh, Settings())
     assert current.gp_type2_numbers(wh).to_pylist() == [n]  # 11 months: stands
-    write(landing, "gp/GP_Y00002_20240215.csv", "\n".join([HEADER, _row(n), *(_row(o) for o in others)]) + "\n")
+    land(landing, "gp/GP_Y00002_20240215.csv", "\n".join([HEADER, _row(n), *(_row(o) for o in others)]) + "\n")
     ingest.ingest("gp", "2024-02", store, wh, Settings())
     assert current.gp_type2_numbers(wh).to_pylist() == []  # 13 months: withdrawn
 
@@ -152,7 +132,7 @@ def test_type2_numbers_flag_episodes_with_no_kept_gp_row_and_rank5_links():
     by their own number; one linked at rank 5 by their patient's number; the flag then
     drops their episodes, and those sharing their PSEUDO_HESID, from linked_episodes. A
     non-objector with no GP row (their row quarantined) keeps their episode."""
-    obj_q, obj_held, plain_q, gp_plain = numbers(500, 4)
+    obj_q, obj_held, plain_q, gp_plain = nhs_numbers(500, 4)
     gp = _gp([(obj_held, False), (gp_plain, False)])
     eps = _episodes([
         ("RAA", "1", obj_q, "H1"),          # objector, row quarantined: unlinked
@@ -178,7 +158,7 @@ def test_type2_numbers_flag_episodes_with_no_kept_gp_row_and_rank5_links():
 def test_rank5_link_to_an_objector_known_only_from_another_extract():
     """An episode without a NHS number linked at rank 5 to a patient whose objection is in
     a held or quarantined row: flagged through the linked number."""
-    n = numbers(600, 1)[0]
+    n = nhs_numbers(600, 1)[0]
     linked = linkage.link_episodes(_episodes([("RAA", "1", None, None)]), _gp([(n, False)]),
                                    type2_numbers=[n])
     assert linked.column("match_rank").to_pylist() == [5]
@@ -251,12 +231,7 @@ def type2_zone(tmp_path_factory):
             day = dt.datetime.strptime(path.name[-12:-4], "%Y%m%d").date() + dt.timedelta(days=2)
             held.to_csv(landing / "gp" / f"GP_{practice}_{day:%Y%m%d}.csv", index=False)
     assert set(chosen) == {"quarantined_objector", "quarantined_plain", "quarantined_in", "held_objector"}, chosen
-    env = {**os.environ, "DAGSTER_HOME": str(root / "dagster_home"), "PYTHONPATH": str(ROOT)}
-    (root / "dagster_home").mkdir()
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "run", "--landing", str(landing), "--warehouse",
-         str(root / "wh"), "--publish", str(root / "pub"), "--demo-mode"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    proc = run_cli_process(root, landing)
     return {"root": root, "proc": proc, "chosen": chosen}
 
 
@@ -266,6 +241,7 @@ def _restricted_ids(root: Path, name: str) -> set[str]:
     return {v for p in parts for v in pq.read_table(p, columns=["person_id"]).column("person_id").to_pylist()}
 
 
+@pytest.mark.e2e
 def test_end_to_end_quarantined_or_held_objection_keeps_person_out_of_restricted_zone(type2_zone):
     z = type2_zone
     assert z["proc"].returncode == 0, z["proc"].stdout[-3000:] + z["proc"].stderr[-3000:]

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.ui
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 CHROME_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -229,12 +231,12 @@ def test_failed_asset_check_shows_its_rule_counts(browser, webserver, demo):
 
     # The held submission: which file, why, and the rules it broke most.
     check("no_held_submissions")
-    body = _wait(browser, "Failed", held, "held:", "SEX_CODE (8)")
+    _wait(browser, "Failed", held, "held:", "SEX_CODE (8)")
     _shot(browser, "held-check")
 
     # The validity check: its counts, and its failing rules' table as the operator opens it.
     check("validity")
-    body = _wait(browser, "Failed", "row failure(s) quarantined", "rows_quarantined_by_rules", "failing_rules")
+    _wait(browser, "Failed", "row failure(s) quarantined", "rows_quarantined_by_rules", "failing_rules")
     row = browser.find_element(By.XPATH, "//tr[.//*[normalize-space()='failing_rules']]")
     row.find_element(By.XPATH, ".//*[starts-with(text(), '[Show')]").click()  # [Show Markdown]
     _wait(browser, "SEX_CODE", "rows failed", "rows checked", "reject")

@@ -22,6 +22,7 @@ from expectations.rules import Rule
 from pipelines.nhs_number import with_check_digit
 from pipelines.validation import ValidationContext, rules_for, validate
 
+
 @pytest.fixture(autouse=True, params=["compiled", "gx"])
 def engine(request, monkeypatch):
     from pipelines import validation

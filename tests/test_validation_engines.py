@@ -9,11 +9,22 @@ import pandas as pd
 import pytest
 
 from pipelines.validation import ValidationContext, validate
-from test_validation import (
-    FFT_COLUMNS, FFT_CONTEXT, FFT_GOOD, GP_COLUMNS, GP_GOOD, HES_SAMPLE, NHS_BAD, NHS_OK, SUS_COLUMNS, SUS_GOOD,
-    TODAY, _same, frame,
-)
 
+from test_validation import (
+    FFT_COLUMNS,
+    FFT_CONTEXT,
+    FFT_GOOD,
+    GP_COLUMNS,
+    GP_GOOD,
+    HES_SAMPLE,
+    NHS_BAD,
+    NHS_OK,
+    SUS_COLUMNS,
+    SUS_GOOD,
+    TODAY,
+    _same,
+    frame,
+)
 
 # ------------------------------------------------------------------ the two engines
 MESS = [None, "", " ", "\t", "x", "ZZ", "-", "-   ", "- x", "9", "09", "1", "2023-02-30", "2024-02-29",

@@ -217,8 +217,10 @@ def get(name: str) -> Dataset:
 
 def _load_all() -> None:
     # Import for the side effect of registering. Each module declares one area.
-    from pipelines.schemas import outputs  # noqa: F401
-    from pipelines.schemas import warehouse  # noqa: F401
+    from pipelines.schemas import (
+        outputs,  # noqa: F401
+        warehouse,  # noqa: F401
+    )
 
 
 def cols(*columns: Column) -> tuple[Column, ...]:

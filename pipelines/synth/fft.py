@@ -10,8 +10,8 @@ import pyarrow as pa
 
 from . import codes as C
 from .gp import render_nhs
-from .sus import severity, stamp, _epoch
-from .util import NhsAllocator, csv_bytes, dates_str, invalidate, ints_str, mod11_valid, patch, take, write_file, ymd
+from .sus import _epoch, severity, stamp
+from .util import NhsAllocator, csv_bytes, dates_str, ints_str, invalidate, mod11_valid, patch, take, write_file, ymd
 from .world import FFT_PER_MONTH, World, rng_for
 
 FFT_COLUMNS = ["RESPONSE_ID", "PROVIDER_CODE", "SITE_CODE", "WARD_CODE", "SETTING", "RESPONSE_DATE", "RESPONSE",

@@ -15,8 +15,8 @@ from tqdm import tqdm
 
 from . import codes as C
 from .fft import write_fft
-from .hes import HES_PROVIDERS, write_hes_plants
 from .gp import expected_linkage, write_batch_gp
+from .hes import HES_PROVIDERS, write_hes_plants
 from .population import ALL_PROC, DIAG_INDEX, ID_CATS, make_batch
 from .sus import PRACTICE_PLACEHOLDER_CODES, SEVERITY, plant_sus_conventions, write_sus
 from .util import NhsAllocator, write_file, ymd
@@ -156,7 +156,7 @@ def write_reference(w: World, out: Path, files: list) -> None:
                 "19900101", e["close"], e["status"], "B", e["comm"], "20130401", "", "", "", "", "", "0", "",
                 e["comm"], "", e["setting"], ""]
         lines.append(",".join(q(c) for c in cols))
-    assert all(len(l.split('","')) == 27 for l in lines)
+    assert all(len(line.split('","')) == 27 for line in lines)
     write_file(out / "reference" / "epraccur.csv", ("\n".join(lines) + "\n").encode(), mtime=w.start * 86400)
     prov = "PROVIDER_CODE,NAME,COMMISSIONER_CODE\n" + "".join(
         f"{c},{n},{w.comm_codes[w.prov_comm[i]]}\n" for i, (c, n) in enumerate(zip(w.prov_codes, w.prov_names))) + "".join(
@@ -224,7 +224,7 @@ def write_truth(w, E, cur, fft, files, faults, gp_truth, objectors, out, truth, 
         "period": np.array(w.periods)[E["period"][ei]],
         "file": cur["path"], "line": cur["line"],
         "expected_quarantined": cur["rej"],
-        "fault_kinds": [fault_by_line.get((f, int(l))) for f, l in zip(cur["path"], cur["line"])],
+        "fault_kinds": [fault_by_line.get((f, int(n))) for f, n in zip(cur["path"], cur["line"])],
         "true_nhs_number": np.where(real & ~E["visitor"][ei] | real & E["visitor"][ei], E["true_nhs"][ei].astype(str), None),
         "nhs_number_valid": E["nhs_valid"][ei],
         "nhs_number_verified": E["nhsnoind"][ei] == 1,

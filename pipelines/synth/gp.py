@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import codes as C
-from .util import BIG, NULL, csv_bytes, dates_str, ints_str, join, patch, take, write_file, invalidate, ymd
+from .util import BIG, csv_bytes, dates_str, ints_str, invalidate, join, patch, take, write_file, ymd
 from .world import World, rng_for
 
 GP_COLUMNS = ["NHS_NUMBER", "DATE_OF_BIRTH", "SEX", "POSTCODE", "LSOA", "ETHNIC_CATEGORY", "REGISTRATION_DATE",

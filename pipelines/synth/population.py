@@ -269,7 +269,6 @@ def _comorbidities(P: dict, who: np.ndarray, N: int, rng) -> None:
 
 def make_spells(w: World, b: int, P: dict, N: int, rng) -> dict:
     start, end = w.start, w.end
-    months = len(w.periods)
     n_all = len(P["nhs"])
     warm = 60  # admissions from 60 days before the first period, so its long spells are there too
     span = (end - start + warm) / 30.4375

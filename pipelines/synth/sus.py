@@ -302,7 +302,6 @@ def write_sus(w: World, E: dict, out: Path, files: list, faults: list, progress=
             if scen == "simple":
                 S.write(p, k, ix, "BULK", t1, fault_kinds=fk, mtime=_epoch(t1))
                 continue
-            single = np.flatnonzero(E["epiorder"][ix] == 1)
             pick = rng.choice(len(ix), size=6, replace=False)
             late, extra_src, changed_ = pick[:2], pick[2:3], pick[3:5]
             removed = pick[5:6]
