@@ -7,13 +7,23 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
-from pipelines.validation import ValidationContext, validate
 from test_validation import (
-    FFT_COLUMNS, FFT_CONTEXT, FFT_GOOD, GP_COLUMNS, GP_GOOD, HES_SAMPLE, NHS_BAD, NHS_OK, SUS_COLUMNS, SUS_GOOD,
-    TODAY, _same, frame,
+    FFT_COLUMNS,
+    FFT_CONTEXT,
+    FFT_GOOD,
+    GP_COLUMNS,
+    GP_GOOD,
+    HES_SAMPLE,
+    NHS_BAD,
+    NHS_OK,
+    SUS_COLUMNS,
+    SUS_GOOD,
+    TODAY,
+    _same,
+    frame,
 )
 
+from pipelines.validation import ValidationContext, validate
 
 # ------------------------------------------------------------------ the two engines
 MESS = [None, "", " ", "\t", "x", "ZZ", "-", "-   ", "- x", "9", "09", "1", "2023-02-30", "2024-02-29",
@@ -83,7 +93,6 @@ class _LyingEngine:
 
     def query(self, sql, inputs=None):
         import pyarrow as pa
-
         import sqlglot
 
         out = self.inner.query(sql, inputs)

@@ -12,7 +12,11 @@ import pytest
 from pipelines.engine import default_engine, make_engine
 from pipelines.nhs_number import check_digit, is_valid, with_check_digit
 from pipelines.validation import compiled
-from pipelines.validation.compiled import NotCompiled, expectation_sql, row_condition_sql
+from pipelines.validation.compiled import (
+    NotCompiled,
+    expectation_sql,
+    row_condition_sql,
+)
 
 
 def _table(**cols) -> pa.Table:
@@ -149,8 +153,9 @@ def test_null_is_missing_and_blank_becomes_missing_in_the_work_frame():
     counted, failed = _judge("ExpectColumnValuesToBeInSet", {"column": "v", "value_set": ["1"]}, ["", None, "1"])
     assert counted == [True, False, True] and failed == [True, False, False]
 
-    from pipelines.validation import ValidationContext, validate
     from test_validation import GP_COLUMNS, GP_GOOD, TODAY, frame
+
+    from pipelines.validation import ValidationContext, validate
 
     rows = [{**GP_GOOD, "SEX": v} for v in ("", "  ", "\t", None, "7")]
     out = validate("gp", frame(rows, GP_COLUMNS), period="2024-04", submitter="A81001",
@@ -191,8 +196,9 @@ def test_unsupported_expectations_are_refused():
 
 # ------------------------------------------------------------------ the engine is passed in
 def test_an_engine_passed_in_runs_the_rules():
-    from pipelines.validation import ValidationContext, validate
     from test_validation import GP_COLUMNS, GP_GOOD, NHS_BAD, TODAY, frame
+
+    from pipelines.validation import ValidationContext, validate
 
     class Counting:
         def __init__(self):
@@ -215,10 +221,11 @@ def test_an_engine_passed_in_runs_the_rules():
 
 # ------------------------------------------------------------------ Spark's dialect
 def _plan_sql(source: str, file_name: str, submitter, period):
+    from test_validation import TODAY
+
+    from pipelines.validation import ValidationContext
     from pipelines.validation.plan import active_rules, env_for, make_plan
     from pipelines.validation.workframe import work_frame
-    from test_validation import TODAY
-    from pipelines.validation import ValidationContext
 
     env = env_for(source, period, submitter, file_name, ValidationContext(today=TODAY, practice_codes={"A81001"},
                                                                           site_providers={"RXX01": "RXX"}))
@@ -284,12 +291,20 @@ def test_the_rules_give_the_same_verdicts_on_spark(source, spark_engine):
     """Every rule of a feed on 300 messy rows (Unicode spaces and digits, impossible
     dates, NET deletions, repeated keys): Spark running the SQL SQLGlot carried gives
     DuckDB's counted and unexpected rows, rule by rule."""
-    from pipelines.validation.plan import active_rules, make_plan
+    from test_validation import (
+        FFT_COLUMNS,
+        FFT_CONTEXT,
+        FFT_GOOD,
+        GP_COLUMNS,
+        GP_GOOD,
+        SUS_COLUMNS,
+        SUS_GOOD,
+        TODAY,
+    )
     from test_validation_engines import _messy
-    from test_validation import (FFT_COLUMNS, FFT_CONTEXT, FFT_GOOD, GP_COLUMNS, GP_GOOD, SUS_COLUMNS, SUS_GOOD,
-                                 TODAY)
+
     from pipelines.validation import ValidationContext
-    from pipelines.validation.plan import env_for
+    from pipelines.validation.plan import active_rules, env_for, make_plan
     from pipelines.validation.workframe import work_frame
 
     base, columns, name, submitter, period, ctx = {

@@ -25,9 +25,20 @@ Nothing here logs a value of a row: only rule ids, counts and line numbers.
 from __future__ import annotations
 
 from pipelines.validation.assemble import ValidationOutcome
-from pipelines.validation.gx import BATCH_CELLS, BATCH_ROWS, CROSSCHECK_FAILING, CROSSCHECK_ROWS
+from pipelines.validation.gx import (
+    BATCH_CELLS,
+    BATCH_ROWS,
+    CROSSCHECK_FAILING,
+    CROSSCHECK_ROWS,
+)
 from pipelines.validation.gx import batch_rows as _batch_rows
-from pipelines.validation.plan import LINE, SUITES, ValidationContext, ValidationError, rules_for
+from pipelines.validation.plan import (
+    LINE,
+    SUITES,
+    ValidationContext,
+    ValidationError,
+    rules_for,
+)
 from pipelines.validation.run import MODE, MODES, validate, validate_many
 from pipelines.validation.workframe import work_frame as _work_frame
 

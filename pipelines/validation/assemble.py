@@ -78,7 +78,7 @@ def outcome(mod, env: Env, work: pd.DataFrame, active: list[tuple[Rule, dict]], 
                 messages[p].append(rule.message)
             rows.append({
                 "rule_id": rule.id, "field": rule.field, "severity": rule.severity,
-                "rows_checked": int(checked[rule.id]), "rows_failed": int(len(pos)),
+                "rows_checked": int(checked[rule.id]), "rows_failed": len(pos),
                 "example_lines": [int(x) for x in np.sort(lines[pos])[:5]],
             })
     finally:

@@ -14,8 +14,9 @@ and the rows it reports unexpected, exactly as GX's pandas engine computes them:
 * the other column map expectations judge present values only: a value set is an
   ``IN`` list, a regex is matched as GX matches it (a search, ``regexp_matches``, with
   ``\\s`` spelled out: :mod:`pipelines.text`), an NHS number is checked by Modulus 11
-  (:func:`nhs_number_valid_sql`), an ISO date must be ``YYYY-MM-DD`` and a real calendar
-  date (:func:`iso_date_sql`), between its bounds when it has them;
+  on its digits as a number (:func:`nhs_number_valid_sql`), an ISO date must be
+  ``YYYY-MM-DD`` and a real calendar date (:func:`iso_date_sql`), between its bounds
+  when it has them;
 * ``ExpectColumnPairValuesAToBeGreaterThanB`` with
   ``ignore_row_if="either_value_is_missing"`` judges rows where both values are present.
 
@@ -129,15 +130,20 @@ def nhs_canonical_sql(col: str) -> str:
     return f"regexp_replace({col}, {text(NHS_STRIP)}, '', 'g')"
 
 
-def nhs_number_valid_sql(canon: str) -> str:
-    """A canonical NHS number (:func:`nhs_canonical_sql`) is valid: exactly 10 ASCII
-    digits, not all the same, and Modulus 11: with weights 10..2 on the first nine digits
-    and 1 on the check digit the weighted sum is divisible by 11 (a check result of 10
-    matches no digit, so such numbers fail)."""
-    digits = [f"(ascii(substr({canon}, {i}, 1)) - 48)" for i in range(1, 11)]
+def nhs_number_sql(canon: str) -> str:
+    """A canonical NHS number (:func:`nhs_canonical_sql`) as a BIGINT where it is exactly
+    10 ASCII digits, else NULL."""
+    return f"CASE WHEN regexp_matches({canon}, {text(NHS_SHAPE)}) THEN TRY_CAST({canon} AS BIGINT) END"
+
+
+def nhs_number_valid_sql(number: str) -> str:
+    """An NHS number given as its 10 digits' BIGINT (:func:`nhs_number_sql`; NULL when not
+    10 digits) is valid: not ten identical digits (a multiple of 1111111111) and Modulus
+    11: with weights 10..2 on the first nine digits and 1 on the check digit the weighted
+    sum is divisible by 11 (a check result of 10 matches no digit, so such numbers fail)."""
+    digits = [f"(({number} // {10 ** (10 - i)}) % 10)" for i in range(1, 11)]
     weighted = " + ".join(f"{d} * {11 - i}" for i, d in enumerate(digits, start=1))
-    return (f"(regexp_matches({canon}, {text(NHS_SHAPE)}) AND ({weighted}) % 11 = 0"
-            f" AND {canon} <> repeat(substr({canon}, 1, 1), 10))")
+    return f"({number} IS NOT NULL AND ({weighted}) % 11 = 0 AND {number} % 1111111111 <> 0)"
 
 
 def iso_date_sql(col: str) -> str:
@@ -150,7 +156,7 @@ def _date_literal(value: str) -> str:
     return f"CAST({text(str(value))} AS DATE)"
 
 
-def expectation_sql(expectation: str, kw: dict, derived: "Derived | None" = None) -> tuple[str, str]:
+def expectation_sql(expectation: str, kw: dict, derived: Derived | None = None) -> tuple[str, str]:
     """``(counted, unexpected)``: SQL booleans (NULL read as false) for the rows GX counts
     as checked (element count less missing count) and the rows it reports unexpected."""
     unknown = set(kw) - _KNOWN_KWARGS
@@ -193,28 +199,40 @@ def expectation_sql(expectation: str, kw: dict, derived: "Derived | None" = None
 
 
 class Derived:
-    """Per-column values several rules read (an NHS number's canonical form, a parsed
-    ISO date), computed once in an inner SELECT and named there."""
+    """Per-column values several rules read (an NHS number's canonical form and its
+    digits as a number, a parsed ISO date), computed once in inner SELECTs and named
+    there (``inline``: written in place instead, for a query over the raw columns)."""
 
     def __init__(self, inline: bool = True):
         self.inline = inline
-        self.columns: dict[str, str] = {}  # alias -> expression
+        self.levels: list[dict[str, str]] = [{}, {}]  # alias -> expression, innermost first
 
-    def _named(self, prefix: str, column: str, expr: str) -> str:
+    def _named(self, prefix: str, expr: str, level: int = 0) -> str:
         if self.inline:
             return f"({expr})"
-        alias = f"__{prefix}{len(self.columns)}"
-        for a, e in self.columns.items():
+        named = self.levels[level]
+        for a, e in named.items():
             if e == expr:
                 return ident(a)
-        self.columns[alias] = expr
+        alias = f"__{prefix}{sum(len(x) for x in self.levels)}"
+        named[alias] = expr
         return ident(alias)
 
     def nhs(self, column: str) -> str:
-        return self._named("nhs", column, nhs_canonical_sql(ident(column)))
+        canon = self._named("nhs", nhs_canonical_sql(ident(column)))
+        return self._named("nhsn", nhs_number_sql(canon), level=1 if not self.inline else 0)
 
     def date(self, column: str) -> str:
-        return self._named("date", column, iso_date_sql(ident(column)))
+        return self._named("date", iso_date_sql(ident(column)))
+
+    def source(self, table: str) -> str:
+        """``table`` with the named values added, level by level."""
+        out = table
+        for named in self.levels:
+            if named:
+                cols = ", ".join(["*"] + [f"{e} AS {ident(a)}" for a, e in named.items()])
+                out = f"(SELECT {cols} FROM {out})"
+        return out
 
 
 # ------------------------------------------------------------------ the query
@@ -253,8 +271,7 @@ def plan_sql(plan: Plan, table: str = "work") -> tuple[str, list[tuple], list[st
         counted, _ = expectation_sql("ExpectColumnValuesToBeIsoDates", kw, derived)
         select.append(f"CAST(COALESCE({guard}{counted}, FALSE) AS BOOLEAN) AS m{j}")
         read += columns_read(kw)
-    inner = ", ".join(["*"] + [f"{e} AS {ident(a)}" for a, e in derived.columns.items()])
-    sql = f"SELECT {', '.join(select)} FROM (SELECT {inner} FROM {table}) AS w"
+    sql = f"SELECT {', '.join(select)} FROM {derived.source(table)} AS w"
     return sql, keys, list(dict.fromkeys(read))
 
 

@@ -16,12 +16,12 @@ import pandas as pd
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 logging.getLogger("great_expectations").setLevel(logging.ERROR)
 
-import great_expectations as gx  # noqa: E402
-from great_expectations.execution_engine import pandas_execution_engine as _gx_pandas  # noqa: E402
+import great_expectations as gx
+from great_expectations.execution_engine import pandas_execution_engine as _gx_pandas
 
-from expectations.custom import CUSTOM  # noqa: E402
-from expectations.rules import Rule  # noqa: E402
-from pipelines.validation.plan import Jobs, ValidationError, second_bound  # noqa: E402
+from expectations.custom import CUSTOM
+from expectations.rules import Rule
+from pipelines.validation.plan import Jobs, ValidationError, second_bound
 
 # GX fingerprints every pandas batch below this size (an MD5 over a hash of every value):
 # a batch marker this pipeline never reads (contexts are ephemeral, batches are never
@@ -79,7 +79,7 @@ def _raised(info) -> str | None:
         return info.get("exception_message") if info.get("raised_exception") else None
     if isinstance(info, dict):
         for v in info.values():
-            msg = _raised(v if isinstance(v, dict) else getattr(v, "to_json_dict", lambda: {})())
+            msg = _raised(v if isinstance(v, dict) else getattr(v, "to_json_dict", dict)())
             if msg:
                 return msg
     return None
@@ -293,7 +293,8 @@ def build_docs(gctx, results, file_name: str, folder: str) -> str:
     """A local GX Data Docs site for this validation, with counts only."""
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.resource_identifiers import (
-        ExpectationSuiteIdentifier, ValidationResultIdentifier,
+        ExpectationSuiteIdentifier,
+        ValidationResultIdentifier,
     )
 
     base = Path(folder).resolve()
@@ -304,7 +305,7 @@ def build_docs(gctx, results, file_name: str, folder: str) -> str:
         "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
     })
     run_id = RunIdentifier(run_name=Path(file_name).name,
-                           run_time=dt.datetime.now(dt.timezone.utc))
+                           run_time=dt.datetime.now(dt.UTC))
     for suite_name, b, res, _ in results:
         for r in res.results:
             r.result = {k: v for k, v in (r.result or {}).items() if k in _DOCS_RESULT_KEYS}

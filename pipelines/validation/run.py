@@ -13,7 +13,15 @@ import pandas as pd
 from pipelines.validation import assemble, compiled
 from pipelines.validation import gx as gxv
 from pipelines.validation.assemble import ValidationOutcome
-from pipelines.validation.plan import LINE, SUITES, ValidationContext, ValidationError, active_rules, env_for, make_plan
+from pipelines.validation.plan import (
+    LINE,
+    SUITES,
+    ValidationContext,
+    ValidationError,
+    active_rules,
+    env_for,
+    make_plan,
+)
 from pipelines.validation.workframe import work_frame_many
 
 log = logging.getLogger("pipelines.validation")
