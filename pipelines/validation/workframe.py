@@ -66,6 +66,9 @@ def work_frame_many(source: str, frames: list[pd.DataFrame], envs: list[Env], of
     return pd.concat(pieces, ignore_index=True)
 
 
+ARROW_BATCH_ROWS = 122_880  # DuckDB's row group size
+
+
 def _arrow_column(s: pd.Series) -> pa.Array:
     if isinstance(s.dtype, pd.CategoricalDtype):
         s = s.astype("string")
@@ -81,4 +84,5 @@ def to_arrow(work: pd.DataFrame, columns: list[str], item_of: np.ndarray) -> pa.
               ITEM: pa.array(np.asarray(item_of, dtype=np.int32))}
     for c in columns:
         arrays[c] = _arrow_column(work[c])
-    return pa.table(arrays)
+    # in batches: an engine scans an Arrow table's batches in parallel (one batch, one thread)
+    return pa.Table.from_batches(pa.table(arrays).to_batches(max_chunksize=ARROW_BATCH_ROWS))
