@@ -249,16 +249,19 @@ def columns_read(kw: dict) -> list[str]:
     return cols
 
 
-def plan_sql(plan: Plan, table: str = "work") -> tuple[str, list[tuple], list[str]]:
+def plan_sql(plan: Plan, table: str = "work", items: str = "items") -> tuple[str, list[tuple], list[str]]:
     """The SELECT computing, per row of ``table``, its position and per job member a
     counted (``c<k>``) and an unexpected (``f<k>``) boolean column; per merged date rule,
-    the rows it counts (``m<k>``). Returns the SQL, the (job, member) of each ``k`` and
-    the columns read."""
+    the rows it counts (``m<k>``). A job of some files only is limited to their rows by a
+    boolean column ``__job<j>`` of the small ``items`` table (one row per file, joined on
+    ``__item``: :func:`items_table`), not by a list of files in each expression (DuckDB
+    turns long ``IN`` lists into joins, one per expression). Returns the SQL, the (job,
+    member) of each ``k`` and the columns read."""
     derived = Derived(inline=False)
-    everything = tuple(range(len(plan.sizes)))
+    guards = _job_guards(plan)
     select, keys, read = [f"{ident(POS)}"], [], []
     for its, members in plan.jobs.items():
-        guard = "" if its == everything else f"{ident(ITEM)} IN ({', '.join(str(int(i)) for i in its)}) AND "
+        guard = f"{guards[its]} AND " if its in guards else ""
         for m, (rule, kw) in enumerate(members):
             k = len(keys)
             counted, unexpected = expectation_sql(rule.expectation, kw, derived)
@@ -267,12 +270,30 @@ def plan_sql(plan: Plan, table: str = "work") -> tuple[str, list[tuple], list[st
             keys.append((its, m))
             read += columns_read(kw)
     for j, ((rid, its), (rule, kw)) in enumerate(plan.merged.items()):
-        guard = "" if its == everything else f"{ident(ITEM)} IN ({', '.join(str(int(i)) for i in its)}) AND "
+        guard = f"{guards[its]} AND " if its in guards else ""
         counted, _ = expectation_sql("ExpectColumnValuesToBeIsoDates", kw, derived)
         select.append(f"CAST(COALESCE({guard}{counted}, FALSE) AS BOOLEAN) AS m{j}")
         read += columns_read(kw)
-    sql = f"SELECT {', '.join(select)} FROM {derived.source(table)} AS w"
+    source = table if not guards else f"(SELECT * FROM {table} JOIN {items} USING ({ident(ITEM)}))"
+    sql = f"SELECT {', '.join(select)} FROM {derived.source(source)} AS w"
     return sql, keys, list(dict.fromkeys(read))
+
+
+def _job_guards(plan: Plan) -> dict[tuple[int, ...], str]:
+    everything = tuple(range(len(plan.sizes)))
+    partial = [its for its in dict.fromkeys([*plan.jobs, *(its for _, its in plan.merged)]) if its != everything]
+    return {its: ident(f"__job{j}") for j, its in enumerate(partial)}
+
+
+def items_table(plan: Plan) -> pa.Table:
+    """One row per file (``__item``) with a boolean ``__job<j>`` per job of some files."""
+    n = len(plan.sizes)
+    cols = {ITEM: pa.array(np.arange(n, dtype=np.int32))}
+    for its, name in _job_guards(plan).items():
+        member = np.zeros(n, dtype=bool)
+        member[list(its)] = True
+        cols[name.strip('"')] = pa.array(member)
+    return pa.table(cols)
 
 
 def _bools(table: pa.Table, name: str, order: np.ndarray | None) -> np.ndarray:
@@ -295,7 +316,7 @@ def run(plan: Plan, work, engine) -> tuple[dict, dict, dict, str]:
     missing = [c for c in read if c not in work.columns]
     if missing:
         raise NotCompiled(f"rules read columns the work frame lacks: {missing}")
-    result = engine.query(sql, {"work": table})
+    result = engine.query(sql, {"work": table, "items": items_table(plan)})
     pos = result.column(POS).to_numpy()
     order = None if len(pos) == plan.total and (len(pos) == 0 or np.array_equal(pos, np.arange(plan.total))) else pos
     if len(pos) != plan.total:

@@ -85,4 +85,5 @@ def to_arrow(work: pd.DataFrame, columns: list[str], item_of: np.ndarray) -> pa.
     for c in columns:
         arrays[c] = _arrow_column(work[c])
     # in batches: an engine scans an Arrow table's batches in parallel (one batch, one thread)
-    return pa.Table.from_batches(pa.table(arrays).to_batches(max_chunksize=ARROW_BATCH_ROWS))
+    table = pa.table(arrays)
+    return pa.Table.from_batches(table.to_batches(max_chunksize=ARROW_BATCH_ROWS), schema=table.schema)
