@@ -4,6 +4,8 @@ Spark's dialect by SQLGlot. NHS numbers are generated in the 999 range."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -324,3 +326,45 @@ def test_the_rules_give_the_same_verdicts_on_spark(source, spark_engine):
         assert duck[0][key].tolist() == spark[0][key].tolist(), rule
         assert duck[1][key].tolist() == spark[1][key].tolist(), rule
     assert sum(len(v) for v in duck[1].values()) > 20  # the rows do break rules
+
+
+def test_many_files_with_their_own_arguments_run_in_one_small_query():
+    """30 SUS files of 30 providers, NET and BULK (per-file submitter rules, row
+    conditions, "no future dates" ceilings): one query on an engine with 300 MB, each
+    job limited by a column of the items table (a long IN list per expression made DuckDB
+    plan one join each and run out of 4 GB on 10 files), and each file's outcome the one
+    it gets alone."""
+    from pipelines.validation import ValidationContext, validate, validate_many
+    from test_validation import SUS_COLUMNS, SUS_GOOD, _same, frame
+
+    items = []
+    for k in range(30):
+        provider = f"R{k:02d}"
+        protocol = "NET" if k % 2 else "BULK"
+        rows = [{**SUS_GOOD, "PROCODE3": provider, "SUSRECID": f"{provider}{i}",
+                 "CDS_UPDATE_TYPE": ("1" if i == 0 else "9") if protocol == "NET" else None} for i in range(3)]
+        rows[1]["SEX"] = "7"
+        rows[2]["PROCODE3"] = "RZZ"  # not the file's provider
+        rows[2]["EPISTART"] = "2024-04-05"  # future for the files of 1 to 4 April only
+        items.append({"frame": frame(rows, SUS_COLUMNS), "period": "2024-03", "submitter": provider,
+                      "file_name": f"sus_apc/APC_{provider}_202403_202404{1 + k % 9:02d}120000_{protocol}.csv",
+                      "context": ValidationContext(today=dt.date(2024, 4, 1 + k % 9))})
+    engine = make_engine("duckdb", memory_limit="300MB", threads=1)
+    seen = []
+
+    class Recording:
+        name = "duckdb"
+
+        def query(self, sql, inputs=None):
+            seen.append(sql)
+            return engine.query(sql, inputs)
+
+    try:
+        many = validate_many("sus_apc", items, engine=Recording())
+    finally:
+        engine.close()
+    assert len(seen) == 1 and '"__item" IN' not in seen[0]
+    assert all(o.rule_ids[2][:1] == ["PROCODE3_SUBMITTER"] for o in many)
+    for k in (0, 1, 9, 29):
+        _same(many[k], validate("sus_apc", **items[k]))
+    assert "EPISTART_FUTURE" in many[0].rule_ids[2] and "EPISTART_FUTURE" not in many[8].rule_ids[2]
