@@ -334,8 +334,9 @@ def test_many_files_with_their_own_arguments_run_in_one_small_query():
     job limited by a column of the items table (a long IN list per expression made DuckDB
     plan one join each and run out of 4 GB on 10 files), and each file's outcome the one
     it gets alone."""
-    from pipelines.validation import ValidationContext, validate, validate_many
     from test_validation import SUS_COLUMNS, SUS_GOOD, _same, frame
+
+    from pipelines.validation import ValidationContext, validate, validate_many
 
     items = []
     for k in range(30):

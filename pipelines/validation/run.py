@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,9 @@ from pipelines.validation.plan import (
     make_plan,
 )
 from pipelines.validation.workframe import work_frame_many
+
+if TYPE_CHECKING:
+    from pipelines.engine import Engine
 
 log = logging.getLogger("pipelines.validation")
 
@@ -44,7 +48,7 @@ def validate(
     data_docs_dir: str | None = None,
     batch_rows: int | None = None,
     mode: str | None = None,
-    engine=None,
+    engine: Engine | None = None,
 ) -> ValidationOutcome:
     """Validate a file's rows against its feed's suite: :func:`validate_many` of the one
     file."""
@@ -60,7 +64,7 @@ def validate_many(
     data_docs_dir: str | None = None,
     batch_rows: int | None = None,
     mode: str | None = None,
-    engine=None,
+    engine: Engine | None = None,
     work_out: list | None = None,
 ) -> list[ValidationOutcome]:
     """Validate many files of one feed together. ``items``: one dict per file with the
