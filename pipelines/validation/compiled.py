@@ -219,8 +219,11 @@ class Derived:
         return ident(alias)
 
     def nhs(self, column: str) -> str:
-        canon = self._named("nhs", nhs_canonical_sql(ident(column)))
-        return self._named("nhsn", nhs_number_sql(canon), level=1 if not self.inline else 0)
+        """The NHS number's digits as a BIGINT: most values are already 10 digits; only the
+        others are made canonical (every space and hyphen removed) first."""
+        col = ident(column)
+        return self._named("nhsn", f"CASE WHEN regexp_matches({col}, {text(NHS_SHAPE)}) THEN TRY_CAST({col} AS BIGINT)"
+                                   f" ELSE {nhs_number_sql(nhs_canonical_sql(col))} END")
 
     def date(self, column: str) -> str:
         return self._named("date", iso_date_sql(ident(column)))
