@@ -11,8 +11,9 @@
 
 Both are column map expectations: missing values are not checked (a separate
 not-null rule says whether a value is required), and failing rows come back in
-``unexpected_index_list``. Defining the classes registers them with GX. Their conditions
-are plain functions, shared with :mod:`expectations.compiled`.
+``unexpected_index_list``. Defining the classes registers them with GX. The engine
+evaluates the same conditions as SQL (:mod:`pipelines.validation.compiled`); GX checks a
+sample of every validation with these providers, and the two must agree.
 """
 
 from __future__ import annotations

@@ -41,8 +41,10 @@ submission* below) are applied only when those are known; a rule that is not app
 
 **How the rules run.** Each rule is declared as a GX expectation (the class and arguments
 in the tables below). By default (`CAREDATA_VALIDATION_ENGINE=compiled`) every row is
-judged by `expectations/compiled.py`, which computes what GX's pandas engine computes for
-that expectation, column by column (GX's own per-batch machinery ran SUS at a few
+judged by the engine (DuckDB in process, or Spark) running SQL generated from those
+declarations by `pipelines/validation/compiled.py`: per rule, the rows GX's pandas engine
+would count and the rows it would report unexpected (row conditions, Modulus 11, ISO
+dates, regexes and code sets all in SQL; GX's own per-batch machinery ran SUS at a few
 thousand rows a second); GX itself validates a sample of every validation beside it (the
 first 1,000 rows of each group of files sharing the rule's arguments, and up to 5 rows
 each rule failed), and a rule on which the two disagree stops the validation with the

@@ -4,8 +4,9 @@ Each feed is validated once with a table of hand-made rows: one good row, good-r
 variants that must pass (spaced NHS numbers, HES placeholders, ...), and one row per rule
 that breaks exactly that rule. NHS numbers are generated in the 999 range.
 
-Every test here runs with both validation engines: the compiled rules (with GX on a
-sample) and GX on every row.
+The tests that take the ``mode`` fixture run in both validation modes: the rules as SQL
+on the engine (DuckDB here; GX on a sample beside it) and GX on every row; the mode is
+passed in (``validate(..., mode=...)``), never patched.
 """
 
 from __future__ import annotations
@@ -22,12 +23,11 @@ from expectations.rules import Rule
 from pipelines.nhs_number import with_check_digit
 from pipelines.validation import ValidationContext, rules_for, validate
 
+MODES = ["compiled", "gx"]
 
-@pytest.fixture(autouse=True, params=["compiled", "gx"])
-def engine(request, monkeypatch):
-    from pipelines import validation
 
-    monkeypatch.setattr(validation, "ENGINE", request.param)
+@pytest.fixture(params=MODES)
+def mode(request):
     return request.param
 
 
@@ -77,7 +77,7 @@ def generic_bad(rule: Rule) -> dict:
 
 
 def run_cases(source, base, columns, special, good_variants, *, file_name, period, submitter,
-              context=None, extra=()):
+              context=None, extra=(), mode="compiled"):
     rules = [r for r in rules_for(source)]
     rows, expect = [dict(base)], [None]
     for v in good_variants:
@@ -98,7 +98,7 @@ def run_cases(source, base, columns, special, good_variants, *, file_name, perio
             row[key] = f"{base[key]}{i}"
     df = frame(rows, columns)
     out = validate(source, df, period=period, submitter=submitter, file_name=file_name,
-                   context=context or ValidationContext(today=TODAY))
+                   context=context or ValidationContext(today=TODAY), mode=mode)
     assert len(out.rejected) == len(df) == len(out.rule_ids) == len(out.messages)
     severity = {r.id: r.severity for r in rules}
     for i, exp in enumerate(expect):
@@ -162,11 +162,11 @@ SUS_CONTEXT = ValidationContext(practice_codes={"A81001"}, today=TODAY)
 SUS_FILE = "sus_apc/APC_RXX_202403_20240405120000_NET.csv"
 
 
-@pytest.fixture(scope="module")
-def sus_run():
+@pytest.fixture(scope="module", params=MODES)
+def sus_run(request):
     return run_cases("sus_apc", SUS_GOOD, SUS_COLUMNS, SUS_SPECIAL, SUS_GOOD_VARIANTS,
                      file_name=SUS_FILE, period="2024-03", submitter="RXX", context=SUS_CONTEXT,
-                     extra=[{"SUSRECID": "DUP"}])
+                     extra=[{"SUSRECID": "DUP"}], mode=request.param)
 
 
 def test_sus_each_rule_catches_its_bad_row_and_good_rows_pass(sus_run):
@@ -193,23 +193,23 @@ def test_sus_severities_follow_inputs_md(sus_run):
         assert sev[rid] == "warn", rid
 
 
-def test_sus_bulk_file_does_not_require_cds_update_type():
+def test_sus_bulk_file_does_not_require_cds_update_type(mode):
     rows = [{**SUS_GOOD, "SUSRECID": "A", "CDS_UPDATE_TYPE": None}]
     out = validate("sus_apc", frame(rows, SUS_COLUMNS), period="2024-03", submitter="RXX",
                    file_name="sus_apc/APC_RXX_202403_20240405120000_BULK.csv",
-                   context=ValidationContext(today=TODAY))
+                   context=ValidationContext(today=TODAY), mode=mode)
     assert out.rule_ids == [[]]
     assert "CDS_UPDATE_TYPE_MISSING" not in set(out.rule_counts["rule_id"])
     assert "GPPRAC_UNKNOWN" not in set(out.rule_counts["rule_id"])  # no reference given
 
 
-def test_net_deletion_needs_only_its_key():
+def test_net_deletion_needs_only_its_key(mode):
     rows = [{"PROCODE3": "RXX", "SUSRECID": "D1", "CDS_UPDATE_TYPE": "1"},  # deletion: key only
             {"PROCODE3": "RXX", "SUSRECID": "D2", "CDS_UPDATE_TYPE": "9"},  # insert without content
             {**SUS_GOOD, "SUSRECID": "D3"},
             {"PROCODE3": "RYY", "SUSRECID": "D4", "CDS_UPDATE_TYPE": "1"}]  # other provider's
     out = validate("sus_apc", frame(rows, SUS_COLUMNS), period="2024-03", submitter="RXX", file_name=SUS_FILE,
-                   context=ValidationContext(today=TODAY))
+                   context=ValidationContext(today=TODAY), mode=mode)
     assert out.rule_ids[0] == [] and not out.rejected[0]
     assert out.rejected.tolist() == [False, True, False, True]
     assert "EPISTART_MISSING" in out.rule_ids[1] and out.rule_ids[3] == ["PROCODE3_SUBMITTER"]
@@ -234,7 +234,7 @@ def test_sus_field_scores_present_and_valid(sus_run):
 
 
 # ------------------------------------------------------------------ HES APC
-def test_hes_rules_and_key():
+def test_hes_rules_and_key(mode):
     cols = SUS_COLUMNS + ["EPIKEY"]
     base = {**SUS_GOOD, "CDS_UPDATE_TYPE": None, "EPIKEY": "E"}
     special = {
@@ -249,7 +249,7 @@ def test_hes_rules_and_key():
         {"SUSRECID": None, "EPIKEY": "EK1"},  # EPIKEY where SUSRECID is absent
     ]
     out, df, expect = run_cases("hes_apc", base, cols, special, [], file_name="hes_apc/extract.csv",
-                                period=None, submitter=None, context=SUS_CONTEXT, extra=extra)
+                                period=None, submitter=None, context=SUS_CONTEXT, extra=extra, mode=mode)
     ids = set(out.rule_counts["rule_id"])
     assert "PROCODE3_SUBMITTER" not in ids and "CDS_UPDATE_TYPE_CODE" not in ids
     # The extra rows come right after the base row: the duplicate's first row stands, the
@@ -295,7 +295,7 @@ FFT_GOOD = {"RESPONSE_ID": "R", "PROVIDER_CODE": "RXX", "SITE_CODE": "RXX01", "W
 FFT_CONTEXT = ValidationContext(site_providers={"RXX01": "RXX", "RXX02": "RXX", "RYY01": "RYY"}, today=TODAY)
 
 
-def test_fft_each_rule():
+def test_fft_each_rule(mode):
     special = {
         "RESPONSE_ID_DUPLICATE": {"RESPONSE_ID": "DUP"},
         "PROVIDER_CODE_SUBMITTER": {"PROVIDER_CODE": "RYY"},
@@ -309,20 +309,20 @@ def test_fft_each_rule():
                 {"RESPONSE_DATE": "2024-03-01", "NHS_NUMBER": f"{NHS_OK[:3]}-{NHS_OK[3:6]}-{NHS_OK[6:]}"}]
     out, df, _ = run_cases("fft", FFT_GOOD, FFT_COLUMNS, special, variants,
                            file_name="fft/FFT_RXX_202403_20240405120000.csv", period="2024-03",
-                           submitter="RXX", context=FFT_CONTEXT, extra=[{"RESPONSE_ID": "DUP"}])
+                           submitter="RXX", context=FFT_CONTEXT, extra=[{"RESPONSE_ID": "DUP"}], mode=mode)
     fs = out.field_scores.set_index("field")
     assert "NHS_NUMBER" in fs.index
 
 
-def test_fft_batches_keep_duplicates_together_and_lines_right(engine):
+def test_fft_batches_keep_duplicates_together_and_lines_right(mode):
     rows = [{**FFT_GOOD, "RESPONSE_ID": f"R{i}"} for i in range(23)]
     rows[0]["RESPONSE_ID"] = rows[21]["RESPONSE_ID"] = "SAME"
     rows[5]["RESPONSE"] = "7"
     rows[17]["RESPONSE"] = "0"
     df = frame(rows, FFT_COLUMNS, first_line=100)
     out = validate("fft", df, period="2024-03", submitter="RXX", file_name="fft/x.csv",
-                   context=ValidationContext(today=TODAY), batch_rows=5)
-    assert out.stats["batches"] == (5 if engine == "gx" else 1)  # compiled: GX's one sample batch
+                   context=ValidationContext(today=TODAY), batch_rows=5, mode=mode)
+    assert out.stats["batches"] == (5 if mode == "gx" else 1)  # compiled: GX's one sample batch
     assert [i for i in range(23) if out.rejected[i]] == [5, 17, 21]
     assert out.rule_ids[0] == [] and out.rule_ids[21] == ["RESPONSE_ID_DUPLICATE"]
     rc = out.rule_counts.set_index("rule_id")
@@ -339,7 +339,7 @@ GP_GOOD = {"NHS_NUMBER": NHS_OK, "DATE_OF_BIRTH": "1980-05-05", "SEX": "2", "POS
            "LSOA": "E01000001", "ETHNIC_CATEGORY": "A", "REGISTRATION_DATE": "2000-01-01"}
 
 
-def test_gp_each_rule_and_field_scores():
+def test_gp_each_rule_and_field_scores(mode):
     special = {
         "REGISTRATION_BEFORE_BIRTH": {"REGISTRATION_DATE": "1970-01-01"},
         "DEREGISTRATION_BEFORE_REGISTRATION": {"DEREGISTRATION_DATE": "1999-12-31"},
@@ -350,20 +350,20 @@ def test_gp_each_rule_and_field_scores():
                  "DATE_OF_DEATH": "2020-01-01"},
                 {"POSTCODE": None, "LSOA": None, "ETHNIC_CATEGORY": None, "SEX": "0"}]
     out, df, _ = run_cases("gp", GP_GOOD, GP_COLUMNS, special, variants, file_name="gp/GP_A81001_20240401.csv",
-                           period="2024-04", submitter="A81001")
+                           period="2024-04", submitter="A81001", mode=mode)
     fs = out.field_scores.set_index("field")
     # POSTCODE: missing in 1 variant row, bad in its FORMAT row
     assert fs.at["POSTCODE", "rows_valid"] == len(df) - 2
 
 
-def test_small_gp_counts_by_hand():
+def test_small_gp_counts_by_hand(mode):
     rows = [dict(GP_GOOD),
             {**GP_GOOD, "NHS_NUMBER": "1111111111"},  # identical digits: reject in a GP extract
             {**GP_GOOD, "DATE_OF_BIRTH": None, "SEX": "3"}]  # two reject rules
     df = frame(rows, GP_COLUMNS)
     df.index = [0, 5, 9]  # ingest may hand over a filtered frame (type 1 rows dropped)
     out = validate("gp", df, period="2024-04", submitter="A81001",
-                   file_name="gp/GP_A81001_20240401.csv", context=ValidationContext(today=TODAY))
+                   file_name="gp/GP_A81001_20240401.csv", context=ValidationContext(today=TODAY), mode=mode)
     assert out.rejected.tolist() == [False, True, True]
     assert out.rule_ids == [[], ["NHS_NUMBER_INVALID"], ["DATE_OF_BIRTH_MISSING", "SEX_CODE"]]
     rc = out.rule_counts.set_index("rule_id")
@@ -378,8 +378,8 @@ def test_small_gp_counts_by_hand():
     assert fs.loc["POSTCODE", ["rows", "rows_valid"]].tolist() == [3, 3]
 
 
-def test_empty_file():
-    out = validate("gp", frame([], GP_COLUMNS), period="2024-04", submitter="A81001", file_name="gp/x.csv")
+def test_empty_file(mode):
+    out = validate("gp", frame([], GP_COLUMNS), period="2024-04", submitter="A81001", file_name="gp/x.csv", mode=mode)
     assert len(out.rejected) == 0 and (out.rule_counts["rows_failed"] == 0).all()
     assert (out.field_scores["rows"] == 0).all()
 
@@ -458,7 +458,7 @@ def _same(a, b) -> None:
     pd.testing.assert_frame_equal(a.field_scores, b.field_scores)
 
 
-def test_validate_many_equals_each_file_alone(engine):
+def test_validate_many_equals_each_file_alone(mode):
     """Files validated together (GX row batches spanning files, a per-file 'no future
     dates' ceiling, per-file submitter rules, NET row conditions) give each file exactly
     the outcome it gets alone: verdicts, rule counts, example lines, field scores."""
@@ -475,10 +475,10 @@ def test_validate_many_equals_each_file_alone(engine):
                          "context": ValidationContext(today=dt.date(2024, 4, int(day[6:])))})
     gp_items.append({"frame": frame([], GP_COLUMNS), "period": "2024-04", "submitter": "A81004",
                      "file_name": "gp/GP_A81004_20240402.csv", "context": ValidationContext(today=TODAY)})
-    many = validate_many("gp", gp_items, batch_rows=5)
-    assert many[0].stats["files"] == 4 and many[0].stats["batches"] >= (3 if engine == "gx" else 1)
+    many = validate_many("gp", gp_items, batch_rows=5, mode=mode)
+    assert many[0].stats["files"] == 4 and many[0].stats["batches"] >= (3 if mode == "gx" else 1)
     for it, got in zip(gp_items, many):
-        _same(got, validate("gp", **it))
+        _same(got, validate("gp", **it, mode=mode))
     assert "DATE_OF_BIRTH_FUTURE" in many[0].rule_ids[0] and "DATE_OF_BIRTH_FUTURE" not in many[1].rule_ids[1]
 
     sus_items = []
@@ -492,8 +492,8 @@ def test_validate_many_equals_each_file_alone(engine):
         rows[2]["EPISTART"] = "2024-04-04"  # after the 04-02 file, not after the 04-05 one
         sus_items.append({"frame": frame(rows, SUS_COLUMNS), "period": "2024-03", "submitter": provider,
                           "file_name": name, "context": ValidationContext(today=TODAY)})
-    for it, got in zip(sus_items, validate_many("sus_apc", sus_items, batch_rows=4)):
-        _same(got, validate("sus_apc", **it))
+    for it, got in zip(sus_items, validate_many("sus_apc", sus_items, batch_rows=4, mode=mode)):
+        _same(got, validate("sus_apc", **it, mode=mode))
 
     fft_items = []
     for provider in ("RXX", "RYY"):
@@ -501,8 +501,8 @@ def test_validate_many_equals_each_file_alone(engine):
         rows[2]["RESPONSE_ID"] = "R0"
         fft_items.append({"frame": frame(rows, FFT_COLUMNS), "period": "2024-03", "submitter": provider,
                           "file_name": f"fft/FFT_{provider}_202403_20240405120000.csv", "context": FFT_CONTEXT})
-    for it, got in zip(fft_items, validate_many("fft", fft_items)):
-        _same(got, validate("fft", **it))
+    for it, got in zip(fft_items, validate_many("fft", fft_items, mode=mode)):
+        _same(got, validate("fft", **it, mode=mode))
 
 
 def test_gx_batches_follow_the_values_not_the_rows():
