@@ -137,9 +137,29 @@ def _check_s3_root(name: str, store) -> None:
                            "(is the bucket or prefix right?)", EXIT_USAGE)
 
 
+INSTANCE_YAML = """\
+# Written by caredata for a Dagster home that had no instance configuration: Dagster's
+# defaults (SQLite storage under this folder) with its telemetry off. A production home
+# uses deploy/dagster.yaml instead (docs/runbook.md).
+telemetry:
+  enabled: false
+"""
+
+
+def ensure_instance_yaml(home: str) -> None:
+    """Give a Dagster home without a ``dagster.yaml`` one with telemetry off (no banner
+    mid-run, no "No dagster instance configuration file" on every run); a home that has
+    one is left as it is."""
+    os.makedirs(home, exist_ok=True)
+    path = os.path.join(home, "dagster.yaml")
+    if not os.path.exists(path):
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(INSTANCE_YAML)
+
+
 def _instance() -> dg.DagsterInstance:
     if os.environ.get("DAGSTER_HOME"):
-        os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
+        ensure_instance_yaml(os.environ["DAGSTER_HOME"])
         return dg.DagsterInstance.get()
     return dg.DagsterInstance.ephemeral(tempdir=tempfile.mkdtemp(prefix="caredata-dagster-"))
 

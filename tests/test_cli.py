@@ -281,3 +281,28 @@ def test_the_dagster_resource_fails_the_run_before_any_asset(monkeypatch):
                for e in failures), [e.message for e in failures]
     monkeypatch.setenv("CAREDATA_DISCLOSURE__SMALL_COUNT_MAX", "9")
     assert dg.materialize([probe], resources={"caredata": CareDataConfig()}).success and ran
+
+
+def test_version_is_the_installed_package_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"caredata {version('caredata')}"
+
+
+def test_a_dagster_home_without_configuration_gets_one_with_telemetry_off(tmp_path):
+    import dagster as dg
+
+    from pipelines.runner import ensure_instance_yaml
+
+    fresh = tmp_path / "fresh"
+    ensure_instance_yaml(str(fresh))
+    assert dg.DagsterInstance.from_config(str(fresh)).telemetry_enabled is False
+    # An operator's own instance configuration is never replaced.
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "dagster.yaml").write_text("telemetry:\n  enabled: true\n")
+    ensure_instance_yaml(str(own))
+    assert (own / "dagster.yaml").read_text() == "telemetry:\n  enabled: true\n"
