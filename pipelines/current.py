@@ -77,7 +77,7 @@ def sus_order(led: pd.DataFrame, period: str) -> pd.DataFrame:
 
 _PROTOCOLS_SQL = """
 WITH r AS (
-    SELECT t.*, o.seq AS __seq, o.bulk AS __bulk
+    SELECT t.provider_code, t.susrecid, t.cds_update_type, t.line, t.__i, o.seq AS __seq, o.bulk AS __bulk
     FROM rows t JOIN subs o ON o.submission_id = t.submission_id
 ), floor AS (
     -- per provider: rows of submissions before its last BULK are gone
@@ -90,34 +90,36 @@ WITH r AS (
     WHERE f.floor_seq IS NULL OR r.__seq >= f.floor_seq
 )
 -- then the last event per (provider, susrecid) decides: a deletion (1) removes the episode
-SELECT {columns}
+SELECT CAST(__i AS BIGINT) AS __i
 FROM live
 WHERE __rn = 1 AND NOT coalesce({update_type} = '1', false)
 ORDER BY provider_code NULLS LAST, susrecid NULLS LAST
 """
 
+PROTOCOL_COLUMNS = {"submission_id": pa.string(), "provider_code": pa.string(), "susrecid": pa.string(),
+                    "cds_update_type": pa.string(), "line": pa.int64()}
 
-def protocols_sql(columns: dict[str, pa.DataType]) -> str:
-    """The plan of the SUS protocols over inputs ``rows`` (episode rows with
-    ``submission_id``, ``provider_code``, ``susrecid``, ``cds_update_type``, ``line`` and
-    ``__i``, their position) and ``subs`` (``submission_id``, ``seq``: the order the
+
+def protocols_sql() -> str:
+    """The plan of the SUS protocols over inputs ``rows`` (:data:`PROTOCOL_COLUMNS` and
+    ``__i``, the row's position) and ``subs`` (``submission_id``, ``seq``: the order the
     submissions apply in, ``bulk``: a BULK file). Per provider, rows before its last BULK
     are gone; then the last event per ``susrecid`` (by submission order, then line, then
     position) decides: a deletion (``1``) removes the episode, anything else keeps it.
-    Returns ``columns`` of the surviving rows, by provider then susrecid."""
-    return _PROTOCOLS_SQL.format(columns=plans.cast_select(columns),
-                                 update_type=plans.stripped("cds_update_type"))
+    Returns the positions (``__i``) of the surviving rows, by provider then susrecid."""
+    return _PROTOCOLS_SQL.format(update_type=plans.stripped("cds_update_type"))
 
 
-def apply_protocols(rows: pa.Table, order: pa.Table, engine: Engine | None = None) -> pa.Table:
-    """The rows of ``rows`` that survive the protocols (:func:`protocols_sql`), by provider
-    then susrecid, with ``rows``' columns. ``order``: ``submission_id``, ``seq``, ``bulk``."""
-    columns = {f.name: f.type for f in rows.schema}
-    table = rows.append_column("__i", pa.array(range(rows.num_rows), pa.int64()))
+def apply_protocols(rows: pa.Table, order: pa.Table, engine: Engine | None = None) -> pa.Array:
+    """The positions in ``rows`` of the rows that survive the protocols
+    (:func:`protocols_sql`), by provider then susrecid. ``order``: ``submission_id``,
+    ``seq``, ``bulk``. Only the key columns go to the engine."""
+    keys = plans.slim(rows, PROTOCOL_COLUMNS, tuple(c for c in PROTOCOL_COLUMNS if c != "line"), "sus rows")
+    keys = keys.append_column("__i", pa.array(range(rows.num_rows), pa.int64()))
     subs = order.select(["submission_id", "seq", "bulk"]).cast(
         pa.schema([("submission_id", pa.string()), ("seq", pa.int64()), ("bulk", pa.bool_())]))
-    out = plans.engine_or_default(engine).query(protocols_sql(columns), {"rows": table, "subs": subs})
-    return out.cast(rows.schema)
+    out = plans.engine_or_default(engine).query(protocols_sql(), {"rows": keys, "subs": subs})
+    return out.column("__i").combine_chunks()
 
 
 def current_sus(warehouse: Warehouse, period: str, engine: Engine | None = None) -> pa.Table:
@@ -136,7 +138,7 @@ def current_sus(warehouse: Warehouse, period: str, engine: Engine | None = None)
     subs = pa.table({"submission_id": pa.array(list(seq), pa.string()),
                      "seq": pa.array(list(seq.values()), pa.int64()),
                      "bulk": pa.array([p == "BULK" for p in order["protocol"]], pa.bool_())})
-    return declared.check(apply_protocols(table, subs, engine))
+    return declared.check(table.take(apply_protocols(table, subs, engine)))
 
 
 def current_fft(warehouse: Warehouse, period: str) -> pa.Table:

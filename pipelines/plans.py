@@ -18,7 +18,7 @@ Nothing here imports Dagster.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import pyarrow as pa
 
