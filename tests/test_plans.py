@@ -258,3 +258,26 @@ def test_spells_and_protocols_same_on_spark(spark):
     assert [r["row"] for r in got] == want["row"].tolist()
     assert [r["is_last"] for r in got] == want["is_last"].tolist()
     assert [r["order_rank"] for r in got] == want["order_rank"].tolist()
+
+
+@pytest.mark.spark
+def test_protocols_and_linkage_same_on_spark(spark):
+    rows = pa.table({"submission_id": ["b", "b", "n", "n", "n"], "provider_code": ["P1"] * 5,
+                     "susrecid": ["A", "B", "B", "C", "A"], "cds_update_type": ["9", "9", " 1", "9", "9"],
+                     "line": pa.array([2, 3, 2, 3, 4], pa.int64()),
+                     "__i": pa.array(range(5), pa.int64())})
+    subs = pa.table({"submission_id": ["b", "n"], "seq": pa.array([0, 1], pa.int64()), "bulk": [True, False]})
+    got = _on_spark(spark, current.protocols_sql(), {"rows": rows, "subs": subs})
+    assert [r["__i"] for r in got] == current.apply_protocols(rows.drop_columns(["__i"]), subs).to_pylist() == [4, 3]
+
+    from test_linkage import _lazy_case, gp
+
+    gp_rows, episodes = _lazy_case()
+    want = linkage.link_episodes(episodes, gp(*gp_rows))
+    ep_in = linkage._slim(episodes, linkage._EPISODE_IN).append_column(
+        "__row", pa.array(range(episodes.num_rows), pa.int64()))
+    gp_in = linkage._gp_input(gp(*gp_rows), linkage._GP_IN, linkage._GP_REQUIRED, "gp")
+    got = _on_spark(spark, linkage._LINK_SQL, {"ep_in": ep_in, "gp_in": gp_in,
+                                               "t2n_in": pa.table({"nhs": pa.array([], pa.string())})})
+    for name in linkage.LINK_COLUMNS:
+        assert [r[name] for r in got] == want.column(name).to_pylist(), name
