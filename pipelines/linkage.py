@@ -629,18 +629,22 @@ _COVERAGE_PROVIDER_SQL = f"""
                        {_RANK_COLUMNS}
                 FROM lk_in l WHERE l.provider_code IS NOT NULL GROUP BY l.provider_code
             )
-            SELECT '{{period}}' AS period,
-                   agg.provider_code,
-                   host.commissioner_code,
-                   agg.episodes,
-                   agg.episodes_valid_nhs_number,
-                   CAST(100 * agg.episodes_valid_nhs_number AS DOUBLE) / agg.episodes AS pct_valid_nhs_number,
-                   agg.episodes_verified_nhs_number,
-                   CAST(100 * agg.episodes_verified_nhs_number AS DOUBLE) / agg.episodes AS pct_verified_nhs_number,
-                   agg.episodes_linked,
-                   CAST(100 * agg.episodes_linked AS DOUBLE) / agg.episodes AS pct_linked,
-                   agg.linked_rank_1, agg.linked_rank_2, agg.linked_rank_3, agg.linked_rank_4, agg.linked_rank_5,
-                   CAST(100 * agg.episodes_valid_nhs_number AS DOUBLE) / agg.episodes >= {{standard_pct}}
+            SELECT CAST('{{period}}' AS VARCHAR) AS period,
+                   CAST(agg.provider_code AS VARCHAR) AS provider_code,
+                   CAST(host.commissioner_code AS VARCHAR) AS commissioner_code,
+                   CAST(agg.episodes AS BIGINT) AS episodes,
+                   CAST(agg.episodes_valid_nhs_number AS BIGINT) AS episodes_valid_nhs_number,
+                   CAST(CAST(100 * agg.episodes_valid_nhs_number AS DOUBLE) / agg.episodes AS DOUBLE)
+                       AS pct_valid_nhs_number,
+                   CAST(agg.episodes_verified_nhs_number AS BIGINT) AS episodes_verified_nhs_number,
+                   CAST(CAST(100 * agg.episodes_verified_nhs_number AS DOUBLE) / agg.episodes AS DOUBLE)
+                       AS pct_verified_nhs_number,
+                   CAST(agg.episodes_linked AS BIGINT) AS episodes_linked,
+                   CAST(CAST(100 * agg.episodes_linked AS DOUBLE) / agg.episodes AS DOUBLE) AS pct_linked,
+                   CAST(agg.linked_rank_1 AS BIGINT) AS linked_rank_1, CAST(agg.linked_rank_2 AS BIGINT) AS linked_rank_2,
+                   CAST(agg.linked_rank_3 AS BIGINT) AS linked_rank_3, CAST(agg.linked_rank_4 AS BIGINT) AS linked_rank_4,
+                   CAST(agg.linked_rank_5 AS BIGINT) AS linked_rank_5,
+                   CAST(CAST(100 * agg.episodes_valid_nhs_number AS DOUBLE) / agg.episodes >= {{standard_pct}} AS BOOLEAN)
                        AS meets_nhs_number_standard
             FROM agg LEFT JOIN host ON host.provider_code = agg.provider_code
             ORDER BY agg.provider_code
@@ -672,17 +676,19 @@ _COVERAGE_SUMMARY_SQL = """
                        count(*) FILTER (WHERE meets_nhs_number_standard) AS meeting
                 FROM pv GROUP BY area_level, area_code
             )
-            SELECT '{period}' AS period, a.area_level, a.area_code,
-                   coalesce(pa.practices, 0) AS practices,
-                   coalesce(pa.providing, 0) AS practices_providing_extract,
-                   CASE WHEN pa.practices > 0 THEN CAST(100 * pa.providing AS DOUBLE) / pa.practices END
+            SELECT CAST('{period}' AS VARCHAR) AS period,
+                   CAST(a.area_level AS VARCHAR) AS area_level,
+                   CAST(a.area_code AS VARCHAR) AS area_code,
+                   CAST(coalesce(pa.practices, 0) AS BIGINT) AS practices,
+                   CAST(coalesce(pa.providing, 0) AS BIGINT) AS practices_providing_extract,
+                   CAST(CASE WHEN pa.practices > 0 THEN CAST(100 * pa.providing AS DOUBLE) / pa.practices END AS DOUBLE)
                        AS pct_practices_providing_extract,
-                   coalesce(pa.linked, 0) AS practices_linked,
-                   CASE WHEN pa.practices > 0 THEN CAST(100 * pa.linked AS DOUBLE) / pa.practices END
+                   CAST(coalesce(pa.linked, 0) AS BIGINT) AS practices_linked,
+                   CAST(CASE WHEN pa.practices > 0 THEN CAST(100 * pa.linked AS DOUBLE) / pa.practices END AS DOUBLE)
                        AS pct_practices_linked,
-                   coalesce(va.providers, 0) AS providers,
-                   coalesce(va.meeting, 0) AS providers_meeting_nhs_number_standard,
-                   CASE WHEN va.providers > 0 THEN CAST(100 * va.meeting AS DOUBLE) / va.providers END
+                   CAST(coalesce(va.providers, 0) AS BIGINT) AS providers,
+                   CAST(coalesce(va.meeting, 0) AS BIGINT) AS providers_meeting_nhs_number_standard,
+                   CAST(CASE WHEN va.providers > 0 THEN CAST(100 * va.meeting AS DOUBLE) / va.providers END AS DOUBLE)
                        AS pct_providers_meeting_nhs_number_standard
             FROM areas a
             LEFT JOIN pa ON pa.area_level = a.area_level AND pa.area_code = a.area_code
@@ -745,13 +751,31 @@ WITH t2_hesid AS (
 )
 SELECT
     CAST({period} AS VARCHAR) AS period,
-    CASE WHEN coalesce(nhs_number_valid, false) AND nhs_number IS NOT NULL THEN nhs_number
-         ELSE linked_nhs_number END AS __id_nhs,
-    pseudo_hesid AS __id_hesid,
-    provider_code, susrecid, spell_id, epiorder, admidate, epistart, epiend, disdate,
-    admimeth, dismeth, classpat, mainspef, tretspef, consultant_code, diagnoses, procedures,
-    CASE WHEN age >= 0 THEN age END AS age_at_admission,
-    sex, lsoa, registered_practice, match_rank, date_of_death
+    CAST(CASE WHEN coalesce(nhs_number_valid, false) AND nhs_number IS NOT NULL THEN nhs_number
+         ELSE linked_nhs_number END AS VARCHAR) AS __id_nhs,
+    CAST(pseudo_hesid AS VARCHAR) AS __id_hesid,
+    CAST(provider_code AS VARCHAR) AS provider_code,
+    CAST(susrecid AS VARCHAR) AS susrecid,
+    CAST(spell_id AS VARCHAR) AS spell_id,
+    CAST(epiorder AS VARCHAR) AS epiorder,
+    CAST(admidate AS DATE) AS admidate,
+    CAST(epistart AS DATE) AS epistart,
+    CAST(epiend AS DATE) AS epiend,
+    CAST(disdate AS DATE) AS disdate,
+    CAST(admimeth AS VARCHAR) AS admimeth,
+    CAST(dismeth AS VARCHAR) AS dismeth,
+    CAST(classpat AS VARCHAR) AS classpat,
+    CAST(mainspef AS VARCHAR) AS mainspef,
+    CAST(tretspef AS VARCHAR) AS tretspef,
+    CAST(consultant_code AS VARCHAR) AS consultant_code,
+    CAST(diagnoses AS VARCHAR[]) AS diagnoses,
+    CAST(procedures AS VARCHAR[]) AS procedures,
+    CAST(CASE WHEN age >= 0 THEN age END AS BIGINT) AS age_at_admission,
+    CAST(sex AS VARCHAR) AS sex,
+    CAST(lsoa AS VARCHAR) AS lsoa,
+    CAST(registered_practice AS VARCHAR) AS registered_practice,
+    CAST(match_rank AS BIGINT) AS match_rank,
+    CAST(date_of_death AS DATE) AS date_of_death
 FROM (SELECT *, CASE
     WHEN admidate IS NULL THEN NULL
     WHEN dob IS NOT NULL THEN year(admidate) - year(dob)
