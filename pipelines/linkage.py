@@ -140,13 +140,14 @@ _NO_PRACTICE_SQL = ", ".join(f"'{c}'" for c in NO_PRACTICE)
 _slim = plans.slim
 
 
-def _gp_input(gp, columns: dict[str, pa.DataType], required: tuple[str, ...], what: str) -> Input:
+def _gp_input(gp, columns: dict[str, pa.DataType], required: tuple[str, ...], what: str,
+              valid_only: bool = False) -> Input:
     """GP rows as an engine input with exactly ``columns`` typed as given (absent optional
     columns null): a ``pa.Table`` is sliced to them; a Parquet ``pyarrow.dataset`` on the
     local file system becomes :class:`Parquet` (the engine scans the files itself, reading
     only the columns and rows the plan asks for); one on another file system (S3) is read
-    here, only those columns and only rows with a valid NHS number when the plan needs no
-    other. Only column names go into an error."""
+    here, only those columns (and, ``valid_only``, only rows with a valid NHS number: the
+    plan reads no other). Only column names go into an error."""
     if isinstance(gp, pa.Table):
         return _slim(gp, columns, required, what)
     if not isinstance(gp, pads.Dataset):
@@ -158,7 +159,8 @@ def _gp_input(gp, columns: dict[str, pa.DataType], required: tuple[str, ...], wh
     if isinstance(gp, pads.FileSystemDataset) and isinstance(gp.filesystem, pafs.LocalFileSystem):
         return Parquet(tuple(gp.files), schema)
     present = [c for c in columns if c in gp.schema.names]
-    return _slim(gp.to_table(columns=present), columns, required, what)
+    keep = (pc.field("nhs_number").is_valid() & pc.field("nhs_number_valid")) if valid_only else None
+    return _slim(gp.to_table(columns=present, filter=keep), columns, required, what)
 
 
 def _engine(engine: Engine | None, memory_limit: str | None):
@@ -409,7 +411,7 @@ def link_episodes(episodes: pa.Table, gp_patients, *, type2_numbers=None,
     """
     ep_in = _slim(episodes, _EPISODE_IN, _EPISODE_REQUIRED, "episodes")
     ep_in = ep_in.append_column("__row", pa.array(range(episodes.num_rows), pa.int64()))
-    gp_in = _gp_input(gp_patients, _GP_IN, _GP_REQUIRED, "gp_patients")
+    gp_in = _gp_input(gp_patients, _GP_IN, _GP_REQUIRED, "gp_patients", valid_only=True)
     run, own = _engine(engine, memory_limit)
     try:
         result = run.query(_LINK_SQL, {"ep_in": ep_in, "gp_in": gp_in,
@@ -475,7 +477,8 @@ def gp_deaths(gp_patients, nhs_numbers, engine: Engine | None = None) -> pa.Tabl
     such rows are never stored (inputs.md), so nothing here comes from a type 1 objector."""
     wanted = _numbers(nhs_numbers if isinstance(nhs_numbers, (pa.Array, pa.ChunkedArray))
                       else [n for n in nhs_numbers if n])
-    gp_in = _gp_input(gp_patients, _DEATH_COLUMNS, _GP_REQUIRED[1:] + ("date_of_death",), "gp_patients")
+    gp_in = _gp_input(gp_patients, _DEATH_COLUMNS, _GP_REQUIRED[1:] + ("date_of_death",), "gp_patients",
+                      valid_only=True)
     out = plans.engine_or_default(engine).query(_DEATHS_SQL, {"gp_in": gp_in, "wanted": pa.table({"nhs": wanted})})
     return out.cast(pa.schema([("nhs_number", pa.string()), ("date_of_death", pa.date32()),
                                ("type2_objection", pa.bool_())]))

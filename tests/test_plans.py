@@ -284,3 +284,24 @@ def test_protocols_and_linkage_same_on_spark(spark):
                                                "t2n_in": pa.table({"nhs": pa.array([], pa.string())})})
     for name in linkage.LINK_COLUMNS:
         assert [r[name] for r in got] == want.column(name).to_pylist(), name
+
+
+def test_link_episodes_from_a_dataset_on_a_non_local_file_system():
+    # a dataset on another file system (S3 in production; an in-memory one here) is read in
+    # the process, only the plan's columns and rows with a valid NHS number: same links
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+    from pyarrow import fs as pafs
+    from test_linkage import _lazy_case, gp
+
+    gp_rows, episodes = _lazy_case()
+    table = gp(*gp_rows)
+    mock = pafs._MockFileSystem()
+    mock.create_dir("gp")
+    for i in range(0, table.num_rows, 4):
+        with mock.open_output_stream(f"gp/part-{i:03d}.parquet") as out:
+            pq.write_table(table.slice(i, 4), out)
+    dataset = pads.dataset("gp", filesystem=mock, format="parquet")
+    gp_in = linkage._gp_input(dataset, linkage._GP_IN, linkage._GP_REQUIRED, "gp", valid_only=True)
+    assert isinstance(gp_in, pa.Table) and all(gp_in.column("nhs_number_valid").to_pylist())
+    assert linkage.link_episodes(episodes, dataset).equals(linkage.link_episodes(episodes, table))
