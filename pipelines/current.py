@@ -31,7 +31,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from pipelines import schemas
+from pipelines import plans, schemas
+from pipelines.engine import Engine
 from pipelines.warehouse import Warehouse
 
 _RANK = {"BULK": 0, "NET": 1, "HES": 2}
@@ -74,52 +75,70 @@ def sus_order(led: pd.DataFrame, period: str) -> pd.DataFrame:
     return order.sort_values(["_time", "_rank", "file_name"]).reset_index(drop=True)
 
 
-def apply_protocols(rows: pd.DataFrame) -> np.ndarray:
-    """Positions of the rows that survive, given columns ``provider_code``, ``susrecid``,
-    ``cds_update_type``, ``_seq`` (submission order), ``_bulk`` (row of a BULK file) and
-    ``_pos`` (row order within the file).
+_PROTOCOLS_SQL = """
+WITH r AS (
+    SELECT t.provider_code, t.susrecid, t.cds_update_type, t.line, t.__i, o.seq AS __seq, o.bulk AS __bulk
+    FROM rows t JOIN subs o ON o.submission_id = t.submission_id
+), floor AS (
+    -- per provider: rows of submissions before its last BULK are gone
+    SELECT provider_code, max(__seq) AS floor_seq FROM r WHERE __bulk GROUP BY provider_code
+), live AS (
+    SELECT r.*,
+        row_number() OVER (PARTITION BY r.provider_code, r.susrecid
+                           ORDER BY r.__seq DESC, r.line DESC NULLS FIRST, r.__i DESC) AS __rn
+    FROM r LEFT JOIN floor f ON f.provider_code = r.provider_code
+    WHERE f.floor_seq IS NULL OR r.__seq >= f.floor_seq
+)
+-- then the last event per (provider, susrecid) decides: a deletion (1) removes the episode
+SELECT CAST(__i AS BIGINT) AS __i
+FROM live
+WHERE __rn = 1 AND NOT coalesce({update_type} = '1', false)
+ORDER BY provider_code NULLS LAST, susrecid NULLS LAST
+"""
 
-    Per provider: rows before its last BULK are gone; then the last event per
-    ``susrecid`` decides: a deletion (``1``) removes the episode, anything else keeps it.
-    """
-    if rows.empty:
-        return np.zeros(0, dtype=np.int64)
-    df = rows[["provider_code", "susrecid", "cds_update_type", "_seq", "_bulk", "_pos"]].copy()
-    df["_i"] = np.arange(len(df))
-    last_bulk = df[df["_bulk"]].groupby("provider_code")["_seq"].max()
-    floor = df["provider_code"].map(last_bulk)
-    df = df[floor.isna() | (df["_seq"] >= floor)]
-    df = df.sort_values(["_seq", "_pos"]).drop_duplicates(["provider_code", "susrecid"], keep="last")
-    deleted = df["cds_update_type"].astype("string").str.strip().eq("1").fillna(False)
-    return np.sort(df.loc[~deleted, "_i"].to_numpy())
+PROTOCOL_COLUMNS = {"submission_id": pa.string(), "provider_code": pa.string(), "susrecid": pa.string(),
+                    "cds_update_type": pa.string(), "line": pa.int64()}
 
 
-def current_sus(warehouse: Warehouse, period: str) -> pa.Table:
-    """The period's current SUS episodes (``sus_episodes`` columns, ``period`` included)."""
+def protocols_sql() -> str:
+    """The plan of the SUS protocols over inputs ``rows`` (:data:`PROTOCOL_COLUMNS` and
+    ``__i``, the row's position) and ``subs`` (``submission_id``, ``seq``: the order the
+    submissions apply in, ``bulk``: a BULK file). Per provider, rows before its last BULK
+    are gone; then the last event per ``susrecid`` (by submission order, then line, then
+    position) decides: a deletion (``1``) removes the episode, anything else keeps it.
+    Returns the positions (``__i``) of the surviving rows, by provider then susrecid."""
+    return _PROTOCOLS_SQL.format(update_type=plans.stripped("cds_update_type"))
+
+
+def apply_protocols(rows: pa.Table, order: pa.Table, engine: Engine | None = None) -> pa.Array:
+    """The positions in ``rows`` of the rows that survive the protocols
+    (:func:`protocols_sql`), by provider then susrecid. ``order``: ``submission_id``,
+    ``seq``, ``bulk``. Only the key columns go to the engine."""
+    keys = plans.slim(rows, PROTOCOL_COLUMNS, tuple(c for c in PROTOCOL_COLUMNS if c != "line"), "sus rows")
+    keys = keys.append_column("__i", pa.array(range(rows.num_rows), pa.int64()))
+    subs = order.select(["submission_id", "seq", "bulk"]).cast(
+        pa.schema([("submission_id", pa.string()), ("seq", pa.int64()), ("bulk", pa.bool_())]))
+    out = plans.engine_or_default(engine).query(protocols_sql(), {"rows": keys, "subs": subs})
+    return out.column("__i").combine_chunks()
+
+
+def current_sus(warehouse: Warehouse, period: str, engine: Engine | None = None) -> pa.Table:
+    """The period's current SUS episodes (``sus_episodes`` columns, ``period`` included),
+    checked against the ``current_sus_episodes`` declaration."""
     led = _ledger(warehouse)
     order = sus_order(led, period)
+    declared = schemas.get("current_sus_episodes")
     if order.empty:
-        return _empty("sus_episodes")
+        return declared.arrow_schema(include_partition=True).empty_table()
     seq = {sid: i for i, sid in enumerate(order["submission_id"])}
-    bulk = {sid for sid, proto in zip(order["submission_id"], order["protocol"]) if proto == "BULK"}
     paths = _parts(warehouse, "sus_episodes", period, seq)
     if not paths:
-        return _empty("sus_episodes")
+        return declared.arrow_schema(include_partition=True).empty_table()
     table = warehouse.read("sus_episodes", parts=paths)
-    sids = table.column("submission_id").to_pylist()
-    rows = pd.DataFrame({
-        "provider_code": table.column("provider_code").to_pandas(),
-        "susrecid": table.column("susrecid").to_pandas(),
-        "cds_update_type": table.column("cds_update_type").to_pandas(),
-        "_seq": [seq[s] for s in sids],
-        "_bulk": [s in bulk for s in sids],
-        "_pos": table.column("line").to_pandas(),
-    })
-    keep = apply_protocols(rows)
-    out = table.take(pa.array(keep, pa.int64()))
-    # Deterministic order: provider, then episode id.
-    idx = pc.sort_indices(out, sort_keys=[("provider_code", "ascending"), ("susrecid", "ascending")])
-    return schemas.get("sus_episodes").conform(out.take(idx))
+    subs = pa.table({"submission_id": pa.array(list(seq), pa.string()),
+                     "seq": pa.array(list(seq.values()), pa.int64()),
+                     "bulk": pa.array([p == "BULK" for p in order["protocol"]], pa.bool_())})
+    return declared.check(table.take(apply_protocols(table, subs, engine)))
 
 
 def current_fft(warehouse: Warehouse, period: str) -> pa.Table:

@@ -310,7 +310,7 @@ SPELL_EPISODE_COLUMNS = tuple(dict.fromkeys(_SPELL_REQUIRED + spells.EPISODE_COL
 _SPELL_DATES = ("admidate", "epistart", "epiend", "disdate")
 
 
-def spells_for_fft_linkage(episodes: TableLike) -> pa.Table:
+def spells_for_fft_linkage(episodes: TableLike, engine=None) -> pa.Table:
     """One row per hospital spell from current SUS/HES episodes: provider_code, spell_id,
     nhs_number, disdate, tretspef_last.
 
@@ -345,7 +345,7 @@ def spells_for_fft_linkage(episodes: TableLike) -> pa.Table:
         else:
             cols[c] = pa.array(list(_code(df[c])), pa.string())
     t = pa.table(cols)
-    assigned = spells.assign_spells(t)
+    assigned = spells.assign_spells(t, engine)  # engine: runs the spells plan (None: default)
     if assigned.empty:
         return SPELLS_SCHEMA.empty_table()
     last = spells.last_episodes(assigned)

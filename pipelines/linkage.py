@@ -4,13 +4,15 @@ methods.md "Record linkage" and "care.data linkage coverage"; outputs.md
 ``linkage_coverage_*``, ``programme_targets`` and the restricted ``linked_episodes``.
 The choices made where the spec is silent are written down in docs/methods-linkage.md.
 
-Everything runs in an in-process DuckDB over Arrow data (national tables are never held
-in pandas). The GP rows may be given as a lazy ``pyarrow.dataset.Dataset`` over the
-extracts' Parquet parts (:func:`pipelines.current.gp_current_lazy`): they are then
-scanned, never held whole, so memory does not grow with the number of GP patients.
-DuckDB runs under a memory limit (:data:`DEFAULT_MEMORY_LIMIT`, or
-``CAREDATA_DUCKDB_MEMORY_LIMIT``) and spills to a temporary folder beyond it. No Dagster
-here: the assets call these functions.
+Each step is one relational plan (a SELECT in DuckDB's dialect, CTEs for its working
+sets) that an engine runs (``engine``; None -> :func:`pipelines.engine.default_engine`,
+DuckDB in process; Spark through SQLGlot). The GP rows may be given as a lazy
+``pyarrow.dataset.Dataset`` over the extracts' Parquet parts
+(:func:`pipelines.current.gp_current_lazy`): on a local store they go to the engine as
+:class:`pipelines.engine.Parquet` and the engine scans the files itself, keeping only
+the rows of patients who can link, so memory does not grow with the GP list. DuckDB
+runs under a memory limit (``CAREDATA_DUCKDB_MEMORY_LIMIT``, default 4GB) and spills to
+a temporary folder beyond it. No Dagster here: the assets call these functions.
 
 * :func:`link_episodes`: match rank 1-5 of each episode against the patients of the GP
   extracts (a patient = one NHS number, over all practices), the registration covering
@@ -26,22 +28,17 @@ Nothing here logs or raises with an NHS number, a postcode or a date of birth in
 from __future__ import annotations
 
 import calendar
-import contextlib
 import datetime as dt
-import os
 import re
-import shutil
-import tempfile
-from typing import Iterator
 
-import duckdb
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+from pyarrow import fs as pafs
 
 from expectations.rules import PRACTICE_PLACEHOLDERS
-from pipelines import pseudo, schemas
+from pipelines import plans, pseudo, schemas
+from pipelines.engine import DuckDBEngine, Engine, Input, Parquet
 
 __all__ = [
     "LINK_COLUMNS",
@@ -90,6 +87,7 @@ _GP_IN = {
     "deregistration_date": pa.date32(),
     "date_of_death": pa.date32(),
     "type2_objection": pa.bool_(),
+    "line": pa.int64(),
 }
 _GP_REQUIRED = ("practice_code", "nhs_number")
 
@@ -139,65 +137,17 @@ _NO_PRACTICE_SQL = ", ".join(f"'{c}'" for c in NO_PRACTICE)
 
 
 # --------------------------------------------------------------------------- helpers
-def _slim(table: pa.Table, columns: dict[str, pa.DataType], required: tuple[str, ...] = (), what: str = "table") -> pa.Table:
-    """The named columns of ``table`` cast to the given types; absent optional columns
-    become all-null. Only column names go into the error, never values."""
-    missing = [c for c in required if c not in table.column_names]
-    if missing:
-        raise ValueError(f"{what}: missing columns {missing}")
-    arrays, names = [], []
-    for name, typ in columns.items():
-        if name in table.column_names:
-            arrays.append(table.column(name).cast(typ))
-        else:
-            arrays.append(pa.nulls(table.num_rows, typ))
-        names.append(name)
-    return pa.Table.from_arrays(arrays, names=names)
+_slim = plans.slim
 
 
-# DuckDB's memory ceiling (beyond it, joins and aggregates spill to a temporary folder
-# under the system temp directory). Override with CAREDATA_DUCKDB_MEMORY_LIMIT or the
-# ``memory_limit`` argument, in DuckDB's notation ("4GB", "512MB", "75%").
-DEFAULT_MEMORY_LIMIT = "4GB"
-MEMORY_LIMIT_ENV = "CAREDATA_DUCKDB_MEMORY_LIMIT"
-
-# GP rows are scanned in slices of about this many rows (bounded memory per step), and
-# their files this many at a time (see _slices). Each slice goes to DuckDB as an Arrow
-# table of known size. (A whole pyarrow Dataset registered in DuckDB has no row estimate,
-# ~1 row, so DuckDB makes the GP side the build side of its joins: a hash table of every
-# GP row. Slices keep any such choice bounded by a slice.)
-_GP_SLICE_ROWS = 1 << 19
-_GP_SCAN_FILES = 128
-
-
-def _memory_limit(explicit: str | None = None) -> str:
-    return str(explicit or os.environ.get(MEMORY_LIMIT_ENV) or DEFAULT_MEMORY_LIMIT)
-
-
-@contextlib.contextmanager
-def _connect(memory_limit: str | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
-    """An in-memory DuckDB with a memory limit, one thread per CPU, and its own spill
-    folder under the system temp directory (removed afterwards)."""
-    spill = tempfile.mkdtemp(prefix="caredata-duckdb-")
-    try:
-        con = duckdb.connect(database=":memory:", config={
-            "memory_limit": _memory_limit(memory_limit),
-            "temp_directory": spill,
-            "threads": os.cpu_count() or 1,
-        })
-        try:
-            yield con
-        finally:
-            con.close()
-    finally:
-        shutil.rmtree(spill, ignore_errors=True)
-
-
-def _gp_source(gp, columns: dict[str, pa.DataType], required: tuple[str, ...], what: str):
-    """GP rows as something DuckDB can scan, with exactly ``columns`` typed as given
-    (absent optional columns null): a ``pa.Table`` is sliced to them (:func:`_slim`); a
-    Parquet ``pyarrow.dataset.FileSystemDataset`` stays lazy, re-declared with those
-    columns so a scan reads only them. Only column names go into an error."""
+def _gp_input(gp, columns: dict[str, pa.DataType], required: tuple[str, ...], what: str,
+              valid_only: bool = False) -> Input:
+    """GP rows as an engine input with exactly ``columns`` typed as given (absent optional
+    columns null): a ``pa.Table`` is sliced to them; a Parquet ``pyarrow.dataset`` on the
+    local file system becomes :class:`Parquet` (the engine scans the files itself, reading
+    only the columns and rows the plan asks for); one on another file system (S3) is read
+    here, only those columns (and, ``valid_only``, only rows with a valid NHS number: the
+    plan reads no other). Only column names go into an error."""
     if isinstance(gp, pa.Table):
         return _slim(gp, columns, required, what)
     if not isinstance(gp, pads.Dataset):
@@ -205,46 +155,20 @@ def _gp_source(gp, columns: dict[str, pa.DataType], required: tuple[str, ...], w
     missing = [c for c in required if c not in gp.schema.names]
     if missing:
         raise ValueError(f"{what}: missing columns {missing}")
-    if not isinstance(gp, pads.FileSystemDataset):
-        return _slim(gp.to_table(), columns, required, what)
     schema = pa.schema([pa.field(n, t) for n, t in columns.items()])
-    return pads.FileSystemDataset(list(gp.get_fragments()), schema=schema, format=gp.format,
-                                  filesystem=gp.filesystem)
+    if isinstance(gp, pads.FileSystemDataset) and isinstance(gp.filesystem, pafs.LocalFileSystem):
+        return Parquet(tuple(gp.files), schema)
+    present = [c for c in columns if c in gp.schema.names]
+    keep = (pc.field("nhs_number").is_valid() & pc.field("nhs_number_valid")) if valid_only else None
+    return _slim(gp.to_table(columns=present, filter=keep), columns, required, what)
 
 
-def _slices(source, columns: list[str], filter=None) -> Iterator[pa.Table]:
-    """The rows of a :func:`_gp_source` in their order, ``columns`` only, in tables of
-    about :data:`_GP_SLICE_ROWS` rows. A dataset is streamed (only one slice and the
-    scanner's read-ahead in memory), and its slices hold whole files: a file (one
-    extract) is never split over two slices. Files are scanned :data:`_GP_SCAN_FILES` at
-    a time through fresh fragments, so what Arrow keeps of each file it has read
-    (its Parquet metadata) is let go rather than piling up over thousands of files."""
-    if isinstance(source, pa.Table):
-        table = source.select(columns)
-        if filter is not None:
-            table = table.filter(filter)
-        for start in range(0, table.num_rows, _GP_SLICE_ROWS):
-            yield table.slice(start, _GP_SLICE_ROWS)
-        return
-    schema = pa.schema([source.schema.field(c) for c in columns])
-    fmt, fs = source.format, source.filesystem
-    files = [(f.path, f.partition_expression) for f in source.get_fragments()]
-    pending, rows, fragment = [], 0, None
-    for start in range(0, len(files), _GP_SCAN_FILES):
-        group = pads.FileSystemDataset(
-            [fmt.make_fragment(path, fs, partition_expression=part) for path, part in files[start:start + _GP_SCAN_FILES]],
-            schema=source.schema, format=fmt, filesystem=fs)
-        for tagged in group.scanner(columns=columns, filter=filter).scan_batches():
-            path = tagged.fragment.path
-            if path != fragment and rows >= _GP_SLICE_ROWS:
-                yield pa.Table.from_batches(pending, schema=schema)
-                pending, rows = [], 0
-            fragment = path
-            if tagged.record_batch.num_rows:
-                pending.append(tagged.record_batch)
-                rows += tagged.record_batch.num_rows
-    if pending:
-        yield pa.Table.from_batches(pending, schema=schema)
+def _engine(engine: Engine | None, memory_limit: str | None):
+    """The engine to run on, and whether it is ours to close: ``engine``; else, with a
+    ``memory_limit``, a DuckDB of that limit for this call; else the default engine."""
+    if engine is None and memory_limit is not None:
+        return DuckDBEngine(memory_limit=memory_limit), True
+    return plans.engine_or_default(engine), False
 
 
 def _period_bounds(period: str) -> tuple[dt.date, dt.date]:
@@ -268,12 +192,6 @@ def _sql_date(value: dt.date) -> str:
     return f"DATE '{value.isoformat()}'"
 
 
-def _statements(sql: str) -> list[str]:
-    """Split a script on the semicolons that end its statements (none inside comments
-    or literals in this module's scripts)."""
-    return [part.strip() for part in re.split(r";\s*\n", sql) if part.strip()]
-
-
 def _conform_public(name: str, table: pa.Table) -> pa.Table:
     """Conform to a public declaration as *staged*: computed, not yet disclosure-controlled,
     without the ``<count>_suppressed`` flags that publishing adds."""
@@ -281,159 +199,150 @@ def _conform_public(name: str, table: pa.Table) -> pa.Table:
 
 
 # --------------------------------------------------------------------------- linkage
-_GP_VALID = "nhs_number IS NOT NULL AND coalesce(nhs_number_valid, false)"
+_GP_VALID = "g.nhs_number IS NOT NULL AND coalesce(g.nhs_number_valid, false)"
 
-# 1. The episodes, normalised; the keys the GP rows are looked up by.
-_LINK_PREPARE_SQL = rf"""
-CREATE TEMP TABLE ep AS
-SELECT
-    __row,
-    CASE WHEN coalesce(nhs_number_valid, false) AND nhs_number IS NOT NULL THEN nhs_number END AS e_nhs,
-    dob AS e_dob,
-    coalesce(year(dob), birth_year) AS e_by,
-    coalesce(month(dob), birth_month) AS e_bm,
-    {_SEX.format(c="sex")} AS e_sex,
-    {_POSTCODE.format(c="postcode")} AS e_pc,
-    {_CODE.format(c="gpprac")} AS e_gpprac,
-    epistart
-FROM ep_in;
-
--- DOB, sex and postcode of the episodes without a valid NHS number (rank 5 candidates
--- must agree on all three, so an episode missing one of them cannot be rank 5).
-CREATE TEMP TABLE k5 AS
-SELECT DISTINCT e_dob, e_sex, e_pc FROM ep
-WHERE e_nhs IS NULL AND e_dob IS NOT NULL AND e_sex IS NOT NULL AND e_pc IS NOT NULL;
-
--- The patients (NHS numbers) whose GP rows can matter: the episodes' valid numbers, and
--- (added while scanning the GP rows) every patient with a row agreeing with k5.
-CREATE TEMP TABLE want AS
-SELECT DISTINCT e_nhs AS nhs FROM ep WHERE e_nhs IS NOT NULL;
-
-CREATE TEMP TABLE gp (
-    nhs VARCHAR, practice VARCHAR, extract_date DATE, g_dob DATE, g_sex VARCHAR, g_pc VARCHAR,
-    lsoa VARCHAR, registration_date DATE, deregistration_date DATE, date_of_death DATE,
-    t2 BOOLEAN, __seq BIGINT
-);
-"""
-
-# 2. First scan of the GP rows (only when some episode has no valid NHS number): the
-# patients with a row agreeing on DOB, sex and postcode with such an episode. All their
-# rows are kept in the second scan, so rank 5 still counts every candidate patient, and a
-# rank 5 patient's other rows (another address) still give registration, LSOA, death and
-# objection.
-_LINK_RANK5_SLICE_SQL = rf"""
-INSERT INTO want
-SELECT DISTINCT g.nhs_number FROM gp_slice g
-SEMI JOIN k5 ON g.date_of_birth = k5.e_dob
-    AND {_SEX.format(c="g.sex")} = k5.e_sex
-    AND {_POSTCODE.format(c="g.postcode")} = k5.e_pc
-WHERE {_GP_VALID}
-"""
-
-# 3. Second scan: every row of the wanted patients, normalised (__seq = order in the GP
-# input, the last tie-break below). Every later statement only reads rows of patients in
-# ``want`` (ranks 1-4: the episode's number; rank 5: rows agreeing with k5; pat and cover:
-# the linked patients and the episodes' numbers), so the result is the one over all rows.
-_LINK_GP_SLICE_SQL = rf"""
-INSERT INTO gp
-SELECT
-    nhs_number AS nhs,
-    {_CODE.format(c="practice_code")} AS practice,
-    extract_date,
-    date_of_birth AS g_dob,
-    {_SEX.format(c="sex")} AS g_sex,
-    {_POSTCODE.format(c="postcode")} AS g_pc,
-    NULLIF(trim(lsoa), '') AS lsoa,
-    registration_date,
-    deregistration_date,
-    date_of_death,
-    coalesce(type2_objection, false) AS t2,
-    __seq
-FROM gp_slice
-WHERE {_GP_VALID} AND nhs_number IN (SELECT nhs FROM want)
-"""
-
-# A patient's date of death: from their newest extract that has one (earliest on a tie).
-_NEWEST_DOD = "first(date_of_death ORDER BY extract_date DESC, date_of_death)"
-
-# 4. Match, and what is kept of each patient.
+# The whole linkage, one SELECT. Working sets:
+#   ep     the episodes, normalised; the keys the GP rows are looked up by
+#   k5     DOB, sex and postcode of the episodes without a valid NHS number (rank 5
+#          candidates must agree on all three, so an episode missing one cannot be rank 5)
+#   want   the patients (NHS numbers) whose GP rows can matter: the episodes' valid numbers,
+#          and every patient with a row agreeing with k5 (all their rows are kept, so rank 5
+#          still counts every candidate patient, and a rank 5 patient's other rows, another
+#          address, still give registration, LSOA, death and objection)
+#   gp     every row of the wanted patients, normalised: the one scan of the GP rows that
+#          is kept (the engine reads the rest and drops it); every later step reads only it
+#   links  ranks 1-4: the patient with the episode's valid NHS number (never another one),
+#          the rank the best agreement with any one of that patient's GP rows; rank 5: no
+#          valid NHS number on the episode, and DOB, sex and postcode agree with the rows of
+#          exactly one patient (distinct NHS numbers)
+#   pat_*  what is kept of each patient met: type 2 objection in any row, date of death
+#          (newest extract that records one, earliest on a tie), LSOA of the most recent
+#          registration that has one, date of birth in the newest extract
+#   cover  the registration covering EPISTART: started on or before it and not ended on or
+#          before it; where several cover it (a move not yet recorded by the old practice),
+#          the practice the hospital recorded (GPPRAC) first, then the latest registration
+# Ties are broken by values, never by the order rows arrive in (it differs between engines):
+# practice, then the row's line in its extract, then the value taken.
 _LINK_SQL = rf"""
--- Ranks 1-4: the patient with the episode's valid NHS number (never another one). The
--- rank is the best agreement with any one of that patient's GP rows.
--- Rank 5: no valid NHS number on the episode, and DOB, sex and postcode agree with the rows
--- of exactly one patient (distinct NHS numbers).
-CREATE TEMP TABLE links AS
-SELECT e.__row, g.nhs,
-    min(CASE
-        WHEN g.g_dob = e.e_dob AND g.g_sex = e.e_sex AND g.g_pc = e.e_pc THEN 1
-        WHEN g.g_dob = e.e_dob AND g.g_sex = e.e_sex THEN 2
-        WHEN year(g.g_dob) = e.e_by AND month(g.g_dob) = e.e_bm AND g.g_sex = e.e_sex THEN 3
-        ELSE 4
-    END) AS match_rank
-FROM ep e JOIN gp g ON g.nhs = e.e_nhs
-GROUP BY e.__row, g.nhs
-UNION ALL
-SELECT e.__row, min(g.nhs) AS nhs, 5 AS match_rank
-FROM ep e JOIN gp g ON g.g_dob = e.e_dob AND g.g_sex = e.e_sex AND g.g_pc = e.e_pc
-WHERE e.e_nhs IS NULL
-GROUP BY e.__row
-HAVING count(DISTINCT g.nhs) = 1;
-
--- What we keep of each patient met: type 2 objection in any row, date of death (newest
--- extract that records one), LSOA of the most recent registration that has one.
-CREATE TEMP TABLE pat AS
-SELECT nhs,
-    bool_or(t2) AS t2,
-    {_NEWEST_DOD} FILTER (WHERE date_of_death IS NOT NULL) AS dod,
-    first(lsoa ORDER BY registration_date DESC NULLS LAST, extract_date DESC, practice, __seq)
-        FILTER (WHERE lsoa IS NOT NULL) AS lsoa_latest,
-    first(g_dob ORDER BY extract_date DESC, __seq) FILTER (WHERE g_dob IS NOT NULL) AS dob_latest
-FROM gp
-WHERE nhs IN (SELECT nhs FROM links UNION SELECT e_nhs FROM ep WHERE e_nhs IS NOT NULL)
-GROUP BY nhs;
-
--- The registration covering EPISTART: started on or before it and not ended on or before
--- it. Where several cover it (a move not yet recorded by the old practice), prefer the
--- practice the hospital recorded (GPPRAC), then the latest registration.
-CREATE TEMP TABLE cover AS
-SELECT __row, practice, lsoa FROM (
-    SELECT l.__row, g.practice, g.lsoa,
-        row_number() OVER (
-            PARTITION BY l.__row
-            ORDER BY coalesce(g.practice = e.e_gpprac, false) DESC,
-                     g.registration_date DESC, g.extract_date DESC, g.practice, g.__seq
-        ) AS rn
-    FROM links l
-    JOIN ep e USING (__row)
-    JOIN gp g ON g.nhs = l.nhs
-    WHERE g.registration_date <= e.epistart
-      AND (g.deregistration_date IS NULL OR g.deregistration_date > e.epistart)
-) WHERE rn = 1;
-
+WITH ep AS (
+    SELECT
+        __row,
+        CASE WHEN coalesce(nhs_number_valid, false) AND nhs_number IS NOT NULL THEN nhs_number END AS e_nhs,
+        dob AS e_dob,
+        coalesce(year(dob), birth_year) AS e_by,
+        coalesce(month(dob), birth_month) AS e_bm,
+        {_SEX.format(c="sex")} AS e_sex,
+        {_POSTCODE.format(c="postcode")} AS e_pc,
+        {_CODE.format(c="gpprac")} AS e_gpprac,
+        epistart
+    FROM ep_in
+), k5 AS (
+    SELECT DISTINCT e_dob, e_sex, e_pc FROM ep
+    WHERE e_nhs IS NULL AND e_dob IS NOT NULL AND e_sex IS NOT NULL AND e_pc IS NOT NULL
+), want AS (
+    SELECT e_nhs AS nhs FROM ep WHERE e_nhs IS NOT NULL
+    UNION
+    SELECT g.nhs_number AS nhs FROM gp_in g
+    SEMI JOIN k5 ON g.date_of_birth = k5.e_dob
+        AND {_SEX.format(c="g.sex")} = k5.e_sex
+        AND {_POSTCODE.format(c="g.postcode")} = k5.e_pc
+    WHERE {_GP_VALID}
+), gp AS (
+    SELECT
+        g.nhs_number AS nhs,
+        {_CODE.format(c="g.practice_code")} AS practice,
+        g.extract_date,
+        g.date_of_birth AS g_dob,
+        {_SEX.format(c="g.sex")} AS g_sex,
+        {_POSTCODE.format(c="g.postcode")} AS g_pc,
+        NULLIF(trim(g.lsoa), '') AS lsoa,
+        g.registration_date,
+        g.deregistration_date,
+        g.date_of_death,
+        coalesce(g.type2_objection, false) AS t2,
+        g.line
+    FROM gp_in g
+    WHERE {_GP_VALID} AND g.nhs_number IN (SELECT nhs FROM want)
+), t2n AS (
+    SELECT DISTINCT nhs FROM t2n_in WHERE nhs IS NOT NULL
+), links AS (
+    SELECT e.__row, g.nhs,
+        min(CASE
+            WHEN g.g_dob = e.e_dob AND g.g_sex = e.e_sex AND g.g_pc = e.e_pc THEN 1
+            WHEN g.g_dob = e.e_dob AND g.g_sex = e.e_sex THEN 2
+            WHEN year(g.g_dob) = e.e_by AND month(g.g_dob) = e.e_bm AND g.g_sex = e.e_sex THEN 3
+            ELSE 4
+        END) AS match_rank
+    FROM ep e JOIN gp g ON g.nhs = e.e_nhs
+    GROUP BY e.__row, g.nhs
+    UNION ALL
+    SELECT e.__row, min(g.nhs) AS nhs, 5 AS match_rank
+    FROM ep e JOIN gp g ON g.g_dob = e.e_dob AND g.g_sex = e.e_sex AND g.g_pc = e.e_pc
+    WHERE e.e_nhs IS NULL
+    GROUP BY e.__row
+    HAVING count(DISTINCT g.nhs) = 1
+), pat_t2 AS (
+    SELECT nhs, bool_or(t2) AS t2 FROM gp GROUP BY nhs
+), pat_dod AS (
+    SELECT nhs, date_of_death AS dod FROM (
+        SELECT nhs, date_of_death,
+            row_number() OVER (PARTITION BY nhs ORDER BY extract_date DESC, date_of_death) AS rn
+        FROM gp WHERE date_of_death IS NOT NULL
+    ) x WHERE rn = 1
+), pat_lsoa AS (
+    SELECT nhs, lsoa AS lsoa_latest FROM (
+        SELECT nhs, lsoa,
+            row_number() OVER (PARTITION BY nhs ORDER BY registration_date DESC NULLS LAST,
+                extract_date DESC, practice NULLS LAST, line NULLS LAST, lsoa) AS rn
+        FROM gp WHERE lsoa IS NOT NULL
+    ) x WHERE rn = 1
+), pat_dob AS (
+    SELECT nhs, g_dob AS dob_latest FROM (
+        SELECT nhs, g_dob,
+            row_number() OVER (PARTITION BY nhs ORDER BY extract_date DESC, practice NULLS LAST,
+                line NULLS LAST, g_dob) AS rn
+        FROM gp WHERE g_dob IS NOT NULL
+    ) x WHERE rn = 1
+), cover AS (
+    SELECT __row, practice, lsoa FROM (
+        SELECT l.__row, g.practice, g.lsoa,
+            row_number() OVER (
+                PARTITION BY l.__row
+                ORDER BY coalesce(g.practice = e.e_gpprac, false) DESC,
+                         g.registration_date DESC, g.extract_date DESC, g.practice NULLS LAST,
+                         g.line NULLS LAST, g.lsoa NULLS LAST
+            ) AS rn
+        FROM links l
+        JOIN ep e ON e.__row = l.__row
+        JOIN gp g ON g.nhs = l.nhs
+        WHERE g.registration_date <= e.epistart
+          AND (g.deregistration_date IS NULL OR g.deregistration_date > e.epistart)
+    ) x WHERE rn = 1
+)
 SELECT
-    e.__row,
+    CAST(e.__row AS BIGINT) AS __row,
     CAST(l.match_rank AS BIGINT) AS match_rank,
-    l.nhs AS linked_nhs_number,
-    c.practice AS registered_practice,
-    CASE WHEN l.nhs IS NOT NULL THEN coalesce(c.lsoa, p.lsoa_latest) END AS lsoa,
-    p.dod AS date_of_death,
-    coalesce(p.t2, false) OR coalesce(p_own.t2, false)
-        OR coalesce(l.nhs IN (SELECT nhs FROM t2n), false)
-        OR coalesce(e.e_nhs IN (SELECT nhs FROM t2n), false) AS type2_objection,
+    CAST(l.nhs AS VARCHAR) AS linked_nhs_number,
+    CAST(c.practice AS VARCHAR) AS registered_practice,
+    CAST(CASE WHEN l.nhs IS NOT NULL THEN coalesce(c.lsoa, pl.lsoa_latest) END AS VARCHAR) AS lsoa,
+    CAST(pd.dod AS DATE) AS date_of_death,
+    CAST(coalesce(pt.t2, false) OR coalesce(pt_own.t2, false)
+        OR tl.nhs IS NOT NULL OR te.nhs IS NOT NULL AS BOOLEAN) AS type2_objection,
     -- the linked GP record's date of birth (newest extract), ranks 1 to 4 only: where the
     -- episode has neither DOB nor MYDOB, age at admission comes from it (methods.md)
-    CASE WHEN l.match_rank BETWEEN 1 AND 4 THEN p.dob_latest END AS linked_date_of_birth
+    CAST(CASE WHEN l.match_rank BETWEEN 1 AND 4 THEN pb.dob_latest END AS DATE) AS linked_date_of_birth
 FROM ep e
-LEFT JOIN links l USING (__row)
-LEFT JOIN cover c USING (__row)
-LEFT JOIN pat p ON p.nhs = l.nhs
-LEFT JOIN pat p_own ON p_own.nhs = e.e_nhs
-ORDER BY e.__row;
+LEFT JOIN links l ON l.__row = e.__row
+LEFT JOIN cover c ON c.__row = e.__row
+LEFT JOIN pat_t2 pt ON pt.nhs = l.nhs
+LEFT JOIN pat_t2 pt_own ON pt_own.nhs = e.e_nhs
+LEFT JOIN pat_dod pd ON pd.nhs = l.nhs
+LEFT JOIN pat_lsoa pl ON pl.nhs = l.nhs
+LEFT JOIN pat_dob pb ON pb.nhs = l.nhs
+LEFT JOIN t2n tl ON tl.nhs = l.nhs
+LEFT JOIN t2n te ON te.nhs = e.e_nhs
+ORDER BY e.__row
 """
-
-# Only GP rows with a valid NHS number are patients; the scan drops the others early.
-_GP_VALID_FILTER = pc.field("nhs_number").is_valid() & pc.field("nhs_number_valid")
-_RANK5_COLUMNS = ["nhs_number", "nhs_number_valid", "date_of_birth", "sex", "postcode"]
 
 
 def _numbers(values) -> pa.Array:
@@ -475,20 +384,21 @@ def mark_type2(linked: pa.Table, type2_numbers) -> pa.Table:
 
 
 def link_episodes(episodes: pa.Table, gp_patients, *, type2_numbers=None,
-                  memory_limit: str | None = None) -> pa.Table:
+                  memory_limit: str | None = None, engine: Engine | None = None) -> pa.Table:
     """Link each episode to a GP-registered patient (methods.md "Record linkage").
 
     ``episodes``: current SUS episodes (warehouse ``sus_episodes`` columns).
     ``gp_patients``: the rows of each practice's newest extract (warehouse ``gp_patients``),
     as a ``pa.Table`` or, at national scale, a lazy ``pyarrow.dataset.Dataset`` over
-    their Parquet parts (:func:`pipelines.current.gp_current_lazy`). The GP rows are
-    scanned (twice when an episode has no valid NHS number) and only the rows of patients
-    who can be linked are kept, so memory follows the episodes, not the GP list.
+    their Parquet parts (:func:`pipelines.current.gp_current_lazy`), which the engine
+    scans itself (twice when an episode has no valid NHS number), keeping only the rows of
+    patients who can be linked, so memory follows the episodes, not the GP list.
     ``type2_numbers``: NHS numbers of type 2 objectors found in any GP extract taken in
     or held, rows kept or quarantined (:func:`pipelines.current.gp_type2_numbers`): an
     episode whose own valid number or linked patient is one of them is flagged
     ``type2_objection`` even where no current GP row says so.
-    ``memory_limit``: DuckDB's (default :func:`_memory_limit`).
+    ``engine``: runs the plan (:data:`_LINK_SQL`; None -> the default engine; with a
+    ``memory_limit``, a DuckDB of that limit for this call).
 
     Returns ``episodes`` unchanged, in the same order, with :data:`LINK_COLUMNS` added
     (replaced if already there): ``match_rank`` (1-5, null = unlinked),
@@ -501,30 +411,14 @@ def link_episodes(episodes: pa.Table, gp_patients, *, type2_numbers=None,
     """
     ep_in = _slim(episodes, _EPISODE_IN, _EPISODE_REQUIRED, "episodes")
     ep_in = ep_in.append_column("__row", pa.array(range(episodes.num_rows), pa.int64()))
-    gp_src = _gp_source(gp_patients, _GP_IN, _GP_REQUIRED, "gp_patients")
-    with _connect(memory_limit) as con:
-        con.register("ep_in", ep_in)
-        con.register("t2n_in", pa.table({"nhs": _numbers(type2_numbers)}))
-        con.execute("CREATE TEMP TABLE t2n AS SELECT DISTINCT nhs FROM t2n_in")
-        con.unregister("t2n_in")
-        for statement in _statements(_LINK_PREPARE_SQL):
-            con.execute(statement)
-        if con.sql("SELECT count(*) FROM k5").fetchall()[0][0]:
-            for part in _slices(gp_src, _RANK5_COLUMNS, _GP_VALID_FILTER):
-                con.register("gp_slice", part)
-                con.execute(_LINK_RANK5_SLICE_SQL)
-                con.unregister("gp_slice")
-        seq = 0
-        for part in _slices(gp_src, list(_GP_IN), _GP_VALID_FILTER):
-            part = part.append_column("__seq", pa.array(np.arange(seq, seq + part.num_rows, dtype=np.int64)))
-            seq += part.num_rows
-            con.register("gp_slice", part)
-            con.execute(_LINK_GP_SLICE_SQL)
-            con.unregister("gp_slice")
-        *setup, final = _statements(_LINK_SQL)
-        for statement in setup:
-            con.execute(statement)
-        result = con.sql(final).to_arrow_table()
+    gp_in = _gp_input(gp_patients, _GP_IN, _GP_REQUIRED, "gp_patients", valid_only=True)
+    run, own = _engine(engine, memory_limit)
+    try:
+        result = run.query(_LINK_SQL, {"ep_in": ep_in, "gp_in": gp_in,
+                                       "t2n_in": pa.table({"nhs": _numbers(type2_numbers)})})
+    finally:
+        if own:
+            run.close()
 
     out = episodes.drop_columns([c for c in LINK_COLUMNS if c in episodes.column_names])
     types = {
@@ -543,10 +437,31 @@ def link_episodes(episodes: pa.Table, gp_patients, *, type2_numbers=None,
 
 _DEATH_COLUMNS = {"nhs_number": pa.string(), "nhs_number_valid": pa.bool_(), "extract_date": pa.date32(),
                   "date_of_death": pa.date32(), "type2_objection": pa.bool_()}
-_DEATH_FILTER = _GP_VALID_FILTER & pc.field("date_of_death").is_valid()
+
+_DEATHS_SQL = f"""
+WITH d AS (
+    SELECT g.nhs_number, g.extract_date, g.date_of_death, coalesce(g.type2_objection, false) AS t2
+    FROM gp_in g
+    WHERE {_GP_VALID} AND g.date_of_death IS NOT NULL
+      AND g.nhs_number IN (SELECT nhs FROM wanted)
+), newest AS (
+    SELECT nhs_number, date_of_death FROM (
+        SELECT nhs_number, date_of_death,
+            row_number() OVER (PARTITION BY nhs_number ORDER BY extract_date DESC, date_of_death) AS rn
+        FROM d
+    ) x WHERE rn = 1
+), t2 AS (
+    SELECT nhs_number, bool_or(t2) AS t2 FROM d GROUP BY nhs_number
+)
+SELECT CAST(n.nhs_number AS VARCHAR) AS nhs_number,
+       CAST(n.date_of_death AS DATE) AS date_of_death,
+       CAST(t2.t2 AS BOOLEAN) AS type2_objection
+FROM newest n JOIN t2 ON t2.nhs_number = n.nhs_number
+ORDER BY n.nhs_number
+"""
 
 
-def gp_deaths(gp_patients, nhs_numbers) -> pa.Table:
+def gp_deaths(gp_patients, nhs_numbers, engine: Engine | None = None) -> pa.Table:
     """The GP-recorded date of death of each of ``nhs_numbers`` (an Arrow array, or any
     iterable of strings; nulls and blanks ignored) found dead in
     ``gp_patients`` (a ``pa.Table`` or a lazy Parquet dataset, as for
@@ -555,26 +470,16 @@ def gp_deaths(gp_patients, nhs_numbers) -> pa.Table:
     valid NHS number and a ``DATE_OF_DEATH`` are read. Returns ``nhs_number``,
     ``date_of_death`` (from the patient's newest extract that has one; on a tie, the
     earliest date) and ``type2_objection`` (in any of those rows), one row per patient.
+    One plan (:data:`_DEATHS_SQL`) run by ``engine``.
 
     Rows that carry a date of death are of patients already dead on the extract date,
     whose record can change no more: a type 1 objection made in life is on those rows, and
     such rows are never stored (inputs.md), so nothing here comes from a type 1 objector."""
-    if isinstance(nhs_numbers, (pa.Array, pa.ChunkedArray)):
-        wanted = pc.unique(pc.drop_null(nhs_numbers.cast(pa.string())))
-    else:
-        wanted = pa.array(sorted({n for n in nhs_numbers if n}), pa.string())
-    wanted = wanted.filter(pc.not_equal(wanted, ""))
-    src = _gp_source(gp_patients, _DEATH_COLUMNS, _GP_REQUIRED[1:] + ("date_of_death",), "gp_patients")
-    parts = [part.filter(pc.is_in(part.column("nhs_number"), value_set=wanted))
-             for part in _slices(src, list(_DEATH_COLUMNS), _DEATH_FILTER)] if len(wanted) else []
-    rows = pa.concat_tables(parts) if parts else pa.schema(_DEATH_COLUMNS).empty_table()
-    with _connect() as con:
-        con.register("d", rows)
-        out = con.sql(f"""
-            SELECT nhs_number,
-                   {_NEWEST_DOD} AS date_of_death,
-                   bool_or(coalesce(type2_objection, false)) AS type2_objection
-            FROM d GROUP BY nhs_number ORDER BY nhs_number""").to_arrow_table()
+    wanted = _numbers(nhs_numbers if isinstance(nhs_numbers, (pa.Array, pa.ChunkedArray))
+                      else [n for n in nhs_numbers if n])
+    gp_in = _gp_input(gp_patients, _DEATH_COLUMNS, _GP_REQUIRED[1:] + ("date_of_death",), "gp_patients",
+                      valid_only=True)
+    out = plans.engine_or_default(engine).query(_DEATHS_SQL, {"gp_in": gp_in, "wanted": pa.table({"nhs": wanted})})
     return out.cast(pa.schema([("nhs_number", pa.string()), ("date_of_death", pa.date32()),
                                ("type2_objection", pa.bool_())]))
 
@@ -590,6 +495,7 @@ def coverage(
     settings,
     *,
     memory_limit: str | None = None,
+    engine: Engine | None = None,
 ) -> dict[str, pa.Table]:
     """The care.data linkage coverage of ``period`` (methods.md), unsuppressed.
 
@@ -597,9 +503,9 @@ def coverage(
     EPIEND falls in another month are ignored). ``practices``: ``ref_practices``;
     ``providers``: ``ref_providers``; ``extracts``: ``gp_extracts``;
     ``gp_patients_period``: the rows of each practice's newest extract dated in the period,
-    a ``pa.Table`` or a lazy ``pyarrow.dataset.Dataset`` (streamed and counted slice by
-    slice, never held whole: see :func:`_registered`). ``memory_limit``: DuckDB's (default
-    :func:`_memory_limit`).
+    a ``pa.Table`` or a lazy ``pyarrow.dataset.Dataset`` (scanned by the engine, which
+    keeps only each extract's count). ``engine``: runs the plans (None -> the default
+    engine; with a ``memory_limit``, a DuckDB of that limit for this call).
 
     Returns ``linkage_coverage_practice``, ``linkage_coverage_provider``,
     ``linkage_coverage_summary`` and ``programme_targets``, each conformed to its
@@ -609,118 +515,145 @@ def coverage(
     start, end = _period_bounds(period)
     practice_pct = float(settings.t("linkage", "practice_linked_pct"))
     standard_pct = float(settings.t("linkage", "nhs_number_standard_pct"))
+    p_start, p_end = _sql_date(start), _sql_date(end)
+    run, own = _engine(engine, memory_limit)
+    try:
+        lk = run.query(_COVERAGE_EPISODES_SQL.format(p_start=p_start, p_end=p_end), {
+            "lk_in": _slim(linked, _LINKED_IN, ("provider_code", "epiend", "match_rank"), "linked")})
+        practice = run.query(_COVERAGE_PRACTICE_SQL.format(period=period, p_start=p_start, p_end=p_end,
+                                                           practice_pct=repr(practice_pct)), {
+            "lk_in": lk,
+            "prac_in": _slim(practices, _PRACTICES_IN, ("practice_code",), "practices"),
+            "ext_in": _slim(extracts, _EXTRACTS_IN, ("practice_code", "extract_date"), "extracts"),
+            "gpp_in": _gp_input(gp_patients_period, _GP_PERIOD_IN, ("practice_code", "extract_date"),
+                                "gp_patients_period"),
+        })
+        provider = run.query(_COVERAGE_PROVIDER_SQL.format(period=period, standard_pct=repr(standard_pct)), {
+            "lk_in": lk, "prov_in": _slim(providers, _PROVIDERS_IN, ("provider_code",), "providers")})
+        summary = run.query(_COVERAGE_SUMMARY_SQL.format(period=period),
+                            {"practice_out": practice, "provider_out": provider})
+    finally:
+        if own:
+            run.close()
 
-    gpp_in = _gp_source(gp_patients_period, _GP_PERIOD_IN, ("practice_code", "extract_date"), "gp_patients_period")
-    with _connect(memory_limit) as con:
-        con.register("lk_in", _slim(linked, _LINKED_IN, ("provider_code", "epiend", "match_rank"), "linked"))
-        con.register("prac_in", _slim(practices, _PRACTICES_IN, ("practice_code",), "practices"))
-        con.register("prov_in", _slim(providers, _PROVIDERS_IN, ("provider_code",), "providers"))
-        con.register("ext_in", _slim(extracts, _EXTRACTS_IN, ("practice_code", "extract_date"), "extracts"))
-        p_start, p_end = _sql_date(start), _sql_date(end)
-        con.execute(f"""
-            CREATE TEMP TABLE lk AS
-            SELECT {_CODE.format(c="provider_code")} AS provider_code,
-                   coalesce(nhs_number_valid, false) AS valid,
-                   trim(nhsnoind) = '01' AS verified,
-                   CASE WHEN {_CODE.format(c="gpprac")} IN ({_NO_PRACTICE_SQL}) THEN NULL
-                        ELSE {_CODE.format(c="gpprac")} END AS gpprac,
-                   match_rank,
-                   {_CODE.format(c="registered_practice")} AS registered_practice
-            FROM lk_in WHERE epiend BETWEEN {p_start} AND {p_end}
-        """)
-        # Active practices: status A and prescribing setting 4.
-        con.execute(f"""
-            CREATE TEMP TABLE act AS
-            SELECT {_CODE.format(c="practice_code")} AS practice, min(commissioner_code) AS commissioner_code
-            FROM prac_in
-            WHERE trim(status) = 'A' AND trim(prescribing_setting) = '4'
-              AND coalesce({_CODE.format(c="practice_code")} NOT IN ({_NO_PRACTICE_SQL}), true)
-            GROUP BY 1
-        """)
-        # Each practice's newest extract dated in the period (held extracts do not count).
-        con.execute(f"""
-            CREATE TEMP TABLE chosen AS
-            SELECT practice, extract_date, type1_objections, type2_objections FROM (
-                SELECT {_CODE.format(c="practice_code")} AS practice, extract_date,
-                       type1_objections, type2_objections,
-                       row_number() OVER (PARTITION BY {_CODE.format(c="practice_code")}
-                                          ORDER BY extract_date DESC, submission_id DESC) AS rn
-                FROM ext_in
-                WHERE extract_date BETWEEN {p_start} AND {p_end} AND NOT coalesce(held, false)
-            ) WHERE rn = 1
-        """)
-        # Registered on the extract date: started on or before it, not deregistered or
-        # dead on or before it. A patient with two rows in one extract counts once.
-        _registered(con, gpp_in)
-        # Practice linkage: of the episodes whose GPPRAC is the practice, those linked to a
-        # patient whose registration at that practice covers EPISTART. link_episodes picks
-        # the GPPRAC practice first among covering registrations, so that is
-        # registered_practice = gpprac.
-        con.execute("""
-            CREATE TEMP TABLE pe AS
-            SELECT gpprac AS practice, count(*) AS expected,
-                   count(*) FILTER (WHERE match_rank IS NOT NULL AND registered_practice = gpprac) AS linked
-            FROM lk WHERE gpprac IS NOT NULL GROUP BY gpprac
-        """)
-        practice = con.sql(f"""
-            SELECT '{period}' AS period,
-                   a.practice AS practice_code,
-                   a.commissioner_code,
-                   c.practice IS NOT NULL AS extract_received,
-                   c.extract_date,
-                   CASE WHEN c.practice IS NOT NULL THEN coalesce(r.registered, 0) END AS registered_patients,
-                   c.type1_objections,
-                   c.type2_objections,
-                   coalesce(pe.expected, 0) AS episodes_expected,
-                   coalesce(pe.linked, 0) AS episodes_linked,
-                   CASE WHEN coalesce(pe.expected, 0) > 0
-                        THEN CAST(100 * pe.linked AS DOUBLE) / pe.expected END AS pct_linked,
-                   c.practice IS NOT NULL
-                       AND coalesce(CAST(100 * pe.linked AS DOUBLE) / pe.expected >= {practice_pct!r}, false)
-                       AS linked_to_hospital_data
-            FROM act a
-            LEFT JOIN chosen c ON c.practice = a.practice
-            LEFT JOIN reg r ON r.practice = a.practice
-            LEFT JOIN pe ON pe.practice = a.practice
-            ORDER BY a.practice
-        """).to_arrow_table()
-        con.register("practice_out", practice)
+    targets = _programme_targets(period, summary, settings)
+    return {
+        "linkage_coverage_practice": _conform_public("linkage_coverage_practice", practice),
+        "linkage_coverage_provider": _conform_public("linkage_coverage_provider", provider),
+        "linkage_coverage_summary": _conform_public("linkage_coverage_summary", summary),
+        "programme_targets": _conform_public("programme_targets", targets),
+    }
 
-        rank_cols = ",\n".join(
-            f"count(*) FILTER (WHERE l.match_rank = {k}) AS linked_rank_{k}" for k in range(1, 6)
-        )
-        provider = con.sql(f"""
+
+# The period's episodes (EPIEND in the period), normalised for coverage.
+_COVERAGE_EPISODES_SQL = f"""
+SELECT CAST({_CODE.format(c="provider_code")} AS VARCHAR) AS provider_code,
+       CAST(coalesce(nhs_number_valid, false) AS BOOLEAN) AS valid,
+       CAST(coalesce(trim(nhsnoind) = '01', false) AS BOOLEAN) AS verified,
+       CAST(CASE WHEN {_CODE.format(c="gpprac")} IN ({_NO_PRACTICE_SQL}) THEN NULL
+                 ELSE {_CODE.format(c="gpprac")} END AS VARCHAR) AS gpprac,
+       CAST(match_rank AS BIGINT) AS match_rank,
+       CAST({_CODE.format(c="registered_practice")} AS VARCHAR) AS registered_practice
+FROM lk_in WHERE epiend BETWEEN {{p_start}} AND {{p_end}}
+"""
+
+# Per active practice (status A, prescribing setting 4): its newest extract dated in the
+# period (held extracts do not count), the patients registered on the extract date (started
+# on or before it, not deregistered or dead on or before it; a patient with two rows in one
+# extract counts once; the engine scans the extract rows and keeps only the counts), and
+# practice linkage: of the episodes whose GPPRAC is the practice, those linked to a patient
+# whose registration at that practice covers EPISTART (link_episodes picks the GPPRAC
+# practice first among covering registrations, so that is registered_practice = gpprac).
+_COVERAGE_PRACTICE_SQL = f"""
+WITH act AS (
+    SELECT {_CODE.format(c="practice_code")} AS practice, min(commissioner_code) AS commissioner_code
+    FROM prac_in
+    WHERE trim(status) = 'A' AND trim(prescribing_setting) = '4'
+      AND coalesce({_CODE.format(c="practice_code")} NOT IN ({_NO_PRACTICE_SQL}), true)
+    GROUP BY {_CODE.format(c="practice_code")}
+), chosen AS (
+    SELECT practice, extract_date, type1_objections, type2_objections FROM (
+        SELECT {_CODE.format(c="practice_code")} AS practice, extract_date,
+               type1_objections, type2_objections,
+               row_number() OVER (PARTITION BY {_CODE.format(c="practice_code")}
+                                  ORDER BY extract_date DESC, submission_id DESC NULLS LAST) AS rn
+        FROM ext_in
+        WHERE extract_date BETWEEN {{p_start}} AND {{p_end}} AND NOT coalesce(held, false)
+    ) x WHERE rn = 1
+), reg AS (
+    SELECT c.practice,
+           count(DISTINCT coalesce(g.nhs_number, 'line:' || coalesce(CAST(g.line AS VARCHAR), '?'))) AS registered
+    FROM gpp_in g
+    JOIN chosen c ON upper(trim(g.practice_code)) = c.practice AND g.extract_date = c.extract_date
+    WHERE (g.registration_date IS NULL OR g.registration_date <= c.extract_date)
+      AND (g.deregistration_date IS NULL OR g.deregistration_date > c.extract_date)
+      AND (g.date_of_death IS NULL OR g.date_of_death > c.extract_date)
+    GROUP BY c.practice
+), pe AS (
+    SELECT gpprac AS practice, count(*) AS expected,
+           count(*) FILTER (WHERE match_rank IS NOT NULL AND registered_practice = gpprac) AS linked
+    FROM lk_in WHERE gpprac IS NOT NULL GROUP BY gpprac
+)
+SELECT CAST('{{period}}' AS VARCHAR) AS period,
+       CAST(a.practice AS VARCHAR) AS practice_code,
+       CAST(a.commissioner_code AS VARCHAR) AS commissioner_code,
+       CAST(c.practice IS NOT NULL AS BOOLEAN) AS extract_received,
+       CAST(c.extract_date AS DATE) AS extract_date,
+       CAST(CASE WHEN c.practice IS NOT NULL THEN coalesce(r.registered, 0) END AS BIGINT) AS registered_patients,
+       CAST(c.type1_objections AS BIGINT) AS type1_objections,
+       CAST(c.type2_objections AS BIGINT) AS type2_objections,
+       CAST(coalesce(pe.expected, 0) AS BIGINT) AS episodes_expected,
+       CAST(coalesce(pe.linked, 0) AS BIGINT) AS episodes_linked,
+       CAST(CASE WHEN coalesce(pe.expected, 0) > 0
+                 THEN CAST(100 * pe.linked AS DOUBLE) / pe.expected END AS DOUBLE) AS pct_linked,
+       CAST(c.practice IS NOT NULL
+            AND coalesce(CAST(100 * pe.linked AS DOUBLE) / pe.expected >= {{practice_pct}}, false) AS BOOLEAN)
+           AS linked_to_hospital_data
+FROM act a
+LEFT JOIN chosen c ON c.practice = a.practice
+LEFT JOIN reg r ON r.practice = a.practice
+LEFT JOIN pe ON pe.practice = a.practice
+ORDER BY a.practice NULLS LAST
+"""
+
+_RANK_COLUMNS = ",\n".join(
+    f"count(*) FILTER (WHERE l.match_rank = {k}) AS linked_rank_{k}" for k in range(1, 6))
+
+_COVERAGE_PROVIDER_SQL = f"""
             WITH host AS (
                 SELECT {_CODE.format(c="provider_code")} AS provider_code, min(commissioner_code) AS commissioner_code
-                FROM prov_in GROUP BY 1
+                FROM prov_in GROUP BY {_CODE.format(c="provider_code")}
             ), agg AS (
                 SELECT l.provider_code,
                        count(*) AS episodes,
                        count(*) FILTER (WHERE l.valid) AS episodes_valid_nhs_number,
                        count(*) FILTER (WHERE l.verified) AS episodes_verified_nhs_number,
                        count(*) FILTER (WHERE l.match_rank IS NOT NULL) AS episodes_linked,
-                       {rank_cols}
-                FROM lk l WHERE l.provider_code IS NOT NULL GROUP BY l.provider_code
+                       {_RANK_COLUMNS}
+                FROM lk_in l WHERE l.provider_code IS NOT NULL GROUP BY l.provider_code
             )
-            SELECT '{period}' AS period,
-                   agg.provider_code,
-                   host.commissioner_code,
-                   agg.episodes,
-                   agg.episodes_valid_nhs_number,
-                   CAST(100 * agg.episodes_valid_nhs_number AS DOUBLE) / agg.episodes AS pct_valid_nhs_number,
-                   agg.episodes_verified_nhs_number,
-                   CAST(100 * agg.episodes_verified_nhs_number AS DOUBLE) / agg.episodes AS pct_verified_nhs_number,
-                   agg.episodes_linked,
-                   CAST(100 * agg.episodes_linked AS DOUBLE) / agg.episodes AS pct_linked,
-                   agg.linked_rank_1, agg.linked_rank_2, agg.linked_rank_3, agg.linked_rank_4, agg.linked_rank_5,
-                   CAST(100 * agg.episodes_valid_nhs_number AS DOUBLE) / agg.episodes >= {standard_pct!r}
+            SELECT CAST('{{period}}' AS VARCHAR) AS period,
+                   CAST(agg.provider_code AS VARCHAR) AS provider_code,
+                   CAST(host.commissioner_code AS VARCHAR) AS commissioner_code,
+                   CAST(agg.episodes AS BIGINT) AS episodes,
+                   CAST(agg.episodes_valid_nhs_number AS BIGINT) AS episodes_valid_nhs_number,
+                   CAST(CAST(100 * agg.episodes_valid_nhs_number AS DOUBLE) / agg.episodes AS DOUBLE)
+                       AS pct_valid_nhs_number,
+                   CAST(agg.episodes_verified_nhs_number AS BIGINT) AS episodes_verified_nhs_number,
+                   CAST(CAST(100 * agg.episodes_verified_nhs_number AS DOUBLE) / agg.episodes AS DOUBLE)
+                       AS pct_verified_nhs_number,
+                   CAST(agg.episodes_linked AS BIGINT) AS episodes_linked,
+                   CAST(CAST(100 * agg.episodes_linked AS DOUBLE) / agg.episodes AS DOUBLE) AS pct_linked,
+                   CAST(agg.linked_rank_1 AS BIGINT) AS linked_rank_1, CAST(agg.linked_rank_2 AS BIGINT) AS linked_rank_2,
+                   CAST(agg.linked_rank_3 AS BIGINT) AS linked_rank_3, CAST(agg.linked_rank_4 AS BIGINT) AS linked_rank_4,
+                   CAST(agg.linked_rank_5 AS BIGINT) AS linked_rank_5,
+                   CAST(CAST(100 * agg.episodes_valid_nhs_number AS DOUBLE) / agg.episodes >= {{standard_pct}} AS BOOLEAN)
                        AS meets_nhs_number_standard
-            FROM agg LEFT JOIN host USING (provider_code)
+            FROM agg LEFT JOIN host ON host.provider_code = agg.provider_code
             ORDER BY agg.provider_code
-        """).to_arrow_table()
-        con.register("provider_out", provider)
+        """
 
-        summary = con.sql(f"""
+_COVERAGE_SUMMARY_SQL = """
             WITH pr AS (
                 SELECT 'national' AS area_level, 'ENG' AS area_code, extract_received, linked_to_hospital_data
                 FROM practice_out
@@ -740,96 +673,31 @@ def coverage(
                 SELECT area_level, area_code, count(*) AS practices,
                        count(*) FILTER (WHERE extract_received) AS providing,
                        count(*) FILTER (WHERE linked_to_hospital_data) AS linked
-                FROM pr GROUP BY ALL
+                FROM pr GROUP BY area_level, area_code
             ), va AS (
                 SELECT area_level, area_code, count(*) AS providers,
                        count(*) FILTER (WHERE meets_nhs_number_standard) AS meeting
-                FROM pv GROUP BY ALL
+                FROM pv GROUP BY area_level, area_code
             )
-            SELECT '{period}' AS period, a.area_level, a.area_code,
-                   coalesce(pa.practices, 0) AS practices,
-                   coalesce(pa.providing, 0) AS practices_providing_extract,
-                   CASE WHEN pa.practices > 0 THEN CAST(100 * pa.providing AS DOUBLE) / pa.practices END
+            SELECT CAST('{period}' AS VARCHAR) AS period,
+                   CAST(a.area_level AS VARCHAR) AS area_level,
+                   CAST(a.area_code AS VARCHAR) AS area_code,
+                   CAST(coalesce(pa.practices, 0) AS BIGINT) AS practices,
+                   CAST(coalesce(pa.providing, 0) AS BIGINT) AS practices_providing_extract,
+                   CAST(CASE WHEN pa.practices > 0 THEN CAST(100 * pa.providing AS DOUBLE) / pa.practices END AS DOUBLE)
                        AS pct_practices_providing_extract,
-                   coalesce(pa.linked, 0) AS practices_linked,
-                   CASE WHEN pa.practices > 0 THEN CAST(100 * pa.linked AS DOUBLE) / pa.practices END
+                   CAST(coalesce(pa.linked, 0) AS BIGINT) AS practices_linked,
+                   CAST(CASE WHEN pa.practices > 0 THEN CAST(100 * pa.linked AS DOUBLE) / pa.practices END AS DOUBLE)
                        AS pct_practices_linked,
-                   coalesce(va.providers, 0) AS providers,
-                   coalesce(va.meeting, 0) AS providers_meeting_nhs_number_standard,
-                   CASE WHEN va.providers > 0 THEN CAST(100 * va.meeting AS DOUBLE) / va.providers END
+                   CAST(coalesce(va.providers, 0) AS BIGINT) AS providers,
+                   CAST(coalesce(va.meeting, 0) AS BIGINT) AS providers_meeting_nhs_number_standard,
+                   CAST(CASE WHEN va.providers > 0 THEN CAST(100 * va.meeting AS DOUBLE) / va.providers END AS DOUBLE)
                        AS pct_providers_meeting_nhs_number_standard
             FROM areas a
-            LEFT JOIN pa USING (area_level, area_code)
-            LEFT JOIN va USING (area_level, area_code)
-            ORDER BY a.area_level = 'commissioner', a.area_code
-        """).to_arrow_table()
-
-    targets = _programme_targets(period, summary, settings)
-    return {
-        "linkage_coverage_practice": _conform_public("linkage_coverage_practice", practice),
-        "linkage_coverage_provider": _conform_public("linkage_coverage_provider", provider),
-        "linkage_coverage_summary": _conform_public("linkage_coverage_summary", summary),
-        "programme_targets": _conform_public("programme_targets", targets),
-    }
-
-
-# The distinct registered patients of the chosen extracts in one slice of GP rows
-# ({only}: a further join restricting the extracts).
-_REGISTERED_ROWS_SQL = """
-SELECT DISTINCT c.practice, c.extract_date,
-       coalesce(g.nhs_number, 'line:' || coalesce(CAST(g.line AS VARCHAR), '?')) AS patient
-FROM gp_slice g
-JOIN chosen c ON upper(trim(g.practice_code)) = c.practice AND g.extract_date = c.extract_date
-{only}
-WHERE (g.registration_date IS NULL OR g.registration_date <= c.extract_date)
-  AND (g.deregistration_date IS NULL OR g.deregistration_date > c.extract_date)
-  AND (g.date_of_death IS NULL OR g.date_of_death > c.extract_date)
-"""
-_REGISTERED_SLICE_SQL = f"""
-INSERT INTO reg_part
-SELECT {{slice}} AS slice, practice, extract_date, count(*) AS registered FROM (
-{_REGISTERED_ROWS_SQL.format(only="")}
-) GROUP BY ALL
-"""
-_REGISTERED_SPLIT_SQL = "INSERT INTO split_rows " + _REGISTERED_ROWS_SQL.format(
-    only="SEMI JOIN split s ON s.practice = c.practice AND s.extract_date = c.extract_date")
-
-
-def _registered(con: duckdb.DuckDBPyConnection, gpp_in) -> None:
-    """Table ``reg`` (practice, registered) for the extracts of table ``chosen``, from GP
-    rows streamed in slices (:func:`_slices`): distinct patients counted per slice and
-    extract. An extract whose rows fall in one slice (always, for a dataset of one file
-    per extract) has its count; one spread over several slices is counted again over
-    its rows of all slices, so the count is exact for any input, and memory holds one
-    slice rather than every patient of the period."""
-    columns = list(_GP_PERIOD_IN)
-    con.execute("CREATE TEMP TABLE reg_part (slice BIGINT, practice VARCHAR, extract_date DATE, registered BIGINT)")
-    con.execute("CREATE TEMP TABLE split_rows (practice VARCHAR, extract_date DATE, patient VARCHAR)")
-    for i, part in enumerate(_slices(gpp_in, columns)):
-        con.register("gp_slice", part)
-        con.execute(_REGISTERED_SLICE_SQL.format(slice=i))
-        con.unregister("gp_slice")
-    con.execute("""
-        CREATE TEMP TABLE split AS
-        SELECT practice, extract_date FROM reg_part GROUP BY ALL HAVING count(*) > 1
-    """)
-    if con.sql("SELECT count(*) FROM split").fetchall()[0][0]:
-        # Rare (a Table input, or an extract in several files): those rows again, whole.
-        for part in _slices(gpp_in, columns):
-            con.register("gp_slice", part)
-            con.execute(_REGISTERED_SPLIT_SQL)
-            con.unregister("gp_slice")
-    con.execute("""
-        CREATE TEMP TABLE reg AS
-        WITH counts AS (
-            SELECT practice, extract_date, registered FROM reg_part
-            ANTI JOIN split USING (practice, extract_date)
-            UNION ALL
-            SELECT practice, extract_date, count(DISTINCT patient) FROM split_rows GROUP BY ALL
-        )
-        SELECT c.practice, n.registered
-        FROM chosen c JOIN counts n ON n.practice = c.practice AND n.extract_date = c.extract_date
-    """)
+            LEFT JOIN pa ON pa.area_level = a.area_level AND pa.area_code = a.area_code
+            LEFT JOIN va ON va.area_level = a.area_level AND va.area_code = a.area_code
+            ORDER BY a.area_level = 'commissioner', a.area_code NULLS LAST
+        """
 
 
 def _programme_targets(period: str, summary: pa.Table, settings) -> pa.Table:
@@ -885,16 +753,33 @@ WITH t2_hesid AS (
     WHERE coalesce(type2_objection, false) AND NULLIF(trim(pseudo_hesid), '') IS NOT NULL
 )
 SELECT
-    {period} AS period,
-    CASE WHEN coalesce(nhs_number_valid, false) AND nhs_number IS NOT NULL THEN nhs_number
-         ELSE linked_nhs_number END AS __id_nhs,
-    pseudo_hesid AS __id_hesid,
-    provider_code, susrecid, spell_id, epiorder, admidate, epistart, epiend, disdate,
-    admimeth, dismeth, classpat, mainspef, tretspef, consultant_code, diagnoses, procedures,
-    CASE WHEN a.age >= 0 THEN a.age END AS age_at_admission,
-    sex, lsoa, registered_practice, match_rank, date_of_death
-FROM lk,
-LATERAL (SELECT CASE
+    CAST({period} AS VARCHAR) AS period,
+    CAST(CASE WHEN coalesce(nhs_number_valid, false) AND nhs_number IS NOT NULL THEN nhs_number
+         ELSE linked_nhs_number END AS VARCHAR) AS __id_nhs,
+    CAST(pseudo_hesid AS VARCHAR) AS __id_hesid,
+    CAST(provider_code AS VARCHAR) AS provider_code,
+    CAST(susrecid AS VARCHAR) AS susrecid,
+    CAST(spell_id AS VARCHAR) AS spell_id,
+    CAST(epiorder AS VARCHAR) AS epiorder,
+    CAST(admidate AS DATE) AS admidate,
+    CAST(epistart AS DATE) AS epistart,
+    CAST(epiend AS DATE) AS epiend,
+    CAST(disdate AS DATE) AS disdate,
+    CAST(admimeth AS VARCHAR) AS admimeth,
+    CAST(dismeth AS VARCHAR) AS dismeth,
+    CAST(classpat AS VARCHAR) AS classpat,
+    CAST(mainspef AS VARCHAR) AS mainspef,
+    CAST(tretspef AS VARCHAR) AS tretspef,
+    CAST(consultant_code AS VARCHAR) AS consultant_code,
+    CAST(diagnoses AS VARCHAR[]) AS diagnoses,
+    CAST(procedures AS VARCHAR[]) AS procedures,
+    CAST(CASE WHEN age >= 0 THEN age END AS BIGINT) AS age_at_admission,
+    CAST(sex AS VARCHAR) AS sex,
+    CAST(lsoa AS VARCHAR) AS lsoa,
+    CAST(registered_practice AS VARCHAR) AS registered_practice,
+    CAST(match_rank AS BIGINT) AS match_rank,
+    CAST(date_of_death AS DATE) AS date_of_death
+FROM (SELECT *, CASE
     WHEN admidate IS NULL THEN NULL
     WHEN dob IS NOT NULL THEN year(admidate) - year(dob)
         - CASE WHEN month(admidate) < month(dob)
@@ -905,7 +790,7 @@ LATERAL (SELECT CASE
         - CASE WHEN month(admidate) < month(linked_date_of_birth)
                  OR (month(admidate) = month(linked_date_of_birth)
                      AND day(admidate) < day(linked_date_of_birth)) THEN 1 ELSE 0 END
-END AS age) a
+END AS age FROM lk) a
 WHERE NOT coalesce(type2_objection, false)
   AND (NULLIF(trim(pseudo_hesid), '') IS NULL OR trim(pseudo_hesid) NOT IN (SELECT h FROM t2_hesid))
 ORDER BY provider_code, susrecid
@@ -921,7 +806,7 @@ _RESTRICTED_OPTIONAL = {
 }
 
 
-def linked_episodes_restricted(linked: pa.Table, key: str) -> pa.Table:
+def linked_episodes_restricted(linked: pa.Table, key: str, engine: Engine | None = None) -> pa.Table:
     """The restricted ``linked_episodes`` dataset from :func:`link_episodes` output.
 
     Every episode flagged ``type2_objection`` is dropped, and so is every episode sharing
@@ -942,9 +827,7 @@ def linked_episodes_restricted(linked: pa.Table, key: str) -> pa.Table:
         if name not in table.column_names:
             table = table.append_column(name, pa.nulls(table.num_rows, typ))
     period_sql = "period" if "period" in table.column_names else "strftime(epiend, '%Y-%m')"
-    with _connect() as con:
-        con.register("lk", table)
-        rows = con.sql(_RESTRICTED_SQL.format(period=period_sql)).to_arrow_table()
+    rows = plans.engine_or_default(engine).query(_RESTRICTED_SQL.format(period=period_sql), {"lk": table})
     ids = pseudo.person_ids(key, rows.column("__id_nhs"), rows.column("__id_hesid"))
     rows = rows.drop_columns(["__id_nhs", "__id_hesid"])
     rows = rows.add_column(1, pa.field("person_id", pa.string()), ids)

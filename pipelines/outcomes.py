@@ -201,6 +201,7 @@ def build_spells(
     death_days: int = 30,
     readmission_days: int = 30,
     gp_deaths: pa.Table | None = None,
+    engine: Any = None,
 ) -> pa.Table:
     """One row per hospital spell (``provider_code`` + ``spell_id``) of the linked
     episodes, with its index procedure (if any) and outcomes. See the module docstring and
@@ -228,7 +229,7 @@ def build_spells(
     # Spells and episode order as every module derives them (pipelines/spells.py): the
     # given spell id, else HES's derivation (person, provider, admission date, cut at each
     # discharge), else the episode alone; EPIORDER 98/99 after every real order.
-    assigned = _spells.assign_spells(episodes)
+    assigned = _spells.assign_spells(episodes, engine)  # engine: runs the spells plan
     ep = ep.iloc[assigned["row"].to_numpy()].reset_index(drop=True)
     ep["spell_key"] = assigned["spell_id"].to_numpy()
     ep["spell"] = assigned["spell"].to_numpy()
@@ -442,6 +443,7 @@ def window_spells(
     cohorts: pd.DataFrame | None = None,
     *,
     gp_deaths: Callable[[pa.Table], pa.Table | None] | None = None,
+    engine: Any = None,
     **rules: Any,
 ) -> pa.Table | None:
     """The spells a window ending with period ``current`` needs, built by
@@ -469,7 +471,8 @@ def window_spells(
     its own columns (an index procedure, or discharged in ``current``).
 
     ``gp_deaths(episodes)`` gives the GP-recorded deaths for :func:`build_spells`;
-    ``rules`` are its ``min_age``, ``death_days`` and ``readmission_days``."""
+    ``rules`` are its ``min_age``, ``death_days`` and ``readmission_days``; ``engine``
+    runs the spells plan (:mod:`pipelines.spells`; None: the default engine)."""
     if cohorts is None:
         cohorts = load_cohorts()
     prefixes = _prefixes_by_length(cohorts)
@@ -478,7 +481,7 @@ def window_spells(
         t = read(p, _KEY_COLUMNS + ("procedures",))
         if t is None or t.num_rows == 0:
             continue
-        keys = _spell_hashes(t)
+        keys = _spell_hashes(t, engine)
         hit = np.ones(t.num_rows, dtype=bool) if p == current else _has_cohort_code(t, prefixes)
         keep.append(keys[hit & (keys != 0)])
     if not keep:
@@ -488,7 +491,7 @@ def window_spells(
     for p in periods:
         t = read(p, _KEY_AND_PERSON)
         if t is not None and t.num_rows:
-            mine = _member(_spell_hashes(t), keep_keys)
+            mine = _member(_spell_hashes(t, engine), keep_keys)
             people += [ids[mine] for ids in _person_hashes(t)]
     people_keys = _sorted_set(people)
     people_keys = people_keys[people_keys != 0]
@@ -499,18 +502,19 @@ def window_spells(
             theirs = np.zeros(t.num_rows, dtype=bool)
             for ids in _person_hashes(t):
                 theirs |= _member(ids, people_keys)
-            keys = _spell_hashes(t)
+            keys = _spell_hashes(t, engine)
             wanted.append(keys[theirs & (keys != 0)])
     wanted_keys = _sorted_set(wanted)
     parts = []
     for p in periods:
         t = read(p, EPISODE_COLUMNS)
         if t is not None and t.num_rows:
-            parts.append(t.filter(pa.array(_member(_spell_hashes(t), wanted_keys))))
+            parts.append(t.filter(pa.array(_member(_spell_hashes(t, engine), wanted_keys))))
     episodes = pa.concat_tables(parts, promote_options="default")
     log.info("outcomes window %s..%s: %d spells kept, %d episodes read for them", periods[0], periods[-1],
              len(keep_keys), episodes.num_rows)
-    spells = build_spells(episodes, cohorts, gp_deaths=gp_deaths(episodes) if gp_deaths else None, **rules)
+    spells = build_spells(episodes, cohorts, gp_deaths=gp_deaths(episodes) if gp_deaths else None,
+                          engine=engine, **rules)
     kept = pc.or_(pc.is_valid(spells.column("specialty")),
                   pc.fill_null(pc.equal(spells.column("spell_period"), current), False))
     return spells.filter(kept)
@@ -564,14 +568,14 @@ def _hashes(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return h
 
 
-def _spell_hashes(t: pa.Table) -> np.ndarray:
+def _spell_hashes(t: pa.Table, engine: Any = None) -> np.ndarray:
     """Each episode's spell group (provider and :func:`pipelines.spells.group_keys`: its
     spell id, else its person and admission date, else itself) as a hash; 0 for an
     episode without a provider (it is in no spell). A derived group holds every episode
     a derived spell can take (several spells when the person was discharged and
     admitted again on the same day), so reading groups reads whole spells."""
     provider = _stripped(_column(t, "provider_code"))
-    return _hashes(pc.binary_join_element_wise(provider, _spells.group_keys(t), "\x1f"))
+    return _hashes(pc.binary_join_element_wise(provider, _spells.group_keys(t, engine), "\x1f"))
 
 
 def _person_hashes(t: pa.Table) -> list[np.ndarray]:
@@ -621,7 +625,8 @@ admission stays unknown (no DOB, no MYDOB, no linked GP date of birth at ranks 1
 such a procedure can be no index procedure (adults only), so it is counted, not lost."""
 
 
-def procedures_without_age(linked: pa.Table, period: str, cohorts: pd.DataFrame | None = None) -> pa.Table:
+def procedures_without_age(linked: pa.Table, period: str, cohorts: pd.DataFrame | None = None,
+                          engine: Any = None) -> pa.Table:
     """``dq_rules`` rows (internal, ``schemas.get("dq_rules")``) for one period's linked
     episodes: per submission and provider, ``rows_checked`` = episodes with
     a procedure code of a cohort's prefix, ``rows_failed`` = those whose age at admission
@@ -645,7 +650,7 @@ def procedures_without_age(linked: pa.Table, period: str, cohorts: pd.DataFrame 
     for c in ("admidate", "epistart", "dob", "linked_date_of_birth"):
         df[c] = pd.to_datetime(df[c])
     # the spell's values, from its first episode that has each (as build_spells)
-    assigned = _spells.assign_spells(linked)
+    assigned = _spells.assign_spells(linked, engine)
     spell = np.full(len(df), -1, dtype=np.int64)
     spell[assigned["row"].to_numpy()] = assigned["spell"].to_numpy()
     own = spell < 0

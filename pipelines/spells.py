@@ -21,12 +21,11 @@ module (inputs.md "HES APC extracts"; :func:`pipelines.outcomes.build_spells` an
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from pipelines.text import WHITESPACE
+from pipelines import plans
+from pipelines.engine import Engine
 
 NOT_AN_ORDER = ("98", "99")  # EPIORDER not applicable / not known
 AFTER_EVERY_ORDER = 98.0  # the rank of 98, 99, missing and non-numeric orders
@@ -40,117 +39,153 @@ ORDER_COLUMNS = ("epiorder", "epistart", "epiend", "epistat", "disdate", "dismet
 EPISODE_COLUMNS = GROUP_COLUMNS + ORDER_COLUMNS
 """The episode columns :func:`assign_spells` reads."""
 
+ASSIGNED_COLUMNS = {
+    "row": pa.int64(), "provider_code": pa.string(), "susrecid": pa.string(), "order_rank": pa.float64(),
+    "discharged": pa.bool_(), "unfinished": pa.bool_(), "spell_id": pa.string(), "spell": pa.int64(),
+    "is_last": pa.bool_(),
+}
+"""What :func:`assign_spells` returns, in this order."""
 
-# --------------------------------------------------------------------------- per episode
-def _column(t: pa.Table, name: str) -> pa.ChunkedArray:
-    if name in t.column_names:
-        return t.column(name)
-    return pa.chunked_array([pa.nulls(t.num_rows, pa.string())])
-
-
-def _text(column) -> pa.ChunkedArray:
-    """Text stripped as ``str.strip()`` strips it, empty as null."""
-    s = pc.utf8_trim(column.cast(pa.string()), characters=WHITESPACE)
-    return pc.if_else(pc.equal(s, ""), pa.scalar(None, pa.string()), s)
+_DATES = ("admidate", "epistart", "epiend", "disdate")
 
 
-def person(t: pa.Table) -> pa.ChunkedArray:
-    """The spell's person of each episode: its valid NHS number, else ``HESID:`` +
-    ``pseudo_hesid``; null when it has neither."""
-    valid = pc.fill_null(_column(t, "nhs_number_valid").cast(pa.bool_()), False)
-    nhs = pc.if_else(valid, _text(_column(t, "nhs_number")), pa.scalar(None, pa.string()))
-    hesid = _text(_column(t, "pseudo_hesid"))
-    return pc.coalesce(nhs, pc.binary_join_element_wise("HESID:", hesid, ""))
+# --------------------------------------------------------------------------- the plan
+def _input(episodes: pa.Table) -> tuple[pa.Table, str]:
+    """The columns the plan reads (absent ones all-null text) with ``__row`` (position),
+    and the SQL of the admission date as text (an ISO date, or the supplier's text
+    stripped when the column is text)."""
+    cols, names = [pa.array(range(episodes.num_rows), pa.int64())], ["__row"]
+    for c in EPISODE_COLUMNS:
+        if c in episodes.column_names:
+            col = episodes.column(c)
+            if c == "nhs_number_valid":
+                col = col.cast(pa.bool_())
+            elif c in _DATES and not pa.types.is_string(col.type):
+                col = col.cast(pa.date32()) if not pa.types.is_null(col.type) else pa.nulls(len(col), pa.date32())
+            elif c not in _DATES:
+                col = col.cast(pa.string())
+        else:
+            col = pa.nulls(episodes.num_rows, pa.bool_() if c == "nhs_number_valid" else pa.string())
+        cols.append(col)
+        names.append(c)
+    t = pa.Table.from_arrays(cols, names=names)
+    adm = plans.text("admidate") if pa.types.is_string(t.column("admidate").type) \
+        else "CAST(CAST(admidate AS DATE) AS VARCHAR)"
+    return t, adm
 
 
-def group_keys(t: pa.Table) -> pa.ChunkedArray:
-    """Each episode's spell group within its provider: ``ID:`` + its spell id; else
-    ``DER:`` + person + admission date (the episodes a derived spell is cut from: one
-    spell, or several when the person was discharged and admitted again on the same day);
-    else ``EPI:`` + its susrecid. Internal: it holds the person's NHS number."""
-    spell_id = _text(_column(t, "spell_id"))
-    adm = _column(t, "admidate")
-    adm = adm.cast(pa.date32()).cast(pa.string()) if not pa.types.is_string(adm.type) else _text(adm)
-    derived = pc.binary_join_element_wise("DER:", person(t), adm, "")  # null unless both
-    own = pc.binary_join_element_wise("EPI:", pc.fill_null(_text(_column(t, "susrecid")), ""), "")
-    return pc.coalesce(pc.binary_join_element_wise("ID:", spell_id, ""), derived, own)
+def _group_sql(adm: str) -> str:
+    """An episode's spell group within its provider (:func:`group_keys`)."""
+    person = (f"coalesce(CASE WHEN coalesce(CAST(nhs_number_valid AS BOOLEAN), false) THEN {plans.text('nhs_number')} END, "
+              f"'HESID:' || {plans.text('pseudo_hesid')})")
+    return (f"coalesce('ID:' || {plans.text('spell_id')}, 'DER:' || {person} || {adm}, "
+            f"'EPI:' || coalesce({plans.text('susrecid')}, ''))")
 
 
-def order_rank(epiorder: pd.Series) -> pd.Series:
-    """EPIORDER as a sort key: real orders (1 to 97) as numbers; 98, 99, missing and
-    anything else after every real order (:data:`AFTER_EVERY_ORDER`)."""
-    text = epiorder.astype("string").str.strip()
-    num = pd.to_numeric(text.where(text.str.fullmatch(r"[0-9]{1,2}").fillna(False).astype(bool)),
-                        errors="coerce").astype("float64")
-    real = (num >= 1) & (num < AFTER_EVERY_ORDER)
-    return num.where(real, AFTER_EVERY_ORDER)
+# Episode order within a spell group; ties broken by position in the input.
+_ORDER = "order_rank, epistart NULLS LAST, epiend NULLS LAST, susrecid NULLS LAST, __row"
+_NOT_AN_ORDER_SQL = f"{AFTER_EVERY_ORDER!r}"
+
+_ASSIGN_SQL = """
+WITH e AS (
+    SELECT __row,
+        {provider} AS provider_code,
+        {susrecid} AS susrecid,
+        {group} AS grp,
+        CASE WHEN regexp_matches({epiorder}, '^[0-9]{{1,2}}$')
+                  AND TRY_CAST({epiorder} AS INTEGER) BETWEEN 1 AND 97
+             THEN CAST(TRY_CAST({epiorder} AS INTEGER) AS DOUBLE) ELSE {after} END AS order_rank,
+        TRY_CAST(epistart AS DATE) AS epistart,
+        TRY_CAST(epiend AS DATE) AS epiend,
+        coalesce(TRY_CAST(disdate AS DATE) IS NOT NULL AND {dismeth} IS NOT NULL
+                 AND {dismeth} NOT IN ({no_discharge}), false) AS discharged,
+        coalesce({epistat} IN ({unfinished}), false) AS unfinished
+    FROM episodes
+), k AS (
+    SELECT *, substr(grp, 1, 4) = 'DER:' AS derived FROM e WHERE provider_code IS NOT NULL
+), c AS (
+    -- a derived group is cut after each episode with a discharge: the spell of an episode
+    -- within its group is the number of discharges before it
+    SELECT *,
+        coalesce(sum(CASE WHEN derived AND discharged THEN 1 ELSE 0 END) OVER (
+            PARTITION BY provider_code, grp ORDER BY {order}
+            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS cut
+    FROM k
+), s AS (
+    SELECT *,
+        first_value(coalesce(susrecid, '')) OVER (PARTITION BY provider_code, grp, cut ORDER BY {order}
+            ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS first_susrecid,
+        row_number() OVER (PARTITION BY provider_code, grp, cut ORDER BY {order}) AS rn,
+        count(*) OVER (PARTITION BY provider_code, grp, cut) AS n,
+        dense_rank() OVER (ORDER BY provider_code, grp, cut) - 1 AS spell
+    FROM c
+)
+SELECT
+    CAST(__row AS BIGINT) AS "row",
+    CAST(provider_code AS VARCHAR) AS provider_code,
+    CAST(susrecid AS VARCHAR) AS susrecid,
+    CAST(order_rank AS DOUBLE) AS order_rank,
+    CAST(discharged AS BOOLEAN) AS discharged,
+    CAST(unfinished AS BOOLEAN) AS unfinished,
+    CAST(CASE WHEN substr(grp, 1, 3) = 'ID:' THEN substr(grp, 4)
+              WHEN derived THEN 'DER:' || first_susrecid
+              ELSE grp END AS VARCHAR) AS spell_id,
+    CAST(spell AS BIGINT) AS spell,
+    CAST(rn = n AS BOOLEAN) AS is_last
+FROM s
+ORDER BY provider_code, grp, {order}
+"""
+
+_GROUP_KEYS_SQL = """
+SELECT CAST({group} AS VARCHAR) AS grp FROM episodes ORDER BY __row
+"""
 
 
-def is_discharge(disdate: pd.Series, dismeth: pd.Series) -> pd.Series:
-    """The episode has a discharge: a discharge date and a method other than 8 or 9."""
-    meth = dismeth.astype("string").str.strip()
-    return (disdate.notna() & meth.notna() & ~meth.isin(NO_DISCHARGE_DISMETH).fillna(False)).astype(bool)
+def _codes(values) -> str:
+    return ", ".join(f"'{v}'" for v in values)
 
 
-def is_unfinished(epistat: pd.Series) -> pd.Series:
-    return epistat.astype("string").str.strip().isin(UNFINISHED_EPISTAT).fillna(False).astype(bool)
+def assign_sql(adm: str) -> str:
+    """The plan of :func:`assign_spells` over an input named ``episodes`` (:func:`_input`)."""
+    return _ASSIGN_SQL.format(
+        provider=plans.text("provider_code"), susrecid=plans.text("susrecid"), group=_group_sql(adm),
+        epiorder=plans.stripped("epiorder"), after=_NOT_AN_ORDER_SQL, dismeth=plans.stripped("dismeth"),
+        no_discharge=_codes(NO_DISCHARGE_DISMETH), epistat=plans.stripped("epistat"),
+        unfinished=_codes(UNFINISHED_EPISTAT), order=_ORDER)
 
 
 # --------------------------------------------------------------------------- spells
-def assign_spells(episodes: pa.Table) -> pd.DataFrame:
-    """Each episode's spell, in spell order. One row per episode of ``episodes`` (columns
-    :data:`EPISODE_COLUMNS`; absent ones are empty): ``row`` (its position in
-    ``episodes``), ``provider_code``, ``spell_id`` (the given one, ``DER:`` + the first
-    episode's susrecid, or ``EPI:`` + its own), ``spell`` (0, 1, ... numbering the spells
-    by provider and ``spell_id``), ``order_rank``, ``is_last`` (the spell's last episode),
-    ``discharged`` (the episode has a discharge), ``unfinished``. Sorted by spell, then
-    episode order. Episodes without a provider are in no spell (left out)."""
-    n = episodes.num_rows
-    provider = _text(_column(episodes, "provider_code"))
-    df = pd.DataFrame({
-        "row": np.arange(n, dtype=np.int64),
-        "provider_code": pd.Series(provider.to_pandas(), dtype=object),
-        "group": pd.Series(group_keys(episodes).to_pandas(), dtype=object),
-        "susrecid": pd.Series(_text(_column(episodes, "susrecid")).to_pandas(), dtype=object),
-        "order_rank": order_rank(pd.Series(_column(episodes, "epiorder").to_pandas())).to_numpy(),
-    })
-    for c in ("epistart", "epiend", "disdate"):
-        col = _column(episodes, c)
-        df[c] = pd.to_datetime(pd.Series(col.to_pandas()) if not pa.types.is_null(col.type)
-                               else pd.Series([pd.NaT] * n), errors="coerce").to_numpy()
-    df["discharged"] = is_discharge(df["disdate"], pd.Series(_column(episodes, "dismeth").to_pandas())).to_numpy()
-    df["unfinished"] = is_unfinished(pd.Series(_column(episodes, "epistat").to_pandas())).to_numpy()
-    df = df[df["provider_code"].notna()]
-    df = df.sort_values(["provider_code", "group", "order_rank", "epistart", "epiend", "susrecid", "row"],
-                        na_position="last", kind="stable")
-    # A derived group splits after each episode with a discharge.
-    derived = df["group"].str.startswith("DER:").to_numpy(dtype=bool)
-    gnum = df.groupby(["provider_code", "group"], sort=False).ngroup().to_numpy()
-    disch = df["discharged"].to_numpy(dtype=bool) & derived
-    before = pd.Series(disch.astype(np.int64)).groupby(gnum).cumsum().to_numpy() - disch
-    first_of_spell = np.ones(len(df), dtype=bool)
-    if len(df):
-        first_of_spell[1:] = (gnum[1:] != gnum[:-1]) | (before[1:] != before[:-1])
-    spell = np.cumsum(first_of_spell) - 1
-    group = df["group"]
-    ids = group.str.slice(3).where(group.str.startswith("ID:"), group).to_numpy(dtype=object, copy=True)
-    if derived.any():
-        first_rec = ("DER:" + df["susrecid"].fillna("")).to_numpy(dtype=object)[first_of_spell]
-        ids[derived] = first_rec[spell[derived]]
-    df["spell_id"] = ids
-    df["spell"] = spell
-    last = np.ones(len(df), dtype=bool)
-    if len(df):
-        last[:-1] = spell[1:] != spell[:-1]
-    df["is_last"] = last
-    return df.drop(columns=["group"]).reset_index(drop=True)
+def group_keys(t: pa.Table, engine: Engine | None = None) -> pa.ChunkedArray:
+    """Each episode's spell group within its provider: ``ID:`` + its spell id; else
+    ``DER:`` + person (valid NHS number, else ``HESID:`` + ``pseudo_hesid``) + admission
+    date (the episodes a derived spell is cut from: one spell, or several when the person
+    was discharged and admitted again on the same day); else ``EPI:`` + its susrecid.
+    Internal: it holds the person's NHS number. The same SQL as :func:`assign_spells`."""
+    table, adm = _input(t)
+    out = plans.engine_or_default(engine).query(_GROUP_KEYS_SQL.format(group=_group_sql(adm)), {"episodes": table})
+    return out.column("grp")
+
+
+def assign_spells(episodes: pa.Table, engine: Engine | None = None) -> pd.DataFrame:
+    """Each episode's spell, in spell order: one relational plan (:func:`assign_sql`, run
+    by ``engine``; None -> the process's DuckDB). One row per episode of ``episodes``
+    (columns :data:`EPISODE_COLUMNS`; absent ones are empty): ``row`` (its position in
+    ``episodes``), ``provider_code``, ``susrecid``, ``order_rank``, ``discharged`` (the
+    episode has a discharge), ``unfinished``, ``spell_id`` (the given one, ``DER:`` + the
+    first episode's susrecid, or ``EPI:`` + its own), ``spell`` (0, 1, ... numbering the
+    spells by provider and group), ``is_last`` (the spell's last episode). Sorted by
+    spell, then episode order. Episodes without a provider are in no spell (left out)."""
+    table, adm = _input(episodes)
+    out = plans.engine_or_default(engine).query(assign_sql(adm), {"episodes": table})
+    out = out.select(list(ASSIGNED_COLUMNS)).cast(pa.schema(ASSIGNED_COLUMNS))
+    return out.to_pandas()
 
 
 def last_episodes(assigned: pd.DataFrame) -> pd.DataFrame:
     """One row per spell (indexed by ``spell``) from :func:`assign_spells`: its last
     episode's ``row``, ``spell_id``, ``provider_code``, whether it is ``unfinished``, and
     whether it ends the spell with a discharge (``discharged``: the last episode has a
-    discharge and is finished)."""
+    discharge and is finished). A filter over the plan's output, not a second rule."""
     last = assigned[assigned["is_last"]].set_index("spell")
     out = last[["row", "provider_code", "spell_id", "unfinished"]].copy()
     out["discharged"] = last["discharged"] & ~last["unfinished"]

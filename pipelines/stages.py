@@ -289,6 +289,7 @@ def link(settings: Settings, period: str) -> dict:
     newest = current.gp_current_lazy(wh, period).patients_newest_overall
     # Type 2 objectors seen in any GP extract taken in or held, rows kept or quarantined.
     linked = linkage.link_episodes(episodes, newest, type2_numbers=current.gp_type2_numbers(wh))
+    linked = schemas.get("linked_episodes_working").check(linked)  # declared constraints, checked
     wh.write_raw("linked_episodes", linked, period)
     # Episodes with a cohort procedure whose age at admission stays unknown even with the
     # linked GP record's date of birth: counted in data_quality (rule PROCEDURE_AGE_UNKNOWN).
@@ -372,7 +373,7 @@ def outcome_outputs(settings: Settings, period: str) -> dict:
     for name in OUTCOME_DATASETS:
         wh.write(name, out[name], period)
         report[name] = {"rows": out[name].num_rows}
-    wh.write_raw("spells", spells, period)
+    wh.write_raw("spells", schemas.get("spells").check(spells, include_partition=False), period)
     # Funnel plots, one per specialty and window.
     co = out["consultant_outcomes"].to_pandas()
     plots = 0

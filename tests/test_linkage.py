@@ -628,11 +628,8 @@ def _lazy_case():
     return rows, episodes
 
 
-@pytest.mark.parametrize("slice_rows", [None, 7])
-def test_link_episodes_same_from_a_parquet_dataset_as_from_a_table(tmp_path, monkeypatch, slice_rows):
-    if slice_rows:  # scan in many small slices, a few files at a time
-        monkeypatch.setattr(linkage, "_GP_SLICE_ROWS", slice_rows)
-        monkeypatch.setattr(linkage, "_GP_SCAN_FILES", 3)
+def test_link_episodes_same_from_a_parquet_dataset_as_from_a_table(tmp_path):
+    # the dataset goes to the engine as Parquet files it scans itself (linkage._gp_input)
     rows, episodes = _lazy_case()
     table, dataset = _gp_dataset(tmp_path, rows, per_file=4)
     assert isinstance(dataset, pa.dataset.Dataset) and len(dataset.files) > 1
@@ -666,11 +663,8 @@ def test_link_episodes_dataset_needs_the_required_columns(tmp_path):
         linkage.link_episodes(eps(ep_row(N[0])), [PATIENT])
 
 
-@pytest.mark.parametrize("slice_rows", [None, 1, 2])
-def test_coverage_same_from_a_parquet_dataset_as_from_a_table(tmp_path, monkeypatch, slice_rows):
-    if slice_rows:  # an extract spread over several slices is counted again, whole
-        monkeypatch.setattr(linkage, "_GP_SLICE_ROWS", slice_rows)
-        monkeypatch.setattr(linkage, "_GP_SCAN_FILES", 1)
+def test_coverage_same_from_a_parquet_dataset_as_from_a_table(tmp_path):
+    # P1's extract spread over two files is still counted once per patient
     rows = gp_patients_period().to_pylist()
     # P1's extract in two files (4 and 1 rows), P3's in one
     table, dataset = _gp_dataset(tmp_path, rows, per_file=4)
@@ -686,36 +680,27 @@ def test_coverage_same_from_a_parquet_dataset_as_from_a_table(tmp_path, monkeypa
 
 
 def test_duckdb_runs_under_a_memory_limit_and_spills_to_its_own_temp_folder(monkeypatch):
-    monkeypatch.setenv(linkage.MEMORY_LIMIT_ENV, "1GB")
-    with linkage._connect() as con:
-        limit = con.sql("SELECT current_setting('memory_limit')").fetchall()[0][0]
-        spill = con.sql("SELECT current_setting('temp_directory')").fetchall()[0][0]
-        threads = con.sql("SELECT current_setting('threads')").fetchall()[0][0]
-    assert limit == "953.6 MiB"  # 1 GB as DuckDB prints it
-    assert spill.startswith(tempfile.gettempdir()) and not os.path.exists(spill)
-    assert int(threads) == (os.cpu_count() or 1)
-    with linkage._connect("256MB") as con:  # the argument wins over the environment
-        assert con.sql("SELECT current_setting('memory_limit')").fetchall()[0][0] == "244.1 MiB"
-    monkeypatch.delenv(linkage.MEMORY_LIMIT_ENV)
-    assert linkage._memory_limit() == linkage.DEFAULT_MEMORY_LIMIT == "4GB"
+    from pipelines.engine import DuckDBEngine
+    from pipelines.engine import duckdb_engine
 
-
-# --------------------------------------------------------------------------- deaths from older extracts
-def test_gp_deaths_newest_extract_with_a_death_and_type2_from_any():
-    a, b, c = N[:3]
-    rows = gp(
-        gp_row(a, extract_date=D(2014, 3, 1), date_of_death=D(2014, 1, 5)),
-        gp_row(a, practice="P2", extract_date=D(2014, 9, 1), date_of_death=D(2014, 1, 6), type2_objection=True),
-        gp_row(b, extract_date=D(2014, 3, 1)),                              # alive: not a death
-        gp_row(c, extract_date=D(2014, 3, 1), date_of_death=D(2014, 2, 1)),  # not asked for
-        # newest of all, but the number is not valid there: never a patient's row
-        gp_row(a, nhs_number_valid=False, extract_date=D(2015, 1, 1), date_of_death=D(2014, 2, 2)),
-    )
-    out = linkage.gp_deaths(rows, [a, b, None]).to_pylist()
-    assert out == [{"nhs_number": a, "date_of_death": D(2014, 1, 6), "type2_objection": True}]
-    assert linkage.gp_deaths(rows, []).num_rows == 0
-    assert linkage.gp_deaths(rows, pa.chunked_array([[a, None, ""], [a, c]])).column("nhs_number").to_pylist() == [a, c]
-
+    monkeypatch.setenv(duckdb_engine.MEMORY_LIMIT_ENV, "1GB")
+    engine = DuckDBEngine()
+    try:
+        got = engine.query("SELECT current_setting('memory_limit') AS m, current_setting('temp_directory') AS t, "
+                           "current_setting('threads') AS n").to_pylist()[0]
+    finally:
+        engine.close()
+    assert got["m"] == "953.6 MiB"  # 1 GB as DuckDB prints it
+    assert got["t"].startswith(tempfile.gettempdir()) and not os.path.exists(got["t"])
+    assert int(got["n"]) == (os.cpu_count() or 1)
+    # linkage's memory_limit argument wins over the environment, for that call
+    run, own = linkage._engine(None, "256MB")
+    try:
+        assert own and run.query("SELECT current_setting('memory_limit') AS m").column("m")[0].as_py() == "244.1 MiB"
+    finally:
+        run.close()
+    monkeypatch.delenv(duckdb_engine.MEMORY_LIMIT_ENV)
+    assert duckdb_engine.DEFAULT_MEMORY_LIMIT == "4GB"
 
 def test_coverage_gpprac_placeholders_belong_to_no_practice():
     """GPPRAC V81997, V81998, V81999 and '&' mean no practice / not known (inputs.md): such

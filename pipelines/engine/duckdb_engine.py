@@ -10,7 +10,6 @@ from typing import Mapping
 
 import duckdb
 import pyarrow as pa
-import pyarrow.dataset as pads
 
 from pipelines.engine.base import Input, Parquet
 
@@ -39,7 +38,7 @@ class DuckDBEngine:
             cur = self._con.cursor()
         try:
             for name, value in (inputs or {}).items():
-                cur.register(name, _relation(value))
+                cur.register(name, _relation(cur, value))
             return cur.sql(sql).to_arrow_table()
         finally:
             cur.close()
@@ -57,9 +56,29 @@ class DuckDBEngine:
         self.close()
 
 
-def _relation(value: Input):
+def _relation(cur, value: Input):
     if isinstance(value, pa.Table):
         return value
     if isinstance(value, Parquet):
-        return pads.dataset(list(value.paths), schema=value.schema, format="parquet")
+        return _parquet(cur, value)
     raise TypeError(f"an engine input is an Arrow table or Parquet, not {type(value).__name__}")
+
+
+def _parquet(cur, value: Parquet):
+    """DuckDB's own Parquet scan (its row counts and statistics let the planner build hash
+    tables on the small side: a pyarrow dataset has no row estimate, so a join against a
+    national GP extract would build on the GP rows), projected to ``value.schema``: each
+    column cast to its type, a column no file has read as null."""
+    from pipelines.plans import sql_type
+
+    if not value.paths:
+        if value.schema is None:
+            raise ValueError("a Parquet input with no files needs a schema")
+        return value.schema.empty_table()
+    rel = cur.read_parquet(list(value.paths), union_by_name=True)
+    if value.schema is None:
+        return rel
+    have = set(rel.columns)
+    return rel.project(", ".join(
+        f'CAST("{f.name}" AS {sql_type(f.type)}) AS "{f.name}"' if f.name in have
+        else f'CAST(NULL AS {sql_type(f.type)}) AS "{f.name}"' for f in value.schema))

@@ -22,6 +22,7 @@ from functools import lru_cache
 from typing import Iterable, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 Zone = Literal["public", "restricted", "internal"]
 # How disclosure control treats a column of a public dataset:
@@ -192,6 +193,42 @@ class Dataset:
             raise ValueError(f"dataset {self.name}: missing columns {missing}")
         arrays = [table.column(n).cast(schema.field(n).type) for n in schema.names]
         return pa.Table.from_arrays(arrays, schema=schema)
+
+    def check(self, table: pa.Table, *, include_partition: bool = True) -> pa.Table:
+        """:meth:`conform`, then every declared constraint checked: a column declared not
+        ``nullable`` has no null, and a column with ``codes`` holds only those codes (or
+        values of its ``format``, where it has one as well; a list column: each element).
+        Raises :class:`ConstraintError` naming the dataset, the column, the rule and how
+        many rows break it, never a value. The working tables a relational plan writes
+        (``current_sus_episodes``, ``linked_episodes_working``, ``spells``) go through it,
+        so an engine whose plan breaks a declaration stops there."""
+        out = self.conform(table, include_partition=include_partition)
+        for c in self.columns:
+            if c.name not in out.column_names:
+                continue
+            col = out.column(c.name)
+            if not c.nullable and col.null_count:
+                raise ConstraintError(f"dataset {self.name}, column {c.name}: {col.null_count} rows break "
+                                      "rule 'not nullable' (empty where the declaration says never empty)")
+            if c.codes is None and c.format is None:
+                continue
+            values = pc.list_flatten(col) if pa.types.is_list(col.type) else col
+            values = pc.drop_null(values.cast(pa.string()))
+            ok = pc.is_in(values, value_set=pa.array(list(c.codes or ()), pa.string()))
+            if c.format is not None:
+                ok = pc.or_(ok, pc.match_substring_regex(values, f"^(?:{c.format.pattern})$"))
+            bad = len(values) - int(pc.sum(ok).as_py() or 0)
+            if bad:
+                rule = " or ".join(([f"one of the {len(c.codes)} declared codes"] if c.codes is not None else [])
+                                   + ([f"format {c.format.name}"] if c.format is not None else []))
+                raise ConstraintError(f"dataset {self.name}, column {c.name}: {bad} values break rule "
+                                      f"'codes' (not {rule})")
+        return out
+
+
+class ConstraintError(ValueError):
+    """A table broke its declaration (:meth:`Dataset.check`): the message names the
+    dataset, the column and the rule, never a value."""
 
 
 # Registry of every declared dataset, filled by the modules below.

@@ -18,7 +18,7 @@ Layout in the warehouse root (see :mod:`pipelines.warehouse`)::
 
 from __future__ import annotations
 
-from pipelines.schemas import PERIOD, Dataset, b, cols, d, dates, i, register, s, strings, ts
+from pipelines.schemas import F_PERIOD, PERIOD, Dataset, b, cols, d, dates, i, register, s, strings, ts
 
 _sub = (
     s("submission_id", "Identity of the submission: the file name without extension.", nullable=False),
@@ -243,5 +243,79 @@ gp_type2 = register(Dataset(
         s("practice_code", "Practice.", nullable=False),
         d("extract_date", "Extract date.", nullable=False),
         s("nhs_number", "Canonical 10-digit NHS number (valid ones only).", nullable=False),
+    ),
+))
+
+
+# --------------------------------------------------------------------------- working tables
+# What the relational plans (pipelines.current, pipelines.linkage, pipelines.outcomes)
+# write under work/<name>/period=YYYY-MM/ (Warehouse.write_raw). Checked, not only
+# documented: each plan's output goes through Dataset.check (nullable and codes).
+def _with(columns, **changes):
+    """``columns`` with some replaced by name (``name=Column``)."""
+    return tuple(changes.pop(c.name, c) for c in columns)
+
+
+_SUS_COLUMNS = _with(
+    sus_episodes.columns,
+    source=s("source", "sus_apc or hes_apc.", nullable=False, codes=("sus_apc", "hes_apc")),
+    cds_update_type=s("cds_update_type", "9: after the protocols no deletion is left in the current view.",
+                      codes=("9",)),
+)
+
+current_sus_episodes = register(Dataset(
+    name="current_sus_episodes", zone="internal", grain="SUS/HES episode in force for the period",
+    description="The current view of the period's SUS episodes: BULK and NET protocols applied in submission "
+                "order, HES extract rows as net change (pipelines.current.current_sus; work/current_sus_episodes).",
+    columns=cols(*_SUS_COLUMNS),
+))
+
+linked_episodes_working = register(Dataset(
+    name="linked_episodes_working", zone="internal", grain="SUS/HES episode in force for the period",
+    description="The period's current episodes with their linkage to GP registrations "
+                "(pipelines.linkage.link_episodes; work/linked_episodes). Holds NHS numbers: never published "
+                "as it is (the restricted linked_episodes is made from it).",
+    columns=cols(
+        *_SUS_COLUMNS,
+        i("match_rank", "Linkage rank 1-5; empty when unlinked.", codes=("1", "2", "3", "4", "5")),
+        s("linked_nhs_number", "NHS number of the linked GP patient."),
+        s("registered_practice", "Practice whose registration covers EPISTART."),
+        s("lsoa", "LSOA of the linked patient's covering registration, else latest."),
+        d("date_of_death", "The linked patient's date of death."),
+        b("type2_objection", "The linked patient, or the owner of the episode's NHS number, objected (type 2).",
+          nullable=False),
+        d("linked_date_of_birth", "Ranks 1-4: the linked patient's date of birth (newest extract)."),
+    ),
+))
+
+spells = register(Dataset(
+    name="spells", zone="internal", grain="hospital provider spell of the outcomes window",
+    description="Spells of the outcomes window with index procedure and outcomes "
+                "(pipelines.outcomes.window_spells; work/spells). Holds person keys: never published as it is.",
+    columns=cols(
+        PERIOD,
+        s("provider_code", "Provider.", nullable=False),
+        s("spell_id", "SUSSPELLID, else DER:/EPI: + first episode's SUSRECID.", nullable=False),
+        s("person_key", "Valid NHS number, else linked patient's, else HESID:<PSEUDO_HESID>."),
+        s("pseudo_hesid", "PSEUDO_HESID."),
+        s("spell_period", "Month of the spell (YYYY-MM).", nullable=False, format=F_PERIOD),
+        d("admidate", "Admission date."),
+        d("disdate", "Discharge date (none when the last episode is unfinished)."),
+        s("admimeth", "ADMIMETH of the first episode."),
+        s("dismeth", "DISMETH of the last episode."),
+        i("los_days", "disdate - admidate.", unit="days"),
+        i("age", "Age at admission.", unit="years"),
+        s("sex", "SEX."),
+        b("emergency", "Emergency admission.", nullable=False),
+        s("specialty", "Specialty of the index procedure, if any."),
+        s("index_procedure", "OPCS-4 code of the index procedure."),
+        d("index_procedure_date", "Its date."),
+        s("consultant_code", "Consultant of the episode holding the index procedure."),
+        s("opcs_group", "3-character OPCS-4 group of the index procedure."),
+        i("charlson_index", "Charlson comorbidity index."),
+        b("death_30d", "Died within 30 days of the index procedure (empty: no index procedure)."),
+        b("discharged_alive", "Discharged alive.", nullable=False),
+        b("emergency_readmission_30d", "Emergency readmission 1-30 days after discharge."),
+        b("type2_objection", "Type 2 objector.", nullable=False),
     ),
 ))
