@@ -78,7 +78,7 @@ class Zone:
     def gp(self, name: str, lines: list[str]):
         put(self.landing, f"gp/{name}", lines)
         period = f"{name[10:14]}-{name[14:16]}"
-        return ingest.ingest("gp", period, self.store, self.wh, self.settings)
+        return ingest.ingest("gp", period, self.store, self.wh, self.settings, validator=FAKE)
 
     def ledger(self) -> pd.DataFrame:
         return ingest.read_ledger(self.wh).to_pandas().set_index("file_name")
@@ -101,10 +101,12 @@ class Zone:
         return out["linkage_coverage_practice"].to_pylist()[0]
 
 
+FAKE = ingest.one_by_one(fake_validate)
+"""The stand-in validator, passed to ingest as ``validator=`` (no Great Expectations run)."""
+
+
 @pytest.fixture
-def zone(tmp_path, monkeypatch):
-    monkeypatch.setattr(ingest, "_validate", fake_validate)
-    monkeypatch.setattr(ingest, "_reference_context", lambda *a, **k: None)
+def zone(tmp_path):
     return Zone(tmp_path)
 
 
@@ -229,7 +231,7 @@ def test_release_makes_the_held_extract_current_on_the_next_run(zone, capsys):
     assert zone.coverage("2024-02")["registered_patients"] == 4
     # the release is an event in the ledger, the extract's own record is not edited
     assert zone.wh.read("gp_extracts").to_pandas().set_index("submission_id")["held"].to_dict() == stored
-    events = ingest._events(zone.wh)
+    events = ingest.ledger._events(zone.wh)
     assert list(events.loc[events["status"] == "released", "file_name"]) == [f"gp/{FEB}"]
     # the public ledger: current, so no reason (outputs.md); held back: nothing
     sub = ingest.submissions_dataset(zone.wh).to_pandas().set_index("file_name")
@@ -264,7 +266,7 @@ def test_a_later_extract_supersedes_both(zone):
 def test_two_extracts_in_one_run_compare_with_each_other(zone):
     put(zone.landing, f"gp/{JAN}", gp_lines(1, 10))
     put(zone.landing, "gp/GP_A81001_20240120.csv", gp_lines(1, 3))
-    ingest.ingest("gp", "2024-01", zone.store, zone.wh, zone.settings)
+    ingest.ingest("gp", "2024-01", zone.store, zone.wh, zone.settings, validator=FAKE)
     led = zone.ledger()
     assert led.at["gp/GP_A81001_20240120.csv", "status"] == "held"
     assert led.at[f"gp/{JAN}", "status"] == "current"
@@ -289,7 +291,7 @@ class RefZone(Zone):
     def sites(self, rows: list[tuple[str, str]]) -> dict:
         put_now(self.landing, "reference/sites.csv",
                 "SITE_CODE,PROVIDER_CODE,NAME\n" + "".join(f"{s},{p},SITE {s}\n" for s, p in rows))
-        return ingest.load_reference(self.store, self.wh)
+        return ingest.load_reference(self.store, self.wh, validator=FAKE)
 
     def national_responses(self, period="2024-01") -> int:
         from pipelines import fft
@@ -310,7 +312,7 @@ def test_sites_arriving_after_fft_data_quarantine_the_row_they_now_reject(ref_zo
     z = ref_zone
     z.sites([("RGT01", "RGT"), ("RGT02", "RGT")])
     put(z.landing, FFT_FILE, fft_lines(["RGT01", "RGT01", "RGT02"]))
-    ingest.ingest("fft", "2024-01", z.store, z.wh, z.settings)
+    ingest.ingest("fft", "2024-01", z.store, z.wh, z.settings, validator=FAKE)
     assert z.national_responses() == 3
     before = z.ledger().loc[FFT_FILE]
     assert (before["rows_received"], before["rows_kept"], before["rows_quarantined"]) == (3, 3, 0)
@@ -340,7 +342,7 @@ def test_sites_arriving_after_fft_data_quarantine_the_row_they_now_reject(ref_zo
     assert len(z.wh.read("dq_rules", ["2024-01"]).to_pandas().query("rule_id == 'SITE_CODE_PROVIDER'")) == 1
 
     # the same sites again: nothing to do; the next run reads the same
-    assert ingest.load_reference(z.store, z.wh).get("revalidated") is None
+    assert ingest.load_reference(z.store, z.wh, validator=FAKE).get("revalidated") is None
     assert z.national_responses() == 2
 
     # and back: the row passes again and is kept, the quarantine row goes
@@ -357,7 +359,7 @@ def test_a_file_gone_from_the_landing_zone_is_said_not_to_be_revalidated(ref_zon
     z = ref_zone
     z.sites([("RGT01", "RGT"), ("RGT02", "RGT")])
     put(z.landing, FFT_FILE, fft_lines(["RGT01", "RGT02"]))
-    ingest.ingest("fft", "2024-01", z.store, z.wh, z.settings)
+    ingest.ingest("fft", "2024-01", z.store, z.wh, z.settings, validator=FAKE)
     (z.landing / FFT_FILE).unlink()
     z.sites([("RGT01", "RGT"), ("RGT02", "RXX")])
     row = z.ledger().loc[FFT_FILE]
@@ -378,13 +380,13 @@ def epraccur(*codes: str) -> str:
 def test_epraccur_arriving_after_sus_data_recounts_the_unknown_practice_warning(ref_zone):
     z = ref_zone
     put_now(z.landing, "reference/epraccur.csv", epraccur("A81001"))
-    ingest.load_reference(z.store, z.wh)
+    ingest.load_reference(z.store, z.wh, validator=FAKE)
     cols = ["PROCODE3", "SUSRECID", "EPISTART", "EPIEND", "ADMIDATE", "ADMIMETH", "DISMETH", "SEX", "GPPRAC"]
     name = "sus_apc/APC_RGT_202401_20240205120000_BULK.csv"
     put(z.landing, name, [",".join(cols)] + [
         f"RGT,{rid},2024-01-05,2024-01-10,2024-01-05,11,1,1,{gp}" for rid, gp in
         (("E1", "A81001"), ("E2", "A81002"), ("E3", "A81002"))])
-    ingest.ingest("sus_apc", "2024-01", z.store, z.wh, z.settings)
+    ingest.ingest("sus_apc", "2024-01", z.store, z.wh, z.settings, validator=FAKE)
 
     def warned() -> dict:
         t = z.wh.read("sus_episodes", ["2024-01"]).to_pandas().set_index("susrecid")
@@ -396,7 +398,7 @@ def test_epraccur_arriving_after_sus_data_recounts_the_unknown_practice_warning(
 
     assert warned() == {"E1": False, "E2": True, "E3": True} and failed() == 2
     put_now(z.landing, "reference/epraccur.csv", epraccur("A81001", "A81002"))  # A81002 opened
-    out = ingest.load_reference(z.store, z.wh)
+    out = ingest.load_reference(z.store, z.wh, validator=FAKE)
     assert [r["file_name"] for r in out["revalidated"]] == [name]
     assert warned() == {"E1": False, "E2": False, "E3": False} and failed() == 0
     row = z.ledger().loc[name]
@@ -411,7 +413,7 @@ def test_a_file_with_most_rows_now_rejected_is_held_and_the_older_file_stands_ag
     older = "fft/FFT_RGT_202401_20240203120000.csv"
     put(z.landing, older, fft_lines(["RGT01"]))
     put(z.landing, FFT_FILE, fft_lines(["RGT01", "RGT02", "RGT02"]))
-    ingest.ingest("fft", "2024-01", z.store, z.wh, z.settings)
+    ingest.ingest("fft", "2024-01", z.store, z.wh, z.settings, validator=FAKE)
     assert z.ledger().loc[older, "status"] == "superseded" and z.national_responses() == 3
 
     z.sites([("RGT01", "RGT"), ("RGT02", "RXX")])  # 2 of the newer file's 3 rows now fail
