@@ -78,7 +78,8 @@ class Zone:
     def gp(self, name: str, lines: list[str]):
         put(self.landing, f"gp/{name}", lines)
         period = f"{name[10:14]}-{name[14:16]}"
-        return ingest.ingest("gp", period, self.store, self.wh, self.settings, validator=FAKE)
+        return ingest.ingest("gp", period, self.store, self.wh, self.settings,
+                             validator=getattr(self, "validator", FAKE))  # RefZone: the real one
 
     def ledger(self) -> pd.DataFrame:
         return ingest.read_ledger(self.wh).to_pandas().set_index("file_name")
@@ -288,10 +289,12 @@ def put_now(landing: Path, rel: str, text: str) -> None:
 
 
 class RefZone(Zone):
+    validator = None  # the real validator
+
     def sites(self, rows: list[tuple[str, str]]) -> dict:
         put_now(self.landing, "reference/sites.csv",
                 "SITE_CODE,PROVIDER_CODE,NAME\n" + "".join(f"{s},{p},SITE {s}\n" for s, p in rows))
-        return ingest.load_reference(self.store, self.wh, validator=FAKE)
+        return ingest.load_reference(self.store, self.wh)
 
     def national_responses(self, period="2024-01") -> int:
         from pipelines import fft
@@ -312,7 +315,7 @@ def test_sites_arriving_after_fft_data_quarantine_the_row_they_now_reject(ref_zo
     z = ref_zone
     z.sites([("RGT01", "RGT"), ("RGT02", "RGT")])
     put(z.landing, FFT_FILE, fft_lines(["RGT01", "RGT01", "RGT02"]))
-    ingest.ingest("fft", "2024-01", z.store, z.wh, z.settings, validator=FAKE)
+    ingest.ingest("fft", "2024-01", z.store, z.wh, z.settings)
     assert z.national_responses() == 3
     before = z.ledger().loc[FFT_FILE]
     assert (before["rows_received"], before["rows_kept"], before["rows_quarantined"]) == (3, 3, 0)
@@ -342,7 +345,7 @@ def test_sites_arriving_after_fft_data_quarantine_the_row_they_now_reject(ref_zo
     assert len(z.wh.read("dq_rules", ["2024-01"]).to_pandas().query("rule_id == 'SITE_CODE_PROVIDER'")) == 1
 
     # the same sites again: nothing to do; the next run reads the same
-    assert ingest.load_reference(z.store, z.wh, validator=FAKE).get("revalidated") is None
+    assert ingest.load_reference(z.store, z.wh).get("revalidated") is None
     assert z.national_responses() == 2
 
     # and back: the row passes again and is kept, the quarantine row goes
@@ -359,7 +362,7 @@ def test_a_file_gone_from_the_landing_zone_is_said_not_to_be_revalidated(ref_zon
     z = ref_zone
     z.sites([("RGT01", "RGT"), ("RGT02", "RGT")])
     put(z.landing, FFT_FILE, fft_lines(["RGT01", "RGT02"]))
-    ingest.ingest("fft", "2024-01", z.store, z.wh, z.settings, validator=FAKE)
+    ingest.ingest("fft", "2024-01", z.store, z.wh, z.settings)
     (z.landing / FFT_FILE).unlink()
     z.sites([("RGT01", "RGT"), ("RGT02", "RXX")])
     row = z.ledger().loc[FFT_FILE]
@@ -380,13 +383,13 @@ def epraccur(*codes: str) -> str:
 def test_epraccur_arriving_after_sus_data_recounts_the_unknown_practice_warning(ref_zone):
     z = ref_zone
     put_now(z.landing, "reference/epraccur.csv", epraccur("A81001"))
-    ingest.load_reference(z.store, z.wh, validator=FAKE)
+    ingest.load_reference(z.store, z.wh)
     cols = ["PROCODE3", "SUSRECID", "EPISTART", "EPIEND", "ADMIDATE", "ADMIMETH", "DISMETH", "SEX", "GPPRAC"]
     name = "sus_apc/APC_RGT_202401_20240205120000_BULK.csv"
     put(z.landing, name, [",".join(cols)] + [
         f"RGT,{rid},2024-01-05,2024-01-10,2024-01-05,11,1,1,{gp}" for rid, gp in
         (("E1", "A81001"), ("E2", "A81002"), ("E3", "A81002"))])
-    ingest.ingest("sus_apc", "2024-01", z.store, z.wh, z.settings, validator=FAKE)
+    ingest.ingest("sus_apc", "2024-01", z.store, z.wh, z.settings)
 
     def warned() -> dict:
         t = z.wh.read("sus_episodes", ["2024-01"]).to_pandas().set_index("susrecid")
@@ -398,7 +401,7 @@ def test_epraccur_arriving_after_sus_data_recounts_the_unknown_practice_warning(
 
     assert warned() == {"E1": False, "E2": True, "E3": True} and failed() == 2
     put_now(z.landing, "reference/epraccur.csv", epraccur("A81001", "A81002"))  # A81002 opened
-    out = ingest.load_reference(z.store, z.wh, validator=FAKE)
+    out = ingest.load_reference(z.store, z.wh)
     assert [r["file_name"] for r in out["revalidated"]] == [name]
     assert warned() == {"E1": False, "E2": False, "E3": False} and failed() == 0
     row = z.ledger().loc[name]
@@ -413,7 +416,7 @@ def test_a_file_with_most_rows_now_rejected_is_held_and_the_older_file_stands_ag
     older = "fft/FFT_RGT_202401_20240203120000.csv"
     put(z.landing, older, fft_lines(["RGT01"]))
     put(z.landing, FFT_FILE, fft_lines(["RGT01", "RGT02", "RGT02"]))
-    ingest.ingest("fft", "2024-01", z.store, z.wh, z.settings, validator=FAKE)
+    ingest.ingest("fft", "2024-01", z.store, z.wh, z.settings)
     assert z.ledger().loc[older, "status"] == "superseded" and z.national_responses() == 3
 
     z.sites([("RGT01", "RGT"), ("RGT02", "RXX")])  # 2 of the newer file's 3 rows now fail
