@@ -494,8 +494,8 @@ def _take_in(source, period, parsed: ParsedName, frame: pd.DataFrame, info, sha:
             silver = _sus_silver(kept_frame, source, parsed.protocol, period, sid, warn)
         else:
             silver = _fft_silver(kept_frame, parsed, period, warn)
-    warehouse.write(SILVER[source], silver, period, part=sid)
     parts = _ChunkParts(warehouse, period) if sink is None else sink
+    parts.add_silver(SILVER[source], silver, sid)
     parts.add("quarantine", _quarantine(frame, rejected, outcome, source=source, file_name=parsed.file_name,
                                         submission_id=sid, submitter=parsed.submitter_code, periods=period))
     parts.add_dq((period, sid, source, parsed.submitter_code, outcome.rule_counts, outcome.field_scores))
@@ -514,15 +514,16 @@ def _take_in(source, period, parsed: ParsedName, frame: pd.DataFrame, info, sha:
         elif not held and (now is None or pd.Timestamp(parsed.submitted_at) >= pd.Timestamp(now.submitted_at)):
             gp_current[parsed.submitter_code] = _GPSize(rows, parsed.file_name, parsed.submitted_at, received)
     if source == "gp":
-        obj = _strip(frame, "OBJECTION").str.upper()
-        type2 = int((obj == TYPE2.upper()).fillna(False).sum())
+        is_type2 = (_strip(frame, "OBJECTION").str.upper() == TYPE2.upper()).fillna(False).to_numpy(dtype=bool)
+        type2 = int(is_type2.sum())
         parts.add("gp_extracts", pa.table({
             "period": [period], "submission_id": [sid], "practice_code": [parsed.submitter_code],
             "extract_date": pa.array([parsed.extract_date], pa.date32()),
             "rows_received": [received], "type1_objections": [info.type1_objections],
             "type2_objections": [type2], "held": [held],
         }))
-        parts.add("gp_type2", _gp_type2_rows(frame, obj == TYPE2.upper(), parsed, period))
+        parts.add_type2(parsed, frame["NHS_NUMBER"][is_type2] if "NHS_NUMBER" in frame.columns
+                        else pd.Series([], dtype="string"))
     type1 = info.type1_objections if source == "gp" else None
     event = _event(parsed, sha, size, first, "held" if held else "taken", reason,
                    received=received, quarantined=n_rej, kept=n_kept, type1=type1)
@@ -573,16 +574,47 @@ class _ChunkParts:
     is counted twice. The report is told of each file only once its outcome is written."""
 
     TABLES = ("quarantine", "dq_rules", "dq_fields", "gp_extracts", "gp_type2")
+    WRITERS = 4
+    """Silver parts written at once (threads: Parquet encoding and the file system's
+    flush release the GIL); all are written before the chunk's other parts and its
+    ledger part."""
 
     def __init__(self, warehouse: Warehouse, period: str):
         self.warehouse, self.period = warehouse, period
         self.tables: dict[str, list[pa.Table]] = {t: [] for t in self.TABLES}
         self.dq: list[tuple] = []
+        self.type2: list[tuple] = []
+        self.silver: list[tuple[str, pa.Table, str]] = []
         self.events: list[dict] = []
         self.then: list = []
 
     def add(self, table: str, data: pa.Table) -> None:
         self.tables[table].append(data)
+
+    def add_silver(self, table: str, data: pa.Table, submission_id: str) -> None:
+        """A file's silver rows: its own part (part = its submission id), as the current
+        view finds them (:func:`pipelines.current._parts`)."""
+        self.silver.append((table, data, submission_id))
+
+    def add_type2(self, parsed: ParsedName, nhs_numbers: pd.Series) -> None:
+        """A GP extract's NHS_NUMBER values of its 9Nu4 rows, made ``gp_type2`` rows with
+        the rest of the chunk's (:func:`_gp_type2_rows`: one pass, not one per extract)."""
+        self.type2.append((parsed, nhs_numbers))
+
+    def _write_silver(self) -> None:
+        if not self.silver:
+            return
+        if len(self.silver) == 1:
+            table, data, sid = self.silver[0]
+            self.warehouse.write(table, data, self.period, part=sid)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=self.WRITERS) as pool:
+            futures = [pool.submit(self.warehouse.write, table, data, self.period, part=sid)
+                       for table, data, sid in self.silver]
+        for f in futures:
+            f.result()  # the first error, if any, after all have finished
 
     def add_dq(self, file: tuple) -> None:
         """A file's rule counts and field scores (:func:`_dq_tables`), made rows with the
@@ -600,6 +632,9 @@ class _ChunkParts:
             return
         if part is None:
             part = f"{self.events[0]['submission_id']}-chunk-{_files_digest(self.events)}"
+        self._write_silver()
+        if self.type2:
+            self.tables["gp_type2"].append(_gp_type2_rows(self.type2, self.period))
         if self.dq:
             rules, fields = _dq_tables(self.dq)
             self.tables["dq_rules"].append(rules)
@@ -612,6 +647,7 @@ class _ChunkParts:
         for then in self.then:
             then()
         self.tables, self.dq, self.events, self.then = {t: [] for t in self.TABLES}, [], [], []
+        self.type2, self.silver = [], []
 
 
 def _account(report: IngestReport, file_name: str, sid: str, per_period: dict, held: bool, reason,

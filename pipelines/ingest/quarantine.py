@@ -20,7 +20,8 @@ def _quarantine(frame: pd.DataFrame, mask: np.ndarray, outcome, *, source: str, 
     idx = np.flatnonzero(mask)
     data_cols = [c for c in frame.columns if c != "_line"]
     # Column by column, only the quarantined rows (most files have few or none).
-    values = [pa.array(frame[c], from_pandas=True).take(idx).to_pylist() for c in data_cols]
+    values = ([pa.array(frame[c], from_pandas=True).take(idx).to_pylist() for c in data_cols] if len(idx)
+              else [[] for _ in data_cols])
     rows = zip(*values) if values else [()] * len(idx)
     raw = [json.dumps(dict(zip(data_cols, row)), ensure_ascii=False) for row in rows]
     n = len(idx)

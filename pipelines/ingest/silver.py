@@ -369,19 +369,25 @@ def _chunk_silvers(source: str, period: str, jobs: list[tuple], outcomes: list,
     return _sliced(built.table.filter(pa.array(np.concatenate(kept))), np.array([k.sum() for k in kept]))
 
 
-def _gp_type2_rows(frame: pd.DataFrame, is_type2: pd.Series, parsed: ParsedName, period: str) -> pa.Table:
-    """The ``gp_type2`` rows of one GP extract: the canonical NHS number of each of its
-    9Nu4 rows that has a valid one, whether the row was kept or quarantined. Written for
+def _gp_type2_rows(pieces: list[tuple[ParsedName, pd.Series]], period: str) -> pa.Table:
+    """The ``gp_type2`` rows of GP extracts (``pieces``: per extract, its parsed name and
+    the NHS_NUMBER values of its 9Nu4 rows, as read): the canonical NHS number of each
+    such row that has a valid one, whether the row was kept or quarantined. Written for
     every extract taken in, held ones included, so that linkage honours the objection
-    whichever extract is current (docs/methods-linkage.md, type2_objection)."""
-    mask = is_type2.fillna(False).to_numpy(dtype=bool)
-    nhs, valid = _nhs(_strip(frame, "NHS_NUMBER")[mask])
-    nhs = nhs.filter(valid)
-    n = len(nhs)
-    return pa.table({
-        "period": pa.array([period] * n, pa.string()),
-        "submission_id": pa.array([parsed.submission_id] * n, pa.string()),
-        "practice_code": pa.array([parsed.submitter_code] * n, pa.string()),
-        "extract_date": pa.array([parsed.extract_date] * n, pa.date32()),
+    whichever extract is current (docs/methods-linkage.md, type2_objection). One pass over
+    all the extracts' rows."""
+    sizes = np.array([len(s) for _, s in pieces], dtype=np.int64)
+    which = np.repeat(np.arange(len(pieces)), sizes)
+    raw = (pd.concat([s for _, s in pieces], ignore_index=True) if len(pieces) > 1
+           else pieces[0][1].reset_index(drop=True) if pieces else pd.Series([], dtype="string"))
+    text = raw.astype("string").str.strip()
+    nhs, valid = _nhs(text.mask(text == ""))
+    parsed = [p for p, _ in pieces]
+    table = pa.table({
+        "period": pa.array([period] * len(raw), pa.string()),
+        "submission_id": _per_row([p.submission_id for p in parsed], which, pa.string()),
+        "practice_code": _per_row([p.submitter_code for p in parsed], which, pa.string()),
+        "extract_date": _per_row([p.extract_date for p in parsed], which, pa.date32()),
         "nhs_number": nhs,
     })
+    return table.filter(valid)
