@@ -244,6 +244,24 @@ def sha256_stream(store: Store, rel_path: str) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
+ONE_READ_BYTES = 64 << 20
+"""A landing file up to this size is read once (:func:`read_whole`): hashed and parsed from
+the same bytes; a larger one is hashed as a stream, then read as a stream."""
+
+
+def read_whole(store: Store, rel_path: str, cap: int = ONE_READ_BYTES) -> tuple[bytes, str] | None:
+    """The bytes and SHA-256 of a regular file under the store root of at most ``cap``
+    bytes, read once; None when it holds more (then to be hashed and read as a stream:
+    :func:`sha256_stream`, :func:`read_csv`). Raises :class:`pipelines.storage.UnsafePath`
+    as :func:`sha256_stream` does. What is parsed (:func:`parse_bytes`) is then exactly
+    what was hashed."""
+    with store.open(rel_path, regular_only=True) as fh:
+        data = fh.read(cap + 1)
+    if len(data) > cap:
+        return None
+    return data, hashlib.sha256(data).hexdigest()
+
+
 def _feed(feed: Feed | str) -> tuple[str, Feed]:
     if isinstance(feed, Feed):
         for key, f in {**FEEDS, **REFERENCE}.items():

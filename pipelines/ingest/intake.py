@@ -46,11 +46,14 @@ from pipelines.ingest.silver import (
     _warnings,
 )
 from pipelines.landing import (
+    ONE_READ_BYTES,
     FileRejected,
     Limits,
     ParsedName,
+    parse_bytes,
     parse_name,
     read_csv,
+    read_whole,
     sha256_stream,
 )
 from pipelines.schemas.inputs import FEEDS, TYPE2
@@ -200,10 +203,13 @@ def _read_candidate(landing, fi, parsed: ParsedName, feed, ledger, warehouse: Wa
     got = _candidate(landing, fi, parsed, ledger, warehouse, report)
     if got is None:
         return None
-    size, sha = got
+    size, sha, data = got
     first = ledger.first_seen(fi.path, sha)
     try:
-        frame, info = read_csv(landing, fi.path, feed, limits or Limits.from_settings(None), size)
+        if data is not None:  # read once: parsed from the bytes hashed
+            frame, info = parse_bytes(data, fi.path, feed, limits or Limits.from_settings(None))
+        else:
+            frame, info = read_csv(landing, fi.path, feed, limits or Limits.from_settings(None), size)
     except FileRejected as exc:
         _reject(warehouse, parsed, sha, size, first, exc.reason, report)
         return None
@@ -230,14 +236,22 @@ def _objection_warning(report: IngestReport, file_name: str, info) -> None:
 
 
 def _candidate(landing: Store, fi: FileInfo, parsed: ParsedName, ledger: _Ledger,
-               warehouse: Warehouse, report: IngestReport) -> tuple[int, str] | None:
-    """The file's size and SHA-256 (streamed) when it is to be taken in now; None when it
-    was seen before byte for byte, or is refused (recorded in the ledger)."""
+               warehouse: Warehouse, report: IngestReport) -> tuple[int, str, bytes | None] | None:
+    """The file's size, SHA-256 and (a file of at most :data:`pipelines.landing.ONE_READ_BYTES`,
+    read once) its bytes, else None for them (hashed as a stream, to be read as one) when
+    it is to be taken in now; None when it was seen before byte for byte, or is refused
+    (recorded in the ledger)."""
     if ledger.unchanged(fi):
         report.files_skipped.append(fi.path)
         return None
+    data = None
     try:
-        sha, size = sha256_stream(landing, fi.path)
+        whole = read_whole(landing, fi.path) if (fi.size or 0) <= ONE_READ_BYTES else None
+        if whole is not None:
+            data, sha = whole
+            size = len(data)
+        else:
+            sha, size = sha256_stream(landing, fi.path)
     except UnsafePath:
         _refuse_unopened(warehouse, fi, "link", ledger, report)
         return None
@@ -264,7 +278,7 @@ def _candidate(landing: Store, fi: FileInfo, parsed: ParsedName, ledger: _Ledger
                   f"{dup.iloc[0]['file_name']}")
         _reject(warehouse, parsed, sha, size, first, reason, report)
         return None
-    return size, sha
+    return size, sha, data
 
 
 # ============================================================================ validator
