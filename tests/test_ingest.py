@@ -452,8 +452,9 @@ def test_a_period_validated_in_several_chunks_writes_what_one_chunk_writes(tmp_p
     assert (chunked.rows_read, chunked.rows_kept, chunked.rows_quarantined, chunked.held_files) == \
         (whole.rows_read, whole.rows_kept, whole.rows_quarantined, whole.held_files)
     assert len(wh0.parts("quarantine", [period])) >= 3 > len(wh1.parts("quarantine", [period]))
-    for table in ("gp_patients", "quarantine", "dq_rules", "dq_fields", "gp_extracts"):
-        key = [c for c in ("submission_id", "line", "rule_id", "field") if c in wh0.read(table, [period]).column_names]
+    for table in ("gp_patients", "quarantine", "dq_rules", "dq_fields", "gp_extracts", "gp_type2"):
+        key = [c for c in ("submission_id", "line", "rule_id", "field", "nhs_number")
+               if c in wh0.read(table, [period]).column_names]
         a = wh0.read(table, [period]).to_pandas().sort_values(key).reset_index(drop=True)
         b = wh1.read(table, [period]).to_pandas().sort_values(key).reset_index(drop=True)
         a = a.drop(columns=[c for c in a.columns if c.endswith("_at")])
@@ -580,3 +581,80 @@ def test_code_lists_are_each_rows_present_codes_in_column_order():
     assert lists.to_pylist() == want_codes
     assert [[None if d is None else d.isoformat() for d in row] for row in date_lists.to_pylist()] == want_dates
     assert sum(map(len, want_codes)) > 200
+
+
+# ----------------------------------------------------------------------------- validator and reading
+def test_the_engine_reaches_a_validator_that_takes_one_and_not_one_whose_engine_is_a_name(zone):
+    """``ingest(..., engine=E)`` hands ``E`` to a validator declaring an ``engine``
+    parameter, and not to one whose ``engine`` is a string (pipelines.validation's own
+    "compiled"/"gx" before it took an Engine object): that one would refuse it."""
+    put(zone.path, BULK1, csv_text([sus_row("A"), sus_row("B", sex="X")]))
+    engine, got = object(), {}
+
+    def takes_engine(source, items, *, data_docs_dir=None, engine=None):
+        got["engine"] = engine
+        return FAKE(source, items, data_docs_dir=data_docs_dir)
+
+    report = ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings, validator=takes_engine,
+                           engine=engine)
+    assert got["engine"] is engine and (report.rows_kept, report.rows_quarantined) == (1, 1)
+
+    def engine_by_name(source, items, *, data_docs_dir=None, engine: str | None = None):
+        got["named"] = engine
+        return FAKE(source, items, data_docs_dir=data_docs_dir)
+
+    put(zone.path, NET1, csv_text([sus_row("C", update="9")]))
+    ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings, validator=engine_by_name,
+                  engine=engine)
+    assert "named" in got and got["named"] is None
+
+
+def test_a_validator_giving_the_wrong_number_of_outcomes_rejects_the_files_not_the_run(zone):
+    """A validator that loses a file's outcome cannot make rows vanish: the chunk's files
+    are taken in one by one, and a file whose validation fails is rejected."""
+    put(zone.path, BULK1, csv_text([sus_row("A")]))
+
+    def loses_one(source, items, **kw):
+        return FAKE(source, items, **kw)[:-1]
+
+    report = ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings, validator=loses_one)
+    assert report.files_taken == [] and [r["file_name"] for r in report.rejected_files] == [BULK1]
+    assert "RuntimeError" in report.rejected_files[0]["reason"]
+    assert zone.wh.read("sus_episodes", ["2024-01"]).num_rows == 0
+
+
+class ChangingStore(Store):
+    """A landing store whose file ``path`` holds other bytes from its second opening on
+    (a supplier rewriting it while the pipeline reads)."""
+
+    def __init__(self, root, path: str, later: bytes):
+        super().__init__(root)
+        self.path, self.later, self.opened = path, later, 0
+
+    def open(self, path, *, regular_only=False):
+        if path == self.path:
+            self.opened += 1
+            if self.opened > 1:
+                import io
+                return io.BytesIO(self.later)
+        return super().open(path, regular_only=regular_only)
+
+
+def test_the_rows_taken_in_are_the_bytes_whose_sha256_the_ledger_records(zone):
+    """A small file is read once: hashed and parsed from the same bytes, so a file
+    rewritten while it is read cannot be recorded under one SHA-256 with another
+    version's rows."""
+    import hashlib
+
+    name = "gp/GP_A81001_20240131.csv"
+    head = "NHS_NUMBER,DATE_OF_BIRTH,SEX,REGISTRATION_DATE,OBJECTION\n"
+    first = head + "".join(f"{nhs(k)},1970-01-01,1,2000-01-01,\n" for k in range(3))
+    later = (head + "".join(f"{nhs(k)},1970-01-01,1,2000-01-01,\n" for k in range(10, 15))).encode()
+    put(zone.path, name, first)
+    store = ChangingStore(zone.path, name, later)
+    report = ingest.ingest("gp", "2024-01", store, zone.wh, zone.settings, validator=FAKE)
+    row = ledger_df(zone.wh).loc[name]
+    assert row["sha256"] == hashlib.sha256(first.encode()).hexdigest() and row["rows_received"] == 3
+    assert report.rows_read == 3 and store.opened == 1
+    kept = zone.wh.read("gp_patients", ["2024-01"]).column("nhs_number").to_pylist()
+    assert sorted(kept) == sorted(nhs(k) for k in range(3))
