@@ -454,7 +454,9 @@ def ingest(source: str, period: str, landing: Store, warehouse: Warehouse, setti
             work: list = []
             outcomes = _validate_chunk(source, period, jobs, data_docs_dir, work, validator=validator, engine=engine)
             report.validation_seconds += time.perf_counter() - t0
-            take(chunk, outcomes, work[0] if len(work) == 1 else None)
+            rows = sum(len(fr) for _, _, fr, _, _, _ in chunk)
+            # The validator's work frame, when it gives one of exactly the chunk's rows.
+            take(chunk, outcomes, work[0] if len(work) == 1 and len(work[0]) == rows else None)
         except Exception:  # noqa: BLE001 - no file can stop the pipeline
             take_alone(chunk)
 

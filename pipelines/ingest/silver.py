@@ -59,7 +59,7 @@ class _Columns:
     """The columns typed rows are built from: the raw rows' columns stripped (blank as
     missing) and their dates parsed here, or, given validation's work frame of the same
     rows (:func:`pipelines.validation._work_frame`: the declared columns cleaned the
-    same way, dates parsed), taken from it, so the worker does that work once."""
+    same way, dates parsed), taken from it, so that work is done once (by the validator)."""
 
     def __init__(self, frame: pd.DataFrame, work: pd.DataFrame | None = None, placeholder_dates: bool = False):
         # placeholder_dates (SUS, HES): HES's placeholder dates read as missing, as the
