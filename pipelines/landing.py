@@ -29,6 +29,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from pipelines.schemas.inputs import (
@@ -241,6 +242,24 @@ def sha256_stream(store: Store, rel_path: str) -> tuple[str, int]:
         h.update(chunk)
         size += len(chunk)
     return h.hexdigest(), size
+
+
+ONE_READ_BYTES = 64 << 20
+"""A landing file up to this size is read once (:func:`read_whole`): hashed and parsed from
+the same bytes; a larger one is hashed as a stream, then read as a stream."""
+
+
+def read_whole(store: Store, rel_path: str, cap: int = ONE_READ_BYTES) -> tuple[bytes, str] | None:
+    """The bytes and SHA-256 of a regular file under the store root of at most ``cap``
+    bytes, read once; None when it holds more (then to be hashed and read as a stream:
+    :func:`sha256_stream`, :func:`read_csv`). Raises :class:`pipelines.storage.UnsafePath`
+    as :func:`sha256_stream` does. What is parsed (:func:`parse_bytes`) is then exactly
+    what was hashed."""
+    with store.open(rel_path, regular_only=True) as fh:
+        data = fh.read(cap + 1)
+    if len(data) > cap:
+        return None
+    return data, hashlib.sha256(data).hexdigest()
 
 
 def _feed(feed: Feed | str) -> tuple[str, Feed]:
@@ -744,6 +763,9 @@ def read_stream(open_fn, rel_path: str, feed: Feed | str, limits: Limits | None 
         raise FileRejected(f"{rel_path}: the file cannot be parsed as CSV "
                            f"({table.num_rows} records parsed, {len(data_lines)} found by the scan)")
 
+    if fd is GP:
+        # Type 1 rows dropped here, in Arrow, before any pandas frame holds them.
+        table, data_lines = _objections(table, data_lines, info)
     frame = table.to_pandas(types_mapper=lambda t: pd.StringDtype() if t == pa.string() else None)
     del table
     for c in frame.columns:
@@ -751,33 +773,37 @@ def read_stream(open_fn, rel_path: str, feed: Feed | str, limits: Limits | None 
             frame[c] = frame[c].astype("string")
     frame["_line"] = data_lines
     frame = frame.reset_index(drop=True)
-
-    if fd is GP:
-        frame = _objections(frame, info)
     info.rows = len(frame)
     return frame, info
 
 
-def _objections(frame: pd.DataFrame, info: ReadInfo) -> pd.DataFrame:
-    """Type 1 objections are binding: their rows dropped here, counted, never seen by a
-    caller; a value read as type 1 because it is no known code is also counted apart
+_KIND_CODE = {None: 0, "type2": 1, "type1": 2, "unrecognised": 3}
+
+
+def _objections(table: pa.Table, lines: np.ndarray, info: ReadInfo) -> tuple[pa.Table, np.ndarray]:
+    """Type 1 objections are binding: their rows dropped here (from the parsed Arrow table
+    and its line numbers, before a pandas frame exists), counted, never seen by a caller;
+    a value read as type 1 because it is no known code is also counted apart
     (``info.objection_unrecognised``). The column keeps the canonical code: ``9Nu4`` or
-    missing."""
-    col = frame["OBJECTION"]
-    present = col.notna().to_numpy(dtype=bool)
-    if not present.any():
-        return frame
-    kinds = {v: objection_kind(v) for v in pd.unique(col[present])}
-    kind = col.map(kinds, na_action="ignore")
-    type1 = kind.isin(["type1", "unrecognised"]).to_numpy(dtype=bool)
+    missing. Each distinct value is read once (:func:`objection_kind`), the rows by
+    their value's index."""
+    col = table.column("OBJECTION")
+    if col.null_count == len(col):
+        return table, lines
+    distinct = pc.unique(col).drop_null()
+    kinds = np.array([_KIND_CODE[objection_kind(v)] for v in distinct.to_pylist()] + [0], dtype=np.int8)
+    which = pc.index_in(col, value_set=distinct).fill_null(len(distinct))
+    kind = kinds[np.asarray(which.combine_chunks() if isinstance(which, pa.ChunkedArray) else which)]
+    type1 = kind >= 2
     info.type1_objections = int(type1.sum())
-    info.objection_unrecognised = int((kind == "unrecognised").sum())
-    type2 = (kind == "type2").to_numpy(dtype=bool)
-    frame["OBJECTION"] = pd.array(np.where(type2, TYPE2, None), dtype="string")
+    info.objection_unrecognised = int((kind == 3).sum())
+    canonical = pa.array(np.where(kind == 1, TYPE2, None), pa.string())
+    table = table.set_column(table.schema.get_field_index("OBJECTION"), "OBJECTION", canonical)
     if type1.any():
-        frame = frame.loc[~type1].reset_index(drop=True)
-    del kinds, kind, type1
-    return frame
+        keep = ~type1
+        table = table.filter(pa.array(keep))
+        lines = lines[keep]
+    return table, lines
 
 
 def parse_bytes(data: bytes, rel_path: str, feed: Feed | str, limits: Limits | None = None

@@ -51,10 +51,8 @@ def fake_validate(source, frame, *, period, submitter, file_name, context=None, 
         data_docs=None)
 
 
-@pytest.fixture(autouse=True)
-def fast(monkeypatch):
-    monkeypatch.setattr(ingest, "_validate", fake_validate)
-    monkeypatch.setattr(ingest, "_reference_context", lambda *a, **k: None)
+FAKE = ingest.one_by_one(fake_validate)
+"""The stand-in validator, passed to ingest as ``validator=`` (no Great Expectations run)."""
 
 
 def put(landing: Path, rel: str, rows: list[dict], cols: list[str]) -> None:
@@ -85,7 +83,7 @@ class Zone:
         self.settings = Settings()
 
     def sus(self):
-        return ingest.ingest("sus_apc", "2024-01", self.store, self.wh, self.settings)
+        return ingest.ingest("sus_apc", "2024-01", self.store, self.wh, self.settings, validator=FAKE)
 
     def view(self, period="2024-01") -> dict:
         t = current.current_sus(self.wh, period).to_pandas()
@@ -155,7 +153,7 @@ def test_hes_rows_apply_as_net_change_in_first_seen_order(zone):
     put(zone.landing, "hes_apc/extract.csv",
         [ep("A", "77"), {**ep("", "77"), "EPIKEY": "K1"}, ep("A", "77", provider="R1H"),
          {**ep("Z", "77"), "EPIEND": "2024-02-03"}], hes_cols)
-    report = ingest.ingest_hes(zone.store, zone.wh, zone.settings)
+    report = ingest.ingest_hes(zone.store, zone.wh, zone.settings, validator=FAKE)
     assert set(report.partitions) == {"2024-01", "2024-02"}
     assert zone.view() == {("RGT", "A"): "77", ("RGT", "B"): "1", ("RGT", "K1"): "77", ("R1H", "A"): "77"}
     assert zone.view("2024-02") == {("RGT", "Z"): "77"}
@@ -237,10 +235,10 @@ def two_months_of_gp(zone):
     put(zone.landing, "gp/GP_A81001_20240110.csv", gp_rows(1, 2), GP_COLS)
     put(zone.landing, "gp/GP_A81001_20240125.csv", gp_rows(1, 2, 3), GP_COLS)
     put(zone.landing, "gp/GP_A81002_20240115.csv", gp_rows(4), GP_COLS)
-    ingest.ingest("gp", "2024-01", zone.store, zone.wh, zone.settings)
+    ingest.ingest("gp", "2024-01", zone.store, zone.wh, zone.settings, validator=FAKE)
     put(zone.landing, "gp/GP_A81001_20240210.csv", gp_rows(1, sex="X") + gp_rows(2, sex="X"), GP_COLS)  # held
     put(zone.landing, "gp/GP_A81002_20240205.csv", gp_rows(4, 5), GP_COLS)
-    ingest.ingest("gp", "2024-02", zone.store, zone.wh, zone.settings)
+    ingest.ingest("gp", "2024-02", zone.store, zone.wh, zone.settings, validator=FAKE)
 
 
 def test_gp_newest_extract_supersedes_and_held_is_skipped(zone):
@@ -327,10 +325,10 @@ def test_fft_newest_file_replaces(zone):
                  "RESPONSE_DATE": "2024-01-15", "RESPONSE": "1"} for i in ids]
 
     put(zone.landing, "fft/FFT_RGT_202401_20240205120000.csv", rows("1", "2", "3"), FFT_COLS)
-    ingest.ingest("fft", "2024-01", zone.store, zone.wh, zone.settings)
+    ingest.ingest("fft", "2024-01", zone.store, zone.wh, zone.settings, validator=FAKE)
     put(zone.landing, "fft/FFT_RGT_202401_20240203120000.csv", rows("9"), FFT_COLS)  # older, arrives later
     put(zone.landing, "fft/FFT_RGT_202401_20240210120000.csv", rows("1", "4"), FFT_COLS)
-    ingest.ingest("fft", "2024-01", zone.store, zone.wh, zone.settings)
+    ingest.ingest("fft", "2024-01", zone.store, zone.wh, zone.settings, validator=FAKE)
     t = current.current_fft(zone.wh, "2024-01")
     assert sorted(t.column("response_id").to_pylist()) == ["1", "4"]
     assert set(t.column("submission_id").to_pylist()) == {"FFT_RGT_202401_20240210120000"}

@@ -152,9 +152,9 @@ def test_sus_placeholder_dates_read_as_empty_in_both_typing_paths():
          "file_name": "sus_apc/APC_RAA_200201_20020206120000_BULK.csv", "context": ValidationContext()}],
         work_out=work)
     assert not out[0].rejected.any() and "DISDATE_PLACEHOLDER" in out[0].rule_ids[0]
-    warn = ingest._warnings(out[0], ~out[0].rejected)
-    raw = ingest._sus_silver_many([frame], "sus_apc", ["BULK"], ["2002-01"], ["S"], [warn]).table
-    worked = ingest._sus_silver_many([frame], "sus_apc", ["BULK"], ["2002-01"], ["S"], [warn],
+    warn = ingest.silver._warnings(out[0], ~out[0].rejected)
+    raw = ingest.silver._sus_silver_many([frame], "sus_apc", ["BULK"], ["2002-01"], ["S"], [warn]).table
+    worked = ingest.silver._sus_silver_many([frame], "sus_apc", ["BULK"], ["2002-01"], ["S"], [warn],
                                      work[0].iloc[:2]).table
     assert raw.equals(worked)
     t = raw.to_pandas()

@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 from pipelines import current, ingest
+from pipelines.ingest import intake, quarantine, silver
 from pipelines.config import Settings
 from pipelines.nhs_number import with_check_digit
 from pipelines.schemas.inputs import FEEDS
@@ -77,10 +78,8 @@ def fake_validate(source, frame, *, period, submitter, file_name, context=None, 
         data_docs=None)
 
 
-@pytest.fixture
-def fast(monkeypatch):
-    monkeypatch.setattr(ingest, "_validate", fake_validate)
-    monkeypatch.setattr(ingest, "_reference_context", lambda *a, **k: None)
+FAKE = ingest.one_by_one(fake_validate)
+"""The stand-in validator, passed to ingest as ``validator=`` (no Great Expectations run)."""
 
 
 def sus_row(rid, *, provider="RGT", start="2024-01-05", end="2024-01-10", sex="1", update="",
@@ -129,14 +128,14 @@ NET1 = "sus_apc/APC_RGT_202401_20240210120000_NET.csv"
 
 
 # ----------------------------------------------------------------------------- tests
-def test_malformed_file_rejected_and_the_others_go_on(zone, fast):
+def test_malformed_file_rejected_and_the_others_go_on(zone):
     put(zone.path, BULK1, csv_text([sus_row("A"), sus_row("B")]))
     bad = "sus_apc/APC_RGT_202401_20240206120000_NET.csv"
     put(zone.path, bad, csv_text([sus_row("C")]) + "RGT,D\n")
     misnamed = "sus_apc/APC_RGT_2024_BULK.csv"
     put(zone.path, misnamed, csv_text([sus_row("E")]))
     before = tree_snapshot(zone.path)
-    report = ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings)
+    report = ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings, validator=FAKE)
     assert report.files_taken == [BULK1]
     assert {r["file_name"] for r in report.rejected_files} == {bad, misnamed}
     led = ledger_df(zone.wh)
@@ -150,10 +149,10 @@ def test_malformed_file_rejected_and_the_others_go_on(zone, fast):
     assert pd.isna(subs.at[bad, "rows_received"]) and subs.at[BULK1, "rows_received"] == 2
 
 
-def test_missing_required_column_rejected_with_reason(zone, fast):
+def test_missing_required_column_rejected_with_reason(zone):
     cols = [c for c in SUS_COLS if c != "EPIEND"]
     put(zone.path, BULK1, csv_text([sus_row("A")], cols=cols))
-    ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings)
+    ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings, validator=FAKE)
     led = ledger_df(zone.wh)
     assert led.at[BULK1, "status"] == "rejected"
     assert led.at[BULK1, "reason"] == f"{BULK1}: the header lacks required column(s) EPIEND"
@@ -161,15 +160,15 @@ def test_missing_required_column_rejected_with_reason(zone, fast):
     assert not zone.wh.parts("sus_episodes")
 
 
-def test_file_seen_twice_is_not_taken_in_twice(zone, fast):
+def test_file_seen_twice_is_not_taken_in_twice(zone):
     p = put(zone.path, BULK1, csv_text([sus_row("A")]))
-    r1 = ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings)
+    r1 = ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings, validator=FAKE)
     part = zone.wh.path("sus_episodes", "2024-01", "APC_RGT_202401_20240205120000_BULK")
     written = (zone.wh.store.root / part).stat().st_mtime_ns
     os.utime(p, None)  # touched, same bytes: hashed again, recognised by its SHA-256
     p.write_bytes(p.read_bytes())
-    r2 = ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings)
-    r3 = ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings)
+    r2 = ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings, validator=FAKE)
+    r3 = ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings, validator=FAKE)
     assert r1.files_taken == [BULK1]
     assert r2.files_taken == [] and r2.files_skipped == [BULK1]
     assert r3.files_taken == [] and r3.rows_read == 0
@@ -177,12 +176,12 @@ def test_file_seen_twice_is_not_taken_in_twice(zone, fast):
     assert len(ingest.read_ledger(zone.wh)) == 1
 
 
-def test_changed_file_under_an_old_name_is_an_error_and_the_earlier_version_stays(zone, fast):
+def test_changed_file_under_an_old_name_is_an_error_and_the_earlier_version_stays(zone):
     p = put(zone.path, BULK1, csv_text([sus_row("A"), sus_row("B")]))
-    ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings)
+    ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings, validator=FAKE)
     first_sha = ledger_df(zone.wh).at[BULK1, "sha256"]
     p.write_text(csv_text([sus_row("Z")]))
-    report = ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings)
+    report = ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings, validator=FAKE)
     assert report.files_taken == []
     assert report.rejected_files and "changed after it was taken in" in report.rejected_files[0]["reason"]
     led = ingest.read_ledger(zone.wh).to_pandas()
@@ -194,11 +193,11 @@ def test_changed_file_under_an_old_name_is_an_error_and_the_earlier_version_stay
     assert "earlier version stays in force" in new["reason"]
     assert sorted(current.current_sus(zone.wh, "2024-01").column("susrecid").to_pylist()) == ["A", "B"]
     # Reported once: a third run does not add another event.
-    ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings)
+    ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings, validator=FAKE)
     assert len(ingest.read_ledger(zone.wh)) == 2
 
 
-def test_rows_kept_typed_and_quarantined_with_rules_and_raw(zone, fast):
+def test_rows_kept_typed_and_quarantined_with_rules_and_raw(zone):
     rows = [
         sus_row("A", nhs_no="999 000 0018", HOMEADD="cb2 0qq", OPERTN_4_01="K401", OPDATE_01="2024-01-06",
                 OPERTN_4_02="-   ", OPERTN_4_03="K402", OPDATE_03="2024-01-07", DIAG_4_01="I219",
@@ -208,7 +207,7 @@ def test_rows_kept_typed_and_quarantined_with_rules_and_raw(zone, fast):
         sus_row("D", start=""),
     ]
     put(zone.path, BULK1, csv_text(rows))
-    report = ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings)
+    report = ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings, validator=FAKE)
     assert (report.rows_read, report.rows_kept, report.rows_quarantined) == (4, 2, 2)
     silver = zone.wh.read("sus_episodes", ["2024-01"]).to_pandas().set_index("susrecid")
     a, b = silver.loc["A"], silver.loc["B"]
@@ -234,12 +233,12 @@ def test_rows_kept_typed_and_quarantined_with_rules_and_raw(zone, fast):
     assert (led.at[BULK1, "rows_received"], led.at[BULK1, "rows_kept"], led.at[BULK1, "rows_quarantined"]) == (4, 2, 2)
 
 
-def test_held_file_keeps_the_earlier_data_in_force(zone, fast):
+def test_held_file_keeps_the_earlier_data_in_force(zone):
     put(zone.path, BULK1, csv_text([sus_row("A"), sus_row("B")]))
-    ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings)
+    ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings, validator=FAKE)
     bulk2 = "sus_apc/APC_RGT_202401_20240301120000_BULK.csv"
     put(zone.path, bulk2, csv_text([sus_row("C", sex="X"), sus_row("D", sex="X"), sus_row("E")]))
-    report = ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings)
+    report = ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings, validator=FAKE)
     assert [h["file_name"] for h in report.held_files] == [bulk2]
     led = ledger_df(zone.wh)
     assert led.at[bulk2, "status"] == "held"
@@ -248,18 +247,18 @@ def test_held_file_keeps_the_earlier_data_in_force(zone, fast):
     assert sorted(current.current_sus(zone.wh, "2024-01").column("susrecid").to_pylist()) == ["A", "B"]
 
 
-def test_other_periods_are_left_for_their_own_partition(zone, fast):
+def test_other_periods_are_left_for_their_own_partition(zone):
     put(zone.path, BULK1, csv_text([sus_row("A")]))
     feb = "sus_apc/APC_RGT_202402_20240305120000_BULK.csv"
     put(zone.path, feb, csv_text([sus_row("F", start="2024-02-01", end="2024-02-02")]))
     assert ingest.pending_periods(zone.store, zone.wh).keys() == {"2024-01", "2024-02"}
-    report = ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings)
+    report = ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings, validator=FAKE)
     assert report.files_taken == [BULK1] and report.partitions == {"2024-01": ["APC_RGT_202401_20240205120000_BULK"]}
     assert list(ingest.pending_periods(zone.store, zone.wh)) == ["2024-02"]
     assert ingest.periods_with_data(zone.wh) == ["2024-01"]
 
 
-def test_scan_records_every_file_with_size_and_hash(zone, fast):
+def test_scan_records_every_file_with_size_and_hash(zone):
     put(zone.path, BULK1, csv_text([sus_row("A")]))
     put(zone.path, "notes/readme.txt", "hello")
     out = ingest.scan_landing(zone.store, zone.wh, zone.settings)
@@ -271,24 +270,23 @@ def test_scan_records_every_file_with_size_and_hash(zone, fast):
     import hashlib
     assert led.at[BULK1, "sha256"] == hashlib.sha256((zone.path / BULK1).read_bytes()).hexdigest()
     seen = led.at[BULK1, "first_seen_at"]
-    ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings)
+    ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings, validator=FAKE)
     led = ledger_df(zone.wh)
     assert led.at[BULK1, "status"] == "current" and led.at[BULK1, "first_seen_at"] == seen
     assert ingest.scan_landing(zone.store, zone.wh)["new_files"] == 0
 
 
 
-def test_scan_writes_its_events_a_batch_to_a_ledger_part(zone, fast, monkeypatch):
-    monkeypatch.setattr(ingest, "SEEN_PER_PART", 2)
+def test_scan_writes_its_events_a_batch_to_a_ledger_part(zone):
     names = [f"sus_apc/APC_RGT_202401_2024020{d}120000_NET.csv" for d in range(1, 6)]
     for k, name in enumerate(names):
         put(zone.path, name, csv_text([sus_row(f"A{k}")]))
-    assert ingest.scan_landing(zone.store, zone.wh)["new_files"] == 5
+    assert ingest.scan_landing(zone.store, zone.wh, per_part=2)["new_files"] == 5
     parts = [f.path for f in zone.wh.store.list(ingest.LEDGER_PARTS)]
     assert len(parts) == 3 and all(p.endswith("-seen.parquet") for p in parts)  # 2 + 2 + 1
     led = ledger_df(zone.wh)
     assert all(led.at[n, "status"] == "pending" for n in names)
-    assert ingest.scan_landing(zone.store, zone.wh)["new_files"] == 0
+    assert ingest.scan_landing(zone.store, zone.wh, per_part=2)["new_files"] == 0
     assert len(list(zone.wh.store.list(ingest.LEDGER_PARTS))) == 3
 
 
@@ -324,18 +322,17 @@ def test_sus_end_to_end_with_the_real_validator(zone):
     assert zone.wh.read("dq_fields", ["2024-01"]).num_rows > 0
 
 
-def test_artificial_hes_sample(zone, monkeypatch):
+def test_artificial_hes_sample(zone):
     assert HES_SAMPLE.exists(), f"NHS Digital's artificial HES sample is missing: {HES_SAMPLE}"
     put(zone.path, "hes_apc/artificial_hes_apc_0102.csv", HES_SAMPLE.read_bytes())
     seen = {}
-    real = ingest._validate
+    from pipelines.validation import validate_many
 
-    def spy(*a, **k):
-        seen["outcome"] = real(*a, **k)
-        return seen["outcome"]
+    def spy(source, items, **kw):  # the real validator, its outcome kept for the checks below
+        (seen["outcome"],) = validate_many(source, items, **kw)
+        return [seen["outcome"]]
 
-    monkeypatch.setattr(ingest, "_validate", spy)
-    report = ingest.ingest_hes(zone.store, zone.wh, zone.settings)
+    report = ingest.ingest_hes(zone.store, zone.wh, zone.settings, validator=spy)
     assert report.rows_read == 2075 == report.rows_kept + report.rows_quarantined
     led = ledger_df(zone.wh).loc["hes_apc/artificial_hes_apc_0102.csv"]
     assert led["status"] == "current"
@@ -380,7 +377,7 @@ def _comparable_ledger(wh) -> pd.DataFrame:
     return led[cols].sort_values(["file_name", "sha256"]).reset_index(drop=True)
 
 
-def test_landing_zone_in_s3_gives_the_same_ledger_and_current_view(tmp_path, s3_endpoint, fast):
+def test_landing_zone_in_s3_gives_the_same_ledger_and_current_view(tmp_path, s3_endpoint):
     moto_endpoint = s3_endpoint  # the shared moto server (tests/conftest.py)
     import boto3
 
@@ -405,9 +402,9 @@ def test_landing_zone_in_s3_gives_the_same_ledger_and_current_view(tmp_path, s3_
     for name, store in (("local", Store(local)),
                         ("s3", Store("s3://landing-bucket/landing", endpoint_url=moto_endpoint))):
         wh = Warehouse(Store(tmp_path / f"wh-{name}"))
-        ingest.ingest("sus_apc", "2024-01", store, wh, Settings())
-        ingest.ingest("gp", "2024-01", store, wh, Settings())
-        again = ingest.ingest("sus_apc", "2024-01", store, wh, Settings())
+        ingest.ingest("sus_apc", "2024-01", store, wh, Settings(), validator=FAKE)
+        ingest.ingest("gp", "2024-01", store, wh, Settings(), validator=FAKE)
+        again = ingest.ingest("sus_apc", "2024-01", store, wh, Settings(), validator=FAKE)
         assert again.files_taken == []
         cur = current.current_sus(wh, "2024-01").to_pandas()
         gp = current.gp_current(wh, "2024-01")
@@ -425,17 +422,18 @@ def test_landing_zone_in_s3_gives_the_same_ledger_and_current_view(tmp_path, s3_
     assert len(keys) == 6 and all(k.startswith("landing/") for k in keys)
 
 
-def test_a_file_taken_in_the_second_it_was_written_is_not_pending_again(zone, fast):
+def test_a_file_taken_in_the_second_it_was_written_is_not_pending_again(zone):
     p = zone.path / BULK1
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(csv_text([sus_row("A")]))  # no backdating: written, then seen at once
-    ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings)
+    ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings, validator=FAKE)
     assert ingest.pending_periods(zone.store, zone.wh) == {}
 
 
-def test_a_worker_process_validates_the_next_chunk_with_the_same_outcome(tmp_path, monkeypatch):
-    """A period of several chunks is validated in a worker process, chunk k + 1 while
-    chunk k is taken in; everything written is what validating in-process writes."""
+def test_a_period_validated_in_several_chunks_writes_what_one_chunk_writes(tmp_path):
+    """Files are validated together in chunks (``batch_cells``), then taken in one by one
+    in order: a period of several chunks writes exactly what one chunk of all its files
+    writes (rows, quarantine, data quality, ledger), with the real validator."""
     from pipelines.synth import generate
 
     gen = tmp_path / "gen"
@@ -443,21 +441,22 @@ def test_a_worker_process_validates_the_next_chunk_with_the_same_outcome(tmp_pat
     landing = Store(gen)
     period = sorted({p.reporting_period for p in (ingest.parse_name(f.path) for f in landing.list("gp"))
                      if isinstance(p, ingest.ParsedName)})[-1]
-    monkeypatch.setattr(ingest, "VALIDATE_BATCH_CELLS", 300_000)   # chunks of about 25,000 GP rows
     out = {}
-    for worker in (False, True):
-        monkeypatch.setattr(ingest, "VALIDATION_WORKER", worker)
-        wh = Warehouse(Store(tmp_path / f"wh-{worker}"))
-        report = ingest.ingest("gp", period, landing, wh, Settings(), today=pd.Timestamp("2024-03-01").date())
-        out[worker] = (report, wh)
-    (plain, wh0), (pooled, wh1) = out[False], out[True]
-    assert plain.validation_worker_seconds == 0 and pooled.validation_worker_seconds > 0
-    assert plain.rows_read > 3 * 25_000 and plain.rows_quarantined > 0
-    assert (pooled.rows_read, pooled.rows_kept, pooled.rows_quarantined, pooled.held_files) == \
-        (plain.rows_read, plain.rows_kept, plain.rows_quarantined, plain.held_files)
-    for table in ("gp_patients", "quarantine", "dq_rules", "dq_fields", "gp_extracts"):
-        a = wh0.read(table, [period]).to_pandas()
-        b = wh1.read(table, [period]).to_pandas()
+    for cells in (300_000, 100_000_000):   # chunks of about 25,000 GP rows; one chunk
+        wh = Warehouse(Store(tmp_path / f"wh-{cells}"))
+        report = ingest.ingest("gp", period, landing, wh, Settings(), today=pd.Timestamp("2024-03-01").date(),
+                               batch_cells=cells)
+        out[cells] = (report, wh)
+    (chunked, wh0), (whole, wh1) = out[300_000], out[100_000_000]
+    assert chunked.rows_read > 3 * 25_000 and chunked.rows_quarantined > 0
+    assert (chunked.rows_read, chunked.rows_kept, chunked.rows_quarantined, chunked.held_files) == \
+        (whole.rows_read, whole.rows_kept, whole.rows_quarantined, whole.held_files)
+    assert len(wh0.parts("quarantine", [period])) >= 3 > len(wh1.parts("quarantine", [period]))
+    for table in ("gp_patients", "quarantine", "dq_rules", "dq_fields", "gp_extracts", "gp_type2"):
+        key = [c for c in ("submission_id", "line", "rule_id", "field", "nhs_number")
+               if c in wh0.read(table, [period]).column_names]
+        a = wh0.read(table, [period]).to_pandas().sort_values(key).reset_index(drop=True)
+        b = wh1.read(table, [period]).to_pandas().sort_values(key).reset_index(drop=True)
         a = a.drop(columns=[c for c in a.columns if c.endswith("_at")])
         b = b.drop(columns=[c for c in b.columns if c.endswith("_at")])
         pd.testing.assert_frame_equal(a, b, obj=table)
@@ -477,11 +476,9 @@ def test_a_chunk_is_written_as_one_part_per_table_and_a_stopped_run_counts_nothi
     periods = [p.reporting_period for p in (ingest.parse_name(f.path) for f in landing.list("gp"))
                if isinstance(p, ingest.ParsedName)]
     period = max(set(periods), key=periods.count)
-    monkeypatch.setattr(ingest, "VALIDATE_BATCH_CELLS", 300_000)
-    monkeypatch.setattr(ingest, "VALIDATION_WORKER", False)
     today = pd.Timestamp("2024-03-01").date()
     wh_ref = Warehouse(Store(tmp_path / "wh-ref"))
-    ref = ingest.ingest("gp", period, landing, wh_ref, Settings(), today=today)
+    ref = ingest.ingest("gp", period, landing, wh_ref, Settings(), today=today, batch_cells=300_000)
     files = len(ref.files_taken)
     parts = wh_ref.parts("quarantine", [period])
     assert 3 <= len(parts) <= files // 2 and len(wh_ref.parts("gp_extracts", [period])) == len(parts)
@@ -489,7 +486,7 @@ def test_a_chunk_is_written_as_one_part_per_table_and_a_stopped_run_counts_nothi
 
     wh = Warehouse(Store(tmp_path / "wh"))
     calls = {"n": 0}
-    real_write = ingest._ChunkParts.write
+    real_write = intake._ChunkParts.write
 
     def stopped_on_the_second_chunk(self, part=None):
         calls["n"] += 1
@@ -501,17 +498,16 @@ def test_a_chunk_is_written_as_one_part_per_table_and_a_stopped_run_counts_nothi
             monkeypatch.setattr(self.warehouse.store, "write_parquet", no_ledger)
         return real_write(self, part)
 
-    monkeypatch.setattr(ingest._ChunkParts, "write", stopped_on_the_second_chunk)
+    monkeypatch.setattr(intake._ChunkParts, "write", stopped_on_the_second_chunk)
     with pytest.raises(KeyboardInterrupt):
-        ingest.ingest("gp", period, landing, wh, Settings(), today=today)
+        ingest.ingest("gp", period, landing, wh, Settings(), today=today, batch_cells=300_000)
     stale = len(wh.parts("quarantine", [period]))
     assert stale == 2
-    monkeypatch.setattr(ingest._ChunkParts, "write", real_write)
+    monkeypatch.setattr(intake._ChunkParts, "write", real_write)
     # The next run chunks the files left differently (as new files sorting among them
     # would): the stopped chunk's parts are not simply overwritten.
-    monkeypatch.setattr(ingest, "VALIDATE_BATCH_CELLS", 10_000_000)
     wh = Warehouse(Store(tmp_path / "wh"))  # a fresh run: the store's own write again
-    again = ingest.ingest("gp", period, landing, wh, Settings(), today=today)
+    again = ingest.ingest("gp", period, landing, wh, Settings(), today=today, batch_cells=10_000_000)
     assert 0 < len(again.files_taken) < files  # the first chunk stays taken in
     for table in ("gp_patients", "quarantine", "dq_rules", "dq_fields", "gp_extracts"):
         cols = lambda df: df.drop(columns=[c for c in df.columns if c.endswith("_at")])  # noqa: E731
@@ -539,7 +535,7 @@ def test_dq_rows_of_a_chunk_keep_each_files_own_keys():
              ("2014-01", "s2", "gp", "A2", counts([]), scores(["F1", "F2"])),
              ("2014-02", "s3", "hes_apc", ["RA", "RB"], counts(["r9", "r8"]), scores(["F3"], ["RC"])),
              ("2014-01", "s4", "gp", None, counts(["r4"]), scores([]))]
-    rules, fields = ingest._dq_tables(files)
+    rules, fields = quarantine._dq_tables(files)
 
     def rows(table, cols):
         return [list(r) for r in zip(*(table.column(c).to_pylist() for c in cols))]
@@ -568,7 +564,7 @@ def test_code_lists_are_each_rows_present_codes_in_column_order():
     cols = {f"OPERTN_4_{k:02d}": rng.choice(np.array(pool, dtype=object), n) for k in (1, 2, 3, 5)}
     cols |= {f"OPDATE_{k:02d}": rng.choice(np.array(dates, dtype=object), n) for k in (1, 2, 3, 4, 5)}
     frame = pd.DataFrame(cols).astype("string")
-    lists, date_lists = ingest._code_lists(ingest._Columns(frame), "OPERTN_4_", 6, "OPDATE_")
+    lists, date_lists = silver._code_lists(silver._Columns(frame), "OPERTN_4_", 6, "OPDATE_")
     real = {"2024-03-01": "2024-03-01", " 2024-03-05 ": "2024-03-05"}
     want_codes, want_dates = [], []
     for i in range(n):
@@ -585,3 +581,80 @@ def test_code_lists_are_each_rows_present_codes_in_column_order():
     assert lists.to_pylist() == want_codes
     assert [[None if d is None else d.isoformat() for d in row] for row in date_lists.to_pylist()] == want_dates
     assert sum(map(len, want_codes)) > 200
+
+
+# ----------------------------------------------------------------------------- validator and reading
+def test_the_engine_reaches_a_validator_that_takes_one_and_not_one_whose_engine_is_a_name(zone):
+    """``ingest(..., engine=E)`` hands ``E`` to a validator declaring an ``engine``
+    parameter, and not to one whose ``engine`` is a string (pipelines.validation's own
+    "compiled"/"gx" before it took an Engine object): that one would refuse it."""
+    put(zone.path, BULK1, csv_text([sus_row("A"), sus_row("B", sex="X")]))
+    engine, got = object(), {}
+
+    def takes_engine(source, items, *, data_docs_dir=None, engine=None):
+        got["engine"] = engine
+        return FAKE(source, items, data_docs_dir=data_docs_dir)
+
+    report = ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings, validator=takes_engine,
+                           engine=engine)
+    assert got["engine"] is engine and (report.rows_kept, report.rows_quarantined) == (1, 1)
+
+    def engine_by_name(source, items, *, data_docs_dir=None, engine: str | None = None):
+        got["named"] = engine
+        return FAKE(source, items, data_docs_dir=data_docs_dir)
+
+    put(zone.path, NET1, csv_text([sus_row("C", update="9")]))
+    ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings, validator=engine_by_name,
+                  engine=engine)
+    assert "named" in got and got["named"] is None
+
+
+def test_a_validator_giving_the_wrong_number_of_outcomes_rejects_the_files_not_the_run(zone):
+    """A validator that loses a file's outcome cannot make rows vanish: the chunk's files
+    are taken in one by one, and a file whose validation fails is rejected."""
+    put(zone.path, BULK1, csv_text([sus_row("A")]))
+
+    def loses_one(source, items, **kw):
+        return FAKE(source, items, **kw)[:-1]
+
+    report = ingest.ingest("sus_apc", "2024-01", zone.store, zone.wh, zone.settings, validator=loses_one)
+    assert report.files_taken == [] and [r["file_name"] for r in report.rejected_files] == [BULK1]
+    assert "RuntimeError" in report.rejected_files[0]["reason"]
+    assert zone.wh.read("sus_episodes", ["2024-01"]).num_rows == 0
+
+
+class ChangingStore(Store):
+    """A landing store whose file ``path`` holds other bytes from its second opening on
+    (a supplier rewriting it while the pipeline reads)."""
+
+    def __init__(self, root, path: str, later: bytes):
+        super().__init__(root)
+        self.path, self.later, self.opened = path, later, 0
+
+    def open(self, path, *, regular_only=False):
+        if path == self.path:
+            self.opened += 1
+            if self.opened > 1:
+                import io
+                return io.BytesIO(self.later)
+        return super().open(path, regular_only=regular_only)
+
+
+def test_the_rows_taken_in_are_the_bytes_whose_sha256_the_ledger_records(zone):
+    """A small file is read once: hashed and parsed from the same bytes, so a file
+    rewritten while it is read cannot be recorded under one SHA-256 with another
+    version's rows."""
+    import hashlib
+
+    name = "gp/GP_A81001_20240131.csv"
+    head = "NHS_NUMBER,DATE_OF_BIRTH,SEX,REGISTRATION_DATE,OBJECTION\n"
+    first = head + "".join(f"{nhs(k)},1970-01-01,1,2000-01-01,\n" for k in range(3))
+    later = (head + "".join(f"{nhs(k)},1970-01-01,1,2000-01-01,\n" for k in range(10, 15))).encode()
+    put(zone.path, name, first)
+    store = ChangingStore(zone.path, name, later)
+    report = ingest.ingest("gp", "2024-01", store, zone.wh, zone.settings, validator=FAKE)
+    row = ledger_df(zone.wh).loc[name]
+    assert row["sha256"] == hashlib.sha256(first.encode()).hexdigest() and row["rows_received"] == 3
+    assert report.rows_read == 3 and store.opened == 1
+    kept = zone.wh.read("gp_patients", ["2024-01"]).column("nhs_number").to_pylist()
+    assert sorted(kept) == sorted(nhs(k) for k in range(3))

@@ -128,17 +128,17 @@ def test_rows_typed_from_the_work_frame_equal_rows_typed_from_the_files(source, 
     """The worker types a chunk's kept rows from validation's work frame (columns
     already cleaned, dates parsed) and drops the rejected after: the typed rows must be
     exactly those typed from each file's kept rows alone."""
-    from pipelines import ingest
+    from pipelines.ingest import intake, silver
     from pipelines.landing import parse_name
 
     ctx = ValidationContext(today=TODAY, practice_codes={"A81001", "A81002"})
     jobs = [(parse_name(name), _messy(base, columns, 300, seed=k + 7), ctx) for k, name in enumerate(names)]
     work: list = []
-    outcomes = ingest._validate_chunk(source, period, jobs, None, work)
+    outcomes = intake._validate_chunk(source, period, jobs, None, work)
     assert len(work) == 1 and len(work[0]) == 600
     rejected = [int(np.asarray(o.rejected).sum()) for o in outcomes]
     assert all(0 < r < 300 for r in rejected), rejected  # some rows of each file dropped, some kept
-    from_work = ingest._chunk_silvers(source, period, jobs, outcomes, work[0])
-    from_files = ingest._chunk_silvers(source, period, jobs, outcomes)
+    from_work = silver._chunk_silvers(source, period, jobs, outcomes, work[0])
+    from_files = silver._chunk_silvers(source, period, jobs, outcomes)
     assert from_work.offsets.tolist() == from_files.offsets.tolist() == [0, 300 - rejected[0], 600 - sum(rejected)]
     assert from_work.table.equals(from_files.table)
