@@ -86,14 +86,15 @@ def load_reference(settings: Settings) -> dict:
     from pipelines import ingest
 
     landing, wh, _ = stores(settings)
-    return ingest.load_reference(landing, wh, settings)
+    return ingest.load_reference(landing, wh, settings, engine=engine(settings))
 
 
 def ingest_hes(settings: Settings) -> dict:
     from pipelines import ingest
 
     landing, wh, _ = stores(settings)
-    return _report_dict(ingest.ingest_hes(landing, wh, settings, data_docs_dir=_docs_dir(settings, "hes_apc")))
+    return _report_dict(ingest.ingest_hes(landing, wh, settings, data_docs_dir=_docs_dir(settings, "hes_apc"),
+                                          engine=engine(settings)))
 
 
 def _docs_dir(settings: Settings, source: str, period: str | None = None) -> str | None:
@@ -118,7 +119,8 @@ def ingest_feed(settings: Settings, source: str, period: str) -> dict:
 
     landing, wh, _ = stores(settings)
     docs = _docs_dir(settings, source, period)
-    report = _report_dict(ingest.ingest(source, period, landing, wh, settings, data_docs_dir=docs))
+    report = _report_dict(ingest.ingest(source, period, landing, wh, settings, data_docs_dir=docs,
+                                       engine=engine(settings)))
     if docs and (Path(docs) / "index.html").exists():
         report["data_docs"] = (Path(docs) / "index.html").as_uri()
     # The period's rule results of the submissions taken in now (field, example lines).
@@ -222,7 +224,7 @@ def current_sus(settings: Settings, period: str) -> dict:
     from pipelines import current
 
     _, wh, _ = stores(settings)
-    table = current.current_sus(wh, period)
+    table = current.current_sus(wh, period, engine=engine(settings))
     wh.write_raw("current_sus_episodes", table, period)
     return {"episodes": table.num_rows,
             "providers": len(set(table.column("provider_code").to_pylist())) if table.num_rows else 0}
@@ -288,14 +290,16 @@ def link(settings: Settings, period: str) -> dict:
     # The GP rows stay on disk (or S3): linkage scans them and keeps only what can link.
     newest = current.gp_current_lazy(wh, period).patients_newest_overall
     # Type 2 objectors seen in any GP extract taken in or held, rows kept or quarantined.
-    linked = linkage.link_episodes(episodes, newest, type2_numbers=current.gp_type2_numbers(wh))
+    linked = linkage.link_episodes(episodes, newest, type2_numbers=current.gp_type2_numbers(wh),
+                                   engine=engine(settings))
     linked = schemas.get("linked_episodes_working").check(linked)  # declared constraints, checked
     wh.write_raw("linked_episodes", linked, period)
     # Episodes with a cohort procedure whose age at admission stays unknown even with the
     # linked GP record's date of birth: counted in data_quality (rule PROCEDURE_AGE_UNKNOWN).
     from pipelines import outcomes
     cohorts = outcomes.load_cohorts(settings.t("outcomes", "cohorts_file"))
-    wh.write("dq_rules", outcomes.procedures_without_age(linked, period, cohorts), period, part="linkage-age-unknown")
+    wh.write("dq_rules", outcomes.procedures_without_age(linked, period, cohorts, engine=engine(settings)), period,
+             part="linkage-age-unknown")
     ranks = pc.value_counts(linked.column("match_rank")).to_pylist() if linked.num_rows else []
     return {"episodes": linked.num_rows,
             "linked": int(pc.sum(pc.is_valid(linked.column("match_rank"))).as_py() or 0) if linked.num_rows else 0,
@@ -310,10 +314,10 @@ def linkage_outputs(settings: Settings, period: str) -> dict:
     if linked is None:
         linked = linkage.link_episodes(
             schemas.get("sus_episodes").arrow_schema(include_partition=True).empty_table(),
-            schemas.get("gp_patients").arrow_schema(include_partition=True).empty_table())
+            schemas.get("gp_patients").arrow_schema(include_partition=True).empty_table(), engine=engine(settings))
     _, in_period, extracts = current.gp_current_lazy(wh, period)  # rows scanned, not held
     out = linkage.coverage(period, linked, wh.read("ref_practices"), wh.read("ref_providers"),
-                           extracts, in_period, settings)
+                           extracts, in_period, settings, engine=engine(settings))
     report = {}
     for name in LINKAGE_DATASETS:
         wh.write(name, out[name], period)
@@ -337,7 +341,7 @@ def fft_outputs(settings: Settings, period: str) -> dict:
                            columns=fft.SPELL_EPISODE_COLUMNS)
     if episodes is None:
         episodes = schemas.get("sus_episodes").arrow_schema(include_partition=True).empty_table()
-    spells = fft.spells_for_fft_linkage(episodes)
+    spells = fft.spells_for_fft_linkage(episodes, engine=engine(settings))
     linked = fft.link_responses_to_spells(responses, spells, max_days=settings.t("fft", "link_max_days"),
                                           engine=engine(settings))
     by_spec = fft.fft_by_specialty(linked, suppress_max=suppress_max)
@@ -360,9 +364,9 @@ def outcome_outputs(settings: Settings, period: str) -> dict:
     spells = outcomes.window_spells(
         lambda p, columns: wh.read_raw("linked_episodes", [p], columns=columns, parts=listing),
         window, period, cohorts,
-        gp_deaths=lambda episodes: _gp_deaths(wh, episodes, window[0], window[-1]),
+        gp_deaths=lambda episodes: _gp_deaths(wh, episodes, window[0], window[-1], engine(settings)),
         min_age=settings.t("outcomes", "min_age"), death_days=settings.t("outcomes", "death_days"),
-        readmission_days=settings.t("outcomes", "readmission_days"))
+        readmission_days=settings.t("outcomes", "readmission_days"), engine=engine(settings))
     report: dict = {}
     if spells is None:
         for name in OUTCOME_DATASETS:
@@ -385,7 +389,7 @@ def outcome_outputs(settings: Settings, period: str) -> dict:
     return report
 
 
-def _gp_deaths(wh, episodes: pa.Table, first: str, last: str) -> pa.Table:
+def _gp_deaths(wh, episodes: pa.Table, first: str, last: str, engine=None) -> pa.Table:
     """GP-recorded deaths, from older extracts too, of the people of ``episodes`` (valid
     NHS numbers on them, and linked patients): every death from the start of period
     ``first`` that an extract dated up to a year after period ``last`` shows."""
@@ -400,7 +404,7 @@ def _gp_deaths(wh, episodes: pa.Table, first: str, last: str) -> pa.Table:
     if "linked_nhs_number" in episodes.column_names:
         people.append(episodes.column("linked_nhs_number"))
     people = pa.chunked_array([c for col in people for c in col.cast(pa.string()).chunks], pa.string())
-    return linkage.gp_deaths(current.gp_deaths_lazy(wh, since, until), people)
+    return linkage.gp_deaths(current.gp_deaths_lazy(wh, since, until), people, engine=engine)
 
 
 # --------------------------------------------------------------------------- quality

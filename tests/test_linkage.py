@@ -680,8 +680,7 @@ def test_coverage_same_from_a_parquet_dataset_as_from_a_table(tmp_path):
 
 
 def test_duckdb_runs_under_a_memory_limit_and_spills_to_its_own_temp_folder(monkeypatch):
-    from pipelines.engine import DuckDBEngine
-    from pipelines.engine import duckdb_engine
+    from pipelines.engine import DuckDBEngine, duckdb_engine
 
     monkeypatch.setenv(duckdb_engine.MEMORY_LIMIT_ENV, "1GB")
     engine = DuckDBEngine()

@@ -292,6 +292,7 @@ def test_link_episodes_from_a_dataset_on_a_non_local_file_system():
     import pyarrow.dataset as pads
     import pyarrow.parquet as pq
     from pyarrow import fs as pafs
+
     from test_linkage import _lazy_case, gp
 
     gp_rows, episodes = _lazy_case()

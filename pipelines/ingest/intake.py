@@ -314,24 +314,15 @@ def _default_validator() -> Validator:
     return validate_many
 
 
-def _accepts(validator, name: str, engine_like: bool = False) -> bool:
-    """Whether ``validator`` takes the keyword ``name``. For ``engine``, a parameter
-    declared as a string (``pipelines.validation``'s own ``engine``: "compiled" or "gx",
-    before it took a :class:`pipelines.engine.Engine`) does not count: the engine object
-    is only passed to a validator that says it takes one (or takes any keyword)."""
+def _accepts(validator, name: str) -> bool:
+    """Whether ``validator`` takes the keyword ``name`` (or any keyword)."""
     import inspect
 
     try:
         params = inspect.signature(validator).parameters
     except (TypeError, ValueError):
         return False
-    p = params.get(name)
-    if p is None:
-        return any(q.kind is inspect.Parameter.VAR_KEYWORD for q in params.values())
-    if engine_like:
-        ann = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", str(p.annotation))
-        return ann is inspect.Parameter.empty or "str" not in str(ann).replace(" ", "").split("|")
-    return True
+    return name in params or any(q.kind is inspect.Parameter.VAR_KEYWORD for q in params.values())
 
 
 def validate_files(source: str, items: list[dict], *, validator: Validator | None = None, engine=None,
@@ -341,7 +332,7 @@ def validate_files(source: str, items: list[dict], *, validator: Validator | Non
     takes that."""
     validator = validator or _default_validator()
     kw: dict = {"data_docs_dir": data_docs_dir}
-    if engine is not None and _accepts(validator, "engine", engine_like=True):
+    if engine is not None and _accepts(validator, "engine"):
         kw["engine"] = engine
     if work_out is not None and _accepts(validator, "work_out"):
         kw["work_out"] = work_out
