@@ -13,10 +13,10 @@ What is left out of the comparison, and why:
 * floats are compared to 9 decimal places: a sum of doubles may be added up in another
   order on Spark's partitions (none differs today).
 
-It proves what goes through the engine: the Spark run must have run queries on Spark
-(``SparkEngine.queries``), and the DuckDB run none. Today the step on the engine is the FFT
-response-to-spell linkage (fft_by_specialty); as validation, the current view, linkage and
-spells move onto the engine, the same comparison covers them with no change here.
+It proves what goes through the engine: the Spark run must have run its queries on Spark
+(``SparkEngine.queries``: validation, the current view, linkage, coverage, spells and the
+FFT linkage of every period) and none on the process's DuckDB engine, and the DuckDB run
+none on Spark.
 
 Marked ``spark`` and ``e2e``: about 4 minutes (two runs and a Spark session).
 """
@@ -35,7 +35,7 @@ import pytest
 
 from pipelines import cli, ingest
 from pipelines.config import Settings
-from pipelines.engine import from_settings
+from pipelines.engine import default_engine, from_settings
 from pipelines.storage import Store
 from pipelines.synth import generate
 from pipelines.warehouse import Warehouse
@@ -66,14 +66,15 @@ def runs(tmp_path_factory):
     engine_env = [k for k in os.environ if k == "CAREDATA_ENGINE" or k.startswith("CAREDATA_SPARK__")]
     with _env_without(*engine_env):
         for engine in ("duckdb", "spark"):
-            before = spark.queries
+            before, duck_before = spark.queries, default_engine().queries
             text = io.StringIO()
             with contextlib.redirect_stdout(text):
                 rc = cli.main(["run", "--landing", str(landing), "--warehouse", str(root / engine / "wh"),
                                "--publish", str(root / engine / "pub"), "--demo-mode", "--engine", engine])
             out[engine] = {"rc": rc, "stdout": text.getvalue(), "pub": root / engine / "pub",
                            "wh_root": root / engine / "wh",
-                           "wh": Warehouse(Store(root / engine / "wh")), "spark_queries": spark.queries - before}
+                           "wh": Warehouse(Store(root / engine / "wh")), "spark_queries": spark.queries - before,
+                           "duckdb_queries": default_engine().queries - duck_before}
     return out
 
 
@@ -107,9 +108,13 @@ def _datasets(pub: Path) -> dict[str, dict[str, pa.Table]]:
 def test_both_runs_succeed_and_spark_ran_the_engine_steps(runs):
     for engine in ("duckdb", "spark"):
         assert runs[engine]["rc"] == 0, runs[engine]["stdout"]
-    assert runs["duckdb"]["spark_queries"] == 0
-    # the FFT linkage of every period at least (stages.fft_outputs -> stages.engine(settings))
-    assert runs["spark"]["spark_queries"] >= 3
+    assert runs["duckdb"]["spark_queries"] == 0 and runs["duckdb"]["duckdb_queries"] > 0
+    # Every heavy step of the Spark run went to Spark: none fell back to the process's DuckDB
+    # (a plan called without the run's engine would run there).
+    assert runs["spark"]["duckdb_queries"] == 0
+    # Per period at least: validation of each feed, the current view, linkage, coverage,
+    # the spells of the window and the FFT linkage.
+    assert runs["spark"]["spark_queries"] >= 3 * 7
 
 
 def test_every_published_dataset_is_equal_row_for_row(runs):
