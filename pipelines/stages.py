@@ -596,7 +596,8 @@ def release(settings: Settings, period: str) -> dict:
         type2 = current.gp_type2_numbers(wh)
         linked = wh.read_raw("linked_episodes", [period])
         if linked is not None:
-            tables["linked_episodes"] = linkage.linked_episodes_restricted(linkage.mark_type2(linked, type2), key)
+            tables["linked_episodes"] = linkage.linked_episodes_restricted(linkage.mark_type2(linked, type2), key,
+                                                                              engine=engine(settings))
         spells = wh.read_raw("spells", [period])
         if spells is not None:
             if len(type2) and spells.num_rows:
