@@ -7,7 +7,7 @@ SCALE ?= 0.1
 MONTHS ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint bench bench-hes dev validate clean ops-test ui-test deploy-check
+.PHONY: install demo test test-spark test-fast lint bench bench-hes dev validate clean ops-test ui-test deploy-check
 
 $(BIN)/caredata: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ test-fast: install
 # ruff, configured in pyproject.toml; .ci/run runs it before the tests.
 lint: install
 	$(BIN)/ruff check .
+
+# The end-to-end truth tests (generator's truth, the artificial HES sample) run with every
+# heavy step on Spark local[2] instead of DuckDB; `make test` runs them on DuckDB and
+# tests/test_engine_parity.py finds both engines' outputs equal row for row.
+test-spark: install
+	CAREDATA_ENGINE=spark $(BIN)/python -m pytest -m e2e tests/test_end_to_end.py tests/test_hes_end_to_end.py $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m pipelines.bench --scale $(SCALE) --months $(MONTHS) --out bench-out

@@ -339,6 +339,7 @@ def print_summary(summary: RunSummary, settings: Settings, out=None) -> None:
         w(f"Exit status {summary.exit_code} (caredata run --help lists the codes).\n")
         return
     w(f"\nPeriods: {', '.join(summary.periods) or 'none found'}\n")
+    w(f"Engine: {settings.engine}\n")
     w(f"Published to {settings.publish}:\n")
     for row in summary.published:
         w(f"  {row['zone']:<10} {row['dataset']:<28} {row['partitions']:>3} partitions {row['rows']:>9} rows\n")

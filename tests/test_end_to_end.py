@@ -95,6 +95,8 @@ def test_run_succeeds_and_says_what_it_published_and_held_back(run):
     assert run["rc"] == 0, run["stdout"]
     text = run["stdout"]
     assert "Published to" in text and "Held back:" in text
+    # The engine the heavy steps ran on: duckdb, or spark under `make test-spark`.
+    assert f"\nEngine: {os.environ.get('CAREDATA_ENGINE') or 'duckdb'}\n" in text
     files = _truth(run, "files")
     # Named as the public ledger names them: a name that breaks its folder's convention by
     # its digest (supplier text may name a patient), and never in full.
