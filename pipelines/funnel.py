@@ -302,11 +302,14 @@ def funnel_plot(
     window_end: str,
     *,
     levels: tuple[float, float] = (0.95, 0.998),
+    overdispersion: tuple[str, float] | None = None,
 ) -> bytes:
     """A funnel plot (PNG bytes) of one specialty and window: each consultant's SMR
     against expected deaths, the 95% and 99.8% control limits around SMR 1, outliers
     labelled by consultant code. ``consultant_rows`` has the columns of
-    ``consultant_outcomes``; rows with ``insufficient_data`` or no SMR are left out."""
+    ``consultant_outcomes``; rows with ``insufficient_data`` or no SMR are left out.
+    ``overdispersion`` = (method, tau2) (``shmi`` or ``cqc``) draws the
+    overdispersion-adjusted limits too (:func:`od_limits`), in red."""
     # A bare Figure renders with the Agg canvas: no pyplot, no global backend, thread safe.
     from matplotlib.figure import Figure
 
@@ -328,6 +331,12 @@ def funnel_plot(
         label = f"{level * 100:g}% limits"
         ax.plot(grid, hi, style, color="grey", label=label)
         ax.plot(grid, lo, style, color="grey")
+        if overdispersion is not None and overdispersion[0] in ("shmi", "cqc"):
+            method, tau2 = overdispersion
+            olo, ohi = od_limits(grid, level, method, float(tau2 or 0.0))
+            ax.plot(grid, ohi, style, color="firebrick", alpha=0.7,
+                    label=f"{level * 100:g}% adjusted ({method.upper()}, tau2 {float(tau2 or 0.0):.3g})")
+            ax.plot(grid, olo, style, color="firebrick", alpha=0.7)
     ax.axhline(1.0, color="black", linewidth=0.8)
     colours = {
         "alarm_high": "red", "alert_high": "orange", "as_expected": "tab:blue",
