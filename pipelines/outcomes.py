@@ -35,8 +35,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines import charlson, schemas
-from pipelines import spells as _spells
 from pipelines import funnel as _funnel
+from pipelines import spells as _spells
 from pipelines.funnel import control_limits, exact_ci, funnel_plot, outlier_statuses, poisson_limits  # noqa: F401  (re-exported)
 from pipelines.text import SPACE_CHARS, WHITESPACE
 
@@ -821,7 +821,10 @@ def window_outcomes(spells: pa.Table, window_end: str, settings: Any = None) -> 
     follow-up was computed by :func:`build_spells` from all the data. Returns
     ``consultant_outcomes``, ``specialty_outcomes`` and ``specialty_calibration`` conformed
     to their *staged* schemas (no ``*_suppressed`` flags: disclosure control is the
-    publisher's), with ``period`` = ``window_end``."""
+    publisher's), with ``period`` = ``window_end``. Beside the spec's exact Poisson limits:
+    the overdispersion-adjusted limits and status of ``outcomes.overdispersion`` with the
+    specialty's phi and tau2 (:func:`_overdispersion_columns`), and each consultant's power
+    (``power_smr_2``, ``min_detectable_smr``; docs/methods-outcomes.md)."""
     if settings is None:
         from pipelines.config import Settings
 

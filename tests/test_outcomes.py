@@ -693,8 +693,8 @@ def test_overdispersion_and_power_columns():
     out = outcomes.window_outcomes(table, "2024-03", _settings())   # default: shmi
     cons = out["consultant_outcomes"].to_pandas().set_index("consultant_code")
     spec = out["specialty_outcomes"].to_pandas()
-    O, E = cons["deaths_30d"].to_numpy(float), cons["expected_deaths"].to_numpy(float)
-    phi, tau2 = funnel.overdispersion(O, E, "shmi")
+    obs, E = cons["deaths_30d"].to_numpy(float), cons["expected_deaths"].to_numpy(float)
+    phi, tau2 = funnel.overdispersion(obs, E, "shmi")
     assert spec.loc[0, "overdispersion_phi"] == pytest.approx(phi)
     # a random consultant effect: real between-consultant variation
     assert phi > 1 and spec.loc[0, "overdispersion_tau2"] == pytest.approx(tau2) and tau2 > 0
@@ -711,7 +711,7 @@ def test_overdispersion_and_power_columns():
     cqc = outcomes.window_outcomes(table, "2024-03", _settings(overdispersion="cqc"))
     c2 = cqc["consultant_outcomes"].to_pandas().set_index("consultant_code")
     assert cqc["specialty_outcomes"].to_pandas().loc[0, "overdispersion_phi"] == pytest.approx(
-        funnel.overdispersion(O, E, "cqc")[0])
+        funnel.overdispersion(obs, E, "cqc")[0])
     assert not np.allclose(c2["od_upper_998"], cons["od_upper_998"])
     none = outcomes.window_outcomes(table, "2024-03", _settings(overdispersion="none"))
     n2 = none["consultant_outcomes"].to_pandas()
