@@ -248,6 +248,28 @@ def od_limits(expected, level: float, method: str, tau2: float) -> tuple:
     return lo, hi
 
 
+def adjusted_limits(expected, level: float, method: str, phi: float, tau2: float) -> tuple:
+    """The published overdispersion-adjusted limits: with no overdispersion (phi <= 1 or
+    unknown: :func:`limits_tau2` is 0) the exact Poisson :func:`control_limits`, as
+    FunnelPlotR then draws its unadjusted limits; else :func:`od_limits` with tau2, never
+    inside the exact Poisson limits (overdispersion widens the funnel, never narrows it: at
+    small E the normal approximation on the log or square-root scale puts a lower limit
+    above 0 where the exact one is 0, and would flag a consultant with no deaths)."""
+    e = np.asarray(expected, dtype=float)
+    e_pos = np.where(e > 0, e, np.nan)
+    lo_p, hi_p = (np.atleast_1d(x) for x in control_limits(e_pos, level))
+    t2 = limits_tau2(phi, tau2)
+    if t2 == 0.0:
+        lo, hi = lo_p, hi_p
+    else:
+        lo_o, hi_o = (np.atleast_1d(x) for x in od_limits(e_pos, level, method, t2))
+        lo, hi = np.fmin(lo_o, lo_p), np.fmax(hi_o, hi_p)
+        lo, hi = np.where(e > 0, lo, np.nan), np.where(e > 0, hi, np.nan)
+    if e.ndim == 0:
+        return float(lo[0]), float(hi[0])
+    return lo, hi
+
+
 # --------------------------------------------------------------------------- power
 def alarm_threshold(expected, level: float = 0.998) -> np.ndarray:
     """The deaths count k such that O > k is above the upper control limit at ``level``
@@ -302,14 +324,14 @@ def funnel_plot(
     window_end: str,
     *,
     levels: tuple[float, float] = (0.95, 0.998),
-    overdispersion: tuple[str, float] | None = None,
+    overdispersion: tuple[str, float, float] | None = None,
 ) -> bytes:
     """A funnel plot (PNG bytes) of one specialty and window: each consultant's SMR
     against expected deaths, the 95% and 99.8% control limits around SMR 1, outliers
     labelled by consultant code. ``consultant_rows`` has the columns of
     ``consultant_outcomes``; rows with ``insufficient_data`` or no SMR are left out.
-    ``overdispersion`` = (method, tau2) (``shmi`` or ``cqc``) draws the
-    overdispersion-adjusted limits too (:func:`od_limits`), in red."""
+    ``overdispersion`` = (method, phi, tau2) (``shmi`` or ``cqc``) draws the published
+    overdispersion-adjusted limits too (:func:`adjusted_limits`), in red."""
     # A bare Figure renders with the Agg canvas: no pyplot, no global backend, thread safe.
     from matplotlib.figure import Figure
 
@@ -332,11 +354,14 @@ def funnel_plot(
         ax.plot(grid, hi, style, color="grey", label=label)
         ax.plot(grid, lo, style, color="grey")
         if overdispersion is not None and overdispersion[0] in ("shmi", "cqc"):
-            method, tau2 = overdispersion
-            olo, ohi = od_limits(grid, level, method, float(tau2 or 0.0))
-            ax.plot(grid, ohi, style, color="firebrick", alpha=0.7,
-                    label=f"{level * 100:g}% adjusted ({method.upper()}, tau2 {float(tau2 or 0.0):.3g})")
-            ax.plot(grid, olo, style, color="firebrick", alpha=0.7)
+            method, phi, tau2 = overdispersion
+            phi = math.nan if phi is None else float(phi)
+            t2 = limits_tau2(phi, 0.0 if tau2 is None else float(tau2))
+            if t2 > 0:  # else the adjusted limits are the exact ones already drawn
+                olo, ohi = adjusted_limits(grid, level, method, phi, t2)
+                ax.plot(grid, ohi, style, color="firebrick", alpha=0.7,
+                        label=f"{level * 100:g}% adjusted ({method.upper()}, tau2 {t2:.3g})")
+                ax.plot(grid, olo, style, color="firebrick", alpha=0.7)
     ax.axhline(1.0, color="black", linewidth=0.8)
     colours = {
         "alarm_high": "red", "alert_high": "orange", "as_expected": "tab:blue",

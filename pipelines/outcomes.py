@@ -939,8 +939,8 @@ def _overdispersion_columns(cons: pd.DataFrame, spec: pd.DataFrame, settings: An
     phi and tau2 are estimated per specialty over the consultants on its funnel: at least
     ``min_procs`` procedures, E > 0, a known consultant (the provider's ``&`` bucket is a
     mixture of people, not a unit). tau2 is 0 when phi <= 1 (no overdispersion) or cannot
-    be estimated (fewer than 2 such consultants): the adjusted limits are then the
-    unadjusted ones on the method's scale, never wider."""
+    be estimated (fewer than 2 such consultants): the adjusted limits and status are then
+    the exact Poisson ones (:func:`pipelines.funnel.adjusted_limits`)."""
     method = str(settings.t("outcomes", "overdispersion"))
     inner, outer = levels
     names = ["od_lower_95", "od_upper_95", "od_lower_998", "od_upper_998"]
@@ -960,7 +960,7 @@ def _overdispersion_columns(cons: pd.DataFrame, spec: pd.DataFrame, settings: An
         tau2 = _funnel.limits_tau2(phi, tau2)
         lims = []
         for level in (inner, outer):
-            lo, hi = _funnel.od_limits(E, level, method, tau2)
+            lo, hi = _funnel.adjusted_limits(E, level, method, phi, tau2)
             lims += [np.atleast_1d(lo), np.atleast_1d(hi)]
         for c, v in zip(names, lims):
             cons.loc[sub.index, c] = v

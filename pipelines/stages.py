@@ -382,9 +382,10 @@ def outcome_outputs(settings: Settings, period: str) -> dict:
     co = out["consultant_outcomes"].to_pandas()
     plots = 0
     method = str(settings.t("outcomes", "overdispersion"))
-    tau2 = dict(zip(*(out["specialty_outcomes"].column(c).to_pylist() for c in ("specialty", "overdispersion_tau2"))))
+    so = out["specialty_outcomes"].to_pandas().set_index("specialty")
     for spec in sorted(co["specialty"].unique()) if len(co) else []:
-        od = (method, tau2.get(spec)) if method != "none" else None  # adjusted limits drawn beside
+        od = ((method, so.at[spec, "overdispersion_phi"], so.at[spec, "overdispersion_tau2"])
+              if method != "none" and spec in so.index else None)  # adjusted limits drawn beside
         png = outcomes.funnel_plot(co[co["specialty"] == spec], spec, period, overdispersion=od)
         wh.store.write_bytes(f"work/funnel_plots/period={period}/{spec}.png", png)
         plots += 1

@@ -244,6 +244,27 @@ def test_shmi_zscores_leave_out_units_without_deaths():
     assert funnel.overdispersion([3], [2.0], "shmi") == (pytest.approx(float("nan"), nan_ok=True), 0.0)
 
 
+def test_published_adjusted_limits():
+    e = np.array([1.0, 5.0, 50.0, 500.0])
+    # phi <= 1 (no overdispersion): the exact Poisson control limits
+    for level in (0.95, 0.998):
+        lo, hi = funnel.adjusted_limits(e, level, "shmi", 0.9, 0.3)
+        plo, phi_ = funnel.control_limits(e, level)
+        assert np.array_equal(lo, plo) and np.array_equal(hi, phi_)
+    # phi > 1: the transform's limits with tau2, never inside the exact ones. At E = 5 the exact
+    # 99.8% lower limit is 0 (P(Poisson(5) = 0) = 0.0067 > 0.001) while the log-scale one is
+    # exp(-3.090232 sqrt(0.22)) = exp(-1.449448) = 0.2347: a consultant with no deaths stays inside.
+    lo, hi = funnel.adjusted_limits(e, 0.998, "shmi", 1.5, 0.02)
+    assert funnel.od_limits(5.0, 0.998, "shmi", 0.02)[0] == pytest.approx(0.2347, abs=1e-4)
+    assert lo[1] == 0.0
+    assert funnel.statuses_from_limits([0.0], *funnel.adjusted_limits(5.0, 0.95, "shmi", 1.5, 0.02),
+                                       lo[1], hi[1], [50])[0] != "alarm_low"
+    olo, ohi = funnel.od_limits(e, 0.998, "shmi", 0.02)
+    assert lo[-1] == olo[-1] and hi[-1] == ohi[-1]        # large E: the adjustment is the wider
+    assert np.all(hi >= funnel.control_limits(e, 0.998)[1]) and np.all(lo <= funnel.control_limits(e, 0.998)[0])
+    assert np.isnan(funnel.adjusted_limits(np.array([0.0]), 0.95, "cqc", 2.0, 0.1)[0]).all()
+
+
 # --------------------------------------------------------------------------- power
 def test_power_at_smr_2_by_hand():
     # E = 1: P(Y<=4) = 0.996340, P(Y<=5) = 0.999406 for Y ~ Poisson(1), so the 99.9% quantile is
@@ -286,5 +307,7 @@ def test_funnel_plot_draws_adjusted_limits():
     rows = pd.DataFrame({"consultant_code": ["C1", "C2"], "expected_deaths": [2.0, 8.0], "smr": [1.0, 2.5],
                          "outlier_status": ["as_expected", "alarm_high"], "specialty": ["x", "x"]})
     plain = funnel.funnel_plot(rows, "x", "2024-03")
-    with_od = funnel.funnel_plot(rows, "x", "2024-03", overdispersion=("shmi", 0.05))
+    with_od = funnel.funnel_plot(rows, "x", "2024-03", overdispersion=("shmi", 1.8, 0.05))
+    # no overdispersion: the adjusted limits are the exact ones, nothing more to draw
+    assert funnel.funnel_plot(rows, "x", "2024-03", overdispersion=("shmi", 0.9, 0.05)) == plain
     assert with_od[:8] == b"\x89PNG\r\n\x1a\n" and with_od != plain

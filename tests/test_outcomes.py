@@ -680,14 +680,16 @@ def test_overdispersion_and_power_columns():
     """od_* limits, od_status, phi and tau2 (outcomes.overdispersion) and the power columns,
     from the funnel functions over the consultants on the funnel (>= 10 procedures, E > 0)."""
     # no spread beyond chance but the three planted consultants, set aside by the truncation:
-    # phi <= 1, so tau2 = 0 and the adjusted limits are the unadjusted ones on the log scale
+    # phi <= 1, so tau2 = 0 and the adjusted limits and status are the exact Poisson ones
     table, planted = _simulate()
     flat = outcomes.window_outcomes(table, "2024-03", _settings())
     fs = flat["specialty_outcomes"].to_pandas()
     fc = flat["consultant_outcomes"].to_pandas()
     assert fs.loc[0, "overdispersion_phi"] <= 1 and fs.loc[0, "overdispersion_tau2"] == 0.0
-    e0 = fc["expected_deaths"].to_numpy(float)
-    assert np.allclose(fc["od_upper_998"], np.exp(3.090232 / np.sqrt(e0)), rtol=1e-6)
+    for od, exact in (("od_lower_95", "smr_lower_95"), ("od_upper_95", "smr_upper_95"),
+                      ("od_lower_998", "smr_lower_998"), ("od_upper_998", "smr_upper_998")):
+        assert np.allclose(fc[od], fc[exact]), od
+    assert (fc["od_status"] == fc["outlier_status"]).all()
 
     table, planted = _simulate(consultant_sd=1.2)
     out = outcomes.window_outcomes(table, "2024-03", _settings())   # default: shmi
@@ -698,8 +700,13 @@ def test_overdispersion_and_power_columns():
     assert spec.loc[0, "overdispersion_phi"] == pytest.approx(phi)
     # a random consultant effect: real between-consultant variation
     assert phi > 1 and spec.loc[0, "overdispersion_tau2"] == pytest.approx(tau2) and tau2 > 0
-    lo, hi = funnel.od_limits(E, 0.998, "shmi", tau2)
+    lo, hi = funnel.adjusted_limits(E, 0.998, "shmi", phi, tau2)
     assert np.allclose(cons["od_lower_998"], lo) and np.allclose(cons["od_upper_998"], hi)
+    # never inside the exact Poisson limits: overdispersion only widens the funnel
+    assert (cons["od_lower_95"] <= cons["smr_lower_95"]).all() and (cons["od_upper_998"] >= cons["smr_upper_998"]).all()
+    # a consultant with no deaths is never a low outlier where the exact limits cannot say so
+    zero = cons["deaths_30d"] == 0
+    assert not (zero & (cons["od_status"] == "alarm_low") & (cons["smr_lower_998"] == 0)).any()
     assert np.all(cons["od_upper_95"] > funnel.od_limits(E, 0.95, "shmi", 0.0)[1])  # tau2 widens them
     assert set(cons["od_status"]) <= set(funnel.STATUSES)
     # adjusted limits are wider: never more alarms than the exact Poisson limits
