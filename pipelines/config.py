@@ -20,7 +20,7 @@ an optional YAML file (``--config`` or ``CAREDATA_CONFIG``), then environment va
 :class:`ConfigError` listing every problem with its key path: a key the defaults do not
 have (YAML or ``CAREDATA_<SECTION>__<NAME>``), a value of the wrong type (the type of the
 default; a default of null takes null or text, and a ``*_date`` key null, a date or
-``YYYY-MM-DD``), a disclosure threshold below its floor (outputs.md "Disclosure control":
+``YYYY-MM-DD``; a key of :data:`CHOICES` one of its words), a disclosure threshold below its floor (outputs.md "Disclosure control":
 the thresholds are floors, configuration may only make them stricter), a key that is too
 short or a key file that cannot be read. The key's value is never in a message.
 
@@ -54,6 +54,11 @@ DISCLOSURE_FLOORS: dict[tuple[str, str], int] = {
     ("disclosure", "small_count_max"): 7,
     ("disclosure", "min_denominator"): 8,
     ("fft", "suppress_max_responses"): 4,
+}
+
+# Thresholds that take one of a few words (checked wherever they are set).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "outcomes.overdispersion": ("shmi", "cqc", "none"),
 }
 
 # Settings that are not thresholds: the YAML file may give them at its top level.
@@ -178,6 +183,9 @@ def _check(value: Any, default: Any, path: str, problems: list[str], name: str =
                 problems.append(f"{path}: expected text or null, got {_kind(value)}")
         elif not isinstance(value, str):
             problems.append(f"{path}: expected text, got {_kind(value)}")
+        elif value not in CHOICES.get(path.split(" ")[0].removeprefix("thresholds."), (value,)):
+            choices = CHOICES[path.split(" ")[0].removeprefix("thresholds.")]
+            problems.append(f"{path}: expected one of {', '.join(choices)}")
     elif isinstance(default, dict):
         if not isinstance(value, Mapping):
             problems.append(f"{path}: expected a mapping of {', '.join(default)}, got {_kind(value)}")

@@ -56,7 +56,8 @@ RULES = [
     "column says so.",
     "Consultant outcomes publish, for every consultant, procedures, mortality and "
     "readmission percentages, median length of stay, SMR, funnel limits and outlier "
-    "status (a deliberate exception, as in the Consultant Outcomes Publication); their "
+    "status, exact and overdispersion-adjusted, and the power columns, which depend on the "
+    "expected deaths alone (a deliberate exception, as in the Consultant Outcomes Publication); their "
     "death and readmission counts follow the 1-to-7 rule.",
     "Every text value in the public zone is a code of its column's declared format or one "
     "of its listed values (the Format and Values of each column below); supplier text that "

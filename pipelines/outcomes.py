@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines import charlson, schemas
+from pipelines import funnel as _funnel
 from pipelines import spells as _spells
 from pipelines.funnel import control_limits, exact_ci, funnel_plot, outlier_statuses, poisson_limits  # noqa: F401  (re-exported)
 from pipelines.text import SPACE_CHARS, WHITESPACE
@@ -820,7 +821,10 @@ def window_outcomes(spells: pa.Table, window_end: str, settings: Any = None) -> 
     follow-up was computed by :func:`build_spells` from all the data. Returns
     ``consultant_outcomes``, ``specialty_outcomes`` and ``specialty_calibration`` conformed
     to their *staged* schemas (no ``*_suppressed`` flags: disclosure control is the
-    publisher's), with ``period`` = ``window_end``."""
+    publisher's), with ``period`` = ``window_end``. Beside the spec's exact Poisson limits:
+    the overdispersion-adjusted limits and status of ``outcomes.overdispersion`` with the
+    specialty's phi and tau2 (:func:`_overdispersion_columns`), and each consultant's power
+    (``power_smr_2``, ``min_detectable_smr``; docs/methods-outcomes.md)."""
     if settings is None:
         from pipelines.config import Settings
 
@@ -905,6 +909,11 @@ def window_outcomes(spells: pa.Table, window_end: str, settings: Any = None) -> 
         cons["procedures"].to_numpy(dtype=float), levels=(inner, outer), min_procedures=min_procs)
     cons["readmission_pct"] = _pct(cons["readmissions_30d"].to_numpy(dtype=float),
                                    cons["readm_den"].to_numpy(dtype=float))
+    od = _overdispersion_columns(cons, spec, settings, (inner, outer), min_procs)
+    spec = spec.merge(od, on="specialty", how="left")
+    # Power (Walker et al., Lancet 2013): functions of E alone, like the limits.
+    cons["power_smr_2"] = _funnel.power(E, 2.0, outer)
+    cons["min_detectable_smr"] = _funnel.min_detectable_smr(E, 0.8, outer)
 
     cal = pd.DataFrame(cal_rows, columns=["specialty", "risk_decile", "procedures", "observed_deaths",
                                           "expected_deaths"])
@@ -918,6 +927,49 @@ def window_outcomes(spells: pa.Table, window_end: str, settings: Any = None) -> 
         table = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
         out[name] = schemas.get(name).conform(table, staged=True) if len(frame) else _empty(name)
     return out
+
+
+def _overdispersion_columns(cons: pd.DataFrame, spec: pd.DataFrame, settings: Any,
+                            levels: tuple[float, float], min_procs: int) -> pd.DataFrame:
+    """Adds ``od_lower_95`` ... ``od_upper_998`` and ``od_status`` to ``cons`` (in place)
+    and returns ``specialty``, ``overdispersion_phi``, ``overdispersion_tau2``
+    (docs/methods-outcomes.md "Overdispersion"). Method: ``outcomes.overdispersion``
+    (``shmi``, ``cqc`` or ``none``: then every one of these columns is empty).
+
+    phi and tau2 are estimated per specialty over the consultants on its funnel: at least
+    ``min_procs`` procedures, E > 0, a known consultant (the provider's ``&`` bucket is a
+    mixture of people, not a unit). tau2 is 0 when phi <= 1 (no overdispersion) or cannot
+    be estimated (fewer than 2 such consultants): the adjusted limits and status are then
+    the exact Poisson ones (:func:`pipelines.funnel.adjusted_limits`)."""
+    method = str(settings.t("outcomes", "overdispersion"))
+    inner, outer = levels
+    names = ["od_lower_95", "od_upper_95", "od_lower_998", "od_upper_998"]
+    for c in names:
+        cons[c] = np.nan
+    cons["od_status"] = None
+    rows = []
+    if method == "none":
+        return pd.DataFrame({"specialty": spec["specialty"], "overdispersion_phi": np.nan,
+                             "overdispersion_tau2": np.nan})
+    for specialty, sub in cons.groupby("specialty", sort=True):
+        O = sub["deaths_30d"].to_numpy(dtype=float)
+        E = sub["expected_deaths"].to_numpy(dtype=float)
+        units = ((sub["procedures"].to_numpy() >= min_procs) & (E > 0)
+                 & (sub["consultant_code"].to_numpy() != UNKNOWN_CONSULTANT))
+        phi, tau2 = _funnel.overdispersion(O[units], E[units], method)
+        tau2 = _funnel.limits_tau2(phi, tau2)
+        lims = []
+        for level in (inner, outer):
+            lo, hi = _funnel.adjusted_limits(E, level, method, phi, tau2)
+            lims += [np.atleast_1d(lo), np.atleast_1d(hi)]
+        for c, v in zip(names, lims):
+            cons.loc[sub.index, c] = v
+        smr = sub["smr"].to_numpy(dtype=float)
+        cons.loc[sub.index, "od_status"] = _funnel.statuses_from_limits(
+            smr, lims[0], lims[1], lims[2], lims[3], sub["procedures"].to_numpy(dtype=float),
+            min_procedures=min_procs)
+        rows.append({"specialty": specialty, "overdispersion_phi": phi, "overdispersion_tau2": tau2})
+    return pd.DataFrame(rows, columns=["specialty", "overdispersion_phi", "overdispersion_tau2"])
 
 
 def _empty(name: str) -> pa.Table:

@@ -381,8 +381,12 @@ def outcome_outputs(settings: Settings, period: str) -> dict:
     # Funnel plots, one per specialty and window.
     co = out["consultant_outcomes"].to_pandas()
     plots = 0
+    method = str(settings.t("outcomes", "overdispersion"))
+    so = out["specialty_outcomes"].to_pandas().set_index("specialty")
     for spec in sorted(co["specialty"].unique()) if len(co) else []:
-        png = outcomes.funnel_plot(co[co["specialty"] == spec], spec, period)
+        od = ((method, so.at[spec, "overdispersion_phi"], so.at[spec, "overdispersion_tau2"])
+              if method != "none" and spec in so.index else None)  # adjusted limits drawn beside
+        png = outcomes.funnel_plot(co[co["specialty"] == spec], spec, period, overdispersion=od)
         wh.store.write_bytes(f"work/funnel_plots/period={period}/{spec}.png", png)
         plots += 1
     report["consultant_outcomes"]["funnel_plots"] = plots

@@ -269,3 +269,23 @@ def test_new_sections_of_the_defaults_are_checked_the_same_way(monkeypatch):
         Settings.load(env={"CAREDATA_LIMITS__MAX_GZIP_RATIO": "lots"})
     with pytest.raises(ConfigError, match="no threshold limits.max_rows"):
         Settings.load(env={"CAREDATA_LIMITS__MAX_ROWS": "1"})
+
+
+def test_overdispersion_method_is_one_of_its_words():
+    assert Settings.load(env={}).t("outcomes", "overdispersion") == "shmi"
+    assert Settings.load(env={"CAREDATA_OUTCOMES__OVERDISPERSION": "cqc"}).t("outcomes", "overdispersion") == "cqc"
+    assert Settings.load(env={"CAREDATA_OUTCOMES__OVERDISPERSION": "none"}).t("outcomes", "overdispersion") == "none"
+    with pytest.raises(ConfigError, match=r"outcomes.overdispersion \(CAREDATA_OUTCOMES__OVERDISPERSION\): "
+                                          r"expected one of shmi, cqc, none"):
+        Settings.load(env={"CAREDATA_OUTCOMES__OVERDISPERSION": "bayes"})
+    with pytest.raises(ConfigError, match="expected text"):
+        Settings.load(env={"CAREDATA_OUTCOMES__OVERDISPERSION": "1"})
+
+
+def test_overdispersion_method_from_yaml_is_checked(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("outcomes:\n  overdispersion: SHMI\n")   # the words are lower case
+    with pytest.raises(ConfigError, match="outcomes.overdispersion .*expected one of shmi, cqc, none"):
+        Settings.load(cfg, env={})
+    cfg.write_text("outcomes:\n  overdispersion: cqc\n")
+    assert Settings.load(cfg, env={}).t("outcomes", "overdispersion") == "cqc"

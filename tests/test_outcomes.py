@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from pipelines import outcomes, pseudo, schemas
+from pipelines import funnel, outcomes, pseudo, schemas
 from pipelines.config import Settings
 from pipelines.nhs_number import with_check_digit
 
@@ -387,7 +387,8 @@ def test_small_consultant_and_readmission_pct():
     assert cons.loc["C1", "risk_adjusted_mortality_pct"] == pytest.approx(ram)
 
 
-def _simulate(seed: int = 20241):
+def _simulate(seed: int = 20241, consultant_sd: float = 0.0):
+    """``consultant_sd``: a random effect per consultant on the log-odds (overdispersion)."""
     rng = np.random.default_rng(seed)
     n_cons, per = 60, 80
     n = n_cons * per
@@ -399,6 +400,9 @@ def _simulate(seed: int = 20241):
     sex = np.where(rng.random(n) < 0.5, "1", "2")
     group = rng.choice(["W37", "W38", "W39", "W40"], n)
     logit = -4.3 + 0.07 * (age - 65) + 1.6 * emergency + 0.3 * charl + (group == "W40") * 0.4
+    if consultant_sd:
+        effect = np.random.default_rng(seed + 1).normal(0.0, consultant_sd, n_cons)
+        logit = logit + np.repeat(effect, per)
     p = 1 / (1 + np.exp(-logit))
     planted = [f"C{1000000 + i}" for i in (5, 27, 49)]
     p = np.where(np.isin(consultant, planted), np.minimum(4 * p, 0.95), p)
@@ -670,3 +674,68 @@ def test_window_spells_equal_the_spells_built_from_every_episode(seed, current):
     assert k["death_30d"].tolist() == [False, False, True]
     # every month is read four times, never all at once
     assert sorted(p for p, _ in reads) == sorted(months * 4)
+
+
+def test_overdispersion_and_power_columns():
+    """od_* limits, od_status, phi and tau2 (outcomes.overdispersion) and the power columns,
+    from the funnel functions over the consultants on the funnel (>= 10 procedures, E > 0)."""
+    # no spread beyond chance but the three planted consultants, set aside by the truncation:
+    # phi <= 1, so tau2 = 0 and the adjusted limits and status are the exact Poisson ones
+    table, planted = _simulate()
+    flat = outcomes.window_outcomes(table, "2024-03", _settings())
+    fs = flat["specialty_outcomes"].to_pandas()
+    fc = flat["consultant_outcomes"].to_pandas()
+    assert fs.loc[0, "overdispersion_phi"] <= 1 and fs.loc[0, "overdispersion_tau2"] == 0.0
+    for od, exact in (("od_lower_95", "smr_lower_95"), ("od_upper_95", "smr_upper_95"),
+                      ("od_lower_998", "smr_lower_998"), ("od_upper_998", "smr_upper_998")):
+        assert np.allclose(fc[od], fc[exact]), od
+    assert (fc["od_status"] == fc["outlier_status"]).all()
+
+    table, planted = _simulate(consultant_sd=1.2)
+    out = outcomes.window_outcomes(table, "2024-03", _settings())   # default: shmi
+    cons = out["consultant_outcomes"].to_pandas().set_index("consultant_code")
+    spec = out["specialty_outcomes"].to_pandas()
+    obs, E = cons["deaths_30d"].to_numpy(float), cons["expected_deaths"].to_numpy(float)
+    phi, tau2 = funnel.overdispersion(obs, E, "shmi")
+    assert spec.loc[0, "overdispersion_phi"] == pytest.approx(phi)
+    # a random consultant effect: real between-consultant variation
+    assert phi > 1 and spec.loc[0, "overdispersion_tau2"] == pytest.approx(tau2) and tau2 > 0
+    lo, hi = funnel.adjusted_limits(E, 0.998, "shmi", phi, tau2)
+    assert np.allclose(cons["od_lower_998"], lo) and np.allclose(cons["od_upper_998"], hi)
+    # never inside the exact Poisson limits: overdispersion only widens the funnel
+    assert (cons["od_lower_95"] <= cons["smr_lower_95"]).all() and (cons["od_upper_998"] >= cons["smr_upper_998"]).all()
+    # a consultant with no deaths is never a low outlier where the exact limits cannot say so
+    zero = cons["deaths_30d"] == 0
+    assert not (zero & (cons["od_status"] == "alarm_low") & (cons["smr_lower_998"] == 0)).any()
+    assert np.all(cons["od_upper_95"] > funnel.od_limits(E, 0.95, "shmi", 0.0)[1])  # tau2 widens them
+    assert set(cons["od_status"]) <= set(funnel.STATUSES)
+    # adjusted limits are wider: never more alarms than the exact Poisson limits
+    assert (cons["od_status"] == "alarm_high").sum() <= (cons["outlier_status"] == "alarm_high").sum()
+    assert cons["power_smr_2"].to_numpy() == pytest.approx(funnel.power(E, 2.0, 0.998))
+    assert cons["min_detectable_smr"].to_numpy() == pytest.approx(funnel.min_detectable_smr(E))
+    assert cons["power_smr_2"].between(0, 1).all()
+
+    cqc = outcomes.window_outcomes(table, "2024-03", _settings(overdispersion="cqc"))
+    c2 = cqc["consultant_outcomes"].to_pandas().set_index("consultant_code")
+    assert cqc["specialty_outcomes"].to_pandas().loc[0, "overdispersion_phi"] == pytest.approx(
+        funnel.overdispersion(obs, E, "cqc")[0])
+    assert not np.allclose(c2["od_upper_998"], cons["od_upper_998"])
+    none = outcomes.window_outcomes(table, "2024-03", _settings(overdispersion="none"))
+    n2 = none["consultant_outcomes"].to_pandas()
+    assert n2[["od_lower_95", "od_upper_95", "od_lower_998", "od_upper_998", "od_status"]].isna().all().all()
+    assert none["specialty_outcomes"].to_pandas()[["overdispersion_phi", "overdispersion_tau2"]].isna().all().all()
+    assert n2["power_smr_2"].notna().all()       # power does not depend on the method
+    for result in (out, cqc, none):
+        for name, t in result.items():
+            assert t.schema == schemas.get(name).arrow_schema(include_partition=True, staged=True), name
+
+
+def test_power_empty_without_expected_deaths_and_od_leaves_out_small_consultants():
+    # no deaths at all: E = 0 for everyone, so no power, no limits, phi unknown, tau2 0
+    t = _spells_table(12)
+    out = outcomes.window_outcomes(t, "2024-03", _settings())
+    cons = out["consultant_outcomes"].to_pandas()
+    assert cons["power_smr_2"].isna().all() and cons["min_detectable_smr"].isna().all()
+    assert cons["od_upper_95"].isna().all()
+    spec = out["specialty_outcomes"].to_pandas()
+    assert pd.isna(spec.loc[0, "overdispersion_phi"]) and spec.loc[0, "overdispersion_tau2"] == 0.0

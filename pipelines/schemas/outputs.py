@@ -191,6 +191,17 @@ consultant_outcomes = register(Dataset(
         i("readmissions_30d", "Emergency readmissions 1 to 30 days after discharge, any provider.", suppress="count"),
         f("readmission_pct", "100 x readmissions_30d / index spells discharged alive.", unit="percent"),
         f("median_los_days", "Median length of stay of the index spells.", unit="days"),
+        f("od_lower_95", "Lower 95% overdispersion-adjusted limit on the SMR scale (method in outcomes.overdispersion: "
+          "shmi = exp(-1.96 sqrt(1/E + tau2)), cqc = (1 - 1.96 sqrt(1/(4E) + tau2))^2); empty when the method is none."),
+        f("od_upper_95", "Upper 95% overdispersion-adjusted limit on the SMR scale (as od_lower_95, + for -)."),
+        f("od_lower_998", "Lower 99.8% overdispersion-adjusted limit on the SMR scale (z = 3.09)."),
+        f("od_upper_998", "Upper 99.8% overdispersion-adjusted limit on the SMR scale (z = 3.09)."),
+        s("od_status", "outlier_status against the overdispersion-adjusted limits (same codes); empty when the method is none.",
+          codes=OUTLIER_STATUS),
+        f("power_smr_2", "Probability of alarm_high (above the 99.8% exact Poisson limit) if the true SMR were 2, "
+          "given expected_deaths (Walker et al., Lancet 2013); empty when expected_deaths is 0.", unit="probability"),
+        f("min_detectable_smr", "Smallest true SMR that would be flagged alarm_high with 80% power at 99.8%, "
+          "given expected_deaths; empty when expected_deaths is 0."),
     ),
 ))
 
@@ -210,6 +221,11 @@ specialty_outcomes = register(Dataset(
         f("readmission_pct", "30-day emergency readmissions over index spells discharged alive.", unit="percent"),
         f("median_los_days", "Median length of stay.", unit="days"),
         f("c_statistic", "Area under the ROC curve of the specialty's risk model."),
+        f("overdispersion_phi", "Dispersion ratio phi of the consultants' z-scores (mean square after 10% "
+          "truncation (shmi) or winsorisation (cqc)); above 1 means more spread than chance; empty when the "
+          "method is none or fewer than 2 consultants have 10 procedures."),
+        f("overdispersion_tau2", "Between-consultant variance tau2 (DerSimonian-Laird) added to the adjusted limits, "
+          "on the method's scale (log SMR for shmi, square-root SMR for cqc); 0 when phi <= 1."),
     ),
 ))
 
