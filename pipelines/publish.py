@@ -162,6 +162,9 @@ class Revision:
     rows_added: int
     rows_removed: int
     rows_changed: int
+    # the files that caused it, as the public ledger names them (filled in by the caller,
+    # who knows the ledger: stages.revision_submissions)
+    submissions: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -627,7 +630,6 @@ def _ts(value: str | None) -> datetime | None:
 def publish_revisions(
     store: Store,
     revisions: list[Revision],
-    submissions: Mapping[tuple[str, str], list[str]] | None = None,
     *,
     run_id: str,
     code_version: str,
@@ -635,20 +637,19 @@ def publish_revisions(
 ) -> PublishResult | None:
     """Append ``revisions`` to the public ``revisions`` dataset: each revised period's
     partition is read as published, the new rows added, and the partition published again
-    (atomically, as any dataset). ``submissions`` maps ``(dataset, period)`` to the public
-    names of the files that caused the revision. Returns None when there is nothing to
+    (atomically, as any dataset). A revision already in the dataset (same period, dataset,
+    release run and time) is not appended again. Returns None when there is nothing to
     append (a first publication, or a re-publication that changed nothing)."""
     from pipelines import schemas
 
     if not revisions:
         return None
     ds = schemas.get("revisions")
-    submissions = submissions or {}
     rows = [{
         "period": r.period, "dataset": r.dataset,
         "release_run_id": public_run_id(r.release_run_id), "previous_run_id": public_run_id(r.previous_run_id),
         "rows_added": r.rows_added, "rows_removed": r.rows_removed, "rows_changed": r.rows_changed,
-        "submissions": sorted(submissions.get((r.dataset, r.period), [])),
+        "submissions": sorted(set(r.submissions)),
         "released_at": _ts(r.released_at), "previous_released_at": _ts(r.previous_released_at),
     } for r in revisions]
     schema = ds.arrow_schema(include_partition=True)
@@ -656,8 +657,14 @@ def publish_revisions(
     periods = sorted({r.period for r in revisions})
     table = new
     if _load(store, f"public/{ds.name}") is not None:
-        published = read_published(store, "public", ds.name, periods=periods)
-        table = pa.concat_tables([published.select(schema.names).cast(schema), new])
+        published = read_published(store, "public", ds.name, periods=periods).select(schema.names).cast(schema)
+        # a revision appended already (a run killed after appending, before it forgot
+        # its pending revisions) is not appended twice
+        seen = {tuple(r[k] for k in ("period",) + ds.key) for r in published.to_pylist()}
+        keep = [tuple(r[k] for k in ("period",) + ds.key) not in seen for r in rows]
+        if not any(keep):
+            return None
+        table = pa.concat_tables([published, new.filter(pa.array(keep))])
     return publish_dataset(store, ds, table, run_id=run_id, code_version=code_version,
                            thresholds=thresholds, periods=periods)
 

@@ -8,6 +8,7 @@ linkage, fft, outcomes, quality, disclosure, publish).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -481,6 +482,10 @@ def _release_path(zone: str, name: str, period: str) -> str:
     return f"release/{zone}/{name}/period={period}/part-00000.parquet"
 
 
+def _revisions_pending_path(period: str) -> str:
+    return f"release/revisions_pending/period={period}.json"
+
+
 def _blocked_path(period: str) -> str:
     return f"release/blocked/period={period}.json"
 
@@ -645,7 +650,11 @@ def publish(settings: Settings, period: str, *, run_id: str = "cli") -> dict:
     blocked = {(b["zone"], b["dataset"]): b for b in blocked_datasets(settings, period)}
     key = settings.effective_pseudo_key
     report: dict = {}
-    revisions: list = []
+    # Revisions are kept in the warehouse from the moment a dataset is published until the
+    # revisions dataset has them, so that a run killed in between loses none (the next
+    # publication of the period appends them; publish_revisions never appends one twice).
+    pending_path = _revisions_pending_path(period)
+    pending: list[dict] = json.loads(wh.store.read_bytes(pending_path)) if wh.store.exists(pending_path) else []
     # A run without a key never writes, replaces or re-labels the restricted zone (outputs.md
     # "Keys"): release candidates an earlier keyed run left in the warehouse stay unpublished.
     for zone in ("public", "restricted"):
@@ -678,15 +687,19 @@ def publish(settings: Settings, period: str, *, run_id: str = "cli") -> dict:
                 report[f"{zone}/{name}"] = f"blocked by disclosure control: {len(exc.violations)} rule(s) broken"
                 continue
             report[f"{zone}/{name}"] = table.num_rows
-            if zone == "public":
-                revisions += result.revisions
-    if revisions:
-        caused = {(r.dataset, r.period): revision_submissions(ledger, r) for r in revisions}
+            if zone == "public" and result.revisions:
+                for r in result.revisions:
+                    r.submissions = revision_submissions(ledger, r)
+                    pending.append(dataclasses.asdict(r))
+                wh.store.write_bytes(pending_path, json.dumps(pending, indent=1, sort_keys=True).encode())
+    if pending:
+        revisions = [pub.Revision(**r) for r in pending]
         try:
-            pub.publish_revisions(out, revisions, caused, run_id=run_id, code_version=code_version(),
+            pub.publish_revisions(out, revisions, run_id=run_id, code_version=code_version(),
                                   thresholds=settings.thresholds)
+            wh.store.delete(pending_path)
             report["public/revisions"] = len(revisions)
-        except disclosure.DisclosureError as exc:
+        except disclosure.DisclosureError as exc:  # kept pending: the next publication tries again
             report["public/revisions"] = f"blocked by disclosure control: {len(exc.violations)} rule(s) broken"
     for f in wh.store.list(f"work/funnel_plots/period={period}"):
         spec = f.path.rsplit("/", 1)[1]

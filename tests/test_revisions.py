@@ -117,10 +117,11 @@ def test_a_later_release_records_its_revision_and_nothing_else_does(tmp_path):
     assert rev.released_at == entry["written_at"]
 
     assert publish_revisions(store, [], run_id="cli", code_version="t") is None  # nothing to append
-    res = publish_revisions(store, second.revisions,
-                            {("data_quality_summary", "2024-01"): ["sus_apc/APC_RXX_202401_20240301090000_NET.csv"]},
-                            run_id=UUID2, code_version="t", thresholds=THRESHOLDS)
+    rev.submissions = ["sus_apc/APC_RXX_202401_20240301090000_NET.csv"]
+    res = publish_revisions(store, second.revisions, run_id=UUID2, code_version="t", thresholds=THRESHOLDS)
     assert res.written == ["2024-01"]
+    # appending the same revision again (a run killed before it forgot it) adds nothing
+    assert publish_revisions(store, second.revisions, run_id=UUID2, code_version="t", thresholds=THRESHOLDS) is None
     [row] = read_published(store, "public", "revisions").to_pylist()
     assert row["period"] == "2024-01" and row["dataset"] == "data_quality_summary"
     assert (row["release_run_id"], row["previous_run_id"]) == (UUID2, UUID1)
@@ -220,3 +221,28 @@ def test_revision_submissions_are_the_new_files_of_the_datasets_sources_as_publi
     assert "sus_apc/APC_RGT_202402_20240302090000_BULK.csv" in stages.revision_submissions(ledger, out)
     fft = Revision("fft_scores", "2024-01", "r2", "2024-03-02T00:00:00Z", "r1", "2024-02-11T00:00:00Z", [], 0, 0, 1)
     assert stages.revision_submissions(ledger, fft) == ["fft/FFT_RGT_202401_20240301090000.csv"]
+
+
+def test_revisions_left_pending_by_a_killed_run_are_published_by_the_next_one(tmp_path):
+    """A run killed after publishing a revised dataset, before appending to `revisions`,
+    left its revision pending in the warehouse: the next publication of the period
+    appends it (once) and forgets it."""
+    from dataclasses import asdict
+
+    from pipelines.config import Settings
+    from pipelines.warehouse import Warehouse
+
+    settings = Settings(landing=str(tmp_path / "landing"), warehouse=str(tmp_path / "wh"),
+                        publish=str(tmp_path / "pub"))
+    (tmp_path / "landing").mkdir()
+    wh = Warehouse(Store(tmp_path / "wh"))
+    rev = Revision("fft_scores", "2024-01", UUID2, "2024-03-02T10:00:00Z", UUID1, "2024-02-11T10:00:00Z",
+                   [], 0, 0, 3, ["fft/FFT_RGT_202401_20240301090000.csv"])
+    path = "release/revisions_pending/period=2024-01.json"
+    wh.store.write_bytes(path, json.dumps([asdict(rev)]).encode())
+    report = stages.publish(settings, "2024-01", run_id="cli")
+    assert report["public/revisions"] == 1 and not wh.store.exists(path)
+    [row] = read_published(Store(tmp_path / "pub"), "public", "revisions").to_pylist()
+    assert (row["dataset"], row["release_run_id"], row["rows_changed"], row["submissions"]) == \
+        ("fft_scores", UUID2, 3, ["fft/FFT_RGT_202401_20240301090000.csv"])
+    assert "public/revisions" not in stages.publish(settings, "2024-01", run_id="cli")  # nothing pending
