@@ -65,6 +65,16 @@ by earlier versions, which staged in ``<dataset>/_staging/``, are recovered the 
 
 Loose files (:func:`publish_file`) follow the same protocol with the zone's manifest.
 
+Revisions
+---------
+When step 2 stages a partition that was already published, the rows of the published
+file (read and checked against its digest) are compared with the new ones by the
+dataset's declared key (:attr:`Dataset.key`, :func:`compare_rows`): the counts of rows
+added, removed and changed, with the previous entry's ``run_id``, ``written_at`` and
+``input_submissions``, come back in :attr:`PublishResult.revisions` (nothing when no row
+differs). The caller (``stages.publish``) names the submissions that caused them and
+appends them to the public ``revisions`` dataset with :func:`publish_revisions`.
+
 Concurrency: one writer per manifest. Locally a lock file (``fcntl``) serialises writers
 on one host; on S3 a lock object ``_staging/<zone>/<dataset>.lock`` made by a conditional
 write (:class:`pipelines.lock.RunLock`) does, so two runs of different periods can publish
