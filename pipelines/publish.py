@@ -644,15 +644,18 @@ def publish_revisions(
     run_id: str,
     code_version: str,
     thresholds: Mapping | None = None,
+    periods: list[str] | None = None,
 ) -> PublishResult | None:
     """Append ``revisions`` to the public ``revisions`` dataset: each revised period's
-    partition is read as published, the new rows added, and the partition published again
-    (atomically, as any dataset). A revision already in the dataset (same period, dataset,
-    release run and time) is not appended again. Returns None when there is nothing to
-    append (a first publication, or a re-publication that changed nothing)."""
+    partition (and each of ``periods``, published with no row if it never was: "computed,
+    nothing revised") is read as published, the new rows added, and the partition
+    published again (atomically, as any dataset). A revision already in the dataset (same
+    period, dataset, release run and time) is not appended again, and a partition with
+    nothing new is not rewritten. Returns None when there was nothing to do."""
     from pipelines import schemas
 
-    if not revisions:
+    periods = sorted({r.period for r in revisions} | set(periods or []))
+    if not periods:
         return None
     ds = schemas.get("revisions")
     rows = [{
@@ -664,7 +667,6 @@ def publish_revisions(
     } for r in revisions]
     schema = ds.arrow_schema(include_partition=True)
     new = pa.Table.from_pylist(rows, schema=schema)
-    periods = sorted({r.period for r in revisions})
     table = new
     if _load(store, f"public/{ds.name}") is not None:
         published = read_published(store, "public", ds.name, periods=periods).select(schema.names).cast(schema)
@@ -672,11 +674,10 @@ def publish_revisions(
         # its pending revisions) is not appended twice
         seen = {tuple(r[k] for k in ("period",) + ds.key) for r in published.to_pylist()}
         keep = [tuple(r[k] for k in ("period",) + ds.key) not in seen for r in rows]
-        if not any(keep):
-            return None
-        table = pa.concat_tables([published, new.filter(pa.array(keep))])
-    return publish_dataset(store, ds, table, run_id=run_id, code_version=code_version,
-                           thresholds=thresholds, periods=periods)
+        table = pa.concat_tables([published, new.filter(pa.array(keep, pa.bool_()))])
+    result = publish_dataset(store, ds, table, run_id=run_id, code_version=code_version,
+                             thresholds=thresholds, periods=periods)
+    return result if result.written else None
 
 
 # --------------------------------------------------------------------------- loose files

@@ -650,9 +650,10 @@ def publish(settings: Settings, period: str, *, run_id: str = "cli") -> dict:
     blocked = {(b["zone"], b["dataset"]): b for b in blocked_datasets(settings, period)}
     key = settings.effective_pseudo_key
     report: dict = {}
-    # Revisions are kept in the warehouse from the moment a dataset is published until the
-    # revisions dataset has them, so that a run killed in between loses none (the next
-    # publication of the period appends them; publish_revisions never appends one twice).
+    # What this publication revised in months already published is kept in the warehouse
+    # (pending) from the moment each dataset is published until publish_revisions (the
+    # `revisions` asset, right after this one) appends it to the public dataset, so that a
+    # run killed in between loses none; it is never appended twice.
     pending_path = _revisions_pending_path(period)
     pending: list[dict] = json.loads(wh.store.read_bytes(pending_path)) if wh.store.exists(pending_path) else []
     # A run without a key never writes, replaces or re-labels the restricted zone (outputs.md
@@ -693,14 +694,7 @@ def publish(settings: Settings, period: str, *, run_id: str = "cli") -> dict:
                     pending.append(dataclasses.asdict(r))
                 wh.store.write_bytes(pending_path, json.dumps(pending, indent=1, sort_keys=True).encode())
     if pending:
-        revisions = [pub.Revision(**r) for r in pending]
-        try:
-            pub.publish_revisions(out, revisions, run_id=run_id, code_version=code_version(),
-                                  thresholds=settings.thresholds)
-            wh.store.delete(pending_path)
-            report["public/revisions"] = len(revisions)
-        except disclosure.DisclosureError as exc:  # kept pending: the next publication tries again
-            report["public/revisions"] = f"blocked by disclosure control: {len(exc.violations)} rule(s) broken"
+        report["revisions_pending"] = len(pending)
     for f in wh.store.list(f"work/funnel_plots/period={period}"):
         spec = f.path.rsplit("/", 1)[1]
         pub.publish_file(out, "public", f"funnel_plots/period={period}/{spec}", wh.store.read_bytes(f.path))
@@ -735,6 +729,31 @@ def revision_submissions(ledger: pa.Table, rev) -> list[str]:
                 continue
         out.add(ingest.public_file_name(r["file_name"], r["sha256"]))
     return sorted(out)
+
+
+def publish_revisions(settings: Settings, period: str, *, run_id: str = "cli") -> dict:
+    """Append the period's pending revisions (:func:`publish` records them) to the public
+    ``revisions`` dataset, then forget them. The period's partition is published even with
+    no revision (0 rows: computed, nothing revised); a run with nothing new writes nothing.
+    A revision blocked by disclosure control stays pending and is tried again next time."""
+    from pipelines import disclosure
+    from pipelines import publish as pub
+
+    _, wh, out = stores(settings)
+    path = _revisions_pending_path(period)
+    pending = json.loads(wh.store.read_bytes(path)) if wh.store.exists(path) else []
+    revisions = [pub.Revision(**r) for r in pending]
+    try:
+        result = pub.publish_revisions(out, revisions, run_id=run_id, code_version=code_version(),
+                                       thresholds=settings.thresholds, periods=[period])
+    except disclosure.DisclosureError as exc:
+        return {"revisions": 0, "pending": len(pending),
+                "violations": [f"public/revisions period {period} not published: "
+                               + "; ".join(f"[{v.rule}] {v.message}" for v in exc.violations)]}
+    if pending:
+        wh.store.delete(path)
+    return {"revisions": len(revisions), "written": bool(result), "violations": [],
+            "datasets_revised": sorted({r.dataset for r in revisions})}
 
 
 def publish_submissions(settings: Settings, *, run_id: str = "cli") -> dict:

@@ -45,6 +45,7 @@ def _run(settings: Settings, run_id: str) -> dict:
         stages.quality_outputs(settings, p)
         stages.release(settings, p)
         reports[p] = stages.publish(settings, p, run_id=run_id)
+        reports[p]["revisions"] = stages.publish_revisions(settings, p, run_id=run_id)
     return reports
 
 
@@ -58,7 +59,10 @@ def test_a_late_net_resubmission_makes_revisions_naming_it(tmp_path):
 
     first = _run(settings, RUN1)
     assert list(first) == ["2014-01"]
-    assert "public/revisions" not in first["2014-01"] and not manifest.exists()  # a first publication
+    # a first publication is no revision: the month's partition is published empty
+    assert "revisions_pending" not in first["2014-01"] and first["2014-01"]["revisions"]["revisions"] == 0
+    assert read_published(pub, "public", "revisions").num_rows == 0
+    assert set(json.loads(manifest.read_text())["partitions"]) == {"2014-01"}
 
     # The provider's current BULK for January, and a NET file a month later deleting its
     # first three episodes (CDS_UPDATE_TYPE 1): the provider's January changes.
@@ -82,7 +86,7 @@ def test_a_late_net_resubmission_makes_revisions_naming_it(tmp_path):
     land(landing, net, out.getvalue())
 
     second = _run(settings, RUN2)["2014-01"]
-    assert isinstance(second.get("public/revisions"), int) and second["public/revisions"] > 0
+    assert second["revisions_pending"] == second["revisions"]["revisions"] > 0
     revisions = read_published(pub, "public", "revisions").to_pylist()
     by_dataset = {r["dataset"]: r for r in revisions}
     assert len(by_dataset) == len(revisions)  # one row per dataset, period and release
@@ -105,6 +109,6 @@ def test_a_late_net_resubmission_makes_revisions_naming_it(tmp_path):
 
     before = manifest.read_bytes()
     third = _run(settings, RUN3)["2014-01"]
-    assert "public/revisions" not in third  # nothing new: no revision, nothing written
-    assert manifest.read_bytes() == before
+    assert "revisions_pending" not in third and third["revisions"]["revisions"] == 0  # nothing new
+    assert not third["revisions"]["written"] and manifest.read_bytes() == before
     assert json.loads(before)["run_id"] == RUN2

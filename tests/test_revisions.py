@@ -240,9 +240,10 @@ def test_revisions_left_pending_by_a_killed_run_are_published_by_the_next_one(tm
                    [], 0, 0, 3, ["fft/FFT_RGT_202401_20240301090000.csv"])
     path = "release/revisions_pending/period=2024-01.json"
     wh.store.write_bytes(path, json.dumps([asdict(rev)]).encode())
-    report = stages.publish(settings, "2024-01", run_id="cli")
-    assert report["public/revisions"] == 1 and not wh.store.exists(path)
+    report = stages.publish_revisions(settings, "2024-01", run_id="cli")
+    assert report["revisions"] == 1 and report["written"] and not wh.store.exists(path)
     [row] = read_published(Store(tmp_path / "pub"), "public", "revisions").to_pylist()
     assert (row["dataset"], row["release_run_id"], row["rows_changed"], row["submissions"]) == \
         ("fft_scores", UUID2, 3, ["fft/FFT_RGT_202401_20240301090000.csv"])
-    assert "public/revisions" not in stages.publish(settings, "2024-01", run_id="cli")  # nothing pending
+    again = stages.publish_revisions(settings, "2024-01", run_id="cli")  # nothing pending
+    assert again["revisions"] == 0 and not again["written"]
