@@ -247,3 +247,12 @@ def test_revisions_left_pending_by_a_killed_run_are_published_by_the_next_one(tm
         ("fft_scores", UUID2, 3, ["fft/FFT_RGT_202401_20240301090000.csv"])
     again = stages.publish_revisions(settings, "2024-01", run_id="cli")  # nothing pending
     assert again["revisions"] == 0 and not again["written"]
+
+
+def test_the_dictionary_gives_each_public_dataset_its_key_and_says_when_no_row_is_written():
+    from pipelines.dictionary import render_html, render_markdown
+
+    md, page = render_markdown(), render_html()
+    assert "- **Key (rows compared by, in `revisions`):** `practice_code`" in md
+    assert "<code>setting</code>, <code>level</code>, <code>org_code</code>" in page
+    assert "a re-publication that changes nothing writes no row" in md
