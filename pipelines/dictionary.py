@@ -150,7 +150,7 @@ def render_markdown(datasets: Iterable[Dataset] | None = None) -> str:
             f"- **Partitioning:** {_partitioning(ds)}",
             f"- **Folder:** `{ds.zone}/{ds.name}/`",
             f"- **Schema version:** {ds.schema_version}",
-            *([f"- **Key (rows compared by, in `revisions`):** "
+            *(["- **Key (rows compared by, in `revisions`):** "
                + ", ".join(f"`{k}`" for k in ds.key)] if ds.key else []),
             "",
             "| column | type | unit | description | disclosure control |",
@@ -214,7 +214,7 @@ def render_html(datasets: Iterable[Dataset] | None = None) -> str:
             f"<li><b>Partitioning:</b> {code(_partitioning(ds))}</li>",
             f"<li><b>Folder:</b> <code>{e(ds.zone)}/{e(ds.name)}/</code></li>",
             f"<li><b>Schema version:</b> {e(ds.schema_version)}</li>",
-            *([f"<li><b>Key (rows compared by, in <code>revisions</code>):</b> "
+            *(["<li><b>Key (rows compared by, in <code>revisions</code>):</b> "
                + ", ".join(f"<code>{e(k)}</code>" for k in ds.key) + "</li>"] if ds.key else []),
             "</ul>",
             "<table><tr><th>column</th><th>type</th><th>unit</th><th>description</th>"
