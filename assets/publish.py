@@ -53,6 +53,18 @@ def published(context: dg.AssetExecutionContext, caredata: CareDataConfig) -> dg
     return dg.MaterializeResult(metadata=_md(report))
 
 
+@dg.asset(group_name="publish", partitions_def=period_partitions, deps=[published],
+          check_specs=[dg.AssetCheckSpec("disclosure_control", asset="revisions", blocking=False,
+                                         description="Every value of the revisions dataset is a code of its declared format and holds no identifier; revisions blocked stay pending for the next run.")],
+          description=stages.describe("revisions"))
+def revisions(context: dg.AssetExecutionContext, caredata: CareDataConfig):
+    report = stages.publish_revisions(caredata.settings(), context.partition_key, run_id=context.run_id)
+    yield dg.MaterializeResult(metadata=_md({k: v for k, v in report.items() if k != "violations"}))
+    yield dg.AssetCheckResult(check_name="disclosure_control", passed=not report["violations"],
+                              severity=dg.AssetCheckSeverity.ERROR,
+                              description="; ".join(report["violations"]) or "no violation")
+
+
 @dg.asset(group_name="publish", deps=["landing_scan", "gp_bronze", "sus_apc_bronze", "fft_bronze", "hes_apc_bronze"],
           check_specs=[dg.AssetCheckSpec("disclosure_control", asset="submissions", blocking=False,
                                          description="Every value of the public ledger is a code of its declared format (misnamed files as <folder>/unrecognised-<hash>) and holds no identifier; a month that fails is not published, the others are.")],

@@ -307,6 +307,7 @@ def run(scale: float, months: int, out: Path, *, seed: int = 0, baseline_max_sca
             stages.quality_outputs(settings, p)
             rep = stages.release(settings, p)
             pub = stages.publish(settings, p, run_id="bench")
+            stages.publish_revisions(settings, p, run_id="bench")
             box["rows"] = sum(v for v in pub.values() if isinstance(v, int))
     end_to_end = time.perf_counter() - t_all
     sampler.stop()

@@ -151,6 +151,8 @@ def render_markdown(datasets: Iterable[Dataset] | None = None) -> str:
             f"- **Partitioning:** {_partitioning(ds)}",
             f"- **Folder:** `{ds.zone}/{ds.name}/`",
             f"- **Schema version:** {ds.schema_version}",
+            *(["- **Key (rows compared by, in `revisions`):** "
+               + ", ".join(f"`{k}`" for k in ds.key)] if ds.key else []),
             "",
             "| column | type | unit | description | disclosure control |",
             "|---|---|---|---|---|",
@@ -213,6 +215,8 @@ def render_html(datasets: Iterable[Dataset] | None = None) -> str:
             f"<li><b>Partitioning:</b> {code(_partitioning(ds))}</li>",
             f"<li><b>Folder:</b> <code>{e(ds.zone)}/{e(ds.name)}/</code></li>",
             f"<li><b>Schema version:</b> {e(ds.schema_version)}</li>",
+            *(["<li><b>Key (rows compared by, in <code>revisions</code>):</b> "
+               + ", ".join(f"<code>{e(k)}</code>" for k in ds.key) + "</li>"] if ds.key else []),
             "</ul>",
             "<table><tr><th>column</th><th>type</th><th>unit</th><th>description</th>"
             "<th>disclosure control</th></tr>",

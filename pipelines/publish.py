@@ -65,6 +65,16 @@ by earlier versions, which staged in ``<dataset>/_staging/``, are recovered the 
 
 Loose files (:func:`publish_file`) follow the same protocol with the zone's manifest.
 
+Revisions
+---------
+When step 2 stages a partition that was already published, the rows of the published
+file (read and checked against its digest) are compared with the new ones by the
+dataset's declared key (:attr:`Dataset.key`, :func:`compare_rows`): the counts of rows
+added, removed and changed, with the previous entry's ``run_id``, ``written_at`` and
+``input_submissions``, come back in :attr:`PublishResult.revisions` (nothing when no row
+differs). The caller (``stages.publish``) names the submissions that caused them and
+appends them to the public ``revisions`` dataset with :func:`publish_revisions`.
+
 Concurrency: one writer per manifest. Locally a lock file (``fcntl``) serialises writers
 on one host; on S3 a lock object ``_staging/<zone>/<dataset>.lock`` made by a conditional
 write (:class:`pipelines.lock.RunLock`) does, so two runs of different periods can publish
@@ -82,9 +92,11 @@ import json
 import os
 import posixpath
 import re
+import struct
 import tempfile
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -103,6 +115,10 @@ __all__ = [
     "PART",
     "PublishResult",
     "PublicationError",
+    "Revision",
+    "compare_rows",
+    "public_run_id",
+    "publish_revisions",
     "publish_dataset",
     "publish_file",
     "read_manifest",
@@ -133,10 +149,32 @@ class PublishResult:
     unchanged: list[str] = field(default_factory=list)  # partitions identical to the published ones
     rows: int = 0
     recovered: bool = False  # an interrupted earlier publication was completed first
+    # what this publication changed in periods already published (one per revised period)
+    revisions: list["Revision"] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
         return bool(self.written)
+
+
+@dataclass
+class Revision:
+    """What one publication changed in one period already published, rows compared by the
+    dataset's key (:func:`compare_rows`). Made only when something changed."""
+
+    dataset: str
+    period: str
+    release_run_id: str
+    released_at: str  # written_at of the new manifest entry
+    previous_run_id: str | None  # run_id of the previous manifest entry
+    previous_released_at: str | None
+    previous_inputs: list[str]  # input_submissions of the previous manifest entry
+    rows_added: int
+    rows_removed: int
+    rows_changed: int
+    # the files that caused it, as the public ledger names them (filled in by the caller,
+    # who knows the ledger: stages.revision_submissions)
+    submissions: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -468,6 +506,10 @@ def publish_dataset(
             ):
                 result.unchanged.append(period)
                 continue
+            if old is not None and ds.key:
+                rev = _revision(store, base, ds, old, part, period, run_id, written_at)
+                if rev is not None:
+                    result.revisions.append(rev)
             rel = _staged_rel(base, txn, final)
             store.write_bytes(_join(base, rel), payload)
             if not staged:
@@ -500,6 +542,142 @@ def publish_dataset(
         _checkpoint("committed")
         _promote(store, base, new)
         return result
+
+
+# --------------------------------------------------------------------------- revisions
+
+
+def _comparable(table: pa.Table, names: list[str]) -> list[tuple]:
+    """The rows of ``table`` as tuples over ``names`` (a column it lacks reads as empty),
+    floats as the 8 bytes stored (so -0.0 differs from 0.0 and NaN equals NaN), lists as
+    tuples."""
+    n = table.num_rows
+    columns = []
+    for name in names:
+        if name not in table.column_names:
+            columns.append([None] * n)
+            continue
+        col = table.column(name)
+        values = col.to_pylist()
+        if pa.types.is_floating(col.type):
+            values = [None if v is None else struct.pack("<d", v) for v in values]
+        elif pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+            values = [None if v is None else tuple(v) for v in values]
+        columns.append(values)
+    return list(zip(*columns)) if columns else [()] * n
+
+
+def compare_rows(key: tuple[str, ...] | list[str], old: pa.Table, new: pa.Table) -> tuple[int, int, int]:
+    """``(rows_added, rows_removed, rows_changed)`` from ``old`` to ``new``, rows matched by
+    ``key``: a key only in ``new`` is added, only in ``old`` removed, in both with any other
+    value different changed. Values are compared exactly as stored (floats bit for bit,
+    an empty value differs from any value). A key held by several rows (a declaration
+    broken) is compared as a multiset: identical rows match, the rest pair up as changed
+    and the surplus is added or removed."""
+    key = list(key)
+    names = key + [c for c in new.column_names if c not in key]
+    names += [c for c in old.column_names if c not in names]
+    k = len(key)
+    by_key: dict[tuple, list[list[tuple]]] = {}
+    for side, table in enumerate((old, new)):
+        for row in _comparable(table, names):
+            by_key.setdefault(row[:k], [[], []])[side].append(row[k:])
+    added = removed = changed = 0
+    for old_rows, new_rows in by_key.values():
+        if len(old_rows) == 1 and len(new_rows) == 1:  # the usual case
+            changed += old_rows[0] != new_rows[0]
+            continue
+        same = sum((Counter(old_rows) & Counter(new_rows)).values())
+        o, n = len(old_rows) - same, len(new_rows) - same
+        pairs = min(o, n)
+        changed += pairs
+        added += n - pairs
+        removed += o - pairs
+    return added, removed, changed
+
+
+def _revision(store: Store, base: str, ds: Dataset, old: dict, new: pa.Table, period: str,
+              run_id: str, written_at: str) -> Revision | None:
+    """The revision a new partition makes to the published one, or None when no row
+    differs (a file rewritten for another reason: a new key label, a new code version) or
+    the previous file cannot be read whole (nothing to compare with)."""
+    tables = []
+    for rec in old.get("files", []):
+        try:
+            payload = store.read_bytes(_join(base, rec["path"]))
+        except Exception:  # noqa: BLE001 - a missing previous file: no comparison possible
+            return None
+        if _sha256(payload) != rec.get("sha256"):
+            return None
+        tables.append(pq.read_table(io.BytesIO(payload)))
+    previous = pa.concat_tables(tables, promote_options="permissive") if tables else new.schema.empty_table()
+    added, removed, changed = compare_rows(ds.key, previous, new)
+    if not (added or removed or changed):
+        return None
+    return Revision(ds.name, period, run_id, written_at, old.get("run_id"), old.get("written_at"),
+                    list(old.get("input_submissions") or []), added, removed, changed)
+
+
+def public_run_id(run_id: str | None) -> str | None:
+    """A run id as the public ``revisions`` dataset shows it: as is when it is of the
+    declared format (a Dagster run id, a short lower-case name) and holds no identifier;
+    else ``run-<first 12 hex of its SHA-256>`` (a run id is free text of the caller)."""
+    from pipelines.schemas.outputs import F_RUN_ID
+
+    if run_id is None:
+        return None
+    if F_RUN_ID.matches(run_id) and not disclosure.identifiers_in(F_RUN_ID.scan_text(run_id)):
+        return run_id
+    return f"run-{_sha256(run_id.encode())[:12]}"
+
+
+def _ts(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+
+
+def publish_revisions(
+    store: Store,
+    revisions: list[Revision],
+    *,
+    run_id: str,
+    code_version: str,
+    thresholds: Mapping | None = None,
+    periods: list[str] | None = None,
+) -> PublishResult | None:
+    """Append ``revisions`` to the public ``revisions`` dataset: each revised period's
+    partition (and each of ``periods``, published with no row if it never was: "computed,
+    nothing revised") is read as published, the new rows added, and the partition
+    published again (atomically, as any dataset). A revision already in the dataset (same
+    period, dataset, release run and time) is not appended again, and a partition with
+    nothing new is not rewritten. Returns None when there was nothing to do."""
+    from pipelines import schemas
+
+    periods = sorted({r.period for r in revisions} | set(periods or []))
+    if not periods:
+        return None
+    ds = schemas.get("revisions")
+    rows = [{
+        "period": r.period, "dataset": r.dataset,
+        "release_run_id": public_run_id(r.release_run_id), "previous_run_id": public_run_id(r.previous_run_id),
+        "rows_added": r.rows_added, "rows_removed": r.rows_removed, "rows_changed": r.rows_changed,
+        "submissions": sorted(set(r.submissions)),
+        "released_at": _ts(r.released_at), "previous_released_at": _ts(r.previous_released_at),
+    } for r in revisions]
+    schema = ds.arrow_schema(include_partition=True)
+    new = pa.Table.from_pylist(rows, schema=schema)
+    table = new
+    if _load(store, f"public/{ds.name}") is not None:
+        published = read_published(store, "public", ds.name, periods=periods).select(schema.names).cast(schema)
+        # a revision appended already (a run killed after appending, before it forgot
+        # its pending revisions) is not appended twice
+        seen = {tuple(r[k] for k in ("period",) + ds.key) for r in published.to_pylist()}
+        keep = [tuple(r[k] for k in ("period",) + ds.key) not in seen for r in rows]
+        table = pa.concat_tables([published, new.filter(pa.array(keep, pa.bool_()))])
+    result = publish_dataset(store, ds, table, run_id=run_id, code_version=code_version,
+                             thresholds=thresholds, periods=periods)
+    return result if result.written else None
 
 
 # --------------------------------------------------------------------------- loose files

@@ -8,6 +8,7 @@ linkage, fft, outcomes, quality, disclosure, publish).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -485,6 +486,10 @@ def _release_path(zone: str, name: str, period: str) -> str:
     return f"release/{zone}/{name}/period={period}/part-00000.parquet"
 
 
+def _revisions_pending_path(period: str) -> str:
+    return f"release/revisions_pending/period={period}.json"
+
+
 def _blocked_path(period: str) -> str:
     return f"release/blocked/period={period}.json"
 
@@ -650,6 +655,12 @@ def publish(settings: Settings, period: str, *, run_id: str = "cli") -> dict:
     blocked = {(b["zone"], b["dataset"]): b for b in blocked_datasets(settings, period)}
     key = settings.effective_pseudo_key
     report: dict = {}
+    # What this publication revised in months already published is kept in the warehouse
+    # (pending) from the moment each dataset is published until publish_revisions (the
+    # `revisions` asset, right after this one) appends it to the public dataset, so that a
+    # run killed in between loses none; it is never appended twice.
+    pending_path = _revisions_pending_path(period)
+    pending: list[dict] = json.loads(wh.store.read_bytes(pending_path)) if wh.store.exists(pending_path) else []
     # A run without a key never writes, replaces or re-labels the restricted zone (outputs.md
     # "Keys"): release candidates an earlier keyed run left in the warehouse stay unpublished.
     for zone in ("public", "restricted"):
@@ -673,7 +684,7 @@ def publish(settings: Settings, period: str, *, run_id: str = "cli") -> dict:
             if "period" not in table.column_names:
                 table = table.append_column("period", pa.array([period] * table.num_rows, pa.string()))
             try:
-                pub.publish_dataset(
+                result = pub.publish_dataset(
                     out, schemas.get(name), table, run_id=run_id, code_version=code_version(),
                     input_submissions={period: inputs}, thresholds=settings.thresholds,
                     key_label=settings.key_label if zone == "restricted" else None,
@@ -682,11 +693,72 @@ def publish(settings: Settings, period: str, *, run_id: str = "cli") -> dict:
                 report[f"{zone}/{name}"] = f"blocked by disclosure control: {len(exc.violations)} rule(s) broken"
                 continue
             report[f"{zone}/{name}"] = table.num_rows
+            if zone == "public" and result.revisions:
+                for r in result.revisions:
+                    r.submissions = revision_submissions(ledger, r)
+                    pending.append(dataclasses.asdict(r))
+                wh.store.write_bytes(pending_path, json.dumps(pending, indent=1, sort_keys=True).encode())
+    if pending:
+        report["revisions_pending"] = len(pending)
     for f in wh.store.list(f"work/funnel_plots/period={period}"):
         spec = f.path.rsplit("/", 1)[1]
         pub.publish_file(out, "public", f"funnel_plots/period={period}/{spec}", wh.store.read_bytes(f.path))
     write_dictionary(out)
     return report
+
+
+def revision_submissions(ledger: pa.Table, rev) -> list[str]:
+    """The files that caused ``rev`` (a :class:`pipelines.publish.Revision`), named as the
+    public ledger names them (:func:`pipelines.ingest.public_file_name`): the current or
+    held files of the dataset's sources that its previous publication of the period did
+    not list among its inputs (the period's own files and reference files: exact), and,
+    for the outcome datasets (whose window reads other months) and HES extracts (no
+    reporting period), files first seen since the previous publication was written."""
+    from pipelines import ingest
+
+    sources = set(_SOURCES.get(rev.dataset, _DEFAULT_SOURCES))
+    before = set(rev.previous_inputs)
+    since = None
+    if rev.previous_released_at:
+        since = dt.datetime.strptime(rev.previous_released_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+    out = set()
+    for r in ledger.to_pylist():
+        if r.get("status") not in ("current", "held") or r.get("source") not in sources \
+                or r["file_name"] in before:
+            continue
+        in_scope = r.get("reporting_period") == rev.period or r.get("source") == "reference"
+        if not in_scope:
+            seen = r.get("first_seen_at")
+            late = since is not None and seen is not None and seen >= since
+            if not (late and (rev.dataset in OUTCOME_DATASETS or r.get("source") == "hes_apc")):
+                continue
+        out.add(ingest.public_file_name(r["file_name"], r["sha256"]))
+    return sorted(out)
+
+
+def publish_revisions(settings: Settings, period: str, *, run_id: str = "cli") -> dict:
+    """Append the period's pending revisions (:func:`publish` records them) to the public
+    ``revisions`` dataset, then forget them. The period's partition is published even with
+    no revision (0 rows: computed, nothing revised); a run with nothing new writes nothing.
+    A revision blocked by disclosure control stays pending and is tried again next time."""
+    from pipelines import disclosure
+    from pipelines import publish as pub
+
+    _, wh, out = stores(settings)
+    path = _revisions_pending_path(period)
+    pending = json.loads(wh.store.read_bytes(path)) if wh.store.exists(path) else []
+    revisions = [pub.Revision(**r) for r in pending]
+    try:
+        result = pub.publish_revisions(out, revisions, run_id=run_id, code_version=code_version(),
+                                       thresholds=settings.thresholds, periods=[period])
+    except disclosure.DisclosureError as exc:
+        return {"revisions": 0, "pending": len(pending),
+                "violations": [f"public/revisions period {period} not published: "
+                               + "; ".join(f"[{v.rule}] {v.message}" for v in exc.violations)]}
+    if pending:
+        wh.store.delete(path)
+    return {"revisions": len(revisions), "written": bool(result), "violations": [],
+            "datasets_revised": sorted({r.dataset for r in revisions})}
 
 
 def publish_submissions(settings: Settings, *, run_id: str = "cli") -> dict:
@@ -728,7 +800,7 @@ def published_summary(settings: Settings) -> list[dict]:
     _, _, out = stores(settings)
     rows = []
     for zone in ("public", "restricted"):
-        for name in PUBLIC_DATASETS + ["submissions"] if zone == "public" else RESTRICTED_DATASETS:
+        for name in PUBLIC_DATASETS + ["submissions", "revisions"] if zone == "public" else RESTRICTED_DATASETS:
             path = f"{zone}/{name}/_manifest.json"
             if not out.exists(path):
                 continue

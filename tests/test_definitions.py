@@ -144,7 +144,7 @@ def test_dagster_definitions_validate_passes():
 
 def test_each_stage_dataset_list_matches_the_declarations():
     public = {d.name for d in schemas.datasets("public")}
-    assert set(stages.PUBLIC_DATASETS) | {"submissions"} == public
+    assert set(stages.PUBLIC_DATASETS) | {"submissions", "revisions"} == public
     assert set(stages.RESTRICTED_DATASETS) == {d.name for d in schemas.datasets("restricted")}
     _ = dg
 

@@ -125,6 +125,15 @@ class Dataset:
     partition_by: str | None = "period"
     schema_version: str = SCHEMA_VERSION
     extra: dict = field(default_factory=dict)
+    # The columns that identify a row within a partition (the grain, "one row per", less
+    # the partition column): what publishing compares old and new rows by (revisions).
+    key: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = [k for k in self.key if k not in {c.name for c in self.columns}]
+        if unknown or (self.partition_by is not None and self.partition_by in self.key):
+            raise ValueError(f"dataset {self.name}: key {self.key} names columns it does not "
+                             "declare, or its partition column")
 
     # -- derived views -------------------------------------------------------------
     @property

@@ -78,6 +78,7 @@ OUTLIER_STATUS = ("alarm_high", "alert_high", "as_expected", "alert_low", "alarm
 linkage_coverage_practice = register(Dataset(
     name="linkage_coverage_practice",
     zone="public",
+    key=("practice_code",),
     grain="period, GP practice",
     description="care.data linkage coverage of each active GP practice in a month.",
     columns=cols(
@@ -99,6 +100,7 @@ linkage_coverage_practice = register(Dataset(
 linkage_coverage_provider = register(Dataset(
     name="linkage_coverage_provider",
     zone="public",
+    key=("provider_code",),
     grain="period, provider",
     description="NHS number completeness and linkage of each provider's SUS episodes in a month.",
     columns=cols(
@@ -124,6 +126,7 @@ linkage_coverage_provider = register(Dataset(
 linkage_coverage_summary = register(Dataset(
     name="linkage_coverage_summary",
     zone="public",
+    key=("area_level", "area_code"),
     grain="period, area (national or commissioner)",
     description="Practices providing extracts and linked, and providers meeting the NHS number standard, nationally and per commissioner.",
     columns=cols(
@@ -144,6 +147,7 @@ linkage_coverage_summary = register(Dataset(
 programme_targets = register(Dataset(
     name="programme_targets",
     zone="public",
+    key=("area_level", "area_code", "target_id"),
     grain="period, area, target",
     description="The care.data programme targets of the planning documents, measured month by month.",
     columns=cols(
@@ -168,6 +172,7 @@ _window = (
 consultant_outcomes = register(Dataset(
     name="consultant_outcomes",
     zone="public",
+    key=("window_start", "window_end", "specialty", "provider_code", "consultant_code"),
     grain="window, specialty, provider, consultant",
     description="Activity and risk-adjusted outcomes of each consultant in the ten specialties.",
     partition_by="period",
@@ -208,6 +213,7 @@ consultant_outcomes = register(Dataset(
 specialty_outcomes = register(Dataset(
     name="specialty_outcomes",
     zone="public",
+    key=("window_start", "window_end", "specialty"),
     grain="window, specialty",
     description="National outcomes and risk-model discrimination of each specialty.",
     columns=cols(
@@ -232,6 +238,7 @@ specialty_outcomes = register(Dataset(
 specialty_calibration = register(Dataset(
     name="specialty_calibration",
     zone="public",
+    key=("window_start", "window_end", "specialty", "risk_decile"),
     grain="window, specialty, decile of risk",
     description="Calibration of each specialty's risk model: observed and expected deaths by decile of predicted risk.",
     columns=cols(
@@ -263,6 +270,7 @@ _fft_counts = (
 fft_scores = register(Dataset(
     name="fft_scores",
     zone="public",
+    key=("setting", "level", "org_code"),
     grain="period, setting, level, organisation",
     description="Friends and Family Test results at ward, site, provider, commissioner and national level.",
     columns=cols(
@@ -279,6 +287,7 @@ fft_scores = register(Dataset(
 fft_by_specialty = register(Dataset(
     name="fft_by_specialty",
     zone="public",
+    key=("provider_code", "tretspef"),
     grain="period, provider, treatment function",
     description="Inpatient FFT responses linked to the spell discharged 0 to 2 days before, by the treatment function of its last episode.",
     columns=cols(
@@ -294,6 +303,7 @@ fft_by_specialty = register(Dataset(
 data_quality = register(Dataset(
     name="data_quality",
     zone="public",
+    key=("source", "submitter_code", "rule_id"),
     grain="period, source, submitter, rule",
     description="Each validation rule's result for each submitter's current or held submissions of the month.",
     columns=cols(
@@ -312,6 +322,7 @@ data_quality = register(Dataset(
 data_quality_summary = register(Dataset(
     name="data_quality_summary",
     zone="public",
+    key=("source", "submitter_code"),
     grain="period, source, submitter",
     description="Data-quality score (DQMI-style), sanction flag and hold status of each submitter's month.",
     columns=cols(
@@ -332,6 +343,7 @@ data_quality_summary = register(Dataset(
 submissions = register(Dataset(
     name="submissions",
     zone="public",
+    key=("file_name", "sha256"),
     grain="file seen in the landing zone; period is the month (UTC) it was first seen",
     description="The ledger of every file seen in the landing zone and what became of it.",
     columns=cols(
@@ -348,6 +360,54 @@ submissions = register(Dataset(
         i("rows_received", "Rows read (type 1 never counted); empty for a rejected file."),
         i("rows_quarantined", "Rows quarantined; empty for a rejected file."),
         i("rows_kept", "Rows kept; empty for a rejected file."),
+    ),
+))
+
+# --------------------------------------------------------------------------- revisions
+# A run id as published (revisions): a Dagster run id (a UUID, whose hex the identifier
+# scan does not read), or a short lower-case name (cli, bench); any other run id is
+# published as run-<first 12 hex of its SHA-256> (pipelines.publish.public_run_id).
+F_RUN_ID = Format(
+    "run_id",
+    r"(?P<opaque1>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
+    r"|run-(?P<opaque2>[0-9a-f]{12})|[a-z][a-z0-9_-]{0,63}",
+    "the id of the pipeline run (a Dagster run id, 8-4-4-4-12 lower-case hex; or a short "
+    "lower-case name such as cli; any other id as run-<first 12 hex of its SHA-256>), as in the "
+    "dataset's _manifest.json")
+# The public datasets whose revisions are recorded: those published per reporting period
+# by a release (the ledger `submissions` is partitioned by the month a file was first seen,
+# and `revisions` itself is append-only).
+REVISED_DATASETS = (
+    "linkage_coverage_practice", "linkage_coverage_provider", "linkage_coverage_summary",
+    "programme_targets", "consultant_outcomes", "specialty_outcomes", "specialty_calibration",
+    "fft_scores", "fft_by_specialty", "data_quality", "data_quality_summary",
+)
+
+revisions = register(Dataset(
+    name="revisions",
+    zone="public",
+    grain="dataset, period, release",
+    description="What each release changed in a period already published: rows added, removed "
+                "and changed, compared by the dataset's key, and the submissions taken in since the "
+                "period's previous release. A first publication of a period is not a revision (no "
+                "row), and a re-publication that changes nothing writes no row. Rows are only ever "
+                "added: each release appends its rows to the period's partition.",
+    key=("dataset", "release_run_id", "released_at"),
+    columns=cols(
+        PERIOD,
+        s("dataset", "The public dataset revised.", nullable=False, codes=REVISED_DATASETS),
+        s("release_run_id", "Run id of the release that revised the period.", nullable=False, format=F_RUN_ID),
+        s("previous_run_id", "Run id of the period's previous publication (its manifest entry's run_id).", format=F_RUN_ID),
+        i("rows_added", "Rows whose key was not in the previous publication of the period.", nullable=False),
+        i("rows_removed", "Rows of the previous publication whose key is no longer published.", nullable=False),
+        i("rows_changed", "Rows with the same key and any other value different (floats compared "
+          "exactly as stored; an empty value differs from any value).", nullable=False),
+        strings("submissions", "The landing files taken in (current or held) since the period's previous "
+                "release, of the sources the dataset is computed from, named as the public "
+                "`submissions` ledger names them; empty when the revision came from a file withdrawn "
+                "or superseded, from reference data or from a change of method.", format=F_FILE_NAME),
+        ts("released_at", "When the revised partition was published (UTC, whole seconds; the written_at of its manifest entry)."),
+        ts("previous_released_at", "When the previous publication was written (UTC)."),
     ),
 ))
 
@@ -421,7 +481,7 @@ linked_spells = register(Dataset(
 PUBLIC = [d for d in (
     linkage_coverage_practice, linkage_coverage_provider, linkage_coverage_summary,
     programme_targets, consultant_outcomes, specialty_outcomes, specialty_calibration,
-    fft_scores, fft_by_specialty, data_quality, data_quality_summary, submissions,
+    fft_scores, fft_by_specialty, data_quality, data_quality_summary, submissions, revisions,
 )]
 RESTRICTED = [linked_episodes, linked_spells]
 _ = (dates,)  # available for declarations that need a list of dates
