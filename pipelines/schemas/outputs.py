@@ -141,6 +141,48 @@ linkage_coverage_summary = register(Dataset(
     ),
 ))
 
+# linkage_quality: who is linked and who is not. Categories of each characteristic
+# (pipelines.linkage.linkage_quality computes them; "unknown" where the field is empty or
+# not a code of inputs.md).
+LQ_CHARACTERISTICS = ("age_band", "sex", "admission_method", "match_rank", "nhs_number_status")
+LQ_AGE_BANDS = ("0-17", "18-44", "45-64", "65-74", "75-84", "85+", "unknown")
+LQ_SEX = ("0", "1", "2", "9", "unknown")
+LQ_ADMISSION_METHODS = ("elective", "emergency", "other", "unknown")
+LQ_MATCH_RANKS = ("1", "2", "3", "4", "5", "unlinked")
+LQ_NHS_NUMBER_STATUS = ("valid", "invalid", "missing")
+LQ_CATEGORIES = tuple(dict.fromkeys(
+    LQ_AGE_BANDS + LQ_SEX + LQ_ADMISSION_METHODS + LQ_MATCH_RANKS + LQ_NHS_NUMBER_STATUS))
+
+linkage_quality = register(Dataset(
+    name="linkage_quality",
+    zone="public",
+    grain="period, provider, characteristic, category",
+    description="Who is linked and who is not: each provider's SUS episodes ending in the month, and "
+                "those linked to a GP-registered patient (any rank), by age band, sex, admission method, "
+                "match rank and NHS number status. Every characteristic splits the same episodes, so its "
+                "categories add up to linkage_coverage_provider.episodes; a category with no episode has no row.",
+    columns=cols(
+        PERIOD,
+        s("provider_code", "ODS code of the provider (PROCODE3).", nullable=False, format=F_PROVIDER),
+        s("characteristic", "age_band, sex, admission_method, match_rank or nhs_number_status.",
+          nullable=False, codes=LQ_CHARACTERISTICS),
+        s("category",
+          "The episodes' category of the characteristic. age_band: age in whole years at admission "
+          "(as linked_episodes.age_at_admission: from DOB, else month and year of birth, else the linked "
+          "GP record's date of birth) in 0-17, 18-44, 45-64, 65-74, 75-84, 85+, or unknown; sex: the SEX "
+          "code 0 (not known), 1 (male), 2 (female), 9 (not specified), or unknown (empty or not a code); "
+          "admission_method: elective (ADMIMETH 11, 12, 13), emergency (21-28, 2A-2D), other (31, 32, "
+          "81-83, 98, 99), or unknown (empty or not a code); match_rank: 1 to 5 (the rank the episode "
+          "linked at), or unlinked; nhs_number_status: valid (passes Modulus 11), invalid (present, fails "
+          "it), or missing.",
+          nullable=False, codes=LQ_CATEGORIES),
+        i("episodes", "Episodes of the provider ending in the period in this category.", suppress="count"),
+        i("episodes_linked", "Of those, episodes linked to a GP-registered patient, any rank (0 for match_rank unlinked).",
+          suppress="count"),
+        f("pct_linked", "100 x episodes_linked / episodes.", unit="percent", suppress="rate", denominator="episodes"),
+    ),
+))
+
 programme_targets = register(Dataset(
     name="programme_targets",
     zone="public",
@@ -404,7 +446,7 @@ linked_spells = register(Dataset(
 
 PUBLIC = [d for d in (
     linkage_coverage_practice, linkage_coverage_provider, linkage_coverage_summary,
-    programme_targets, consultant_outcomes, specialty_outcomes, specialty_calibration,
+    programme_targets, linkage_quality, consultant_outcomes, specialty_outcomes, specialty_calibration,
     fft_scores, fft_by_specialty, data_quality, data_quality_summary, submissions,
 )]
 RESTRICTED = [linked_episodes, linked_spells]
