@@ -273,15 +273,24 @@ specialty_calibration = register(Dataset(
 
 # --------------------------------------------------------------------------- FFT
 _fft_counts = (
+    s("question", "The question in force in the period: recommend (before 2020-04: how likely to recommend; "
+      "answers 1 extremely likely to 5 extremely unlikely, 6 don't know) or experience (from 2020-04: "
+      "\"Overall, how was your experience of our service?\"; answers 1 very good, 2 good, 3 neither good "
+      "nor poor, 4 poor, 5 very poor, 6 don't know). The count columns keep the recommend names for both.",
+      nullable=False, codes=("recommend", "experience")),
     i("responses", "Responses T (the sum of the six counts).", nullable=True),
-    i("extremely_likely", "Answer 1."),
-    i("likely", "Answer 2."),
-    i("neither", "Answer 3."),
-    i("unlikely", "Answer 4."),
-    i("extremely_unlikely", "Answer 5."),
-    i("dont_know", "Answer 6."),
+    i("extremely_likely", "Answer 1 (extremely likely; from 2020-04 very good)."),
+    i("likely", "Answer 2 (likely; from 2020-04 good)."),
+    i("neither", "Answer 3 (neither likely nor unlikely; from 2020-04 neither good nor poor)."),
+    i("unlikely", "Answer 4 (unlikely; from 2020-04 poor)."),
+    i("extremely_unlikely", "Answer 5 (extremely unlikely; from 2020-04 very poor)."),
+    i("dont_know", "Answer 6 (don't know)."),
     f("pct_recommend", "100 x (extremely_likely + likely) / responses (2014 method).", unit="percent"),
     f("pct_not_recommend", "100 x (unlikely + extremely_unlikely) / responses.", unit="percent"),
+    f("pct_positive", "100 x (answers 1 + 2) / responses: % positive as NHS England publishes it since "
+      "2020 (very good or good); equal to pct_recommend, every period.", unit="percent"),
+    f("pct_negative", "100 x (answers 4 + 5) / responses: % negative as NHS England publishes it since "
+      "2020 (poor or very poor); equal to pct_not_recommend, every period.", unit="percent"),
     f("net_score", "100 x (c1 - (c3 + c4 + c5)) / (T - c6), -100 to +100 (2013 scorecard); empty where T - c6 is 0."),
     b("suppressed", "True where counts and percentages are suppressed by NHS England's FFT rules.", nullable=False),
 )
