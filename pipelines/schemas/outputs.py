@@ -358,7 +358,11 @@ data_quality_summary = register(Dataset(
         i("rows_kept", "Rows kept (rows_received - rows_quarantined)."),
         f("dq_score", "100 x mean item score over the scored fields.", unit="score"),
         f("pct_valid_nhs_number", "Share of rows with a valid NHS number.", unit="percent"),
-        b("below_sanction_threshold", "dq_score under 95 or valid NHS number rate under 99%.", nullable=False),
+        b("below_sanction_threshold", "True when dq_score is under 95 (data_quality.sanction_score) or, for gp, "
+          "sus_apc and hes_apc submitters, pct_valid_nhs_number is under 99% "
+          "(data_quality.sanction_nhs_number_pct). FFT's NHS number is optional: an fft submitter's "
+          "pct_valid_nhs_number is reported, neither scored nor sanctioned, so its flag follows dq_score alone. "
+          "False where dq_score is empty (no scored field).", nullable=False),
         b("held", "True when any current-or-held submission of the month is held.", nullable=False),
         s("held_reason", "Why it was held, in plain words.", format=F_PROSE),
     ),
