@@ -804,6 +804,8 @@ WHERE NOT coalesce(type2_objection, false)
 ORDER BY provider_code, susrecid
 """
 
+_RESTRICTED_SQL = _RESTRICTED_SQL.replace("{age}", _AGE_AT_ADMISSION_SQL)
+
 _RESTRICTED_OPTIONAL = {
     "spell_id": pa.string(), "epiorder": pa.string(), "disdate": pa.date32(),
     "classpat": pa.string(), "mainspef": pa.string(), "tretspef": pa.string(),
@@ -836,7 +838,7 @@ def linked_episodes_restricted(linked: pa.Table, key: str, engine: Engine | None
             table = table.append_column(name, pa.nulls(table.num_rows, typ))
     period_sql = "period" if "period" in table.column_names else "strftime(epiend, '%Y-%m')"
     rows = plans.engine_or_default(engine).query(
-        _RESTRICTED_SQL.format(period=period_sql, age=_AGE_AT_ADMISSION_SQL), {"lk": table})
+        _RESTRICTED_SQL.format(period=period_sql), {"lk": table})
     ids = pseudo.person_ids(key, rows.column("__id_nhs"), rows.column("__id_hesid"))
     rows = rows.drop_columns(["__id_nhs", "__id_hesid"])
     rows = rows.add_column(1, pa.field("person_id", pa.string()), ids)
@@ -920,6 +922,20 @@ ORDER BY provider_code, characteristic, category
 """
 
 
+def linkage_quality_sql(period: str) -> str:
+    """The :data:`_QUALITY_SQL` plan for ``period`` (its input: ``lk_in``)."""
+    from pipelines.schemas.inputs import ADMIMETH_CODES, ADMIMETH_ELECTIVE, ADMIMETH_EMERGENCY
+    from pipelines.schemas.outputs import LQ_SEX
+
+    start, end = _period_bounds(period)
+    other = [c for c in ADMIMETH_CODES if c not in ADMIMETH_ELECTIVE + ADMIMETH_EMERGENCY]
+    return _QUALITY_SQL.format(
+        period=period, p_start=_sql_date(start), p_end=_sql_date(end),
+        provider=_CODE.format(c="provider_code"), age=_AGE_AT_ADMISSION_SQL,
+        sex_codes=_sql_list(c for c in LQ_SEX if c != "unknown"),
+        elective=_sql_list(ADMIMETH_ELECTIVE), emergency=_sql_list(ADMIMETH_EMERGENCY), other=_sql_list(other))
+
+
 def linkage_quality(period: str, linked: pa.Table, *, engine: Engine | None = None) -> pa.Table:
     """``linkage_quality`` of ``period`` (outputs.md), unsuppressed: for each provider, the
     episodes ending in the period (EPIEND, as :func:`coverage`) and those linked (any
@@ -927,16 +943,6 @@ def linkage_quality(period: str, linked: pa.Table, *, engine: Engine | None = No
     is :func:`link_episodes` output (absent optional columns read as empty, so their
     category is ``unknown``/``missing``). One plan (:data:`_QUALITY_SQL`) run by ``engine``.
     Conformed as staged: publishing applies the 1-to-7 rule from the declaration."""
-    from pipelines.schemas.inputs import ADMIMETH_CODES, ADMIMETH_ELECTIVE, ADMIMETH_EMERGENCY
-    from pipelines.schemas.outputs import LQ_SEX
-
-    start, end = _period_bounds(period)
-    other = [c for c in ADMIMETH_CODES if c not in ADMIMETH_ELECTIVE + ADMIMETH_EMERGENCY]
-    sql = _QUALITY_SQL.format(
-        period=period, p_start=_sql_date(start), p_end=_sql_date(end),
-        provider=_CODE.format(c="provider_code"), age=_AGE_AT_ADMISSION_SQL,
-        sex_codes=_sql_list(c for c in LQ_SEX if c != "unknown"),
-        elective=_sql_list(ADMIMETH_ELECTIVE), emergency=_sql_list(ADMIMETH_EMERGENCY), other=_sql_list(other))
     out = plans.engine_or_default(engine).query(
-        sql, {"lk_in": _slim(linked, _QUALITY_IN, ("provider_code", "epiend", "match_rank"), "linked")})
+        linkage_quality_sql(period), {"lk_in": _slim(linked, _QUALITY_IN, ("provider_code", "epiend", "match_rank"), "linked")})
     return _conform_public("linkage_quality", out)
