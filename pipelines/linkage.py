@@ -946,3 +946,36 @@ def linkage_quality(period: str, linked: pa.Table, *, engine: Engine | None = No
     out = plans.engine_or_default(engine).query(
         linkage_quality_sql(period), {"lk_in": _slim(linked, _QUALITY_IN, ("provider_code", "epiend", "match_rank"), "linked")})
     return _conform_public("linkage_quality", out)
+
+
+def suppress_complements(public: pa.Table) -> pa.Table:
+    """Secondary suppression of ``linkage_quality`` after the 1-to-7 rule
+    (:func:`pipelines.disclosure.apply_small_numbers`), stricter than the floor as
+    outputs.md allows: the categories of one characteristic add up to the provider's
+    episodes (and linked episodes), so where exactly one cell of a (period, provider,
+    characteristic) is blanked, the next smallest non-zero cell of that count is blanked
+    too (flag set; ties by category), so the first cannot be found by subtraction; and
+    ``pct_linked`` is empty wherever ``episodes`` or ``episodes_linked`` is, since it
+    would give the blanked count back. Returns the table with the same schema."""
+    import numpy as np
+    import pandas as pd
+
+    if public.num_rows == 0:
+        return public
+    df = public.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    keys = [k for k in ("period", "provider_code", "characteristic") if k in df.columns]
+    for col in ("episodes", "episodes_linked"):
+        flag = f"{col}_suppressed"
+        for _, g in df.groupby(keys, sort=False, dropna=False):
+            if int(g[flag].sum()) != 1:
+                continue
+            open_ = g[~g[flag] & g[col].notna() & (g[col] > 0)]
+            if open_.empty:
+                continue
+            pick = open_.sort_values([col, "category"], kind="mergesort").index[0]
+            df.loc[pick, col] = pd.NA
+            df.loc[pick, flag] = True
+    blank = df["episodes_suppressed"] | df["episodes_linked_suppressed"]
+    df.loc[blank, "pct_linked"] = np.nan
+    out = pa.Table.from_pandas(df, preserve_index=False)
+    return pa.Table.from_arrays([out.column(f.name).cast(f.type) for f in public.schema], schema=public.schema)

@@ -574,6 +574,9 @@ def release(settings: Settings, period: str) -> dict:
         public = disclosure.apply_small_numbers(
             ds, staged, small_max=settings.t("disclosure", "small_count_max"),
             min_denominator=settings.t("disclosure", "min_denominator"))
+        if name == "linkage_quality":  # its categories add up: secondary suppression
+            from pipelines import linkage
+            public = linkage.suppress_complements(public)
         found = disclosure.check_public(ds, public, settings)
         if found:
             blocked.append(_block(wh, "public", name, period, public, found))

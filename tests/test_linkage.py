@@ -878,3 +878,38 @@ def test_linkage_quality_same_on_spark():
         spark.close()
     want = linkage.linkage_quality("2014-05", quality_linked())
     assert got.equals(want)
+
+
+def test_linkage_quality_secondary_suppression_closes_subtraction():
+    from pipelines import disclosure
+
+    ds = schemas.get("linkage_quality")
+    out = linkage.suppress_complements(
+        disclosure.apply_small_numbers(ds, linkage.linkage_quality("2014-05", quality_linked())))
+    rows = {(r["provider_code"], r["characteristic"], r["category"]): r for r in out.to_pylist()}
+    # RX2 match_rank: 'unlinked' (1) blanked by the rule; '1' (20) the only other cell: blanked too,
+    # else 21 - 20 gives it back
+    assert rows[("RX2", "match_rank", "1")]["episodes"] is None
+    assert rows[("RX2", "match_rank", "1")]["episodes_suppressed"]
+    assert rows[("RX2", "match_rank", "1")]["pct_linked"] is None
+    # RX1 sex: '2' (2), '9' (1), 'unknown' (1) blanked: already more than one, nothing added
+    assert rows[("RX1", "sex", "1")]["episodes"] == 9
+    # RX1 nhs_number_status episodes: invalid (2) and missing (1) blanked; valid (10) shown.
+    # episodes_linked: invalid 0, missing 1 (blanked), valid 9: the one blanked cell takes
+    # the smallest non-zero shown one with it (valid's 9; 0 is never a complement)
+    v = rows[("RX1", "nhs_number_status", "valid")]
+    assert (v["episodes"], v["episodes_linked"], v["episodes_linked_suppressed"]) == (10, None, True)
+    assert v["pct_linked"] is None                        # would give 9 back from 10
+    assert rows[("RX1", "nhs_number_status", "invalid")]["episodes_linked"] == 0
+    # RX1 age_band episodes: 0-17 (1), 18-44 (2), 75-84 (1), unknown (1) blanked; 65-74 (8) shown
+    assert rows[("RX1", "age_band", "65-74")]["episodes"] == 8
+    # no characteristic is left with exactly one blanked cell of a count it adds up to
+    for col in ("episodes", "episodes_linked"):
+        groups = {}
+        for (p, ch, _), r in rows.items():
+            groups.setdefault((p, ch), []).append(r[f"{col}_suppressed"])
+        assert all(sum(flags) != 1 for flags in groups.values()), col
+    assert disclosure.check_public(ds, out) == []
+    assert out.schema.equals(disclosure.apply_small_numbers(
+        ds, linkage.linkage_quality("2014-05", quality_linked())).schema)
+    assert linkage.suppress_complements(out).equals(out)    # idempotent

@@ -160,7 +160,9 @@ linkage_quality = register(Dataset(
     description="Who is linked and who is not: each provider's SUS episodes ending in the month, and "
                 "those linked to a GP-registered patient (any rank), by age band, sex, admission method, "
                 "match rank and NHS number status. Every characteristic splits the same episodes, so its "
-                "categories add up to linkage_coverage_provider.episodes; a category with no episode has no row.",
+                "categories add up to linkage_coverage_provider.episodes; a category with no episode has no row. "
+                "Beyond the 1-to-7 rule, where one cell of a count is blanked in a provider's characteristic "
+                "the next smallest is blanked too, and pct_linked is empty wherever either count is.",
     columns=cols(
         PERIOD,
         s("provider_code", "ODS code of the provider (PROCODE3).", nullable=False, format=F_PROVIDER),
