@@ -116,7 +116,16 @@ def _disclosure(ds: Dataset, c: Column) -> str:
         return "disclosure-control flag"
     if c.name == "suppressed":
         return "FFT suppression flag (NHS England's rules)"
+    if c.name in _FFT_SUPPRESSED and any(x.name == "suppressed" for x in ds.columns):
+        return "FFT: empty where `suppressed` is true (NHS England's rules)"
     return "not suppressed"
+
+
+# What NHS England's FFT rules blank on a suppressed row (pipelines.fft; checked by
+# pipelines.disclosure.check_public).
+_FFT_SUPPRESSED = ("responses", "extremely_likely", "likely", "neither", "unlikely", "extremely_unlikely",
+                   "dont_know", "pct_recommend", "pct_not_recommend", "pct_positive", "pct_negative",
+                   "net_score")
 
 
 def _partitioning(ds: Dataset) -> str:

@@ -624,7 +624,8 @@ def check_public(ds: Dataset, table: pa.Table, settings: Any = None) -> list[Vio
     if "suppressed" in names and "responses" in names:
         fft_cols = [n for n in ("responses", "extremely_likely", "likely", "neither", "unlikely",
                                 "extremely_unlikely", "dont_know", "pct_recommend",
-                                "pct_not_recommend", "net_score") if n in names]
+                                "pct_not_recommend", "pct_positive", "pct_negative",
+                                "net_score") if n in names]
         resp, resp_valid = _ints(table.column("responses"))
         small = resp_valid & (resp >= 1) & (resp <= fft_max) & below
         if small.any():

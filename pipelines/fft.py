@@ -7,7 +7,10 @@ this module reads the suppression rules, is written out for analysts in
 
 * c1..c6 count the answers ``1``..``6``, T = c1 + ... + c6;
   pct_recommend = 100 (c1 + c2) / T, pct_not_recommend = 100 (c4 + c5) / T,
-  net_score = 100 (c1 - (c3 + c4 + c5)) / (T - c6), empty where T - c6 = 0.
+  net_score = 100 (c1 - (c3 + c4 + c5)) / (T - c6), empty where T - c6 = 0;
+  pct_positive and pct_negative equal pct_recommend and pct_not_recommend (NHS England's
+  names since April 2020), and ``question`` is ``recommend`` before 2020-04, ``experience``
+  from then.
 * Levels per period and setting: ward (``<site>/<ward>``, parent site), site (parent
   provider), provider (parent host commissioner), commissioner (parent ``ENG``),
   national (``ENG``).
@@ -45,7 +48,10 @@ _RULE3_PARENT_LEVELS = ("site", "provider")  # parents that can be suppressed by
 
 ANSWERS = ("1", "2", "3", "4", "5", "6")
 COUNT_COLUMNS = ("extremely_likely", "likely", "neither", "unlikely", "extremely_unlikely", "dont_know")
-SCORE_COLUMNS = ("pct_recommend", "pct_not_recommend", "net_score")
+SCORE_COLUMNS = ("pct_recommend", "pct_not_recommend", "pct_positive", "pct_negative", "net_score")
+# The question in force (methods.md): "would you recommend" until 2020-03; from 2020-04
+# "Overall, how was your experience of our service?" (1 very good .. 5 very poor, 6 don't know).
+EXPERIENCE_QUESTION_FROM = "2020-04"
 # HES/SUS "not known" treatment function, used where a linked spell's last episode has none.
 TRETSPEF_NOT_KNOWN = "&"
 
@@ -137,7 +143,18 @@ def _scores(df: pd.DataFrame) -> pd.DataFrame:
         df["pct_not_recommend"] = np.where(total > 0, 100.0 * (c4 + c5) / total, np.nan)
         known = total - c6
         df["net_score"] = np.where(known > 0, 100.0 * (c1 - (c3 + c4 + c5)) / known, np.nan)
+    # NHS England's names since the 2020 question; the same shares (methods.md).
+    df["pct_positive"] = df["pct_recommend"]
+    df["pct_negative"] = df["pct_not_recommend"]
+    df["question"] = question_of(df["period"]) if "period" in df.columns else None
     return df
+
+
+def question_of(period: pd.Series) -> pd.Series:
+    """``recommend`` for periods before 2020-04, ``experience`` from then (YYYY-MM text)."""
+    text = period.astype("string")
+    return pd.Series(np.where(text < EXPERIENCE_QUESTION_FROM, "recommend", "experience"),
+                     index=period.index, dtype=object)
 
 
 def _blank_suppressed(df: pd.DataFrame) -> pd.DataFrame:

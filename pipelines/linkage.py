@@ -508,7 +508,8 @@ def coverage(
     engine; with a ``memory_limit``, a DuckDB of that limit for this call).
 
     Returns ``linkage_coverage_practice``, ``linkage_coverage_provider``,
-    ``linkage_coverage_summary`` and ``programme_targets``, each conformed to its
+    ``linkage_coverage_summary``, ``programme_targets`` and ``linkage_quality``
+    (:func:`linkage_quality`), each conformed to its
     declaration as staged (with ``period``; no ``*_suppressed`` flags: publishing applies
     disclosure control from the declarations).
     """
@@ -532,6 +533,7 @@ def coverage(
             "lk_in": lk, "prov_in": _slim(providers, _PROVIDERS_IN, ("provider_code",), "providers")})
         summary = run.query(_COVERAGE_SUMMARY_SQL.format(period=period),
                             {"practice_out": practice, "provider_out": provider})
+        quality = linkage_quality(period, linked, engine=run)
     finally:
         if own:
             run.close()
@@ -542,6 +544,7 @@ def coverage(
         "linkage_coverage_provider": _conform_public("linkage_coverage_provider", provider),
         "linkage_coverage_summary": _conform_public("linkage_coverage_summary", summary),
         "programme_targets": _conform_public("programme_targets", targets),
+        "linkage_quality": quality,
     }
 
 
@@ -746,6 +749,22 @@ def _programme_targets(period: str, summary: pa.Table, settings) -> pa.Table:
 
 
 # --------------------------------------------------------------------------- restricted
+# Age in whole years at admission: from DOB, else month and year of birth, else the linked
+# GP record's date of birth (ranks 1 to 4); empty without an admission date. Shared by
+# linked_episodes.age_at_admission and linkage_quality's age bands.
+_AGE_AT_ADMISSION_SQL = """CASE
+    WHEN admidate IS NULL THEN NULL
+    WHEN dob IS NOT NULL THEN year(admidate) - year(dob)
+        - CASE WHEN month(admidate) < month(dob)
+                 OR (month(admidate) = month(dob) AND day(admidate) < day(dob)) THEN 1 ELSE 0 END
+    WHEN birth_year IS NOT NULL AND birth_month IS NOT NULL THEN year(admidate) - birth_year
+        - CASE WHEN month(admidate) < birth_month THEN 1 ELSE 0 END
+    WHEN linked_date_of_birth IS NOT NULL THEN year(admidate) - year(linked_date_of_birth)
+        - CASE WHEN month(admidate) < month(linked_date_of_birth)
+                 OR (month(admidate) = month(linked_date_of_birth)
+                     AND day(admidate) < day(linked_date_of_birth)) THEN 1 ELSE 0 END
+END"""
+
 _RESTRICTED_SQL = """
 WITH t2_hesid AS (
     -- a PSEUDO_HESID seen on an episode of a type 2 patient marks that person everywhere
@@ -779,22 +798,13 @@ SELECT
     CAST(registered_practice AS VARCHAR) AS registered_practice,
     CAST(match_rank AS BIGINT) AS match_rank,
     CAST(date_of_death AS DATE) AS date_of_death
-FROM (SELECT *, CASE
-    WHEN admidate IS NULL THEN NULL
-    WHEN dob IS NOT NULL THEN year(admidate) - year(dob)
-        - CASE WHEN month(admidate) < month(dob)
-                 OR (month(admidate) = month(dob) AND day(admidate) < day(dob)) THEN 1 ELSE 0 END
-    WHEN birth_year IS NOT NULL AND birth_month IS NOT NULL THEN year(admidate) - birth_year
-        - CASE WHEN month(admidate) < birth_month THEN 1 ELSE 0 END
-    WHEN linked_date_of_birth IS NOT NULL THEN year(admidate) - year(linked_date_of_birth)
-        - CASE WHEN month(admidate) < month(linked_date_of_birth)
-                 OR (month(admidate) = month(linked_date_of_birth)
-                     AND day(admidate) < day(linked_date_of_birth)) THEN 1 ELSE 0 END
-END AS age FROM lk) a
+FROM (SELECT *, {age} AS age FROM lk) a
 WHERE NOT coalesce(type2_objection, false)
   AND (NULLIF(trim(pseudo_hesid), '') IS NULL OR trim(pseudo_hesid) NOT IN (SELECT h FROM t2_hesid))
 ORDER BY provider_code, susrecid
 """
+
+_RESTRICTED_SQL = _RESTRICTED_SQL.replace("{age}", _AGE_AT_ADMISSION_SQL)
 
 _RESTRICTED_OPTIONAL = {
     "spell_id": pa.string(), "epiorder": pa.string(), "disdate": pa.date32(),
@@ -827,7 +837,8 @@ def linked_episodes_restricted(linked: pa.Table, key: str, engine: Engine | None
         if name not in table.column_names:
             table = table.append_column(name, pa.nulls(table.num_rows, typ))
     period_sql = "period" if "period" in table.column_names else "strftime(epiend, '%Y-%m')"
-    rows = plans.engine_or_default(engine).query(_RESTRICTED_SQL.format(period=period_sql), {"lk": table})
+    rows = plans.engine_or_default(engine).query(
+        _RESTRICTED_SQL.format(period=period_sql), {"lk": table})
     ids = pseudo.person_ids(key, rows.column("__id_nhs"), rows.column("__id_hesid"))
     rows = rows.drop_columns(["__id_nhs", "__id_hesid"])
     rows = rows.add_column(1, pa.field("person_id", pa.string()), ids)
@@ -839,3 +850,132 @@ def linked_episodes_restricted(linked: pa.Table, key: str, engine: Engine | None
         rows = rows.set_column(i, pa.field(name, pa.string()),
                                pseudo.record_key_ids(key, kind, provider, rows.column(name)))
     return schemas.get("linked_episodes").conform(rows)
+
+
+# --------------------------------------------------------------------------- linkage quality
+_QUALITY_IN = {
+    "provider_code": pa.string(),
+    "epiend": pa.date32(),
+    "admidate": pa.date32(),
+    "dob": pa.date32(),
+    "birth_year": pa.int64(),
+    "birth_month": pa.int64(),
+    "linked_date_of_birth": pa.date32(),
+    "sex": pa.string(),
+    "admimeth": pa.string(),
+    "nhs_number": pa.string(),
+    "nhs_number_valid": pa.bool_(),
+    "match_rank": pa.int64(),
+}
+
+
+def _sql_list(codes) -> str:
+    return ", ".join(f"'{c}'" for c in codes)
+
+
+# One row per provider, characteristic and category present among the period's episodes
+# (EPIEND in the period, as coverage): each episode once per characteristic. The category
+# values are the declared codes of linkage_quality.category (schemas.outputs LQ_*).
+_QUALITY_SQL = """
+WITH e AS (
+    SELECT {provider} AS provider_code,
+           CAST(match_rank AS BIGINT) AS match_rank,
+           {age} AS age,
+           upper(trim(sex)) AS sex,
+           upper(trim(admimeth)) AS admimeth,
+           CAST(coalesce(nhs_number_valid, false) AS BOOLEAN) AS valid,
+           CAST(NULLIF(trim(nhs_number), '') IS NULL AS BOOLEAN) AS no_number
+    FROM lk_in
+    WHERE epiend BETWEEN {p_start} AND {p_end} AND {provider} IS NOT NULL
+), c AS (
+    SELECT provider_code, match_rank,
+           CASE WHEN age IS NULL OR age < 0 THEN 'unknown'
+                WHEN age < 18 THEN '0-17' WHEN age < 45 THEN '18-44' WHEN age < 65 THEN '45-64'
+                WHEN age < 75 THEN '65-74' WHEN age < 85 THEN '75-84' ELSE '85+' END AS age_band,
+           CASE WHEN sex IN ({sex_codes}) THEN sex ELSE 'unknown' END AS sex,
+           CASE WHEN admimeth IN ({elective}) THEN 'elective'
+                WHEN admimeth IN ({emergency}) THEN 'emergency'
+                WHEN admimeth IN ({other}) THEN 'other' ELSE 'unknown' END AS admission_method,
+           CASE WHEN match_rank BETWEEN 1 AND 5 THEN CAST(match_rank AS VARCHAR) ELSE 'unlinked' END AS rank_cat,
+           CASE WHEN valid THEN 'valid' WHEN no_number THEN 'missing' ELSE 'invalid' END AS nhs_status
+    FROM e
+), long AS (
+    SELECT provider_code, 'age_band' AS characteristic, age_band AS category, match_rank FROM c
+    UNION ALL SELECT provider_code, 'sex', sex, match_rank FROM c
+    UNION ALL SELECT provider_code, 'admission_method', admission_method, match_rank FROM c
+    UNION ALL SELECT provider_code, 'match_rank', rank_cat, match_rank FROM c
+    UNION ALL SELECT provider_code, 'nhs_number_status', nhs_status, match_rank FROM c
+), agg AS (
+    SELECT provider_code, characteristic, category, count(*) AS episodes,
+           count(*) FILTER (WHERE match_rank IS NOT NULL) AS episodes_linked
+    FROM long GROUP BY provider_code, characteristic, category
+)
+SELECT CAST('{period}' AS VARCHAR) AS period,
+       CAST(provider_code AS VARCHAR) AS provider_code,
+       CAST(characteristic AS VARCHAR) AS characteristic,
+       CAST(category AS VARCHAR) AS category,
+       CAST(episodes AS BIGINT) AS episodes,
+       CAST(episodes_linked AS BIGINT) AS episodes_linked,
+       CAST(CAST(100 * episodes_linked AS DOUBLE) / episodes AS DOUBLE) AS pct_linked
+FROM agg
+ORDER BY provider_code, characteristic, category
+"""
+
+
+def linkage_quality_sql(period: str) -> str:
+    """The :data:`_QUALITY_SQL` plan for ``period`` (its input: ``lk_in``)."""
+    from pipelines.schemas.inputs import ADMIMETH_CODES, ADMIMETH_ELECTIVE, ADMIMETH_EMERGENCY
+    from pipelines.schemas.outputs import LQ_SEX
+
+    start, end = _period_bounds(period)
+    other = [c for c in ADMIMETH_CODES if c not in ADMIMETH_ELECTIVE + ADMIMETH_EMERGENCY]
+    return _QUALITY_SQL.format(
+        period=period, p_start=_sql_date(start), p_end=_sql_date(end),
+        provider=_CODE.format(c="provider_code"), age=_AGE_AT_ADMISSION_SQL,
+        sex_codes=_sql_list(c for c in LQ_SEX if c != "unknown"),
+        elective=_sql_list(ADMIMETH_ELECTIVE), emergency=_sql_list(ADMIMETH_EMERGENCY), other=_sql_list(other))
+
+
+def linkage_quality(period: str, linked: pa.Table, *, engine: Engine | None = None) -> pa.Table:
+    """``linkage_quality`` of ``period`` (outputs.md), unsuppressed: for each provider, the
+    episodes ending in the period (EPIEND, as :func:`coverage`) and those linked (any
+    rank), by age band, sex, admission method, match rank and NHS number status. ``linked``
+    is :func:`link_episodes` output (absent optional columns read as empty, so their
+    category is ``unknown``/``missing``). One plan (:data:`_QUALITY_SQL`) run by ``engine``.
+    Conformed as staged: publishing applies the 1-to-7 rule from the declaration."""
+    out = plans.engine_or_default(engine).query(
+        linkage_quality_sql(period), {"lk_in": _slim(linked, _QUALITY_IN, ("provider_code", "epiend", "match_rank"), "linked")})
+    return _conform_public("linkage_quality", out)
+
+
+def suppress_complements(public: pa.Table) -> pa.Table:
+    """Secondary suppression of ``linkage_quality`` after the 1-to-7 rule
+    (:func:`pipelines.disclosure.apply_small_numbers`), stricter than the floor as
+    outputs.md allows: the categories of one characteristic add up to the provider's
+    episodes (and linked episodes), so where exactly one cell of a (period, provider,
+    characteristic) is blanked, the next smallest non-zero cell of that count is blanked
+    too (flag set; ties by category), so the first cannot be found by subtraction; and
+    ``pct_linked`` is empty wherever ``episodes`` or ``episodes_linked`` is, since it
+    would give the blanked count back. Returns the table with the same schema."""
+    import numpy as np
+    import pandas as pd
+
+    if public.num_rows == 0:
+        return public
+    df = public.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    keys = [k for k in ("period", "provider_code", "characteristic") if k in df.columns]
+    for col in ("episodes", "episodes_linked"):
+        flag = f"{col}_suppressed"
+        for _, g in df.groupby(keys, sort=False, dropna=False):
+            if int(g[flag].sum()) != 1:
+                continue
+            open_ = g[~g[flag] & g[col].notna() & (g[col] > 0)]
+            if open_.empty:
+                continue
+            pick = open_.sort_values([col, "category"], kind="mergesort").index[0]
+            df.loc[pick, col] = pd.NA
+            df.loc[pick, flag] = True
+    blank = df["episodes_suppressed"] | df["episodes_linked_suppressed"]
+    df.loc[blank, "pct_linked"] = np.nan
+    out = pa.Table.from_pandas(df, preserve_index=False)
+    return pa.Table.from_arrays([out.column(f.name).cast(f.type) for f in public.schema], schema=public.schema)

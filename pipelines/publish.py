@@ -125,6 +125,7 @@ __all__ = [
     "read_published",
     "verify_publication",
     "parquet_bytes",
+    "with_nullable_ints",
 ]
 
 MANIFEST = "_manifest.json"
@@ -372,6 +373,22 @@ def _sort_rows(table: pa.Table) -> pa.Table:
     return table.take(pc.sort_indices(keyed, sort_keys=keys))
 
 
+def with_nullable_ints(table: pa.Table) -> pa.Table:
+    """``table`` with pandas metadata naming every integer column ``Int64`` (outputs.md:
+    counts that can be suppressed read as nullable integers in pandas, not floats). Every
+    integer column, so a column's dtype does not depend on whether a partition happens to
+    hold an empty value. Other readers ignore the metadata; it depends only on the column
+    names (no pandas version inside), so the bytes stay deterministic."""
+    columns = [{"name": f.name, "field_name": f.name, "pandas_type": "int64", "numpy_type": "Int64",
+                "metadata": None} for f in table.schema if pa.types.is_integer(f.type)]
+    if not columns:
+        return table
+    meta = {"index_columns": [], "column_indexes": [], "columns": columns}
+    old = dict(table.schema.metadata or {})
+    old[b"pandas"] = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+    return table.replace_schema_metadata(old)
+
+
 def parquet_bytes(table: pa.Table) -> bytes:
     """Deterministic zstd Parquet bytes of ``table`` (rows sorted first)."""
     table = _sort_rows(table)
@@ -476,7 +493,7 @@ def publish_dataset(
         if violations:
             raise disclosure.DisclosureError(ds.name, violations)
     # what is written is always the published schema (public: with the *_suppressed flags)
-    data = ds.conform(table, include_partition=False, staged=False)
+    data = with_nullable_ints(ds.conform(table, include_partition=False, staged=False))
     base = f"{ds.zone}/{ds.name}"
     input_submissions = input_submissions or {}
     thresholds = dict(thresholds or {})

@@ -24,7 +24,8 @@ from pipelines.config import Settings
 from pipelines.storage import Store
 from pipelines.warehouse import Warehouse
 
-LINKAGE_DATASETS = ["linkage_coverage_practice", "linkage_coverage_provider", "linkage_coverage_summary", "programme_targets"]
+LINKAGE_DATASETS = ["linkage_coverage_practice", "linkage_coverage_provider", "linkage_coverage_summary", "programme_targets",
+                    "linkage_quality"]
 FFT_DATASETS = ["fft_scores", "fft_by_specialty"]
 OUTCOME_DATASETS = ["consultant_outcomes", "specialty_outcomes", "specialty_calibration"]
 QUALITY_DATASETS = ["data_quality", "data_quality_summary"]
@@ -471,6 +472,7 @@ _ORIGINS = {
                          ("current_sus_episodes", ("tretspef", "provider_code"))],
     "consultant_outcomes": [("current_sus_episodes", ("consultant_code", "provider_code"))],
     "linkage_coverage_provider": [("current_sus_episodes", ("provider_code",))],
+    "linkage_quality": [("current_sus_episodes", ("provider_code",))],
     "linked_episodes": [("current_sus_episodes", ("consultant_code", "mainspef", "tretspef", "susrecid",
                                                   "spell_id", "classpat", "epiorder", "provider_code"))],
     "linked_spells": [("current_sus_episodes", ("consultant_code", "spell_id", "provider_code"))],
@@ -581,6 +583,9 @@ def release(settings: Settings, period: str) -> dict:
         public = disclosure.apply_small_numbers(
             ds, staged, small_max=settings.t("disclosure", "small_count_max"),
             min_denominator=settings.t("disclosure", "min_denominator"))
+        if name == "linkage_quality":  # its categories add up: secondary suppression
+            from pipelines import linkage
+            public = linkage.suppress_complements(public)
         found = disclosure.check_public(ds, public, settings)
         if found:
             blocked.append(_block(wh, "public", name, period, public, found))

@@ -109,3 +109,38 @@ def test_write_dictionary_publishes_both_files_once(tmp_path):
     before = manifest
     assert write_dictionary(store) == {"data_dictionary.md": False, "data_dictionary.html": False}
     assert json.loads(store.read_bytes("public/_manifest.json")) == before
+
+
+def _row(body: str, column: str) -> str:
+    return next(ln for ln in body.splitlines() if ln.startswith(f"| `{column}` |"))
+
+
+def test_fft_2020_columns_and_their_suppression_are_documented():
+    md = render_markdown()
+    for name in ("fft_scores", "fft_by_specialty"):
+        body = section(md, name)
+        for col in ("pct_positive", "pct_negative", "pct_recommend", "responses"):
+            row = _row(body, col)
+            assert "empty where `suppressed` is true" in row, (name, col)
+            assert "not suppressed" not in row, (name, col)
+        q = _row(body, "question")
+        assert "recommend" in q and "experience" in q and "2020-04" in q
+        assert "very good" in _row(body, "extremely_likely")
+
+
+def test_below_sanction_threshold_text_matches_the_rule_for_fft():
+    """The rule (pipelines.quality): the NHS number rate sanctions gp, sus_apc and hes_apc
+    only; an FFT submitter at 18% valid NHS numbers with a good score is not below."""
+    row = _row(section(render_markdown(), "data_quality_summary"), "below_sanction_threshold")
+    assert "gp, sus_apc and hes_apc" in row and "fft" in row
+    from expectations.rules import NHS_NUMBER_SANCTIONED
+    assert set(NHS_NUMBER_SANCTIONED) == {"gp", "sus_apc", "hes_apc"}
+
+
+def test_linkage_quality_categories_are_documented():
+    body = section(render_markdown(), "linkage_quality")
+    cat = _row(body, "category")
+    for words in ("0-17", "85+", "elective", "emergency", "unlinked", "valid", "invalid", "missing", "unknown"):
+        assert words in cat
+    assert "1 to 7" in _row(body, "episodes")
+    assert "under 8" in _row(body, "pct_linked")

@@ -300,7 +300,7 @@ def test_scanner_finds_no_identifier_in_any_published_value(run):
             violations = disclosure.check_restricted(schemas.get(name), t)
             assert not violations, (path, violations)
         scanned += 1
-    assert scanned == 11 * 2 + 1 + 2 * 2  # public datasets x 2 periods, the ledger, restricted x 2
+    assert scanned == 12 * 2 + 1 + 2 * 2  # public datasets (linkage_quality the 12th) x 2 periods, the ledger, restricted x 2
 
 
 def test_no_identifier_anywhere_in_what_was_published(run):
@@ -363,12 +363,37 @@ def test_data_docs_written_for_validation_runs(run):
 
 
 def test_every_dataset_reads_the_same_in_pandas_and_duckdb(run):
-    for name in ("linkage_coverage_provider", "fft_scores", "data_quality_summary"):
+    for name in ("linkage_coverage_provider", "linkage_quality", "fft_scores", "data_quality_summary"):
         folder = run["pub"] / "public" / name
         pdf = pd.read_parquet(folder)
         n = duckdb.sql(f"select count(*) from read_parquet('{folder}/period=*/*.parquet', hive_partitioning=true)").fetchall()[0][0]
         assert len(pdf) == n > 0
         assert list(pdf.columns).count("period") == 1
+
+
+def test_linkage_quality_is_published_and_adds_up_to_the_provider_coverage(run):
+    """Every characteristic of linkage_quality splits the provider's episodes of
+    linkage_coverage_provider; counts read as Int64; the 1-to-7 rule holds."""
+    lq = pd.read_parquet(run["pub"] / "public" / "linkage_quality")
+    cov = pd.read_parquet(run["pub"] / "public" / "linkage_coverage_provider")
+    assert len(lq) > 0
+    assert str(lq["episodes"].dtype) == "Int64" and str(lq["episodes_linked"].dtype) == "Int64"
+    assert set(lq["characteristic"].astype(str)) == {"age_band", "sex", "admission_method", "match_rank",
+                                                     "nhs_number_status"}
+    shown = lq["episodes"].dropna()
+    assert not ((shown >= 1) & (shown <= 7)).any()
+    checked = 0
+    for (period, provider, ch), g in lq.groupby(["period", "provider_code", "characteristic"], observed=True):
+        c = cov[(cov["period"].astype(str) == str(period)) & (cov["provider_code"] == provider)]
+        assert len(c) == 1
+        if g["episodes_suppressed"].any() or pd.isna(c["episodes"].iloc[0]):
+            continue
+        assert int(g["episodes"].sum()) == int(c["episodes"].iloc[0]), (period, provider, ch)
+        if ch == "match_rank" and not g["episodes_linked_suppressed"].any() \
+                and not pd.isna(c["episodes_linked"].iloc[0]):
+            assert int(g["episodes_linked"].sum()) == int(c["episodes_linked"].iloc[0])
+        checked += 1
+    assert checked > 0
 
 
 # --------------------------------------------------------------------------- periods of any month

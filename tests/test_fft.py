@@ -551,3 +551,64 @@ def test_codes_are_stripped_as_str_strip_strips_them():
         assert got.dtype == object and list(got.index) == list(series.index)
         assert list(got) == list(_code_each(series)), dtype
     assert list(_code(pd.Series(["\u3000RA1\x85", " ", None]))) == ["RA1", None, None]
+
+
+# --------------------------------------------------------------------------- 2020 question
+def test_positive_negative_and_question_on_both_sides_of_april_2020():
+    # c1..c6 = 3, 2, 1, 1, 1, 2; T = 10: positive 50%, negative 20% in both months
+    answers = [1] * 3 + [2] * 2 + [3] + [4] + [5] + [6] * 2
+    before = responses(("RA1", "RA101", "W1", answers), period="2020-03")
+    after = responses(("RA1", "RA101", "W1", answers), period="2020-04")
+    df = scores(pa.concat_tables([before, after]), providers({"RA1": "00A"}))
+    assert len(df) == 10
+    for period, question in (("2020-03", "recommend"), ("2020-04", "experience")):
+        part = df[df["period"] == period]
+        assert set(part["question"]) == {question}
+        for _, r in part.iterrows():
+            assert r["pct_positive"] == pytest.approx(50.0) == r["pct_recommend"]
+            assert r["pct_negative"] == pytest.approx(20.0) == r["pct_not_recommend"]
+    # the label follows the period, not the calendar year: 2019-12 and 2021-01 too
+    assert list(fft.question_of(pd.Series(["2019-12", "2020-03", "2020-04", "2021-01"]))) == [
+        "recommend", "recommend", "experience", "experience"]
+
+
+def test_positive_negative_suppressed_like_pct_recommend():
+    from pipelines import disclosure
+
+    # RA1: 3 responses (rule 1) beside RB2 with 9: RB2 by rule 2 (the lone rule-1 provider's sibling)
+    resp = responses(("RA1", "RA101", "W1", [1, 1, 4]), ("RB2", "RB201", "W1", [1] * 6 + [5] * 3),
+                     period="2020-05")
+    out = fft.fft_scores(resp, sites([]), providers({"RA1": "00A", "RB2": "00A"}))
+    df = out.to_pandas()
+    for level, org in (("provider", "RA1"), ("provider", "RB2")):
+        r = row(df, level, org)
+        assert r["suppressed"]
+        assert pd.isna(r["pct_positive"]) and pd.isna(r["pct_negative"]) and pd.isna(r["pct_recommend"])
+        assert r["question"] == "experience"   # a label, never blanked
+    nat = row(df, "national", "ENG")           # 12 responses: 8 positive, 4 negative
+    assert nat["pct_positive"] == pytest.approx(100 * 8 / 12)
+    assert nat["pct_negative"] == pytest.approx(100 * 4 / 12)
+    ds = schemas.get("fft_scores")
+    assert disclosure.check_public(ds, out) == []
+    # a suppressed row that still showed pct_positive is refused by the public check
+    i = out.column_names.index("pct_positive")
+    leaked = out.set_column(i, out.schema.field(i), pa.array([50.0] * out.num_rows))
+    assert "fft_flag_inconsistent" in {v.rule for v in disclosure.check_public(ds, leaked)}
+
+
+def test_fft_by_specialty_carries_positive_negative_and_question():
+    linked = pa.table({
+        "period": ["2020-03"] * 5 + ["2020-04"] * 6,
+        "provider_code": ["RA1"] * 11,
+        "response_id": [f"R{k}" for k in range(11)],
+        "tretspef": ["110"] * 11,
+        "response": ["1", "1", "4", "5", "6"] + ["1", "2", "2", "3", "5", "6"],
+    })
+    df = fft.fft_by_specialty(linked).to_pandas().set_index("period")
+    # 2020-03: T 5, positive 2 (40%), negative 2 (40%); 2020-04: T 6, positive 3 (50%), negative 1
+    assert df.loc["2020-03", "question"] == "recommend"
+    assert df.loc["2020-03", "pct_positive"] == pytest.approx(40.0)
+    assert df.loc["2020-03", "pct_negative"] == pytest.approx(40.0)
+    assert df.loc["2020-04", "question"] == "experience"
+    assert df.loc["2020-04", "pct_positive"] == pytest.approx(50.0)
+    assert df.loc["2020-04", "pct_negative"] == pytest.approx(100 / 6)

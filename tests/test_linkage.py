@@ -411,7 +411,7 @@ def cov():
 
 def test_coverage_outputs_are_conformed(cov):
     assert set(cov) == {"linkage_coverage_practice", "linkage_coverage_provider",
-                        "linkage_coverage_summary", "programme_targets"}
+                        "linkage_coverage_summary", "programme_targets", "linkage_quality"}
     for name, table in cov.items():
         # staged: unsuppressed, without the *_suppressed flags publishing adds
         assert table.schema.equals(schemas.get(name).arrow_schema(include_partition=True, staged=True))
@@ -739,3 +739,177 @@ def test_linked_episodes_age_falls_back_to_the_linked_gp_date_of_birth():
     assert rows["B1"]["match_rank"] == 4 and rows["B1"]["age_at_admission"] == 63  # the GP record's
     assert rows["B2"]["age_at_admission"] == 54        # MYDOB comes before the GP record
     assert rows["B3"]["age_at_admission"] is None
+
+
+# --------------------------------------------------------------------------- linkage_quality
+def quality_linked() -> pa.Table:
+    """Hand-made link_episodes output for 2014-05 (linkage_quality).
+
+    RX1, 13 episodes ending in May (and one in June, ignored):
+      a) 8 x age 70 (DOB 1944-03-10, admitted 2014-05-02), sex 1, ADMIMETH 21, valid number, rank 1
+      b) 2 x age 29 (DOB 1984-06-01: birthday not yet reached), sex 2, ADMIMETH 11, invalid number, unlinked
+      c) 1 x age 4 (no DOB; born 2010-01), sex ' 9 ', ADMIMETH 81, no number, rank 5
+      d) 1 x age 84 (only the linked GP record's DOB, 1930-05-02: birthday on the day), sex X, no ADMIMETH,
+         valid, rank 2
+      e) 1 x age unknown (no admission date), sex 1, ADMIMETH 2a, valid, unlinked
+    RX2 (' r2 ' normalised), 21 episodes: 20 x age 94, sex 2, ADMIMETH 12, valid, rank 1, and one the same
+    unlinked. One episode without a provider: in no row.
+    """
+    rows = []
+
+    def add(n, provider="RX1", epiend=D(2014, 5, 20), admidate=D(2014, 5, 2), dob=None, birth_year=None,
+            birth_month=None, linked_dob=None, sex="1", admimeth="21", number=N[0], valid=True, rank=1):
+        for _ in range(n):
+            rows.append(dict(provider_code=provider, epiend=epiend, admidate=admidate, dob=dob,
+                             birth_year=birth_year, birth_month=birth_month, linked_date_of_birth=linked_dob,
+                             sex=sex, admimeth=admimeth, nhs_number=number, nhs_number_valid=valid,
+                             match_rank=rank))
+
+    add(8, dob=D(1944, 3, 10))                                                            # a
+    add(2, dob=D(1984, 6, 1), sex="2", admimeth="11", number="1234567890", valid=False, rank=None)  # b
+    add(1, birth_year=2010, birth_month=1, sex=" 9 ", admimeth="81", number=None, valid=False, rank=5)  # c
+    add(1, linked_dob=D(1930, 5, 2), sex="X", admimeth=None, rank=2)                      # d
+    add(1, admidate=None, dob=D(1950, 1, 1), admimeth="2a", rank=None)                    # e
+    add(1, epiend=D(2014, 6, 1), dob=D(1944, 3, 10))                                      # June: ignored
+    add(20, provider="RX2", dob=D(1920, 1, 1), sex="2", admimeth="12")
+    add(1, provider=" rx2 ", dob=D(1920, 1, 1), sex="2", admimeth="12", rank=None)
+    add(1, provider=None, dob=D(1920, 1, 1))                                              # no provider
+    return pa.Table.from_pylist(rows, schema=pa.schema([
+        ("provider_code", pa.string()), ("epiend", pa.date32()), ("admidate", pa.date32()), ("dob", pa.date32()),
+        ("birth_year", pa.int64()), ("birth_month", pa.int64()), ("linked_date_of_birth", pa.date32()),
+        ("sex", pa.string()), ("admimeth", pa.string()), ("nhs_number", pa.string()),
+        ("nhs_number_valid", pa.bool_()), ("match_rank", pa.int64())]))
+
+
+# (provider, characteristic, category) -> (episodes, episodes_linked), worked out from the rows above.
+QUALITY_EXPECTED = {
+    ("RX1", "age_band", "0-17"): (1, 1),          # c
+    ("RX1", "age_band", "18-44"): (2, 0),         # b
+    ("RX1", "age_band", "65-74"): (8, 8),         # a
+    ("RX1", "age_band", "75-84"): (1, 1),         # d
+    ("RX1", "age_band", "unknown"): (1, 0),       # e
+    ("RX1", "sex", "1"): (9, 8),                  # a + e
+    ("RX1", "sex", "2"): (2, 0),                  # b
+    ("RX1", "sex", "9"): (1, 1),                  # c, trimmed
+    ("RX1", "sex", "unknown"): (1, 1),            # d: X is not a SEX code
+    ("RX1", "admission_method", "emergency"): (9, 8),  # a (21) + e (2a read as 2A)
+    ("RX1", "admission_method", "elective"): (2, 0),   # b
+    ("RX1", "admission_method", "other"): (1, 1),      # c (81)
+    ("RX1", "admission_method", "unknown"): (1, 1),    # d (empty)
+    ("RX1", "match_rank", "1"): (8, 8),
+    ("RX1", "match_rank", "2"): (1, 1),
+    ("RX1", "match_rank", "5"): (1, 1),
+    ("RX1", "match_rank", "unlinked"): (3, 0),    # b + e
+    ("RX1", "nhs_number_status", "valid"): (10, 9),   # a + d + e; e unlinked
+    ("RX1", "nhs_number_status", "invalid"): (2, 0),  # b
+    ("RX1", "nhs_number_status", "missing"): (1, 1),  # c
+    ("RX2", "age_band", "85+"): (21, 20),
+    ("RX2", "sex", "2"): (21, 20),
+    ("RX2", "admission_method", "elective"): (21, 20),
+    ("RX2", "match_rank", "1"): (20, 20),
+    ("RX2", "match_rank", "unlinked"): (1, 0),
+    ("RX2", "nhs_number_status", "valid"): (21, 20),
+}
+
+
+def test_linkage_quality_counts_each_episode_once_per_characteristic():
+    out = linkage.linkage_quality("2014-05", quality_linked())
+    assert out.schema.equals(schemas.get("linkage_quality").arrow_schema(include_partition=True, staged=True))
+    got = {(r["provider_code"], r["characteristic"], r["category"]): (r["episodes"], r["episodes_linked"])
+           for r in out.to_pylist()}
+    assert got == QUALITY_EXPECTED
+    assert set(out.column("period").to_pylist()) == {"2014-05"}
+    rows = {(r["provider_code"], r["characteristic"], r["category"]): r for r in out.to_pylist()}
+    assert rows[("RX1", "sex", "1")]["pct_linked"] == pytest.approx(100 * 8 / 9)
+    assert rows[("RX2", "age_band", "85+")]["pct_linked"] == pytest.approx(100 * 20 / 21)
+    assert rows[("RX1", "match_rank", "unlinked")]["pct_linked"] == 0.0
+    # every characteristic splits the same episodes: RX1 13, RX2 21
+    for prov, total in (("RX1", 13), ("RX2", 21)):
+        for ch in ("age_band", "sex", "admission_method", "match_rank", "nhs_number_status"):
+            assert sum(e for (p, c, _), (e, _) in got.items() if p == prov and c == ch) == total
+
+
+def test_linkage_quality_published_under_the_1_to_7_rule():
+    from pipelines import disclosure
+
+    ds = schemas.get("linkage_quality")
+    out = disclosure.apply_small_numbers(ds, linkage.linkage_quality("2014-05", quality_linked()))
+    rows = {(r["provider_code"], r["characteristic"], r["category"]): r for r in out.to_pylist()}
+    sex2 = rows[("RX1", "sex", "2")]          # 2 episodes, none linked
+    assert (sex2["episodes"], sex2["episodes_suppressed"]) == (None, True)
+    assert (sex2["episodes_linked"], sex2["episodes_linked_suppressed"]) == (0, False)  # 0 stays 0
+    assert sex2["pct_linked"] is None        # from fewer than 8 episodes
+    sex1 = rows[("RX1", "sex", "1")]          # 9 episodes, 8 linked: both shown
+    assert (sex1["episodes"], sex1["episodes_linked"], sex1["episodes_suppressed"]) == (9, 8, False)
+    assert sex1["pct_linked"] == pytest.approx(100 * 8 / 9)
+    valid = rows[("RX1", "nhs_number_status", "valid")]   # 10 episodes, 9 linked
+    assert (valid["episodes"], valid["episodes_linked"]) == (10, 9)
+    rank1 = rows[("RX1", "match_rank", "1")]  # 8 is not small
+    assert (rank1["episodes"], rank1["episodes_linked"], rank1["pct_linked"]) == (8, 8, 100.0)
+    r2 = rows[("RX2", "match_rank", "1")]
+    assert (r2["episodes"], r2["episodes_linked"], r2["pct_linked"]) == (20, 20, 100.0)
+    r2u = rows[("RX2", "match_rank", "unlinked")]   # a 1-episode cell
+    assert (r2u["episodes"], r2u["episodes_suppressed"], r2u["pct_linked"]) == (None, True, None)
+    age = rows[("RX1", "age_band", "75-84")]  # 1 episode, 1 linked: both blanked
+    assert (age["episodes_suppressed"], age["episodes_linked_suppressed"]) == (True, True)
+    assert disclosure.check_public(ds, out) == []
+    # unsuppressed, the check refuses it
+    raw = linkage.linkage_quality("2014-05", quality_linked())
+    assert {v.rule for v in disclosure.check_public(ds, raw)} >= {"not_suppressed"}
+
+
+def test_linkage_quality_without_optional_columns_is_unknown_not_an_error():
+    t = quality_linked().select(["provider_code", "epiend", "match_rank"])
+    out = linkage.linkage_quality("2014-05", t)
+    cats = {(r["provider_code"], r["characteristic"]): r["category"] for r in out.to_pylist()
+            if r["characteristic"] != "match_rank"}
+    assert set(cats.values()) == {"unknown", "missing"}
+
+
+@pytest.mark.spark
+def test_linkage_quality_same_on_spark():
+    pytest.importorskip("pyspark")
+    from pipelines.engine import make_engine
+
+    spark = make_engine("spark", master="local[2]")
+    try:
+        got = linkage.linkage_quality("2014-05", quality_linked(), engine=spark)
+    finally:
+        spark.close()
+    want = linkage.linkage_quality("2014-05", quality_linked())
+    assert got.equals(want)
+
+
+def test_linkage_quality_secondary_suppression_closes_subtraction():
+    from pipelines import disclosure
+
+    ds = schemas.get("linkage_quality")
+    out = linkage.suppress_complements(
+        disclosure.apply_small_numbers(ds, linkage.linkage_quality("2014-05", quality_linked())))
+    rows = {(r["provider_code"], r["characteristic"], r["category"]): r for r in out.to_pylist()}
+    # RX2 match_rank: 'unlinked' (1) blanked by the rule; '1' (20) the only other cell: blanked too,
+    # else 21 - 20 gives it back
+    assert rows[("RX2", "match_rank", "1")]["episodes"] is None
+    assert rows[("RX2", "match_rank", "1")]["episodes_suppressed"]
+    assert rows[("RX2", "match_rank", "1")]["pct_linked"] is None
+    # RX1 sex: '2' (2), '9' (1), 'unknown' (1) blanked: already more than one, nothing added
+    assert rows[("RX1", "sex", "1")]["episodes"] == 9
+    # RX1 nhs_number_status episodes: invalid (2) and missing (1) blanked; valid (10) shown.
+    # episodes_linked: invalid 0, missing 1 (blanked), valid 9: the one blanked cell takes
+    # the smallest non-zero shown one with it (valid's 9; 0 is never a complement)
+    v = rows[("RX1", "nhs_number_status", "valid")]
+    assert (v["episodes"], v["episodes_linked"], v["episodes_linked_suppressed"]) == (10, None, True)
+    assert v["pct_linked"] is None                        # would give 9 back from 10
+    assert rows[("RX1", "nhs_number_status", "invalid")]["episodes_linked"] == 0
+    # RX1 age_band episodes: 0-17 (1), 18-44 (2), 75-84 (1), unknown (1) blanked; 65-74 (8) shown
+    assert rows[("RX1", "age_band", "65-74")]["episodes"] == 8
+    # no characteristic is left with exactly one blanked cell of a count it adds up to
+    for col in ("episodes", "episodes_linked"):
+        groups = {}
+        for (p, ch, _), r in rows.items():
+            groups.setdefault((p, ch), []).append(r[f"{col}_suppressed"])
+        assert all(sum(flags) != 1 for flags in groups.values()), col
+    assert disclosure.check_public(ds, out) == []
+    assert out.schema.equals(disclosure.apply_small_numbers(
+        ds, linkage.linkage_quality("2014-05", quality_linked())).schema)
+    assert linkage.suppress_complements(out).equals(out)    # idempotent

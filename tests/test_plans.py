@@ -206,6 +206,7 @@ def _plans() -> dict[str, str]:
         "coverage_provider": linkage._COVERAGE_PROVIDER_SQL.format(period="2014-01", standard_pct="99.0"),
         "coverage_summary": linkage._COVERAGE_SUMMARY_SQL.format(period="2014-01"),
         "restricted": linkage._RESTRICTED_SQL.format(period="period"),
+        "linkage_quality": linkage.linkage_quality_sql("2014-01"),
     }
 
 

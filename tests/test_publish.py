@@ -476,3 +476,23 @@ def test_a_partition_whose_key_label_changed_is_rewritten_even_with_the_same_row
     assert publish_dataset(store, ds, table, key_label="configured:0123456789abcdef", **kw).written == ["2014-01"]
     m = read_manifest(store, "restricted", "linked_episodes")
     assert m["partitions"]["2014-01"]["key_label"] == "configured:0123456789abcdef"
+
+
+def test_suppressible_counts_read_as_nullable_ints_in_pandas(store):
+    """outputs.md: counts that can be suppressed read as Int64 in pandas, not float."""
+    import pandas as pd
+
+    table = practice_rows()
+    publish(store, table)
+    df = pd.read_parquet(Path(store.root) / BASE)
+    # type1_objections holds 3 (suppressed: empty) and an empty value (no extract) in every period
+    assert str(df["type1_objections"].dtype) == "Int64"
+    assert df["type1_objections"].isna().sum() == 6
+    assert sorted(df["type1_objections"].dropna().tolist()) == [0, 0, 0, 12, 12, 12]
+    for c in DS.columns:
+        if c.type == pa.int64():
+            assert str(df[c.name].dtype) == "Int64", c.name
+    assert str(df["pct_linked"].dtype) == "float64"
+    # one file read alone, too
+    one = next((Path(store.root) / BASE).glob("period=2014-01/*.parquet"))
+    assert str(pd.read_parquet(one)["episodes_expected"].dtype) == "Int64"

@@ -144,6 +144,51 @@ linkage_coverage_summary = register(Dataset(
     ),
 ))
 
+# linkage_quality: who is linked and who is not. Categories of each characteristic
+# (pipelines.linkage.linkage_quality computes them; "unknown" where the field is empty or
+# not a code of inputs.md).
+LQ_CHARACTERISTICS = ("age_band", "sex", "admission_method", "match_rank", "nhs_number_status")
+LQ_AGE_BANDS = ("0-17", "18-44", "45-64", "65-74", "75-84", "85+", "unknown")
+LQ_SEX = ("0", "1", "2", "9", "unknown")
+LQ_ADMISSION_METHODS = ("elective", "emergency", "other", "unknown")
+LQ_MATCH_RANKS = ("1", "2", "3", "4", "5", "unlinked")
+LQ_NHS_NUMBER_STATUS = ("valid", "invalid", "missing")
+LQ_CATEGORIES = tuple(dict.fromkeys(
+    LQ_AGE_BANDS + LQ_SEX + LQ_ADMISSION_METHODS + LQ_MATCH_RANKS + LQ_NHS_NUMBER_STATUS))
+
+linkage_quality = register(Dataset(
+    name="linkage_quality",
+    zone="public",
+    grain="period, provider, characteristic, category",
+    description="Who is linked and who is not: each provider's SUS episodes ending in the month, and "
+                "those linked to a GP-registered patient (any rank), by age band, sex, admission method, "
+                "match rank and NHS number status. Every characteristic splits the same episodes, so its "
+                "categories add up to linkage_coverage_provider.episodes; a category with no episode has no row. "
+                "Beyond the 1-to-7 rule, where one cell of a count is blanked in a provider's characteristic "
+                "the next smallest is blanked too, and pct_linked is empty wherever either count is.",
+    columns=cols(
+        PERIOD,
+        s("provider_code", "ODS code of the provider (PROCODE3).", nullable=False, format=F_PROVIDER),
+        s("characteristic", "age_band, sex, admission_method, match_rank or nhs_number_status.",
+          nullable=False, codes=LQ_CHARACTERISTICS),
+        s("category",
+          "The episodes' category of the characteristic. age_band: age in whole years at admission "
+          "(as linked_episodes.age_at_admission: from DOB, else month and year of birth, else the linked "
+          "GP record's date of birth) in 0-17, 18-44, 45-64, 65-74, 75-84, 85+, or unknown; sex: the SEX "
+          "code 0 (not known), 1 (male), 2 (female), 9 (not specified), or unknown (empty or not a code); "
+          "admission_method: elective (ADMIMETH 11, 12, 13), emergency (21-28, 2A-2D), other (31, 32, "
+          "81-83, 98, 99), or unknown (empty or not a code); match_rank: 1 to 5 (the rank the episode "
+          "linked at), or unlinked; nhs_number_status: valid (passes Modulus 11), invalid (present, fails "
+          "it), or missing.",
+          nullable=False, codes=LQ_CATEGORIES),
+        i("episodes", "Episodes of the provider ending in the period in this category.", suppress="count"),
+        i("episodes_linked", "Of those, episodes linked to a GP-registered patient, any rank (0 for match_rank unlinked).",
+          suppress="count"),
+        f("pct_linked", "100 x episodes_linked / episodes.", unit="percent", suppress="rate", denominator="episodes"),
+    ),
+    key=("provider_code", "characteristic", "category"),
+))
+
 programme_targets = register(Dataset(
     name="programme_targets",
     zone="public",
@@ -254,15 +299,24 @@ specialty_calibration = register(Dataset(
 
 # --------------------------------------------------------------------------- FFT
 _fft_counts = (
+    s("question", "The question in force in the period: recommend (before 2020-04: how likely to recommend; "
+      "answers 1 extremely likely to 5 extremely unlikely, 6 don't know) or experience (from 2020-04: "
+      "\"Overall, how was your experience of our service?\"; answers 1 very good, 2 good, 3 neither good "
+      "nor poor, 4 poor, 5 very poor, 6 don't know). The count columns keep the recommend names for both.",
+      nullable=False, codes=("recommend", "experience")),
     i("responses", "Responses T (the sum of the six counts).", nullable=True),
-    i("extremely_likely", "Answer 1."),
-    i("likely", "Answer 2."),
-    i("neither", "Answer 3."),
-    i("unlikely", "Answer 4."),
-    i("extremely_unlikely", "Answer 5."),
-    i("dont_know", "Answer 6."),
+    i("extremely_likely", "Answer 1 (extremely likely; from 2020-04 very good)."),
+    i("likely", "Answer 2 (likely; from 2020-04 good)."),
+    i("neither", "Answer 3 (neither likely nor unlikely; from 2020-04 neither good nor poor)."),
+    i("unlikely", "Answer 4 (unlikely; from 2020-04 poor)."),
+    i("extremely_unlikely", "Answer 5 (extremely unlikely; from 2020-04 very poor)."),
+    i("dont_know", "Answer 6 (don't know)."),
     f("pct_recommend", "100 x (extremely_likely + likely) / responses (2014 method).", unit="percent"),
     f("pct_not_recommend", "100 x (unlikely + extremely_unlikely) / responses.", unit="percent"),
+    f("pct_positive", "100 x (answers 1 + 2) / responses: % positive as NHS England publishes it since "
+      "2020 (very good or good); equal to pct_recommend, every period.", unit="percent"),
+    f("pct_negative", "100 x (answers 4 + 5) / responses: % negative as NHS England publishes it since "
+      "2020 (poor or very poor); equal to pct_not_recommend, every period.", unit="percent"),
     f("net_score", "100 x (c1 - (c3 + c4 + c5)) / (T - c6), -100 to +100 (2013 scorecard); empty where T - c6 is 0."),
     b("suppressed", "True where counts and percentages are suppressed by NHS England's FFT rules.", nullable=False),
 )
@@ -334,7 +388,11 @@ data_quality_summary = register(Dataset(
         i("rows_kept", "Rows kept (rows_received - rows_quarantined)."),
         f("dq_score", "100 x mean item score over the scored fields.", unit="score"),
         f("pct_valid_nhs_number", "Share of rows with a valid NHS number.", unit="percent"),
-        b("below_sanction_threshold", "dq_score under 95 or valid NHS number rate under 99%.", nullable=False),
+        b("below_sanction_threshold", "True when dq_score is under 95 (data_quality.sanction_score) or, for gp, "
+          "sus_apc and hes_apc submitters, pct_valid_nhs_number is under 99% "
+          "(data_quality.sanction_nhs_number_pct). FFT's NHS number is optional: an fft submitter's "
+          "pct_valid_nhs_number is reported, neither scored nor sanctioned, so its flag follows dq_score alone. "
+          "False where dq_score is empty (no scored field).", nullable=False),
         b("held", "True when any current-or-held submission of the month is held.", nullable=False),
         s("held_reason", "Why it was held, in plain words.", format=F_PROSE),
     ),
@@ -379,8 +437,8 @@ F_RUN_ID = Format(
 # and `revisions` itself is append-only).
 REVISED_DATASETS = (
     "linkage_coverage_practice", "linkage_coverage_provider", "linkage_coverage_summary",
-    "programme_targets", "consultant_outcomes", "specialty_outcomes", "specialty_calibration",
-    "fft_scores", "fft_by_specialty", "data_quality", "data_quality_summary",
+    "programme_targets", "linkage_quality", "consultant_outcomes", "specialty_outcomes",
+    "specialty_calibration", "fft_scores", "fft_by_specialty", "data_quality", "data_quality_summary",
 )
 
 revisions = register(Dataset(
@@ -480,7 +538,7 @@ linked_spells = register(Dataset(
 
 PUBLIC = [d for d in (
     linkage_coverage_practice, linkage_coverage_provider, linkage_coverage_summary,
-    programme_targets, consultant_outcomes, specialty_outcomes, specialty_calibration,
+    programme_targets, linkage_quality, consultant_outcomes, specialty_outcomes, specialty_calibration,
     fft_scores, fft_by_specialty, data_quality, data_quality_summary, submissions, revisions,
 )]
 RESTRICTED = [linked_episodes, linked_spells]
