@@ -47,7 +47,8 @@ RULES = [
     "empty value with the flag false means the figure does not exist (for example a "
     "practice that sent no extract).",
     "Below national level, a rate, percentage or mean computed from fewer than 8 such "
-    "records (the column's denominator) is published empty.",
+    "records (the column's denominator) is published empty, and so is a percentage whose "
+    "numerator count is blanked (it would give the count back).",
     "Counts of organisations and of data-quality rows are not suppressed: they say "
     "nothing about a patient, and operators need them exact.",
     "Friends and Family Test results follow NHS England's rules instead: an organisation "
@@ -111,7 +112,10 @@ def _disclosure(ds: Dataset, c: Column) -> str:
     if c.suppress == "count":
         return f"suppressible count: 1 to 7 blanked below national level (see `{c.name}_suppressed`)"
     if c.suppress == "rate":
-        return f"suppressible rate: blanked below national level when `{c.denominator}` is under 8"
+        text = f"suppressible rate: blanked below national level when `{c.denominator}` is under 8"
+        if c.numerator:
+            text += f" or `{c.numerator}` is blanked"
+        return text
     if c.name.endswith("_suppressed") and c.type == pa.bool_():
         return "disclosure-control flag"
     if c.name == "suppressed":

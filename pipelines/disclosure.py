@@ -31,7 +31,9 @@ Rules, as implemented (thresholds from ``defaults.yaml`` ``disclosure``):
   becomes empty with its flag True; 0 stays 0; empty stays empty (flag False).
 * A ``suppress="rate"`` value becomes empty when its denominator count is under
   ``min_denominator`` (8) *or unknown* (empty): a rate whose number of records cannot be
-  shown to be at least 8 is not published.
+  shown to be at least 8 is not published. A rate that declares its ``numerator`` count is
+  also empty wherever that count is blanked (1 to 7, or its flag set): the published rate
+  times the published denominator would give the blanked count back.
 * FFT datasets carry their own ``suppressed`` flag (methods.md, NHS England's rules);
   :func:`check_public` verifies rule 1 (1 to 4 responses blanked below national level) and
   that a suppressed row shows no counts or percentages.
@@ -221,6 +223,9 @@ def apply_small_numbers(
             den, den_valid = _ints(table.column(c.denominator))
             den_flag = _flag(table, f"{c.denominator}_suppressed")
             few = (~den_valid) | (den < min_denominator) | den_flag
+            if c.numerator is not None and c.numerator in table.column_names:
+                num, num_valid = _ints(table.column(c.numerator))
+                few = few | (num_valid & (num >= 1) & (num <= small_max)) | _flag(table, f"{c.numerator}_suppressed")
             blank = few & below
             columns[c.name] = pc.if_else(pa.array(blank), pa.nulls(len(blank), rate.type),
                                          rate.combine_chunks() if isinstance(rate, pa.ChunkedArray) else rate)
@@ -619,6 +624,13 @@ def check_public(ds: Dataset, table: pa.Table, settings: Any = None) -> list[Vio
                                      f"{ds.name}: {int(bad.sum())} row(s) below national level "
                                      f"show {c.name} computed from fewer than {min_den} records "
                                      f"(or an unknown number: {c.denominator} empty)"))
+            if c.numerator is not None and c.numerator in names:
+                hidden = _flag(table, f"{c.numerator}_suppressed")
+                reveals = rate_valid & hidden & below
+                if reveals.any():
+                    out.append(Violation(ds.name, "rate_reveals_suppressed_count", c.name, int(reveals.sum()),
+                                         f"{ds.name}: {int(reveals.sum())} row(s) below national level "
+                                         f"show {c.name} where {c.numerator} is suppressed"))
 
     # FFT datasets: NHS England's rules, applied upstream, verified here.
     if "suppressed" in names and "responses" in names:

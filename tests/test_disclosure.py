@@ -425,3 +425,30 @@ def test_nhs_boundary_and_digit_classes_in_re2_are_ascii_as_in_python(chars):
         python = set(re.findall(token, ALL_CHARS))
         got = set(chars.filter(pc.match_substring_regex(chars, "^" + token + "$")).to_pylist())
         assert got == python, token
+
+
+def test_a_percentage_whose_numerator_is_blanked_is_blanked_too():
+    """linkage_coverage_provider: 3 of 40 episodes linked. The denominator (40) is at least
+    8, so the 1-to-7 rule alone would publish pct_linked 7.5 beside a blanked
+    episodes_linked: 7.5 x 40 / 100 = 3 gives the count back. The rate is blanked with it;
+    rows whose numerator is 0 or over 7 keep their rate."""
+    import pyarrow as pa
+
+    from pipelines import schemas
+    from pipelines.disclosure import apply_small_numbers, check_public
+
+    ds = schemas.get("linkage_coverage_provider")
+    staged = ds.arrow_schema(include_partition=True, staged=True)
+    values = {n: [None] * 3 for n in staged.names}
+    values.update(period=["2014-01"] * 3, provider_code=["RA1", "RA2", "RA3"], episodes=[40, 40, 40],
+                  episodes_linked=[3, 0, 20], pct_linked=[7.5, 0.0, 50.0])
+    table = pa.table({n: pa.array(values[n], staged.field(n).type) for n in staged.names})
+    out = apply_small_numbers(ds, table).to_pydict()
+    assert out["episodes_linked"] == [None, 0, 20] and out["episodes_linked_suppressed"] == [True, False, False]
+    assert out["pct_linked"] == [None, 0.0, 50.0]
+    assert not [v for v in check_public(ds, apply_small_numbers(ds, table)) if v.column == "pct_linked"]
+    # A table that shows the rate beside the blanked count is refused.
+    published = apply_small_numbers(ds, table)
+    leaked = published.set_column(published.schema.get_field_index("pct_linked"), "pct_linked",
+                                  pa.array([7.5, 0.0, 50.0], published.schema.field("pct_linked").type))
+    assert "rate_reveals_suppressed_count" in {v.rule for v in check_public(ds, leaked)}

@@ -84,6 +84,10 @@ class Column:
     codes: tuple[str, ...] | None = None  # the allowed values, for code columns
     suppress: Suppress = None
     denominator: str | None = None  # for suppress="rate": the count column it is computed from
+    # For suppress="rate": the count it divides, when that count is itself suppressible.
+    # The rate is blanked wherever that count is (a published rate times its published
+    # denominator would give the blanked count back).
+    numerator: str | None = None
     # The declared format of a string column (schemas.outputs.FORMATS): every public
     # string column has codes or a format, checked at publication.
     format: Format | None = None
