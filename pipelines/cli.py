@@ -5,6 +5,7 @@
                  [--engine duckdb|spark] [--demo-mode] [--debug] [--log-file FILE]
     caredata demo [--out DIR] [--engine duckdb|spark]
     caredata release FILE_NAME --warehouse PATH_OR_S3 [--by NAME] [--note TEXT]
+    caredata status [--warehouse PATH_OR_S3] [--landing PATH_OR_S3] [--s3-endpoint-url URL]
 
 The configuration is checked whole before any work (a problem is one line, exit 2), then
 the three roots (pipelines.runner.check_roots). Exit status (EXIT_CODES below):
@@ -156,6 +157,41 @@ def _release(args) -> int:
     return 0
 
 
+def _status(args) -> int:
+    """What the warehouse ledger holds, per source and submitter: files current,
+    superseded, held, rejected and pending; the held and rejected files with their reasons
+    (named and worded as the public ledger does); with --landing, the periods with files
+    not yet taken in. Exit 2 (one line) when the warehouse has no ledger."""
+    from pipelines import status
+    from pipelines.ingest import pending_periods
+    from pipelines.storage import Store
+    from pipelines.warehouse import Warehouse
+
+    root = args.warehouse or os.environ.get("CAREDATA_WAREHOUSE")
+    if not root:
+        print("caredata status: give --warehouse (or set CAREDATA_WAREHOUSE)", file=sys.stderr)
+        return EXIT_USAGE
+    endpoint = args.s3_endpoint_url or os.environ.get("CAREDATA_S3_ENDPOINT_URL") or None
+    from pipelines.runner import is_storage_error, one_line
+
+    try:
+        wh = Warehouse(Store(root, endpoint))
+        state = status.ledger_status(wh)
+        pending = (sorted(pending_periods(Store(args.landing, endpoint), wh))
+                   if args.landing else None)
+    except status.NoLedger:
+        print(f"caredata status: {root} has no ledger (no run has scanned a landing zone into it)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:
+        if not is_storage_error(exc):
+            raise
+        print(f"caredata status: error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_STORAGE
+    print(status.format_status(state, pending), end="")
+    return EXIT_OK
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -213,6 +249,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--by", default=None, help="who releases it (default: the login name)")
     p.add_argument("--note", default=None, help="why, in plain words (recorded in the ledger)")
     p.set_defaults(func=_release)
+
+    p = sub.add_parser("status", help="files current, superseded, held, rejected and pending, per source and "
+                                      "submitter, from the warehouse ledger")
+    p.add_argument("--warehouse", default=None, help="folder or s3://bucket/prefix (default: CAREDATA_WAREHOUSE)")
+    p.add_argument("--landing", default=None,
+                   help="folder or s3://bucket/prefix: also list the periods with files not yet taken in")
+    p.add_argument("--s3-endpoint-url", default=None, help="a non-AWS S3 endpoint")
+    p.set_defaults(func=_status)
 
     args = parser.parse_args(argv)
     return args.func(args)

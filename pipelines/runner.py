@@ -14,7 +14,9 @@ every failure is one line in the summary (the full tracebacks go to a log file),
 from __future__ import annotations
 
 import builtins
+import contextlib
 import datetime as dt
+import logging
 import os
 import sys
 import tempfile
@@ -75,6 +77,11 @@ class RunSummary:
     refused_checks: list[str] = field(default_factory=list)
     published: list[dict] = field(default_factory=list)
     held_back: list[dict] = field(default_factory=list)
+    # (file name, SHA-256) of the files this run took in, held or rejected (the ledger
+    # before and after it compared); None when the run did not get that far.
+    new_files: list[tuple[str, str]] | None = None
+    # {source, submitter_code, period} below the sanction threshold in the run's periods.
+    below_threshold: list[dict] = field(default_factory=list)
     run_ids: list[str] = field(default_factory=list)
     # Failures outside a Dagster step (storage, the runner itself), one line each.
     errors: list[str] = field(default_factory=list)
@@ -190,6 +197,33 @@ def _env_for(settings: Settings) -> dict[str, str]:
     return env
 
 
+class _NotInSummary(logging.Filter):
+    """Drops the log records the run summary repeats (a file rejected or held: logged with
+    ``extra={"in_summary": True}``), so that the console names each file once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "in_summary", False)
+
+
+@contextlib.contextmanager
+def _console_once():
+    """While a run lasts, the warnings of ``pipelines`` go to the console as they would
+    (one line each, no handler configured) but without those the summary repeats. A
+    process that configured its own logging handlers keeps them as they are."""
+    logger = logging.getLogger("pipelines")
+    if logger.hasHandlers():
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.addFilter(_NotInSummary())
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
 def run_pipeline(settings: Settings, *, periods: list[str] | None = None, progress=print,
                  log_level: str = "WARNING", preflight=check_roots, log_file: str | None = None,
                  debug: bool = False) -> RunSummary:
@@ -218,7 +252,7 @@ def run_pipeline(settings: Settings, *, periods: list[str] | None = None, progre
     saved = {k: os.environ.get(k) for k in _env_for(settings)}  # restored after the run
     try:
         # The warehouse's run lock (pipelines/lock.py): two runs on one warehouse never overlap.
-        with run_lock(settings.warehouse, settings.s3_endpoint_url, **lock_settings):
+        with run_lock(settings.warehouse, settings.s3_endpoint_url, **lock_settings), _console_once():
             _materialise(settings, summary, periods=periods, progress=progress, log_level=log_level)
     except LockHeld as exc:  # another run holds the warehouse: nothing was done, try later
         summary.errors.append(str(exc))
@@ -301,6 +335,10 @@ def _materialise(settings: Settings, summary: RunSummary, *, periods, progress, 
                     (summary.failed_checks if data.blocking else summary.refused_checks).append(line)
         return result
 
+    from pipelines import status
+
+    _, wh, _ = stages.stores(settings)
+    before = status.outcome_keys(wh)
     engine = stages.engine(settings)
     if engine.name == "spark":  # reached before any step: a cluster that cannot be reached stops the run here
         where = settings.spark.get("connect_url") and "Spark Connect" or settings.spark.get("master")
@@ -328,6 +366,8 @@ def _materialise(settings: Settings, summary: RunSummary, *, periods, progress, 
     _run(dg.AssetSelection.assets(*LEDGER), label="[ledger] ")
     summary.published = stages.published_summary(settings)
     summary.held_back = stages.held_back_summary(settings)
+    summary.new_files = sorted(status.outcome_keys(wh) - before)
+    summary.below_threshold = status.below_threshold(wh, summary.periods)
 
 
 def print_summary(summary: RunSummary, settings: Settings, out=None) -> None:
@@ -338,6 +378,8 @@ def print_summary(summary: RunSummary, settings: Settings, out=None) -> None:
             w(f"  {e}\n")
         w(f"Exit status {summary.exit_code} (caredata run --help lists the codes).\n")
         return
+    if summary.new_files == []:
+        w("\nNothing new: no file was taken in since the last run.\n")
     w(f"\nPeriods: {', '.join(summary.periods) or 'none found'}\n")
     w(f"Engine: {settings.engine}\n")
     w(f"Published to {settings.publish}:\n")
@@ -350,6 +392,11 @@ def print_summary(summary: RunSummary, settings: Settings, out=None) -> None:
         w(f"  {row['what']}: {row['why']}\n")
     if not summary.held_back:
         w("  nothing\n")
+    w("Below the sanction threshold:\n")
+    for row in summary.below_threshold:
+        w(f"  {row['source']} {row['submitter_code']} {row['period']}\n")
+    if not summary.below_threshold:
+        w("  nobody\n")
     if summary.refused_checks:
         w("Checks that refused a publication (everything else was published):\n")
         for c in summary.refused_checks:

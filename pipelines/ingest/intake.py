@@ -517,7 +517,7 @@ def _take_in(source, period, parsed: ParsedName, frame: pd.DataFrame, info, sha:
         if size_reason is not None:
             reason = size_reason if not held else f"{size_reason}; {reason}"
             held = True
-            log.warning("held %s: %s", parsed.file_name, size_reason)
+            log.warning("held %s: %s", parsed.file_name, size_reason, extra={"in_summary": True})
         elif not held and (now is None or pd.Timestamp(parsed.submitted_at) >= pd.Timestamp(now.submitted_at)):
             gp_current[parsed.submitter_code] = _GPSize(rows, parsed.file_name, parsed.submitted_at, received)
     if source == "gp":

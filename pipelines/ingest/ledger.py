@@ -522,7 +522,8 @@ def _reject(warehouse: Warehouse, name, sha: str, size: int | None, first: datet
     # convention is supplier text (it may name a patient); the full name stays in the
     # warehouse ledger and the Dagster metadata, for operators.
     shown = public_file_name(name.file_name, sha)
-    log.warning("rejected %s: %s", shown, public_reason(reason, name.file_name, {name.file_name: shown}))
+    log.warning("rejected %s: %s", shown, public_reason(reason, name.file_name, {name.file_name: shown}),
+                extra={"in_summary": True})  # the run summary names it: its console shows it once
 
 
 def _record_bad_names(landing: Store, files: list[FileInfo], ledger: _Ledger, warehouse: Warehouse,
