@@ -306,3 +306,145 @@ def test_a_dagster_home_without_configuration_gets_one_with_telemetry_off(tmp_pa
     (own / "dagster.yaml").write_text("telemetry:\n  enabled: true\n")
     ensure_instance_yaml(str(own))
     assert (own / "dagster.yaml").read_text() == "telemetry:\n  enabled: true\n"
+
+
+# ------------------------------------------------------------------ caredata status
+def _ledger(wh_root, events):
+    """A hand-made warehouse ledger: one part of raw events (file name, status, reason),
+    as scans and ingests write them; ``read_ledger`` derives each file's status."""
+    import datetime as dt
+    import hashlib
+
+    import pyarrow as pa
+
+    from pipelines import ingest, schemas
+    from pipelines.landing import ParsedName
+    from pipelines.storage import Store
+    from pipelines.warehouse import Warehouse
+
+    ds = schemas.get("ledger")
+    rows = []
+    for i, (name, status, reason) in enumerate(events):
+        parsed = ingest.parse_name(name)
+        row = {c: None for c in ds.column_names}
+        row.update(file_name=name, submission_id=parsed.submission_id, source=parsed.source,
+                   sha256=hashlib.sha256(name.encode()).hexdigest(), size_bytes=10, status=status, reason=reason,
+                   first_seen_at=dt.datetime(2026, 12, 1, 12, i, tzinfo=dt.timezone.utc))
+        if isinstance(parsed, ParsedName):
+            row.update(submitter_code=parsed.submitter_code, reporting_period=parsed.reporting_period,
+                       submitted_at=parsed.submitted_at, protocol=parsed.protocol)
+        rows.append(row)
+    wh = Warehouse(Store(str(wh_root)))
+    wh.store.write_parquet(f"{ingest.LEDGER_PARTS}/hand-made.parquet",
+                           ds.conform(pa.Table.from_pylist(rows, schema=ds.arrow_schema())))
+    return wh
+
+
+MISNAMED = "sus_apc/apc_rxx_mr_jones_2014.csv"  # supplier text: may name a patient
+
+
+def _status_ledger(tmp_path):
+    return _ledger(tmp_path / "wh", [
+        ("sus_apc/APC_RGT_201401_20140205120000_BULK.csv", "taken", None),
+        ("sus_apc/APC_RGT_201401_20140210120000_BULK.csv", "taken", None),  # supersedes the one above
+        ("sus_apc/APC_RGT_201401_20140212120000_NET.csv", "held", "41% of its rows quarantined (over 20%)"),
+        ("fft/FFT_RXX_201401_20140203120000.csv", "seen", None),
+        (MISNAMED, "rejected", f"{MISNAMED}: file name does not follow APC_<provider>_<YYYYMM>"),
+    ])
+
+
+def test_status_counts_per_source_and_submitter_and_names_held_files_with_their_reason(tmp_path):
+    _status_ledger(tmp_path)
+    rc, out, err = _run("status", "--warehouse", str(tmp_path / "wh"))
+    assert rc == EXIT_OK, err
+    rows = {tuple(line.split()[:2]): [int(n) for n in line.split()[2:]] for line in out.splitlines()
+            if line.startswith(("sus_apc", "fft", "total"))}
+    #                          current superseded held rejected pending
+    assert rows[("sus_apc", "RGT")] == [1, 1, 1, 0, 0]
+    assert rows[("fft", "RXX")] == [0, 0, 0, 0, 1]
+    assert rows[("sus_apc", "-")] == [0, 0, 0, 1, 0]
+    assert "Held files (1):\n  sus_apc/APC_RGT_201401_20140212120000_NET.csv: 41% of its rows quarantined" in out
+
+
+def test_status_names_an_unconventional_file_by_its_digest_never_its_name(tmp_path, monkeypatch):
+    _status_ledger(tmp_path)
+    monkeypatch.setenv("CAREDATA_WAREHOUSE", str(tmp_path / "wh"))  # the default warehouse
+    rc, out, _ = _run("status")
+    assert rc == EXIT_OK
+    assert re.search(r"Rejected files \(1\):\n  sus_apc/unrecognised-[0-9a-f]{12}: file name does not follow", out), out
+    assert "jones" not in out
+
+
+def test_status_of_a_warehouse_without_a_ledger_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "wh").mkdir()
+    rc, out, err = _run("status", "--warehouse", str(tmp_path / "wh"))
+    assert rc == EXIT_USAGE and out == ""
+    assert err.strip().count("\n") == 0 and "has no ledger" in err
+    rc, _, err = _run("status")
+    assert rc == EXIT_USAGE and "CAREDATA_WAREHOUSE" in err
+
+
+def test_status_lists_the_periods_pending_in_the_landing_zone(tmp_path):
+    _status_ledger(tmp_path)
+    landing = tmp_path / "landing"
+    (landing / "fft").mkdir(parents=True)
+    (landing / "fft" / "FFT_RXX_201402_20140303120000.csv").write_text("x\n")
+    rc, out, _ = _run("status", "--warehouse", str(tmp_path / "wh"), "--landing", str(landing))
+    assert rc == EXIT_OK
+    assert "not yet taken in: 2014-02\n" in out
+
+
+# ---------------------------------------------------------------- the run summary
+def test_a_rerun_says_nothing_new_and_each_rejected_file_is_named_once(tmp_path):
+    landing = tmp_path / "landing"
+    (landing / "sus_apc").mkdir(parents=True)
+    (landing / "sus_apc" / "apc_rxx_2014.csv").write_text("PROCODE3,SUSRECID\nRXX,1\n")
+    rc, out, err = _run("run", *_roots(tmp_path))
+    assert rc == EXIT_OK, out + err
+    assert "Nothing new" not in out
+    # on the console (progress and summary together), the rejected file is named once
+    assert len(re.findall(r"sus_apc/unrecognised-[0-9a-f]{12}", out + err)) == 1, out + err
+    rc, out, err = _run("run", *_roots(tmp_path))
+    assert rc == EXIT_OK, out + err
+    assert "Nothing new: no file was taken in since the last run" in out
+    assert len(re.findall(r"sus_apc/unrecognised-[0-9a-f]{12}", out + err)) == 1, out + err
+    # a new file: something new again
+    (landing / "sus_apc" / "apc_ryy_2014.csv").write_text("PROCODE3,SUSRECID\nRYY,1\n")
+    rc, out, err = _run("run", *_roots(tmp_path))
+    assert "Nothing new" not in out and len(re.findall(r"unrecognised-[0-9a-f]{12}", out + err)) == 2
+
+
+def test_the_summary_lists_the_submitters_below_the_sanction_threshold(tmp_path):
+    import pyarrow as pa
+
+    from pipelines import schemas, status
+    from pipelines.runner import RunSummary
+    from pipelines.storage import Store
+    from pipelines.warehouse import Warehouse
+
+    wh = Warehouse(Store(str(tmp_path / "wh")))
+    ds = schemas.get("data_quality_summary")
+    schema = ds.arrow_schema(include_partition=True)
+
+    def month(period, flags):
+        # the columns not at issue here: empty, or (declared non-nullable) a plain value of their type
+        blank = {f.name: None if f.nullable else (False if pa.types.is_boolean(f.type) else
+                                                  0 if pa.types.is_integer(f.type) else
+                                                  0.0 if pa.types.is_floating(f.type) else "x")
+                 for f in schema}
+        rows = [{**blank, "period": period, "source": src, "submitter_code": code,
+                 "below_sanction_threshold": below} for src, code, below in flags]
+        wh.write("data_quality_summary", pa.Table.from_pylist(rows, schema=schema), period)
+
+    month("2014-01", [("sus_apc", "RGT", True), ("sus_apc", "RXX", False), ("gp", "A81001", True)])
+    month("2014-02", [("fft", "RYY", True)])  # not a period of this run
+    below = status.below_threshold(wh, ["2014-01"])
+    assert below == [{"source": "gp", "submitter_code": "A81001", "period": "2014-01"},
+                     {"source": "sus_apc", "submitter_code": "RGT", "period": "2014-01"}]
+    out = io.StringIO()
+    print_summary(RunSummary(periods=["2014-01"], below_threshold=below, new_files=[]),
+                  Settings(landing="l", warehouse="w", publish="p"), out=out)
+    text = out.getvalue()
+    assert "Below the sanction threshold:\n  gp A81001 2014-01\n  sus_apc RGT 2014-01\n" in text
+    assert "RXX" not in text and "RYY" not in text
+    assert "Nothing new" in text
