@@ -122,3 +122,38 @@ def valid_canonical(canon: pd.Series) -> np.ndarray:
         same = (digits == digits[:, :1]).all(axis=1)
         out[shaped] = ok & ~same
     return out
+
+
+def canonical_valid_arrow(values) -> tuple[pa.Array, pa.Array]:
+    """:func:`canonical_series` and :func:`valid_canonical` in Arrow, in one pass: each
+    value's canonical form (null for missing or empty) and whether it is a valid NHS
+    number. Most values are already ASCII digits only, so nothing can be removed from
+    them: the regular expression runs on the other values only."""
+    arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values, pa.string(),
+                                                                                   from_pandas=True)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], pa.string())
+    if arr.type != pa.string():
+        arr = arr.cast(pa.string())
+    plain = pc.fill_null(pc.ascii_is_decimal(arr), True)  # digits only (or missing): already canonical
+    rest = pc.invert(plain)
+    if pc.any(rest).as_py():
+        fixed = canonical_arrow(arr.filter(rest))
+        canon = pc.replace_with_mask(arr, rest, fixed)
+    else:
+        canon = arr
+    shaped = pc.fill_null(pc.and_(pc.equal(pc.binary_length(canon), 10), pc.ascii_is_decimal(canon)), False)
+    out = np.zeros(len(canon), dtype=bool)
+    mask = shaped.to_numpy(zero_copy_only=False)
+    if mask.any():
+        picked = canon.filter(shaped)
+        offsets = np.frombuffer(picked.buffers()[1], dtype=np.int32)[picked.offset:picked.offset + len(picked) + 1]
+        data = np.frombuffer(picked.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+        digits = data.reshape(-1, 10) - ord("0")
+        total = digits[:, :9].astype(np.int64) @ WEIGHTS
+        result = 11 - total % 11
+        result = np.where(result == 11, 0, result)
+        ok = (result != 10) & (result == digits[:, 9])
+        same = (digits == digits[:, :1]).all(axis=1)
+        out[mask] = ok & ~same
+    return canon, pa.array(out, pa.bool_())

@@ -101,6 +101,24 @@ def test_scalar_and_vectorised_paths_agree(values):
         assert bool(valid.iloc[i]) == nn.is_valid(v), repr(v)
 
 
+@given(st.lists(st.one_of(st.none(), _pieces()), min_size=1, max_size=8))
+def test_arrow_canonical_and_validity_agree_with_the_scalar_rule(values):
+    # the fast path (digits only: no regex) and the rest (spaces, hyphens, other text)
+    canon, valid = nn.canonical_valid_arrow(pa.array(values, pa.string()))
+    for i, v in enumerate(values):
+        assert canon[i].as_py() == nn.canonical(v), repr(v)
+        assert valid[i].as_py() == nn.is_valid(v), repr(v)
+
+
+def test_arrow_path_on_mixed_values_in_one_array():
+    good = next(g for g in map(nn.with_check_digit, ("999123456", "999123457", "999123458")) if g)
+    values = [good, f"{good[:3]} {good[3:6]} {good[6:]}", f"{good[:3]}-{good[3:]}", "", None, "1111111111",
+              good[:9] + ("0" if good[9] != "0" else "1"), "\u0669" * 10, good + "0", f"\u00a0{good}"]
+    canon, valid = nn.canonical_valid_arrow(pa.array(values, pa.string()))
+    assert canon.to_pylist() == [good, good, good, None, None, "1111111111", values[6], values[7], good + "0", good]
+    assert valid.to_pylist() == [True, True, True, False, False, False, False, False, False, True]
+
+
 @given(st.lists(st.one_of(st.none(), _pieces()), min_size=1, max_size=6))
 def test_person_ids_vectorised_agree_with_the_scalar_rule(values):
     from pipelines import pseudo

@@ -89,9 +89,8 @@ class _Columns:
 
 def _nhs(raw: pd.Series) -> tuple[pa.Array, pa.Array]:
     """An NHS number column (stripped): canonical where valid, else null; and validity."""
-    canonical = nhs_number.canonical_series(raw)
-    valid = pa.array(nhs_number.valid_canonical(canonical), pa.bool_())
-    return pc.if_else(valid, _str_array(canonical), pa.scalar(None, pa.string())), valid
+    canonical, valid = nhs_number.canonical_valid_arrow(_str_array(raw))
+    return pc.if_else(valid, canonical, pa.scalar(None, pa.string())), valid
 
 
 def _postcode(raw: pd.Series) -> pa.Array:

@@ -50,13 +50,16 @@ def per_rule(plan: Plan, failed: dict, counts_of) -> tuple[dict[str, np.ndarray]
     return fail_pos, checked_per_item
 
 
-def outcome(mod, env: Env, work: pd.DataFrame, active: list[tuple[Rule, dict]], fail_pos: dict[str, np.ndarray],
-            checked: dict[str, int], lines: np.ndarray):
+def outcome(mod, env: Env, work: pd.DataFrame | None, active: list[tuple[Rule, dict]], fail_pos: dict[str, np.ndarray],
+            checked: dict[str, int], lines: np.ndarray, present_of: dict[str, np.ndarray] | None = None):
     """From each rule's failing row positions (in this file): per row, the rules broken
     (in rule order) and whether a reject rule failed; per rule, its counts and up to 5
     example lines; per scored field, the DQMI item-score inputs (present, and no rule on
-    it failed). Returns the fields of :class:`ValidationOutcome` it makes."""
-    n = len(work)
+    it failed). ``present_of``: per scored column, whether each of the file's rows has a
+    value, if already known (else read from ``work``; ``work`` may then be None for a
+    suite without ``scored_rows``). Returns the fields of :class:`ValidationOutcome` it
+    makes."""
+    n = len(lines)
     rejected = np.zeros(n, dtype=bool)
     broken = np.zeros(n, dtype=np.int32)
     for rule, _ in active:
@@ -92,7 +95,7 @@ def outcome(mod, env: Env, work: pd.DataFrame, active: list[tuple[Rule, dict]], 
     for sf in mod.SCORED:
         present = np.zeros(n, dtype=bool)
         for c in sf.cols:
-            present |= work[c].notna().to_numpy()
+            present |= present_of[c] if present_of is not None else work[c].notna().to_numpy()
         invalid = np.zeros(n, dtype=bool)
         for rule, _ in active:
             if rule.field in sf.cols:
@@ -109,17 +112,21 @@ def outcomes(mod, plan: Plan, envs: list[Env], actives: list, work: pd.DataFrame
     """One :class:`ValidationOutcome` per file, as the file would get it alone."""
     outs: list[ValidationOutcome] = []
     total = plan.total
+    # each scored column's presence read once over every file's rows, then sliced
+    present_all = {c: work[c].notna().to_numpy() for sf in mod.SCORED for c in sf.cols}
+    by_rows = hasattr(mod, "scored_rows")  # reads the file's own rows
     for i, (env, active) in enumerate(zip(envs, actives)):
         a, z = int(plan.offsets[i]), int(plan.offsets[i + 1])
         n = z - a
-        w = work.iloc[a:z].reset_index(drop=True)
+        w = work.iloc[a:z].reset_index(drop=True) if by_rows else None
         item_pos = {}
         for rule, _ in active:
             allpos = fail_pos.get(rule.id, np.zeros(0, np.int64))
             lo, hi = np.searchsorted(allpos, [a, z])
             item_pos[rule.id] = allpos[lo:hi] - a
         rejected, rule_ids, messages, rule_counts, field_scores, broken = outcome(
-            mod, env, w, active, item_pos, {r.id: checked_per_item[r.id][i] for r, _ in active}, lines[i])
+            mod, env, w, active, item_pos, {r.id: checked_per_item[r.id][i] for r, _ in active}, lines[i],
+            {c: v[a:z] for c, v in present_all.items()})
         st = {"rows": n, "batch_rows": total, "files": len(envs), **stats,
               "rules": len(active), "seconds": seconds * n / max(total, 1), "batch_seconds": seconds}
         outs.append(ValidationOutcome(rejected, rule_ids, messages, rule_counts, field_scores, docs, st, broken))

@@ -325,8 +325,10 @@ def run(plan: Plan, work, engine) -> tuple[dict, dict, dict, str]:
     if len(pos) != plan.total:
         raise NotCompiled(f"the engine returned {len(pos)} rows for {plan.total}")
     checked, failed = {}, {}
+    every = np.arange(plan.total, dtype=np.int64)  # shared by the members that count every row
     for k, key in enumerate(keys):
-        checked[key] = np.flatnonzero(_bools(result, f"c{k}", order))
+        counted = _bools(result, f"c{k}", order)
+        checked[key] = every if counted.all() else np.flatnonzero(counted)
         failed[key] = np.flatnonzero(_bools(result, f"f{k}", order))
     merged = {key: _bools(result, f"m{j}", order) for j, key in enumerate(plan.merged)}
     return checked, failed, merged, sql
