@@ -77,4 +77,4 @@ def test_failures_logged_not_raised(receiver, caplog):
     assert notify("http://127.0.0.1:9/nothing-listens", EVENT) is False
     assert notify(None, EVENT) is False
     assert notify("not a url", EVENT) is False
-    assert any("webhook" in r.message for r in caplog.records)
+    assert any("webhook" in r.getMessage() for r in caplog.records)
