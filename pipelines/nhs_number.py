@@ -92,6 +92,16 @@ def canonical_series(values: pd.Series) -> pd.Series:
     return out.mask(out == "")
 
 
+def _mod11_rows(digits: np.ndarray) -> np.ndarray:
+    """Per row of an (n, 10) matrix of digits: the Modulus 11 check digit matches (a check
+    result of 10 is never valid) and the ten digits are not all the same."""
+    total = digits[:, :9].astype(np.int64) @ WEIGHTS
+    result = 11 - total % 11
+    result = np.where(result == 11, 0, result)
+    ok = (result != 10) & (result == digits[:, 9])
+    return ok & ~(digits == digits[:, :1]).all(axis=1)
+
+
 def _ascii_digits(values: pd.Series) -> np.ndarray:
     """Ten-ASCII-digit strings as an (n, 10) array of digits, read from the Arrow string
     array's value buffer (no Python string per value)."""
@@ -115,12 +125,7 @@ def valid_canonical(canon: pd.Series) -> np.ndarray:
     out = np.zeros(len(canon), dtype=bool)
     if shaped.any():
         digits = _ascii_digits(canon[shaped])
-        total = digits[:, :9].astype(np.int64) @ WEIGHTS
-        result = 11 - total % 11
-        result = np.where(result == 11, 0, result)
-        ok = (result != 10) & (result == digits[:, 9])
-        same = (digits == digits[:, :1]).all(axis=1)
-        out[shaped] = ok & ~same
+        out[shaped] = _mod11_rows(digits)
     return out
 
 
@@ -150,10 +155,5 @@ def canonical_valid_arrow(values) -> tuple[pa.Array, pa.Array]:
         offsets = np.frombuffer(picked.buffers()[1], dtype=np.int32)[picked.offset:picked.offset + len(picked) + 1]
         data = np.frombuffer(picked.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
         digits = data.reshape(-1, 10) - ord("0")
-        total = digits[:, :9].astype(np.int64) @ WEIGHTS
-        result = 11 - total % 11
-        result = np.where(result == 11, 0, result)
-        ok = (result != 10) & (result == digits[:, 9])
-        same = (digits == digits[:, :1]).all(axis=1)
-        out[mask] = ok & ~same
+        out[mask] = _mod11_rows(digits)
     return canon, pa.array(out, pa.bool_())
