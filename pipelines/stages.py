@@ -653,10 +653,13 @@ def publish(settings: Settings, period: str, *, run_id: str = "cli") -> dict:
 
     _, wh, out = stores(settings)
     ledger = ingest.read_ledger(wh)
-    inputs = sorted(
-        r["file_name"] for r in ledger.to_pylist()
+    # Manifests name their inputs as the public ledger does (ingest.public_file_name): a
+    # name outside its folder's convention (a HES extract's, a reference file's) is free
+    # text a supplier chose, and is shown as its folder and a digest instead.
+    inputs = sorted({
+        ingest.public_file_name(r["file_name"], r.get("sha256") or "") for r in ledger.to_pylist()
         if r.get("status") in ("current", "held") and (r.get("reporting_period") == period or r.get("source") == "reference")
-    )
+    })
     blocked = {(b["zone"], b["dataset"]): b for b in blocked_datasets(settings, period)}
     key = settings.effective_pseudo_key
     report: dict = {}

@@ -363,3 +363,24 @@ def test_age_unknown_uses_the_spell_like_build_spells():
     rules = outcomes.procedures_without_age(aged_table([first, second]), "2020-03").to_pylist()
     assert [(r["rows_checked"], r["rows_failed"]) for r in rules] == [(1, 0)]
     assert by_id(outcomes.build_spells(aged_table([first, second])))["DER:E1"]["age"] == 70
+
+
+# ------------------------------------------------------------------ names in manifests
+def test_a_free_text_hes_extract_name_never_reaches_a_published_manifest(zone):
+    """A HES extract's file name is the supplier's free text (inputs.md): the manifests of
+    the datasets it feeds, and the public ledger, name it hes_apc/extract-<digest> at most."""
+
+    path, landing, wh, settings = zone
+    name = f"hes_apc/Smith {nhs(7)} LS1 4AP.csv"
+    put(path, name, csv([episode(1, "RAA", "2002-01-10"), episode(2, "RAA", "2002-01-11")], HES_COLS))
+    assert ingest.ingest_hes(landing, wh, settings).rows_read == 2
+    stages.quality_outputs(settings, "2002-01")
+    stages.release(settings, "2002-01")
+    stages.publish(settings, "2002-01")
+    manifests = [p for p in Path(settings.publish).rglob("_manifest.json")]
+    assert manifests
+    text = "".join(p.read_text() for p in manifests)
+    assert "Smith" not in text and nhs(7) not in text and "LS1 4AP" not in text
+    public_ledger = ingest.submissions_dataset(wh).column("file_name").to_pylist()
+    assert [n for n in public_ledger if n.startswith("hes_apc/")] == [
+        f"hes_apc/extract-{ingest.read_ledger(wh).column('sha256').to_pylist()[0][:12]}"]
