@@ -20,9 +20,13 @@ install: $(BIN)/caredata
 demo: install
 	$(BIN)/caredata demo --out demo
 
-# Two workers, a test file each at a time (pytest-xdist): make test PYTEST_ARGS="-n 2 --dist loadfile"
+# Every test but those that need Spark, on DuckDB (the default engine), in two workers (pytest-xdist),
+# a test file each at a time (module fixtures are one generated run per file): TEST_WORKERS=0 runs
+# them in this process. `make test-spark` runs the rest; .ci/run runs both.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not spark" $(XDIST) $(PYTEST_ARGS)
 
 # Everything but the slow kinds (markers in pyproject.toml): the whole pipeline end to end (e2e),
 # PostgreSQL and the daemon (ops), the UI in Chromium (ui), Spark (spark).
@@ -33,10 +37,13 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check .
 
-# The end-to-end truth tests (generator's truth, the artificial HES sample) run with every
-# heavy step on Spark local[2] instead of DuckDB; `make test` runs them on DuckDB and
-# tests/test_engine_parity.py finds both engines' outputs equal row for row.
+# Spark (local[2], one session per process): the tests marked spark (each plan and construct on
+# both engines, and tests/test_engine_parity.py: a generated landing zone run by both engines,
+# every published dataset, warehouse table and the ledger equal row for row), then the
+# end-to-end truth tests (generator's truth, the artificial HES sample) with every heavy step on
+# Spark instead of DuckDB (`make test` runs them on DuckDB).
 test-spark: install
+	$(BIN)/python -m pytest -m spark $(PYTEST_ARGS)
 	CAREDATA_ENGINE=spark $(BIN)/python -m pytest -m e2e tests/test_end_to_end.py tests/test_hes_end_to_end.py $(PYTEST_ARGS)
 
 bench: install
