@@ -196,6 +196,24 @@ def test_linkage_precision_and_recall_per_rank_equal_the_truth(run):
     assert not linked.type1_patient.any() or (linked[linked.type1_patient].identity_case.str.startswith("nhs_missing")).all()
 
 
+def test_linkage_precision_and_recall_by_rank_have_sensible_floors(run):
+    """pipelines.linkage_accuracy on this run (docs/methods-linkage.md has the figures):
+    ranks 1-4 only ever take the episode's own valid number, so every such link is right;
+    rank 5 may meet a twin; together the ranks recall nearly every true pair."""
+    from pipelines.linkage_accuracy import precision_recall_by_rank
+
+    truth = _truth(run, "linkage_episodes")
+    got = precision_recall_by_rank(truth, run["wh"].read_raw("linked_episodes").to_pandas()).set_index("rank")
+    assert (got.loc[["1", "2", "3", "4"], "precision"] == 1.0).all(), got
+    assert got.loc["5", "links"] > 0 and got.loc["5", "precision"] >= 0.9, got
+    assert got.loc["1", "recall"] >= 0.8 and got.loc["1-5", "recall"] >= 0.95, got
+    assert got["cumulative_recall"].iloc[:5].is_monotonic_increasing
+    # the ranks' links are the run's: the counts the truth's own expected ranks give
+    kept = truth[~truth.expected_quarantined]
+    for r in "12345":
+        assert got.loc[r, "links"] == int((kept.match_rank == int(r)).sum()), r
+
+
 def test_coverage_figures_equal_the_truth(run):
     tp = _truth(run, "linkage_provider")
     op = run["wh"].read("linkage_coverage_provider").to_pandas()
