@@ -112,7 +112,7 @@ def format_table(table: pd.DataFrame) -> str:
     lines = [f"{'rank':<6}{'links':>9}{'correct':>9}{'precision':>11}{'recall':>9}{'cum. prec.':>12}{'cum. recall':>13}"]
     for row in table.itertuples(index=False):
         def pct(x):
-            return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.2f}%"
+            return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.3f}%"
         lines.append(f"{row.rank:<6}{row.links:>9,}{row.correct_links:>9,}{pct(row.precision):>11}"
                      f"{pct(row.recall):>9}{pct(row.cumulative_precision):>12}{pct(row.cumulative_recall):>13}")
     if len(table):

@@ -318,10 +318,10 @@ def test_scanner_finds_no_identifier_in_any_published_value(run):
             violations = disclosure.check_restricted(schemas.get(name), t)
             assert not violations, (path, violations)
         scanned += 1
-    # 13 public datasets x 2 periods (linkage_quality and revisions, empty here, included), the
-    # ledger (one partition: the month this run first saw its files), restricted x 2
+    # 14 public datasets x 2 periods (linkage_quality and revisions, empty here, and fft_mode
+    # included), the ledger (one partition: the month this run first saw its files), restricted x 2
     public = [d for d in schemas.datasets("public") if d.name != "submissions"]
-    assert len(public) == 13 and scanned == len(public) * 2 + 1 + 2 * 2
+    assert len(public) == 14 and scanned == len(public) * 2 + 1 + 2 * 2
 
 
 def test_no_identifier_anywhere_in_what_was_published(run):

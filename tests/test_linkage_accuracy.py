@@ -90,5 +90,5 @@ def test_missing_columns_are_named_and_no_number_is_printed():
     with pytest.raises(ValueError, match=r"linked: missing columns \['linked_nhs_number'\]"):
         precision_recall_by_rank(truth, linked.drop(columns="linked_nhs_number"))
     text = format_table(precision_recall_by_rank(truth, linked))
-    assert "80.00%" in text and "true pairs 6 of 8 episodes" in text
+    assert "80.000%" in text and "true pairs 6 of 8 episodes" in text
     assert not any(n in text for n in (A, B, C, D, E, F, G))
