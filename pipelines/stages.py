@@ -393,6 +393,9 @@ def outcome_outputs(settings: Settings, period: str) -> dict:
               if method != "none" and spec in so.index else None)  # adjusted limits drawn beside
         png = outcomes.funnel_plot(co[co["specialty"] == spec], spec, period, overdispersion=od)
         wh.store.write_bytes(f"work/funnel_plots/period={period}/{spec}.png", png)
+        # the same plot as SVG, each point's hover text with its power (funnel.hover_text)
+        svg = outcomes.funnel_plot_svg(co[co["specialty"] == spec], spec, period, overdispersion=od)
+        wh.store.write_bytes(f"work/funnel_plots/period={period}/{spec}.svg", svg)
         plots += 1
     report["consultant_outcomes"]["funnel_plots"] = plots
     return report

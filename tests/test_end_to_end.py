@@ -285,6 +285,26 @@ def test_fft_counts_equal_the_truth_where_published(run):
     assert (abs(nat.pct_recommend - exp) < 1e-9).all()
 
 
+def test_fft_mode_adds_up_to_the_published_scores(run):
+    """fft_mode (docs/methods-fft.md "Mode of collection"): England's modes add up to
+    England's responses of the setting, and a trust's, where none is suppressed, to its
+    fft_scores row; a trust suppressed in fft_scores has every mode suppressed."""
+    modes = pd.read_parquet(run["pub"] / "public" / "fft_mode")
+    scores = pd.read_parquet(run["pub"] / "public" / "fft_scores")
+    for t in (modes, scores):
+        t["period"] = t["period"].astype(str)
+    assert len(modes) > 0 and set(modes.level) == {"provider", "national"}
+    key = ["period", "setting", "level", "org_code"]
+    total = modes.groupby(key, observed=True).agg(responses=("responses", "sum"),
+                                                  any_suppressed=("suppressed", "any")).reset_index()
+    m = total.merge(scores[key + ["responses", "suppressed"]], on=key, how="left", suffixes=("", "_scores"))
+    assert m.responses_scores.notna().any() and m.suppressed.notna().all()
+    open_ = m[~m.any_suppressed & ~m.suppressed]
+    assert len(open_) > 0 and (open_.responses == open_.responses_scores).all()
+    assert m[m.suppressed].any_suppressed.all()
+    assert not modes[modes.level == "national"].suppressed.any()
+
+
 def test_fft_by_specialty_equals_the_truth(run):
     fl = _truth(run, "fft_linked")
     ours = pd.read_parquet(run["pub"] / "public" / "fft_by_specialty")
