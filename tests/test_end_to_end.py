@@ -112,6 +112,7 @@ def test_run_succeeds_and_says_what_it_published_and_held_back(run):
         assert (run["pub"] / "restricted" / name / "_manifest.json").exists(), name
     assert (run["pub"] / "public" / "data_dictionary.html").exists()
     assert list((run["pub"] / "public" / "funnel_plots").rglob("*.png"))
+    assert list((run["pub"] / "public" / "funnel_plots").rglob("*.svg"))  # with hover text
 
 
 def test_ledger_explains_every_file_as_the_truth_says(run):
