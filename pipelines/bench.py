@@ -9,7 +9,9 @@ FFT provider scores) as an analyst would write it, at a scale it can manage.
 ``--engine spark`` runs the steps that are relational plans on Spark (``local[2]``, or the
 ``spark:`` settings of CAREDATA_SPARK__*); the session is started before the clock starts
 and its start-up time is reported on its own line. The report says which engine ran and
-how many queries it ran. Figures go to stdout and to ``<out>/bench.json``.
+how many queries it ran. Figures go to stdout and to ``<out>/bench.json``. The generator
+writes its ground truth to ``<out>/truth``, and the report ends with linkage precision and
+recall by match rank on it (:mod:`pipelines.linkage_accuracy`).
 """
 
 from __future__ import annotations

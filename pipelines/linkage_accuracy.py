@@ -5,7 +5,7 @@ The pipeline never knows who an episode really belongs to; the generator does
 rank the rules should give). This module compares what linkage did (the warehouse's
 ``linked_episodes``: ``match_rank``, ``linked_nhs_number``) with that truth, rank by rank,
 for the tests (tests/test_end_to_end.py) and the benchmark (pipelines/bench.py). The
-figures are in docs/methods-linkage.md ("Precision and recall by rank").
+figures are in docs/methods-linkage.md ("Precision and recall by rank, on the generator's truth").
 
 Definitions (one row per rank 1 to 5, then ``1-5`` for every link):
 
