@@ -9,7 +9,9 @@ FFT provider scores) as an analyst would write it, at a scale it can manage.
 ``--engine spark`` runs the steps that are relational plans on Spark (``local[2]``, or the
 ``spark:`` settings of CAREDATA_SPARK__*); the session is started before the clock starts
 and its start-up time is reported on its own line. The report says which engine ran and
-how many queries it ran. Figures go to stdout and to ``<out>/bench.json``.
+how many queries it ran. Figures go to stdout and to ``<out>/bench.json``. The generator
+writes its ground truth to ``<out>/truth``, and the report ends with linkage precision and
+recall by match rank on it (:mod:`pipelines.linkage_accuracy`).
 """
 
 from __future__ import annotations
@@ -189,13 +191,14 @@ def _table_rows(warehouse: Path, name: str, period: str) -> int:
     return sum(ds.dataset(str(p), format="parquet").count_rows() for p in found if p.is_dir())
 
 
-def _generate_with_hes(landing, *, seed, scale, months, start, hes_years, hes_episodes_per_month):
-    """generate(), then a HES extract of ``hes_years`` years ending with the first generated
+def _generate_with_hes(landing, *, seed, scale, months, start, hes_years, hes_episodes_per_month, truth_dir=None):
+    """generate() (its truth in ``truth_dir``), then a HES extract of ``hes_years`` years ending with the first generated
     month (pipelines.synth.hes.write_hes_history), its patients drawn from the GP extracts."""
     from pipelines.synth import generate
     from pipelines.synth.hes import write_hes_history
 
-    summary = generate(landing, seed=seed, scale=scale, months=months, start=start, progress=False)
+    summary = generate(landing, seed=seed, scale=scale, months=months, start=start, progress=False,
+                       truth_dir=truth_dir)
     hes = write_hes_history(landing, years=hes_years, episodes_per_month=hes_episodes_per_month, end=start,
                             seed=seed)
     summary["rows_hes_history"] = hes["rows"]
@@ -216,6 +219,7 @@ def run(scale: float, months: int, out: Path, *, seed: int = 0, baseline_max_sca
         shutil.rmtree(out)
     out.mkdir(parents=True)
     landing = out / "landing"
+    truth = out / "truth"  # the generator's ground truth: linkage precision and recall by rank
     spark_env = {k: v for k, v in os.environ.items() if k.startswith("CAREDATA_SPARK__")}
     settings = Settings.load(env=spark_env, landing=str(landing), warehouse=str(out / "warehouse"),
                              publish=str(out / "publish"), demo_mode=True, engine=engine)
@@ -253,10 +257,10 @@ def run(scale: float, months: int, out: Path, *, seed: int = 0, baseline_max_sca
             if hes_years:
                 summary = pool.submit(_generate_with_hes, landing, seed=seed, scale=scale, months=months,
                                       start=start, hes_years=hes_years,
-                                      hes_episodes_per_month=hes_episodes_per_month).result()
+                                      hes_episodes_per_month=hes_episodes_per_month, truth_dir=truth).result()
             else:
                 summary = pool.submit(generate, landing, seed=seed, scale=scale, months=months, start=start,
-                                      progress=False).result()
+                                      progress=False, truth_dir=truth).result()
         box["rows"] = int(summary.get("rows_total", 0) or sum(
             v for k, v in summary.items() if k.startswith("rows_") and isinstance(v, int)))
     input_bytes = sum(p.stat().st_size for p in _csv_files(landing))
@@ -324,6 +328,11 @@ def run(scale: float, months: int, out: Path, *, seed: int = 0, baseline_max_sca
         ours = sum(results[s]["seconds"] for s in ("ingest", "validate", "link", "fft") if s in results)
         baseline = {"seconds": base_s, "info": base_info, "ours_seconds": ours, "peak_rss_bytes": base_peak,
                     "speedup": base_s / ours if ours else None}
+    from pipelines import linkage_accuracy
+    from pipelines.storage import Store
+    from pipelines.warehouse import Warehouse
+
+    accuracy = linkage_accuracy.from_run(truth, Warehouse(Store(out / "warehouse")))
     queries = getattr(the_engine, "queries", None)
     report = {
         "scale": scale, "months": months, "periods": periods,
@@ -343,6 +352,8 @@ def run(scale: float, months: int, out: Path, *, seed: int = 0, baseline_max_sca
         "pyarrow_floor": {"seconds": floor_s, "rows": floor_rows,
                           "ratio": end_to_end / floor_s if floor_s else None},
         "pandas_baseline": baseline,
+        # on the generator's truth (the HES history has none, so its episodes are left out)
+        "linkage_accuracy": accuracy.to_dict(orient="records"),
     }
     (out / "bench.json").write_text(json.dumps(report, indent=2, default=str))
     return report
@@ -388,6 +399,13 @@ def print_report(r: dict) -> None:
               f"this pipeline's ingest+validate+link+fft {b['ours_seconds']:.1f} s; pandas / pipeline = {b['speedup']:.2f}x")
     else:
         print("plain pandas baseline: skipped at this scale (run with SCALE<=0.25 to compare)")
+    if r.get("linkage_accuracy"):
+        import pandas as pd
+
+        from pipelines.linkage_accuracy import format_table
+
+        print("\nlinkage precision and recall by rank, on the generator's truth:")
+        print(format_table(pd.DataFrame(r["linkage_accuracy"])))
 
 
 def main(argv=None) -> int:

@@ -3,7 +3,13 @@
 Analysts read it without opening the code: ``public/data_dictionary.md`` and
 ``public/data_dictionary.html`` beside the datasets. Every dataset (zone, grain,
 description, partitioning, schema version) and every column as published (name, Parquet
-type, unit, description, disclosure control), then the disclosure rules in words.
+type, unit, description, disclosure control), then the methods (:func:`method_excerpts`:
+outlier status, funnel plots, overdispersion, power, FFT scores, suppression and mode,
+linkage ranks) and the disclosure rules in words.
+
+The methods are not written here a second time: they are the passages of
+docs/methods-*.md between ``<!-- dictionary: <title> -->`` and ``<!-- /dictionary -->``,
+read when the dictionary is rendered, so the page and the dictionary cannot drift apart.
 
 The text depends only on the declarations (no date inside), so writing it again with
 unchanged declarations changes nothing in the publish root.
@@ -12,6 +18,8 @@ unchanged declarations changes nothing in the publish root.
 from __future__ import annotations
 
 import html
+import re
+from pathlib import Path
 from typing import Iterable
 
 import pyarrow as pa
@@ -73,6 +81,119 @@ RULES = [
     "The thresholds (7 and 8 by default) are configuration; the values used are recorded "
     "in each dataset's manifest.",
 ]
+
+
+# The pages whose marked passages are the dictionary's methods, in the order shown.
+METHOD_PAGES = ("methods-outcomes.md", "methods-fft.md", "methods-linkage.md")
+DOCS_DIR = Path(__file__).resolve().parents[1] / "docs"
+_EXCERPT = re.compile(r"^<!-- dictionary: (?P<title>[^>]+?) -->\n(?P<body>.*?)^<!-- /dictionary -->$", re.S | re.M)
+
+
+def method_excerpts(docs_dir: str | Path | None = None) -> list[tuple[str, str, str]]:
+    """(title, Markdown text, page) of every passage of :data:`METHOD_PAGES` marked for the
+    dictionary, in page order. Raises ValueError naming the page for a marker left open or
+    a title used twice; a page that is not there is left out (an installation without
+    docs/: :func:`render_markdown` then says where the methods are)."""
+    folder = Path(docs_dir) if docs_dir is not None else DOCS_DIR
+    out: list[tuple[str, str, str]] = []
+    for page in METHOD_PAGES:
+        path = folder / page
+        if not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8")
+        found = [(m.group("title").strip(), m.group("body").strip("\n")) for m in _EXCERPT.finditer(text)]
+        if text.count("<!-- dictionary:") != len(found) or text.count("<!-- /dictionary -->") != len(found):
+            raise ValueError(f"docs/{page}: a <!-- dictionary: ... --> marker without its <!-- /dictionary -->")
+        out += [(t, b, page) for t, b in found]
+    titles = [t for t, _, _ in out]
+    dupes = sorted({t for t in titles if titles.count(t) > 1})
+    if dupes:
+        raise ValueError(f"method passages titled twice: {dupes}")
+    return out
+
+
+_NO_METHODS = ("The methods pages (docs/methods-outcomes.md, docs/methods-fft.md, docs/methods-linkage.md) "
+               "were not installed with this copy of the code; read them in the project's repository.")
+
+
+def _methods_markdown(excerpts) -> list[str]:
+    out = ["## Methods", ""]
+    if not excerpts:
+        return out + [_NO_METHODS, ""]
+    out += ["How the published figures are made, as the project's method pages write it "
+            "(the page is named under each passage).", ""]
+    for title, body, page in excerpts:
+        out += [f"### Method: {title}", "", body, "", f"*From docs/{page}.*", ""]
+    return out
+
+
+def _inline_html(text: str) -> str:
+    """Markdown inline text as HTML: escaped, `code`, **bold**, *italic*."""
+    parts = text.split("`")
+    out = []
+    for k, part in enumerate(parts):
+        if k % 2:
+            out.append(f"<code>{html.escape(part)}</code>")
+            continue
+        t = html.escape(part, quote=False)
+        t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
+        t = re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<i>\1</i>", t)
+        out.append(t)
+    return "".join(out)
+
+
+def markdown_block_html(text: str) -> str:
+    """The Markdown of a method passage as HTML: paragraphs, lists (``-`` and ``1.``, items
+    continued on indented lines), tables and inline code, bold and italic; nothing else is
+    needed by the marked passages."""
+    out: list[str] = []
+    para: list[str] = []
+    items: list[str] = []
+    kind: str | None = None
+    table: list[list[str]] = []
+
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+
+    def flush():
+        nonlocal kind
+        if para:
+            out.append(f"<p>{_inline_html(' '.join(para))}</p>")
+            para.clear()
+        if items:
+            out.append(f"<{kind}>" + "".join(f"<li>{_inline_html(i)}</li>" for i in items) + f"</{kind}>")
+            items.clear()
+            kind = None
+        if table:
+            head, *rows = table
+            rows = [r for r in rows if not all(re.fullmatch(r":?-+:?", c) for c in r)]
+            out.append("<table><tr>" + "".join(f"<th>{_inline_html(c)}</th>" for c in head) + "</tr>"
+                       + "".join("<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in r) + "</tr>" for r in rows)
+                       + "</table>")
+            table.clear()
+
+    for line in text.split("\n"):
+        bullet = re.match(r"^(?:- |(\d+)\. )(.*)$", line)
+        if not line.strip():
+            flush()
+        elif line.lstrip().startswith("|") and not items:
+            if para:
+                flush()
+            table.append(cells(line))
+        elif bullet:
+            this = "ol" if bullet.group(1) else "ul"
+            if para or table or (kind and kind != this):
+                flush()
+            kind = this
+            items.append(bullet.group(2))
+        elif items and line.startswith(" "):
+            items[-1] += " " + line.strip()
+        else:
+            if items or table:
+                flush()
+            para.append(line.strip())
+    flush()
+    return "\n".join(out)
 
 
 def _published(datasets: Iterable[Dataset] | None) -> list[Dataset]:
@@ -142,8 +263,9 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def render_markdown(datasets: Iterable[Dataset] | None = None) -> str:
-    """The dictionary as Markdown (default: every public and restricted dataset)."""
+def render_markdown(datasets: Iterable[Dataset] | None = None, *, docs_dir: str | Path | None = None) -> str:
+    """The dictionary as Markdown (default: every public and restricted dataset), with the
+    methods of the pages in ``docs_dir`` (default: the project's docs/)."""
     items = _published(datasets)
     out = [f"# {TITLE}", "", LAYOUT, "", "## Zones", ""]
     for zone, text in ZONES.items():
@@ -183,13 +305,14 @@ def render_markdown(datasets: Iterable[Dataset] | None = None) -> str:
                 f"{_md_cell(_disclosure(ds, c))} |"
             )
         out.append("")
+    out += _methods_markdown(method_excerpts(docs_dir))
     out += ["## Disclosure control", ""]
     out += [f"- {r}" for r in RULES]
     out.append("")
     return "\n".join(out)
 
 
-def render_html(datasets: Iterable[Dataset] | None = None) -> str:
+def render_html(datasets: Iterable[Dataset] | None = None, *, docs_dir: str | Path | None = None) -> str:
     """The same dictionary as one self-contained HTML page."""
     e = html.escape
     items = _published(datasets)
@@ -247,6 +370,15 @@ def render_html(datasets: Iterable[Dataset] | None = None) -> str:
                 f"<td>{e(c.unit or '')}</td><td>{desc}</td><td>{code(_disclosure(ds, c))}</td></tr>"
             )
         out.append("</table>")
+    excerpts = method_excerpts(docs_dir)
+    out.append("<h2>Methods</h2>")
+    if not excerpts:
+        out.append(f"<p>{e(_NO_METHODS)}</p>")
+    else:
+        out.append("<p>How the published figures are made, as the project's method pages write it "
+                   "(the page is named under each passage).</p>")
+    for title, body, page in excerpts:
+        out += [f"<h3>Method: {e(title)}</h3>", markdown_block_html(body), f"<p><i>From docs/{e(page)}.</i></p>"]
     out += ["<h2>Disclosure control</h2>", "<ul>"]
     out += [f"<li>{code(r)}</li>" for r in RULES]
     out += ["</ul>", "</body></html>", ""]

@@ -17,6 +17,8 @@ this module reads the suppression rules, is written out for analysts in
 * Suppression below national: rule 1 (1..suppress_max responses), rule 2 (a lone rule-1
   child of a parent takes its next-smallest sibling with it), rule 3 (a parent suppressed
   by rule 2 has at least two of its children suppressed; no further cascade).
+* :func:`fft_mode`: responses by mode of collection per provider and nationally, each
+  cell suppressed with its provider's row, by rule 1, and by complements on both margins.
 
 Thresholds come from ``settings.t("fft", "suppress_max_responses")`` and
 ``settings.t("fft", "link_max_days")``; callers pass them as keyword arguments.
@@ -477,3 +479,96 @@ def fft_by_specialty(linked: TableLike, *, suppress_max: int = 4) -> pa.Table:
     g["suppressed"] = (g["responses"] >= 1) & (g["responses"] <= suppress_max)
     g = _blank_suppressed(g).sort_values(["period", "provider_code", "tretspef"], kind="mergesort")
     return _to_arrow(g.reset_index(drop=True), "fft_by_specialty")
+
+
+# --------------------------------------------------------------------------- mode of collection
+MODE_NOT_KNOWN = "NOT_KNOWN"
+"""The mode of a response whose ``MODE`` is empty or not one of inputs.md's codes (such a
+value is kept with a warning at ingest; supplier text never reaches the public zone)."""
+MODE_LEVELS = ("provider", "national")
+
+
+def _mode_complements(cells: pd.DataFrame) -> pd.Series:
+    """Secondary suppression of the mode cells of one period and setting, to a fixed point.
+
+    The modes of an organisation add up to its responses (published in ``fft_scores``) and
+    the providers' cells of one mode add up to the national cell of that mode (never
+    suppressed). So, as rule 2 does for a parent's children: wherever exactly one cell of a
+    provider's modes, or of a mode's providers, is suppressed, the unsuppressed cell with
+    the fewest responses in that group is suppressed too (ties: ascending mode, then
+    ascending org_code); repeated until no group has exactly one (each pass only adds).
+    The only cell of a provider whose ``fft_scores`` row is published equals that published
+    total, so it is never taken as a complement (it would hide nothing); ``cells`` carries
+    ``_parent_suppressed`` for this."""
+    sup = cells["suppressed"].copy()
+    prov = cells["level"] == "provider"
+    n_modes = cells[prov].groupby("org_code")["mode"].transform("size")
+    known = pd.Series(False, index=cells.index)
+    known.loc[n_modes.index] = (n_modes == 1) & ~cells.loc[n_modes.index, "_parent_suppressed"]
+    groups = (("org_code", "mode"), ("mode", "org_code"))
+    changed = True
+    while changed:
+        changed = False
+        for by, tie in groups:
+            sub = cells[prov].assign(_s=sup[prov])
+            for _, g in sub.groupby(by, sort=True):
+                if int(g["_s"].sum()) != 1:
+                    continue
+                free = g[~g["_s"] & ~known.loc[g.index]]
+                if free.empty:
+                    continue
+                pick = free.sort_values(["responses", tie], kind="mergesort").index[0]
+                sup.loc[pick] = True
+                changed = True
+    return sup
+
+
+def fft_mode(responses: TableLike, providers: TableLike | None, *, suppress_max: int = 4) -> pa.Table:
+    """Responses by mode of collection (``MODE``: SMS, PAPER, ONLINE, TABLET, PHONE, OTHER,
+    and ``NOT_KNOWN``), per period, setting, provider and nationally, as NHS England
+    publishes the mode breakdown (trusts and England), with ``pct_positive`` and
+    ``pct_negative`` of each cell; conformed to ``schemas.get("fft_mode")``.
+
+    Suppression below national (docs/methods-fft.md, "Mode of collection"): every cell of a
+    provider whose ``fft_scores`` row is suppressed (NHS England's rule: the mode columns go
+    with the trust's row); a cell of 1 to ``suppress_max`` responses (rule 1); then
+    :func:`_mode_complements` so that no suppressed cell can be found by subtraction from
+    the provider's total or the national cell. A suppressed cell has ``responses`` and both
+    percentages empty. Rows exist only for modes with responses (0 is never written)."""
+    df = _frame(responses, ["period", "provider_code", "site_code", "ward_code", "setting", "response"])
+    empty_cols = ["period", "setting", "level", "org_code", "mode", "responses", "suppressed"]
+    if df.empty:
+        return _to_arrow(pd.DataFrame(columns=empty_cols), "fft_mode")
+    from pipelines.schemas.inputs import FFT_MODES
+
+    nodes = fft_nodes(df, None, providers, suppress_max=suppress_max)
+    prov_sup = nodes[nodes["level"] == "provider"].set_index(["period", "setting", "org_code"])["suppressed"]
+    df = _answer_counts(df)
+    for col in ("period", "setting", "provider_code"):
+        df[col] = _code(df[col])
+    mode = _code(df["mode"]) if "mode" in df.columns else pd.Series(None, index=df.index, dtype=object)
+    mode = mode.str.upper()
+    df["mode"] = mode.where(mode.isin(FFT_MODES), MODE_NOT_KNOWN)
+    counts = list(COUNT_COLUMNS)
+    by_prov = df.groupby(["period", "setting", "provider_code", "mode"], as_index=False)[counts].sum()
+    by_prov = by_prov.rename(columns={"provider_code": "org_code"}).assign(level="provider")
+    nat = df.groupby(["period", "setting", "mode"], as_index=False)[counts].sum().assign(
+        level="national", org_code=NATIONAL_CODE)
+    cells = _scores(pd.concat([by_prov, nat], ignore_index=True))
+    below = cells["level"] != "national"
+    parent_sup = pd.Series(
+        [bool(prov_sup.get((p, s, o), False)) for p, s, o in zip(cells["period"], cells["setting"], cells["org_code"])],
+        index=cells.index)
+    rule1 = below & (cells["responses"] >= 1) & (cells["responses"] <= suppress_max)
+    cells["suppressed"] = below & (parent_sup | rule1)
+    cells["_parent_suppressed"] = parent_sup
+    parts = []
+    for _, g in cells.groupby(["period", "setting"], sort=False):
+        g = g.copy()
+        g["suppressed"] = _mode_complements(g)
+        parts.append(g)
+    cells = pd.concat(parts).drop(columns="_parent_suppressed")
+    cells = _blank_suppressed(cells)
+    cells["_lvl"] = cells["level"].map(_LEVEL_ORDER)
+    cells = cells.sort_values(["period", "setting", "_lvl", "org_code", "mode"], kind="mergesort")
+    return _to_arrow(cells.drop(columns="_lvl").reset_index(drop=True), "fft_mode")

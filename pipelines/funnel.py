@@ -318,28 +318,30 @@ def min_detectable_smr(expected, target_power: float = 0.8, level: float = 0.998
 
 
 # --------------------------------------------------------------------------- plot
-def funnel_plot(
-    consultant_rows: pd.DataFrame,
-    specialty: str,
-    window_end: str,
-    *,
-    levels: tuple[float, float] = (0.95, 0.998),
-    overdispersion: tuple[str, float, float] | None = None,
-) -> bytes:
-    """A funnel plot (PNG bytes) of one specialty and window: each consultant's SMR
-    against expected deaths, the 95% and 99.8% control limits around SMR 1, outliers
-    labelled by consultant code. ``consultant_rows`` has the columns of
-    ``consultant_outcomes``; rows with ``insufficient_data`` or no SMR are left out.
-    ``overdispersion`` = (method, phi, tau2) (``shmi`` or ``cqc``) draws the published
-    overdispersion-adjusted limits too (:func:`adjusted_limits`), in red."""
-    # A bare Figure renders with the Agg canvas: no pyplot, no global backend, thread safe.
-    from matplotlib.figure import Figure
+_COLOURS = {
+    "alarm_high": "red", "alert_high": "orange", "as_expected": "tab:blue",
+    "alert_low": "tab:green", "alarm_low": "darkgreen",
+}
+# What a point's hover text shows (funnel_plot_svg), all of it published in
+# consultant_outcomes: never a death or readmission count (1 to 7 are suppressed there).
+HOVER_COLUMNS = ("consultant_code", "provider_code", "procedures", "expected_deaths", "smr",
+                 "outlier_status", "power_smr_2", "min_detectable_smr")
 
+
+def _plotted(consultant_rows: pd.DataFrame, specialty: str) -> pd.DataFrame:
     rows = consultant_rows
     if "specialty" in rows.columns:
         rows = rows[rows["specialty"] == specialty]
-    rows = rows[rows["outlier_status"].ne("insufficient_data") & rows["smr"].notna()
+    return rows[rows["outlier_status"].ne("insufficient_data") & rows["smr"].notna()
                 & rows["expected_deaths"].gt(0)]
+
+
+def _figure(rows: pd.DataFrame, specialty: str, window_end: str, levels, overdispersion, *, one_per_point: bool):
+    """The funnel plot's Figure. ``one_per_point``: each consultant is an artist of its own
+    with gid ``consultant-<k>`` (k its position in ``rows``), for the SVG's hover text."""
+    # A bare Figure renders with the Agg canvas: no pyplot, no global backend, thread safe.
+    from matplotlib.figure import Figure
+
     e = rows["expected_deaths"].to_numpy(dtype=float)
     smr = rows["smr"].to_numpy(dtype=float)
 
@@ -363,14 +365,18 @@ def funnel_plot(
                         label=f"{level * 100:g}% adjusted ({method.upper()}, tau2 {t2:.3g})")
                 ax.plot(grid, olo, style, color="firebrick", alpha=0.7)
     ax.axhline(1.0, color="black", linewidth=0.8)
-    colours = {
-        "alarm_high": "red", "alert_high": "orange", "as_expected": "tab:blue",
-        "alert_low": "tab:green", "alarm_low": "darkgreen",
-    }
-    for status, colour in colours.items():
-        sel = rows["outlier_status"].to_numpy() == status
-        if sel.any():
-            ax.scatter(e[sel], smr[sel], s=18, color=colour, label=status.replace("_", " "), zorder=3)
+    status = rows["outlier_status"].to_numpy()
+    for st, colour in _COLOURS.items():
+        sel = status == st
+        if not sel.any():
+            continue
+        if not one_per_point:
+            ax.scatter(e[sel], smr[sel], s=18, color=colour, label=st.replace("_", " "), zorder=3)
+            continue
+        for n, k in enumerate(np.flatnonzero(sel)):
+            dot = ax.scatter(e[k:k + 1], smr[k:k + 1], s=18, color=colour, zorder=3,
+                             label=st.replace("_", " ") if n == 0 else None)
+            dot.set_gid(f"consultant-{k}")
     for _, row in rows[rows["outlier_status"].isin(
             ["alarm_high", "alert_high", "alert_low", "alarm_low"])].iterrows():
         ax.annotate(str(row["consultant_code"]), (row["expected_deaths"], row["smr"]),
@@ -382,6 +388,88 @@ def funnel_plot(
     ax.set_ylabel("SMR (observed / expected 30-day deaths)")
     ax.set_title(f"{specialty.replace('_', ' ')}: 30-day mortality, window ending {window_end}")
     ax.legend(fontsize=7, loc="upper right")
+    return fig
+
+
+def funnel_plot(
+    consultant_rows: pd.DataFrame,
+    specialty: str,
+    window_end: str,
+    *,
+    levels: tuple[float, float] = (0.95, 0.998),
+    overdispersion: tuple[str, float, float] | None = None,
+) -> bytes:
+    """A funnel plot (PNG bytes) of one specialty and window: each consultant's SMR
+    against expected deaths, the 95% and 99.8% control limits around SMR 1, outliers
+    labelled by consultant code. ``consultant_rows`` has the columns of
+    ``consultant_outcomes``; rows with ``insufficient_data`` or no SMR are left out.
+    ``overdispersion`` = (method, phi, tau2) (``shmi`` or ``cqc``) draws the published
+    overdispersion-adjusted limits too (:func:`adjusted_limits`), in red."""
+    fig = _figure(_plotted(consultant_rows, specialty), specialty, window_end, levels, overdispersion,
+                  one_per_point=False)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+def _fmt(value, spec: str, missing: str = "not known") -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return missing
+    return missing if math.isnan(v) else format(v, spec)
+
+
+def hover_text(row) -> str:
+    """A consultant's hover text in the SVG funnel plot: code, provider, procedures, SMR,
+    expected deaths, status, and the power of the funnel for them (``power_smr_2``: the
+    chance of an alarm_high if their true SMR were 2; ``min_detectable_smr``: the smallest
+    true SMR flagged with 80% power). Only :data:`HOVER_COLUMNS` are read."""
+    get = row.get if hasattr(row, "get") else (lambda k, d=None: getattr(row, k, d))
+    lines = [
+        f"Consultant {get('consultant_code')}" + (f" ({get('provider_code')})" if get("provider_code") else ""),
+        f"Procedures: {_fmt(get('procedures'), '.0f')}",
+        f"SMR: {_fmt(get('smr'), '.2f')} (expected deaths {_fmt(get('expected_deaths'), '.2f')})",
+        f"Status: {str(get('outlier_status')).replace('_', ' ')}",
+        f"Power to flag a true SMR of 2 (alarm_high): {_fmt(get('power_smr_2'), '.0%')}",
+        f"Smallest true SMR flagged with 80% power: {_fmt(get('min_detectable_smr'), '.2f')}",
+    ]
+    return "\n".join(lines)
+
+
+def funnel_plot_svg(
+    consultant_rows: pd.DataFrame,
+    specialty: str,
+    window_end: str,
+    *,
+    levels: tuple[float, float] = (0.95, 0.998),
+    overdispersion: tuple[str, float, float] | None = None,
+) -> bytes:
+    """The same funnel plot as :func:`funnel_plot`, as SVG, each consultant's point carrying
+    its :func:`hover_text` (an SVG ``<title>``, which browsers show on hover): power at SMR 2
+    and the minimum detectable SMR beside the SMR. Text is kept as text; the file holds no
+    date and its element ids are fixed, so the same inputs give the same bytes."""
+    import xml.etree.ElementTree as ET
+
+    import matplotlib
+
+    rows = _plotted(consultant_rows, specialty)
+    fig = _figure(rows, specialty, window_end, levels, overdispersion, one_per_point=True)
+    buf = io.BytesIO()
+    with matplotlib.rc_context({"svg.hashsalt": "caredata-funnel", "svg.fonttype": "none"}):
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    svg_ns = "http://www.w3.org/2000/svg"
+    ET.register_namespace("", svg_ns)
+    ET.register_namespace("xlink", "http://www.w3.org/1999/xlink")
+    ET.register_namespace("dc", "http://purl.org/dc/elements/1.1/")
+    ET.register_namespace("cc", "http://creativecommons.org/ns#")
+    ET.register_namespace("rdf", "http://www.w3.org/1999/02/22-rdf-syntax-ns#")
+    root = ET.fromstring(buf.getvalue())
+    texts = [hover_text(r) for r in rows.to_dict("records")]
+    for g in root.iter(f"{{{svg_ns}}}g"):
+        gid = g.get("id", "")
+        if gid.startswith("consultant-"):
+            title = ET.Element(f"{{{svg_ns}}}title")
+            title.text = texts[int(gid.split("-", 1)[1])]
+            g.insert(0, title)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)

@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 from pipelines import charlson, schemas
 from pipelines import funnel as _funnel
 from pipelines import spells as _spells
-from pipelines.funnel import control_limits, exact_ci, funnel_plot, outlier_statuses, poisson_limits  # noqa: F401  (re-exported)
+from pipelines.funnel import control_limits, exact_ci, funnel_plot, funnel_plot_svg, outlier_statuses, poisson_limits  # noqa: F401  (re-exported)
 from pipelines.text import SPACE_CHARS, WHITESPACE
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from pipelines.warehouse import Warehouse
 
 LINKAGE_DATASETS = ["linkage_coverage_practice", "linkage_coverage_provider", "linkage_coverage_summary", "programme_targets",
                     "linkage_quality"]
-FFT_DATASETS = ["fft_scores", "fft_by_specialty"]
+FFT_DATASETS = ["fft_scores", "fft_by_specialty", "fft_mode"]
 OUTCOME_DATASETS = ["consultant_outcomes", "specialty_outcomes", "specialty_calibration"]
 QUALITY_DATASETS = ["data_quality", "data_quality_summary"]
 PUBLIC_DATASETS = LINKAGE_DATASETS + FFT_DATASETS + OUTCOME_DATASETS + QUALITY_DATASETS
@@ -337,6 +337,7 @@ def fft_outputs(settings: Settings, period: str) -> dict:
         responses = schemas.get("fft_responses").arrow_schema(include_partition=True).empty_table()
     suppress_max = settings.t("fft", "suppress_max_responses")
     scores = fft.fft_scores(responses, wh.read("ref_sites"), wh.read("ref_providers"), suppress_max=suppress_max)
+    modes = fft.fft_mode(responses, wh.read("ref_providers"), suppress_max=suppress_max)
     # Spells discharged up to link_max_days before a response in this period may end in the
     # previous month.
     episodes = wh.read_raw("current_sus_episodes", [_shift(period, -1), period],
@@ -349,8 +350,10 @@ def fft_outputs(settings: Settings, period: str) -> dict:
     by_spec = fft.fft_by_specialty(linked, suppress_max=suppress_max)
     wh.write("fft_scores", scores, period)
     wh.write("fft_by_specialty", by_spec, period)
+    wh.write("fft_mode", modes, period)
     return {"fft_scores": {"rows": scores.num_rows, "responses": responses.num_rows},
-            "fft_by_specialty": {"rows": by_spec.num_rows, "linked_responses": linked.num_rows}}
+            "fft_by_specialty": {"rows": by_spec.num_rows, "linked_responses": linked.num_rows},
+            "fft_mode": {"rows": modes.num_rows}}
 
 
 # --------------------------------------------------------------------------- outcomes
@@ -390,6 +393,9 @@ def outcome_outputs(settings: Settings, period: str) -> dict:
               if method != "none" and spec in so.index else None)  # adjusted limits drawn beside
         png = outcomes.funnel_plot(co[co["specialty"] == spec], spec, period, overdispersion=od)
         wh.store.write_bytes(f"work/funnel_plots/period={period}/{spec}.png", png)
+        # the same plot as SVG, each point's hover text with its power (funnel.hover_text)
+        svg = outcomes.funnel_plot_svg(co[co["specialty"] == spec], spec, period, overdispersion=od)
+        wh.store.write_bytes(f"work/funnel_plots/period={period}/{spec}.svg", svg)
         plots += 1
     report["consultant_outcomes"]["funnel_plots"] = plots
     return report
@@ -468,6 +474,7 @@ KEY_LABEL_META = b"caredata_key_label"
 # to name the submission(s) an offending value came from; else the sources' submissions.
 _ORIGINS = {
     "fft_scores": [("current_fft_responses", ("ward_code", "site_code", "provider_code"))],
+    "fft_mode": [("current_fft_responses", ("provider_code", "mode"))],
     "fft_by_specialty": [("current_fft_responses", ("provider_code", "tretspef")),
                          ("current_sus_episodes", ("tretspef", "provider_code"))],
     "consultant_outcomes": [("current_sus_episodes", ("consultant_code", "provider_code"))],
@@ -478,7 +485,7 @@ _ORIGINS = {
     "linked_spells": [("current_sus_episodes", ("consultant_code", "spell_id", "provider_code"))],
 }
 _SOURCES = {
-    "fft_scores": ("fft", "reference"), "fft_by_specialty": ("fft", "sus_apc", "hes_apc"),
+    "fft_scores": ("fft", "reference"), "fft_mode": ("fft", "reference"), "fft_by_specialty": ("fft", "sus_apc", "hes_apc"),
     "data_quality": ("gp", "sus_apc", "hes_apc", "fft"), "data_quality_summary": ("gp", "sus_apc", "hes_apc", "fft"),
 }
 _DEFAULT_SOURCES = ("reference", "gp", "sus_apc", "hes_apc")

@@ -37,6 +37,12 @@ def test_bench_reports_every_stage_and_each_months_peak(tmp_path, capsys):
     bench.print_report(r)
     printed = capsys.readouterr().out
     assert "peak RSS by month" in printed and all(f"{p} " in printed for p in r["periods"])
+    # linkage precision and recall by rank on the generator's truth (pipelines/linkage_accuracy.py)
+    acc = {row["rank"]: row for row in r["linkage_accuracy"]}
+    assert list(acc) == ["1", "2", "3", "4", "5", "1-5"]
+    assert acc["1-5"]["links"] == sum(acc[k]["links"] for k in "12345") > 0
+    assert acc["1"]["precision"] == 1.0 and acc["1-5"]["recall"] > 0.9
+    assert "linkage precision and recall by rank" in printed and "cum. recall" in printed
 
 
 def test_bench_hes_history_runs_every_stage_over_every_month_of_the_extract(tmp_path, capsys):

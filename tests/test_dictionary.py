@@ -6,6 +6,8 @@ import json
 import re
 from html.parser import HTMLParser
 
+import pytest
+
 from pipelines import schemas
 from pipelines.dictionary import render_html, render_markdown, write_dictionary
 from pipelines.publish import verify_publication
@@ -144,3 +146,96 @@ def test_linkage_quality_categories_are_documented():
         assert words in cat
     assert "1 to 7" in _row(body, "episodes")
     assert "under 8" in _row(body, "pct_linked")
+
+
+# --------------------------------------------------------------------------- methods (issue #24 item 7)
+def _methods(md: str) -> str:
+    assert "## Methods" in md
+    return md.split("## Methods", 1)[1].split("## Disclosure control", 1)[0]
+
+
+def test_dictionary_ships_the_methods():
+    """The dictionary is self-contained: alert and alarm defined, the funnel plots
+    described, overdispersion, power, FFT scoring and suppression, the mode breakdown and
+    the linkage ranks, in both the Markdown and the HTML."""
+    from pipelines.dictionary import method_excerpts
+
+    titles = [t for t, _, _ in method_excerpts()]
+    assert titles == ["Funnel limits and outlier status: alert and alarm", "Funnel plots",
+                      "Overdispersion-adjusted limits", "Power: who could be flagged at all", "FFT scores",
+                      "FFT suppression", "FFT mode of collection", "Record linkage: match ranks"]
+    md = _methods(render_markdown())
+    for words in (
+        # alert and alarm
+        "SMR above the 99.8% upper limit `alarm_high`, else above the 95% upper `alert_high`",
+        "below the 99.8% lower `alarm_low`, else below the 95% lower `alert_low`", "`insufficient_data`",
+        # the funnel plots, and power in their hover text
+        "Funnel plots (`funnel.funnel_plot`): SMR against E", "hovering over a consultant's point",
+        # overdispersion
+        "DerSimonian-Laird", "`overdispersion_tau2`", "`od_status`",
+        # power
+        "`power_smr_2` = P(Poisson(2E) > k)", "`min_detectable_smr`",
+        # FFT scores, suppression, mode
+        "| `pct_recommend` | 100 × (c1 + c2) / T |", "**Rule 1.** Any row below national with 1 to 4 responses",
+        "**Rule 3.**", "`NOT_KNOWN`",
+        # linkage ranks
+        "| 5 | the episode has no valid NHS number", "1 DOB + sex + postcode, 2 DOB + sex",
+    ):
+        assert words in md, words
+    page = render_html()
+    methods = page.split("<h2>Methods</h2>", 1)[1].split("<h2>Disclosure control</h2>", 1)[0]
+    for title in titles:
+        assert f"<h3>Method: {title}</h3>" in methods
+    for words in ("<code>alarm_high</code>, else above the 95% upper <code>alert_high</code>",
+                  "<td><code>pct_recommend</code></td><td>100 × (c1 + c2) / T</td>",
+                  "<b>Rule 1.</b>", "<code>power_smr_2</code>", "DerSimonian-Laird",
+                  "<td>5</td><td>the episode has no valid NHS number"):
+        assert words in methods, words
+    # well-formed with the methods in: test_markdown_escapes_pipes_and_html_is_well_formed
+
+
+def _page_with(tmp_path, text):
+    from pipelines.dictionary import METHOD_PAGES
+
+    for page in METHOD_PAGES:
+        (tmp_path / page).write_text("# page\n\nnothing marked\n")
+    (tmp_path / METHOD_PAGES[0]).write_text(text)
+    return tmp_path
+
+
+def test_methods_are_read_from_the_pages_not_copied(tmp_path):
+    """The passages come from docs/methods-*.md when the dictionary is rendered: change the
+    page and the dictionary changes; a marker left open is an error naming the page; without
+    the pages the dictionary says where the methods are."""
+    from pipelines import dictionary
+
+    docs = _page_with(tmp_path, "# x\n\n<!-- dictionary: Alarms -->\n\nAn `alarm_high` is **new** text.\n\n"
+                                "- one\n- two\n  continued\n\n<!-- /dictionary -->\n\nnot this\n")
+    md = render_markdown(docs_dir=docs)
+    assert "### Method: Alarms\n\nAn `alarm_high` is **new** text." in md and "not this" not in md
+    assert "*From docs/methods-outcomes.md.*" in md
+    page = render_html(docs_dir=docs)
+    assert "<p>An <code>alarm_high</code> is <b>new</b> text.</p>" in page
+    assert "<ul><li>one</li><li>two continued</li></ul>" in page
+    # every passage of the real pages is in the dictionary word for word
+    for title, body, _ in dictionary.method_excerpts():
+        assert f"### Method: {title}\n\n{body}\n" in render_markdown()
+    (tmp_path / "bad").mkdir()
+    bad = _page_with(tmp_path / "bad", "<!-- dictionary: Open -->\ntext\n")
+    with pytest.raises(ValueError, match=r"docs/methods-outcomes.md: a <!-- dictionary"):
+        render_markdown(docs_dir=bad)
+    empty = tmp_path / "none"
+    empty.mkdir()
+    assert "were not installed with this copy of the code" in render_markdown(docs_dir=empty)
+
+
+def test_every_public_column_is_documented_in_words():
+    md = render_markdown()
+    page = render_html()
+    for ds in (d for d in PUBLISHED if d.zone == "public"):
+        body = section(md, ds.name)
+        for c in ds.published_columns():
+            assert len(c.description.strip()) >= 8, f"{ds.name}.{c.name}: no description"
+            assert c.description.replace("|", "\\|") in _row(body, c.name), (ds.name, c.name)
+            assert f"<code>{c.name}</code></td>" in page, (ds.name, c.name)
+    assert "fft_mode" in {d.name for d in PUBLISHED}

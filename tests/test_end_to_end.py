@@ -112,6 +112,7 @@ def test_run_succeeds_and_says_what_it_published_and_held_back(run):
         assert (run["pub"] / "restricted" / name / "_manifest.json").exists(), name
     assert (run["pub"] / "public" / "data_dictionary.html").exists()
     assert list((run["pub"] / "public" / "funnel_plots").rglob("*.png"))
+    assert list((run["pub"] / "public" / "funnel_plots").rglob("*.svg"))  # with hover text
 
 
 def test_ledger_explains_every_file_as_the_truth_says(run):
@@ -196,6 +197,24 @@ def test_linkage_precision_and_recall_per_rank_equal_the_truth(run):
     assert not linked.type1_patient.any() or (linked[linked.type1_patient].identity_case.str.startswith("nhs_missing")).all()
 
 
+def test_linkage_precision_and_recall_by_rank_have_sensible_floors(run):
+    """pipelines.linkage_accuracy on this run (docs/methods-linkage.md has the figures):
+    ranks 1-4 only ever take the episode's own valid number, so every such link is right;
+    rank 5 may meet a twin; together the ranks recall nearly every true pair."""
+    from pipelines.linkage_accuracy import precision_recall_by_rank
+
+    truth = _truth(run, "linkage_episodes")
+    got = precision_recall_by_rank(truth, run["wh"].read_raw("linked_episodes").to_pandas()).set_index("rank")
+    assert (got.loc[["1", "2", "3", "4"], "precision"] == 1.0).all(), got
+    assert got.loc["5", "links"] > 0 and got.loc["5", "precision"] >= 0.9, got
+    assert got.loc["1", "recall"] >= 0.8 and got.loc["1-5", "recall"] >= 0.95, got
+    assert got["cumulative_recall"].iloc[:5].is_monotonic_increasing
+    # the ranks' links are the run's: the counts the truth's own expected ranks give
+    kept = truth[~truth.expected_quarantined]
+    for r in "12345":
+        assert got.loc[r, "links"] == int((kept.match_rank == int(r)).sum()), r
+
+
 def test_coverage_figures_equal_the_truth(run):
     tp = _truth(run, "linkage_provider")
     op = run["wh"].read("linkage_coverage_provider").to_pandas()
@@ -267,6 +286,26 @@ def test_fft_counts_equal_the_truth_where_published(run):
     assert (abs(nat.pct_recommend - exp) < 1e-9).all()
 
 
+def test_fft_mode_adds_up_to_the_published_scores(run):
+    """fft_mode (docs/methods-fft.md "Mode of collection"): England's modes add up to
+    England's responses of the setting, and a trust's, where none is suppressed, to its
+    fft_scores row; a trust suppressed in fft_scores has every mode suppressed."""
+    modes = pd.read_parquet(run["pub"] / "public" / "fft_mode")
+    scores = pd.read_parquet(run["pub"] / "public" / "fft_scores")
+    for t in (modes, scores):
+        t["period"] = t["period"].astype(str)
+    assert len(modes) > 0 and set(modes.level) == {"provider", "national"}
+    key = ["period", "setting", "level", "org_code"]
+    total = modes.groupby(key, observed=True).agg(responses=("responses", "sum"),
+                                                  any_suppressed=("suppressed", "any")).reset_index()
+    m = total.merge(scores[key + ["responses", "suppressed"]], on=key, how="left", suffixes=("", "_scores"))
+    assert m.responses_scores.notna().any() and m.suppressed.notna().all()
+    open_ = m[~m.any_suppressed & ~m.suppressed]
+    assert len(open_) > 0 and (open_.responses == open_.responses_scores).all()
+    assert m[m.suppressed].any_suppressed.all()
+    assert not modes[modes.level == "national"].suppressed.any()
+
+
 def test_fft_by_specialty_equals_the_truth(run):
     fl = _truth(run, "fft_linked")
     ours = pd.read_parquet(run["pub"] / "public" / "fft_by_specialty")
@@ -300,10 +339,10 @@ def test_scanner_finds_no_identifier_in_any_published_value(run):
             violations = disclosure.check_restricted(schemas.get(name), t)
             assert not violations, (path, violations)
         scanned += 1
-    # 13 public datasets x 2 periods (linkage_quality and revisions, empty here, included), the
-    # ledger (one partition: the month this run first saw its files), restricted x 2
+    # 14 public datasets x 2 periods (linkage_quality and revisions, empty here, and fft_mode
+    # included), the ledger (one partition: the month this run first saw its files), restricted x 2
     public = [d for d in schemas.datasets("public") if d.name != "submissions"]
-    assert len(public) == 13 and scanned == len(public) * 2 + 1 + 2 * 2
+    assert len(public) == 14 and scanned == len(public) * 2 + 1 + 2 * 2
 
 
 def test_no_identifier_anywhere_in_what_was_published(run):

@@ -311,3 +311,43 @@ def test_funnel_plot_draws_adjusted_limits():
     # no overdispersion: the adjusted limits are the exact ones, nothing more to draw
     assert funnel.funnel_plot(rows, "x", "2024-03", overdispersion=("shmi", 0.9, 0.05)) == plain
     assert with_od[:8] == b"\x89PNG\r\n\x1a\n" and with_od != plain
+
+
+def test_svg_funnel_plot_shows_each_consultants_power_on_hover():
+    """The SVG funnel plot (stages write it beside the PNG): each plotted consultant's point
+    carries an SVG <title> (browsers show it on hover) with its power at SMR 2 and its
+    minimum detectable SMR; never a death count (consultant_outcomes suppresses 1 to 7)."""
+    import re
+
+    rows = pd.DataFrame({
+        "specialty": ["x"] * 4,
+        "consultant_code": ["C1000001", "C1000002", "C1000003", "C1000004"],
+        "provider_code": ["RA1", "RA1", "RB2", "RB2"],
+        "procedures": [40, 120, 300, 6],
+        "deaths_30d": [3, 5, 17, 1],
+        "expected_deaths": [2.0, 5.0, 8.0, 0.5],
+        "smr": [1.5, 1.0, 2.125, 2.0],
+        "outlier_status": ["as_expected", "as_expected", "alarm_high", "insufficient_data"],
+        "power_smr_2": funnel.power([2.0, 5.0, 8.0, 0.5]),
+        "min_detectable_smr": funnel.min_detectable_smr([2.0, 5.0, 8.0, 0.5]),
+    })
+    svg = funnel.funnel_plot_svg(rows, "x", "2024-03").decode("utf-8")
+    assert svg.startswith("<?xml") and "<svg" in svg
+    titles = re.findall(r"<title>(.*?)</title>", svg, re.S)
+    by_code = {t.split("\n", 1)[0].split()[1]: t for t in titles}
+    # the plotted consultants (not the one with insufficient data), one hover text each
+    assert set(by_code) == {"C1000001", "C1000002", "C1000003"}
+    for code, e in (("C1000001", 2.0), ("C1000002", 5.0), ("C1000003", 8.0)):
+        text = by_code[code]
+        p2 = float(funnel.power(e))
+        mds = float(funnel.min_detectable_smr(e))
+        assert f"Power to flag a true SMR of 2 (alarm_high): {100 * p2:.0f}%" in text, text
+        assert f"Smallest true SMR flagged with 80% power: {mds:.2f}" in text, text
+        assert f"expected deaths {e:.2f}" in text
+    # E = 2: the 99.8% alarm needs O >= 8; power at SMR 2 is P(Poisson(4) >= 8), about 5%
+    assert "alarm_high): 5%" in by_code["C1000001"]
+    assert "Procedures: 300" in by_code["C1000003"] and "SMR: 2.12" in by_code["C1000003"]
+    assert not any("death" in t.lower().replace("expected deaths", "") for t in titles)
+    # the same inputs give the same bytes (no date, fixed ids)
+    assert funnel.funnel_plot_svg(rows, "x", "2024-03").decode("utf-8") == svg
+    assert not re.search(r"\d{4}-\d{2}-\d{2}T", svg)

@@ -38,7 +38,7 @@ from pipelines.schemas import (
     strings,
     ts,
 )
-from pipelines.schemas.inputs import ADMIMETH_CODES, CLASSPAT_CODES, DISMETH_CODES, SEX_CODES
+from pipelines.schemas.inputs import ADMIMETH_CODES, CLASSPAT_CODES, DISMETH_CODES, FFT_MODES, SEX_CODES
 
 SETTINGS = (
     "IP", "AE", "MAT_ANTENATAL", "MAT_BIRTH", "MAT_POSTNATAL_WARD",
@@ -427,6 +427,29 @@ submissions = register(Dataset(
 ))
 
 # --------------------------------------------------------------------------- revisions
+FFT_MODE_CODES = FFT_MODES + ("NOT_KNOWN",)
+fft_mode = register(Dataset(
+    name="fft_mode",
+    zone="public",
+    key=("setting", "level", "org_code", "mode"),
+    grain="period, setting, level, organisation, mode of collection",
+    description="Friends and Family Test responses by mode of collection (MODE), per provider and "
+                "nationally, as NHS England publishes the mode breakdown, under the FFT suppression "
+                "(docs/methods-fft.md, \"Mode of collection\").",
+    columns=cols(
+        PERIOD,
+        s("setting", "FFT setting (IP, AE, MAT_*, OP, COMMUNITY, MH, AMB, GP).", nullable=False, codes=SETTINGS),
+        s("level", "provider or national.", nullable=False, codes=("provider", "national")),
+        s("org_code", "Provider code; national is ENG.", nullable=False, codes=NATIONAL, format=F_PROVIDER),
+        s("mode", "Mode of collection (inputs.md MODE): SMS, PAPER, ONLINE, TABLET, PHONE, OTHER; NOT_KNOWN "
+          "where the response gives none or a value not among them.", nullable=False, codes=FFT_MODE_CODES),
+        *(c for c in _fft_counts if c.name in ("question", "responses", "pct_positive", "pct_negative")),
+        b("suppressed", "True where responses and percentages are suppressed: the provider's fft_scores row "
+          "is suppressed, the cell has 1 to 4 responses, or it is the complement of such a cell among the "
+          "provider's modes or the mode's providers.", nullable=False),
+    ),
+))
+
 # A run id as published (revisions): a Dagster run id (a UUID, whose hex the identifier
 # scan does not read), or a short lower-case name (cli, bench); any other run id is
 # published as run-<first 12 hex of its SHA-256> (pipelines.publish.public_run_id).
@@ -443,7 +466,7 @@ F_RUN_ID = Format(
 REVISED_DATASETS = (
     "linkage_coverage_practice", "linkage_coverage_provider", "linkage_coverage_summary",
     "programme_targets", "linkage_quality", "consultant_outcomes", "specialty_outcomes",
-    "specialty_calibration", "fft_scores", "fft_by_specialty", "data_quality", "data_quality_summary",
+    "specialty_calibration", "fft_scores", "fft_by_specialty", "fft_mode", "data_quality", "data_quality_summary",
 )
 
 revisions = register(Dataset(
@@ -544,7 +567,7 @@ linked_spells = register(Dataset(
 PUBLIC = [d for d in (
     linkage_coverage_practice, linkage_coverage_provider, linkage_coverage_summary,
     programme_targets, linkage_quality, consultant_outcomes, specialty_outcomes, specialty_calibration,
-    fft_scores, fft_by_specialty, data_quality, data_quality_summary, submissions, revisions,
+    fft_scores, fft_by_specialty, fft_mode, data_quality, data_quality_summary, submissions, revisions,
 )]
 RESTRICTED = [linked_episodes, linked_spells]
 _ = (dates,)  # available for declarations that need a list of dates
