@@ -146,17 +146,20 @@ def _check_s3_root(name: str, store) -> None:
 
 INSTANCE_YAML = """\
 # Written by caredata for a Dagster home that had no instance configuration: Dagster's
-# defaults (SQLite storage under this folder) with its telemetry off. A production home
-# uses deploy/dagster.yaml instead (docs/runbook.md).
+# defaults (SQLite storage under this folder) with its telemetry off and without the UI's
+# first-visit "Join the Dagster community" (newsletter) dialog. A production home uses
+# deploy/dagster.yaml instead (docs/runbook.md).
 telemetry:
+  enabled: false
+nux:
   enabled: false
 """
 
 
 def ensure_instance_yaml(home: str) -> None:
     """Give a Dagster home without a ``dagster.yaml`` one with telemetry off (no banner
-    mid-run, no "No dagster instance configuration file" on every run); a home that has
-    one is left as it is."""
+    mid-run, no "No dagster instance configuration file" on every run) and the UI's
+    newsletter dialog off; a home that has one is left as it is."""
     os.makedirs(home, exist_ok=True)
     path = os.path.join(home, "dagster.yaml")
     if not os.path.exists(path):
