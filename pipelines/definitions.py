@@ -7,7 +7,6 @@ runs the same jobs from :func:`build_definitions` with its own resources.
 from __future__ import annotations
 
 import os
-import sys
 
 import dagster as dg
 
@@ -42,21 +41,14 @@ defs = build_definitions()
 
 
 def job_origin(job_name: str):
-    """Where the UI finds ``job_name``: this module's code location as workspace.yaml loads
-    it. A run executed in process (``caredata run``) has no origin of its own; given this
-    one, the UI lists it under its job (Jobs page, Overview timeline) like a launched run."""
-    from dagster._core.remote_origin import (
-        ManagedGrpcPythonEnvCodeLocationOrigin,
-        RemoteJobOrigin,
-        RemoteRepositoryOrigin,
-    )
-    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+    """Where the UI finds ``job_name``: this module's code location, by the name
+    workspace.yaml gives it. A run executed in process (``caredata run``) has no origin of
+    its own; given this one, the UI lists it under its job (Jobs page, Overview timeline)
+    like a launched run. (The name only: the UI re-executes a run through its workspace.)"""
+    from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
 
     return RemoteJobOrigin(
         repository_origin=RemoteRepositoryOrigin(
-            code_location_origin=ManagedGrpcPythonEnvCodeLocationOrigin(
-                loadable_target_origin=LoadableTargetOrigin(
-                    executable_path=sys.executable, module_name=LOCATION, working_directory=os.getcwd()),
-                location_name=LOCATION),
+            code_location_origin=RegisteredCodeLocationOrigin(location_name=LOCATION),
             repository_name=REPOSITORY),
         job_name=job_name)
