@@ -22,10 +22,10 @@ PERIOD_JOBS = ("ingest_job", "link_job", "publish_job")
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from test_end_to_end import _any_month_landing, _env
-
     from pipelines.config import Settings
     from pipelines.runner import run_pipeline
+
+    from test_end_to_end import _any_month_landing, _env
 
     root = tmp_path_factory.mktemp("runner-jobs")
     next_year = date.today().year + 1

@@ -8,6 +8,11 @@ workspace.yaml`` on that home, and Selenium driving Debian's chromium + chromium
 (``apt-get install chromium chromium-driver``; .ci/run does it). Screenshots go to
 test-artifacts/ (git-ignored). Skips, saying why, only where chromium, its driver or
 Selenium are missing.
+
+What an operator should see: no newsletter dialog; the runs of `caredata run` under their
+named jobs (Overview timeline, Runs page, a job's page) with their period; each asset-check
+result with its period; the asset graph, a failed check's rule counts, partitions,
+schedules, sensors and freshness.
 """
 
 import os
