@@ -299,18 +299,30 @@ PERIOD_TAG = "caredata/period"
 
 def run_tags(job_name: str, period: str | None) -> dict[str, str]:
     """The tags of a run of ``caredata run``: its period (``caredata/period``; Dagster adds
-    ``dagster/partition``), its trigger, and the repository and code location the UI lists
-    the job under. No retry by the daemon (deploy/dagster.yaml's run_retries): the run's
-    failure is in the summary and ``caredata run`` is rerun as a whole."""
+    ``dagster/partition``), its trigger, who started it (``user``: the UI's "Launched by"),
+    and the repository and code location the UI lists the job under. No retry by the daemon
+    (deploy/dagster.yaml's run_retries): the run's failure is in the summary and
+    ``caredata run`` is rerun as a whole."""
     from dagster._core.storage.tags import REPOSITORY_LABEL_TAG
 
     from pipelines.definitions import LOCATION, REPOSITORY
 
-    tags = {"caredata/trigger": "caredata run", "dagster/max_retries": "0",
+    tags = {"caredata/trigger": "caredata run", "user": operator(), "dagster/max_retries": "0",
             REPOSITORY_LABEL_TAG: f"{REPOSITORY}@{LOCATION}", "dagster/code_location": LOCATION}
     if period is not None:
         tags[PERIOD_TAG] = period
     return tags
+
+
+def operator() -> str:
+    """The login of whoever runs ``caredata run`` (a member of staff or the service account,
+    never a patient), or "caredata run" where the system has no name for it."""
+    import getpass
+
+    try:
+        return getpass.getuser() or "caredata run"
+    except (KeyError, OSError):
+        return "caredata run"
 
 
 def _give_origin(instance: dg.DagsterInstance, run) -> None:

@@ -14,7 +14,7 @@ import dagster as dg
 import pytest
 
 from pipelines.definitions import LOCATION, REPOSITORY, defs
-from pipelines.runner import PERIOD_TAG, RunSummary
+from pipelines.runner import PERIOD_TAG, RunSummary, operator
 
 RUNNER_JOBS = ("landing_job", "ingest_job", "link_job", "publish_job", "ledger_job")
 PERIOD_JOBS = ("ingest_job", "link_job", "publish_job")
@@ -68,6 +68,7 @@ def test_runs_are_named_jobs_tagged_with_their_period(runs):
     assert not any(r.job_name.startswith("__") for r in got)
     for run in got:
         assert run.tags["caredata/trigger"] == "caredata run"
+        assert run.tags["user"] == operator()  # the UI's "Launched by", not "Manually launched"
         # the daemon does not retry a run of `caredata run` behind the operator's back
         assert run.tags["dagster/max_retries"] == "0"
         if run.job_name in PERIOD_JOBS:

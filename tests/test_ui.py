@@ -242,8 +242,10 @@ def test_runs_page_shows_named_jobs_findable_by_period(browser, webserver, demo)
     from urllib.parse import quote
 
     _, period, _ = demo
-    body = _open(browser, f"{webserver}/runs", *RUNNER_JOBS, f"caredata/period: {period}")
-    assert "__ephemeral_asset_job__" not in body
+    from pipelines.runner import operator
+
+    body = _open(browser, f"{webserver}/runs", *RUNNER_JOBS, f"caredata/period: {period}", operator())
+    assert "__ephemeral_asset_job__" not in body and "Manually launched" not in body
     _shot(browser, "runs")
     # The runs of one period: the Runs page filtered on its tag (as "Add to filter" on a tag does).
     body = _open(browser, f"{webserver}/runs?q%5B0%5D={quote(f'tag:caredata/period={period}')}",
