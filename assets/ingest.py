@@ -5,7 +5,7 @@ and the current views the submission protocols define."""
 import dagster as dg
 
 from pipelines import stages
-from pipelines.partitions import period_partitions, sync_periods
+from pipelines.partitions import period_check, period_partitions, sync_periods
 from pipelines.resources import CareDataConfig
 
 
@@ -61,19 +61,19 @@ def hes_apc_bronze(context: dg.AssetExecutionContext, caredata: CareDataConfig) 
 def _bronze_asset(source: str, description: str) -> dg.AssetsDefinition:
     name = f"{source}_bronze"
     checks = [
-        dg.AssetCheckSpec("rows_accounted_for", asset=name, blocking=True,
-                          description="Rows received = kept + quarantined for every submission of the period."),
-        *[dg.AssetCheckSpec(dim, asset=name, description=f"No {dim} rule failed ({dim} of the rows, by rule).")
+        period_check("rows_accounted_for", asset=name, blocking=True,
+                     description="Rows received = kept + quarantined for every submission of the period."),
+        *[period_check(dim, asset=name, description=f"No {dim} rule failed ({dim} of the rows, by rule).")
           for dim in ("completeness", "validity", "uniqueness", "consistency")],
-        dg.AssetCheckSpec("no_held_submissions", asset=name,
-                          description="No submission of the period is held (more than half its rows rejected; "
-                                      "a GP extract with no data row or under half the rows of the "
-                                      "practice's current extract)."),
-        dg.AssetCheckSpec("no_rejected_files", asset=name,
-                          description="No file of the period was rejected whole (name, columns, parse)."),
+        period_check("no_held_submissions", asset=name,
+                     description="No submission of the period is held (more than half its rows rejected; "
+                                 "a GP extract with no data row or under half the rows of the "
+                                 "practice's current extract)."),
+        period_check("no_rejected_files", asset=name,
+                     description="No file of the period was rejected whole (name, columns, parse)."),
     ]
     if source == "gp":
-        checks.append(dg.AssetCheckSpec(
+        checks.append(period_check(
             "no_unrecognised_objections", asset=name,
             description="Every OBJECTION value is empty, 9Nu0 or 9Nu4 (any other is read as type 1, counted, "
                         "and the extract named here)."))
@@ -87,7 +87,8 @@ def _bronze_asset(source: str, description: str) -> dg.AssetsDefinition:
             yield dg.AssetCheckResult(
                 check_name=check["name"], passed=check["passed"],
                 severity=dg.AssetCheckSeverity.ERROR if check["severity"] == "error" else dg.AssetCheckSeverity.WARN,
-                description=check["description"], metadata=_md(check["metadata"]),
+                description=check["description"],
+                metadata=_md({"period": context.partition_key, **check["metadata"]}),
             )
 
     return _asset

@@ -13,7 +13,7 @@ import dagster as dg
 from assets.datasets import consultant_outcomes_window, fft_results, linkage_coverage, quality_reports
 from assets.ingest import _md
 from pipelines import stages
-from pipelines.partitions import period_partitions
+from pipelines.partitions import period_check, period_partitions
 from pipelines.resources import CareDataConfig
 
 
@@ -21,8 +21,8 @@ from pipelines.resources import CareDataConfig
     group_name="publish", partitions_def=period_partitions,
     deps=[linkage_coverage, fft_results, consultant_outcomes_window, quality_reports],
     check_specs=[
-        dg.AssetCheckSpec("disclosure_control", asset="release_candidate", blocking=False,
-                          description="No count 1-7 below national level, no rate from fewer than 8, every public string a code of its declared format, no identifier in any value of the public zone; no NHS number, postcode or date of birth in the restricted zone. A dataset that fails is blocked for the period; the others are published."),
+        period_check("disclosure_control", asset="release_candidate", blocking=False,
+                     description="No count 1-7 below national level, no rate from fewer than 8, every public string a code of its declared format, no identifier in any value of the public zone; no NHS number, postcode or date of birth in the restricted zone. A dataset that fails is blocked for the period; the others are published."),
     ],
     description="The period's datasets with disclosure control applied, ready to publish (not yet visible to readers).",
 )
@@ -34,7 +34,7 @@ def release_candidate(context: dg.AssetExecutionContext, caredata: CareDataConfi
         check_name="disclosure_control", passed=not blocked,
         severity=dg.AssetCheckSeverity.ERROR,
         description="; ".join(report["violations"][:20]) or "no violation",
-        metadata={"blocked": len(blocked),
+        metadata={"period": context.partition_key, "blocked": len(blocked),
                   "blocked_datasets": [f"{b['zone']}/{b['dataset']}" for b in blocked],
                   "details": {b["zone"] + "/" + b["dataset"]: {k: b[k] for k in ("period", "rules", "columns", "rows", "submissions")}
                               for b in blocked}},
@@ -54,15 +54,16 @@ def published(context: dg.AssetExecutionContext, caredata: CareDataConfig) -> dg
 
 
 @dg.asset(group_name="publish", partitions_def=period_partitions, deps=[published],
-          check_specs=[dg.AssetCheckSpec("disclosure_control", asset="revisions", blocking=False,
-                                         description="Every value of the revisions dataset is a code of its declared format and holds no identifier; revisions blocked stay pending for the next run.")],
+          check_specs=[period_check("disclosure_control", asset="revisions", blocking=False,
+                                    description="Every value of the revisions dataset is a code of its declared format and holds no identifier; revisions blocked stay pending for the next run.")],
           description=stages.describe("revisions"))
 def revisions(context: dg.AssetExecutionContext, caredata: CareDataConfig):
     report = stages.publish_revisions(caredata.settings(), context.partition_key, run_id=context.run_id)
     yield dg.MaterializeResult(metadata=_md({k: v for k, v in report.items() if k != "violations"}))
     yield dg.AssetCheckResult(check_name="disclosure_control", passed=not report["violations"],
                               severity=dg.AssetCheckSeverity.ERROR,
-                              description="; ".join(report["violations"]) or "no violation")
+                              description="; ".join(report["violations"]) or "no violation",
+                              metadata={"period": context.partition_key})
 
 
 @dg.asset(group_name="publish", deps=["landing_scan", "gp_bronze", "sus_apc_bronze", "fft_bronze", "hes_apc_bronze"],

@@ -11,6 +11,7 @@ first month, no empty months in the UI.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterable
 
 import dagster as dg
@@ -76,3 +77,13 @@ def partition_requests(existing: Iterable[str], periods: Iterable[str]) -> list:
     if add:
         out.append(period_partitions.build_add_request(add))
     return out
+
+
+def period_check(name: str, *, asset, **kwargs) -> dg.AssetCheckSpec:
+    """An asset check of a period-partitioned asset, partitioned by period like it: each
+    result is recorded for its period, and the UI shows the check's status per period
+    instead of only the latest result. (Partitioned checks are a preview feature of Dagster
+    1.13: its warning, once per declaration, is not for the operator.)"""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+        return dg.AssetCheckSpec(name, asset=asset, partitions_def=period_partitions, **kwargs)

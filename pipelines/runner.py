@@ -146,17 +146,20 @@ def _check_s3_root(name: str, store) -> None:
 
 INSTANCE_YAML = """\
 # Written by caredata for a Dagster home that had no instance configuration: Dagster's
-# defaults (SQLite storage under this folder) with its telemetry off. A production home
-# uses deploy/dagster.yaml instead (docs/runbook.md).
+# defaults (SQLite storage under this folder) with its telemetry off and without the UI's
+# first-visit "Join the Dagster community" (newsletter) dialog. A production home uses
+# deploy/dagster.yaml instead (docs/runbook.md).
 telemetry:
+  enabled: false
+nux:
   enabled: false
 """
 
 
 def ensure_instance_yaml(home: str) -> None:
     """Give a Dagster home without a ``dagster.yaml`` one with telemetry off (no banner
-    mid-run, no "No dagster instance configuration file" on every run); a home that has
-    one is left as it is."""
+    mid-run, no "No dagster instance configuration file" on every run) and the UI's
+    newsletter dialog off; a home that has one is left as it is."""
     os.makedirs(home, exist_ok=True)
     path = os.path.join(home, "dagster.yaml")
     if not os.path.exists(path):
@@ -291,9 +294,48 @@ def _write_log(summary: RunSummary, log_file: str | None) -> str | None:
     return str(path)
 
 
+PERIOD_TAG = "caredata/period"
+
+
+def run_tags(job_name: str, period: str | None) -> dict[str, str]:
+    """The tags of a run of ``caredata run``: its period (``caredata/period``; Dagster adds
+    ``dagster/partition``), its trigger, who started it (``user``: the UI's "Launched by"),
+    and the repository and code location the UI lists the job under. No retry by the daemon
+    (deploy/dagster.yaml's run_retries): the run's failure is in the summary and
+    ``caredata run`` is rerun as a whole."""
+    from dagster._core.storage.tags import REPOSITORY_LABEL_TAG
+
+    from pipelines.definitions import LOCATION, REPOSITORY
+
+    tags = {"caredata/trigger": "caredata run", "user": operator(), "dagster/max_retries": "0",
+            REPOSITORY_LABEL_TAG: f"{REPOSITORY}@{LOCATION}", "dagster/code_location": LOCATION}
+    if period is not None:
+        tags[PERIOD_TAG] = period
+    return tags
+
+
+def operator() -> str:
+    """The login of whoever runs ``caredata run`` (a member of staff or the service account,
+    never a patient), or "caredata run" where the system has no name for it."""
+    import getpass
+
+    try:
+        return getpass.getuser() or "caredata run"
+    except (KeyError, OSError):
+        return "caredata run"
+
+
+def _give_origin(instance: dg.DagsterInstance, run) -> None:
+    """Record the run as one of the job in the UI's code location (pipelines.definitions
+    ``job_origin``): without it the UI leaves an in-process run out of the Overview timeline."""
+    from pipelines.definitions import job_origin
+
+    instance.run_storage.replace_job_origin(run, job_origin(run.job_name))
+
+
 def _materialise(settings: Settings, summary: RunSummary, *, periods, progress, log_level) -> None:
-    from assets import ALL_ASSETS, LEDGER, PERIOD_INGEST, PERIOD_LINK, PERIOD_OUTPUTS, UNPARTITIONED
     from pipelines import stages
+    from pipelines.definitions import build_definitions
     from pipelines.partitions import sync_periods
     from pipelines.resources import CareDataConfig, EngineResource
 
@@ -309,14 +351,18 @@ def _materialise(settings: Settings, summary: RunSummary, *, periods, progress, 
         "io_manager": dg.FilesystemIOManager(base_dir=tempfile.mkdtemp(prefix="caredata-io-")),
     }
     instance = _instance()
+    # The jobs of schedules/ (landing_job, ingest_job, link_job, publish_job, ledger_job),
+    # run in process with the resources above.
+    defs = build_definitions(resources)
 
-    def _run(selection, partition_key=None, label=""):
-        result = dg.materialize(
-            ALL_ASSETS, selection=selection, partition_key=partition_key,
-            resources=resources, instance=instance, raise_on_error=False,
+    def _run(job_name, partition_key=None, label=""):
+        result = defs.resolve_job_def(job_name).execute_in_process(
+            partition_key=partition_key, tags=run_tags(job_name, partition_key),
+            instance=instance, raise_on_error=False,
             run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
         )
         summary.run_ids.append(result.run_id)
+        _give_origin(instance, result.dagster_run)
         for ev in result.all_events:
             if ev.event_type_value == "STEP_FAILURE":
                 err = ev.event_specific_data.error
@@ -345,7 +391,7 @@ def _materialise(settings: Settings, summary: RunSummary, *, periods, progress, 
         progress(f"caredata: starting the Spark session ({where})")
         engine.spark  # noqa: B018
     progress("caredata: scanning the landing zone")
-    _run(dg.AssetSelection.assets(*UNPARTITIONED), label="")
+    _run("landing_job", label="")
     found = stages.periods(settings)
     # The periods are dynamic partitions: exactly the months with data, whatever they are.
     added, removed = sync_periods(instance, found)
@@ -354,16 +400,16 @@ def _materialise(settings: Settings, summary: RunSummary, *, periods, progress, 
     summary.periods = [p for p in found if periods is None or p in periods]
     for p in summary.periods:
         progress(f"caredata: {p}: ingest and validation")
-        _run(dg.AssetSelection.assets(*PERIOD_INGEST), partition_key=p, label=f"[{p}] ")
+        _run("ingest_job", partition_key=p, label=f"[{p}] ")
     # Linkage uses each practice's newest extract, so it follows the ingest of every period.
     for p in summary.periods:
         progress(f"caredata: {p}: linkage")
-        _run(dg.AssetSelection.assets(*PERIOD_LINK), partition_key=p, label=f"[{p}] ")
+        _run("link_job", partition_key=p, label=f"[{p}] ")
     for p in summary.periods:
         progress(f"caredata: {p}: datasets, disclosure control, publishing")
-        _run(dg.AssetSelection.assets(*PERIOD_OUTPUTS), partition_key=p, label=f"[{p}] ")
+        _run("publish_job", partition_key=p, label=f"[{p}] ")
     progress("caredata: the submissions ledger")
-    _run(dg.AssetSelection.assets(*LEDGER), label="[ledger] ")
+    _run("ledger_job", label="[ledger] ")
     summary.published = stages.published_summary(settings)
     summary.held_back = stages.held_back_summary(settings)
     summary.new_files = sorted(status.outcome_keys(wh) - before)

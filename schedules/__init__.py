@@ -29,6 +29,29 @@ period_job = dg.define_asset_job(
     tags={"dagster/max_retries": "2", "dagster/retry_strategy": "FROM_FAILURE"},
 )
 
+# The stages of `caredata run` (pipelines/runner.py), one named job each, so that its runs
+# show in the UI under these names (Jobs page, Overview timeline) with their period; the
+# runner runs them in this order: landing_job; ingest_job for every period; link_job for
+# every period (linkage uses each practice's newest extract); publish_job for every period
+# (a window's follow-up sees the next month's data); ledger_job.
+landing_job = dg.define_asset_job(
+    "landing_job", selection=dg.AssetSelection.assets(*UNPARTITIONED),
+    description="caredata run, first: record new landing files in the ledger; reference data; HES extracts.",
+)
+ingest_job = dg.define_asset_job(
+    "ingest_job", selection=dg.AssetSelection.assets(*PERIOD_INGEST),
+    description="caredata run, per period: ingest and validate the period's submissions; current views.",
+)
+link_job = dg.define_asset_job(
+    "link_job", selection=dg.AssetSelection.assets(*PERIOD_LINK),
+    description="caredata run, per period, after every period's ingest: link the SUS episodes to GP registrations.",
+)
+publish_job = dg.define_asset_job(
+    "publish_job", selection=dg.AssetSelection.assets(*PERIOD_OUTPUTS),
+    description="caredata run, per period, after every period's linkage: datasets, disclosure control, publishing.",
+)
+RUNNER_JOBS = [landing_job, ingest_job, link_job, publish_job, ledger_job]
+
 # Scheduled and sensor runs go to the front of the run queue (deploy/dagster.yaml: a
 # backfill, priority 0 and at most 2 runs, cannot hold them back).
 PRIORITY_TAGS = {"dagster/priority": "10"}
@@ -126,6 +149,6 @@ def run_failure_alert(context: dg.RunFailureSensorContext):
         context.log.warning("run-failure alert not delivered to the webhook")
 
 
-JOBS = [scan_job, period_job, ledger_job]
+JOBS = [scan_job, period_job, ledger_job, landing_job, ingest_job, link_job, publish_job]
 SCHEDULES = [nightly_scan]
 SENSORS = [landing_sensor, run_failure_alert]

@@ -299,7 +299,9 @@ def test_a_dagster_home_without_configuration_gets_one_with_telemetry_off(tmp_pa
 
     fresh = tmp_path / "fresh"
     ensure_instance_yaml(str(fresh))
-    assert dg.DagsterInstance.from_config(str(fresh)).telemetry_enabled is False
+    instance = dg.DagsterInstance.from_config(str(fresh))
+    assert instance.telemetry_enabled is False
+    assert instance.nux_enabled is False  # the UI's newsletter dialog (tests/test_ui.py looks)
     # An operator's own instance configuration is never replaced.
     own = tmp_path / "own"
     own.mkdir()

@@ -75,6 +75,8 @@ def test_deploy_yaml_builds_a_postgres_instance_with_queue_limits_and_retries(da
     assert config.pool_config.default_pool_limit == 1
     assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
     assert instance.run_monitoring_enabled
+    # No newsletter dialog in the UI (docs/runbook.md, deploy step 3).
+    assert instance.nux_enabled is False
     # The schedule/sensor daemon and the freshness daemon are on.
     assert instance.get_settings("freshness").get("enabled") is True
 
