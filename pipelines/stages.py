@@ -336,7 +336,8 @@ def fft_outputs(settings: Settings, period: str) -> dict:
     if responses is None:
         responses = schemas.get("fft_responses").arrow_schema(include_partition=True).empty_table()
     suppress_max = settings.t("fft", "suppress_max_responses")
-    scores = fft.fft_scores(responses, wh.read("ref_sites"), wh.read("ref_providers"), suppress_max=suppress_max)
+    scores = fft.fft_scores(responses, wh.read("ref_sites"), wh.read("ref_providers"), suppress_max=suppress_max,
+                            rule_set=settings.t("fft", "rule_set"), cascade=settings.t("fft", "nhse_cascade"))
     # Spells discharged up to link_max_days before a response in this period may end in the
     # previous month.
     episodes = wh.read_raw("current_sus_episodes", [_shift(period, -1), period],
