@@ -396,5 +396,7 @@ def audit(tables: Mapping[str, Any], *, rounding: str = "none", incomplete: Iter
         row = rows.setdefault(k, {"columns": [], "how": text, "datasets": set()})
         row["columns"].append(c.column)
         row["datasets"] |= sources.get(cid, {c.dataset})
-    return [Recoverable(ds, period, level, key, tuple(v["columns"]), v["how"], tuple(sorted(v["datasets"])))
+    order = {col: i for i, col in enumerate(dict.fromkeys(cid[4] for cid in b.cells))}
+    return [Recoverable(ds, period, level, key, tuple(sorted(v["columns"], key=order.get)), v["how"],
+                        tuple(sorted(v["datasets"])))
             for (ds, period, level, key), v in sorted(rows.items())]

@@ -578,6 +578,7 @@ def release(settings: Settings, period: str) -> dict:
     _, wh, _ = stores(settings)
     blocked: list[dict] = []
     md: dict = {}
+    released: dict = {}
     for name in PUBLIC_DATASETS:
         ds = schemas.get(name)
         staged = wh.read(name, [period])
@@ -594,6 +595,8 @@ def release(settings: Settings, period: str) -> dict:
             continue
         wh.store.write_parquet(_release_path("public", name, period), public)
         md[name] = public.num_rows
+        released[name] = public
+    differencing = _differencing(settings, wh, period, released, blocked, md)
     key = settings.effective_pseudo_key
     if key is None:
         for name in RESTRICTED_DATASETS:
@@ -640,7 +643,31 @@ def release(settings: Settings, period: str) -> dict:
             wh.store.write_parquet(_release_path("restricted", name, period), t)
             md[name] = t.num_rows
     wh.store.write_bytes(_blocked_path(period), json.dumps(blocked, indent=1, sort_keys=True).encode())
-    return {"metadata": md, "violations": [b["message"] for b in blocked], "blocked": blocked}
+    return {"metadata": md, "violations": [b["message"] for b in blocked], "blocked": blocked,
+            "differencing": differencing}
+
+
+def _differencing(settings: Settings, wh, period: str, released: dict, blocked: list, md: dict) -> dict:
+    """The differencing audit of the period's public candidates (docs/methods-disclosure.md):
+    suppressed cells the published margins give back. Severity ``error`` blocks every
+    dataset a recovery reads (its candidate removed, the reason recorded); ``warn`` reports."""
+    from pipelines import differencing, disclosure
+
+    severity = settings.t("disclosure", "differencing_severity")
+    tables = {name: t if "period" in t.column_names else t.append_column("period", pa.array([period] * t.num_rows))
+              for name, t in released.items()}
+    found = differencing.audit(
+        tables, rounding=settings.t("disclosure", "rounding"),
+        incomplete=differencing.fft_incomplete_parents(wh.read_raw("current_fft_responses", [period])))
+    if found and severity == "error":
+        for name in sorted({d for f in found for d in f.datasets} & set(released)):
+            mine = [f for f in found if name in f.datasets]
+            v = [disclosure.Violation(name, "differencing", None, len(mine),
+                                      f"{name}: {len(mine)} suppressed cell(s) recoverable from published margins: "
+                                      + "; ".join(str(f) for f in mine[:10]))]
+            blocked.append(_block(wh, "public", name, period, released[name], v))
+            md[name] = "blocked by the differencing audit"
+    return {"severity": severity, "recoverable": [f.as_dict() for f in found]}
 
 
 def publish(settings: Settings, period: str, *, run_id: str = "cli") -> dict:

@@ -197,3 +197,34 @@ def test_cumulative_period_gives_back_a_month():
     assert [(f.period, f.key) for f in found] == [("2014-01", "setting=IP org_code=RA1")]
     assert found[0].how == "provider RA1 in 2014-03 total minus 1 published period"
     assert differencing.audit({"fft_scores": t}) == []
+
+
+# --------------------------------------------------------------------------- before publication
+def _release(tmp_path, severity):
+    from pipelines import stages
+    from pipelines.config import Settings
+
+    s = Settings.load(env={"CAREDATA_DISCLOSURE__DIFFERENCING_SEVERITY": severity}, landing=tmp_path / "l",
+                      warehouse=tmp_path / f"w{severity}", publish=tmp_path / f"p{severity}")
+    _, wh, _ = stages.stores(s)
+    groups = (("RA1", "RA101", None, [1, 2]), ("RB2", "RB201", None, [1] * 10), ("RC3", "RC301", None, [1] * 20))
+    wh.write("fft_scores", published(groups, {"RA1": "00A", "RB2": "00B", "RC3": "00C"}, "spec"), P)
+    return stages.release(s, P), wh
+
+
+def test_release_warns_by_default_and_publishes(tmp_path):
+    # Commissioner 00A (2 responses) is national minus 00B and 00C under the spec's rules.
+    report, wh = _release(tmp_path, "warn")
+    diff = report["differencing"]
+    assert diff["severity"] == "warn"
+    assert {(r["level"], r["key"]) for r in diff["recoverable"]} >= {("commissioner", "setting=IP org_code=00A")}
+    assert report["blocked"] == [] and report["metadata"]["fft_scores"] == 10
+    assert wh.store.exists(f"release/public/fft_scores/period={P}/part-00000.parquet")
+
+
+def test_release_blocks_the_datasets_involved_on_error(tmp_path):
+    report, wh = _release(tmp_path, "error")
+    assert [b["dataset"] for b in report["blocked"]] == ["fft_scores"]
+    assert report["blocked"][0]["rules"] == ["differencing"]
+    assert "national ENG total minus 2 published commissioners" in report["violations"][0]
+    assert not wh.store.exists(f"release/public/fft_scores/period={P}/part-00000.parquet")
