@@ -588,6 +588,7 @@ def release(settings: Settings, period: str) -> dict:
         if name == "linkage_quality":  # its categories add up: secondary suppression
             from pipelines import linkage
             public = linkage.suppress_complements(public)
+        public = disclosure.round_counts(ds, public, settings.t("disclosure", "rounding"))  # after suppression
         found = disclosure.check_public(ds, public, settings)
         if found:
             blocked.append(_block(wh, "public", name, period, public, found))
