@@ -228,3 +228,29 @@ def test_release_blocks_the_datasets_involved_on_error(tmp_path):
     assert report["blocked"][0]["rules"] == ["differencing"]
     assert "national ENG total minus 2 published commissioners" in report["violations"][0]
     assert not wh.store.exists(f"release/public/fft_scores/period={P}/part-00000.parquet")
+
+
+def test_dagster_check_on_release_candidate(tmp_path):
+    """The asset check ``release_candidate/differencing`` runs with the release, not blocking,
+    WARN by default, and names the cells (never their values)."""
+    import dagster as dg
+
+    from assets.publish import release_candidate
+    from pipelines import stages
+    from pipelines.config import Settings
+    from pipelines.partitions import period_partitions
+    from pipelines.resources import CareDataConfig
+
+    roots = {"landing": str(tmp_path / "l"), "warehouse": str(tmp_path / "w"), "publish": str(tmp_path / "p")}
+    _, wh, _ = stages.stores(Settings.load(env={}, **roots))
+    groups = (("RA1", "RA101", None, [1, 2]), ("RB2", "RB201", None, [1] * 10), ("RC3", "RC301", None, [1] * 20))
+    wh.write("fft_scores", published(groups, {"RA1": "00A", "RB2": "00B", "RC3": "00C"}, "spec"), P)
+    assert not [s for s in release_candidate.check_specs if s.name == "differencing"][0].blocking
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(period_partitions.name, [P])
+    result = dg.materialize([release_candidate], partition_key=P, instance=instance,
+                            resources={"caredata": CareDataConfig(**roots)})
+    check = {e.check_name: e for e in result.get_asset_check_evaluations()}["differencing"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert "org_code=00A" in check.description and "national ENG total minus 2 published commissioners" in check.description
+    assert check.metadata["recoverable"].value == 3
