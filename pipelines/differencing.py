@@ -110,7 +110,11 @@ class Equation:
 def solve(cells: dict, equations: Sequence[Equation], sources: dict | None = None) -> dict:
     """Peel the equations until nothing changes; returns {cell id: how} for each cell that
     was not published and is now known exactly. ``cells`` is updated in place (intervals);
-    ``sources``, if given, receives {cell id: set of the datasets its recovery read}."""
+    ``sources``, if given, receives {cell id: set of the datasets its recovery read}.
+
+    An equation with exactly one unknown cell gives it an interval; an equation whose cells
+    are all known narrows each not-published cell's interval to what the others allow
+    (interval propagation: with rounded counts, two loose equations can pin a cell)."""
     how: dict = {}
     return_sources = sources if sources is not None else {}
     by_cell: dict = {}
@@ -120,44 +124,48 @@ def solve(cells: dict, equations: Sequence[Equation], sources: dict | None = Non
     queue = list(range(len(equations)))
     queued = set(queue)
     derived: set = set()
+
+    def implied(eq: Equation, target) -> tuple[int, int, list, str]:
+        parts = [c for c in eq.parts if c != target]
+        if target == eq.total:
+            return (sum(cells[c].lo for c in parts), sum(cells[c].hi for c in parts), parts,
+                    f"sum of {_n(len(parts), eq.what, parts, derived)}")
+        t = cells[eq.total]
+        name = eq.label or t.label
+        text = (f"{name} total minus {_n(len(parts), eq.what, parts, derived)}" if parts else f"equal to {name}")
+        if eq.total in derived:
+            text += f" ({name} itself recovered)"
+        return (max(0, t.lo - sum(cells[c].hi for c in parts)), t.hi - sum(cells[c].lo for c in parts),
+                [eq.total, *parts], text)
+
     while queue:
         i = queue.pop()
         queued.discard(i)
         eq = equations[i]
         ids = (eq.total, *eq.parts)
         unknown = [c for c in ids if not cells[c].known]
-        if len(unknown) != 1:
+        if len(unknown) > 1:
             continue
-        target = unknown[0]
-        parts = [c for c in eq.parts if c != target]
-        if target == eq.total:
-            lo = sum(cells[c].lo for c in parts)
-            hi = sum(cells[c].hi for c in parts)
-            used = [c for c in parts]
-            text = f"sum of {_n(len(parts), eq.what, parts, derived)}"
-        else:
-            t = cells[eq.total]
-            name = eq.label or t.label
-            lo = max(0, t.lo - sum(cells[c].hi for c in parts))
-            hi = t.hi - sum(cells[c].lo for c in parts)
-            used = [eq.total, *parts]
-            text = (f"{name} total minus {_n(len(parts), eq.what, parts, derived)}"
-                    if parts else f"equal to {name}")
-            if eq.total in derived:
-                text += f" ({name} itself recovered)"
-        cell = cells[target]
-        cell.lo, cell.hi = lo, max(lo, hi)
-        derived.add(target)
-        if cell.lo == cell.hi:
-            how[target] = text
-        src = {cells[c].dataset for c in ids} - {""}
-        for c in used:
-            src |= return_sources.get(c, set())
-        return_sources[target] = src
-        for j in by_cell.get(target, ()):
-            if j not in queued:
-                queue.append(j)
-                queued.add(j)
+        targets = unknown or [c for c in ids if c in derived and cells[c].lo != cells[c].hi]
+        for target in targets:
+            lo, hi, used, text = implied(eq, target)
+            cell = cells[target]
+            if cell.known:
+                lo, hi = max(lo, cell.lo), min(hi, cell.hi)
+                if lo > hi or (lo, hi) == (cell.lo, cell.hi):
+                    continue  # no news (or margins that do not add up: nothing to learn)
+            cell.lo, cell.hi = lo, max(lo, hi)
+            derived.add(target)
+            if cell.lo == cell.hi:
+                how[target] = text
+            src = {cells[c].dataset for c in ids} - {""}
+            for c in used:
+                src |= return_sources.get(c, set())
+            return_sources[target] = return_sources.get(target, set()) | src
+            for j in by_cell.get(target, ()):
+                if j not in queued:
+                    queue.append(j)
+                    queued.add(j)
     return how
 
 

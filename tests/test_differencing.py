@@ -254,3 +254,17 @@ def test_dagster_check_on_release_candidate(tmp_path):
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
     assert "org_code=00A" in check.description and "national ENG total minus 2 published commissioners" in check.description
     assert check.metadata["recoverable"].value == 3
+
+
+def test_solver_narrows_an_interval_with_a_second_equation():
+    # T1 (8..12) = X + A (8): X in 0..4. T2 (3) = X + B (0): X = 3. Whichever equation is
+    # read first, X ends exact (a cell already given an interval is narrowed, not frozen).
+    from pipelines.differencing import Cell, Equation, solve
+
+    for order in (0, 1):
+        cells = {k: Cell("d", P, "l", k, "n", lo, hi, suppressed=k == "X", label=k)
+                 for k, lo, hi in (("T1", 8, 12), ("A", 8, 8), ("T2", 3, 3), ("B", 0, 0), ("X", None, None))}
+        eqs = [Equation("T1", ("X", "A"), "part"), Equation("T2", ("X", "B"), "part")]
+        how = solve(cells, eqs if order else eqs[::-1])
+        assert (cells["X"].lo, cells["X"].hi) == (3, 3)
+        assert how == {"X": "T2 total minus 1 published part"}
