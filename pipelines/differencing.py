@@ -20,8 +20,9 @@ Hierarchies (``audit``):
   any count column both publish (none today: the summary counts organisations);
 * ``linkage_coverage_provider``: ``episodes_linked`` = ``linked_rank_1`` + ... +
   ``linked_rank_5`` in each row; with ``linkage_quality``, each characteristic's
-  categories add up to the provider's ``episodes`` and ``episodes_linked``, and match rank
-  k's episodes are ``linked_rank_k``;
+  categories add up to the provider's ``episodes`` and ``episodes_linked``, match rank
+  k's episodes are ``linked_rank_k`` and NHS number status valid's are
+  ``episodes_valid_nhs_number``;
 * ``consultant_outcomes`` -> ``specialty_outcomes``, per window and specialty:
   ``deaths_30d`` of the specialty is the sum over its consultants, where the consultants'
   ``procedures`` add up to the specialty's (else an unpublished remainder);
@@ -333,6 +334,9 @@ def _coverage(b: _Builder, practice, summary, provider, quality) -> None:
                     parts.append(cid)
                     if charac == "match_rank" and col == "episodes" and q["category"] in "12345":
                         b.equation(cell(f"linked_rank_{q['category']}"), [cid], "category")
+                    if (charac == "nhs_number_status" and col == "episodes" and q["category"] == "valid"
+                            and "episodes_valid_nhs_number" in pv.columns):
+                        b.equation(cell("episodes_valid_nhs_number"), [cid], "category")
                 b.equation(cell(col), parts, "category")
 
 

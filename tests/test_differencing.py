@@ -268,3 +268,21 @@ def test_solver_narrows_an_interval_with_a_second_equation():
         how = solve(cells, eqs if order else eqs[::-1])
         assert (cells["X"].lo, cells["X"].hi) == (3, 3)
         assert how == {"X": "T2 total minus 1 published part"}
+
+
+def test_valid_nhs_number_category_against_the_provider_column():
+    # linkage_quality's nhs_number_status valid equals linkage_coverage_provider's
+    # episodes_valid_nhs_number (190 in provider_row), so the blanked valid cell is given
+    # back by the provider column; then missing, the only other blanked category, is
+    # 200 - 190 (recovered) - 6 (invalid, published) = 4.
+    pv = pa.Table.from_pylist([provider_row()])
+    lq = pd.DataFrame({"period": P, "provider_code": "RA1", "characteristic": "nhs_number_status",
+                       "category": ["valid", "invalid", "missing"],
+                       "episodes": pd.array([None, 6, None], dtype="Int64"),
+                       "episodes_suppressed": [True, False, True]})
+    found = differencing.audit({"linkage_coverage_provider": pv, "linkage_quality": lq})
+    assert [f.key for f in found] == ["provider_code=RA1 characteristic=nhs_number_status category=missing",
+                                      "provider_code=RA1 characteristic=nhs_number_status category=valid"]
+    by = {f.key.rsplit("=", 1)[1]: f.how for f in found}
+    assert by["valid"] == "equal to provider RA1 episodes_valid_nhs_number"
+    assert by["missing"] == "provider RA1 episodes total minus 1 published and 1 recovered categories"
