@@ -47,7 +47,8 @@ def release_candidate(context: dg.AssetExecutionContext, caredata: CareDataConfi
         severity=dg.AssetCheckSeverity.ERROR if diff["severity"] == "error" else dg.AssetCheckSeverity.WARN,
         description="; ".join(f"{r['dataset']} {r['level']} {r['key']}: {', '.join(r['columns'])} ({r['how']})"
                               for r in diff["recoverable"][:20]) or "no suppressed cell recoverable",
-        metadata={"recoverable": len(diff["recoverable"]), "severity": diff["severity"]},
+        metadata={"recoverable": len(diff["recoverable"]), "severity": diff["severity"],
+                  "unexamined_unknowns": diff["unexamined"]},
     )
 
 

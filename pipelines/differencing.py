@@ -45,7 +45,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 import pyarrow as pa
 
-__all__ = ["Recoverable", "Cell", "Equation", "solve", "audit", "fft_incomplete_parents", "SEVERITIES"]
+__all__ = ["Recoverable", "Cell", "Equation", "solve", "solve_linear", "audit", "fft_incomplete_parents", "SEVERITIES"]
 
 SEVERITIES = ("warn", "error")
 FFT_COUNTS = ("responses", "extremely_likely", "likely", "neither", "unlikely", "extremely_unlikely", "dont_know")
@@ -53,6 +53,8 @@ _FFT_CHILD = {"site": "ward", "provider": "site", "commissioner": "provider"}
 _PLURAL = {"ward": "wards", "site": "sites", "provider": "providers", "commissioner": "commissioners",
            "consultant": "consultants", "category": "categories", "column": "columns", "period": "periods"}
 ROUNDING_HALF_WIDTH = {"none": 0, "nearest_5": 2}
+# solve_linear: a connected group of more unknowns than this is not examined (reported).
+MAX_LINEAR_UNKNOWNS = 1500
 
 
 # --------------------------------------------------------------------------- results
@@ -168,6 +170,67 @@ def solve(cells: dict, equations: Sequence[Equation], sources: dict | None = Non
                     queue.append(j)
                     queued.add(j)
     return how
+
+
+def solve_linear(cells: dict, equations: Sequence[Equation], sources: dict | None = None, *,
+                 max_unknowns: int = MAX_LINEAR_UNKNOWNS) -> tuple[dict, int]:
+    """After :func:`solve`: the cells still not known exactly that the equations *taken
+    together* fix (a combination no single subtraction finds). Every cell not known exactly
+    is an unknown; a cell is fixed iff it lies outside the null space of the equations'
+    coefficients over the unknowns (one SVD per connected group of unknowns). Returns
+    ({cell id: how}, unknowns left unexamined in groups over ``max_unknowns``)."""
+    import numpy as np
+
+    exact = {c for c, cell in cells.items() if cell.known and cell.lo == cell.hi}
+    rows = []
+    for eq in equations:
+        coef: dict = {}
+        for c, k in ((eq.total, 1), *((p, -1) for p in eq.parts)):
+            if c not in exact:
+                coef[c] = coef.get(c, 0) + k
+        coef = {c: k for c, k in coef.items() if k}
+        if coef:
+            rows.append((eq, coef))
+    parent: dict = {}
+
+    def find(x):
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for _, coef in rows:
+        first, *rest = coef
+        for c in rest:
+            parent[find(c)] = find(first)
+    groups: dict = {}
+    for i, (_, coef) in enumerate(rows):
+        groups.setdefault(find(next(iter(coef))), []).append(i)
+    how: dict = {}
+    skipped = 0
+    for members in groups.values():
+        unknowns = list(dict.fromkeys(c for i in members for c in rows[i][1]))
+        if not any(cells[c].suppressed for c in unknowns):
+            continue
+        if len(unknowns) > max_unknowns:
+            skipped += len(unknowns)
+            continue
+        col = {c: j for j, c in enumerate(unknowns)}
+        a = np.zeros((len(members), len(unknowns)))
+        for r, i in enumerate(members):
+            for c, k in rows[i][1].items():
+                a[r, col[c]] = k
+        _, sv, vh = np.linalg.svd(a)
+        rank = int((sv > 1e-9 * max(1.0, sv.max(initial=0))).sum())
+        null = vh[rank:]
+        fixed = np.linalg.norm(null, axis=0) < 1e-7 if len(null) else np.ones(len(unknowns), dtype=bool)
+        src = {cells[c].dataset for i in members for c in (rows[i][0].total, *rows[i][0].parts)} - {""}
+        for c, ok in zip(unknowns, fixed):
+            if ok and cells[c].suppressed:
+                how[c] = f"{len(members)} published margins solved together (no single subtraction)"
+                if sources is not None:
+                    sources[c] = src
+    return how, skipped
 
 
 def _n(n: int, what: str, parts, derived) -> str:
@@ -382,13 +445,16 @@ def _cumulative(b: _Builder, tables: Mapping[str, Any], period_totals: Mapping[s
 
 # --------------------------------------------------------------------------- entry point
 def audit(tables: Mapping[str, Any], *, rounding: str = "none", incomplete: Iterable = (),
-          period_totals: Mapping[str, Mapping[str, Sequence[str]]] | None = None) -> list[Recoverable]:
+          period_totals: Mapping[str, Mapping[str, Sequence[str]]] | None = None, linear: bool = True,
+          unexamined: list | None = None) -> list[Recoverable]:
     """Every suppressed cell of the public ``tables`` ({dataset: table as published}) that
     the published margins give back exactly; one :class:`Recoverable` per row (its
     recoverable columns listed), sorted. ``rounding`` is the ``disclosure.rounding`` the
     tables were published with (national rows are exact); ``incomplete`` the FFT parents
     whose children do not add up to them (:func:`fft_incomplete_parents`);
-    ``period_totals`` {dataset: {period: [periods it is the sum of]}}."""
+    ``period_totals`` {dataset: {period: [periods it is the sum of]}}. ``linear``: also the
+    cells only the equations taken together fix (:func:`solve_linear`); the number of
+    unknowns in groups too large to examine is appended to ``unexamined``."""
     if rounding not in ROUNDING_HALF_WIDTH:
         raise ValueError(f"rounding must be one of {', '.join(ROUNDING_HALF_WIDTH)}")
     b = _Builder(ROUNDING_HALF_WIDTH[rounding])
@@ -399,6 +465,11 @@ def audit(tables: Mapping[str, Any], *, rounding: str = "none", incomplete: Iter
     _cumulative(b, tables, period_totals or {})
     sources: dict = {}
     how = solve(b.cells, b.equations, sources)
+    if linear:
+        more, skipped = solve_linear(b.cells, b.equations, sources)
+        how.update({c: t for c, t in more.items() if c not in how})
+        if skipped and unexamined is not None:
+            unexamined.append(skipped)
     rows: dict = {}
     for cid, text in how.items():
         c = b.cells[cid]

@@ -657,8 +657,9 @@ def _differencing(settings: Settings, wh, period: str, released: dict, blocked: 
     severity = settings.t("disclosure", "differencing_severity")
     tables = {name: t if "period" in t.column_names else t.append_column("period", pa.array([period] * t.num_rows))
               for name, t in released.items()}
+    unexamined: list = []
     found = differencing.audit(
-        tables, rounding=settings.t("disclosure", "rounding"),
+        tables, rounding=settings.t("disclosure", "rounding"), unexamined=unexamined,
         incomplete=differencing.fft_incomplete_parents(wh.read_raw("current_fft_responses", [period])))
     if found and severity == "error":
         for name in sorted({d for f in found for d in f.datasets} & set(released)):
@@ -668,7 +669,7 @@ def _differencing(settings: Settings, wh, period: str, released: dict, blocked: 
                                       + "; ".join(str(f) for f in mine[:10]))]
             blocked.append(_block(wh, "public", name, period, released[name], v))
             md[name] = "blocked by the differencing audit"
-    return {"severity": severity, "recoverable": [f.as_dict() for f in found]}
+    return {"severity": severity, "recoverable": [f.as_dict() for f in found], "unexamined": sum(unexamined)}
 
 
 def publish(settings: Settings, period: str, *, run_id: str = "cli") -> dict:
