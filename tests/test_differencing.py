@@ -312,3 +312,18 @@ def test_linear_solver_finds_what_no_single_subtraction_does():
         {k: Cell("d", P, "l", k, "n", v, v, suppressed=v is None, label=k)
          for k, v in (("A", 10), ("B", 12), ("C", 14), ("x", None), ("y", None), ("z", None))})
     assert how == {} and skipped == 3
+
+
+def test_run_summary_lists_warned_findings():
+    import io
+
+    from pipelines.config import Settings
+    from pipelines.runner import RunSummary, print_summary
+
+    line = "[2014-01] release_candidate.differencing: fft_scores commissioner setting=IP org_code=00A: responses (...)"
+    out = io.StringIO()
+    summary = RunSummary(periods=["2014-01"], warned_checks=[line])
+    print_summary(summary, Settings(landing="l", warehouse="w", publish="p"), out=out)
+    assert "Suppressed cells recoverable from published margins (published anyway" in out.getvalue()
+    assert f"  {line}\n" in out.getvalue()
+    assert summary.ok  # a warning does not fail the run
