@@ -250,6 +250,11 @@ def _frame(table) -> pd.DataFrame:
     return table.copy()
 
 
+def _truthy(value: Any) -> bool:
+    """A flag value: True only when it is true (empty, NA and missing are False)."""
+    return value is not None and not pd.isna(value) and bool(value)
+
+
 def _flag(df: pd.DataFrame, column: str) -> pd.Series:
     for name in (f"{column}_suppressed", "suppressed"):
         if name in df.columns:
@@ -378,7 +383,7 @@ def _coverage(b: _Builder, practice, summary, provider, quality) -> None:
 
         def cell(col, _r=r, _i=i, _p=period, _c=code):
             return b.cell("linkage_coverage_provider", _p, "provider", f"provider_code={_c}", col, _r.get(col),
-                          bool(_r.get(f"{col}_suppressed", False) or False), f"provider {_c} {col}")
+                          _truthy(_r.get(f"{col}_suppressed")), f"provider {_c} {col}")
         if all(c in pv.columns for c in ranks + ["episodes_linked"]):
             b.equation(cell("episodes_linked"), [cell(c) for c in ranks], "match-rank column")
         if lq.empty:
@@ -392,7 +397,7 @@ def _coverage(b: _Builder, practice, summary, provider, quality) -> None:
                 for j, q in g.iterrows():
                     cid = b.cell("linkage_quality", period, "category",
                                  f"provider_code={code} characteristic={charac} category={q['category']}", col,
-                                 q[col], bool(q.get(f"{col}_suppressed", False) or False),
+                                 q[col], _truthy(q.get(f"{col}_suppressed")),
                                  f"provider {code} {charac} {q['category']}")
                     parts.append(cid)
                     if charac == "match_rank" and col == "episodes" and q["category"] in "12345":

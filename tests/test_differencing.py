@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipelines import differencing, fft
+
 from test_fft import hierarchies, providers, responses
 from test_fft_nhse import CASCADE, CASCADE_PROVIDERS, LEAK1, LEAK1_PROVIDERS
 

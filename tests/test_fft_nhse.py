@@ -17,6 +17,7 @@ import pytest
 
 from pipelines import fft
 from pipelines.config import ConfigError, Settings
+
 from test_fft import providers, responses, row, scores, suppressed_codes
 
 

@@ -50,6 +50,7 @@ def test_nearest_5_after_suppression_worked_numbers():
 
 def test_fft_counts_rounded_on_every_row_national_too():
     from pipelines import fft
+
     from test_fft import providers, responses
 
     # RA1: 7 responses (5 x "1", 2 x "2"), RB2: 23 (23 x "1"); national 30.
@@ -78,6 +79,7 @@ def test_rounding_closes_the_commissioner_leak_in_release(tmp_path):
     # (28..32), 00B 10 (8..12), 00C 20 (18..22): 00A is anywhere in 0..6; the audit, which
     # reads rounded counts as intervals, finds nothing; and the published counts are multiples of 5.
     from pipelines import stages
+
     from test_differencing import published
 
     s = Settings.load(env={"CAREDATA_DISCLOSURE__ROUNDING": "nearest_5"}, landing=tmp_path / "l",
