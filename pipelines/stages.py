@@ -664,9 +664,11 @@ def _differencing(settings: Settings, wh, period: str, released: dict, blocked: 
     if found and severity == "error":
         for name in sorted({d for f in found for d in f.datasets} & set(released)):
             mine = [f for f in found if name in f.datasets]
-            v = [disclosure.Violation(name, "differencing", None, len(mine),
+            columns = sorted({c for f in mine for c in f.columns})
+            v = [disclosure.Violation(name, "differencing", ", ".join(columns), len(mine),
                                       f"{name}: {len(mine)} suppressed cell(s) recoverable from published margins: "
-                                      + "; ".join(str(f) for f in mine[:10]))]
+                                      + "; ".join(str(f) for f in mine[:10])
+                                      + (f"; and {len(mine) - 10} more" if len(mine) > 10 else ""))]
             blocked.append(_block(wh, "public", name, period, released[name], v))
             md[name] = "blocked by the differencing audit"
     return {"severity": severity, "recoverable": [f.as_dict() for f in found], "unexamined": sum(unexamined)}

@@ -229,6 +229,7 @@ def test_release_blocks_the_datasets_involved_on_error(tmp_path):
     report, wh = _release(tmp_path, "error")
     assert [b["dataset"] for b in report["blocked"]] == ["fft_scores"]
     assert report["blocked"][0]["rules"] == ["differencing"]
+    assert report["blocked"][0]["columns"] == [", ".join(sorted(differencing.FFT_COUNTS))]
     assert "national ENG total minus 2 published commissioners" in report["violations"][0]
     assert not wh.store.exists(f"release/public/fft_scores/period={P}/part-00000.parquet")
 
