@@ -23,6 +23,8 @@ from pipelines.resources import CareDataConfig
     check_specs=[
         period_check("disclosure_control", asset="release_candidate", blocking=False,
                      description="No count 1-7 below national level, no rate from fewer than 8, every public string a code of its declared format, no identifier in any value of the public zone; no NHS number, postcode or date of birth in the restricted zone. A dataset that fails is blocked for the period; the others are published."),
+        period_check("differencing", asset="release_candidate", blocking=False,
+                     description="No suppressed cell can be recovered from the published margins (parent minus published children, across FFT, coverage and outcomes hierarchies). Severity disclosure.differencing_severity: warn reports, error blocks the datasets involved (docs/methods-disclosure.md)."),
     ],
     description="The period's datasets with disclosure control applied, ready to publish (not yet visible to readers).",
 )
@@ -38,6 +40,15 @@ def release_candidate(context: dg.AssetExecutionContext, caredata: CareDataConfi
                   "blocked_datasets": [f"{b['zone']}/{b['dataset']}" for b in blocked],
                   "details": {b["zone"] + "/" + b["dataset"]: {k: b[k] for k in ("period", "rules", "columns", "rows", "submissions")}
                               for b in blocked}},
+    )
+    diff = report["differencing"]
+    yield dg.AssetCheckResult(
+        check_name="differencing", passed=not diff["recoverable"],
+        severity=dg.AssetCheckSeverity.ERROR if diff["severity"] == "error" else dg.AssetCheckSeverity.WARN,
+        description="; ".join(f"{r['dataset']} {r['level']} {r['key']}: {', '.join(r['columns'])} ({r['how']})"
+                              for r in diff["recoverable"][:20]) or "no suppressed cell recoverable",
+        metadata={"period": context.partition_key, "recoverable": len(diff["recoverable"]), "severity": diff["severity"],
+                  "unexamined_unknowns": diff["unexamined"]},
     )
 
 

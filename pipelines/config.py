@@ -59,6 +59,10 @@ DISCLOSURE_FLOORS: dict[tuple[str, str], int] = {
 # Thresholds that take one of a few words (checked wherever they are set).
 CHOICES: dict[str, tuple[str, ...]] = {
     "outcomes.overdispersion": ("shmi", "cqc", "none"),
+    "fft.rule_set": ("spec", "nhse"),
+    "fft.nhse_cascade": ("smallest_two", "all"),
+    "disclosure.differencing_severity": ("warn", "error"),
+    "disclosure.rounding": ("none", "nearest_5"),
 }
 
 # Settings that are not thresholds: the YAML file may give them at its top level.

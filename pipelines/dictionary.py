@@ -80,6 +80,14 @@ RULES = [
     "every other dataset and period is still published.",
     "The thresholds (7 and 8 by default) are configuration; the values used are recorded "
     "in each dataset's manifest.",
+    "With `disclosure.rounding` `nearest_5` (off by default; the manifest's thresholds say "
+    "which), every count a rule may blank, and the FFT counts, are rounded to the nearest 5 "
+    "after suppression, national rows too; rates stay computed from the unrounded counts.",
+    "Before every publication an audit tries to recover each suppressed value from the "
+    "published totals (a parent minus its published children, within and across datasets) "
+    "and reports each one it can, by organisation codes (`disclosure.differencing_severity` "
+    "`error` withholds the datasets involved instead). FFT may use NHS England's own rule set "
+    "(`fft.rule_set` `nhse`).",
 ]
 
 

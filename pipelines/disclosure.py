@@ -64,11 +64,18 @@ __all__ = [
     "check_public",
     "check_restricted",
     "describe",
+    "round_counts",
+    "ROUNDINGS",
 ]
 
 SMALL_MAX = 7
 MIN_DENOMINATOR = 8
 FFT_SUPPRESS_MAX = 4
+# disclosure.rounding: none, or nearest_5 (HES style: docs/methods-disclosure.md "Rounding").
+ROUNDINGS = ("none", "nearest_5")
+# The counts of an FFT dataset (its own suppressed flag, not <count>_suppressed).
+FFT_COUNT_COLUMNS = ("responses", "extremely_likely", "likely", "neither", "unlikely",
+                     "extremely_unlikely", "dont_know")
 
 # --------------------------------------------------------------------------- results
 
@@ -565,6 +572,29 @@ def _format_violations(ds: Dataset, table: pa.Table, *, every_string: bool) -> l
                              f"{ds.name}: {len(where)} row(s) of {name} are not "
                              f"{c.declared_format}", tuple(where.tolist())))
     return out
+
+
+def round_counts(ds: Dataset, table: pa.Table, rounding: str = "none") -> pa.Table:
+    """HES-style rounding, after suppression (``disclosure.rounding``): with ``nearest_5``
+    every count a disclosure rule may blank (``suppress="count"``, and an FFT dataset's
+    responses and six answer counts) is rounded to the nearest multiple of 5, on every row
+    (national too); 0 stays 0, empty stays empty. Integers never fall half way (v mod 5 of
+    0 to 2 rounds down, 3 or 4 up). Rates, organisation counts and the other columns are
+    left as they are: rates stay computed from the unrounded counts. ``none`` returns the
+    table unchanged."""
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"disclosure.rounding must be one of {', '.join(ROUNDINGS)}")
+    if rounding == "none" or ds.zone != "public" or table.num_rows == 0:
+        return table
+    names = [c.name for c in ds.columns if c.suppress == "count" and c.name in table.column_names]
+    if "suppressed" in table.column_names:
+        names += [n for n in FFT_COUNT_COLUMNS if n in table.column_names and n not in names]
+    for name in names:
+        col = table.column(name)
+        values = pc.multiply(pc.divide(pc.add(col.cast(pa.int64()), 2), 5), 5)  # integer division
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, table.schema.field(i), values.cast(col.type))
+    return table
 
 
 def check_public(ds: Dataset, table: pa.Table, settings: Any = None) -> list[Violation]:

@@ -16,7 +16,10 @@ this module reads the suppression rules, is written out for analysts in
   national (``ENG``).
 * Suppression below national: rule 1 (1..suppress_max responses), rule 2 (a lone rule-1
   child of a parent takes its next-smallest sibling with it), rule 3 (a parent suppressed
-  by rule 2 has at least two of its children suppressed; no further cascade).
+  by rule 2 has at least two of its children suppressed; no further cascade). Rule set
+  ``nhse`` (``fft.rule_set``): NHS England's fft_pipeline instead: rule 2 among the
+  commissioners too, and a cascade from every suppressed parent to its two smallest
+  children (``fft.nhse_cascade`` ``all``: every child), top down.
 * :func:`fft_mode`: responses by mode of collection per provider and nationally, each
   cell suppressed with its provider's row, by rule 1, and by complements on both margins.
 
@@ -47,6 +50,10 @@ _LEVEL_ORDER = {lvl: k for k, lvl in enumerate(LEVELS)}
 _CHILD_LEVEL_OF = {"site": "ward", "provider": "site", "commissioner": "provider"}
 _RULE2_CHILD_LEVELS = ("ward", "site", "provider")
 _RULE3_PARENT_LEVELS = ("site", "provider")  # parents that can be suppressed by rule 2
+# fft.rule_set: the spec's rules (default) or NHS England's (docs/methods-fft.md); and, under
+# nhse, fft.nhse_cascade: how many children of a suppressed parent the cascade suppresses.
+RULE_SETS = ("spec", "nhse")
+CASCADES = ("smallest_two", "all")
 
 ANSWERS = ("1", "2", "3", "4", "5", "6")
 COUNT_COLUMNS = ("extremely_likely", "likely", "neither", "unlikely", "extremely_unlikely", "dont_know")
@@ -239,8 +246,19 @@ def _hierarchy_nodes(responses: pd.DataFrame, providers: pd.DataFrame) -> pd.Dat
     return pd.concat(parts, ignore_index=True)
 
 
-def _apply_suppression(nodes: pd.DataFrame, suppress_max: int) -> pd.DataFrame:
-    """Adds boolean columns rule1, rule2, rule3 and suppressed (see docs/methods-fft.md)."""
+def _apply_suppression(nodes: pd.DataFrame, suppress_max: int, rule_set: str = "spec",
+                       cascade: str = "smallest_two") -> pd.DataFrame:
+    """Adds boolean columns rule1, rule2, rule3 and suppressed (see docs/methods-fft.md).
+
+    ``rule_set`` ``spec`` (the default: methods.md's rules 1 to 3) or ``nhse`` (NHS
+    England's fft_pipeline: rule 1; rule 2 also among the commissioners, and providers
+    without a commissioner, under national; and, in column ``rule3``, a cascade from every
+    suppressed parent, top down, to its two children with the fewest responses, or to every
+    child with ``cascade`` ``all``)."""
+    if rule_set not in RULE_SETS:
+        raise ValueError(f"fft rule set must be one of {', '.join(RULE_SETS)}")
+    if cascade not in CASCADES:
+        raise ValueError(f"fft cascade must be one of {', '.join(CASCADES)}")
     n = nodes
     total = n[list(COUNT_COLUMNS)].sum(axis=1)
     n["_t"] = total
@@ -251,15 +269,29 @@ def _apply_suppression(nodes: pd.DataFrame, suppress_max: int) -> pd.DataFrame:
 
     # Rule 2: within each parent's children (ward|site, site|provider, provider|commissioner)
     # where exactly one child is suppressed by rule 1, suppress the unsuppressed sibling with
-    # the fewest responses (ties: ascending org_code).
+    # the fewest responses (ties: ascending org_code). Under nhse the commissioners (and any
+    # provider without one) are one more group of siblings, under national.
     n["rule2"] = False
-    key = ["period", "setting", "level", "parent_code"]
+    key = ["period", "setting", "_group"]
+    n["_group"] = n["level"] + "|" + n["parent_code"].astype(object).fillna("")
     kids = n[n["level"].isin(_RULE2_CHILD_LEVELS) & n["parent_code"].notna()]
+    if rule_set == "nhse":
+        orphan = n["parent_code"].isna() | (n["parent_code"].astype(object) == "")
+        national_kids = (n["level"] == "commissioner") | ((n["level"] == "provider") & orphan)
+        n.loc[national_kids, "_group"] = "national|" + NATIONAL_CODE
+        kids = n[(n["level"].isin(_RULE2_CHILD_LEVELS) & ~orphan) | national_kids]
     if not kids.empty:
         lone = kids.groupby(key)["rule1"].transform("sum") == 1
         cand = kids[lone & ~kids["rule1"]].sort_values(key + ["_t", "org_code"])
         picked = cand.drop_duplicates(subset=key, keep="first").index
         n.loc[picked, "rule2"] = True
+
+    if rule_set == "nhse":
+        n["rule3"] = False
+        _cascade(n, all_children=cascade == "all")
+        n["suppressed"] = n["rule1"] | n["rule2"] | n["rule3"]
+        return n.drop(columns=["_t", "_group"])
+    key = ["period", "setting", "level", "parent_code"]
 
     # Rule 3: a site or provider suppressed by rule 2 has its children suppressed, fewest
     # responses first (ties: ascending org_code), until at least two of them are suppressed
@@ -280,11 +312,33 @@ def _apply_suppression(nodes: pd.DataFrame, suppress_max: int) -> pd.DataFrame:
         n.loc[free.index[(rank < free["_need"]).to_numpy()], "rule3"] = True
 
     n["suppressed"] = n["rule1"] | n["rule2"] | n["rule3"]
-    return n.drop(columns="_t")
+    return n.drop(columns=["_t", "_group"])
+
+
+def _cascade(n: pd.DataFrame, *, all_children: bool) -> None:
+    """NHS England's cascade (fft_pipeline ``apply_cascade_suppression``), in place on
+    ``rule3``: top down (commissioner, provider, site), every suppressed parent (by any
+    rule, the cascade included) has its two children with the fewest responses suppressed
+    (ties: ascending org_code), or all its children with ``all_children``."""
+    key = ["period", "setting", "parent_code"]
+    for parent_level in ("commissioner", "provider", "site"):
+        parents = n[(n["level"] == parent_level) & (n["rule1"] | n["rule2"] | n["rule3"])]
+        if parents.empty:
+            continue
+        targets = pd.DataFrame({"period": parents["period"], "setting": parents["setting"],
+                                "parent_code": parents["org_code"]}).drop_duplicates()
+        level = n[n["level"] == _CHILD_LEVEL_OF[parent_level]]
+        children = level.reset_index().merge(targets, on=key, how="inner").set_index("index")
+        if children.empty:
+            continue
+        if not all_children:
+            children = children.sort_values(key + ["_t", "org_code"])
+            children = children[(children.groupby(key).cumcount() < 2).to_numpy()]
+        n.loc[children.index, "rule3"] = True
 
 
 def fft_nodes(responses: TableLike, sites: TableLike | None, providers: TableLike | None,
-              *, suppress_max: int = 4) -> pd.DataFrame:
+              *, suppress_max: int = 4, rule_set: str = "spec", cascade: str = "smallest_two") -> pd.DataFrame:
     """Every organisation's unsuppressed counts and scores with the rule that suppressed it
     (columns rule1, rule2, rule3, suppressed): for checking and audit, never published."""
     df = _frame(responses, ["period", "provider_code", "site_code", "ward_code", "setting", "response"])
@@ -296,7 +350,7 @@ def fft_nodes(responses: TableLike, sites: TableLike | None, providers: TableLik
     df = _answer_counts(df)
     nodes = _hierarchy_nodes(df, providers if providers is not None else pd.DataFrame(
         {"provider_code": [], "commissioner_code": []}))
-    nodes = _apply_suppression(nodes, suppress_max)
+    nodes = _apply_suppression(nodes, suppress_max, rule_set, cascade)
     nodes = _scores(nodes)
     nodes["_lvl"] = nodes["level"].map(_LEVEL_ORDER)
     nodes = nodes.sort_values(["period", "setting", "_lvl", "org_code"], kind="mergesort")
@@ -304,16 +358,18 @@ def fft_nodes(responses: TableLike, sites: TableLike | None, providers: TableLik
 
 
 def fft_scores(responses: TableLike, sites: TableLike | None, providers: TableLike | None,
-               *, suppress_max: int = 4) -> pa.Table:
+               *, suppress_max: int = 4, rule_set: str = "spec", cascade: str = "smallest_two") -> pa.Table:
     """FFT counts and scores per period, setting, level and organisation, with NHS
     England's suppression; conformed to ``schemas.get("fft_scores")``.
 
     ``responses``: current FFT responses (warehouse ``fft_responses`` columns), one or
     more periods. ``sites``: ``ref_sites``. ``providers``: ``ref_providers`` (the host
     commissioner of each provider). Sorted by period, setting, level (ward, site,
-    provider, commissioner, national) and org_code.
+    provider, commissioner, national) and org_code. ``rule_set`` ``spec`` (methods.md) or
+    ``nhse`` (NHS England's rules: docs/methods-fft.md), ``cascade`` the nhse cascade's width.
     """
-    nodes = fft_nodes(responses, sites, providers, suppress_max=suppress_max)
+    nodes = fft_nodes(responses, sites, providers, suppress_max=suppress_max, rule_set=rule_set,
+                      cascade=cascade)
     if nodes.empty:
         return _to_arrow(nodes, "fft_scores")
     nodes = _blank_suppressed(nodes)
@@ -523,7 +579,8 @@ def _mode_complements(cells: pd.DataFrame) -> pd.Series:
     return sup
 
 
-def fft_mode(responses: TableLike, providers: TableLike | None, *, suppress_max: int = 4) -> pa.Table:
+def fft_mode(responses: TableLike, providers: TableLike | None, *, suppress_max: int = 4,
+             sites: TableLike | None = None, rule_set: str = "spec", cascade: str = "smallest_two") -> pa.Table:
     """Responses by mode of collection (``MODE``: SMS, PAPER, ONLINE, TABLET, PHONE, OTHER,
     and ``NOT_KNOWN``), per period, setting, provider and nationally, as NHS England
     publishes the mode breakdown (trusts and England), with ``pct_positive`` and
@@ -534,14 +591,17 @@ def fft_mode(responses: TableLike, providers: TableLike | None, *, suppress_max:
     with the trust's row); a cell of 1 to ``suppress_max`` responses (rule 1); then
     :func:`_mode_complements` so that no suppressed cell can be found by subtraction from
     the provider's total or the national cell. A suppressed cell has ``responses`` and both
-    percentages empty. Rows exist only for modes with responses (0 is never written)."""
+    percentages empty. Rows exist only for modes with responses (0 is never written).
+    ``sites``, ``rule_set`` and ``cascade``: as given to :func:`fft_scores`, so that a
+    provider is suppressed here exactly when its ``fft_scores`` row is (under ``nhse`` a
+    cascade can suppress a provider of many responses: its mode cells add up to it)."""
     df = _frame(responses, ["period", "provider_code", "site_code", "ward_code", "setting", "response"])
     empty_cols = ["period", "setting", "level", "org_code", "mode", "responses", "suppressed"]
     if df.empty:
         return _to_arrow(pd.DataFrame(columns=empty_cols), "fft_mode")
     from pipelines.schemas.inputs import FFT_MODES
 
-    nodes = fft_nodes(df, None, providers, suppress_max=suppress_max)
+    nodes = fft_nodes(df, sites, providers, suppress_max=suppress_max, rule_set=rule_set, cascade=cascade)
     prov_sup = nodes[nodes["level"] == "provider"].set_index(["period", "setting", "org_code"])["suppressed"]
     df = _answer_counts(df)
     for col in ("period", "setting", "provider_code"):

@@ -75,6 +75,8 @@ class RunSummary:
     # Non-blocking checks that failed with ERROR severity (a dataset held back by disclosure
     # control): printed, but the run did its job, so they do not make it fail.
     refused_checks: list[str] = field(default_factory=list)
+    # The differencing audit's findings at WARN severity (published anyway; docs/methods-disclosure.md).
+    warned_checks: list[str] = field(default_factory=list)
     published: list[dict] = field(default_factory=list)
     held_back: list[dict] = field(default_factory=list)
     # (file name, SHA-256) of the files this run took in, held or rejected (the ledger
@@ -379,6 +381,9 @@ def _materialise(settings: Settings, summary: RunSummary, *, periods, progress, 
                     # (disclosure control blocks one dataset, and the rest is published) is the
                     # pipeline doing its job on bad input: reported, not a failure.
                     (summary.failed_checks if data.blocking else summary.refused_checks).append(line)
+                elif not data.passed and data.check_name == "differencing":
+                    summary.warned_checks.append(
+                        f"{label}{data.asset_key.to_user_string()}.{data.check_name}: {data.description or ''}")
         return result
 
     from pipelines import status
@@ -446,6 +451,11 @@ def print_summary(summary: RunSummary, settings: Settings, out=None) -> None:
     if summary.refused_checks:
         w("Checks that refused a publication (everything else was published):\n")
         for c in summary.refused_checks:
+            w(f"  {c}\n")
+    if summary.warned_checks:
+        w("Suppressed cells recoverable from published margins (published anyway: "
+          "disclosure.differencing_severity is warn):\n")
+        for c in summary.warned_checks:
             w(f"  {c}\n")
     if settings.demo_mode and not settings.pseudo_key:
         w("DEMO MODE: the restricted zone is pseudonymised with the public demo key; not for real data.\n")

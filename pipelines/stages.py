@@ -336,8 +336,11 @@ def fft_outputs(settings: Settings, period: str) -> dict:
     if responses is None:
         responses = schemas.get("fft_responses").arrow_schema(include_partition=True).empty_table()
     suppress_max = settings.t("fft", "suppress_max_responses")
-    scores = fft.fft_scores(responses, wh.read("ref_sites"), wh.read("ref_providers"), suppress_max=suppress_max)
-    modes = fft.fft_mode(responses, wh.read("ref_providers"), suppress_max=suppress_max)
+    rule_set, cascade = settings.t("fft", "rule_set"), settings.t("fft", "nhse_cascade")
+    scores = fft.fft_scores(responses, wh.read("ref_sites"), wh.read("ref_providers"), suppress_max=suppress_max,
+                            rule_set=rule_set, cascade=cascade)
+    modes = fft.fft_mode(responses, wh.read("ref_providers"), suppress_max=suppress_max, sites=wh.read("ref_sites"),
+                         rule_set=rule_set, cascade=cascade)
     # Spells discharged up to link_max_days before a response in this period may end in the
     # previous month.
     episodes = wh.read_raw("current_sus_episodes", [_shift(period, -1), period],
@@ -584,6 +587,7 @@ def release(settings: Settings, period: str) -> dict:
     _, wh, _ = stores(settings)
     blocked: list[dict] = []
     md: dict = {}
+    released: dict = {}
     for name in PUBLIC_DATASETS:
         ds = schemas.get(name)
         staged = wh.read(name, [period])
@@ -593,6 +597,7 @@ def release(settings: Settings, period: str) -> dict:
         if name == "linkage_quality":  # its categories add up: secondary suppression
             from pipelines import linkage
             public = linkage.suppress_complements(public)
+        public = disclosure.round_counts(ds, public, settings.t("disclosure", "rounding"))  # after suppression
         found = disclosure.check_public(ds, public, settings)
         if found:
             blocked.append(_block(wh, "public", name, period, public, found))
@@ -600,6 +605,8 @@ def release(settings: Settings, period: str) -> dict:
             continue
         wh.store.write_parquet(_release_path("public", name, period), public)
         md[name] = public.num_rows
+        released[name] = public
+    differencing = _differencing(settings, wh, period, released, blocked, md)
     key = settings.effective_pseudo_key
     if key is None:
         for name in RESTRICTED_DATASETS:
@@ -646,7 +653,34 @@ def release(settings: Settings, period: str) -> dict:
             wh.store.write_parquet(_release_path("restricted", name, period), t)
             md[name] = t.num_rows
     wh.store.write_bytes(_blocked_path(period), json.dumps(blocked, indent=1, sort_keys=True).encode())
-    return {"metadata": md, "violations": [b["message"] for b in blocked], "blocked": blocked}
+    return {"metadata": md, "violations": [b["message"] for b in blocked], "blocked": blocked,
+            "differencing": differencing}
+
+
+def _differencing(settings: Settings, wh, period: str, released: dict, blocked: list, md: dict) -> dict:
+    """The differencing audit of the period's public candidates (docs/methods-disclosure.md):
+    suppressed cells the published margins give back. Severity ``error`` blocks every
+    dataset a recovery reads (its candidate removed, the reason recorded); ``warn`` reports."""
+    from pipelines import differencing, disclosure
+
+    severity = settings.t("disclosure", "differencing_severity")
+    tables = {name: t if "period" in t.column_names else t.append_column("period", pa.array([period] * t.num_rows))
+              for name, t in released.items()}
+    unexamined: list = []
+    found = differencing.audit(
+        tables, rounding=settings.t("disclosure", "rounding"), unexamined=unexamined,
+        incomplete=differencing.fft_incomplete_parents(wh.read_raw("current_fft_responses", [period])))
+    if found and severity == "error":
+        for name in sorted({d for f in found for d in f.datasets} & set(released)):
+            mine = [f for f in found if name in f.datasets]
+            columns = sorted({c for f in mine for c in f.columns})
+            v = [disclosure.Violation(name, "differencing", ", ".join(columns), len(mine),
+                                      f"{name}: {len(mine)} suppressed cell(s) recoverable from published margins: "
+                                      + "; ".join(str(f) for f in mine[:10])
+                                      + (f"; and {len(mine) - 10} more" if len(mine) > 10 else ""))]
+            blocked.append(_block(wh, "public", name, period, released[name], v))
+            md[name] = "blocked by the differencing audit"
+    return {"severity": severity, "recoverable": [f.as_dict() for f in found], "unexamined": sum(unexamined)}
 
 
 def publish(settings: Settings, period: str, *, run_id: str = "cli") -> dict:

@@ -157,3 +157,20 @@ def test_no_lone_suppressed_cell_in_any_trust_or_mode(seed):
     assert not small.any()
     assert not out[out.level == "national"].suppressed.any()
     assert not disclosure.check_public(schemas.get("fft_mode"), pa.Table.from_pandas(out, preserve_index=False))
+
+
+def test_a_provider_suppressed_by_the_nhse_cascade_has_every_mode_cell_suppressed():
+    # Commissioners 00A (RA1: 2 responses, rule 1), 00B (RB2: 10), 00C (RC3: 20). Under nhse
+    # 00B is second-level suppressed and the cascade takes RB2 (docs/methods-fft.md). RB2's
+    # ten responses are all SMS: a published RB2 SMS cell of 10 would give RB2's fft_scores
+    # row back. Under spec RB2 is published, and so is its cell.
+    resp = _responses([("RA1", "SMS", [1, 2]), ("RB2", "SMS", [1] * 10), ("RC3", "SMS", [1] * 20)])
+    provs = _providers({"RA1": "00A", "RB2": "00B", "RC3": "00C"})
+    for rule_set, rb2_published in (("spec", True), ("nhse", False)):
+        scores = fft.fft_scores(resp, None, provs, rule_set=rule_set).to_pandas()
+        rb2 = scores[(scores["level"] == "provider") & (scores["org_code"] == "RB2")].iloc[0]
+        assert bool(rb2["suppressed"]) is not rb2_published, rule_set
+        cells = fft.fft_mode(resp, provs, rule_set=rule_set).to_pandas()
+        cell = cells[(cells["level"] == "provider") & (cells["org_code"] == "RB2")].iloc[0]
+        assert bool(cell["suppressed"]) is not rb2_published, rule_set
+        assert pd.isna(cell["responses"]) is not rb2_published, rule_set
