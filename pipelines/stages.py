@@ -800,6 +800,16 @@ def publish_submissions(settings: Settings, *, run_id: str = "cli") -> dict:
             "by_status": {r["values"]: r["counts"] for r in statuses}}
 
 
+def feedback_packs(settings: Settings, *, run_id: str = "cli") -> dict:
+    """The submitters' feedback packs (:func:`pipelines.feedback.write_packs`): under
+    ``<publish root>/feedback/<source>/<submitter_code>/<period>/``, for the submitters,
+    never in the public zone. Run after the periods are validated and published."""
+    from pipelines import feedback
+
+    _, wh, out = stores(settings)
+    return feedback.write_packs(wh, out, run_id=run_id, code_version=code_version()).as_metadata()
+
+
 # --------------------------------------------------------------------------- summaries
 def published_summary(settings: Settings) -> list[dict]:
     _, _, out = stores(settings)

@@ -1,0 +1,240 @@
+"""Feedback packs (issue 25 item 1): a tmp landing zone with GP extracts with planted bad
+rows, a held extract and a rejected one, validated by the real suite; the packs under
+<publish>/feedback/gp/<practice>/<period>/ list the exact lines and rule ids, the effects,
+how to fix, and never a value of a row."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from pipelines import feedback, publish, stages
+from pipelines.config import Settings
+from pipelines.storage import Store
+from pipelines.warehouse import Warehouse
+
+from helpers import found_in, land, nhs_numbers
+
+P = "2024-01"
+HEADER = "NHS_NUMBER,DATE_OF_BIRTH,SEX,POSTCODE,LSOA,ETHNIC_CATEGORY,REGISTRATION_DATE,OBJECTION"
+NUMBERS = nhs_numbers(100, 1200)
+BAD_NHS = NUMBERS[0][:9] + str((int(NUMBERS[0][9]) + 1) % 10)  # a wrong check digit
+POSTCODE = "CB2 0QQ"
+FREE_TEXT = "Mrs Jane Doe of 12 Acacia Avenue"
+ODD_NAME = f"gp/Jane Doe {POSTCODE} {NUMBERS[5]}.csv"
+N = 1100  # rows of A81001 (lines 2..1101)
+
+
+def row(k: int, **kw) -> str:
+    v = {"NHS_NUMBER": NUMBERS[k], "DATE_OF_BIRTH": "1970-01-01", "SEX": "1", "POSTCODE": "",
+         "LSOA": "E01000001", "ETHNIC_CATEGORY": "A", "REGISTRATION_DATE": "2000-01-01", "OBJECTION": ""}
+    v.update(kw)
+    return ",".join(f'"{x}"' if "," in x else x for x in v.values())
+
+
+def a81001() -> str:
+    lines = [HEADER]
+    for k in range(N):
+        line = k + 2
+        if line == 3:
+            lines.append(row(k, NHS_NUMBER=BAD_NHS))                      # reject NHS_NUMBER_INVALID
+        elif line == 4:
+            lines.append(row(k, SEX=POSTCODE))                            # reject SEX_CODE
+        elif line in (5, 6, 7, 9):
+            lines.append(row(k, ETHNIC_CATEGORY=FREE_TEXT))               # warn ETHNIC_CATEGORY_CODE
+        elif line == 8:
+            lines.append(row(k, DATE_OF_BIRTH="1970-13-45"))              # reject DATE_OF_BIRTH_DATE
+        else:
+            lines.append(row(k, LSOA="E0100"))                            # warn LSOA_FORMAT (1,093 rows)
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def zone(tmp_path_factory):
+    root = tmp_path_factory.mktemp("feedback")
+    landing = root / "landing"
+    land(landing, "gp/GP_A81001_20240131.csv", a81001())
+    # held: 2 of 3 rows rejected (SEX not a code)
+    land(landing, "gp/GP_A81002_20240131.csv", "\n".join(
+        [HEADER, row(1000, SEX="X"), row(1001), row(1002, SEX=POSTCODE)]) + "\n")
+    # rejected whole: no SEX column
+    land(landing, "gp/GP_A81003_20240131.csv", "NHS_NUMBER,DATE_OF_BIRTH,REGISTRATION_DATE,OBJECTION\n"
+         f"{NUMBERS[1100]},1970-01-01,2000-01-01,\n")
+    # a name that is supplier free text: rejected, and no pack names it
+    land(landing, ODD_NAME, HEADER + "\n" + row(1101) + "\n")
+    settings = Settings(landing=str(landing), warehouse=str(root / "wh"), publish=str(root / "pub"))
+    stages.scan(settings)
+    stages.load_reference(settings)
+    stages.ingest_feed(settings, "gp", P)
+    report = stages.feedback_packs(settings, run_id="t")
+    return settings, report, root
+
+
+def pack(settings, practice: str) -> tuple[Path, list[dict]]:
+    folder = Path(settings.publish) / "feedback" / "gp" / practice / P
+    text = (folder / f"feedback_gp_{practice}_{P}.csv").read_text(encoding="utf-8")
+    return folder, list(csv.DictReader(io.StringIO(text)))
+
+
+def by_rule(rows: list[dict]) -> dict[str, dict]:
+    return {r["rule_id"]: r for r in rows}
+
+
+def test_pack_lists_exact_lines_rule_ids_effects_and_fixes(zone):
+    settings, report, _ = zone
+    assert report["packs"] == 3 and report["packs_written"] == 3 and not report["failed"]
+    folder, rows = pack(settings, "A81001")
+    rules = by_rule(rows)
+    assert set(rules) == {"NHS_NUMBER_INVALID", "SEX_CODE", "DATE_OF_BIRTH_DATE", "ETHNIC_CATEGORY_CODE",
+                          "LSOA_FORMAT"}
+    assert {r["file"] for r in rows} == {"gp/GP_A81001_20240131.csv"}
+    assert rules["NHS_NUMBER_INVALID"]["line_numbers"] == "3"
+    assert rules["SEX_CODE"]["line_numbers"] == "4"
+    assert rules["DATE_OF_BIRTH_DATE"]["line_numbers"] == "8"
+    assert rules["ETHNIC_CATEGORY_CODE"]["line_numbers"] == "5-7, 9"
+    for rid in ("NHS_NUMBER_INVALID", "SEX_CODE", "DATE_OF_BIRTH_DATE"):
+        assert rules[rid]["effect"] == "row_quarantined" and rules[rid]["severity"] == "reject"
+        assert rules[rid]["rows_failed"] == "1" and rules[rid]["lines_note"] == "all 1 line(s) listed"
+    assert rules["ETHNIC_CATEGORY_CODE"]["effect"] == "row_warned" and rules["ETHNIC_CATEGORY_CODE"]["rows_failed"] == "4"
+    assert rules["SEX_CODE"]["field"] == "SEX" and rules["SEX_CODE"]["status"] == "current"
+    # 1,093 LSOA failures (lines 2 and 10..1101): the first 1,000 line numbers, and the count
+    lsoa = rules["LSOA_FORMAT"]
+    assert lsoa["rows_failed"] == "1093" and lsoa["lines_listed"] == "1000"
+    assert lsoa["line_numbers"] == "2, 10-1008"
+    assert lsoa["lines_note"] == "the first 1,000 of 1,093 lines listed"
+    # how to fix comes from the rule's declaration
+    from expectations import gp
+    declared = {r.id: r for r in gp.RULES}
+    for rid, r in rules.items():
+        assert r["how_to_fix"] == declared[rid].how_to_fix and r["message"] == declared[rid].message
+    assert "allowed codes (0, 1, 2, 9)" in rules["SEX_CODE"]["how_to_fix"]
+    # the manifest lists both files with their digests, and the folder verifies
+    manifest = json.loads((folder / "_manifest.json").read_text())
+    assert set(manifest["files"]) == {f"feedback_gp_A81001_{P}.csv", f"feedback_gp_A81001_{P}.xlsx"}
+    assert manifest["source"] == "gp" and manifest["submitter_code"] == "A81001" and manifest["period"] == P
+    assert publish.verify_publication(Store(settings.publish), "feedback/gp/A81001", P) == []
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["_manifest.json", *manifest["files"]])
+
+
+def test_xlsx_holds_the_same_rules_and_the_files(zone):
+    from openpyxl import load_workbook
+
+    settings, _, _ = zone
+    folder, rows = pack(settings, "A81001")
+    wb = load_workbook(folder / f"feedback_gp_A81001_{P}.xlsx")
+    assert wb.sheetnames == ["Read me", "Rules", "Files"]
+    sheet = list(wb["Rules"].iter_rows(values_only=True))
+    head = list(sheet[0])
+    got = {r[head.index("rule_id")]: r for r in sheet[1:]}
+    assert got["ETHNIC_CATEGORY_CODE"][head.index("line_numbers")] == "5-7, 9"
+    assert got["NHS_NUMBER_INVALID"][head.index("effect")] == "row_quarantined"
+    assert len(sheet) - 1 == len(rows)
+    files = list(wb["Files"].iter_rows(values_only=True))
+    fh = list(files[0])
+    assert files[1][fh.index("rows_received")] == N and files[1][fh.index("rows_quarantined")] == 3
+
+
+def test_held_and_rejected_files_say_so(zone):
+    settings, _, _ = zone
+    _, held = pack(settings, "A81002")
+    rules = by_rule(held)
+    assert rules["FILE_HELD"]["effect"] == "file_held" and rules["FILE_HELD"]["status"] == "held"
+    assert "held" in rules["FILE_HELD"]["message"] and "release" in rules["FILE_HELD"]["how_to_fix"]
+    assert rules["SEX_CODE"]["line_numbers"] == "2, 4" and rules["SEX_CODE"]["effect"] == "row_quarantined"
+    assert rules["SEX_CODE"]["status"] == "held"
+    _, rejected = pack(settings, "A81003")
+    assert [r["rule_id"] for r in rejected] == ["FILE_REJECTED"]
+    r = rejected[0]
+    assert r["effect"] == "file_rejected" and r["status"] == "rejected" and r["severity"] == "file"
+    assert "lacks required column(s) SEX" in r["message"] and r["rows_failed"] == ""
+
+
+def test_no_value_of_a_row_in_any_byte_of_any_pack(zone):
+    """Attack: bad values that are an NHS number, a postcode and a supplier's free text, a
+    file name holding a postcode and an NHS number: none is in any byte of any pack (the CSV,
+    the manifest, every part of the XLSX zip, every cell as openpyxl reads it)."""
+    from openpyxl import load_workbook
+
+    settings, _, _ = zone
+    root = Path(settings.publish) / "feedback"
+    texts = []
+    for p in sorted(root.rglob("*")):
+        if not p.is_file():
+            continue
+        texts.append(p.read_bytes().decode("utf-8", "replace"))
+        if p.suffix == ".xlsx":
+            with zipfile.ZipFile(p) as z:
+                texts += [z.read(n).decode("utf-8", "replace") for n in z.namelist()]
+            wb = load_workbook(p)
+            texts += [str(c) for ws in wb for r in ws.iter_rows(values_only=True) for c in r if c is not None]
+    assert len(texts) > 9
+    blob = "\n".join(texts)
+    assert found_in(blob, NUMBERS + [BAD_NHS]) == set()
+    for needle in (POSTCODE, POSTCODE.replace(" ", ""), FREE_TEXT, "Acacia", "Jane Doe", "1970-13-45", "E0100",
+                   "1970-01-01"):
+        assert needle not in blob, needle
+    # the free-text file is in no pack, and no folder is named after anything but a code
+    assert sorted(p.relative_to(root).as_posix() for p in root.glob("*/*/*")) == [
+        f"gp/A81001/{P}", f"gp/A81002/{P}", f"gp/A81003/{P}"]
+
+
+def test_not_in_the_public_zone_and_rerun_writes_nothing(zone):
+    settings, _, root = zone
+    pub = Path(settings.publish)
+    assert not any("feedback" in p.as_posix() for p in (pub / "public").rglob("*"))
+    assert not any(d["dataset"].startswith("feedback") for d in stages.published_summary(settings))
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (pub / "feedback").rglob("*") if p.is_file()}
+    again = stages.feedback_packs(settings, run_id="t2")
+    assert again["packs_written"] == 0 and again["packs_unchanged"] == 3
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (pub / "feedback").rglob("*") if p.is_file()}
+    assert after == before
+    # without the digests (lost warehouse state) the packs are rebuilt byte for byte: nothing written
+    Warehouse(Store(settings.warehouse)).store.delete(feedback.DIGESTS)
+    third = stages.feedback_packs(settings, run_id="t3")
+    assert third["packs_written"] == 0
+    assert {p: p.read_bytes() for p in before} == {p: v[1] for p, v in before.items()}
+
+
+def test_line_ranges_cap_and_order():
+    assert feedback.line_ranges([9, 2, 3, 4, 12, 13, 2]) == ("2-4, 9, 12-13", 6, 6)
+    text, listed, total = feedback.line_ranges(range(2, 5000, 2))
+    assert listed == 1000 and total == 2499 and text.endswith(", 2000")
+    assert feedback.line_ranges([]) == ("", 0, 0)
+
+
+def test_identifier_shaped_text_is_withheld(zone):
+    """A text of the pipeline's own that would carry something shaped like an identifier
+    (a ledger reason quoting supplier text, say) is withheld from the pack, never written."""
+    from pipelines import ingest
+
+    settings, _, _ = zone
+    wh = Warehouse(Store(settings.warehouse))
+    led = ingest.read_ledger(wh)
+    packs = [p for p in feedback.plan(wh, led) if p.submitter == "A81003"]
+    p = packs[0]
+    p.files = p.files.assign(reason=f"rejected: column {NUMBERS[7]} near {POSTCODE}")
+    rules, files, withheld = feedback.build_pack(p, wh, {})
+    assert withheld == 2
+    assert rules.column("message").to_pylist() == [feedback.WITHHELD]
+    assert files.column("reason").to_pylist() == [feedback.WITHHELD]
+
+
+def test_pack_written_to_s3(zone, s3_bucket):
+    bucket, endpoint = s3_bucket
+    settings, _, _ = zone
+    wh = Warehouse(Store(settings.warehouse))
+    wh.store.delete(feedback.DIGESTS)
+    out = Store(f"s3://{bucket}/pub", endpoint)
+    rep = feedback.write_packs(wh, out, run_id="s3")
+    assert len(rep.written) == 3 and rep.root == f"s3://{bucket}/pub/feedback"
+    manifest = json.loads(out.read_bytes(f"feedback/gp/A81001/{P}/_manifest.json"))
+    assert set(manifest["files"]) == {f"feedback_gp_A81001_{P}.csv", f"feedback_gp_A81001_{P}.xlsx"}
+    assert publish.verify_publication(out, "feedback/gp/A81001", P) == []
+    assert not [f.path for f in out.list("") if "_staging" in f.path]
+    got = feedback.read_pack(out, "gp", "A81001", P)
+    assert by_rule(got["rules"])["SEX_CODE"]["line_numbers"] == "4"
