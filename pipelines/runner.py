@@ -83,6 +83,8 @@ class RunSummary:
     # {source, submitter_code, period} below the sanction threshold in the run's periods.
     below_threshold: list[dict] = field(default_factory=list)
     run_ids: list[str] = field(default_factory=list)
+    # The feedback packs (pipelines/feedback.py): packs, packs_written, root; None when not run.
+    feedback: dict | None = None
     # Failures outside a Dagster step (storage, the runner itself), one line each.
     errors: list[str] = field(default_factory=list)
     # The run stopped before any work (check_roots): its exit code.
@@ -325,6 +327,10 @@ def _materialise(settings: Settings, summary: RunSummary, *, periods, progress, 
                 summary.storage_failed |= err.cls_name in STORAGE_ERRORS
                 summary.failed_steps.append(f"{label}{ev.step_key}: {' '.join(err.message.split())}")
                 summary.tracebacks.append(f"{label}{ev.step_key}:\n{ev.event_specific_data.error.to_string()}")
+            if ev.event_type_value == "ASSET_MATERIALIZATION":
+                mat = ev.event_specific_data.materialization
+                if mat.asset_key.to_user_string() == "feedback_packs":
+                    summary.feedback = {k: v.value for k, v in mat.metadata.items()}
             if ev.event_type_value == "ASSET_CHECK_EVALUATION":
                 data = ev.event_specific_data
                 if not data.passed and data.severity == dg.AssetCheckSeverity.ERROR:
@@ -397,6 +403,11 @@ def print_summary(summary: RunSummary, settings: Settings, out=None) -> None:
         w(f"  {row['source']} {row['submitter_code']} {row['period']}\n")
     if not summary.below_threshold:
         w("  nobody\n")
+    if summary.feedback is not None:
+        fb = summary.feedback
+        w(f"Feedback packs for submitters: {fb.get('packs_written', 0)} written, {fb.get('packs', 0)} in all, "
+          f"under {fb.get('root')}" + (f"; {len(fb['failed'])} not written: {', '.join(fb['failed'])}"
+                                       if fb.get("failed") else "") + "\n")
     if summary.refused_checks:
         w("Checks that refused a publication (everything else was published):\n")
         for c in summary.refused_checks:

@@ -119,7 +119,7 @@ def _report_dict(report) -> dict:
 def ingest_feed(settings: Settings, source: str, period: str) -> dict:
     from pipelines import ingest
 
-    landing, wh, _ = stores(settings)
+    landing, wh, out = stores(settings)
     docs = _docs_dir(settings, source, period)
     report = _report_dict(ingest.ingest(source, period, landing, wh, settings, data_docs_dir=docs,
                                        engine=engine(settings)))
@@ -129,7 +129,8 @@ def ingest_feed(settings: Settings, source: str, period: str) -> dict:
     ids = {s["submission_id"] for s in report.get("submissions", []) or [] if s.get("submission_id")}
     rules = wh.read("dq_rules", [period]).to_pandas()
     rules = rules[rules["submission_id"].isin(ids) & (rules["rows_failed"] > 0)]
-    return {"metadata": report, "source": source, "period": period, "failing_rules": rules}
+    return {"metadata": report, "source": source, "period": period, "failing_rules": rules,
+            "feedback_root": out.uri("feedback")}
 
 
 # One check per data-quality dimension (as in Dagster's data-quality patterns), by rule id.
@@ -164,6 +165,17 @@ def _rules_table(df, limit: int = 50) -> str:
     return "\n".join(lines)
 
 
+def _pack_links(report: dict, part) -> dict:
+    """Where the feedback packs of the submitters in ``part`` (failing rules) are written
+    (stage :func:`feedback_packs`, after publishing): one folder per submitter."""
+    root = report.get("feedback_root")
+    if not root or part is None or not len(part):
+        return {}
+    source, period = report.get("source"), report.get("period")
+    subs = sorted({s for s in part["submitter_code"].dropna()})
+    return {"feedback_packs": [f"{root}/{source}/{s}/{period}/" for s in subs]}
+
+
 def _reason(r: dict) -> str:
     why = r.get("reason") or r.get("held_reason") or ""
     name = r.get("file_name") or ""
@@ -196,7 +208,8 @@ def ingest_checks(report: dict) -> list[dict]:
             "description": f"{rejects} row failure(s) quarantined, {warns} kept with a warning"
             if rejects or warns else f"no {dim} rule failed",
             "metadata": {"rows_quarantined_by_rules": rejects, "rows_warned": warns,
-                         "failing_rules": {"markdown": _rules_table(part)}},
+                         "failing_rules": {"markdown": _rules_table(part)},
+                         **_pack_links(report, part)},
         })
     from pipelines.ingest import GP_HELD_RULE, GP_HOLD_UNTIL
 

@@ -70,9 +70,9 @@ def zone(tmp_path_factory):
     settings = Settings(landing=str(landing), warehouse=str(root / "wh"), publish=str(root / "pub"))
     stages.scan(settings)
     stages.load_reference(settings)
-    stages.ingest_feed(settings, "gp", P)
+    ingested = stages.ingest_feed(settings, "gp", P)
     report = stages.feedback_packs(settings, run_id="t")
-    return settings, report, root
+    return settings, report, root, ingested
 
 
 def pack(settings, practice: str) -> tuple[Path, list[dict]]:
@@ -86,7 +86,7 @@ def by_rule(rows: list[dict]) -> dict[str, dict]:
 
 
 def test_pack_lists_exact_lines_rule_ids_effects_and_fixes(zone):
-    settings, report, _ = zone
+    settings, report, _, _ = zone
     assert report["packs"] == 3 and report["packs_written"] == 3 and not report["failed"]
     folder, rows = pack(settings, "A81001")
     rules = by_rule(rows)
@@ -124,7 +124,7 @@ def test_pack_lists_exact_lines_rule_ids_effects_and_fixes(zone):
 def test_xlsx_holds_the_same_rules_and_the_files(zone):
     from openpyxl import load_workbook
 
-    settings, _, _ = zone
+    settings, _, _, _ = zone
     folder, rows = pack(settings, "A81001")
     wb = load_workbook(folder / f"feedback_gp_A81001_{P}.xlsx")
     assert wb.sheetnames == ["Read me", "Rules", "Files"]
@@ -140,7 +140,7 @@ def test_xlsx_holds_the_same_rules_and_the_files(zone):
 
 
 def test_held_and_rejected_files_say_so(zone):
-    settings, _, _ = zone
+    settings, _, _, _ = zone
     _, held = pack(settings, "A81002")
     rules = by_rule(held)
     assert rules["FILE_HELD"]["effect"] == "file_held" and rules["FILE_HELD"]["status"] == "held"
@@ -160,7 +160,7 @@ def test_no_value_of_a_row_in_any_byte_of_any_pack(zone):
     the manifest, every part of the XLSX zip, every cell as openpyxl reads it)."""
     from openpyxl import load_workbook
 
-    settings, _, _ = zone
+    settings, _, _, _ = zone
     root = Path(settings.publish) / "feedback"
     texts = []
     for p in sorted(root.rglob("*")):
@@ -184,7 +184,7 @@ def test_no_value_of_a_row_in_any_byte_of_any_pack(zone):
 
 
 def test_not_in_the_public_zone_and_rerun_writes_nothing(zone):
-    settings, _, root = zone
+    settings, _, root, _ = zone
     pub = Path(settings.publish)
     assert not any("feedback" in p.as_posix() for p in (pub / "public").rglob("*"))
     assert not any(d["dataset"].startswith("feedback") for d in stages.published_summary(settings))
@@ -212,7 +212,7 @@ def test_identifier_shaped_text_is_withheld(zone):
     (a ledger reason quoting supplier text, say) is withheld from the pack, never written."""
     from pipelines import ingest
 
-    settings, _, _ = zone
+    settings, _, _, _ = zone
     wh = Warehouse(Store(settings.warehouse))
     led = ingest.read_ledger(wh)
     packs = [p for p in feedback.plan(wh, led) if p.submitter == "A81003"]
@@ -226,7 +226,7 @@ def test_identifier_shaped_text_is_withheld(zone):
 
 def test_pack_written_to_s3(zone, s3_bucket):
     bucket, endpoint = s3_bucket
-    settings, _, _ = zone
+    settings, _, _, _ = zone
     wh = Warehouse(Store(settings.warehouse))
     wh.store.delete(feedback.DIGESTS)
     out = Store(f"s3://{bucket}/pub", endpoint)
@@ -238,3 +238,38 @@ def test_pack_written_to_s3(zone, s3_bucket):
     assert not [f.path for f in out.list("") if "_staging" in f.path]
     got = feedback.read_pack(out, "gp", "A81001", P)
     assert by_rule(got["rules"])["SEX_CODE"]["line_numbers"] == "4"
+
+
+def test_validity_check_links_the_packs_and_the_run_summary_names_them(zone):
+    """The Dagster checks of the period's ingest name the packs' folders of the submitters
+    whose rules failed; the run summary says how many packs were written and where."""
+    from pipelines.runner import RunSummary, print_summary
+
+    settings, report, _, ingested = zone
+    checks = {c["name"]: c for c in stages.ingest_checks(ingested)}
+    root = Path(settings.publish) / "feedback"
+    links = checks["validity"]["metadata"]["feedback_packs"]
+    assert links == [f"{root}/gp/A81001/{P}/", f"{root}/gp/A81002/{P}/"]
+    assert all(Path(x).is_dir() for x in links)
+    assert "feedback_packs" not in checks["uniqueness"]["metadata"]  # no uniqueness rule failed
+    out = io.StringIO()
+    print_summary(RunSummary(periods=[P], new_files=[("x", "y")], feedback=report), settings, out)
+    assert f"Feedback packs for submitters: 3 written, 3 in all, under {root}\n" in out.getvalue()
+
+
+def test_the_dagster_asset_reports_the_packs(zone):
+    """The feedback_packs asset (after the submissions ledger) carries the counts and the
+    root folder the run summary prints."""
+    import dagster as dg
+
+    from assets.publish import feedback_packs
+    from pipelines.resources import CareDataConfig
+
+    settings, _, _, _ = zone
+    caredata = CareDataConfig(landing=settings.landing, warehouse=settings.warehouse, publish=settings.publish)
+    result = dg.materialize([feedback_packs], resources={"caredata": caredata}, raise_on_error=True)
+    mats = [ev.event_specific_data.materialization for ev in result.all_events
+            if ev.event_type_value == "ASSET_MATERIALIZATION"]
+    md = {k: v.value for k, v in mats[0].metadata.items()}
+    assert mats[0].asset_key.to_user_string() == "feedback_packs"
+    assert md["packs"] == 3 and md["failed"] == [] and md["root"] == str(Path(settings.publish) / "feedback")
