@@ -273,3 +273,25 @@ def test_the_dagster_asset_reports_the_packs(zone):
     md = {k: v.value for k, v in mats[0].metadata.items()}
     assert mats[0].asset_key.to_user_string() == "feedback_packs"
     assert md["packs"] == 3 and md["failed"] == [] and md["root"] == str(Path(settings.publish) / "feedback")
+
+
+def test_release_with_by_and_reason_then_the_pack_says_current(zone, capsys):
+    """`caredata release FILE --by NAME --reason TEXT` records both in the ledger; the next
+    feedback run rebuilds that submitter's pack: the file is current, no FILE_HELD row, its
+    quarantined rows still listed. (Last in this module: it changes the zone.)"""
+    from pipelines import cli, ingest
+
+    settings, _, _, _ = zone
+    rc = cli.main(["release", "gp/GP_A81002_20240131.csv", "--warehouse", settings.warehouse,
+                   "--by", "j.smith", "--reason", "list cleaned, confirmed with the practice"])
+    assert rc == 0, capsys.readouterr().err
+    led = ingest.read_ledger(Warehouse(Store(settings.warehouse))).to_pandas().set_index("file_name")
+    reason = led.at["gp/GP_A81002_20240131.csv", "reason"]
+    assert reason.startswith("released by j.smith on ") and "list cleaned, confirmed with the practice" in reason
+    rep = stages.feedback_packs(settings, run_id="after-release")
+    assert rep["written"] == [f"feedback/gp/A81002/{P}"]
+    rules = by_rule(pack(settings, "A81002")[1])
+    assert "FILE_HELD" not in rules and rules["SEX_CODE"]["status"] == "current"
+    assert rules["SEX_CODE"]["line_numbers"] == "2, 4"
+    assert "j.smith" not in (Path(settings.publish) / "feedback" / "gp" / "A81002" / P /
+                             f"feedback_gp_A81002_{P}.csv").read_text()
