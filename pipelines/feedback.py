@@ -230,45 +230,43 @@ def plan(wh: Warehouse, ledger: pa.Table | None = None) -> list[Pack]:
 
 
 # --------------------------------------------------------------------------- row tables
-def _rule_lines(wh: Warehouse, source: str, period: str, sids: set[str], submitter: str | None,
-                warn_sids: set[str]) -> pd.DataFrame:
-    """(submission_id, rule_id, line) of every failure with a line: the quarantine's rows
-    (every rule they broke) and the kept rows' warnings. ``submitter``: HES, the provider's
-    rows only. Reads line numbers and rule ids only."""
+def period_lines(wh: Warehouse, period: str, sources: dict[str, str], warn_sids: set[str]) -> dict[str, pd.DataFrame]:
+    """Per submission, ``(who, rule_id, line)`` of every failure with a line in ``period``:
+    the quarantine's rows (every rule they broke; ``who`` their submitter code) and the
+    kept rows' warnings (``who``: a HES row's provider). ``sources``: submission id ->
+    source, the submissions wanted; ``warn_sids``: those with a warn rule failed (only
+    their typed rows are read). Reads line numbers, codes and rule ids only, never a
+    value: one scan of the period's quarantine for every pack of the period."""
     frames = []
     qparts = wh.parts("quarantine", [period])  # every feed's, in chunks: filtered by submission
-    if qparts and sids:
-        cols = ["submission_id", "line", "rule_ids"] + (["submitter_code"] if submitter else [])
-        flt = pc.field("submission_id").isin(sorted(sids))
-        if submitter:
-            flt = flt & (pc.field("submitter_code") == submitter)
-        q = wh.dataset("quarantine", parts=qparts, columns=cols).to_table(filter=flt)
+    if qparts and sources:
+        q = wh.dataset("quarantine", parts=qparts, columns=["submission_id", "submitter_code", "line", "rule_ids"]) \
+            .to_table(filter=pc.field("submission_id").isin(sorted(sources)))
         if q.num_rows:
-            frames.append(_explode(q, "rule_ids"))
-    table = SILVER[source]
-    for sid in sorted(warn_sids):
-        path = wh.path(table, period, sid)
+            frames.append(_explode(q, "rule_ids", "submitter_code"))
+    for sid in sorted(warn_sids & set(sources)):
+        src = sources[sid]
+        path = wh.path(SILVER[src], period, sid)
         if not wh.store.exists(path):
             continue
-        cols = ["submission_id", "line", "dq_warnings"] + (["provider_code"] if submitter else [])
-        dset = wh.dataset(table, parts=[path], columns=cols)
-        flt = pc.list_value_length(pc.field("dq_warnings")) > 0
-        if submitter:
-            flt = flt & (pc.field("provider_code") == submitter)
-        t = dset.to_table(filter=flt)
+        who = ["provider_code"] if src == "hes_apc" else []
+        t = wh.dataset(SILVER[src], parts=[path], columns=["submission_id", "line", "dq_warnings", *who]) \
+            .to_table(filter=pc.list_value_length(pc.field("dq_warnings")) > 0)
         if t.num_rows:
-            frames.append(_explode(t, "dq_warnings"))
+            frames.append(_explode(t, "dq_warnings", who[0] if who else None))
     if not frames:
-        return pd.DataFrame({"submission_id": pd.Series(dtype=object), "rule_id": pd.Series(dtype=object),
-                             "line": pd.Series(dtype="int64")})
-    return pd.concat(frames, ignore_index=True)
+        return {}
+    lines = pd.concat(frames, ignore_index=True)
+    return {sid: g.drop(columns="submission_id") for sid, g in lines.groupby("submission_id", sort=False)}
 
 
-def _explode(t: pa.Table, list_col: str) -> pd.DataFrame:
+def _explode(t: pa.Table, list_col: str, who: str | None) -> pd.DataFrame:
     lists = t.column(list_col).combine_chunks()
     idx = pc.list_parent_indices(lists)
     return pd.DataFrame({
         "submission_id": t.column("submission_id").take(idx).to_numpy(zero_copy_only=False),
+        "who": (t.column(who).take(idx).to_numpy(zero_copy_only=False) if who
+                else np.full(len(idx), None, dtype=object)),
         "rule_id": pc.list_flatten(lists).to_numpy(zero_copy_only=False),
         "line": t.column("line").take(idx).to_numpy(zero_copy_only=False).astype("int64"),
     })
@@ -276,10 +274,12 @@ def _explode(t: pa.Table, list_col: str) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- one pack
 def build_pack(pack: Pack, wh: Warehouse, renamed: dict[str, str], cat=None,
-               dq: pd.DataFrame | None = None) -> tuple[pa.Table, pa.Table, int]:
+               dq: pd.DataFrame | None = None, lines: dict[str, pd.DataFrame] | None = None
+               ) -> tuple[pa.Table, pa.Table, int]:
     """The ``feedback`` and ``feedback_files`` rows of one pack (checked against their
     declarations), and how many texts the identifier scan withheld. ``dq``: the period's
-    ``dq_rules`` rows (read here when not given)."""
+    ``dq_rules`` rows, ``lines``: the period's :func:`period_lines` (both read here for
+    this pack alone when not given)."""
     from pipelines import ingest
 
     cat = cat if cat is not None else _catalogue()
@@ -288,12 +288,19 @@ def build_pack(pack: Pack, wh: Warehouse, renamed: dict[str, str], cat=None,
     taken = set(files.loc[files["status"] != "rejected", "submission_id"].dropna())
     if dq is None:
         dq = wh.read("dq_rules", [per]).to_pandas()
-    dq = dq[dq["submission_id"].isin(taken) & (dq["rows_failed"].fillna(0) > 0)]
+    dq_all = dq[dq["submission_id"].isin(taken)]
     if src == "hes_apc":
-        dq = dq[dq["submitter_code"] == sub]
-    warn_sids = set(dq.loc[dq["severity"] == "warn", "submission_id"])
-    lines = _rule_lines(wh, src, per, taken, sub if src == "hes_apc" else None, warn_sids)
-    by = {k: g["line"].to_numpy() for k, g in lines.groupby(["submission_id", "rule_id"], sort=False)}
+        dq_all = dq_all[dq_all["submitter_code"] == sub]
+    dq = dq_all[dq_all["rows_failed"].fillna(0) > 0]
+    if lines is None:
+        lines = period_lines(wh, per, {sid: src for sid in taken},
+                             set(dq.loc[dq["severity"] == "warn", "submission_id"]))
+    mine = [g.assign(submission_id=sid) for sid, g in lines.items() if sid in taken]
+    mine = pd.concat(mine, ignore_index=True) if mine else pd.DataFrame(
+        {"submission_id": [], "who": [], "rule_id": [], "line": []})
+    if src == "hes_apc":
+        mine = mine[mine["who"] == sub]
+    by = {k: g["line"].to_numpy() for k, g in mine.groupby(["submission_id", "rule_id"], sort=False)}
 
     def shown(r) -> str:
         return ingest.public_file_name(r.file_name, r.sha256)
@@ -306,12 +313,12 @@ def build_pack(pack: Pack, wh: Warehouse, renamed: dict[str, str], cat=None,
         reason = ingest.public_reason(r.reason, r.file_name, renamed) if isinstance(r.reason, str) else None
         counts = {c: (None if pd.isna(getattr(r, c)) else int(getattr(r, c)))
                   for c in ("rows_received", "rows_quarantined", "rows_kept")}
-        if src == "hes_apc":
-            mine = lines[lines["submission_id"] == r.submission_id]
-            own = dq[dq["submission_id"] == r.submission_id]
+        if src == "hes_apc":  # this provider's rows of the extract
+            own = dq_all[dq_all["submission_id"] == r.submission_id]
             received = int(own["rows_checked"].max()) if len(own) else None
-            quarantined = len(set(mine.loc[mine["rule_id"].map(
-                lambda x: cat.get((src, x)) is not None and cat[(src, x)].severity == "reject"), "line"]))
+            rej = mine[(mine["submission_id"] == r.submission_id)
+                       & mine["rule_id"].map(lambda x: getattr(cat.get((src, x)), "severity", None) == "reject")]
+            quarantined = int(rej["line"].nunique())
             counts = {"rows_received": received, "rows_quarantined": quarantined,
                       "rows_kept": None if received is None else received - quarantined}
         file_rows.append({**base, **counts, "reason": None if r.status == "current" else reason})
@@ -498,13 +505,19 @@ def write_packs(wh: Warehouse, out: Store, *, run_id: str | None = None, code_ve
     shown = {r["file_name"]: ingest.public_file_name(r["file_name"], r["sha256"]) for r in rows}
     renamed = {f: p for f, p in shown.items() if f != p and len(f) >= 6}
     cat = _catalogue()
-    dq_by_period: dict[str, pd.DataFrame] = {}
+    period = dq = lines = None  # one period's rows at a time
     for p in sorted(todo, key=lambda p: (p.period, p.source, p.submitter)):
         try:
-            if p.period not in dq_by_period:
-                dq_by_period.clear()  # one period's rows at a time
-                dq_by_period[p.period] = wh.read("dq_rules", [p.period]).to_pandas()
-            rules, files, withheld = build_pack(p, wh, renamed, cat, dq_by_period[p.period])
+            if p.period != period:
+                period, dq, lines = p.period, None, None
+                dq = wh.read("dq_rules", [period]).to_pandas()
+                mine = [q for q in todo if q.period == period]
+                sources = {sid: q.source for q in mine for sid, st in zip(q.files["submission_id"], q.files["status"])
+                           if isinstance(sid, str) and st != "rejected"}
+                warn = set(dq.loc[dq["submission_id"].isin(set(sources)) & (dq["severity"] == "warn")
+                                  & (dq["rows_failed"].fillna(0) > 0), "submission_id"])
+                lines = period_lines(wh, period, sources, warn)
+            rules, files, withheld = build_pack(p, wh, renamed, cat, dq, lines)
             report.withheld += withheld
             data = {f"{p.stem}.csv": _csv_bytes(rules), f"{p.stem}.xlsx": _xlsx_bytes(p, rules, files)}
             if publish_folder(out, p.folder, data, _header(p, rules, files), run_id=run_id,
@@ -531,5 +544,5 @@ def read_pack(out: Store, source: str, submitter: str, period: str) -> dict:
     return {"manifest": manifest, "rules": list(csv.DictReader(io.StringIO(text)))}
 
 
-__all__ = ["FeedbackReport", "LINE_CAP", "Pack", "ROOT", "build_pack", "line_ranges", "plan", "read_pack",
-           "write_packs"]
+__all__ = ["FeedbackReport", "LINE_CAP", "Pack", "ROOT", "build_pack", "line_ranges", "period_lines", "plan",
+           "read_pack", "write_packs"]

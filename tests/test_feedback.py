@@ -295,3 +295,47 @@ def test_release_with_by_and_reason_then_the_pack_says_current(zone, capsys):
     assert rules["SEX_CODE"]["line_numbers"] == "2, 4"
     assert "j.smith" not in (Path(settings.publish) / "feedback" / "gp" / "A81002" / P /
                              f"feedback_gp_A81002_{P}.csv").read_text()
+
+
+def test_hes_extract_one_pack_per_provider_and_month(tmp_path):
+    """A HES extract (free-text name) holds many providers: each provider's month gets its
+    own pack with its own lines; a PROCODE3 that is no provider code (here a postcode) names
+    no folder, and neither it nor the extract's name is in any pack."""
+    landing = tmp_path / "landing"
+    cols = ["PROCODE3", "EPIKEY", "EPISTART", "EPIEND", "ADMIDATE", "ADMIMETH", "DISMETH", "SEX", "NEWNHSNO"]
+
+    def ep(key, provider, **kw):
+        r = {"PROCODE3": provider, "EPIKEY": key, "EPISTART": "2002-01-02", "EPIEND": "2002-01-10",
+             "ADMIDATE": "2002-01-02", "ADMIMETH": "11", "DISMETH": "1", "SEX": "1", "NEWNHSNO": NUMBERS[int(key[1:])]}
+        r.update(kw)
+        return ",".join(r[c] for c in cols)
+
+    land(landing, f"hes_apc/Jane Doe {POSTCODE}.csv", "\n".join([
+        ",".join(cols),
+        ep("K1", "RAA"),                      # line 2
+        ep("K2", "RAA", SEX="X"),             # line 3: SEX_CODE, quarantined
+        ep("K3", "RBB", NEWNHSNO=BAD_NHS),    # line 4: NEWNHSNO_INVALID, kept with a warning
+        ep("K4", POSTCODE),                   # line 5: PROCODE3_FORMAT, quarantined, no provider
+    ]) + "\n")
+    settings = Settings(landing=str(landing), warehouse=str(tmp_path / "wh"), publish=str(tmp_path / "pub"))
+    stages.scan(settings)
+    stages.load_reference(settings)
+    stages.ingest_hes(settings)
+    rep = stages.feedback_packs(settings)
+    root = Path(settings.publish) / "feedback"
+    assert sorted(p.relative_to(root).as_posix() for p in root.glob("*/*/*")) == [
+        "hes_apc/RAA/2002-01", "hes_apc/RBB/2002-01"]
+    assert rep["packs"] == 2 and not rep["failed"]
+    raa = by_rule(feedback.read_pack(Store(settings.publish), "hes_apc", "RAA", "2002-01")["rules"])
+    assert set(raa) == {"SEX_CODE"} and raa["SEX_CODE"]["line_numbers"] == "3"
+    assert raa["SEX_CODE"]["effect"] == "row_quarantined" and raa["SEX_CODE"]["file"].startswith("hes_apc/extract-")
+    rbb = by_rule(feedback.read_pack(Store(settings.publish), "hes_apc", "RBB", "2002-01")["rules"])
+    assert set(rbb) == {"NEWNHSNO_INVALID"} and rbb["NEWNHSNO_INVALID"]["line_numbers"] == "4"
+    assert rbb["NEWNHSNO_INVALID"]["effect"] == "row_warned"
+    from openpyxl import load_workbook
+    files = list(load_workbook(root / "hes_apc/RAA/2002-01/feedback_hes_apc_RAA_2002-01.xlsx")["Files"]
+                 .iter_rows(values_only=True))
+    head = list(files[0])
+    assert (files[1][head.index("rows_received")], files[1][head.index("rows_quarantined")]) == (2, 1)
+    blob = "\n".join(p.read_bytes().decode("utf-8", "replace") for p in root.rglob("*") if p.is_file())
+    assert POSTCODE not in blob and "Jane" not in blob and found_in(blob, NUMBERS + [BAD_NHS]) == set()
