@@ -32,8 +32,10 @@ nobody). Superseded files are left out, as in ``data_quality``.
 Written like the datasets (:func:`pipelines.publish.publish_folder`: staged, the
 manifest the commit point, then promoted; a folder or S3). The bytes depend only on the
 inputs, so a pack whose inputs did not change is not written again; the digest of each
-pack's inputs is kept in the warehouse (``feedback/digests.json``) so that a run reads only
-the row tables of packs whose inputs changed.
+pack's inputs (its files as the ledger has them, and the period's rules counted after
+linkage, part :data:`LINKAGE_PART` of ``dq_rules``) is kept in the warehouse
+(``feedback/digests.json``) so that a run reads only the row tables of packs whose inputs
+changed.
 
 No Dagster here: ``stages.feedback_packs`` calls :func:`write_packs`.
 """
@@ -66,6 +68,7 @@ ROOT = "feedback"  # folder under the publish root
 LINE_CAP = 1000  # line numbers listed per rule and file; the count is always given
 PACK_VERSION = "1"  # bumped when the pack's layout changes (every pack is rebuilt)
 DIGESTS = "feedback/digests.json"  # in the warehouse: pack folder -> digest of its inputs
+LINKAGE_PART = "linkage-age-unknown"  # the dq_rules part the linkage stage writes (stages.link)
 SOURCES = ("gp", "sus_apc", "hes_apc", "fft")
 STATUSES = ("current", "held", "rejected")  # superseded files are left out
 SILVER = {"gp": "gp_patients", "sus_apc": "sus_episodes", "hes_apc": "sus_episodes", "fft": "fft_responses"}
@@ -219,13 +222,18 @@ def plan(wh: Warehouse, ledger: pa.Table | None = None) -> list[Pack]:
     groups = groups[_placeable(groups["submitter_code"], groups["period"])]
     for (sub, per), g in groups.groupby(["submitter_code", "period"], sort=True):
         packs.append(Pack("hes_apc", sub, per, hes[hes["submission_id"].isin(set(g["submission_id"]))]))
+    after_linkage = {}  # period -> digest of the rules counted after linkage (not in the ledger)
+    for per in sorted({p.period for p in packs}):
+        path = wh.path("dq_rules", per, LINKAGE_PART)
+        after_linkage[per] = hashlib.sha256(wh.store.read_bytes(path)).hexdigest() if wh.store.exists(path) else ""
     for p in packs:
         keys = sorted(
             json.dumps([r.file_name, r.sha256, r.status, r.reason if isinstance(r.reason, str) else None,
                         *(None if pd.isna(v) else int(v) for v in (r.rows_received, r.rows_quarantined,
                                                                     r.rows_kept))])
             for r in p.files.itertuples())
-        p.digest = hashlib.sha256("\n".join([PACK_VERSION, p.folder, *keys]).encode()).hexdigest()
+        p.digest = hashlib.sha256("\n".join([PACK_VERSION, p.folder, after_linkage[p.period], *keys])
+                                  .encode()).hexdigest()
     return packs
 
 
@@ -496,8 +504,9 @@ def write_packs(wh: Warehouse, out: Store, *, run_id: str | None = None, code_ve
     packs = plan(wh, ledger)
     report = FeedbackReport(packs=len(packs), root=out.uri(ROOT))
     done = json.loads(wh.store.read_bytes(DIGESTS)) if wh.store.exists(DIGESTS) else {}
+    present = {f.path for f in out.list(ROOT)}  # one listing, not a request per pack
     todo = [p for p in packs if done.get(p.folder) != p.digest
-            or not out.exists(f"{p.folder}/{p.stem}.csv") or not out.exists(f"{p.folder}/{p.stem}.xlsx")]
+            or not {f"{p.folder}/{p.stem}.csv", f"{p.folder}/{p.stem}.xlsx"} <= present]
     report.unchanged = len(packs) - len(todo)
     if not todo:
         return report

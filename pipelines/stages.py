@@ -297,6 +297,7 @@ def ledger_to_publish(settings: Settings) -> str | None:
 # --------------------------------------------------------------------------- linkage
 def link(settings: Settings, period: str) -> dict:
     from pipelines import current, linkage
+    from pipelines.feedback import LINKAGE_PART  # the feedback packs watch this part
 
     _, wh, _ = stores(settings)
     episodes = wh.read_raw("current_sus_episodes", [period])
@@ -314,7 +315,7 @@ def link(settings: Settings, period: str) -> dict:
     from pipelines import outcomes
     cohorts = outcomes.load_cohorts(settings.t("outcomes", "cohorts_file"))
     wh.write("dq_rules", outcomes.procedures_without_age(linked, period, cohorts, engine=engine(settings)), period,
-             part="linkage-age-unknown")
+             part=LINKAGE_PART)
     ranks = pc.value_counts(linked.column("match_rank")).to_pylist() if linked.num_rows else []
     return {"episodes": linked.num_rows,
             "linked": int(pc.sum(pc.is_valid(linked.column("match_rank"))).as_py() or 0) if linked.num_rows else 0,

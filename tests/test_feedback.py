@@ -339,3 +339,26 @@ def test_hes_extract_one_pack_per_provider_and_month(tmp_path):
     assert (files[1][head.index("rows_received")], files[1][head.index("rows_quarantined")]) == (2, 1)
     blob = "\n".join(p.read_bytes().decode("utf-8", "replace") for p in root.rglob("*") if p.is_file())
     assert POSTCODE not in blob and "Jane" not in blob and found_in(blob, NUMBERS + [BAD_NHS]) == set()
+
+
+def test_a_rule_counted_after_linkage_rebuilds_the_pack_with_its_example_lines(zone):
+    """PROCEDURE_AGE_UNKNOWN is counted by the linkage stage (dq_rules part
+    linkage-age-unknown), not at take-in: when it changes, the pack is rebuilt without any
+    ledger change, and lists the example lines it has, saying so."""
+    import pyarrow as pa
+
+    from pipelines import schemas
+    from pipelines.outcomes import AGE_UNKNOWN_RULE
+
+    settings, _, _, _ = zone
+    wh = Warehouse(Store(settings.warehouse))
+    rows = schemas.get("dq_rules").conform(pa.Table.from_pylist([{
+        "period": P, "submission_id": "GP_A81001_20240131", "source": "gp", "submitter_code": "A81001",
+        "rule_id": AGE_UNKNOWN_RULE, "field": "DOB", "severity": "warn", "rows_checked": 40, "rows_failed": 7,
+        "example_lines": ["12", "15"]}]))
+    wh.write("dq_rules", rows, P, part=feedback.LINKAGE_PART)
+    rep = stages.feedback_packs(settings, run_id="after-link")
+    assert f"feedback/gp/A81001/{P}" in rep["written"]
+    r = by_rule(pack(settings, "A81001")[1])[AGE_UNKNOWN_RULE]
+    assert r["line_numbers"] == "12, 15" and r["rows_failed"] == "7" and r["effect"] == "row_warned"
+    assert r["lines_note"].startswith("2 example line(s) of 7") and r["how_to_fix"] == feedback.AGE_UNKNOWN_FIX
