@@ -4,7 +4,7 @@ Order: the unpartitioned assets (ledger scan, reference data, HES extracts); the
 period, ingest and validation; then, for each period, linkage (it uses each practice's
 newest extract, whatever its month); then, for each period, the datasets, disclosure
 control and publishing (so a window's 30-day follow-up sees the next month's data); last,
-the submissions ledger.
+the submissions ledger and the submitters' feedback packs.
 
 Before any of that, :func:`check_roots` makes sure the three roots can be used; after it,
 every failure is one line in the summary (the full tracebacks go to a log file), and
@@ -368,7 +368,7 @@ def _materialise(settings: Settings, summary: RunSummary, *, periods, progress, 
     for p in summary.periods:
         progress(f"caredata: {p}: datasets, disclosure control, publishing")
         _run(dg.AssetSelection.assets(*PERIOD_OUTPUTS), partition_key=p, label=f"[{p}] ")
-    progress("caredata: the submissions ledger")
+    progress("caredata: the submissions ledger and the feedback packs")
     _run(dg.AssetSelection.assets(*LEDGER), label="[ledger] ")
     summary.published = stages.published_summary(settings)
     summary.held_back = stages.held_back_summary(settings)
