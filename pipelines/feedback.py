@@ -51,6 +51,7 @@ import logging
 import re
 import unicodedata
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,6 +71,7 @@ PACK_VERSION = "1"  # bumped when the pack's layout changes (every pack is rebui
 DIGESTS = "feedback/digests.json"  # in the warehouse: pack folder -> digest of its inputs
 LINKAGE_PART = "linkage-age-unknown"  # the dq_rules part the linkage stage writes (stages.link)
 SOURCES = ("gp", "sus_apc", "hes_apc", "fft")
+WRITERS = 8  # packs written at once on S3 (each write is a dozen requests: files, manifest, lock)
 STATUSES = ("current", "held", "rejected")  # superseded files are left out
 SILVER = {"gp": "gp_patients", "sus_apc": "sus_episodes", "hes_apc": "sus_episodes", "fft": "fft_responses"}
 EFFECT = {"reject": "row_quarantined", "warn": "row_warned"}
@@ -412,7 +414,8 @@ README = [
     "numbers of each rule are listed as ranges (12-15) and single lines; lines_note says when there are more.",
     "This pack holds line numbers and rule ids, never a value from your file. The rules are described in "
     "the data dictionary's data-quality page (docs/data-quality.md).",
-    "Sheet 'Files': your files of the month, what became of each and its row counts.",
+    "Sheet 'Files': your files of the month, what became of each and its row counts. No row in 'Rules' "
+    "means that no rule was broken.",
 ]
 
 
@@ -426,34 +429,42 @@ def _csv_bytes(table: pa.Table) -> bytes:
 
 
 def _xlsx_bytes(pack: Pack, rules: pa.Table, files: pa.Table) -> bytes:
-    """The workbook, its bytes a function of its content only (fixed document times, and
-    fixed times on the zip entries)."""
+    """The workbook (openpyxl, write-only: a national month is thousands of packs), its
+    bytes a function of its content only (fixed document times, and fixed times on the zip
+    entries). Every value is written as a value, never as a formula."""
     from openpyxl import Workbook
+    from openpyxl.cell import WriteOnlyCell
     from openpyxl.styles import Font
+    from openpyxl.utils import get_column_letter
 
-    wb = Workbook()
+    wb = Workbook(write_only=True)
     fixed = dt.datetime(2000, 1, 1)
     wb.properties.creator = "caredata"
     wb.properties.created = fixed
     wb.properties.modified = fixed
-    about = wb.active
-    about.title = "Read me"
+    about = wb.create_sheet("Read me")
+    about.column_dimensions["A"].width = 120
     for line in README:
         about.append([line.format(period=pack.period, source=pack.source, submitter=pack.submitter)])
-    about.column_dimensions["A"].width = 120
+    bold = Font(bold=True)
     for title, table in (("Rules", rules), ("Files", files)):
         ws = wb.create_sheet(title)
-        ws.append(table.column_names)
-        for cell in ws[1]:
-            cell.font = Font(bold=True)
-        for row in table.to_pylist():
-            # every value is written as a value, never as a formula
-            ws.append([v for v in row.values()])
-            for cell in ws[ws.max_row]:
-                if isinstance(cell.value, str):
-                    cell.data_type = "s"
         ws.freeze_panes = "A2"
-        ws.auto_filter.ref = ws.dimensions
+        head = []
+        for name in table.column_names:
+            cell = WriteOnlyCell(ws, value=name)
+            cell.font = bold
+            head.append(cell)
+        ws.append(head)
+        for row in table.to_pylist():
+            values = []
+            for v in row.values():
+                if isinstance(v, str) and v[:1] in ("=", "+", "-", "@"):  # never read as a formula
+                    v = WriteOnlyCell(ws, value=v)
+                    v.data_type = "s"
+                values.append(v)
+            ws.append(values)
+        ws.auto_filter.ref = f"A1:{get_column_letter(table.num_columns)}{table.num_rows + 1}"
     raw = io.BytesIO()
     wb.save(raw)
     src = zipfile.ZipFile(io.BytesIO(raw.getvalue()))
@@ -514,6 +525,10 @@ def write_packs(wh: Warehouse, out: Store, *, run_id: str | None = None, code_ve
     shown = {r["file_name"]: ingest.public_file_name(r["file_name"], r["sha256"]) for r in rows}
     renamed = {f: p for f, p in shown.items() if f != p and len(f) >= 6}
     cat = _catalogue()
+    # S3: a few writes at once (each waits on requests). A folder: one at a time, since a
+    # finished write prunes the empty staging folders a parallel one may be about to use.
+    pool = ThreadPoolExecutor(max_workers=WRITERS if out.is_s3 else 1)
+    pending: list = []
     period = dq = lines = None  # one period's rows at a time
     for p in sorted(todo, key=lambda p: (p.period, p.source, p.submitter)):
         try:
@@ -529,19 +544,31 @@ def write_packs(wh: Warehouse, out: Store, *, run_id: str | None = None, code_ve
             rules, files, withheld = build_pack(p, wh, renamed, cat, dq, lines)
             report.withheld += withheld
             data = {f"{p.stem}.csv": _csv_bytes(rules), f"{p.stem}.xlsx": _xlsx_bytes(p, rules, files)}
-            if publish_folder(out, p.folder, data, _header(p, rules, files), run_id=run_id,
-                              code_version=code_version):
+            # the writes wait on the store (S3: a dozen requests a pack): a few at a time
+            pending.append((p, pool.submit(publish_folder, out, p.folder, data, _header(p, rules, files),
+                                           run_id=run_id, code_version=code_version)))
+        except Exception as exc:  # noqa: BLE001 - one pack never stops the others
+            _failed(report, p, exc)
+    pool.shutdown(wait=True)
+    for p, fut in pending:
+        try:
+            if fut.result():
                 report.written.append(p.folder)
             else:
                 report.unchanged += 1
             done[p.folder] = p.digest
-        except Exception as exc:  # noqa: BLE001 - one pack never stops the others
-            log.warning("%s", f"feedback pack {p.folder} not written ({type(exc).__name__})")
-            report.failed.append(f"{p.folder}: {type(exc).__name__}")
+        except Exception as exc:  # noqa: BLE001
+            _failed(report, p, exc)
+    report.written.sort()
     wh.store.write_bytes(DIGESTS, json.dumps(done, indent=1, sort_keys=True).encode())
     if report.withheld:
         log.warning("%s", f"feedback packs: {report.withheld} text(s) withheld (shaped like an identifier)")
     return report
+
+
+def _failed(report: FeedbackReport, p: Pack, exc: BaseException) -> None:
+    log.warning("%s", f"feedback pack {p.folder} not written ({type(exc).__name__})")
+    report.failed.append(f"{p.folder}: {type(exc).__name__}")
 
 
 def read_pack(out: Store, source: str, submitter: str, period: str) -> dict:
