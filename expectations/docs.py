@@ -147,7 +147,7 @@ One row per file and rule broken: the rule id and field, the severity, the **eff
 (`row_quarantined`: the row is not used; `row_warned`: the row is used and the failure
 counted; `file_held`: no row of the file is used until it is replaced or released;
 `file_rejected`: the file was not read), rows checked and failed, the **line numbers**
-(the physical lines of the file, 1 = header, as ranges `5-7, 9`; the first 1,000 line
+(the physical lines of the file, 1 = header, as ranges `5 to 7, 9`; the first 1,000 line
 numbers of each rule, and `lines_note` gives the count when there are more), the rule's
 message and **how to fix it** (the column below, from each rule's declaration: its own fix
 text, else what its expectation implies). A held or rejected file adds a `FILE_HELD` or

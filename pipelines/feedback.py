@@ -91,7 +91,8 @@ _LINE_IN_REASON = re.compile(r"\bline ([0-9]{1,12})\b")
 # --------------------------------------------------------------------------- small parts
 def line_ranges(lines, cap: int = LINE_CAP) -> tuple[str, int, int]:
     """``(text, listed, total)``: the distinct line numbers ascending, the first ``cap`` of
-    them written as ranges and single lines (``"2-4, 9, 12-13"``), how many of them the
+    them written as ranges and single lines (``"2 to 4, 9, 12 to 13"``: not ``2-4``, which a
+    spreadsheet opening the CSV reads as a date), how many of them the
     text holds and how many there are."""
     arr = np.unique(np.asarray(list(lines) if not isinstance(lines, np.ndarray) else lines, dtype=np.int64))
     total = len(arr)
@@ -101,7 +102,7 @@ def line_ranges(lines, cap: int = LINE_CAP) -> tuple[str, int, int]:
     breaks = np.flatnonzero(np.diff(arr) != 1) + 1
     starts = np.concatenate([[0], breaks])
     ends = np.concatenate([breaks, [len(arr)]]) - 1
-    parts = [str(arr[a]) if a == b else f"{arr[a]}-{arr[b]}" for a, b in zip(starts, ends)]
+    parts = [str(arr[a]) if a == b else f"{arr[a]} to {arr[b]}" for a, b in zip(starts, ends)]
     return ", ".join(parts), len(arr), total
 
 
@@ -345,6 +346,9 @@ def build_pack(pack: Pack, wh: Warehouse, renamed: dict[str, str], cat=None,
         own = dq[dq["submission_id"] == r.submission_id]
         own = own.groupby(["rule_id", "field", "severity"], dropna=False, sort=True)[
             ["rows_checked", "rows_failed"]].sum().reset_index() if len(own) else own
+        if len(own):  # rows not used first, then warnings; by rule id
+            own = own.assign(_rank=own["severity"].map({"reject": 0, "warn": 1}).fillna(2)) \
+                .sort_values(["_rank", "rule_id"], kind="stable")
         examples = dq[dq["submission_id"] == r.submission_id].groupby("rule_id")["example_lines"].agg(
             lambda v: [int(x) for lst in v if lst is not None for x in lst]) if len(own) else {}
         for d in own.itertuples():
@@ -411,7 +415,7 @@ README = [
     "file_held = no row of the file is used until it is replaced or released; file_rejected = the file "
     "was not read.",
     "Line numbers count the header as line 1 (the first data row is line 2). Up to the first 1,000 line "
-    "numbers of each rule are listed as ranges (12-15) and single lines; lines_note says when there are more.",
+    "numbers of each rule are listed as ranges (12 to 15) and single lines; lines_note says when there are more.",
     "This pack holds line numbers and rule ids, never a value from your file. The rules are described in "
     "the data dictionary's data-quality page (docs/data-quality.md).",
     "Sheet 'Files': your files of the month, what became of each and its row counts. No row in 'Rules' "

@@ -93,10 +93,13 @@ def test_pack_lists_exact_lines_rule_ids_effects_and_fixes(zone):
     assert set(rules) == {"NHS_NUMBER_INVALID", "SEX_CODE", "DATE_OF_BIRTH_DATE", "ETHNIC_CATEGORY_CODE",
                           "LSOA_FORMAT"}
     assert {r["file"] for r in rows} == {"gp/GP_A81001_20240131.csv"}
+    # rows not used first, then the warnings
+    assert [r["rule_id"] for r in rows] == ["DATE_OF_BIRTH_DATE", "NHS_NUMBER_INVALID", "SEX_CODE",
+                                           "ETHNIC_CATEGORY_CODE", "LSOA_FORMAT"]
     assert rules["NHS_NUMBER_INVALID"]["line_numbers"] == "3"
     assert rules["SEX_CODE"]["line_numbers"] == "4"
     assert rules["DATE_OF_BIRTH_DATE"]["line_numbers"] == "8"
-    assert rules["ETHNIC_CATEGORY_CODE"]["line_numbers"] == "5-7, 9"
+    assert rules["ETHNIC_CATEGORY_CODE"]["line_numbers"] == "5 to 7, 9"
     for rid in ("NHS_NUMBER_INVALID", "SEX_CODE", "DATE_OF_BIRTH_DATE"):
         assert rules[rid]["effect"] == "row_quarantined" and rules[rid]["severity"] == "reject"
         assert rules[rid]["rows_failed"] == "1" and rules[rid]["lines_note"] == "all 1 line(s) listed"
@@ -105,7 +108,7 @@ def test_pack_lists_exact_lines_rule_ids_effects_and_fixes(zone):
     # 1,093 LSOA failures (lines 2 and 10..1101): the first 1,000 line numbers, and the count
     lsoa = rules["LSOA_FORMAT"]
     assert lsoa["rows_failed"] == "1093" and lsoa["lines_listed"] == "1000"
-    assert lsoa["line_numbers"] == "2, 10-1008"
+    assert lsoa["line_numbers"] == "2, 10 to 1008"
     assert lsoa["lines_note"] == "the first 1,000 of 1,093 lines listed"
     # how to fix comes from the rule's declaration
     from expectations import gp
@@ -131,7 +134,7 @@ def test_xlsx_holds_the_same_rules_and_the_files(zone):
     sheet = list(wb["Rules"].iter_rows(values_only=True))
     head = list(sheet[0])
     got = {r[head.index("rule_id")]: r for r in sheet[1:]}
-    assert got["ETHNIC_CATEGORY_CODE"][head.index("line_numbers")] == "5-7, 9"
+    assert got["ETHNIC_CATEGORY_CODE"][head.index("line_numbers")] == "5 to 7, 9"
     assert got["NHS_NUMBER_INVALID"][head.index("effect")] == "row_quarantined"
     assert len(sheet) - 1 == len(rows)
     files = list(wb["Files"].iter_rows(values_only=True))
@@ -201,7 +204,7 @@ def test_not_in_the_public_zone_and_rerun_writes_nothing(zone):
 
 
 def test_line_ranges_cap_and_order():
-    assert feedback.line_ranges([9, 2, 3, 4, 12, 13, 2]) == ("2-4, 9, 12-13", 6, 6)
+    assert feedback.line_ranges([9, 2, 3, 4, 12, 13, 2]) == ("2 to 4, 9, 12 to 13", 6, 6)
     text, listed, total = feedback.line_ranges(range(2, 5000, 2))
     assert listed == 1000 and total == 2499 and text.endswith(", 2000")
     assert feedback.line_ranges([]) == ("", 0, 0)

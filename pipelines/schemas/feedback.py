@@ -30,9 +30,9 @@ STATUSES = ("current", "superseded", "held", "rejected")
 EFFECTS = ("row_quarantined", "row_warned", "file_held", "file_rejected")
 SEVERITIES = ("reject", "warn", "file")
 # Line numbers as the pack writes them: ranges and single lines, ascending, ", " between.
-F_LINES = Format("line_numbers", r"[0-9]{1,12}(?:-[0-9]{1,12})?(?:, [0-9]{1,12}(?:-[0-9]{1,12})?)*",
+F_LINES = Format("line_numbers", r"[0-9]{1,12}(?: to [0-9]{1,12})?(?:, [0-9]{1,12}(?: to [0-9]{1,12})?)*",
                  "line numbers of the file (1 = header, first data row 2): single lines and ranges "
-                 "first-last, ascending, separated by ', '")
+                 "<first> to <last>, ascending, separated by ', ' (no hyphen: a spreadsheet reads 2-4 as a date)")
 
 _KEY = (
     s("source", "gp, sus_apc, hes_apc or fft.", nullable=False, codes=SOURCES),
@@ -62,7 +62,7 @@ feedback = register(Dataset(
                     "released) or file_rejected (not read: send it again).", nullable=False, codes=EFFECTS),
         i("rows_checked", "Rows the rule was applied to (empty for a file row)."),
         i("rows_failed", "Rows that broke the rule (empty for a file row)."),
-        s("line_numbers", "The lines that broke the rule, as ranges (12-15) and single lines, up to the first "
+        s("line_numbers", "The lines that broke the rule, as ranges (12 to 15) and single lines, up to the first "
                           "1,000 line numbers (lines_note says when there are more).", format=F_LINES),
         i("lines_listed", "How many line numbers line_numbers holds.", nullable=False),
         s("lines_note", "Whether every failing line is listed, or the first 1,000 of how many.", format=F_PROSE),
