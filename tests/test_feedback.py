@@ -365,3 +365,23 @@ def test_a_rule_counted_after_linkage_rebuilds_the_pack_with_its_example_lines(z
     r = by_rule(pack(settings, "A81001")[1])[AGE_UNKNOWN_RULE]
     assert r["line_numbers"] == "12, 15" and r["rows_failed"] == "7" and r["effect"] == "row_warned"
     assert r["lines_note"].startswith("2 example line(s) of 7") and r["how_to_fix"] == feedback.AGE_UNKNOWN_FIX
+
+
+def test_a_rejection_that_names_a_line_gives_it(tmp_path):
+    """A file rejected for a ragged row: its FILE_REJECTED row carries the line the
+    rejection names, and the reason without the file's own name."""
+    import pandas as pd
+
+    files = pd.DataFrame([{"file_name": "gp/GP_A81004_20240131.csv", "submission_id": "GP_A81004_20240131",
+                           "sha256": "b" * 64, "status": "rejected",
+                           "reason": "gp/GP_A81004_20240131.csv: line 57: expected 8 fields, found 12",
+                           "rows_received": None, "rows_quarantined": None, "rows_kept": None}])
+    p = feedback.Pack("gp", "A81004", P, files)
+    rules, got_files, withheld = feedback.build_pack(p, Warehouse(Store(tmp_path)), {}, dq=pd.DataFrame(
+        {c: [] for c in ("submission_id", "rule_id", "field", "severity", "rows_checked", "rows_failed",
+                         "example_lines", "submitter_code")}), lines={})
+    row = rules.to_pylist()[0]
+    assert (row["rule_id"], row["effect"], row["line_numbers"], row["lines_listed"]) == ("FILE_REJECTED", "file_rejected",
+                                                                                         "57", 1)
+    assert row["message"] == "line 57: expected 8 fields, found 12" and withheld == 0
+    assert got_files.to_pylist()[0]["reason"] == "line 57: expected 8 fields, found 12"
