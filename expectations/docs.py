@@ -164,7 +164,8 @@ and rule ids only, file names are written as the public ledger writes them, and 
 is checked before a pack is written (declared formats; anything shaped like an NHS number
 or a postcode is withheld). Files whose name breaks the naming convention name no submitter
 and get no pack; a HES extract's rows get one pack per provider (`PROCODE3`) and month.
-Superseded files are left out, as in `data_quality`.
+Every file of the month is in the pack with its status, superseded ones too (a GP extract is
+superseded by the practice's next one as a matter of course).
 
 ## Data-quality score
 

@@ -27,7 +27,9 @@ Who gets a pack: GP, SUS and FFT files whose name gives a submitter and a month 
 that breaks the convention names nobody: such a file is in the public ledger and the run
 summary only); a HES extract's rows count under the provider in their ``PROCODE3``, one
 pack per provider and month (rows without a provider code of the declared shape go to
-nobody). Superseded files are left out, as in ``data_quality``.
+nobody). Every file of the month is in its pack, superseded ones too (a GP extract is
+superseded by the practice's next one as a matter of course; its faults were the practice's
+all the same), each with its status.
 
 Written like the datasets (:func:`pipelines.publish.publish_folder`: staged, the
 manifest the commit point, then promoted; a folder or S3). The bytes depend only on the
@@ -72,7 +74,7 @@ DIGESTS = "feedback/digests.json"  # in the warehouse: pack folder -> digest of 
 LINKAGE_PART = "linkage-age-unknown"  # the dq_rules part the linkage stage writes (stages.link)
 SOURCES = ("gp", "sus_apc", "hes_apc", "fft")
 WRITERS = 8  # packs written at once on S3 (each write is a dozen requests: files, manifest, lock)
-STATUSES = ("current", "held", "rejected")  # superseded files are left out
+STATUSES = ("current", "superseded", "held", "rejected")  # pending: not yet taken in
 SILVER = {"gp": "gp_patients", "sus_apc": "sus_episodes", "hes_apc": "sus_episodes", "fft": "fft_responses"}
 EFFECT = {"reject": "row_quarantined", "warn": "row_warned"}
 FILE_HELD, FILE_REJECTED = "FILE_HELD", "FILE_REJECTED"
@@ -220,7 +222,7 @@ def plan(wh: Warehouse, ledger: pa.Table | None = None) -> list[Pack]:
     plain = plain[_placeable(plain["submitter_code"], plain["reporting_period"])]
     for (src, sub, per), files in plain.groupby(["source", "submitter_code", "reporting_period"], sort=True):
         packs.append(Pack(src, sub, per, files))
-    hes = led[(led["source"] == "hes_apc") & led["status"].isin(("current", "held"))]
+    hes = led[(led["source"] == "hes_apc") & (led["status"] != "rejected")]
     groups = _hes_groups(wh, hes["submission_id"].dropna().tolist())
     groups = groups[_placeable(groups["submitter_code"], groups["period"])]
     for (sub, per), g in groups.groupby(["submitter_code", "period"], sort=True):

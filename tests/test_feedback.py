@@ -59,6 +59,9 @@ def zone(tmp_path_factory):
     root = tmp_path_factory.mktemp("feedback")
     landing = root / "landing"
     land(landing, "gp/GP_A81001_20240131.csv", a81001())
+    # an earlier extract of the month, superseded by the one above: still in the pack
+    land(landing, "gp/GP_A81001_20240105.csv", "\n".join([HEADER, row(1150), row(1151, SEX="X"), row(1152),
+                                                           row(1153)]) + "\n")
     # held: 2 of 3 rows rejected (SEX not a code)
     land(landing, "gp/GP_A81002_20240131.csv", "\n".join(
         [HEADER, row(1000, SEX="X"), row(1001), row(1002, SEX=POSTCODE)]) + "\n")
@@ -89,6 +92,9 @@ def test_pack_lists_exact_lines_rule_ids_effects_and_fixes(zone):
     settings, report, _, _ = zone
     assert report["packs"] == 3 and report["packs_written"] == 3 and not report["failed"]
     folder, rows = pack(settings, "A81001")
+    old = [r for r in rows if r["file"] == "gp/GP_A81001_20240105.csv"]
+    assert [(r["rule_id"], r["line_numbers"], r["status"]) for r in old] == [("SEX_CODE", "3", "superseded")]
+    rows = [r for r in rows if r not in old]
     rules = by_rule(rows)
     assert set(rules) == {"NHS_NUMBER_INVALID", "SEX_CODE", "DATE_OF_BIRTH_DATE", "ETHNIC_CATEGORY_CODE",
                           "LSOA_FORMAT"}
@@ -139,7 +145,12 @@ def test_xlsx_holds_the_same_rules_and_the_files(zone):
     assert len(sheet) - 1 == len(rows)
     files = list(wb["Files"].iter_rows(values_only=True))
     fh = list(files[0])
-    assert files[1][fh.index("rows_received")] == N and files[1][fh.index("rows_quarantined")] == 3
+    got = {f[fh.index("file")]: f for f in files[1:]}
+    new, old = got["gp/GP_A81001_20240131.csv"], got["gp/GP_A81001_20240105.csv"]
+    assert new[fh.index("rows_received")] == N and new[fh.index("rows_quarantined")] == 3
+    assert new[fh.index("status")] == "current" and new[fh.index("reason")] is None
+    assert old[fh.index("status")] == "superseded" and "superseded by" in old[fh.index("reason")]
+    assert (old[fh.index("rows_received")], old[fh.index("rows_kept")]) == (4, 3)
 
 
 def test_held_and_rejected_files_say_so(zone):
