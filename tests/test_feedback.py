@@ -396,3 +396,33 @@ def test_a_rejection_that_names_a_line_gives_it(tmp_path):
                                                                                          "57", 1)
     assert row["message"] == "line 57: expected 8 fields, found 12" and withheld == 0
     assert got_files.to_pylist()[0]["reason"] == "line 57: expected 8 fields, found 12"
+
+
+def test_publish_folder_is_atomic_and_recovers_an_interrupted_write(tmp_path):
+    """publish_folder follows the datasets' protocol: a run killed after its commit (the
+    manifest lists staged files) is completed by the next call; staging left before a commit
+    is dropped; nothing outside the folder and its manifest is left behind."""
+    store = Store(tmp_path)
+    base = "feedback/gp/A81001/2024-01"
+    assert publish.publish_folder(store, base, {"a.csv": b"one"}, {"kind": "feedback_pack"}, run_id="r1")
+    assert not publish.publish_folder(store, base, {"a.csv": b"one"}, {"kind": "feedback_pack"}, run_id="r2")
+    # a run killed after its commit: the manifest points at a staged file not yet promoted
+    manifest = json.loads(store.read_bytes(f"{base}/_manifest.json"))
+    staged = publish._staged_rel(base, "txn1", "a.csv")
+    store.write_bytes(publish._join(base, staged), b"two")
+    manifest["files"]["a.csv"] = {**manifest["files"]["a.csv"], "path": staged, "bytes": 3,
+                                  "sha256": publish._sha256(b"two")}
+    store.write_bytes(f"{base}/_manifest.json", json.dumps(manifest).encode())
+    # and a leftover of a run killed before its commit
+    store.write_bytes("_staging/feedback/gp/A81001/2024-01/txn0/b.csv.staged", b"junk")
+    assert publish.publish_folder(store, base, {"a.csv": b"two", "b.csv": b"three"}, {"kind": "feedback_pack"})
+    assert (tmp_path / base / "a.csv").read_bytes() == b"two" and (tmp_path / base / "b.csv").read_bytes() == b"three"
+    assert publish.verify_publication(store, "feedback/gp/A81001", "2024-01") == []
+    assert not (tmp_path / "_staging").exists()
+    # a file the new set no longer has is removed after the commit
+    assert publish.publish_folder(store, base, {"b.csv": b"three"}, {"kind": "feedback_pack"})
+    assert sorted(p.name for p in (tmp_path / base).iterdir()) == ["_manifest.json", "b.csv"]
+    with pytest.raises(publish.PublicationError):
+        publish.publish_folder(store, "public/x", {"a.csv": b"x"}, {})
+    with pytest.raises(publish.PublicationError):
+        publish.publish_folder(store, base, {"../a.csv": b"x"}, {})
