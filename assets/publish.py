@@ -88,3 +88,14 @@ def submissions(context: dg.AssetExecutionContext, caredata: CareDataConfig):
                               severity=dg.AssetCheckSeverity.ERROR,
                               description="; ".join(report["violations"]) or "no violation",
                               metadata={"blocked_periods": report.get("blocked_periods", [])})
+
+
+@dg.asset(group_name="publish", deps=[submissions],
+          description="Feedback packs for the submitters: per source, submitter and period, every rule broken with "
+                      "its field, line numbers, counts, effect and how to fix it (CSV and XLSX, never a value of a "
+                      "row), under <publish root>/feedback/<source>/<submitter_code>/<period>/; not public.")
+def feedback_packs(context: dg.AssetExecutionContext, caredata: CareDataConfig) -> dg.MaterializeResult:
+    report = stages.feedback_packs(caredata.settings(), run_id=context.run_id)
+    md = _md({k: v for k, v in report.items() if k != "root"})
+    md["root"] = dg.MetadataValue.path(report["root"])
+    return dg.MaterializeResult(metadata=md)

@@ -137,6 +137,36 @@ counted); `reference/providers.csv` feeds no rule, and the figures computed from
   Lower-case letters are accepted and upper-cased; a full-width or Arabic-Indic digit, a
   space, a dot, a name or anything longer than 8 characters quarantines the row.
 
+## Feedback packs: for the submitters
+
+Each run writes, for every submitter (practice or provider) and month with a file taken in,
+held or rejected, a **feedback pack** (`pipelines/feedback.py`) under
+`<publish root>/feedback/<source>/<submitter_code>/<period>/`: a CSV and an XLSX (sheets
+*Read me*, *Rules*, *Files*) and a `_manifest.json`, written atomically like the datasets.
+One row per file and rule broken: the rule id and field, the severity, the **effect**
+(`row_quarantined`: the row is not used; `row_warned`: the row is used and the failure
+counted; `file_held`: no row of the file is used until it is replaced or released;
+`file_rejected`: the file was not read), rows checked and failed, the **line numbers**
+(the physical lines of the file, 1 = header, as ranges `5 to 7, 9`; the first 1,000 line
+numbers of each rule, and `lines_note` gives the count when there are more), the rule's
+message and **how to fix it** (the column below, from each rule's declaration: its own fix
+text, else what its expectation implies). A held or rejected file adds a `FILE_HELD` or
+`FILE_REJECTED` row with the reason as the public ledger words it (and the line a
+rejection names). The lines come from the quarantine (every rule a rejected row broke)
+and the kept rows' `dq_warnings`; the counts from these rule tables.
+
+**Who it is for**: the submitter it names, and the data team who send it (docs/runbook.md,
+section 5). It is not public and not a dataset of either zone (not in the data dictionary,
+not in `public/`): it names one submitter's faults file by file. It holds line numbers, rule
+ids, counts and text the pipeline writes, **never a value of a row** (no NHS number, date
+of birth, postcode or anything a supplier typed): the row tables are read for line numbers
+and rule ids only, file names are written as the public ledger writes them, and every text
+is checked before a pack is written (declared formats; anything shaped like an NHS number
+or a postcode is withheld). Files whose name breaks the naming convention name no submitter
+and get no pack; a HES extract's rows get one pack per provider (`PROCODE3`) and month.
+Every file of the month is in the pack with its status, superseded ones too (a GP extract is
+superseded by the practice's next one as a matter of course).
+
 ## Data-quality score
 
 For each period, source, submitter and scored field, the **item score** is the share of
@@ -165,15 +195,16 @@ def render() -> str:
     for source, title, mod in FEEDS:
         out.append(f"\n## {title}\n\n")
         multi = len(mod.SOURCES) > 1
-        head = "| rule id | field | severity | message | GX expectation | arguments |"
-        sep = "|---|---|---|---|---|---|"
+        head = "| rule id | field | severity | message | how to fix | GX expectation | arguments |"
+        sep = "|---|---|---|---|---|---|---|"
         if multi:
             head += " sources |"
             sep += "---|"
         out.append(head + "\n" + sep + "\n")
         for r in mod.RULES:
             args = r.describe_args() if not callable(r.args) else f"*per submission:* {r.describe_args()}"
-            row = f"| `{r.id}` | `{r.field}` | {r.severity} | {_cell(r.message)} | `{r.expectation}` | {_cell(args)} |"
+            row = (f"| `{r.id}` | `{r.field}` | {r.severity} | {_cell(r.message)} | {_cell(r.how_to_fix)} "
+                   f"| `{r.expectation}` | {_cell(args)} |")
             if multi:
                 row += f" {_sources(r, mod.SOURCES)} |"
             out.append(row + "\n")

@@ -59,17 +59,23 @@ def _rules() -> list[Rule]:
         elif c.name == "PROVIDER_CODE":
             out.append(Rule("PROVIDER_CODE_SUBMITTER", "PROVIDER_CODE", R,
                             "PROVIDER_CODE is not the provider in the file name.",
-                            "ExpectColumnValuesToBeInSet", _submitter))
+                            "ExpectColumnValuesToBeInSet", _submitter,
+                            fix="Write the provider code of the file name in PROVIDER_CODE on every row; "
+                                "send another provider's responses in that provider's own file."))
         elif c.name == "SITE_CODE":
             out.append(Rule("SITE_CODE_FORMAT", "SITE_CODE", R, "SITE_CODE is not 5 letters or digits.",
                             "ExpectColumnValuesToMatchRegex", {"column": "SITE_CODE", "regex": r"^[A-Z0-9]{5}$"}))
             out.append(Rule("SITE_CODE_PROVIDER", "SITE_CODE", R,
                             "SITE_CODE is not a site of the provider (reference/sites.csv).",
-                            "ExpectColumnValuesToBeInSet", _sites))
+                            "ExpectColumnValuesToBeInSet", _sites,
+                            fix="Use one of your own site codes as ODS lists them; if the site is new, "
+                                "tell the data team so that the reference data can be updated."))
         elif c.name == "RESPONSE_DATE":
             out.append(Rule("RESPONSE_DATE_PERIOD", "RESPONSE_DATE", R,
                             "RESPONSE_DATE is not in the file's reporting month.",
-                            "ExpectColumnValuesToBeIsoDatesBetween", _in_period))
+                            "ExpectColumnValuesToBeIsoDatesBetween", _in_period,
+                            fix="Send each response in the file of the month it was given (the month "
+                                "in the file name), or correct RESPONSE_DATE."))
         elif c.name == "WARD_CODE":
             # inputs.md: 1 to 8 characters A-Z, 0-9 after trimming and upper-casing; anything
             # else quarantines the row (a ward code is published in fft_scores.org_code).

@@ -76,6 +76,16 @@ class Rule:
     expectation: str  # class name in gx.expectations or expectations.custom
     args: Args
     sources: tuple[str, ...] = ()  # empty: every source the module serves
+    # What the submitter should do about a failure, in plain words (the feedback packs,
+    # pipelines/feedback.py). Empty: derived from the expectation (:attr:`how_to_fix`).
+    fix: str = ""
+
+    @property
+    def how_to_fix(self) -> str:
+        """The fix in plain words: :attr:`fix` when the declaration gives one, else what
+        the expectation implies (fill it in, use an allowed code, a real date, ...). Never
+        quotes a value of a row: the text is the same for every row the rule fails."""
+        return self.fix or _derived_fix(self)
 
     def applies_to(self, source: str) -> bool:
         return not self.sources or source in self.sources
@@ -103,6 +113,45 @@ class ScoredField:
     @property
     def cols(self) -> tuple[str, ...]:
         return self.columns or (self.name,)
+
+
+def _derived_fix(rule: "Rule") -> str:
+    """The fix a rule's expectation implies (see :attr:`Rule.how_to_fix`)."""
+    f, e = rule.field, rule.expectation
+    args = rule.args if isinstance(rule.args, dict) else {}
+    column = args.get("column")
+    if e == "ExpectColumnValuesToNotBeNull":
+        if column == KEY:
+            return f"Give every row its identifier ({f}, or EPIKEY where there is no {f})."
+        return f"Fill in {f} on every row listed: it must not be empty."
+    if e == "ExpectColumnValuesToBeNull" and column == REPEAT:
+        return (f"Send each record once: the key ({f}) must be unique in the file. The first row with "
+                "the key was kept; remove the repeats or give them their own key.")
+    if e == "ExpectColumnValuesToBeNull":
+        return f"Give the real {f} where it is known; a placeholder date is read as not known."
+    if e == "ExpectColumnValuesToBeInSet" and "value_set" in args and len(args["value_set"]) <= 20:
+        return f"Write {f} as one of the allowed codes ({', '.join(args['value_set'])}), exactly as written there."
+    if e == "ExpectColumnValuesToBeInSet":
+        return f"Write {f} as a code the rule allows (see the message), or correct it at source."
+    if e == "ExpectColumnValuesToMatchRegex":
+        return (f"Write {f} in the format the message describes"
+                + (" (leave it empty when not known)." if rule.severity == W else "."))
+    if e == "ExpectColumnValuesToBeIsoDates":
+        return f"Write {f} as a real calendar date in the form YYYY-MM-DD."
+    if e == "ExpectColumnValuesToBeIsoDatesBetween" and rule.id.endswith("_FUTURE"):
+        return (f"Correct {f}: a date after the file was submitted is impossible (check the year, and "
+                "the order of day and month).")
+    if e == "ExpectColumnValuesToBeIsoDatesBetween" and rule.id.endswith("_BEFORE_1890"):
+        return (f"Correct {f}: give the real date, or leave it empty when it is not known "
+                "(do not use a made-up early date).")
+    if e == "ExpectColumnValuesToBeIsoDatesBetween":
+        return f"Correct {f} so that it falls within the dates the message gives."
+    if e == "ExpectColumnPairValuesAToBeGreaterThanB":
+        return "Check both dates the message names against the record and correct the one that is wrong."
+    if e == "ExpectColumnValuesToBeValidNhsNumber":
+        return (f"Check {f} against the patient's record (the Personal Demographics Service): a valid NHS "
+                "number has 10 digits and a correct Modulus 11 check digit; leave it empty rather than guess.")
+    return f"Correct {f} on the lines listed (see the message)."
 
 
 # ------------------------------------------------------------------ helpers

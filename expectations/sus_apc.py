@@ -10,6 +10,8 @@ an insert or replacement).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 
@@ -109,7 +111,9 @@ def _rules() -> list[Rule]:
             out.append(not_null("PROCODE3", R))
             out.append(Rule("PROCODE3_SUBMITTER", "PROCODE3", R,
                             "PROCODE3 is not the provider in the file name.",
-                            "ExpectColumnValuesToBeInSet", _submitter, sources=SUS))
+                            "ExpectColumnValuesToBeInSet", _submitter, sources=SUS,
+                            fix="Write the provider code of the file name in PROCODE3 on every row; send "
+                                "another provider's episodes in that provider's own file."))
             out.append(regex("PROCODE3", r"^[A-Z0-9]{3}$", R, "PROCODE3 is not a 3-character provider code.",
                              sources=HES))
         elif n == "SUSRECID":
@@ -126,13 +130,18 @@ def _rules() -> list[Rule]:
         elif n == "CDS_UPDATE_TYPE":
             out.append(Rule("CDS_UPDATE_TYPE_MISSING", n, R,
                             "CDS_UPDATE_TYPE is missing in a NET submission: insert or delete is unknown.",
-                            "ExpectColumnValuesToNotBeNull", _net_only, sources=SUS))
+                            "ExpectColumnValuesToNotBeNull", _net_only, sources=SUS,
+                            fix="In a NET submission give every row its CDS_UPDATE_TYPE: 9 (insert or "
+                                "replace) or 1 (delete)."))
             out.append(in_set(n, CDS_UPDATE_TYPES, R, "CDS update type", sources=SUS))
         elif n == "GPPRAC":
             out.append(regex("GPPRAC", PRACTICE_RE, W, "GPPRAC is not a GP practice code (letter + 5 digits)."))
             out.append(Rule("GPPRAC_UNKNOWN", "GPPRAC", W,
                             "GPPRAC is not a practice in the ODS reference file (epraccur).",
-                            "ExpectColumnValuesToBeInSet", _practices))
+                            "ExpectColumnValuesToBeInSet", _practices,
+                            fix="Use the patient's registered practice code as ODS lists it (epraccur); "
+                                "V81997, V81998 or V81999 when there is no registered practice or it is "
+                                "not known."))
         elif n in ("MAINSPEF", "TRETSPEF"):
             out.append(regex(n, SPECIALTY_RE, W, f"{n} is not a 3-digit code: the row is kept with {n} not known."))
         elif n == "EPIORDER":
@@ -154,8 +163,7 @@ def _rules() -> list[Rule]:
                                   "The date of birth (DOB, else MYDOB) is after ADMIDATE.",
                                   a=date_col("ADMIDATE"), b=BIRTH))
     # The rule on DOB after ADMIDATE reads DOB: its field is DOB.
-    return [Rule(r.id, "DOB", r.severity, r.message, r.expectation, r.args, r.sources)
-            if r.id == "DOB_AFTER_ADMIDATE" else r for r in out]
+    return [dataclasses.replace(r, field="DOB") if r.id == "DOB_AFTER_ADMIDATE" else r for r in out]
 
 
 RULES = _rules()

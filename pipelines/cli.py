@@ -4,7 +4,7 @@
     caredata run --landing PATH_OR_S3 --warehouse PATH_OR_S3 --publish PATH_OR_S3 [--config FILE]
                  [--engine duckdb|spark] [--demo-mode] [--debug] [--log-file FILE]
     caredata demo [--out DIR] [--engine duckdb|spark]
-    caredata release FILE_NAME --warehouse PATH_OR_S3 [--by NAME] [--note TEXT]
+    caredata release FILE_NAME --warehouse PATH_OR_S3 [--by NAME] [--reason TEXT]
     caredata status [--warehouse PATH_OR_S3] [--landing PATH_OR_S3] [--s3-endpoint-url URL]
 
 The configuration is checked whole before any work (a problem is one line, exit 2), then
@@ -247,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warehouse", default=None, help="folder or s3://bucket/prefix (default: CAREDATA_WAREHOUSE)")
     p.add_argument("--s3-endpoint-url", default=None, help="a non-AWS S3 endpoint")
     p.add_argument("--by", default=None, help="who releases it (default: the login name)")
-    p.add_argument("--note", default=None, help="why, in plain words (recorded in the ledger)")
+    p.add_argument("--reason", "--note", dest="note", default=None,
+                   help="why, in plain words (recorded in the ledger)")
     p.set_defaults(func=_release)
 
     p = sub.add_parser("status", help="files current, superseded, held, rejected and pending, per source and "

@@ -121,6 +121,7 @@ __all__ = [
     "publish_revisions",
     "publish_dataset",
     "publish_file",
+    "publish_folder",
     "read_manifest",
     "read_published",
     "verify_publication",
@@ -755,6 +756,67 @@ def publish_file(
         _write_manifest(store, zone, manifest)
         _checkpoint("committed")
         _promote(store, zone, manifest)
+        return True
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def publish_folder(
+    store: Store,
+    base: str,
+    files: Mapping[str, bytes],
+    header: Mapping[str, Any],
+    *,
+    run_id: str | None = None,
+    code_version: str | None = None,
+) -> bool:
+    """Publish the loose ``files`` of one folder ``base`` (a feedback pack:
+    ``feedback/<source>/<submitter>/<period>``) atomically, with the folder's own
+    ``_manifest.json`` (``header`` and ``files``: path, bytes, sha256 of each), by the
+    protocol of the datasets: staged outside the folder, the manifest the commit point,
+    then promoted. A file of the folder the new set no longer has is deleted after the
+    commit. Returns False when every file was already published with the same bytes and
+    ``header`` (nothing written)."""
+    base = base.strip("/")
+    segments = base.split("/")
+    if len(segments) < 2 or segments[0] in ZONES or segments[0] == STAGING \
+            or any(p in ("", ".", "..") or p.startswith(("_", ".")) for p in segments):
+        raise PublicationError(f"not a publishable folder: {base!r}")
+    for name in files:
+        if "/" in name or name in ("", ".", "..") or name.startswith(("_", ".")):
+            raise PublicationError(f"not a publishable file name: {name!r}")
+    with _lock(store, base):
+        manifest, _ = _recover(store, base)
+        old_files = (manifest or {}).get("files", {})
+        digests = {n: _sha256(b) for n, b in files.items()}
+        same = (manifest is not None and set(old_files) == set(files)
+                and all(old_files[n].get("sha256") == digests[n] and old_files[n].get("path") == n
+                        and store.exists(f"{base}/{n}") for n in files)
+                and all(manifest.get(k) == v for k, v in header.items()))
+        if same:
+            return False
+        txn = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:12]}"
+        now = _now()
+        entries = {}
+        for name, data in sorted(files.items()):
+            old = old_files.get(name)
+            if old and old.get("sha256") == digests[name] and old.get("path") == name \
+                    and store.exists(f"{base}/{name}"):
+                entries[name] = old
+                continue
+            staged = _staged_rel(base, txn, name)
+            store.write_bytes(_join(base, staged), data)
+            entries[name] = {"path": staged, "bytes": len(data), "sha256": digests[name], "written_at": now,
+                             "run_id": run_id, "code_version": code_version}
+        _checkpoint("staged")
+        new = {"manifest_version": MANIFEST_VERSION, **header, "files": entries, "updated_at": now, "run_id": run_id}
+        _write_manifest(store, base, new)  # the commit
+        _checkpoint("committed")
+        _promote(store, base, new)
+        for name in sorted(set(old_files) - set(files)):  # files the pack no longer has
+            if store.exists(f"{base}/{name}"):
+                store.delete(f"{base}/{name}")
         return True
 
 

@@ -4,7 +4,7 @@ Order: the unpartitioned assets (ledger scan, reference data, HES extracts); the
 period, ingest and validation; then, for each period, linkage (it uses each practice's
 newest extract, whatever its month); then, for each period, the datasets, disclosure
 control and publishing (so a window's 30-day follow-up sees the next month's data); last,
-the submissions ledger.
+the submissions ledger and the submitters' feedback packs.
 
 Before any of that, :func:`check_roots` makes sure the three roots can be used; after it,
 every failure is one line in the summary (the full tracebacks go to a log file), and
@@ -85,6 +85,8 @@ class RunSummary:
     # {source, submitter_code, period} below the sanction threshold in the run's periods.
     below_threshold: list[dict] = field(default_factory=list)
     run_ids: list[str] = field(default_factory=list)
+    # The feedback packs (pipelines/feedback.py): packs, packs_written, root; None when not run.
+    feedback: dict | None = None
     # Failures outside a Dagster step (storage, the runner itself), one line each.
     errors: list[str] = field(default_factory=list)
     # The run stopped before any work (check_roots): its exit code.
@@ -373,6 +375,10 @@ def _materialise(settings: Settings, summary: RunSummary, *, periods, progress, 
                 summary.storage_failed |= err.cls_name in STORAGE_ERRORS
                 summary.failed_steps.append(f"{label}{ev.step_key}: {' '.join(err.message.split())}")
                 summary.tracebacks.append(f"{label}{ev.step_key}:\n{ev.event_specific_data.error.to_string()}")
+            if ev.event_type_value == "ASSET_MATERIALIZATION":
+                mat = ev.event_specific_data.materialization
+                if mat.asset_key.to_user_string() == "feedback_packs":
+                    summary.feedback = {k: v.value for k, v in mat.metadata.items()}
             if ev.event_type_value == "ASSET_CHECK_EVALUATION":
                 data = ev.event_specific_data
                 if not data.passed and data.severity == dg.AssetCheckSeverity.ERROR:
@@ -413,7 +419,7 @@ def _materialise(settings: Settings, summary: RunSummary, *, periods, progress, 
     for p in summary.periods:
         progress(f"caredata: {p}: datasets, disclosure control, publishing")
         _run("publish_job", partition_key=p, label=f"[{p}] ")
-    progress("caredata: the submissions ledger")
+    progress("caredata: the submissions ledger and the feedback packs")
     _run("ledger_job", label="[ledger] ")
     summary.published = stages.published_summary(settings)
     summary.held_back = stages.held_back_summary(settings)
@@ -448,6 +454,11 @@ def print_summary(summary: RunSummary, settings: Settings, out=None) -> None:
         w(f"  {row['source']} {row['submitter_code']} {row['period']}\n")
     if not summary.below_threshold:
         w("  nobody\n")
+    if summary.feedback is not None:
+        fb = summary.feedback
+        w(f"Feedback packs for submitters: {fb.get('packs_written', 0)} written, {fb.get('packs', 0)} in all, "
+          f"under {fb.get('root')}" + (f"; {len(fb['failed'])} not written: {', '.join(fb['failed'])}"
+                                       if fb.get("failed") else "") + "\n")
     if summary.refused_checks:
         w("Checks that refused a publication (everything else was published):\n")
         for c in summary.refused_checks:

@@ -119,7 +119,7 @@ def _report_dict(report) -> dict:
 def ingest_feed(settings: Settings, source: str, period: str) -> dict:
     from pipelines import ingest
 
-    landing, wh, _ = stores(settings)
+    landing, wh, out = stores(settings)
     docs = _docs_dir(settings, source, period)
     report = _report_dict(ingest.ingest(source, period, landing, wh, settings, data_docs_dir=docs,
                                        engine=engine(settings)))
@@ -129,7 +129,8 @@ def ingest_feed(settings: Settings, source: str, period: str) -> dict:
     ids = {s["submission_id"] for s in report.get("submissions", []) or [] if s.get("submission_id")}
     rules = wh.read("dq_rules", [period]).to_pandas()
     rules = rules[rules["submission_id"].isin(ids) & (rules["rows_failed"] > 0)]
-    return {"metadata": report, "source": source, "period": period, "failing_rules": rules}
+    return {"metadata": report, "source": source, "period": period, "failing_rules": rules,
+            "feedback_root": out.uri("feedback")}
 
 
 # One check per data-quality dimension (as in Dagster's data-quality patterns), by rule id.
@@ -164,6 +165,17 @@ def _rules_table(df, limit: int = 50) -> str:
     return "\n".join(lines)
 
 
+def _pack_links(report: dict, part) -> dict:
+    """Where the feedback packs of the submitters in ``part`` (failing rules) are written
+    (stage :func:`feedback_packs`, after publishing): one folder per submitter."""
+    root = report.get("feedback_root")
+    if not root or part is None or not len(part):
+        return {}
+    source, period = report.get("source"), report.get("period")
+    subs = sorted({s for s in part["submitter_code"].dropna()})
+    return {"feedback_packs": [f"{root}/{source}/{s}/{period}/" for s in subs]}
+
+
 def _reason(r: dict) -> str:
     why = r.get("reason") or r.get("held_reason") or ""
     name = r.get("file_name") or ""
@@ -196,7 +208,8 @@ def ingest_checks(report: dict) -> list[dict]:
             "description": f"{rejects} row failure(s) quarantined, {warns} kept with a warning"
             if rejects or warns else f"no {dim} rule failed",
             "metadata": {"rows_quarantined_by_rules": rejects, "rows_warned": warns,
-                         "failing_rules": {"markdown": _rules_table(part)}},
+                         "failing_rules": {"markdown": _rules_table(part)},
+                         **_pack_links(report, part)},
         })
     from pipelines.ingest import GP_HELD_RULE, GP_HOLD_UNTIL
 
@@ -284,6 +297,7 @@ def ledger_to_publish(settings: Settings) -> str | None:
 # --------------------------------------------------------------------------- linkage
 def link(settings: Settings, period: str) -> dict:
     from pipelines import current, linkage
+    from pipelines.feedback import LINKAGE_PART  # the feedback packs watch this part
 
     _, wh, _ = stores(settings)
     episodes = wh.read_raw("current_sus_episodes", [period])
@@ -301,7 +315,7 @@ def link(settings: Settings, period: str) -> dict:
     from pipelines import outcomes
     cohorts = outcomes.load_cohorts(settings.t("outcomes", "cohorts_file"))
     wh.write("dq_rules", outcomes.procedures_without_age(linked, period, cohorts, engine=engine(settings)), period,
-             part="linkage-age-unknown")
+             part=LINKAGE_PART)
     ranks = pc.value_counts(linked.column("match_rank")).to_pylist() if linked.num_rows else []
     return {"episodes": linked.num_rows,
             "linked": int(pc.sum(pc.is_valid(linked.column("match_rank"))).as_py() or 0) if linked.num_rows else 0,
@@ -842,6 +856,16 @@ def publish_submissions(settings: Settings, *, run_id: str = "cli") -> dict:
     return {"rows": table.num_rows, "rows_published": published, "violations": violations,
             "blocked_periods": blocked, "published": not blocked,
             "by_status": {r["values"]: r["counts"] for r in statuses}}
+
+
+def feedback_packs(settings: Settings, *, run_id: str = "cli") -> dict:
+    """The submitters' feedback packs (:func:`pipelines.feedback.write_packs`): under
+    ``<publish root>/feedback/<source>/<submitter_code>/<period>/``, for the submitters,
+    never in the public zone. Run after the periods are validated and published."""
+    from pipelines import feedback
+
+    _, wh, out = stores(settings)
+    return feedback.write_packs(wh, out, run_id=run_id, code_version=code_version()).as_metadata()
 
 
 # --------------------------------------------------------------------------- summaries

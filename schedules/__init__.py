@@ -18,8 +18,9 @@ scan_job = dg.define_asset_job(
 )
 ledger_job = dg.define_asset_job(
     "ledger_job", selection=dg.AssetSelection.assets(*LEDGER),
-    description="Publish the submissions ledger (every file seen, its outcome and reason). The landing "
-                "sensor requests it once the periods' runs have changed the ledger.",
+    description="Publish the submissions ledger (every file seen, its outcome and reason), then the "
+                "submitters' feedback packs. The landing sensor requests it once the periods' runs have "
+                "changed the ledger.",
     tags={"dagster/max_retries": "2", "dagster/retry_strategy": "FROM_FAILURE"},
 )
 period_job = dg.define_asset_job(

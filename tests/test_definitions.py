@@ -63,7 +63,7 @@ def test_the_daemon_publishes_the_submissions_ledger():
     ledger_job the landing sensor requests after the periods' runs."""
     defs = _defs()
     assert "submissions" in _job_assets("scan_job")
-    assert _job_assets("ledger_job") == {"submissions"}
+    assert _job_assets("ledger_job") == {"submissions", "feedback_packs"}
     assert "submissions" not in _job_assets("period_job")  # one writer at a time, not one per period
     sensor = defs.get_sensor_def("landing_sensor")
     assert {t.job_name for t in sensor.targets} == {"period_job", "ledger_job"}

@@ -24,7 +24,9 @@ from typing import Iterable, Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
-Zone = Literal["public", "restricted", "internal"]
+# "feedback": written for one submitter, under <publish root>/feedback/ (pipelines/feedback.py),
+# never in the public or restricted zones' dataset lists.
+Zone = Literal["public", "restricted", "internal", "feedback"]
 # How disclosure control treats a column of a public dataset:
 #   "count"  a count of patients or their events: 1..7 is blanked and <col>_suppressed set
 #   "rate"   a rate or mean: blanked when its denominator column is under 8
@@ -268,6 +270,7 @@ def get(name: str) -> Dataset:
 def _load_all() -> None:
     # Import for the side effect of registering. Each module declares one area.
     from pipelines.schemas import (
+        feedback,  # noqa: F401
         outputs,  # noqa: F401
         warehouse,  # noqa: F401
     )
