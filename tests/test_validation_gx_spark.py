@@ -48,6 +48,8 @@ PLANTED = [
     ({"DATE_OF_BIRTH": "2099-01-01"}, ["DATE_OF_BIRTH_FUTURE", "REGISTRATION_BEFORE_BIRTH"]),
     ({"POSTCODE": "LS1\u30004AP"}, []),  # Python's \s takes the ideographic space; Java's would not
     ({"POSTCODE": "ZZ"}, ["POSTCODE_FORMAT"]),
+    ({"POSTCODE": "\u212aT1 4AP"}, ["POSTCODE_FORMAT"]),  # Kelvin sign: no letter of a postcode on any engine
+    ({"POSTCODE": "ls1\t4ap"}, []),  # any spacing and case
     ({"LSOA": "E0100000"}, ["LSOA_FORMAT"]),
     ({"ETHNIC_CATEGORY": "Q"}, ["ETHNIC_CATEGORY_CODE"]),
     ({"DEREGISTRATION_DATE": "1999-01-01"}, ["DEREGISTRATION_BEFORE_REGISTRATION"]),
