@@ -13,8 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.validation import ValidationContext, ValidationError, validate, validate_many
-from pipelines.validation import gx_spark
+from pipelines.validation import ValidationContext, ValidationError, gx_spark, validate, validate_many
 
 from test_engines import spark_engine  # noqa: F401  (the one session fixture)
 from test_validation import (
