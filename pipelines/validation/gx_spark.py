@@ -175,7 +175,7 @@ def validate(session, source: str, plan: Plan, work, checked: dict, failed: dict
             jobs_kw.setdefault(its, []).append((m, rule, skw))
             read += _columns(kw)
     results, counts = [], {}
-    if not jobs_kw:
+    if not jobs_kw or plan.total == 0:  # no row: nothing for GX to count
         return results, 0, sample_only, counts
     read = [c for c in dict.fromkeys(read) if c in work.columns]
     frame = session.createDataFrame(to_arrow(work, read, plan.item_of)).persist()
