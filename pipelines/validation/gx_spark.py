@@ -43,6 +43,7 @@ there is none.
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -53,6 +54,8 @@ from expectations.rules import Rule
 from pipelines.text import re2_friendly
 from pipelines.validation.gx import expectation
 from pipelines.validation.plan import ITEM, Plan, ValidationError, second_bound
+
+log = logging.getLogger("pipelines.validation")
 
 RESULT_FORMAT = {"result_format": "BASIC", "partial_unexpected_count": 0,
                  "include_unexpected_rows": False, "return_unexpected_index_query": False}
@@ -224,4 +227,7 @@ def validate(session, source: str, plan: Plan, work, checked: dict, failed: dict
             results.append((name, j, res, its))
     finally:
         frame.unpersist()
+    log.info("GX on Spark validated %d %s row(s) in %d batch(es), %d expectation(s): its counts are the engine's%s",
+             plan.total, source, n_batches, sum(len(r[2].results) for r in results),
+             f"; sample only: {', '.join(sample_only)}" if sample_only else "")
     return results, n_batches, sample_only, counts
