@@ -25,7 +25,8 @@ INTRO = """\
 Every row of a landing file is checked against its feed's expectation suite (Great
 Expectations 1.x, built in `expectations/`). The engine (DuckDB, or Spark) judges every row
 with SQL generated from these declarations (`pipelines/validation/compiled.py`) and GX
-validates a sample beside it; the two must agree. Each rule has an id, the field it reads,
+validates a sample beside it; on Spark, GX's Spark engine also validates every row
+(docs/scaling.md, "Validation on Spark"). The two must agree. Each rule has an id, the field it reads,
 a severity and a message:
 
 - **reject**: the row is unusable. It goes to quarantine (`quarantine` table) with the file,

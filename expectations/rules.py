@@ -209,7 +209,10 @@ def nhs_number(col: str, *, missing: Severity | None, invalid: Severity = W, **k
     return out
 
 
-POSTCODE_RE = r"(?i)^\s*[A-Z]{1,2}[0-9][A-Z0-9]?\s*[0-9][A-Z]{2}\s*$"
+# Any spacing and case (inputs.md): both cases spelled out, not (?i). A case-insensitive
+# [A-Z] also takes the Kelvin sign and the long s in Python's re and DuckDB's RE2 but not
+# in Java's (Spark): the engines would disagree on such a value.
+POSTCODE_RE = r"^\s*[A-Za-z]{1,2}[0-9][A-Za-z0-9]?\s*[0-9][A-Za-z]{2}\s*$"
 LSOA_RE = r"^E01[0-9]{6}$"
 PRACTICE_RE = r"^[A-Z][0-9]{5}$"
 CONSULTANT_RE = r"^C[0-9]{7}$"

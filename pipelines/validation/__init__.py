@@ -11,7 +11,9 @@ One job per module: :mod:`~pipelines.validation.workframe` (the rows the rules r
 :mod:`~pipelines.validation.plan` (the rules active per file, the jobs),
 :mod:`~pipelines.validation.compiled` (each rule as SQL, run by the engine on every
 row), :mod:`~pipelines.validation.gx` (Great Expectations on a sample beside it, or on
-every row; Data Docs), :mod:`~pipelines.validation.assemble` (the outcomes).
+every row; Data Docs), :mod:`~pipelines.validation.gx_spark` (on the Spark engine, GX's
+Spark execution engine on every row, its counts the engine's),
+:mod:`~pipelines.validation.assemble` (the outcomes).
 
 Two modes (``mode=``, ``CAREDATA_VALIDATION_ENGINE``): ``compiled`` (the default) has the
 engine (``engine=``, a :class:`pipelines.engine.Engine`; None: DuckDB in process) judge

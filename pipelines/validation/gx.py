@@ -1,6 +1,20 @@
 """Great Expectations beside the engine: the context and suites, GX validating a sample
 of rows (the engine's verdicts must agree: :func:`crosscheck`) or every row (``gx``
 mode, in batches), and the Data Docs site (counts only, never a value of a row).
+
+This module is GX's pandas engine, on one machine, on every engine: the sample is read
+by the expectations exactly as declared in ``expectations/`` (row conditions with the
+pandas parser, regular expressions as Python's ``re`` reads them, the custom
+expectations' pandas providers), so it checks the engine's SQL against the declarations'
+own meaning. On the Spark engine GX's Spark execution engine validates every row as
+well (:mod:`pipelines.validation.gx_spark`): there the row conditions are translated to
+``condition_parser="spark"`` filters, ``\\s`` is spelled out for Java's regular
+expressions, and the custom expectations (:mod:`expectations.custom`) run their Spark
+providers. Sample-only on Spark: an expectation that cannot be put to GX's Spark engine
+(a custom expectation without a Spark provider, a row condition the translation does not
+read); with today's suites there is none, and any such rule is listed in the
+validation's ``stats["gx_spark_sample_only"]``. Quarantine never comes from GX on Spark
+(its failing-row indices are unreliable there in GX 1.x): it is the engine's.
 """
 
 from __future__ import annotations

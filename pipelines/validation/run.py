@@ -49,12 +49,13 @@ def validate(
     batch_rows: int | None = None,
     mode: str | None = None,
     engine: Engine | None = None,
+    gx_validate=None,
 ) -> ValidationOutcome:
     """Validate a file's rows against its feed's suite: :func:`validate_many` of the one
     file."""
     item = {"frame": frame, "period": period, "submitter": submitter, "file_name": file_name, "context": context}
     return validate_many(source, [item], data_docs_dir=data_docs_dir, batch_rows=batch_rows, mode=mode,
-                         engine=engine)[0]
+                         engine=engine, gx_validate=gx_validate)[0]
 
 
 def validate_many(
@@ -66,6 +67,7 @@ def validate_many(
     mode: str | None = None,
     engine: Engine | None = None,
     work_out: list | None = None,
+    gx_validate=None,
 ) -> list[ValidationOutcome]:
     """Validate many files of one feed together. ``items``: one dict per file with the
     keyword arguments of :func:`validate` (``frame``, ``period``, ``submitter``,
@@ -78,7 +80,13 @@ def validate_many(
     process's default DuckDB engine). Given a list ``work_out``, the work frame of all the
     items' rows, one after another (the declared columns stripped, blank as missing, dates
     parsed: :func:`pipelines.validation.workframe.work_frame`), is appended to it, for the
-    caller to type the rows without that work again."""
+    caller to type the rows without that work again.
+
+    On the Spark engine GX's Spark execution engine also validates every row
+    (:mod:`pipelines.validation.gx_spark`; ``gx_validate(batch, suite)``, if given, is how
+    it validates a batch: tests pass one in), and its counts per rule must be the engine's;
+    ``stats`` then holds ``gx_spark_seconds``, ``gx_spark_counts`` (per rule id) and
+    ``gx_spark_sample_only`` (rules GX checks on the sample only)."""
     if source not in SUITES:
         raise ValueError(f"no expectation suite for source {source!r}")
     mode = mode or MODE
@@ -135,6 +143,19 @@ def validate_many(
         results, n_batches = gxv.crosscheck(batch_def, gctx, source, plan.jobs, plan.job_rows, work,
                                             checked, failed, engine_name)
         timing["gx_sample_seconds"] = time.perf_counter() - t0
+        from pipelines.validation import gx_spark
+
+        session = gx_spark.session_of(engine)
+        if session is not None:  # the Spark engine: GX's Spark engine validates every row too
+            t0 = time.perf_counter()
+            spark_results, spark_batches, sample_only, gx_counts = gx_spark.validate(
+                session, source, plan, work, checked, failed, [it["file_name"] for it in items], engine_name,
+                validate_batch=gx_validate)
+            timing["gx_spark_seconds"] = time.perf_counter() - t0
+            timing["gx_spark_sample_only"] = sample_only
+            timing["gx_spark_counts"] = gx_counts
+            results = spark_results or results  # Data Docs: GX's own counts over every row
+            n_batches += spark_batches
 
         def counts_of(rule, kw, its, m):
             if (rule.id, its) in plan.merged:
