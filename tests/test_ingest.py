@@ -464,8 +464,8 @@ def test_a_period_validated_in_several_chunks_writes_what_one_chunk_writes(tmp_p
 
 
 def test_a_chunk_is_written_as_one_part_per_table_and_a_stopped_run_counts_nothing_twice(tmp_path, monkeypatch):
-    """The quarantine, data-quality and gp_extracts rows and the ledger outcomes of a
-    chunk's files are one part each, not one per file. A run stopped after a chunk's data
+    """The silver (gp_patients), quarantine, data-quality and gp_extracts rows and the
+    ledger outcomes of a chunk's files are one part each, not one per file. A run stopped after a chunk's data
     parts but before its ledger part leaves those files untaken; the next run takes them
     in again and removes the stale parts: every table then equals an uninterrupted run's."""
     from pipelines.synth import generate
@@ -482,7 +482,7 @@ def test_a_chunk_is_written_as_one_part_per_table_and_a_stopped_run_counts_nothi
     files = len(ref.files_taken)
     parts = wh_ref.parts("quarantine", [period])
     assert 3 <= len(parts) <= files // 2 and len(wh_ref.parts("gp_extracts", [period])) == len(parts)
-    assert len(wh_ref.parts("gp_patients", [period])) == files  # silver stays one part per submission
+    assert len(wh_ref.parts("gp_patients", [period])) == len(parts)  # silver: one part per chunk too
 
     wh = Warehouse(Store(tmp_path / "wh"))
     calls = {"n": 0}
@@ -503,6 +503,7 @@ def test_a_chunk_is_written_as_one_part_per_table_and_a_stopped_run_counts_nothi
         ingest.ingest("gp", period, landing, wh, Settings(), today=today, batch_cells=300_000)
     stale = len(wh.parts("quarantine", [period]))
     assert stale == 2
+    assert len(wh.parts("gp_patients", [period])) == 2  # the stopped chunk's silver part is there
     monkeypatch.setattr(intake._ChunkParts, "write", real_write)
     # The next run chunks the files left differently (as new files sorting among them
     # would): the stopped chunk's parts are not simply overwritten.

@@ -548,10 +548,11 @@ def _take_in(source, period, parsed: ParsedName, frame: pd.DataFrame, info, sha:
 
 
 def _remove_untaken_parts(warehouse: Warehouse, period: str, ledger: "_Ledger") -> None:
-    """Remove the chunk parts of ``period`` whose submissions have no ledger outcome: left
-    by a run stopped between a chunk's data parts and its ledger part (:class:`_ChunkParts`)."""
+    """Remove the chunk parts of ``period`` (a GP chunk's silver part among them) with a
+    row of a submission that has no ledger outcome: left by a run stopped between a
+    chunk's data parts and its ledger part (:class:`_ChunkParts`)."""
     taken = set(ledger.taken["submission_id"])
-    for table in _ChunkParts.TABLES:
+    for table in CHUNKED_SILVER + _ChunkParts.TABLES:
         for path in warehouse.parts(table, [period]):
             if "-chunk-" not in path.rsplit("/", 1)[-1]:
                 continue
@@ -571,6 +572,13 @@ def _remove_file_parts(warehouse: Warehouse, periods: list[str], submission_id: 
             warehouse.delete_part(table, period, submission_id)
 
 
+CHUNKED_SILVER = ("gp_patients",)
+"""Silver tables written as one part per chunk (:data:`pipelines.current.CHUNK_PART` in its
+name) rather than one per file: a national month is 6,500 GP extracts, and a small
+fsynced file per extract cost more than its rows. SUS and FFT files keep a part each
+(few files; re-validation replaces one file's part)."""
+
+
 class _ChunkParts:
     """The quarantine, data-quality and ``gp_extracts`` rows and the ledger outcomes of the
     files of one chunk, written together: one part per table and one ledger part for the
@@ -582,7 +590,7 @@ class _ChunkParts:
 
     TABLES = ("quarantine", "dq_rules", "dq_fields", "gp_extracts", "gp_type2")
     WRITERS = 4
-    """Silver parts written at once (threads: Parquet encoding and the file system's
+    """Silver parts (SUS, FFT) written at once (threads: Parquet encoding and the file system's
     flush release the GIL); all are written before the chunk's other parts and its
     ledger part."""
 
@@ -599,8 +607,8 @@ class _ChunkParts:
         self.tables[table].append(data)
 
     def add_silver(self, table: str, data: pa.Table, submission_id: str) -> None:
-        """A file's silver rows: its own part (part = its submission id), as the current
-        view finds them (:func:`pipelines.current._parts`)."""
+        """A file's silver rows: written with the chunk's (GP) or as its own part (part =
+        its submission id), as the current view finds them (:func:`pipelines.current._parts`)."""
         self.silver.append((table, data, submission_id))
 
     def add_type2(self, parsed: ParsedName, nhs_numbers: pd.Series) -> None:
@@ -608,18 +616,31 @@ class _ChunkParts:
         the rest of the chunk's (:func:`_gp_type2_rows`: one pass, not one per extract)."""
         self.type2.append((parsed, nhs_numbers))
 
-    def _write_silver(self) -> None:
+    def _write_silver(self, part: str) -> None:
+        """The silver parts: a GP chunk's rows as one part named ``part`` (the extracts in
+        the order of their submission ids, each row carrying its ``submission_id``:
+        :data:`CHUNKED_SILVER`); a SUS or FFT file's rows as a part of its own named by its
+        submission id (revalidation replaces them)."""
         if not self.silver:
             return
-        if len(self.silver) == 1:
-            table, data, sid = self.silver[0]
-            self.warehouse.write(table, data, self.period, part=sid)
+        jobs, chunked = [], {}
+        for table, data, sid in self.silver:
+            if table in CHUNKED_SILVER:
+                chunked.setdefault(table, []).append((sid, data))
+            else:
+                jobs.append((table, data, sid))
+        for table, pieces in chunked.items():
+            pieces.sort(key=lambda p: p[0] + ".parquet")  # the order of per-submission parts' names
+            jobs.append((table, pa.concat_tables([d for _, d in pieces]).combine_chunks(), part))
+        if len(jobs) == 1:
+            table, data, name = jobs[0]
+            self.warehouse.write(table, data, self.period, part=name)
             return
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=self.WRITERS) as pool:
-            futures = [pool.submit(self.warehouse.write, table, data, self.period, part=sid)
-                       for table, data, sid in self.silver]
+            futures = [pool.submit(self.warehouse.write, table, data, self.period, part=name)
+                       for table, data, name in jobs]
         for f in futures:
             f.result()  # the first error, if any, after all have finished
 
@@ -639,7 +660,7 @@ class _ChunkParts:
             return
         if part is None:
             part = f"{self.events[0]['submission_id']}-chunk-{_files_digest(self.events)}"
-        self._write_silver()
+        self._write_silver(part)
         if self.type2:
             self.tables["gp_type2"].append(_gp_type2_rows(self.type2, self.period))
         if self.dq:
