@@ -657,3 +657,35 @@ def test_the_rows_taken_in_are_the_bytes_whose_sha256_the_ledger_records(zone):
     assert report.rows_read == 3 and store.opened == 1
     kept = zone.wh.read("gp_patients", ["2024-01"]).column("nhs_number").to_pylist()
     assert sorted(kept) == sorted(nhs(k) for k in range(3))
+
+
+def test_the_data_docs_site_is_built_once_per_ingest_with_every_chunks_pages(tmp_path):
+    """GP extracts validated in several chunks: no chunk builds the Data Docs site (a
+    build renders the whole site), the ingest builds it once at the end, and it shows the
+    failing suite runs of every chunk (a build per chunk kept only the last chunk's)."""
+    from pipelines.synth import generate
+    from pipelines.validation import validate_many
+
+    gen = tmp_path / "gen"
+    generate(gen, seed=4, scale=0.002, months=1, start="2024-01", progress=False)
+    landing = Store(gen)
+    periods = [p.reporting_period for p in (ingest.parse_name(f.path) for f in landing.list("gp"))
+               if isinstance(p, ingest.ParsedName)]
+    period = max(set(periods), key=periods.count)
+    docs = tmp_path / "docs"
+    calls = []
+
+    def counting(source, items, *, data_docs_dir=None, docs_out=None, **kw):
+        assert docs_out is not None and not (docs / "index.html").exists()  # nothing built per chunk
+        calls.append(f"{source}-{period}-{len(items)}-files")
+        return validate_many(source, items, data_docs_dir=data_docs_dir, docs_out=docs_out, **kw)
+
+    wh = Warehouse(Store(tmp_path / "wh"))
+    rep = ingest.ingest("gp", period, landing, wh, Settings(), today=pd.Timestamp("2024-03-01").date(),
+                        batch_cells=300_000, data_docs_dir=str(docs), validator=counting)
+    assert len(calls) >= 2 and rep.files_taken
+    pages = [p.relative_to(docs / "validations").parts for p in (docs / "validations").rglob("*.html")]
+    runs = {parts[-3] for parts in pages}  # .../<suite parts>/<run name>/<run time>/<batch>.html
+    assert runs == set(calls)
+    index = (docs / "index.html").read_text()
+    assert all(run in index for run in calls)

@@ -326,16 +326,19 @@ def _accepts(validator, name: str) -> bool:
 
 
 def validate_files(source: str, items: list[dict], *, validator: Validator | None = None, engine=None,
-                   data_docs_dir: str | None = None, work_out: list | None = None) -> list:
+                   data_docs_dir: str | None = None, work_out: list | None = None,
+                   docs_out: list | None = None) -> list:
     """``items`` validated by ``validator`` (None: :func:`pipelines.validation.validate_many`),
-    ``engine`` passed on when given and the validator takes one, ``work_out`` when it
-    takes that."""
+    ``engine`` passed on when given and the validator takes one, ``work_out`` and
+    ``docs_out`` when it takes them (a validator that does not builds its own Data Docs)."""
     validator = validator or _default_validator()
     kw: dict = {"data_docs_dir": data_docs_dir}
     if engine is not None and _accepts(validator, "engine"):
         kw["engine"] = engine
     if work_out is not None and _accepts(validator, "work_out"):
         kw["work_out"] = work_out
+    if docs_out is not None and _accepts(validator, "docs_out"):
+        kw["docs_out"] = docs_out
     outcomes = validator(source, items, **kw)
     if len(outcomes) != len(items):
         raise RuntimeError(f"the validator gave {len(outcomes)} outcome(s) for {len(items)} file(s)")
@@ -402,6 +405,7 @@ def ingest(source: str, period: str, landing: Store, warehouse: Warehouse, setti
     # order, exactly as if each had been validated alone.
     pending: list[tuple] = []
     pending_rows = pending_cells = 0
+    docs: list = []  # the chunks' Data Docs pages, built once at the end (_build_docs)
 
     def take(chunk: list[tuple], outcomes: list, work: pd.DataFrame | None = None) -> None:
         silvers = _chunk_silvers(source, period, [(p_, fr, None) for p_, _, fr, _, _, _ in chunk], outcomes, work)
@@ -443,7 +447,8 @@ def ingest(source: str, period: str, landing: Store, warehouse: Warehouse, setti
         t0 = time.perf_counter()
         try:
             work: list = []
-            outcomes = _validate_chunk(source, period, jobs, data_docs_dir, work, validator=validator, engine=engine)
+            outcomes = _validate_chunk(source, period, jobs, data_docs_dir, work, validator=validator, engine=engine,
+                                       docs_out=docs)
             report.validation_seconds += time.perf_counter() - t0
             rows = sum(len(fr) for _, _, fr, _, _, _ in chunk)
             # The validator's work frame, when it gives one of exactly the chunk's rows.
@@ -464,18 +469,33 @@ def ingest(source: str, period: str, landing: Store, warehouse: Warehouse, setti
         if pending_rows >= max_rows or pending_cells >= max_cells:
             flush()
     flush()
+    _build_docs(docs, data_docs_dir)
     return report
 
 
+def _build_docs(docs: list, data_docs_dir: str | None) -> None:
+    """The Data Docs site of every chunk's validation, built once for the ingest (a build
+    renders the whole site: once per chunk cost more the more chunks). A failed build
+    loses pages, never data: logged, and the run goes on."""
+    if not docs or not data_docs_dir:
+        return
+    from pipelines.validation import build_docs
+
+    try:
+        build_docs(docs, data_docs_dir)
+    except Exception as exc:  # noqa: BLE001 - Data Docs are a view of the results, not the results
+        log.warning("the Data Docs site was not built (%s); the validation results stand", type(exc).__name__)
+
+
 def _validate_chunk(source: str, period: str, jobs: list[tuple], data_docs_dir, work_out: list | None = None,
-                    *, validator: Validator | None = None, engine=None) -> list:
+                    *, validator: Validator | None = None, engine=None, docs_out: list | None = None) -> list:
     """One outcome per (parsed name, frame, context), the chunk's files validated at once
     (:func:`validate_files`; the validator's work frame, if it gives one, appended to
-    ``work_out``)."""
+    ``work_out``; its Data Docs pages, if it defers them, to ``docs_out``)."""
     return validate_files(source, [
         {"frame": fr, "period": period, "submitter": p_.submitter_code, "file_name": p_.file_name,
          "context": ctx} for p_, fr, ctx in jobs], validator=validator, engine=engine,
-        data_docs_dir=data_docs_dir, work_out=work_out)
+        data_docs_dir=data_docs_dir, work_out=work_out, docs_out=docs_out)
 
 
 def _take_in(source, period, parsed: ParsedName, frame: pd.DataFrame, info, sha: str, size: int,
