@@ -17,8 +17,11 @@
   months after they die, so the newest extract alone misses earlier deaths.
 
 Silver parts are never deleted: every submission stays readable for audit
-(``warehouse.read("sus_episodes", parts=[...])``). The ledger's current/superseded
-statuses (:func:`pipelines.ingest.read_ledger`) follow the same rules.
+(``warehouse.read("sus_episodes", parts=[...])``). A SUS, FFT or HES submission's rows are
+a part named by its submission id; the GP extracts validated together in one chunk are one
+``gp_patients`` part (:data:`CHUNK_PART` in its name), read filtered by ``submission_id``.
+The ledger's current/superseded statuses (:func:`pipelines.ingest.read_ledger`) follow the
+same rules.
 """
 
 from __future__ import annotations
@@ -47,14 +50,54 @@ def _ledger(warehouse: Warehouse) -> pd.DataFrame:
     return led
 
 
-def _parts(warehouse: Warehouse, table: str, period: str, submission_ids) -> list[str]:
+CHUNK_PART = "-chunk-"
+"""In the name of a part that holds the rows of many submissions, each row carrying its
+``submission_id``: a chunk's GP extracts are written as one ``gp_patients`` part
+(:class:`pipelines.ingest.intake._ChunkParts`). Other parts hold one submission's rows and
+are named by its submission id."""
+
+
+class _Parts(NamedTuple):
+    paths: list[str]
+    mixed: bool  # a part holds rows of submissions not asked for: filter by submission_id
+
+
+def _part_submissions(warehouse: Warehouse, path: str) -> set[str]:
+    t = warehouse.store.read_parquet(path, columns=["submission_id"])
+    return set(pc.unique(t.column("submission_id")).to_pylist())
+
+
+def _parts(warehouse: Warehouse, table: str, period: str, submission_ids) -> _Parts:
+    """The parts of ``table`` in ``period`` holding rows of ``submission_ids``: a part
+    named by one of them, or a chunk part (:data:`CHUNK_PART`) holding rows of any of
+    them (its ``submission_id`` column read); ``mixed`` when a chunk part also holds rows
+    of other submissions, which the reader must then leave out."""
     wanted = set(submission_ids)
-    out = []
+    out, mixed = [], False
     for p in warehouse.parts(table, [period]):
         stem = p.rsplit("/", 1)[-1][: -len(".parquet")]
         if stem in wanted:
             out.append(p)
-    return out
+        elif CHUNK_PART in stem:
+            held = _part_submissions(warehouse, p)
+            if held & wanted:
+                out.append(p)
+                mixed = mixed or bool(held - wanted)
+    return _Parts(out, mixed)
+
+
+def _read_rows(warehouse: Warehouse, table: str, paths: list[str], submission_ids, mixed: bool) -> pa.Table:
+    """The rows of ``submission_ids`` in the parts ``paths``, in the order they would have
+    if each submission had a part of its own named by it (parts in path order, a part's
+    rows in file order): the order readers had before chunk parts."""
+    data = warehouse.read(table, parts=paths)
+    if mixed:
+        data = data.filter(pc.is_in(data.column("submission_id"), pa.array(sorted(set(submission_ids)), pa.string())))
+    if data.num_rows and any(CHUNK_PART in p.rsplit("/", 1)[-1] for p in paths):
+        key = pc.binary_join_element_wise(data.column("period"), pa.scalar("/"), data.column("submission_id"),
+                                          pa.scalar(".parquet"), "")
+        data = data.take(pc.sort_indices(key))  # stable: a submission's rows stay in file order
+    return data
 
 
 def _empty(table: str) -> pa.Table:
@@ -131,10 +174,10 @@ def current_sus(warehouse: Warehouse, period: str, engine: Engine | None = None)
     if order.empty:
         return declared.arrow_schema(include_partition=True).empty_table()
     seq = {sid: i for i, sid in enumerate(order["submission_id"])}
-    paths = _parts(warehouse, "sus_episodes", period, seq)
+    paths, mixed = _parts(warehouse, "sus_episodes", period, seq)
     if not paths:
         return declared.arrow_schema(include_partition=True).empty_table()
-    table = warehouse.read("sus_episodes", parts=paths)
+    table = _read_rows(warehouse, "sus_episodes", paths, seq, mixed)
     subs = pa.table({"submission_id": pa.array(list(seq), pa.string()),
                      "seq": pa.array(list(seq.values()), pa.int64()),
                      "bulk": pa.array([p == "BULK" for p in order["protocol"]], pa.bool_())})
@@ -147,10 +190,11 @@ def current_fft(warehouse: Warehouse, period: str) -> pa.Table:
     f = led[(led["source"] == "fft") & (led["reporting_period"] == period) & (led["status"] == "current")]
     if f.empty:
         return _empty("fft_responses")
-    paths = _parts(warehouse, "fft_responses", period, f["submission_id"])
+    paths, mixed = _parts(warehouse, "fft_responses", period, f["submission_id"])
     if not paths:
         return _empty("fft_responses")
-    return schemas.get("fft_responses").conform(warehouse.read("fft_responses", parts=paths))
+    return schemas.get("fft_responses").conform(_read_rows(warehouse, "fft_responses", paths, f["submission_id"],
+                                                           mixed))
 
 
 class GPCurrent(NamedTuple):
@@ -165,21 +209,25 @@ def _newest(extracts: pd.DataFrame) -> pd.DataFrame:
     return ok.drop_duplicates("practice_code", keep="last")
 
 
-def _gp_paths(warehouse: Warehouse, chosen: pd.DataFrame) -> list[str]:
-    """The ``gp_patients`` parts of the chosen submissions, sorted."""
-    paths = []
+def _gp_paths(warehouse: Warehouse, chosen: pd.DataFrame) -> _Parts:
+    """The ``gp_patients`` parts of the chosen submissions, sorted, and whether a part
+    holds other extracts' rows too (a chunk part: :data:`CHUNK_PART`)."""
+    paths, mixed = [], False
     for period, grp in chosen.groupby("period"):
-        paths += _parts(warehouse, "gp_patients", period, grp["submission_id"])
-    return sorted(paths)
+        got = _parts(warehouse, "gp_patients", period, grp["submission_id"])
+        paths += got.paths
+        mixed = mixed or got.mixed
+    return _Parts(sorted(paths), mixed)
 
 
 def _gp_rows(warehouse: Warehouse, chosen: pd.DataFrame) -> pa.Table:
     if chosen.empty:
         return _empty("gp_patients")
-    paths = _gp_paths(warehouse, chosen)
+    paths, mixed = _gp_paths(warehouse, chosen)
     if not paths:
         return _empty("gp_patients")
-    return schemas.get("gp_patients").conform(warehouse.read("gp_patients", parts=paths))
+    return schemas.get("gp_patients").conform(
+        _read_rows(warehouse, "gp_patients", paths, chosen["submission_id"], mixed))
 
 
 def gp_extracts(warehouse: Warehouse) -> pa.Table:
@@ -246,9 +294,22 @@ def gp_death_extracts(extracts: pd.DataFrame, since, until) -> pd.DataFrame:
 
 
 def _gp_dataset(warehouse: Warehouse, chosen: pd.DataFrame | None, columns: list[str] | None) -> ds.Dataset:
-    """The ``gp_patients`` rows of the chosen extracts, as a lazy dataset."""
-    paths = [] if chosen is None or chosen.empty else _gp_paths(warehouse, chosen)
-    return warehouse.dataset("gp_patients", parts=paths, columns=columns)
+    """The ``gp_patients`` rows of the chosen extracts, as a lazy dataset over their parts;
+    filtered by ``submission_id`` when a part (a chunk part) holds other extracts' rows too
+    (:meth:`Warehouse.dataset`'s ``submission_ids``: an engine reading the files itself
+    applies the same filter)."""
+    if chosen is None or chosen.empty:
+        return warehouse.dataset("gp_patients", parts=[], columns=_with_sid(columns))
+    paths, mixed = _gp_paths(warehouse, chosen)
+    return warehouse.dataset("gp_patients", parts=paths, columns=_with_sid(columns),
+                             submission_ids=sorted(set(chosen["submission_id"])) if mixed else None)
+
+
+def _with_sid(columns: list[str] | None) -> list[str] | None:
+    """``columns`` and ``submission_id``, by which a chunk part's rows are chosen."""
+    if columns is None or "submission_id" in columns:
+        return columns
+    return list(columns) + ["submission_id"]
 
 
 def gp_deaths_lazy(warehouse: Warehouse, since, until, columns: list[str] | None = None) -> ds.Dataset:
@@ -268,8 +329,10 @@ def gp_current_lazy(warehouse: Warehouse, period: str | None = None,
     """:func:`gp_current` without reading the patients: the same extracts chosen, each set
     of rows as a lazy ``pyarrow.dataset.Dataset`` over their Parquet parts (sorted, as
     :func:`gp_current` concatenates them) with the declared ``gp_patients`` columns, or
-    only ``columns``, typed as declared. Scanning one gives the rows of the matching
-    :func:`gp_current` table (a column missing from an older part reads as null)."""
+    only ``columns`` (and ``submission_id``, by which a chunk part's rows are chosen), typed
+    as declared. Scanning one gives the rows of the matching :func:`gp_current` table (a
+    column missing from an older part reads as null), in its order when no two chunk parts
+    of a period are chosen from (an engine's plan orders its own output)."""
     extracts = gp_extracts(warehouse)
     ex = extracts.to_pandas()
     if ex.empty:

@@ -39,6 +39,7 @@ from pyarrow import fs as pafs
 from expectations.rules import PRACTICE_PLACEHOLDERS
 from pipelines import plans, pseudo, schemas
 from pipelines.engine import DuckDBEngine, Engine, Input, Parquet
+from pipelines.warehouse import selected_submissions
 
 __all__ = [
     "LINK_COLUMNS",
@@ -157,7 +158,9 @@ def _gp_input(gp, columns: dict[str, pa.DataType], required: tuple[str, ...], wh
         raise ValueError(f"{what}: missing columns {missing}")
     schema = pa.schema([pa.field(n, t) for n, t in columns.items()])
     if isinstance(gp, pads.FileSystemDataset) and isinstance(gp.filesystem, pafs.LocalFileSystem):
-        return Parquet(tuple(gp.files), schema)
+        # a dataset of the chosen extracts' rows of parts shared with others: the same filter
+        sids = selected_submissions(gp)
+        return Parquet(tuple(gp.files), schema, where=None if sids is None else ("submission_id", sids))
     present = [c for c in columns if c in gp.schema.names]
     keep = (pc.field("nhs_number").is_valid() & pc.field("nhs_number_valid")) if valid_only else None
     return _slim(gp.to_table(columns=present, filter=keep), columns, required, what)

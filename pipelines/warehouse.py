@@ -9,8 +9,10 @@ rewrites a part leaves readers either the old or the new one.
 from __future__ import annotations
 
 import io
+import weakref
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines import schemas
@@ -109,13 +111,16 @@ class Warehouse:
         return pa.concat_tables(tables).select(full.names)
 
     def dataset(self, table: str, periods: list[str] | None = None, parts: list[str] | None = None,
-                columns: list[str] | None = None):
+                columns: list[str] | None = None, submission_ids: list[str] | None = None):
         """A lazy ``pyarrow.dataset.Dataset`` over a partitioned table (all periods, some
         periods, or named parts, in the order given): what :meth:`read` returns, without
         reading anything until it is scanned (local or S3). It has the declared columns
         (or just ``columns``) with their declared types, ``period`` from the part's
         folder; a declared column missing from an older part reads as null. For tables too
-        big to hold (the GP extracts): a scan reads only the columns and rows it asks for."""
+        big to hold (the GP extracts): a scan reads only the columns and rows it asks for.
+        ``submission_ids``: only the rows of those submissions (a part may hold the rows of
+        many: ``columns`` must then include ``submission_id``); an engine given the files
+        themselves applies the same filter (:func:`selected_submissions`)."""
         ds = schemas.get(table)
         if ds.partition_by is None:
             raise ValueError(f"{table} is not partitioned: use read()")
@@ -128,8 +133,16 @@ class Warehouse:
             raise ValueError(f"{table}: no declared columns {unknown}")
         schema = pa.schema([full.field(c) for c in names])
         partition = tuple(c for c in names if c == ds.partition_by)
-        return self.store.parquet_dataset(list(paths), schema, partition_base=self._dir(table),
+        data = self.store.parquet_dataset(list(paths), schema, partition_base=self._dir(table),
                                           partition_columns=partition)
+        if submission_ids is None:
+            return data
+        if "submission_id" not in names:
+            raise ValueError(f"{table}: rows chosen by submission_id need that column")
+        ids = tuple(sorted(set(submission_ids)))
+        data = data.filter(pc.field("submission_id").isin(pa.array(ids, pa.string())))
+        _SELECTED[data] = ids
+        return data
 
     # -- undeclared intermediates (e.g. linkage working tables) ------------------------
     def write_raw(self, name: str, data: pa.Table, period: str, part: str = "part-00000") -> str:
@@ -167,6 +180,19 @@ class Warehouse:
 
     def exists(self, table: str, period: str | None = None, part: str = "part-00000") -> bool:
         return self.store.exists(self.path(table, period, part))
+
+
+_SELECTED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def selected_submissions(data) -> tuple[str, ...] | None:
+    """The submission ids a dataset of :meth:`Warehouse.dataset` keeps rows of (None: every
+    row of its files), for an engine that reads its files itself
+    (:class:`pipelines.engine.Parquet`'s ``where``)."""
+    try:
+        return _SELECTED.get(data)
+    except TypeError:  # not weakly referenceable: not one of ours
+        return None
 
 
 def _known(table: str) -> bool:

@@ -270,9 +270,10 @@ def test_gp_current_lazy_chooses_the_same_rows_without_reading_them(zone):
             assert got.schema.equals(want.schema), name
             assert got.equals(want), name
         assert lazy.extracts.equals(eager.extracts)
-    # only the columns asked for, typed as declared
+    # only the columns asked for, typed as declared (and submission_id: a chunk part holds
+    # the superseded extract's rows too, told apart by it)
     slim = current.gp_current_lazy(zone.wh, "2024-01", columns=["nhs_number", "extract_date", "period"])
-    assert slim.patients_newest_in_period.schema.names == ["nhs_number", "extract_date", "period"]
+    assert slim.patients_newest_in_period.schema.names == ["nhs_number", "extract_date", "period", "submission_id"]
     assert slim.patients_newest_in_period.to_table().num_rows == 4
     # nothing taken in yet: empty datasets with the declared columns
     empty = current.gp_current_lazy(Warehouse(Store(zone.landing.parent / "empty-wh")), "2024-01")
@@ -355,3 +356,54 @@ def test_gp_death_extracts_about_one_a_year_back_to_the_window():
     # an ``until`` before the newest: the chain starts from the newest up to it
     early = current.gp_death_extracts(extracts, since=pd.Timestamp("2014-01-01"), until=pd.Timestamp("2014-12-31"))
     assert sorted(early.loc[early["practice_code"] == "P1", "extract_date"].dt.strftime("%Y-%m")) == ["2014-01", "2014-02", "2014-12"]
+
+
+def test_a_chunk_of_three_extracts_is_one_silver_part_and_each_view_picks_its_extracts_rows(zone):
+    """January's three GP extracts are validated as one chunk: their silver rows are one
+    part (each row carrying its submission id), not three. The current view, eager and
+    lazy, and an engine reading the part's file itself (linkage) take only the rows of the
+    chosen extracts: the superseded January extract of A81001 shares the part and is left out."""
+    from pipelines import linkage
+    from pipelines.engine import DuckDBEngine
+
+    two_months_of_gp(zone)
+    jan = zone.wh.parts("gp_patients", ["2024-01"])
+    assert len(jan) == 1 and current.CHUNK_PART in jan[0]
+    in_part = zone.wh.read("gp_patients", parts=jan).column("submission_id").to_pylist()
+    assert sorted(set(in_part)) == ["GP_A81001_20240110", "GP_A81001_20240125", "GP_A81002_20240115"]
+    eager = current.gp_current(zone.wh, "2024-01").patients_newest_in_period
+    assert sorted(eager.column("submission_id").to_pylist()) == (
+        ["GP_A81001_20240125"] * 3 + ["GP_A81002_20240115"])
+    # rows in the order one part per extract gave (parts by name, a file's rows in order)
+    assert eager.column("submission_id").to_pylist() == ["GP_A81001_20240125"] * 3 + ["GP_A81002_20240115"]
+    assert eager.column("line").to_pylist() == [2, 3, 4, 2]
+    lazy = current.gp_current_lazy(zone.wh, "2024-01").patients_newest_in_period
+    assert lazy.to_table().equals(eager)
+    # the engine given the files (not the dataset) applies the same filter
+    got = linkage._gp_input(lazy, {"submission_id": pa.string(), "nhs_number": pa.string()},
+                            ("nhs_number",), "gp_patients")
+    assert got.where is not None and len(got.paths) == 1
+    with DuckDBEngine() as eng:
+        rows = eng.query("SELECT submission_id, count(*) AS n FROM gp GROUP BY 1 ORDER BY 1", {"gp": got})
+        only_nhs = eng.query("SELECT count(*) AS n FROM gp",
+                             {"gp": linkage._gp_input(lazy, {"nhs_number": pa.string()}, ("nhs_number",), "gp")})
+    assert rows.to_pylist() == [{"submission_id": "GP_A81001_20240125", "n": 3},
+                                {"submission_id": "GP_A81002_20240115", "n": 1}]
+    assert only_nhs.column("n").to_pylist() == [4]  # the filter's column need not be read out
+
+
+def test_a_parquet_input_with_where_keeps_only_those_rows_on_duckdb(tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipelines.engine import DuckDBEngine, Parquet
+
+    path = tmp_path / "part.parquet"
+    pq.write_table(pa.table({"submission_id": ["a", "b", "c", "a"], "x": [1, 2, 3, 4]}), path)
+    schema = pa.schema([("x", pa.int64())])
+    with DuckDBEngine() as eng:
+        kept = eng.query("SELECT x FROM t ORDER BY x", {"t": Parquet((str(path),), schema, where=("submission_id", ("a", "c")))})
+        every = eng.query("SELECT x FROM t ORDER BY x", {"t": Parquet((str(path),), schema)})
+        none = eng.query("SELECT x FROM t", {"t": Parquet((str(path),), schema, where=("submission_id", ()))})
+    assert kept.column("x").to_pylist() == [1, 3, 4]
+    assert every.column("x").to_pylist() == [1, 2, 3, 4]
+    assert none.num_rows == 0

@@ -244,6 +244,24 @@ def test_parquet_inputs_with_a_declared_schema(tmp_path, duck, spark_engine):
 
 
 @pytest.mark.spark
+def test_parquet_inputs_with_where_keep_the_same_rows_on_both(tmp_path, duck, spark_engine):
+    """Parquet(where=(column, values)): only the rows whose column is one of the values,
+    the column read from the files whether the declared schema has it or not (a chunk
+    part's rows of the chosen submissions: pipelines.current)."""
+    pq.write_table(pa.table({"submission_id": ["a", "b", "c", "a"], "id": pa.array([1, 2, 3, 4], pa.int64())}),
+                   tmp_path / "chunk.parquet")
+    path = (str(tmp_path / "chunk.parquet"),)
+    without = pa.schema([("id", pa.int64())])
+    sql = "SELECT id FROM src ORDER BY id"
+    assert both(duck, spark_engine, sql, {"src": Parquet(path, without, where=("submission_id", ("a", "c")))}) == [
+        (1,), (3,), (4,)]
+    with_it = pa.schema([("submission_id", pa.string()), ("id", pa.int64())])
+    assert both(duck, spark_engine, "SELECT submission_id, id FROM src ORDER BY id",
+                {"src": Parquet(path, with_it, where=("submission_id", ("b",)))}) == [("b", 2)]
+    assert both(duck, spark_engine, sql, {"src": Parquet(path, without, where=("submission_id", ()))}) == []
+
+
+@pytest.mark.spark
 def test_result_types_are_duckdbs_for_the_same_plan(duck, spark_engine):
     """Where Spark's own type differs (sum of bigint, timestamps with a zone, unaliased
     columns), the Spark engine returns DuckDB's."""

@@ -464,8 +464,8 @@ def test_a_period_validated_in_several_chunks_writes_what_one_chunk_writes(tmp_p
 
 
 def test_a_chunk_is_written_as_one_part_per_table_and_a_stopped_run_counts_nothing_twice(tmp_path, monkeypatch):
-    """The quarantine, data-quality and gp_extracts rows and the ledger outcomes of a
-    chunk's files are one part each, not one per file. A run stopped after a chunk's data
+    """The silver (gp_patients), quarantine, data-quality and gp_extracts rows and the
+    ledger outcomes of a chunk's files are one part each, not one per file. A run stopped after a chunk's data
     parts but before its ledger part leaves those files untaken; the next run takes them
     in again and removes the stale parts: every table then equals an uninterrupted run's."""
     from pipelines.synth import generate
@@ -482,7 +482,7 @@ def test_a_chunk_is_written_as_one_part_per_table_and_a_stopped_run_counts_nothi
     files = len(ref.files_taken)
     parts = wh_ref.parts("quarantine", [period])
     assert 3 <= len(parts) <= files // 2 and len(wh_ref.parts("gp_extracts", [period])) == len(parts)
-    assert len(wh_ref.parts("gp_patients", [period])) == files  # silver stays one part per submission
+    assert len(wh_ref.parts("gp_patients", [period])) == len(parts)  # silver: one part per chunk too
 
     wh = Warehouse(Store(tmp_path / "wh"))
     calls = {"n": 0}
@@ -503,6 +503,7 @@ def test_a_chunk_is_written_as_one_part_per_table_and_a_stopped_run_counts_nothi
         ingest.ingest("gp", period, landing, wh, Settings(), today=today, batch_cells=300_000)
     stale = len(wh.parts("quarantine", [period]))
     assert stale == 2
+    assert len(wh.parts("gp_patients", [period])) == 2  # the stopped chunk's silver part is there
     monkeypatch.setattr(intake._ChunkParts, "write", real_write)
     # The next run chunks the files left differently (as new files sorting among them
     # would): the stopped chunk's parts are not simply overwritten.
@@ -656,3 +657,35 @@ def test_the_rows_taken_in_are_the_bytes_whose_sha256_the_ledger_records(zone):
     assert report.rows_read == 3 and store.opened == 1
     kept = zone.wh.read("gp_patients", ["2024-01"]).column("nhs_number").to_pylist()
     assert sorted(kept) == sorted(nhs(k) for k in range(3))
+
+
+def test_the_data_docs_site_is_built_once_per_ingest_with_every_chunks_pages(tmp_path):
+    """GP extracts validated in several chunks: no chunk builds the Data Docs site (a
+    build renders the whole site), the ingest builds it once at the end, and it shows the
+    failing suite runs of every chunk (a build per chunk kept only the last chunk's)."""
+    from pipelines.synth import generate
+    from pipelines.validation import validate_many
+
+    gen = tmp_path / "gen"
+    generate(gen, seed=4, scale=0.002, months=1, start="2024-01", progress=False)
+    landing = Store(gen)
+    periods = [p.reporting_period for p in (ingest.parse_name(f.path) for f in landing.list("gp"))
+               if isinstance(p, ingest.ParsedName)]
+    period = max(set(periods), key=periods.count)
+    docs = tmp_path / "docs"
+    calls = []
+
+    def counting(source, items, *, data_docs_dir=None, docs_out=None, **kw):
+        assert docs_out is not None and not (docs / "index.html").exists()  # nothing built per chunk
+        calls.append(f"{source}-{period}-{len(items)}-files")
+        return validate_many(source, items, data_docs_dir=data_docs_dir, docs_out=docs_out, **kw)
+
+    wh = Warehouse(Store(tmp_path / "wh"))
+    rep = ingest.ingest("gp", period, landing, wh, Settings(), today=pd.Timestamp("2024-03-01").date(),
+                        batch_cells=300_000, data_docs_dir=str(docs), validator=counting)
+    assert len(calls) >= 2 and rep.files_taken
+    pages = [p.relative_to(docs / "validations").parts for p in (docs / "validations").rglob("*.html")]
+    runs = {parts[-3] for parts in pages}  # .../<suite parts>/<run name>/<run time>/<batch>.html
+    assert runs == set(calls)
+    index = (docs / "index.html").read_text()
+    assert all(run in index for run in calls)

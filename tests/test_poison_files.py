@@ -305,14 +305,16 @@ def test_a_parse_raising_an_unexpected_error_rejects_only_that_file(tmp_path):
 
 
 class FailingWriteWarehouse(Warehouse):
-    """A warehouse that fails to write one submission's silver part (a disk error)."""
+    """A warehouse that fails to write a silver part holding one submission's rows (a disk
+    error): its own part, or its chunk's part (GP extracts' rows are one part per chunk)."""
 
     def __init__(self, store, bad_part: str):
         super().__init__(store)
         self.bad_part = bad_part
 
     def write(self, table, data, period=None, part="part-00000"):
-        if part == self.bad_part and table == "gp_patients":
+        if table == "gp_patients" and (part == self.bad_part
+                                       or self.bad_part in data.column("submission_id").to_pylist()):
             raise OSError("disk full")
         return super().write(table, data, period, part)
 

@@ -26,6 +26,10 @@ class Parquet:
 
     paths: tuple[str, ...]
     schema: pa.Schema | None = None
+    where: tuple[str, tuple[str, ...]] | None = None
+    """(column, values): only the rows whose ``column`` (a string column of the files, in
+    ``schema`` or not) is one of ``values``, e.g. the chosen submissions' rows of a part
+    that holds many submissions'."""
 
 
 Input = Union[pa.Table, Parquet]

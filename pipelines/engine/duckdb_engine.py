@@ -78,6 +78,11 @@ def _parquet(cur, value: Parquet):
             raise ValueError("a Parquet input with no files needs a schema")
         return value.schema.empty_table()
     rel = cur.read_parquet(list(value.paths), union_by_name=True)
+    if value.where is not None:
+        column, values = value.where
+        name = f"__where_{id(value):x}"  # the values as a relation of their own: no SQL literal per value
+        cur.register(name, pa.table({"v": pa.array(list(values), pa.string())}))
+        rel = rel.filter(f'"{column}" IN (SELECT v FROM {name})')
     if value.schema is None:
         return rel
     have = set(rel.columns)

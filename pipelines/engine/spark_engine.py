@@ -131,6 +131,14 @@ def _duckdb_schema(sql: str, inputs: Mapping[str, Input]) -> pa.Schema | None:
     return _SCHEMA_CACHE[key]
 
 
+def _where(frame, where: tuple[str, tuple[str, ...]]):
+    """A Spark frame's rows whose column is one of the values (:class:`Parquet`'s ``where``)."""
+    from pyspark.sql import functions as F
+
+    column, values = where
+    return frame.where(F.col(column).isin(list(values)))
+
+
 def _parquet_schema(value: Parquet) -> pa.Schema:
     if value.schema is not None:
         return value.schema
@@ -275,10 +283,17 @@ class SparkEngine:
                 declared = from_arrow_schema(_spark_ready(value.schema.empty_table()).schema)
                 if not paths:
                     return spark.createDataFrame([], declared)
-                return spark.read.schema(declared).parquet(*paths)
+                if value.where is None:
+                    return spark.read.schema(declared).parquet(*paths)
+                column = value.where[0]
+                wider = value.schema if column in value.schema.names else value.schema.append(
+                    pa.field(column, pa.string()))
+                read = spark.read.schema(from_arrow_schema(_spark_ready(wider.empty_table()).schema)).parquet(*paths)
+                return _where(read, value.where).select(*value.schema.names)
             if not paths:
                 raise ValueError("a Parquet input with no file needs a declared schema")
-            return spark.read.parquet(*paths)
+            read = spark.read.parquet(*paths)
+            return read if value.where is None else _where(read, value.where)
         raise TypeError(f"an engine input is an Arrow table or Parquet, not {type(value).__name__}")
 
     def close(self) -> None:

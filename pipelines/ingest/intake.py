@@ -326,16 +326,19 @@ def _accepts(validator, name: str) -> bool:
 
 
 def validate_files(source: str, items: list[dict], *, validator: Validator | None = None, engine=None,
-                   data_docs_dir: str | None = None, work_out: list | None = None) -> list:
+                   data_docs_dir: str | None = None, work_out: list | None = None,
+                   docs_out: list | None = None) -> list:
     """``items`` validated by ``validator`` (None: :func:`pipelines.validation.validate_many`),
-    ``engine`` passed on when given and the validator takes one, ``work_out`` when it
-    takes that."""
+    ``engine`` passed on when given and the validator takes one, ``work_out`` and
+    ``docs_out`` when it takes them (a validator that does not builds its own Data Docs)."""
     validator = validator or _default_validator()
     kw: dict = {"data_docs_dir": data_docs_dir}
     if engine is not None and _accepts(validator, "engine"):
         kw["engine"] = engine
     if work_out is not None and _accepts(validator, "work_out"):
         kw["work_out"] = work_out
+    if docs_out is not None and _accepts(validator, "docs_out"):
+        kw["docs_out"] = docs_out
     outcomes = validator(source, items, **kw)
     if len(outcomes) != len(items):
         raise RuntimeError(f"the validator gave {len(outcomes)} outcome(s) for {len(items)} file(s)")
@@ -402,6 +405,7 @@ def ingest(source: str, period: str, landing: Store, warehouse: Warehouse, setti
     # order, exactly as if each had been validated alone.
     pending: list[tuple] = []
     pending_rows = pending_cells = 0
+    docs: list = []  # the chunks' Data Docs pages, built once at the end (_build_docs)
 
     def take(chunk: list[tuple], outcomes: list, work: pd.DataFrame | None = None) -> None:
         silvers = _chunk_silvers(source, period, [(p_, fr, None) for p_, _, fr, _, _, _ in chunk], outcomes, work)
@@ -443,7 +447,8 @@ def ingest(source: str, period: str, landing: Store, warehouse: Warehouse, setti
         t0 = time.perf_counter()
         try:
             work: list = []
-            outcomes = _validate_chunk(source, period, jobs, data_docs_dir, work, validator=validator, engine=engine)
+            outcomes = _validate_chunk(source, period, jobs, data_docs_dir, work, validator=validator, engine=engine,
+                                       docs_out=docs)
             report.validation_seconds += time.perf_counter() - t0
             rows = sum(len(fr) for _, _, fr, _, _, _ in chunk)
             # The validator's work frame, when it gives one of exactly the chunk's rows.
@@ -464,18 +469,33 @@ def ingest(source: str, period: str, landing: Store, warehouse: Warehouse, setti
         if pending_rows >= max_rows or pending_cells >= max_cells:
             flush()
     flush()
+    _build_docs(docs, data_docs_dir)
     return report
 
 
+def _build_docs(docs: list, data_docs_dir: str | None) -> None:
+    """The Data Docs site of every chunk's validation, built once for the ingest (a build
+    renders the whole site: once per chunk cost more the more chunks). A failed build
+    loses pages, never data: logged, and the run goes on."""
+    if not docs or not data_docs_dir:
+        return
+    from pipelines.validation import build_docs
+
+    try:
+        build_docs(docs, data_docs_dir)
+    except Exception as exc:  # noqa: BLE001 - Data Docs are a view of the results, not the results
+        log.warning("the Data Docs site was not built (%s); the validation results stand", type(exc).__name__)
+
+
 def _validate_chunk(source: str, period: str, jobs: list[tuple], data_docs_dir, work_out: list | None = None,
-                    *, validator: Validator | None = None, engine=None) -> list:
+                    *, validator: Validator | None = None, engine=None, docs_out: list | None = None) -> list:
     """One outcome per (parsed name, frame, context), the chunk's files validated at once
     (:func:`validate_files`; the validator's work frame, if it gives one, appended to
-    ``work_out``)."""
+    ``work_out``; its Data Docs pages, if it defers them, to ``docs_out``)."""
     return validate_files(source, [
         {"frame": fr, "period": period, "submitter": p_.submitter_code, "file_name": p_.file_name,
          "context": ctx} for p_, fr, ctx in jobs], validator=validator, engine=engine,
-        data_docs_dir=data_docs_dir, work_out=work_out)
+        data_docs_dir=data_docs_dir, work_out=work_out, docs_out=docs_out)
 
 
 def _take_in(source, period, parsed: ParsedName, frame: pd.DataFrame, info, sha: str, size: int,
@@ -548,10 +568,11 @@ def _take_in(source, period, parsed: ParsedName, frame: pd.DataFrame, info, sha:
 
 
 def _remove_untaken_parts(warehouse: Warehouse, period: str, ledger: "_Ledger") -> None:
-    """Remove the chunk parts of ``period`` whose submissions have no ledger outcome: left
-    by a run stopped between a chunk's data parts and its ledger part (:class:`_ChunkParts`)."""
+    """Remove the chunk parts of ``period`` (a GP chunk's silver part among them) with a
+    row of a submission that has no ledger outcome: left by a run stopped between a
+    chunk's data parts and its ledger part (:class:`_ChunkParts`)."""
     taken = set(ledger.taken["submission_id"])
-    for table in _ChunkParts.TABLES:
+    for table in CHUNKED_SILVER + _ChunkParts.TABLES:
         for path in warehouse.parts(table, [period]):
             if "-chunk-" not in path.rsplit("/", 1)[-1]:
                 continue
@@ -571,6 +592,13 @@ def _remove_file_parts(warehouse: Warehouse, periods: list[str], submission_id: 
             warehouse.delete_part(table, period, submission_id)
 
 
+CHUNKED_SILVER = ("gp_patients",)
+"""Silver tables written as one part per chunk (:data:`pipelines.current.CHUNK_PART` in its
+name) rather than one per file: a national month is 6,500 GP extracts, and a small
+fsynced file per extract cost more than its rows. SUS and FFT files keep a part each
+(few files; re-validation replaces one file's part)."""
+
+
 class _ChunkParts:
     """The quarantine, data-quality and ``gp_extracts`` rows and the ledger outcomes of the
     files of one chunk, written together: one part per table and one ledger part for the
@@ -582,7 +610,7 @@ class _ChunkParts:
 
     TABLES = ("quarantine", "dq_rules", "dq_fields", "gp_extracts", "gp_type2")
     WRITERS = 4
-    """Silver parts written at once (threads: Parquet encoding and the file system's
+    """Silver parts (SUS, FFT) written at once (threads: Parquet encoding and the file system's
     flush release the GIL); all are written before the chunk's other parts and its
     ledger part."""
 
@@ -599,8 +627,8 @@ class _ChunkParts:
         self.tables[table].append(data)
 
     def add_silver(self, table: str, data: pa.Table, submission_id: str) -> None:
-        """A file's silver rows: its own part (part = its submission id), as the current
-        view finds them (:func:`pipelines.current._parts`)."""
+        """A file's silver rows: written with the chunk's (GP) or as its own part (part =
+        its submission id), as the current view finds them (:func:`pipelines.current._parts`)."""
         self.silver.append((table, data, submission_id))
 
     def add_type2(self, parsed: ParsedName, nhs_numbers: pd.Series) -> None:
@@ -608,18 +636,31 @@ class _ChunkParts:
         the rest of the chunk's (:func:`_gp_type2_rows`: one pass, not one per extract)."""
         self.type2.append((parsed, nhs_numbers))
 
-    def _write_silver(self) -> None:
+    def _write_silver(self, part: str) -> None:
+        """The silver parts: a GP chunk's rows as one part named ``part`` (the extracts in
+        the order of their submission ids, each row carrying its ``submission_id``:
+        :data:`CHUNKED_SILVER`); a SUS or FFT file's rows as a part of its own named by its
+        submission id (revalidation replaces them)."""
         if not self.silver:
             return
-        if len(self.silver) == 1:
-            table, data, sid = self.silver[0]
-            self.warehouse.write(table, data, self.period, part=sid)
+        jobs, chunked = [], {}
+        for table, data, sid in self.silver:
+            if table in CHUNKED_SILVER:
+                chunked.setdefault(table, []).append((sid, data))
+            else:
+                jobs.append((table, data, sid))
+        for table, pieces in chunked.items():
+            pieces.sort(key=lambda p: p[0] + ".parquet")  # the order of per-submission parts' names
+            jobs.append((table, pa.concat_tables([d for _, d in pieces]).combine_chunks(), part))
+        if len(jobs) == 1:
+            table, data, name = jobs[0]
+            self.warehouse.write(table, data, self.period, part=name)
             return
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=self.WRITERS) as pool:
-            futures = [pool.submit(self.warehouse.write, table, data, self.period, part=sid)
-                       for table, data, sid in self.silver]
+            futures = [pool.submit(self.warehouse.write, table, data, self.period, part=name)
+                       for table, data, name in jobs]
         for f in futures:
             f.result()  # the first error, if any, after all have finished
 
@@ -639,7 +680,7 @@ class _ChunkParts:
             return
         if part is None:
             part = f"{self.events[0]['submission_id']}-chunk-{_files_digest(self.events)}"
-        self._write_silver()
+        self._write_silver(part)
         if self.type2:
             self.tables["gp_type2"].append(_gp_type2_rows(self.type2, self.period))
         if self.dq:

@@ -41,11 +41,11 @@ from pipelines.validation.plan import (
     ValidationError,
     rules_for,
 )
-from pipelines.validation.run import MODE, MODES, validate, validate_many
+from pipelines.validation.run import MODE, MODES, build_docs, validate, validate_many
 from pipelines.validation.workframe import work_frame as _work_frame
 
 __all__ = [
     "BATCH_CELLS", "BATCH_ROWS", "CROSSCHECK_FAILING", "CROSSCHECK_ROWS", "LINE", "MODE", "MODES", "SUITES",
     "ValidationContext", "ValidationError", "ValidationOutcome", "_batch_rows", "_work_frame", "rules_for",
-    "validate", "validate_many",
+    "build_docs", "validate", "validate_many",
 ]

@@ -305,6 +305,13 @@ def crosscheck(batch_def, gctx, source: str, jobs: Jobs, job_rows: dict, work: p
 # ------------------------------------------------------------------ Data Docs
 def build_docs(gctx, results, file_name: str, folder: str) -> str:
     """A local GX Data Docs site for this validation, with counts only."""
+    return build_docs_many([(gctx, results, file_name, dt.datetime.now(dt.UTC))], folder)
+
+
+def build_docs_many(validations: list[tuple], folder: str) -> str:
+    """One build of a local GX Data Docs site (counts only) for many validations, each
+    ``(gctx, results, run name, run time)``: the validations of an ingest's chunks, whose
+    pages a build per chunk rendered again each time (the site is rendered whole)."""
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.resource_identifiers import (
         ExpectationSuiteIdentifier,
@@ -313,20 +320,21 @@ def build_docs(gctx, results, file_name: str, folder: str) -> str:
 
     base = Path(folder).resolve()
     base.mkdir(parents=True, exist_ok=True)
+    gctx = validations[0][0]
     gctx.add_data_docs_site(site_name="caredata", site_config={
         "class_name": "SiteBuilder",
         "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(base)},
         "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
     })
-    run_id = RunIdentifier(run_name=Path(file_name).name,
-                           run_time=dt.datetime.now(dt.UTC))
-    for suite_name, b, res, _ in results:
-        for r in res.results:
-            r.result = {k: v for k, v in (r.result or {}).items() if k in _DOCS_RESULT_KEYS}
-        key = ValidationResultIdentifier(
-            expectation_suite_identifier=ExpectationSuiteIdentifier(name=suite_name),
-            run_id=run_id, batch_identifier=f"rows-batch-{b + 1:03d}")
-        gctx.validation_results_store.set(key, res)
+    for _, results, file_name, when in validations:
+        run_id = RunIdentifier(run_name=Path(file_name).name, run_time=when)
+        for suite_name, b, res, _ in results:
+            for r in res.results:
+                r.result = {k: v for k, v in (r.result or {}).items() if k in _DOCS_RESULT_KEYS}
+            key = ValidationResultIdentifier(
+                expectation_suite_identifier=ExpectationSuiteIdentifier(name=suite_name),
+                run_id=run_id, batch_identifier=f"rows-batch-{b + 1:03d}")
+            gctx.validation_results_store.set(key, res)
     gctx.build_data_docs(site_names=["caredata"])
     index = base / "index.html"
     return str(index)

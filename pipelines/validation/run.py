@@ -3,9 +3,11 @@ outcomes. See the package docstring."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -68,6 +70,7 @@ def validate_many(
     engine: Engine | None = None,
     work_out: list | None = None,
     gx_validate=None,
+    docs_out: list | None = None,
 ) -> list[ValidationOutcome]:
     """Validate many files of one feed together. ``items``: one dict per file with the
     keyword arguments of :func:`validate` (``frame``, ``period``, ``submitter``,
@@ -80,7 +83,10 @@ def validate_many(
     process's default DuckDB engine). Given a list ``work_out``, the work frame of all the
     items' rows, one after another (the declared columns stripped, blank as missing, dates
     parsed: :func:`pipelines.validation.workframe.work_frame`), is appended to it, for the
-    caller to type the rows without that work again.
+    caller to type the rows without that work again. Given a list ``docs_out`` (and a
+    ``data_docs_dir``), the Data Docs pages are not built here: what they show is
+    appended to it, for the caller to build the site once for many calls
+    (:func:`build_docs`), and the outcomes name the site's index as if built.
 
     On the Spark engine GX's Spark execution engine also validates every row
     (:mod:`pipelines.validation.gx_spark`; ``gx_validate(batch, suite)``, if given, is how
@@ -168,7 +174,13 @@ def validate_many(
     # first), so the site stays small and quick to build for 6,500 files.
     shown = [r for r in results if not r[2].success] or results[:1]
     run_name = items[0]["file_name"] if len(items) == 1 else f"{source}-{items[0].get('period') or ''}-{len(items)}-files"
-    docs = gxv.build_docs(gctx, shown, run_name, data_docs_dir) if data_docs_dir and shown else None
+    docs = None
+    if data_docs_dir and shown and docs_out is not None:
+        # the first call's context builds the site: later ones need only their results
+        docs_out.append((None if docs_out else gctx, shown, run_name, dt.datetime.now(dt.UTC)))
+        docs = str(Path(data_docs_dir).resolve() / "index.html")
+    elif data_docs_dir and shown:
+        docs = gxv.build_docs(gctx, shown, run_name, data_docs_dir)
     stats = {"batches": n_batches, "mode": mode, "engine": engine_name, **timing}
     outs = assemble.outcomes(mod, plan, envs, actives, work, lines, fail_pos, checked_per_item, docs, stats, seconds)
     log.info("validated %d %s file(s) together: %d rows, %d job(s), %d GX batch(es), %s, %.1fs",
@@ -178,10 +190,16 @@ def validate_many(
     return outs
 
 
+def build_docs(docs: list, data_docs_dir: str) -> str | None:
+    """The Data Docs site of the validations whose pages :func:`validate_many` appended to
+    ``docs`` (its ``docs_out``), built once; the path of its index (None: nothing to show)."""
+    return gxv.build_docs_many(docs, data_docs_dir) if docs and data_docs_dir else None
+
+
 def _in_rows(plan, its) -> np.ndarray:
     mask = np.zeros(plan.total, dtype=bool)
     mask[plan.job_rows[its]] = True
     return mask
 
 
-__all__ = ["MODE", "MODES", "ValidationError", "validate", "validate_many"]
+__all__ = ["MODE", "MODES", "ValidationError", "build_docs", "validate", "validate_many"]
