@@ -166,10 +166,14 @@ def _hes_group_counts(frame: pd.DataFrame, outcome, context, groups: pd.Series, 
         for rid, mask in failed.items():
             if field_of.get(rid) in sf.cols:
                 invalid |= mask
-        valid = per_group(present & ~invalid)
+        is_valid = present & ~invalid
+        valid = per_group(is_valid)
+        filled = per_group(present)  # DQMI completeness and default values
+        default = per_group(is_valid & sf.default_rows(lambda c: work[c]))
         for g in range(ng):
             out_fields.append({"group": uniques[g], "field": sf.name, "rows": int(sizes[g]),
-                               "rows_valid": int(valid[g])})
+                               "rows_valid": int(valid[g]), "rows_present": int(filled[g]),
+                               "rows_default": int(default[g])})
     if not scored and len(outcome.field_scores):
         # Fallback: the whole file's field scores, shared out by group size.
         for r in outcome.field_scores.itertuples(index=False):
@@ -178,7 +182,7 @@ def _hes_group_counts(frame: pd.DataFrame, outcome, context, groups: pd.Series, 
                                    "rows_valid": int(round(r.rows_valid * sizes[g] / max(n, 1)))})
     return (pd.DataFrame(out_rules, columns=["group", "rule_id", "field", "severity", "rows_checked",
                                              "rows_failed", "example_lines"]),
-            pd.DataFrame(out_fields, columns=["group", "field", "rows", "rows_valid"]))
+            pd.DataFrame(out_fields, columns=["group", "field", "rows", "rows_valid", "rows_present", "rows_default"]))
 
 
 def _take_in_hes(parsed: ParsedName, frame: pd.DataFrame, sha: str, size: int, first: datetime,

@@ -203,6 +203,7 @@ dq_rules = register(Dataset(
 dq_fields = register(Dataset(
     name="dq_fields", zone="internal", grain="submission, scored field",
     description="DQMI item scores: rows whose value is present and valid, per field.",
+    extra={"added_columns": ("rows_present", "rows_default")},
     columns=cols(
         PERIOD,
         s("submission_id", "Submission.", nullable=False),
@@ -211,6 +212,11 @@ dq_fields = register(Dataset(
         s("field", "Scored field."),
         i("rows", "Rows scored."),
         i("rows_valid", "Rows present and valid."),
+        i("rows_present", "DQMI completeness: rows where the field has a value (valid or not); empty in parts "
+          "written before it was recorded."),
+        i("rows_default", "DQMI default values: rows present and valid whose value is one of the field's "
+          "default (\"not known\") values, declared on its ScoredField in expectations/; empty in parts "
+          "written before it was recorded."),
     ),
 ))
 
