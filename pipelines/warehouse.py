@@ -20,6 +20,7 @@ AREAS = {
     "ledger": "ledger",
     "gp_extracts": "ledger",
     "gp_type2": "ledger",
+    "submission_columns": "ledger",
     "ref_practices": "reference",
     "ref_providers": "reference",
     "ref_sites": "reference",

@@ -30,8 +30,10 @@ from pipelines.ingest.ledger import (
     _record_bad_names,
     _reject,
     _unexpected,
+    public_file_name,
     _write_event,
 )
+from pipelines.drift import header_rows
 from pipelines.ingest.quarantine import _dq_tables, _quarantine
 from pipelines.ingest.scan import periods_with_data
 from pipelines.ingest.silver import _parse_dates, _strip, _sus_silver, _warnings
@@ -230,6 +232,11 @@ def _take_in_hes(parsed: ParsedName, frame: pd.DataFrame, sha: str, size: int, f
         warehouse.write("dq_rules", rules, period, part=sid)
         warehouse.write("dq_fields", fields, period, part=sid)
         per_period[period] = (int(in_p.sum()), int((in_p & rejected).sum()), int((in_p & kept).sum()))
+    # The header's names only (schema drift, DQMI coverage), once, under the latest month.
+    at = max(per_period, default=first.strftime("%Y-%m"))
+    warehouse.write("submission_columns", header_rows(
+        at, sid, "hes_apc", None, public_file_name(parsed.file_name, sha), first,
+        [c for c in frame.columns if c != "_line"]), at, part=sid)
     received, n_rej = n, int(rejected.sum())
     held = _is_held(received, n_rej, settings)
     reason = (_held_reason(parsed.file_name, received, n_rej, outcome.rule_ids, rejected, None, None, settings)

@@ -220,6 +220,30 @@ dq_fields = register(Dataset(
     ),
 ))
 
+submission_columns = register(Dataset(
+    name="submission_columns", zone="internal", grain="column of the header of a submission taken in or held",
+    description="Each submission's header as read: the column NAMES only, never a value "
+                "(pipelines.drift; written at take-in with the file's other parts; a HES extract under the "
+                "latest month it holds). Schema drift is read from it: columns added, missing or renamed "
+                "against the declared feed and against the submitter's previous submission; DQMI coverage "
+                "(pipelines.quality) too.",
+    columns=cols(
+        PERIOD,
+        s("submission_id", "Submission.", nullable=False),
+        s("source", "gp, sus_apc, hes_apc or fft.", nullable=False),
+        s("submitter_code", "Practice or provider from the file name (empty for a HES extract)."),
+        s("file_name", "The file as the public submissions ledger names it (a HES extract: hes_apc/extract-<12 hex>)."),
+        ts("submitted_at", "Submission time from the name (a HES extract: when it was first seen): orders a "
+                           "submitter's submissions."),
+        i("position", "1-based position of the column in the header.", nullable=False),
+        s("column_name", "The name: a declared column in its declared spelling (matched trimmed, ignoring "
+                         "case), another as written (trimmed) when shaped like a field name (a letter, then "
+                         "letters, digits or _, holding no identifier), else '(unnamed column N)'.",
+          nullable=False),
+        b("declared", "The name is a column the feed declares (pipelines.schemas.inputs).", nullable=False),
+    ),
+))
+
 gp_extracts = register(Dataset(
     name="gp_extracts", zone="internal", grain="GP extract (submission)",
     description="Each GP extract taken in, with its objection counts (one part per extract; "
