@@ -23,6 +23,8 @@ out.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -107,6 +109,7 @@ def _hes_provider(df: pd.DataFrame, led: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+@lru_cache(maxsize=None)
 def scored_fields(source: str) -> tuple:
     """The DQMI items of a feed: its scored fields (expectations/, with their default
     values and thresholds), FFT's optional NHS number left out as in ``dq_score``."""
@@ -125,8 +128,12 @@ def _headers(submission_columns: pa.Table | None) -> dict[str, frozenset[str]]:
     """Each submission's header (column names as read), from ``submission_columns``."""
     if submission_columns is None or submission_columns.num_rows == 0:
         return {}
-    sc = submission_columns.select(["submission_id", "column_name"]).to_pandas()
-    return {sid: frozenset(g["column_name"].dropna()) for sid, g in sc.groupby("submission_id", sort=False)}
+    out: dict[str, set[str]] = {}
+    for sid, name in zip(submission_columns.column("submission_id").to_pylist(),
+                         submission_columns.column("column_name").to_pylist()):
+        if name is not None:
+            out.setdefault(sid, set()).add(name)
+    return {sid: frozenset(names) for sid, names in out.items()}
 
 
 DQMI_ITEM_COLUMNS = ["g", "field", "has_defaults", "rows", "rows_valid", "rows_present", "rows_default", "coverage", "sent",
@@ -152,33 +159,30 @@ def dqmi_items(f: pd.DataFrame, group_source: np.ndarray, group_subs: list[list[
     * item_score = 100 x (rows_valid - defaults_in_excess) / rows (NHS Digital, DQMI
       methodology, appendix 1)."""
     items_of = items_of or scored_fields
-    by_key = f.set_index(["g", "field"]) if len(f) else None
+    nan = float("nan")
+    counts = {(int(r.g), r.field): (r.rows, r.rows_valid, r.rows_present, r.rows_default)
+              for r in f[["g", "field", "rows", "rows_valid", "rows_present", "rows_default"]].itertuples(index=False)}
     out = []
     for g, source in enumerate(group_source):
         subs = group_subs[g]
         known = [headers[s] for s in subs if s in headers]
         for sf in items_of(source):
-            r = by_key.loc[(g, sf.name)] if by_key is not None and (g, sf.name) in by_key.index else None
-            rows = int(r["rows"]) if r is not None else 0
-            valid = int(r["rows_valid"]) if r is not None else 0
-            present = r["rows_present"] if r is not None else np.nan
-            default = r["rows_default"] if r is not None else np.nan
-            present = float(present) if pd.notna(present) else np.nan
-            default = float(default) if pd.notna(default) else np.nan
+            rows, valid, present, default = counts.get((g, sf.name), (0, 0, nan, nan))
+            rows, valid, present, default = int(rows), int(valid), float(present), float(default)
             if known:
                 coverage = sum(any(c in h for c in sf.cols) for h in known) / len(known)
                 sent = coverage > 0 and rows > 0
             else:
-                coverage = np.nan
+                coverage = nan
                 sent = rows > 0
-            completeness = 100.0 * present / rows if rows else np.nan
-            validity = 100.0 * valid / present if present and present > 0 else np.nan
+            completeness = 100.0 * present / rows if rows else nan
+            validity = 100.0 * valid / present if present > 0 else nan  # NaN > 0 is False
             if sf.has_defaults:
-                share = 100.0 * default / valid if valid else np.nan
-                excess = max(0.0, default - sf.default_threshold * rows) if pd.notna(default) else np.nan
+                share = 100.0 * default / valid if valid else nan
+                excess = max(0.0, default - sf.default_threshold * rows) if default == default else nan
             else:
-                share, excess = np.nan, 0.0
-            score = 100.0 * (valid - excess) / rows if rows and pd.notna(excess) else np.nan
+                share, excess = nan, 0.0
+            score = 100.0 * (valid - excess) / rows if rows and excess == excess else nan
             out.append((g, sf.name, sf.has_defaults, rows, valid, present, default, coverage, sent, completeness, validity,
                         share, excess, score))
     return pd.DataFrame(out, columns=DQMI_ITEM_COLUMNS)
@@ -188,21 +192,36 @@ def _dqmi_summary(items: pd.DataFrame, n: int) -> dict[str, np.ndarray]:
     """Per group: the DQMI measures of its row of ``data_quality_summary`` (NaN = empty).
     Means are over the items sent (coverage: over every item of the feed); a mean over
     an item whose figure is unknown (a part written before it was recorded) is unknown."""
-    res = {c: np.full(n, np.nan) for c in ("dqmi_coverage", "dqmi_completeness", "dqmi_validity",
-                                           "dqmi_default_share", "dqmi_score")}
-    for g, it in items.groupby("g", sort=True):
-        sent = it[it["sent"]]
-        if it["coverage"].notna().all() and len(it):
-            res["dqmi_coverage"][g] = 100.0 * it["coverage"].mean()
-        if len(sent) and sent["rows_present"].notna().all():
-            res["dqmi_completeness"][g] = sent["completeness"].mean()
-            v = sent.loc[sent["rows_present"] > 0, "validity"]
-            res["dqmi_validity"][g] = v.mean() if len(v) else np.nan
-        with_defaults = sent[sent["has_defaults"] & (sent["rows_valid"] > 0)]
-        if len(with_defaults) and with_defaults["rows_default"].notna().all():
-            res["dqmi_default_share"][g] = with_defaults["default_share"].mean()
-        if len(sent) and sent["item_score"].notna().all() and not np.isnan(res["dqmi_coverage"][g]):
-            res["dqmi_score"][g] = sent["item_score"].mean() * res["dqmi_coverage"][g] / 100.0
+    res = {c: np.full(n, np.nan) for c in DQMI_COLUMNS}
+    if items.empty:
+        return res
+    g = items["g"].to_numpy(dtype="int64")
+
+    def put(name: str, values: pd.Series, known: pd.Series) -> None:
+        v = values[known.reindex(values.index, fill_value=False).astype(bool)]
+        res[name][v.index.to_numpy(dtype="int64")] = v.to_numpy(dtype="float64")
+
+    cov = items["coverage"].astype("float64")
+    put("dqmi_coverage", 100.0 * cov.groupby(g).mean(), cov.notna().groupby(g).all())
+    sent = items[items["sent"].astype(bool)]
+    sg = sent["g"].to_numpy(dtype="int64")
+    present_known = sent["rows_present"].notna().groupby(sg).all()
+    put("dqmi_completeness", sent["completeness"].astype("float64").groupby(sg).mean(), present_known)
+    filled = sent[sent["rows_present"] > 0]
+    put("dqmi_validity", filled["validity"].astype("float64").groupby(filled["g"].to_numpy(dtype="int64")).mean(),
+        present_known)
+    wd = sent[sent["has_defaults"].astype(bool) & (sent["rows_valid"] > 0)]
+    wg = wd["g"].to_numpy(dtype="int64")
+    put("dqmi_default_share", wd["default_share"].astype("float64").groupby(wg).mean(),
+        wd["rows_default"].notna().groupby(wg).all())
+    score = sent["item_score"].astype("float64")
+    mean_score = score.groupby(sg).mean()
+    known = score.notna().groupby(sg).all()
+    res["dqmi_score"][:] = np.nan
+    idx = mean_score.index.to_numpy(dtype="int64")
+    vals = mean_score.to_numpy(dtype="float64") * res["dqmi_coverage"][idx] / 100.0
+    ok = known.reindex(mean_score.index, fill_value=False).to_numpy(dtype=bool)
+    res["dqmi_score"][idx[ok]] = vals[ok]
     return res
 
 
