@@ -144,3 +144,28 @@ def test_artificial_hes_field_names_are_kept_as_names():
     # against the declaration: no HES field is taken for a renamed declared column
     rows = drift.drift(t, "hes_apc")
     assert [r["renamed"] for r in rows] in ([], [[]])
+
+
+def test_hes_take_in_records_headers_and_the_check_sees_a_dropped_column(zone):
+    landing, wh, settings = zone
+    cols = ["EPIKEY", "PROCODE3", "EPISTART", "EPIEND", "ADMIDATE", "ADMIMETH", "DISMETH", "SEX", "OPERTN_01",
+            "OPERTN_4_01"]
+    row = {"EPIKEY": "1", "PROCODE3": "RXX", "EPISTART": "2019-04-02", "EPIEND": "2019-04-03",
+           "ADMIDATE": "2019-04-02", "ADMIMETH": "11", "DISMETH": "1", "SEX": "1", "OPERTN_01": "K40",
+           "OPERTN_4_01": "K401"}
+
+    def text(names):
+        return ",".join(names) + "\n" + ",".join(row[c] for c in names) + "\n"
+
+    land(landing, "hes_apc/hes_1819.csv", text(cols))
+    ingest.ingest_hes(Store(landing), wh, settings)
+    land(landing, "hes_apc/hes_1920.csv", text([c for c in cols if c != "OPERTN_01"]))
+    ingest.ingest_hes(Store(landing), wh, settings)
+    stored = wh.read("submission_columns")
+    assert sorted(set(stored.column("submission_id").to_pylist())) == ["hes_1819", "hes_1920"]
+    assert set(stored.column("period").to_pylist()) == {"2019-04"}  # the latest month each holds
+    check = drift.check_feed(wh, "hes_apc")
+    prev = [r for r in check["metadata"]["rows"] if r["against"] == "previous"]
+    assert [(r["missing"], r["added"], r["renamed"]) for r in prev] == [(["OPERTN_01"], [], [])]
+    assert prev[0]["file_name"].startswith("hes_apc/extract-")  # a HES name is free text: never shown
+    assert not check["passed"]
