@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from pipelines.drift import header_rows
 from pipelines.ingest.intake import (
     IngestReport,
     Validator,
@@ -30,10 +31,9 @@ from pipelines.ingest.ledger import (
     _record_bad_names,
     _reject,
     _unexpected,
-    public_file_name,
     _write_event,
+    public_file_name,
 )
-from pipelines.drift import header_rows
 from pipelines.ingest.quarantine import _dq_tables, _quarantine
 from pipelines.ingest.scan import periods_with_data
 from pipelines.ingest.silver import _parse_dates, _strip, _sus_silver, _warnings

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from pipelines.drift import header_rows
 from pipelines.ingest.ledger import (
     _event,
     _files,
@@ -33,7 +34,6 @@ from pipelines.ingest.ledger import (
     _write_events,
     public_file_name,
 )
-from pipelines.drift import header_rows
 from pipelines.ingest.quarantine import _dq_tables, _quarantine
 from pipelines.ingest.silver import (
     SILVER,
