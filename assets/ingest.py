@@ -4,7 +4,7 @@ and the current views the submission protocols define."""
 
 import dagster as dg
 
-from pipelines import stages
+from pipelines import drift, stages
 from pipelines.partitions import period_check, period_partitions, sync_periods
 from pipelines.resources import CareDataConfig
 
@@ -49,13 +49,31 @@ def reference_data(context: dg.AssetExecutionContext, caredata: CareDataConfig) 
     return dg.MaterializeResult(metadata=_md(stages.load_reference(caredata.settings())))
 
 
+def _drift_spec(name: str, what: str, partitioned: bool = False) -> dg.AssetCheckSpec:
+    return (period_check if partitioned else dg.AssetCheckSpec)(
+        "schema_drift", asset=name,
+        description=f"Columns added, missing or renamed in {what}, per submitter, against the declared "
+                    "columns and the submitter's previous submission (column names only; pipelines/drift.py).")
+
+
+def _drift_result(settings, source: str, period: str | None) -> dg.AssetCheckResult:
+    """The schema_drift check (severity warn), worked out by pipelines.drift."""
+    check = drift.check_feed(stages.stores(settings)[1], source, period)
+    metadata = {"period": period, **check["metadata"]} if period else check["metadata"]
+    return dg.AssetCheckResult(check_name=check["name"], passed=check["passed"], severity=dg.AssetCheckSeverity.WARN,
+                               description=check["description"], metadata=_md(metadata))
+
+
 @dg.asset(group_name="ingest", deps=[landing_scan, reference_data], pool="caredata_heavy",
+          check_specs=[_drift_spec("hes_apc_bronze", "the latest HES extract (HES has no submitter: against "
+                                                     "the extract before it)")],
           description="HES APC extracts (many providers and periods), validated into the warehouse as net change.")
-def hes_apc_bronze(context: dg.AssetExecutionContext, caredata: CareDataConfig) -> dg.MaterializeResult:
+def hes_apc_bronze(context: dg.AssetExecutionContext, caredata: CareDataConfig):
     settings = caredata.settings()
     report = stages.ingest_hes(settings)
     # A HES extract's rows bring their own months (any month): they become periods.
-    return dg.MaterializeResult(metadata=_md({**report, **_follow_the_data(context, settings)}))
+    yield dg.MaterializeResult(metadata=_md({**report, **_follow_the_data(context, settings)}))
+    yield _drift_result(settings, "hes_apc", None)
 
 
 def _bronze_asset(source: str, description: str) -> dg.AssetsDefinition:
@@ -71,6 +89,7 @@ def _bronze_asset(source: str, description: str) -> dg.AssetsDefinition:
                                  "practice's current extract)."),
         period_check("no_rejected_files", asset=name,
                      description="No file of the period was rejected whole (name, columns, parse)."),
+        _drift_spec(name, "the period's submissions", partitioned=True),
     ]
     if source == "gp":
         checks.append(period_check(
@@ -81,7 +100,8 @@ def _bronze_asset(source: str, description: str) -> dg.AssetsDefinition:
     @dg.asset(name=name, group_name="ingest", partitions_def=period_partitions,
               deps=[landing_scan, reference_data], check_specs=checks, description=description)
     def _asset(context: dg.AssetExecutionContext, caredata: CareDataConfig):
-        report = stages.ingest_feed(caredata.settings(), source, context.partition_key)
+        settings = caredata.settings()
+        report = stages.ingest_feed(settings, source, context.partition_key)
         yield dg.MaterializeResult(metadata=_md(report["metadata"]))
         for check in stages.ingest_checks(report):
             yield dg.AssetCheckResult(
@@ -90,6 +110,7 @@ def _bronze_asset(source: str, description: str) -> dg.AssetsDefinition:
                 description=check["description"],
                 metadata=_md({"period": context.partition_key, **check["metadata"]}),
             )
+        yield _drift_result(settings, source, context.partition_key)
 
     return _asset
 

@@ -179,6 +179,89 @@ under `data_quality.sanction_nhs_number_pct` (99%). Scored fields:
 """
 
 
+DQMI_INTRO = """
+## DQMI beside dq_score
+
+`data_quality_summary` also carries NHS Digital's Data Quality Maturity Index (DQMI) as its
+methodology defines it (NHS Digital, "Data Quality Maturity Index (DQMI) methodology":
+"Calculations of the DQMI" and "Appendix 1: Example of DQMI calculation"). `dq_score`
+above is unchanged. The DQMI items of a feed are its scored fields (FFT's NHS number left
+out, as in `dq_score`); for each period, source, submitter and item, summed over the
+submitter's current-or-held submissions of the month (`dq_fields` in the warehouse holds
+the counts per submission):
+
+- **coverage**: the share of the submissions whose header carried the item (any of its
+  columns; `submission_columns`). NHS Digital measures coverage as the months a provider
+  submitted over the months it was expected to: a row of `data_quality_summary` exists only
+  for a month something arrived, so here coverage says whether the submitter sent the item
+  at all. `dqmi_coverage` = 100 x the mean over *every* item of the feed (an item never sent
+  counts 0); empty when no submission's header was recorded (files taken in before headers
+  were kept).
+- **completeness**: 100 x rows where the item has a value / rows.
+- **validity**: 100 x values that are valid (no rule on the item failed) / values present.
+- **default values**: 100 x valid values that are a default ("not known") code / valid values.
+- **item score** (NHS Digital's formula): defaults in excess = max(0, defaults - threshold x
+  rows); item score = 100 x (valid values - defaults in excess) / rows. The threshold is the
+  share of rows whose defaults NHS Digital accepts as valid for the item (0%: every default
+  counts against it).
+- **DQMI score** = the mean item score over the items sent (coverage above 0, at least one
+  row) x `dqmi_coverage` / 100 (NHS Digital: mean item score x mean coverage x 100).
+  `dqmi_completeness`, `dqmi_validity` and `dqmi_default_share` are the means over the items
+  sent (default share: over those that have default codes).
+
+The default codes and thresholds are declared once, on each feed's `ScoredField` in
+`expectations/` (codes in `expectations/rules.py`):
+
+| feed | item | default values | threshold |
+|---|---|---|---|
+"""
+
+DQMI_CHOICES = """
+Choices where the methodology leaves one: NHS Digital publishes a threshold per item in its
+"Core Field Descriptions"; those for these feeds are not in the specification, so every
+threshold here is 0% (every default counts against its item: the stricter reading) until
+configured otherwise in the declaration. The default codes are the data dictionary's "not
+known" / "not specified" codes of each item: sex `0` and `9`, ethnic category `Z` (not
+stated) and `99` (not known), the `ZZ99` pseudo postcodes, the ODS practice codes
+`V81997`-`V81999`, ODS default site codes `R9998`, `R9999`, `89997`, `89999`, admission
+method, source and discharge destination `98`/`99`, discharge method `9`, the HES dummy
+consultant `C9999998`, ICD-10 `R69`/`R69X` as primary diagnosis, and for `NEWNHSNO` an NHS
+number status (`NHSNOIND`) given and other than `01` (a number present but not verified).
+Dates, specialties and FFT's answers have no default codes ("-"). A part of `dq_fields`
+written before the DQMI counts were kept leaves the DQMI measures of its row empty (never
+guessed).
+"""
+
+DRIFT = """
+## Schema drift
+
+Every submission taken in (or held) records its header in the warehouse table
+`submission_columns`: the column names only, never a value (a declared column in its declared
+spelling; another as written when shaped like a field name, a letter then letters, digits or
+`_`, and holding no NHS number, postcode or date; else `(unnamed column N)`, since a header
+line that is really a data row must not be quoted back). A HES extract's header is recorded
+once, under the latest month it holds. `pipelines/drift.py` compares each header with the
+feed's declared columns and with the same submitter's previous submission (by submission
+time, any period; HES extracts have no submitter and are compared each with the extract taken
+in before it): columns **added**, **missing**, and **renamed** (a missing column paired with an
+added one that header matching would map to it, or within 2 edits and a quarter of the
+shorter name: `ETHNIC_CATEGRY` for `ETHNIC_CATEGORY`, `OPERTN_01` for `OPERTN_4_01`). The
+`schema_drift` asset check of each bronze asset (severity warn) shows them per submitter:
+a table of submitter, period, submission, against, added, missing, renamed. It fails when a
+submission's columns differ from its submitter's previous submission, or rename a declared
+column; optional declared columns missing and extra columns (which pass through) are listed
+but do not fail it. `gp_bronze`, `sus_apc_bronze` and `fft_bronze` check the period's
+submissions; `hes_apc_bronze` the latest HES extract.
+"""
+
+
+def _defaults(f) -> str:
+    parts = [f"`{c}`" for c in f.defaults] + [f"`{p}...`" for p in f.default_prefixes]
+    if f.default_unless:
+        parts.append(f"`{f.default_column or f.name}` other than " + ", ".join(f"`{c}`" for c in f.default_unless))
+    return ", ".join(parts) if parts else "-"
+
+
 def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -193,6 +276,15 @@ def render() -> str:
         fields = ", ".join(f"`{f.name}`" + (f" ({' or '.join(f.cols)})" if f.columns else "") for f in mod.SCORED)
         note = " (reported, not scored)" if source == "fft" else ""
         out.append(f"- {title.split(' (')[0]}: {fields}; NHS number field `{NHS_NUMBER_FIELD[source]}`{note}.\n")
+    out.append(DQMI_INTRO)
+    for source, title, mod in FEEDS:
+        for f in mod.SCORED:
+            if source == "fft" and f.name == NHS_NUMBER_FIELD["fft"]:
+                continue
+            out.append(f"| {title.split(' (')[0]} | `{f.name}` | {_defaults(f)} | "
+                       f"{f'{100 * f.default_threshold:g}%' if f.has_defaults else '-'} |\n")
+    out.append(DQMI_CHOICES)
+    out.append(DRIFT)
     for source, title, mod in FEEDS:
         out.append(f"\n## {title}\n\n")
         multi = len(mod.SOURCES) > 1

@@ -7,6 +7,7 @@ import pandas as pd
 from expectations.rules import (
     KEY,
     REPEAT,
+    SITE_DEFAULTS,
     WARD_CODE_RE,
     Env,
     R,
@@ -92,7 +93,7 @@ RULES = _rules()
 
 SCORED = (
     ScoredField("PROVIDER_CODE"),
-    ScoredField("SITE_CODE"),
+    ScoredField("SITE_CODE", defaults=SITE_DEFAULTS),
     ScoredField("SETTING"),
     ScoredField("RESPONSE_DATE"),
     ScoredField("RESPONSE"),

@@ -8,7 +8,19 @@ from __future__ import annotations
 
 import pandas as pd
 
-from expectations.rules import Env, R, Rule, ScoredField, W, column_rules, nhs_number, not_before
+from expectations.rules import (
+    ETHNIC_DEFAULTS,
+    POSTCODE_DEFAULT_PREFIXES,
+    SEX_DEFAULTS,
+    Env,
+    R,
+    Rule,
+    ScoredField,
+    W,
+    column_rules,
+    nhs_number,
+    not_before,
+)
 from pipelines.schemas.inputs import GP
 
 FEED = GP
@@ -43,10 +55,10 @@ RULES = _rules()
 SCORED = (
     ScoredField("NHS_NUMBER"),
     ScoredField("DATE_OF_BIRTH"),
-    ScoredField("SEX"),
-    ScoredField("POSTCODE"),
+    ScoredField("SEX", defaults=SEX_DEFAULTS),
+    ScoredField("POSTCODE", default_prefixes=POSTCODE_DEFAULT_PREFIXES),
     ScoredField("LSOA"),
-    ScoredField("ETHNIC_CATEGORY"),
+    ScoredField("ETHNIC_CATEGORY", defaults=ETHNIC_DEFAULTS),
     ScoredField("REGISTRATION_DATE"),
 )
 

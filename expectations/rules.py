@@ -30,8 +30,21 @@ KEY = "__key"  # the record key whose uniqueness is checked (also used to batch 
 REPEAT = "__key_repeated"  # "1" on the second and later rows with a key already seen in the file
 BIRTH = "__birth_month_start"  # DOB, else the first day of the MYDOB month
 
-# ODS pseudo practice codes for "no registered practice / not known" (valid GPPRAC values).
+# ODS pseudo practice codes for "no registered practice / not known" (valid GPPRAC values;
+# DQMI defaults).
 PRACTICE_PLACEHOLDERS = ("V81997", "V81998", "V81999")
+
+# DQMI default values ("not known" codes that are valid but say nothing), declared once
+# here and attached to the scored fields of each feed (ScoredField.defaults...). The
+# choices are written in docs/data-quality.md ("DQMI").
+SEX_DEFAULTS = ("0", "9")  # not known, not specified
+ETHNIC_DEFAULTS = ("Z", "99")  # not stated, not known
+POSTCODE_DEFAULT_PREFIXES = ("ZZ99",)  # NHS pseudo postcodes (no fixed abode, not known, ...)
+NOT_KNOWN_98_99 = ("98", "99")  # ADMIMETH, ADMISORC, DISDEST: not applicable / not known
+CONSULTANT_DEFAULTS = ("C9999998",)  # HES dummy consultant code: not known
+DIAGNOSIS_DEFAULTS = ("R69X", "R69")  # ICD-10 R69: unknown and unspecified causes of morbidity
+NHS_NUMBER_STATUS_VERIFIED = ("01",)  # NHSNOIND: any other status makes the NHS number a default
+SITE_DEFAULTS = ("R9998", "R9999", "89997", "89999")  # ODS default site codes (not a site, not known)
 
 # The NHS number field of each feed, and the feeds whose NHS number rate is a sanction
 # measure (FFT respondents give their NHS number only if they wish).
@@ -105,14 +118,60 @@ class Rule:
 @dataclass(frozen=True)
 class ScoredField:
     """A DQMI item: rows whose value is present (any of ``columns`` non-empty) and valid
-    (no rule on any of ``columns`` failed)."""
+    (no rule on any of ``columns`` failed).
+
+    Its DQMI **default values** (NHS Digital's Data Quality Maturity Index: a valid value
+    that only says "not known", counted apart), declared here once for the item:
+
+    * ``defaults``: codes that are defaults (compared after trimming, exactly);
+    * ``default_prefixes``: a value starting with one of these is a default (the
+      ``ZZ99`` pseudo postcodes);
+    * ``default_column`` with ``default_unless``: the row is a default when that column
+      (another column of the row, e.g. the NHS number status ``NHSNOIND``) has a value
+      that is not one of ``default_unless`` (a status other than ``01``, verified);
+    * ``default_threshold``: the share of the item's rows that may be defaults before they
+      count against the item score (DQMI "threshold for proportion of defaults": 0.0 means
+      every default counts, 1.0 none does).
+
+    An item with none of these has no default values (DQMI "-": not applicable)."""
 
     name: str
     columns: tuple[str, ...] = ()
+    defaults: tuple[str, ...] = ()
+    default_prefixes: tuple[str, ...] = ()
+    default_column: str | None = None
+    default_unless: tuple[str, ...] = ()
+    default_threshold: float = 0.0
 
     @property
     def cols(self) -> tuple[str, ...]:
         return self.columns or (self.name,)
+
+    @property
+    def has_defaults(self) -> bool:
+        return bool(self.defaults or self.default_prefixes or self.default_unless)
+
+    def default_rows(self, column) -> "Any":
+        """Per row, True where the item holds a default value. ``column(name)`` gives a
+        column of the work frame (strings, trimmed, missing as NA). Validity is not
+        looked at here: the caller counts defaults among the valid rows only."""
+        import numpy as np
+
+        first = column(self.cols[0])
+        n = len(first)
+        out = np.zeros(n, dtype=bool)
+        if not self.has_defaults:
+            return out
+        for c in self.cols:
+            s = column(c)
+            if self.defaults:
+                out |= s.isin(list(self.defaults)).fillna(False).to_numpy(dtype=bool)
+            for p in self.default_prefixes:
+                out |= s.str.upper().str.replace(" ", "", regex=False).str.startswith(p).fillna(False).to_numpy(dtype=bool)
+        if self.default_unless:
+            other = column(self.default_column or self.cols[0])
+            out |= (other.notna() & ~other.isin(list(self.default_unless))).fillna(False).to_numpy(dtype=bool)
+        return out
 
 
 def _derived_fix(rule: "Rule") -> str:

@@ -18,11 +18,17 @@ import pandas as pd
 from expectations.custom import parse_iso_dates
 from expectations.rules import (
     BIRTH,
+    CONSULTANT_DEFAULTS,
+    DIAGNOSIS_DEFAULTS,
     EPIORDER_RE,
     KEY,
+    NHS_NUMBER_STATUS_VERIFIED,
+    NOT_KNOWN_98_99,
+    POSTCODE_DEFAULT_PREFIXES,
     PRACTICE_PLACEHOLDERS,
     PRACTICE_RE,
     REPEAT,
+    SEX_DEFAULTS,
     SPECIALTY_RE,
     Env,
     R,
@@ -169,22 +175,24 @@ def _rules() -> list[Rule]:
 RULES = _rules()
 
 SCORED = (
-    ScoredField("NEWNHSNO"),
+    # A valid NEWNHSNO whose status (NHSNOIND) is given and is not 01 (present and
+    # verified) counts as a DQMI default: the number is there, not verified.
+    ScoredField("NEWNHSNO", default_column="NHSNOIND", default_unless=NHS_NUMBER_STATUS_VERIFIED),
     ScoredField("DOB", ("DOB", "MYDOB")),
-    ScoredField("SEX"),
-    ScoredField("HOMEADD"),
-    ScoredField("GPPRAC"),
+    ScoredField("SEX", defaults=SEX_DEFAULTS),
+    ScoredField("HOMEADD", default_prefixes=POSTCODE_DEFAULT_PREFIXES),
+    ScoredField("GPPRAC", defaults=PRACTICE_PLACEHOLDERS),
     ScoredField("ADMIDATE"),
     ScoredField("EPISTART"),
     ScoredField("EPIEND"),
-    ScoredField("ADMIMETH"),
-    ScoredField("DISMETH"),
-    ScoredField("ADMISORC"),
-    ScoredField("DISDEST"),
+    ScoredField("ADMIMETH", defaults=NOT_KNOWN_98_99),
+    ScoredField("DISMETH", defaults=("9",)),
+    ScoredField("ADMISORC", defaults=NOT_KNOWN_98_99),
+    ScoredField("DISDEST", defaults=NOT_KNOWN_98_99),
     ScoredField("MAINSPEF"),
     ScoredField("TRETSPEF"),
-    ScoredField("CONSULT"),
-    ScoredField("DIAG_4_01"),
+    ScoredField("CONSULT", defaults=CONSULTANT_DEFAULTS),
+    ScoredField("DIAG_4_01", defaults=DIAGNOSIS_DEFAULTS),
 )
 
 KEY_COLUMNS = ("PROCODE3", "SUSRECID", "EPIKEY")

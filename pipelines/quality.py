@@ -14,10 +14,16 @@ out.
 * ``pct_valid_nhs_number`` = 100 x rows with a valid NHS number / rows;
 * ``below_sanction_threshold`` when ``dq_score`` < ``data_quality.sanction_score`` or, for
   GP, SUS and HES data, ``pct_valid_nhs_number`` < ``data_quality.sanction_nhs_number_pct``;
-* ``held`` when any of the submissions is held, ``held_reason`` their reasons.
+* ``held`` when any of the submissions is held, ``held_reason`` their reasons;
+* beside ``dq_score``, NHS Digital's Data Quality Maturity Index (DQMI) measures
+  (:func:`dqmi_items`, docs/data-quality.md "DQMI"): per item (scored field) coverage,
+  completeness, validity, default values and the item score; per row their means and the
+  DQMI score = mean item score x coverage.
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -25,6 +31,7 @@ import pyarrow as pa
 
 from expectations.rules import NHS_NUMBER_FIELD, NHS_NUMBER_SANCTIONED
 from pipelines import schemas
+from pipelines.schemas.outputs import DQMI_COLUMNS
 
 KEEP_STATUSES = ("current", "held")
 SOURCES = ("gp", "sus_apc", "hes_apc", "fft")
@@ -102,11 +109,131 @@ def _hes_provider(df: pd.DataFrame, led: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+@lru_cache(maxsize=None)
+def scored_fields(source: str) -> tuple:
+    """The DQMI items of a feed: its scored fields (expectations/, with their default
+    values and thresholds), FFT's optional NHS number left out as in ``dq_score``."""
+    if source == "gp":
+        from expectations import gp as mod
+    elif source in ("sus_apc", "hes_apc"):
+        from expectations import sus_apc as mod
+    elif source == "fft":
+        from expectations import fft as mod
+    else:
+        return ()
+    return tuple(sf for sf in mod.SCORED if not (source == "fft" and sf.name == NHS_NUMBER_FIELD["fft"]))
+
+
+def _headers(submission_columns: pa.Table | None) -> dict[str, frozenset[str]]:
+    """Each submission's header (column names as read), from ``submission_columns``."""
+    if submission_columns is None or submission_columns.num_rows == 0:
+        return {}
+    out: dict[str, set[str]] = {}
+    for sid, name in zip(submission_columns.column("submission_id").to_pylist(),
+                         submission_columns.column("column_name").to_pylist()):
+        if name is not None:
+            out.setdefault(sid, set()).add(name)
+    return {sid: frozenset(names) for sid, names in out.items()}
+
+
+DQMI_ITEM_COLUMNS = ["g", "field", "has_defaults", "rows", "rows_valid", "rows_present", "rows_default", "coverage", "sent",
+                     "completeness", "validity", "default_share", "defaults_in_excess", "item_score"]
+
+
+def dqmi_items(f: pd.DataFrame, group_source: np.ndarray, group_subs: list[list[str]],
+               headers: dict[str, frozenset[str]], items_of=None) -> pd.DataFrame:
+    """NHS Digital's DQMI per item (scored field) of each summary group ``g``.
+
+    ``f``: per (g, field) the sums over the group's submissions of ``rows``,
+    ``rows_valid``, ``rows_present`` and ``rows_default`` (null when some submission's
+    part did not record them). ``group_subs``: each group's submission ids; ``headers``:
+    each submission's header; ``items_of(source)``: a feed's items (default
+    :func:`scored_fields`). Every item of the group's feed gets a row:
+
+    * coverage = share of the group's submissions whose header carried the item (any of
+      its columns); empty when no submission's header was recorded;
+    * sent = coverage > 0 (header unknown: the item has rows) and rows > 0;
+    * completeness = 100 x rows_present / rows; validity = 100 x rows_valid / rows_present;
+    * default_share = 100 x rows_default / rows_valid (items with declared defaults only);
+    * defaults_in_excess = max(0, rows_default - threshold x rows) (0 without defaults);
+    * item_score = 100 x (rows_valid - defaults_in_excess) / rows (NHS Digital, DQMI
+      methodology, appendix 1)."""
+    items_of = items_of or scored_fields
+    nan = float("nan")
+    counts = {(int(r.g), r.field): (r.rows, r.rows_valid, r.rows_present, r.rows_default)
+              for r in f[["g", "field", "rows", "rows_valid", "rows_present", "rows_default"]].itertuples(index=False)}
+    out = []
+    for g, source in enumerate(group_source):
+        subs = group_subs[g]
+        known = [headers[s] for s in subs if s in headers]
+        for sf in items_of(source):
+            rows, valid, present, default = counts.get((g, sf.name), (0, 0, nan, nan))
+            rows, valid, present, default = int(rows), int(valid), float(present), float(default)
+            if known:
+                coverage = sum(any(c in h for c in sf.cols) for h in known) / len(known)
+                sent = coverage > 0 and rows > 0
+            else:
+                coverage = nan
+                sent = rows > 0
+            completeness = 100.0 * present / rows if rows else nan
+            validity = 100.0 * valid / present if present > 0 else nan  # NaN > 0 is False
+            if sf.has_defaults:
+                share = 100.0 * default / valid if valid else nan
+                excess = max(0.0, default - sf.default_threshold * rows) if default == default else nan
+            else:
+                share, excess = nan, 0.0
+            score = 100.0 * (valid - excess) / rows if rows and excess == excess else nan
+            out.append((g, sf.name, sf.has_defaults, rows, valid, present, default, coverage, sent, completeness, validity,
+                        share, excess, score))
+    return pd.DataFrame(out, columns=DQMI_ITEM_COLUMNS)
+
+
+def _dqmi_summary(items: pd.DataFrame, n: int) -> dict[str, np.ndarray]:
+    """Per group: the DQMI measures of its row of ``data_quality_summary`` (NaN = empty).
+    Means are over the items sent (coverage: over every item of the feed); a mean over
+    an item whose figure is unknown (a part written before it was recorded) is unknown."""
+    res = {c: np.full(n, np.nan) for c in DQMI_COLUMNS}
+    if items.empty:
+        return res
+    g = items["g"].to_numpy(dtype="int64")
+
+    def put(name: str, values: pd.Series, known: pd.Series) -> None:
+        v = values[known.reindex(values.index, fill_value=False).astype(bool)]
+        res[name][v.index.to_numpy(dtype="int64")] = v.to_numpy(dtype="float64")
+
+    cov = items["coverage"].astype("float64")
+    put("dqmi_coverage", 100.0 * cov.groupby(g).mean(), cov.notna().groupby(g).all())
+    sent = items[items["sent"].astype(bool)]
+    sg = sent["g"].to_numpy(dtype="int64")
+    present_known = sent["rows_present"].notna().groupby(sg).all()
+    put("dqmi_completeness", sent["completeness"].astype("float64").groupby(sg).mean(), present_known)
+    filled = sent[sent["rows_present"] > 0]
+    put("dqmi_validity", filled["validity"].astype("float64").groupby(filled["g"].to_numpy(dtype="int64")).mean(),
+        present_known)
+    wd = sent[sent["has_defaults"].astype(bool) & (sent["rows_valid"] > 0)]
+    wg = wd["g"].to_numpy(dtype="int64")
+    put("dqmi_default_share", wd["default_share"].astype("float64").groupby(wg).mean(),
+        wd["rows_default"].notna().groupby(wg).all())
+    score = sent["item_score"].astype("float64")
+    mean_score = score.groupby(sg).mean()
+    known = score.notna().groupby(sg).all()
+    res["dqmi_score"][:] = np.nan
+    idx = mean_score.index.to_numpy(dtype="int64")
+    vals = mean_score.to_numpy(dtype="float64") * res["dqmi_coverage"][idx] / 100.0
+    ok = known.reindex(mean_score.index, fill_value=False).to_numpy(dtype=bool)
+    res["dqmi_score"][idx[ok]] = vals[ok]
+    return res
+
+
 def data_quality_tables(dq_rules: pa.Table, dq_fields: pa.Table, ledger: pa.Table, settings,
-                        quarantine: pa.Table | None = None) -> dict[str, pa.Table]:
-    """The two data-quality datasets. ``quarantine`` (the period's quarantine rows, at
-    least ``period``, ``submission_id``, ``submitter_code``) gives a HES extract's rows
-    quarantined per provider; without it those counts are empty."""
+                        quarantine: pa.Table | None = None,
+                        submission_columns: pa.Table | None = None) -> dict[str, pa.Table]:
+    """The two data-quality datasets, and (``dqmi_items``, a pandas frame, not a dataset)
+    the DQMI figures of each item of each summary row. ``quarantine`` (the period's
+    quarantine rows, at least ``period``, ``submission_id``, ``submitter_code``) gives a
+    HES extract's rows quarantined per provider; without it those counts are empty.
+    ``submission_columns`` (each submission's header, any period) gives DQMI coverage;
+    without it coverage and the DQMI score are empty."""
     led = _frame(ledger, ["submission_id", "source", "submitter_code", "reporting_period", "status",
                           "reason", "rows_received", "rows_quarantined", "rows_kept"])
     led = led[led["status"].isin(KEEP_STATUSES) & led["source"].isin(SOURCES)]
@@ -116,7 +243,8 @@ def data_quality_tables(dq_rules: pa.Table, dq_fields: pa.Table, ledger: pa.Tabl
     rules = _frame(dq_rules, ["period", "submission_id", "source", "submitter_code", "rule_id", "field",
                               "severity", "rows_checked", "rows_failed"])
     rules = rules[rules["submission_id"].isin(keep)]
-    fields = _frame(dq_fields, ["period", "submission_id", "source", "submitter_code", "field", "rows", "rows_valid"])
+    fields = _frame(dq_fields, ["period", "submission_id", "source", "submitter_code", "field", "rows", "rows_valid",
+                                "rows_present", "rows_default"])
     fields = fields[fields["submission_id"].isin(keep)]
     rules, fields = _hes_provider(rules, led), _hes_provider(fields, led)
     q = None
@@ -174,6 +302,7 @@ def data_quality_tables(dq_rules: pa.Table, dq_fields: pa.Table, ledger: pa.Tabl
         return {
             "data_quality": data_quality,
             "data_quality_summary": schemas.get("data_quality_summary").conform(summary_schema.empty_table()),
+            "dqmi_items": pd.DataFrame(columns=DQMI_ITEM_COLUMNS[1:] + ["period", "source", "submitter_code"]),
         }
     # One row per (period, source, submitter) group, in sorted key order; every table
     # below is worked out for all groups at once and lined up by the group number ``g``.
@@ -186,11 +315,19 @@ def data_quality_tables(dq_rules: pa.Table, dq_fields: pa.Table, ledger: pa.Tabl
     # Each group's fields: rows and rows present-and-valid summed over its submissions.
     # A HES extract's fields belong to their own (period, provider) group only.
     members = placed[["g", "submission_id"]].assign(member=_member(placed, hes)).drop_duplicates(["g", "member"])
-    f = fields.loc[fields["field"].notna(), ["submission_id", "period", "submitter_code", "field", "rows", "rows_valid"]]
+    f = fields.loc[fields["field"].notna(), ["submission_id", "period", "submitter_code", "field", "rows", "rows_valid",
+                                             "rows_present", "rows_default"]]
     f = f.assign(rows=f["rows"].fillna(0).astype("int64"), rows_valid=f["rows_valid"].fillna(0).astype("int64"),
+                 rows_present=pd.to_numeric(f["rows_present"]).astype("float64"),
+                 rows_default=pd.to_numeric(f["rows_default"]).astype("float64"),
                  member=_member(f, f["submission_id"].map(led["source"]).eq(HES).to_numpy(dtype=bool)))
-    f = (members[["g", "member"]].merge(f, on="member", how="inner")
-         .groupby(["g", "field"], sort=True)[["rows", "rows_valid"]].sum().reset_index())
+    f = members[["g", "member"]].merge(f, on="member", how="inner")
+    # DQMI counts: summed, empty when a submission's part did not record them
+    dqmi_counts = (f.groupby(["g", "field"], sort=True)[["rows_present", "rows_default"]]
+                   .sum(min_count=1).where(~f[["rows_present", "rows_default"]].isna()
+                                           .groupby([f["g"], f["field"]], sort=True).any()))
+    f = f.groupby(["g", "field"], sort=True)[["rows", "rows_valid"]].sum()
+    f = f.join(dqmi_counts).reset_index()
     fg = f["g"].to_numpy(dtype="int64")
     f_rows = f["rows"].to_numpy(dtype="int64")
     f_valid = f["rows_valid"].to_numpy(dtype="int64")
@@ -223,6 +360,13 @@ def data_quality_tables(dq_rules: pa.Table, dq_fields: pa.Table, ledger: pa.Tabl
     below |= sanctioned & (pct_nhs < float(settings.t("data_quality", "sanction_nhs_number_pct")))
 
     # held, and the held submissions' distinct reasons in the order they come.
+    # DQMI beside dq_score (NHS Digital's method; docs/data-quality.md "DQMI").
+    group_subs = [[] for _ in range(n)]
+    for g, sid in placed[["g", "submission_id"]].drop_duplicates().itertuples(index=False):
+        group_subs[int(g)].append(sid)
+    items = dqmi_items(f, group_source, group_subs, _headers(submission_columns))
+    dqmi = _dqmi_summary(items, n)
+
     held = placed.groupby("g", sort=True)["held"].any().reindex(range(n), fill_value=False).to_numpy(dtype=bool)
     hr = placed.loc[placed["held"], ["g", "reason"]].dropna(subset=["reason"])
     hr = hr[np.array([bool(r) for r in hr["reason"]], dtype=bool)].drop_duplicates()
@@ -247,8 +391,13 @@ def data_quality_tables(dq_rules: pa.Table, dq_fields: pa.Table, ledger: pa.Tabl
         pa.array(below, pa.bool_()),
         pa.array(held, pa.bool_()),
         pa.array(held_reason.tolist(), pa.string()),
+        *[pa.array(np.nan_to_num(dqmi[c]), pa.float64(), mask=np.isnan(dqmi[c])) for c in DQMI_COLUMNS],
     ], schema=summary_schema)
+    items = items.assign(period=groups["period"].to_numpy(dtype=object)[items["g"].to_numpy(dtype="int64")],
+                         source=group_source[items["g"].to_numpy(dtype="int64")],
+                         submitter_code=groups["submitter_code"].to_numpy(dtype=object)[items["g"].to_numpy(dtype="int64")])
     return {
         "data_quality": data_quality,
         "data_quality_summary": schemas.get("data_quality_summary").conform(summary),
+        "dqmi_items": items.drop(columns=["g"]),
     }

@@ -445,7 +445,9 @@ def quality_outputs(settings: Settings, period: str) -> dict:
     # The quarantine's keys give a HES extract's rows quarantined per provider.
     quarantine = wh.dataset("quarantine", [period], columns=["period", "submission_id", "submitter_code"]).to_table()
     out = quality.data_quality_tables(wh.read("dq_rules", [period]), wh.read("dq_fields", [period]), ledger, settings,
-                                      quarantine=quarantine)
+                                      quarantine=quarantine,
+                                      # every submission's header (a HES extract's is under one month): DQMI coverage
+                                      submission_columns=wh.read("submission_columns"))
     report = {}
     for name in QUALITY_DATASETS:
         table = out[name]

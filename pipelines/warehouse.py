@@ -22,6 +22,7 @@ AREAS = {
     "ledger": "ledger",
     "gp_extracts": "ledger",
     "gp_type2": "ledger",
+    "submission_columns": "ledger",
     "ref_practices": "reference",
     "ref_providers": "reference",
     "ref_sites": "reference",
@@ -32,6 +33,16 @@ AREAS = {
     "dq_rules": "dq",
     "dq_fields": "dq",
 }
+
+
+def added_columns(ds, table: pa.Table) -> pa.Table:
+    """``table`` (a part written before some of its dataset's columns were declared) with
+    those columns, empty: the ones the declaration lists in ``extra["added_columns"]``
+    (nullable columns added to a table after parts of it were written)."""
+    for name in ds.extra.get("added_columns", ()):
+        if name not in table.column_names:
+            table = table.append_column(ds.column(name).arrow_field(), pa.nulls(table.num_rows, ds.column(name).type))
+    return table
 
 
 class Warehouse:
@@ -101,7 +112,7 @@ class Warehouse:
         full = ds.arrow_schema(include_partition=True, staged=staged)
         tables = []
         for p in paths:
-            t = self.store.read_parquet(p)
+            t = added_columns(ds, self.store.read_parquet(p))
             t = ds.conform(t, include_partition=False, staged=staged)
             period = p.split("period=", 1)[1].split("/", 1)[0]
             t = t.append_column(full.field("period"), pa.array([period] * t.num_rows, pa.string()))

@@ -405,7 +405,10 @@ def test_matches_reference_with_only_empty_files(settings):
     assert got["data_quality_summary"].to_pylist() == [{
         "period": "2024-03", "source": "gp", "submitter_code": "P1", "rows_received": 0, "rows_quarantined": 0,
         "rows_kept": 0, "dq_score": None, "pct_valid_nhs_number": None, "below_sanction_threshold": False,
-        "held": False, "held_reason": None}]
+        "held": False, "held_reason": None,
+        # no scored field, no header recorded: no DQMI figure
+        "dqmi_coverage": None, "dqmi_completeness": None, "dqmi_validity": None, "dqmi_default_share": None,
+        "dqmi_score": None}]
 
 
 # A HES extract (one ledger row, no submitter of its own) counts under the provider in each

@@ -35,7 +35,9 @@ def dq_row(period: str, provider: str, score: float, *, held: bool = False) -> d
 
 
 def dq(*rows: dict) -> pa.Table:
-    return DQ.conform(pa.Table.from_pylist(list(rows)))
+    from pipelines.warehouse import added_columns  # the DQMI columns, empty
+
+    return DQ.conform(added_columns(DQ, pa.Table.from_pylist(list(rows))))
 
 
 def put(store, table, run_id, period="2024-01", inputs=()):

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from pipelines.drift import header_rows
 from pipelines.ingest.intake import (
     IngestReport,
     Validator,
@@ -31,6 +32,7 @@ from pipelines.ingest.ledger import (
     _reject,
     _unexpected,
     _write_event,
+    public_file_name,
 )
 from pipelines.ingest.quarantine import _dq_tables, _quarantine
 from pipelines.ingest.scan import periods_with_data
@@ -166,10 +168,14 @@ def _hes_group_counts(frame: pd.DataFrame, outcome, context, groups: pd.Series, 
         for rid, mask in failed.items():
             if field_of.get(rid) in sf.cols:
                 invalid |= mask
-        valid = per_group(present & ~invalid)
+        is_valid = present & ~invalid
+        valid = per_group(is_valid)
+        filled = per_group(present)  # DQMI completeness and default values
+        default = per_group(is_valid & sf.default_rows(lambda c: work[c]))
         for g in range(ng):
             out_fields.append({"group": uniques[g], "field": sf.name, "rows": int(sizes[g]),
-                               "rows_valid": int(valid[g])})
+                               "rows_valid": int(valid[g]), "rows_present": int(filled[g]),
+                               "rows_default": int(default[g])})
     if not scored and len(outcome.field_scores):
         # Fallback: the whole file's field scores, shared out by group size.
         for r in outcome.field_scores.itertuples(index=False):
@@ -178,7 +184,7 @@ def _hes_group_counts(frame: pd.DataFrame, outcome, context, groups: pd.Series, 
                                    "rows_valid": int(round(r.rows_valid * sizes[g] / max(n, 1)))})
     return (pd.DataFrame(out_rules, columns=["group", "rule_id", "field", "severity", "rows_checked",
                                              "rows_failed", "example_lines"]),
-            pd.DataFrame(out_fields, columns=["group", "field", "rows", "rows_valid"]))
+            pd.DataFrame(out_fields, columns=["group", "field", "rows", "rows_valid", "rows_present", "rows_default"]))
 
 
 def _take_in_hes(parsed: ParsedName, frame: pd.DataFrame, sha: str, size: int, first: datetime,
@@ -226,6 +232,11 @@ def _take_in_hes(parsed: ParsedName, frame: pd.DataFrame, sha: str, size: int, f
         warehouse.write("dq_rules", rules, period, part=sid)
         warehouse.write("dq_fields", fields, period, part=sid)
         per_period[period] = (int(in_p.sum()), int((in_p & rejected).sum()), int((in_p & kept).sum()))
+    # The header's names only (schema drift, DQMI coverage), once, under the latest month.
+    at = max(per_period, default=first.strftime("%Y-%m"))
+    warehouse.write("submission_columns", header_rows(
+        at, sid, "hes_apc", None, public_file_name(parsed.file_name, sha), first,
+        [c for c in frame.columns if c != "_line"]), at, part=sid)
     received, n_rej = n, int(rejected.sum())
     held = _is_held(received, n_rej, settings)
     reason = (_held_reason(parsed.file_name, received, n_rej, outcome.rule_ids, rejected, None, None, settings)

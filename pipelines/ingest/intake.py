@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from pipelines.drift import header_rows
 from pipelines.ingest.ledger import (
     _event,
     _files,
@@ -526,6 +527,9 @@ def _take_in(source, period, parsed: ParsedName, frame: pd.DataFrame, info, sha:
     parts.add("quarantine", _quarantine(frame, rejected, outcome, source=source, file_name=parsed.file_name,
                                         submission_id=sid, submitter=parsed.submitter_code, periods=period))
     parts.add_dq((period, sid, source, parsed.submitter_code, outcome.rule_counts, outcome.field_scores))
+    parts.add("submission_columns", header_rows(  # the header's names only (schema drift, DQMI coverage)
+        period, sid, source, parsed.submitter_code, public_file_name(parsed.file_name, sha), parsed.submitted_at,
+        list(getattr(info, "columns", None) or [c for c in frame.columns if c != "_line"])))
 
     held = _is_held(received, n_rej, settings)
     reason = (_held_reason(parsed.file_name, received, n_rej, outcome.rule_ids, rejected,
@@ -608,7 +612,7 @@ class _ChunkParts:
     data parts it left are then removed first (:func:`_remove_untaken_parts`), so no row
     is counted twice. The report is told of each file only once its outcome is written."""
 
-    TABLES = ("quarantine", "dq_rules", "dq_fields", "gp_extracts", "gp_type2")
+    TABLES = ("quarantine", "dq_rules", "dq_fields", "gp_extracts", "gp_type2", "submission_columns")
     WRITERS = 4
     """Silver parts (SUS, FFT) written at once (threads: Parquet encoding and the file system's
     flush release the GIL); all are written before the chunk's other parts and its

@@ -84,5 +84,9 @@ def _dq_tables(files: list[tuple]) -> tuple[pa.Table, pa.Table]:
         "field": pa.array(fs["field"].astype(str).tolist(), pa.string()),
         "rows": pa.array(fs["rows"].to_numpy(dtype=np.int64), pa.int64()),
         "rows_valid": pa.array(fs["rows_valid"].to_numpy(dtype=np.int64), pa.int64()),
+        # DQMI counts; empty when the validator gave none (an older or a stub validator)
+        **{c: (pa.array(pd.to_numeric(fs[c]).astype("Int64"), pa.int64(), from_pandas=True)
+               if c in fs.columns else pa.nulls(len(fs), pa.int64()))
+           for c in ("rows_present", "rows_default")},
     })
     return schemas.get("dq_rules").conform(rules), schemas.get("dq_fields").conform(fields)

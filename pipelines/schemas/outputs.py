@@ -378,12 +378,17 @@ data_quality = register(Dataset(
     ),
 ))
 
+DQMI_COLUMNS = ("dqmi_coverage", "dqmi_completeness", "dqmi_validity", "dqmi_default_share", "dqmi_score")
+
 data_quality_summary = register(Dataset(
     name="data_quality_summary",
     zone="public",
     key=("source", "submitter_code"),
     grain="period, source, submitter",
-    description="Data-quality score (DQMI-style), sanction flag and hold status of each submitter's month.",
+    description="Data-quality score (DQMI-style), sanction flag and hold status of each submitter's month, "
+                "with NHS Digital's Data Quality Maturity Index (DQMI) measures beside dq_score "
+                "(docs/data-quality.md, DQMI).",
+    extra={"added_columns": DQMI_COLUMNS},
     columns=cols(
         PERIOD,
         s("source", "gp, sus_apc, hes_apc or fft.", nullable=False, codes=SOURCES),
@@ -400,6 +405,20 @@ data_quality_summary = register(Dataset(
           "False where dq_score is empty (no scored field).", nullable=False),
         b("held", "True when any current-or-held submission of the month is held.", nullable=False),
         s("held_reason", "Why it was held, in plain words.", format=F_PROSE),
+        f("dqmi_coverage", "DQMI coverage: 100 x the mean, over the feed's DQMI items (its scored fields), of "
+          "the share of the month's submissions whose header carried the item (an item no submission "
+          "sent counts 0). Empty where no submission's header was recorded.", unit="percent"),
+        f("dqmi_completeness", "DQMI completeness: 100 x the mean, over the items sent, of the share of rows "
+          "where the item has a value.", unit="percent"),
+        f("dqmi_validity", "DQMI validity: 100 x the mean, over the items sent, of the share of the item's "
+          "values that are valid (no rule on it failed).", unit="percent"),
+        f("dqmi_default_share", "DQMI default values: 100 x the mean, over the items sent that have default "
+          "codes, of the share of the item's valid values that are a default (\"not known\") code "
+          "(sex 0 or 9, ethnic category Z or 99, ZZ99 postcodes, NHS number status other than 01, ...). "
+          "Empty where no such item was sent.", unit="percent"),
+        f("dqmi_score", "DQMI score as NHS Digital computes it: the mean item score over the items sent "
+          "(item score = 100 x (valid values - defaults in excess of the item's threshold) / rows) "
+          "times dqmi_coverage / 100. dq_score is unchanged beside it.", unit="score"),
     ),
 ))
 

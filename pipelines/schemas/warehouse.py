@@ -203,6 +203,7 @@ dq_rules = register(Dataset(
 dq_fields = register(Dataset(
     name="dq_fields", zone="internal", grain="submission, scored field",
     description="DQMI item scores: rows whose value is present and valid, per field.",
+    extra={"added_columns": ("rows_present", "rows_default")},
     columns=cols(
         PERIOD,
         s("submission_id", "Submission.", nullable=False),
@@ -211,6 +212,35 @@ dq_fields = register(Dataset(
         s("field", "Scored field."),
         i("rows", "Rows scored."),
         i("rows_valid", "Rows present and valid."),
+        i("rows_present", "DQMI completeness: rows where the field has a value (valid or not); empty in parts "
+          "written before it was recorded."),
+        i("rows_default", "DQMI default values: rows present and valid whose value is one of the field's "
+          "default (\"not known\") values, declared on its ScoredField in expectations/; empty in parts "
+          "written before it was recorded."),
+    ),
+))
+
+submission_columns = register(Dataset(
+    name="submission_columns", zone="internal", grain="column of the header of a submission taken in or held",
+    description="Each submission's header as read: the column NAMES only, never a value "
+                "(pipelines.drift; written at take-in with the file's other parts; a HES extract under the "
+                "latest month it holds). Schema drift is read from it: columns added, missing or renamed "
+                "against the declared feed and against the submitter's previous submission; DQMI coverage "
+                "(pipelines.quality) too.",
+    columns=cols(
+        PERIOD,
+        s("submission_id", "Submission.", nullable=False),
+        s("source", "gp, sus_apc, hes_apc or fft.", nullable=False),
+        s("submitter_code", "Practice or provider from the file name (empty for a HES extract)."),
+        s("file_name", "The file as the public submissions ledger names it (a HES extract: hes_apc/extract-<12 hex>)."),
+        ts("submitted_at", "Submission time from the name (a HES extract: when it was first seen): orders a "
+                           "submitter's submissions."),
+        i("position", "1-based position of the column in the header.", nullable=False),
+        s("column_name", "The name: a declared column in its declared spelling (matched trimmed, ignoring "
+                         "case), another as written (trimmed) when shaped like a field name (a letter, then "
+                         "letters, digits or _, holding no identifier), else '(unnamed column N)'.",
+          nullable=False),
+        b("declared", "The name is a column the feed declares (pipelines.schemas.inputs).", nullable=False),
     ),
 ))
 

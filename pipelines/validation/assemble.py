@@ -23,7 +23,7 @@ class ValidationOutcome:
     rule_ids: list[list[str]]
     messages: list[list[str]]
     rule_counts: pd.DataFrame  # rule_id, field, severity, rows_checked, rows_failed, example_lines
-    field_scores: pd.DataFrame  # field, rows, rows_valid
+    field_scores: pd.DataFrame  # field, rows, rows_valid, rows_present, rows_default
     data_docs: str | None = None  # path of the Data Docs site's index.html (this validation's pages), if built
     stats: dict = field(default_factory=dict)  # rows, batches, seconds, rows_per_second
     broken: np.ndarray | None = None  # int32 per input row: how many rules it broke (len of its rule_ids)
@@ -51,14 +51,16 @@ def per_rule(plan: Plan, failed: dict, counts_of) -> tuple[dict[str, np.ndarray]
 
 
 def outcome(mod, env: Env, work: pd.DataFrame | None, active: list[tuple[Rule, dict]], fail_pos: dict[str, np.ndarray],
-            checked: dict[str, int], lines: np.ndarray, present_of: dict[str, np.ndarray] | None = None):
+            checked: dict[str, int], lines: np.ndarray, present_of: dict[str, np.ndarray] | None = None,
+            default_of: dict[str, np.ndarray] | None = None):
     """From each rule's failing row positions (in this file): per row, the rules broken
     (in rule order) and whether a reject rule failed; per rule, its counts and up to 5
     example lines; per scored field, the DQMI item-score inputs (present, and no rule on
     it failed). ``present_of``: per scored column, whether each of the file's rows has a
     value, if already known (else read from ``work``; ``work`` may then be None for a
-    suite without ``scored_rows``). Returns the fields of :class:`ValidationOutcome` it
-    makes."""
+    suite without ``scored_rows``); ``default_of``: likewise, per scored field, whether
+    each row holds one of its DQMI default values (:meth:`ScoredField.default_rows`).
+    Returns the fields of :class:`ValidationOutcome` it makes."""
     n = len(lines)
     rejected = np.zeros(n, dtype=bool)
     broken = np.zeros(n, dtype=np.int32)
@@ -100,10 +102,20 @@ def outcome(mod, env: Env, work: pd.DataFrame | None, active: list[tuple[Rule, d
         for rule, _ in active:
             if rule.field in sf.cols:
                 invalid[fail_pos[rule.id]] = True
+        valid = present & ~invalid & scored
+        default = (default_of[sf.name] if default_of is not None
+                   else sf.default_rows(lambda c: work[c]))
         scores.append({"field": sf.name, "rows": int(scored.sum()),
-                       "rows_valid": int((present & ~invalid & scored).sum())})
-    return (rejected, rule_ids, messages, rule_counts, pd.DataFrame(scores, columns=["field", "rows", "rows_valid"]),
+                       "rows_valid": int(valid.sum()),
+                       "rows_present": int((present & scored).sum()),
+                       "rows_default": int((valid & default).sum())})
+    return (rejected, rule_ids, messages, rule_counts, pd.DataFrame(scores, columns=FIELD_SCORE_COLUMNS),
             broken)
+
+
+FIELD_SCORE_COLUMNS = ["field", "rows", "rows_valid", "rows_present", "rows_default"]
+"""Per scored field (DQMI item): rows scored; rows present and valid (no rule on it
+failed); rows present (any of its columns has a value); rows valid holding a default value."""
 
 
 def outcomes(mod, plan: Plan, envs: list[Env], actives: list, work: pd.DataFrame, lines: list[np.ndarray],
@@ -114,6 +126,7 @@ def outcomes(mod, plan: Plan, envs: list[Env], actives: list, work: pd.DataFrame
     total = plan.total
     # each scored column's presence read once over every file's rows, then sliced
     present_all = {c: work[c].notna().to_numpy() for sf in mod.SCORED for c in sf.cols}
+    default_all = {sf.name: sf.default_rows(lambda c: work[c]) for sf in mod.SCORED}
     by_rows = hasattr(mod, "scored_rows")  # reads the file's own rows
     for i, (env, active) in enumerate(zip(envs, actives)):
         a, z = int(plan.offsets[i]), int(plan.offsets[i + 1])
@@ -126,7 +139,7 @@ def outcomes(mod, plan: Plan, envs: list[Env], actives: list, work: pd.DataFrame
             item_pos[rule.id] = allpos[lo:hi] - a
         rejected, rule_ids, messages, rule_counts, field_scores, broken = outcome(
             mod, env, w, active, item_pos, {r.id: checked_per_item[r.id][i] for r, _ in active}, lines[i],
-            {c: v[a:z] for c, v in present_all.items()})
+            {c: v[a:z] for c, v in present_all.items()}, {f: v[a:z] for f, v in default_all.items()})
         st = {"rows": n, "batch_rows": total, "files": len(envs), **stats,
               "rules": len(active), "seconds": seconds * n / max(total, 1), "batch_seconds": seconds}
         outs.append(ValidationOutcome(rejected, rule_ids, messages, rule_counts, field_scores, docs, st, broken))
