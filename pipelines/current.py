@@ -86,6 +86,13 @@ def _parts(warehouse: Warehouse, table: str, period: str, submission_ids) -> _Pa
     return _Parts(out, mixed)
 
 
+def submission_parts(warehouse: Warehouse, table: str, period: str, submission_ids) -> list[str]:
+    """The parts of ``table`` in ``period`` that hold rows of ``submission_ids`` (their own
+    parts, or chunk parts holding them among others: filter what is read by
+    ``submission_id``)."""
+    return _parts(warehouse, table, period, submission_ids).paths
+
+
 def _read_rows(warehouse: Warehouse, table: str, paths: list[str], submission_ids, mixed: bool) -> pa.Table:
     """The rows of ``submission_ids`` in the parts ``paths``, in the order they would have
     if each submission had a part of its own named by it (parts in path order, a part's

@@ -257,14 +257,19 @@ def period_lines(wh: Warehouse, period: str, sources: dict[str, str], warn_sids:
             .to_table(filter=pc.field("submission_id").isin(sorted(sources)))
         if q.num_rows:
             frames.append(_explode(q, "rule_ids", "submitter_code"))
-    for sid in sorted(warn_sids & set(sources)):
-        src = sources[sid]
-        path = wh.path(SILVER[src], period, sid)
-        if not wh.store.exists(path):
+    from pipelines.current import submission_parts
+
+    wanted = sorted(warn_sids & set(sources))
+    for src in sorted({sources[sid] for sid in wanted}):
+        sids = [sid for sid in wanted if sources[sid] == src]
+        # a submission's own part, or a chunk part holding many GP extracts' rows
+        paths = submission_parts(wh, SILVER[src], period, sids)
+        if not paths:
             continue
         who = ["provider_code"] if src == "hes_apc" else []
-        t = wh.dataset(SILVER[src], parts=[path], columns=["submission_id", "line", "dq_warnings", *who]) \
-            .to_table(filter=pc.list_value_length(pc.field("dq_warnings")) > 0)
+        t = wh.dataset(SILVER[src], parts=paths, columns=["submission_id", "line", "dq_warnings", *who]) \
+            .to_table(filter=(pc.list_value_length(pc.field("dq_warnings")) > 0)
+                      & pc.field("submission_id").isin(sids))
         if t.num_rows:
             frames.append(_explode(t, "dq_warnings", who[0] if who else None))
     if not frames:

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = ROOT.parent / "shared" / "reference" / "artificial_hes"
 SAMPLE = SAMPLE_DIR / "artificial_hes_apc_0102.csv"
 NO_PRACTICE = {"V81997", "V81998", "V81999", "&"}
-FFT = {"fft_scores", "fft_by_specialty"}  # a HES extract holds no FFT response
+FFT = {"fft_scores", "fft_by_specialty", "fft_mode"}  # a HES extract holds no FFT response
 
 
 def _rows() -> list[dict]:

@@ -193,7 +193,8 @@ def test_fft_ward_code_attacks_are_quarantined_and_never_published(zone):
     org = pq.read_table(Path(zone.publish) / "public/fft_scores").column("org_code").to_pylist()
     assert sorted(o for o in org if "/" in o) == ["RGT01/W1", "RGT01/W2"]
     public_bytes = b"".join(tree(zone.publish, "public").values())
-    for secret in (NHS, "SMITH", "calc"):
+    # the formula's own pieces ("calc" alone is in the dictionary's methods: calculate_limits.R)
+    for secret in (NHS, "SMITH", "cmd|", "/C calc"):
         assert secret.encode() not in public_bytes
 
 
