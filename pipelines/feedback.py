@@ -552,7 +552,9 @@ def write_packs(wh: Warehouse, out: Store, *, run_id: str | None = None, code_ve
                 warn = set(dq.loc[dq["submission_id"].isin(set(sources)) & (dq["severity"] == "warn")
                                   & (dq["rows_failed"].fillna(0) > 0), "submission_id"])
                 lines = period_lines(wh, period, sources, warn)
-            rules, files, withheld = build_pack(p, wh, renamed, cat, dq, lines)
+                by_sid = {k: g for k, g in dq.groupby("submission_id", sort=False)}
+                split: dict = {}  # a HES extract's rows by provider, made when first wanted
+            rules, files, withheld = build_pack(p, wh, renamed, cat, *_own_rows(p, dq, by_sid, lines, split))
             report.withheld += withheld
             data = {f"{p.stem}.csv": _csv_bytes(rules), f"{p.stem}.xlsx": _xlsx_bytes(p, rules, files)}
             # the writes wait on the store (S3: a dozen requests a pack): a few at a time
@@ -575,6 +577,28 @@ def write_packs(wh: Warehouse, out: Store, *, run_id: str | None = None, code_ve
     if report.withheld:
         log.warning("%s", f"feedback packs: {report.withheld} text(s) withheld (shaped like an identifier)")
     return report
+
+
+def _own_rows(p: Pack, dq: pd.DataFrame, by_sid: dict, lines: dict, split: dict) -> tuple[pd.DataFrame, dict]:
+    """The period's ``dq_rules`` rows and :func:`period_lines` of ``p``'s submissions only
+    (a HES extract's: of its provider only), from the period's split by submission, so
+    that each pack works on its own rows rather than filtering the period's (a national
+    month has thousands of packs)."""
+    sids = [sid for sid, st in zip(p.files["submission_id"], p.files["status"])
+            if isinstance(sid, str) and st != "rejected"]
+    own_dq, own_lines = [], {}
+    for sid in sids:
+        g, ln = by_sid.get(sid), lines.get(sid)
+        if p.source == "hes_apc":
+            if sid not in split:
+                split[sid] = ({k: x for k, x in g.groupby("submitter_code", sort=False)} if g is not None else {},
+                              {k: x for k, x in ln.groupby("who", sort=False)} if ln is not None else {})
+            g, ln = split[sid][0].get(p.submitter), split[sid][1].get(p.submitter)
+        if g is not None:
+            own_dq.append(g)
+        if ln is not None:
+            own_lines[sid] = ln
+    return (pd.concat(own_dq) if own_dq else dq.iloc[:0]), own_lines
 
 
 def _failed(report: FeedbackReport, p: Pack, exc: BaseException) -> None:
