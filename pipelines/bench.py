@@ -313,6 +313,14 @@ def run(scale: float, months: int, out: Path, *, seed: int = 0, baseline_max_sca
             pub = stages.publish(settings, p, run_id="bench")
             stages.publish_revisions(settings, p, run_id="bench")
             box["rows"] = sum(v for v in pub.values() if isinstance(v, int))
+    # What caredata run's ledger_job does once after the periods: the public ledger and
+    # the submitters' feedback packs (one per submitter and month: thousands nationally).
+    t_ledger = time.perf_counter()
+    with stage("publish"):
+        stages.publish_submissions(settings, run_id="bench")
+        packs = stages.feedback_packs(settings, run_id="bench")
+    results["publish"]["ledger_and_feedback"] = {"seconds": time.perf_counter() - t_ledger,
+                                                 "packs": packs["packs"], "packs_written": packs["packs_written"]}
     end_to_end = time.perf_counter() - t_all
     sampler.stop()
 
@@ -384,6 +392,9 @@ def print_report(r: dict) -> None:
     if worker:
         print(f"(validate: the ingesting process waited {r['stages']['validate']['seconds']:.1f} s for validation; "
               f"the worker process validated (and typed the SUS rows) for {worker:.1f} s beside ingest)")
+    led = r["stages"].get("publish", {}).get("ledger_and_feedback")
+    if led:
+        print(f"(publish includes the public ledger and {led['packs_written']:,} feedback packs: {led['seconds']:.1f} s)")
     if len(r["periods"]) > 1:
         print("\npeak RSS by month (memory flat as months are added):")
         for name in STAGES:

@@ -34,8 +34,14 @@ def test_bench_reports_every_stage_and_each_months_peak(tmp_path, capsys):
     assert r["pyarrow_floor"]["rows"] == r["stages"]["generate"]["rows"]
     b = r["pandas_baseline"]
     assert b["speedup"] == b["seconds"] / b["ours_seconds"]
+    # publish counts what caredata run's ledger_job does too: the ledger and every feedback pack
+    led = r["stages"]["publish"]["ledger_and_feedback"]
+    written = {p.parent for p in (out / "publish" / "feedback").rglob("_manifest.json")}
+    assert led["packs_written"] == led["packs"] == len(written) > 0
+    assert (out / "publish" / "public" / "submissions" / "_manifest.json").exists()
     bench.print_report(r)
     printed = capsys.readouterr().out
+    assert f"{led['packs_written']:,} feedback packs" in printed
     assert "peak RSS by month" in printed and all(f"{p} " in printed for p in r["periods"])
     # linkage precision and recall by rank on the generator's truth (pipelines/linkage_accuracy.py)
     acc = {row["rank"]: row for row in r["linkage_accuracy"]}
