@@ -77,6 +77,12 @@ WRITERS = 8  # packs written at once on S3 (each write is a dozen requests: file
 STATUSES = ("current", "superseded", "held", "rejected")  # pending: not yet taken in
 SILVER = {"gp": "gp_patients", "sus_apc": "sus_episodes", "hes_apc": "sus_episodes", "fft": "fft_responses"}
 EFFECT = {"reject": "row_quarantined", "warn": "row_warned"}
+RANK = {"reject": 0, "warn": 1}  # a pack lists the rows not used first, then the warnings
+
+
+def _int(v) -> int | None:
+    """A count read from a table (int, float or missing) as an int, or None."""
+    return None if v is None or pd.isna(v) else int(v)
 FILE_HELD, FILE_REJECTED = "FILE_HELD", "FILE_REJECTED"
 WITHHELD = "(withheld: the text held something shaped like a patient identifier)"
 
@@ -302,77 +308,88 @@ def build_pack(pack: Pack, wh: Warehouse, renamed: dict[str, str], cat=None,
 
     cat = cat if cat is not None else _catalogue()
     src, sub, per = pack.source, pack.submitter, pack.period
-    files = pack.files
-    taken = set(files.loc[files["status"] != "rejected", "submission_id"].dropna())
+    files = sorted(pack.files.to_dict("records"),
+                   key=lambda r: (str(r["file_name"]), not isinstance(r["sha256"], str), str(r["sha256"])))
+    taken = {r["submission_id"] for r in files if r["status"] != "rejected" and isinstance(r["submission_id"], str)}
     if dq is None:
         dq = wh.read("dq_rules", [per]).to_pandas()
-    dq_all = dq[dq["submission_id"].isin(taken)]
-    if src == "hes_apc":
-        dq_all = dq_all[dq_all["submitter_code"] == sub]
-    dq = dq_all[dq_all["rows_failed"].fillna(0) > 0]
+    # plain records: a pack is a few files and rules, and a national month thousands of packs
+    dq_all = [d for d in dq.to_dict("records") if d["submission_id"] in taken
+              and (src != "hes_apc" or d["submitter_code"] == sub)]
+    failing = [d for d in dq_all if (_int(d["rows_failed"]) or 0) > 0]
     if lines is None:
         lines = period_lines(wh, per, {sid: src for sid in taken},
-                             set(dq.loc[dq["severity"] == "warn", "submission_id"]))
-    mine = [g.assign(submission_id=sid) for sid, g in lines.items() if sid in taken]
-    mine = pd.concat(mine, ignore_index=True) if mine else pd.DataFrame(
-        {"submission_id": [], "who": [], "rule_id": [], "line": []})
-    if src == "hes_apc":
-        mine = mine[mine["who"] == sub]
-    by = {k: g["line"].to_numpy() for k, g in mine.groupby(["submission_id", "rule_id"], sort=False)}
-
-    def shown(r) -> str:
-        return ingest.public_file_name(r.file_name, r.sha256)
+                             {d["submission_id"] for d in failing if d["severity"] == "warn"})
+    by: dict[tuple[str, str], np.ndarray] = {}  # (submission, rule) -> its lines, in file order
+    rejected_lines: dict[str, int] = {}  # a HES provider's rows quarantined, per submission
+    for sid, g in lines.items():
+        if sid not in taken:
+            continue
+        if src == "hes_apc":
+            g = g[g["who"] == sub]
+        rid, ln = g["rule_id"].to_numpy(dtype=object), g["line"].to_numpy()
+        for rule in dict.fromkeys(rid):
+            by[(sid, rule)] = ln[rid == rule]
+        if src == "hes_apc":
+            rej = [rule for rule in dict.fromkeys(rid)
+                   if getattr(cat.get((src, rule)), "severity", None) == "reject"]
+            rejected_lines[sid] = len(np.unique(ln[np.isin(rid, rej)])) if rej else 0
 
     rows, file_rows = [], []
-    for r in files.sort_values(["file_name", "sha256"]).itertuples():
-        name = shown(r)
-        base = {"source": src, "submitter_code": sub, "period": per, "file": name, "file_sha256": r.sha256,
-                "status": r.status}
-        reason = ingest.public_reason(r.reason, r.file_name, renamed) if isinstance(r.reason, str) else None
-        counts = {c: (None if pd.isna(getattr(r, c)) else int(getattr(r, c)))
-                  for c in ("rows_received", "rows_quarantined", "rows_kept")}
+    for r in files:
+        name = ingest.public_file_name(r["file_name"], r["sha256"])
+        sid = r["submission_id"]
+        base = {"source": src, "submitter_code": sub, "period": per, "file": name, "file_sha256": r["sha256"],
+                "status": r["status"]}
+        reason = ingest.public_reason(r["reason"], r["file_name"], renamed) if isinstance(r["reason"], str) else None
+        counts = {c: _int(r[c]) for c in ("rows_received", "rows_quarantined", "rows_kept")}
         if src == "hes_apc":  # this provider's rows of the extract
-            own = dq_all[dq_all["submission_id"] == r.submission_id]
-            received = int(own["rows_checked"].max()) if len(own) else None
-            rej = mine[(mine["submission_id"] == r.submission_id)
-                       & mine["rule_id"].map(lambda x: getattr(cat.get((src, x)), "severity", None) == "reject")]
-            quarantined = int(rej["line"].nunique())
+            checked = [_int(d["rows_checked"]) for d in dq_all if d["submission_id"] == sid]
+            checked = [c for c in checked if c is not None]
+            received = max(checked) if checked else None
+            quarantined = rejected_lines.get(sid, 0)
             counts = {"rows_received": received, "rows_quarantined": quarantined,
                       "rows_kept": None if received is None else received - quarantined}
-        file_rows.append({**base, **counts, "reason": None if r.status == "current" else reason})
-        if r.status in ("held", "rejected"):
-            raw = r.reason if isinstance(r.reason, str) else ""
+        file_rows.append({**base, **counts, "reason": None if r["status"] == "current" else reason})
+        if r["status"] in ("held", "rejected"):
+            raw = r["reason"] if isinstance(r["reason"], str) else ""
             text, listed, total = line_ranges([int(x) for x in _LINE_IN_REASON.findall(raw)])
-            rows.append({**base, "rule_id": FILE_HELD if r.status == "held" else FILE_REJECTED, "field": None,
-                         "severity": "file", "effect": "file_held" if r.status == "held" else "file_rejected",
+            rows.append({**base, "rule_id": FILE_HELD if r["status"] == "held" else FILE_REJECTED, "field": None,
+                         "severity": "file", "effect": "file_held" if r["status"] == "held" else "file_rejected",
                          "rows_checked": None, "rows_failed": None, "line_numbers": text or None,
                          "lines_listed": listed, "lines_note": "the line(s) the reason names" if total else None,
-                         "message": reason, "how_to_fix": HELD_FIX if r.status == "held" else REJECTED_FIX})
-        if r.status == "rejected":
+                         "message": reason, "how_to_fix": HELD_FIX if r["status"] == "held" else REJECTED_FIX})
+        if r["status"] == "rejected":
             continue
-        own = dq[dq["submission_id"] == r.submission_id]
-        own = own.groupby(["rule_id", "field", "severity"], dropna=False, sort=True)[
-            ["rows_checked", "rows_failed"]].sum().reset_index() if len(own) else own
-        if len(own):  # rows not used first, then warnings; by rule id
-            own = own.assign(_rank=own["severity"].map({"reject": 0, "warn": 1}).fillna(2)) \
-                .sort_values(["_rank", "rule_id"], kind="stable")
-        examples = dq[dq["submission_id"] == r.submission_id].groupby("rule_id")["example_lines"].agg(
-            lambda v: [int(x) for lst in v if lst is not None for x in lst]) if len(own) else {}
-        for d in own.itertuples():
-            fix, message = _fix_and_message(cat, src, d.rule_id, d.field)
-            found = by.get((r.submission_id, d.rule_id))
-            failed = None if pd.isna(d.rows_failed) else int(d.rows_failed)
+        # the file's failing rules, summed over its rows of the period (a rule counted in
+        # several parts: validation and after linkage), by rule, field and severity
+        own: dict[tuple, list[int]] = {}
+        examples: dict[str, list[int]] = {}
+        for d in failing:
+            if d["submission_id"] != sid:
+                continue
+            fld = d["field"] if isinstance(d["field"], str) else None
+            sums = own.setdefault((d["rule_id"], fld, d["severity"]), [0, 0])
+            sums[0] += _int(d["rows_checked"]) or 0
+            sums[1] += _int(d["rows_failed"]) or 0
+            if d["example_lines"] is not None:
+                examples.setdefault(d["rule_id"], []).extend(int(x) for x in d["example_lines"])
+        # rows not used first, then warnings; by rule id (then field, severity)
+        order = sorted(own, key=lambda k: (RANK.get(k[2], 2), str(k[0]), k[1] is None, str(k[1]), str(k[2])))
+        for rule_id, fld, severity in order:
+            checked_n, failed = own[(rule_id, fld, severity)]
+            fix, message = _fix_and_message(cat, src, rule_id, fld)
+            found = by.get((sid, rule_id))
             if found is not None and len(found):
                 text, listed, total = line_ranges(found)
                 note = _lines_note(listed, total, failed)
             else:
-                text, listed, total = line_ranges(examples.get(d.rule_id, []) if len(examples) else [])
+                text, listed, total = line_ranges(examples.get(rule_id, []))
                 note = _lines_note(listed, total, failed, examples=True) if total else "no line number recorded"
-            rows.append({**base, "rule_id": d.rule_id, "field": d.field if isinstance(d.field, str) else None,
-                         "severity": d.severity, "effect": EFFECT.get(d.severity, "row_warned"),
-                         "rows_checked": None if pd.isna(d.rows_checked) else int(d.rows_checked),
-                         "rows_failed": failed, "line_numbers": text or None, "lines_listed": listed,
-                         "lines_note": note, "message": message, "how_to_fix": fix})
+            rows.append({**base, "rule_id": rule_id, "field": fld,
+                         "severity": severity, "effect": EFFECT.get(severity, "row_warned"),
+                         "rows_checked": checked_n, "rows_failed": failed, "line_numbers": text or None,
+                         "lines_listed": listed, "lines_note": note, "message": message, "how_to_fix": fix})
     withheld = 0
     tables = []
     for name, data, prose in (("feedback", rows, ("lines_note", "message", "how_to_fix")),
