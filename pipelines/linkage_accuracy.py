@@ -109,11 +109,12 @@ def from_run(truth_dir: str | Path, warehouse) -> pd.DataFrame:
 
 def format_table(table: pd.DataFrame) -> str:
     """The figures as a plain-text table (percentages), as the benchmark prints them."""
-    lines = [f"{'rank':<6}{'links':>9}{'correct':>9}{'precision':>11}{'recall':>9}{'cum. prec.':>12}{'cum. recall':>13}"]
+    # columns wide enough for a national month's counts (1,489,516), a space between each
+    lines = [f"{'rank':<6}{'links':>12}{'correct':>12}{'precision':>11}{'recall':>9}{'cum. prec.':>12}{'cum. recall':>13}"]
     for row in table.itertuples(index=False):
         def pct(x):
             return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.3f}%"
-        lines.append(f"{row.rank:<6}{row.links:>9,}{row.correct_links:>9,}{pct(row.precision):>11}"
+        lines.append(f"{row.rank:<6}{row.links:>12,}{row.correct_links:>12,}{pct(row.precision):>11}"
                      f"{pct(row.recall):>9}{pct(row.cumulative_precision):>12}{pct(row.cumulative_recall):>13}")
     if len(table):
         lines.append(f"(true pairs {int(table['true_pairs'].iloc[0]):,} of {int(table['episodes'].iloc[0]):,} "

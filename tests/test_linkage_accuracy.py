@@ -92,3 +92,13 @@ def test_missing_columns_are_named_and_no_number_is_printed():
     text = format_table(precision_recall_by_rank(truth, linked))
     assert "80.000%" in text and "true pairs 6 of 8 episodes" in text
     assert not any(n in text for n in (A, B, C, D, E, F, G))
+
+
+def test_a_national_months_counts_stay_in_their_columns():
+    # a national month links 1,489,516 episodes at rank 1: 9 characters, the width the
+    # columns had, which ran links and correct together ("1,489,5161,489,516")
+    table = pd.DataFrame([{"rank": "1", "links": 1_489_516, "correct_links": 1_489_516, "precision": 1.0,
+                           "recall": 0.85233, "cumulative_precision": 1.0, "cumulative_recall": 0.85233,
+                           "true_pairs": 1_747_573, "episodes": 1_790_308}])
+    row = format_table(table).splitlines()[1].split()
+    assert row[:3] == ["1", "1,489,516", "1,489,516"] and row[3] == "100.000%"
