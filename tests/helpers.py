@@ -152,3 +152,30 @@ def run_cli_process(root: Path, landing: Path, timeout: int = 900) -> subprocess
         [sys.executable, "-m", "pipelines.cli", "run", "--landing", str(landing), "--warehouse",
          str(root / "wh"), "--publish", str(root / "pub"), "--demo-mode"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+class LyingEngine:
+    """An engine that passes every row of the rules whose SQL names ``lie_about`` (as a
+    wrong SQL translation would), over ``inner`` (default: the process's DuckDB engine): a
+    collaborator passed in, nothing patched. ``name``: the engine it claims to be; its
+    ``spark`` is the inner engine's, so that GX on Spark runs beside it."""
+
+    def __init__(self, lie_about: str, inner=None, name: str = "lying"):
+        from pipelines.engine import default_engine
+
+        self.inner, self.lie_about, self.name = inner or default_engine(), lie_about, name
+
+    @property
+    def spark(self):
+        return self.inner.spark
+
+    def query(self, sql, inputs=None):
+        import sqlglot
+
+        out = self.inner.query(sql, inputs)
+        lies = {e.alias for e in sqlglot.parse_one(sql, read="duckdb").expressions
+                if e.alias.startswith("f") and self.lie_about in e.sql(dialect="duckdb")}
+        assert lies, "nothing to lie about"
+        for name in lies:
+            out = out.set_column(out.column_names.index(name), name, pa.array([False] * len(out)))
+        return out

@@ -10,6 +10,7 @@ import pytest
 
 from pipelines.validation import ValidationContext, validate
 
+from helpers import LyingEngine
 from test_validation import (
     FFT_COLUMNS,
     FFT_CONTEXT,
@@ -83,28 +84,6 @@ def test_compiled_rules_give_what_gx_gives_on_the_artificial_hes_sample():
     _outcomes_equal(validate("hes_apc", df, mode="compiled", **kw), validate("hes_apc", df, mode="gx", **kw))
 
 
-class _LyingEngine:
-    """An engine that passes every row of the columns it is told to lie about (as a
-    wrong SQL translation would): a collaborator passed in, nothing patched."""
-
-    def __init__(self, lie_about: str):
-        from pipelines.engine import default_engine
-
-        self.inner, self.lie_about, self.name = default_engine(), lie_about, "lying"
-
-    def query(self, sql, inputs=None):
-        import pyarrow as pa
-        import sqlglot
-
-        out = self.inner.query(sql, inputs)
-        lies = {e.alias for e in sqlglot.parse_one(sql, read="duckdb").expressions
-                if e.alias.startswith("f") and self.lie_about in e.sql(dialect="duckdb")}
-        assert lies, "nothing to lie about"
-        for name in lies:
-            out = out.set_column(out.column_names.index(name), name, pa.array([False] * len(out)))
-        return out
-
-
 def test_a_compiled_rule_that_disagrees_with_gx_stops_the_validation():
     """GX validates a sample beside the engine: an engine whose SQL passed rows GX fails
     stops the validation with the rule named."""
@@ -115,7 +94,7 @@ def test_a_compiled_rule_that_disagrees_with_gx_stops_the_validation():
           "context": ValidationContext(today=TODAY)}
     assert validate("gp", df, **kw).rule_ids[1] == ["SEX_CODE"]  # the honest engine
     with pytest.raises(ValidationError, match="SEX_CODE.*disagree"):
-        validate("gp", df, engine=_LyingEngine('"SEX" IN'), **kw)
+        validate("gp", df, engine=LyingEngine('"SEX" IN'), **kw)
 
 
 # ------------------------------------------------------------------ typed rows from the work frame

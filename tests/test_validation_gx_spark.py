@@ -15,6 +15,7 @@ import pytest
 
 from pipelines.validation import ValidationContext, ValidationError, gx_spark, validate, validate_many
 
+from helpers import LyingEngine
 from test_engines import spark_engine  # noqa: F401  (the one session fixture)
 from test_validation import (
     FFT_COLUMNS,
@@ -128,28 +129,7 @@ def test_the_duckdb_path_runs_no_gx_on_spark():
 
 
 # ------------------------------------------------------------------ on Spark
-class _SparkDroppingFailures:
-    """A Spark engine that passes every row of one rule (as a wrong translation would): a
-    collaborator passed in, nothing patched."""
 
-    def __init__(self, inner, lie_about: str):
-        self.inner, self.lie_about, self.name = inner, lie_about, "spark"
-
-    @property
-    def spark(self):
-        return self.inner.spark
-
-    def query(self, sql, inputs=None):
-        import pyarrow as pa
-        import sqlglot
-
-        out = self.inner.query(sql, inputs)
-        lies = {e.alias for e in sqlglot.parse_one(sql, read="duckdb").expressions
-                if e.alias.startswith("f") and self.lie_about in e.sql(dialect="duckdb")}
-        assert lies, "nothing to lie about"
-        for name in lies:
-            out = out.set_column(out.column_names.index(name), name, pa.array([False] * len(out)))
-        return out
 
     def close(self):
         pass
@@ -242,7 +222,7 @@ def test_an_engine_dropping_failures_past_the_sample_is_caught_by_gx_on_spark(sp
         rows[i]["SEX"] = "X9"
     df = frame(rows, GP_COLUMNS)
     with pytest.raises(ValidationError) as err:
-        validate("gp", df, engine=_SparkDroppingFailures(spark_engine, '"SEX" IN'), **GP_KW)
+        validate("gp", df, engine=LyingEngine('"SEX" IN', spark_engine, name="spark"), **GP_KW)
     msg = str(err.value)
     assert "SEX_CODE" in msg and "GP_A81001_20240401.csv" in msg and "Spark" in msg
     assert "failing 0 against 2" in msg and "X9" not in msg
