@@ -24,6 +24,7 @@ Choices where the spec is silent are listed in docs/methods-outcomes.md.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import warnings
 from importlib import resources
@@ -565,10 +566,11 @@ def _hashes(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
     window hashes each part's episodes several times)."""
     import duckdb
 
-    con = getattr(_HASHING, "con", None)
-    if con is None:
-        con = _HASHING.con = duckdb.connect()
+    pid, con = getattr(_HASHING, "con", (None, None))
+    if con is None or pid != os.getpid():  # never a connection inherited across a fork
+        con = duckdb.connect()
         con.execute("SET threads = 1")  # one thread keeps the rows in order
+        _HASHING.con = (os.getpid(), con)
     text = pa.table({"v": values})
     con.register("caredata_text", text)
     try:
