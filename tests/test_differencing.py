@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from pipelines import differencing, fft
 
-from test_fft import hierarchies, providers, responses
+from test_fft import hierarchies, hierarchy_spec, providers, responses
 from test_fft_nhse import CASCADE, CASCADE_PROVIDERS, LEAK1, LEAK1_PROVIDERS
 
 P = "2014-01"
@@ -115,10 +115,7 @@ def test_property_nothing_recoverable_under_nhse(h, suppress_max):
     groups, mapping, answers = h
     if not groups:
         return
-    spec, i = [], 0
-    for prov, site, ward, n in groups:
-        spec.append((prov, site, ward, [answers[(i + j) % len(answers)] for j in range(n)]))
-        i += n
+    spec, i = hierarchy_spec(groups, answers)
     if i <= suppress_max:
         return  # national is never suppressed: a lone commissioner of 1 to 4 responses equals it
     resp = responses(*spec)

@@ -319,16 +319,23 @@ def hierarchies(draw):
     return groups, mapping, answers
 
 
+def hierarchy_spec(groups, answers) -> tuple[list, int]:
+    """The :func:`responses` spec of a drawn hierarchy (each ward's answers taken in turn
+    from ``answers``) and its number of responses."""
+    spec, i = [], 0
+    for prov, site, ward, n in groups:
+        spec.append((prov, site, ward, [answers[(i + j) % len(answers)] for j in range(n)]))
+        i += n
+    return spec, i
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(hierarchies(), st.integers(3, 5))
 def test_property_no_suppressed_count_recoverable_by_subtraction(h, suppress_max):
     groups, mapping, answers = h
     if not groups:
         return
-    spec, i = [], 0
-    for prov, site, ward, n in groups:
-        spec.append((prov, site, ward, [answers[(i + j) % len(answers)] for j in range(n)]))
-        i += n
+    spec, _ = hierarchy_spec(groups, answers)
     df = scores(responses(*spec), providers(mapping), suppress_max=suppress_max)
     wardless = {}
     for prov, site, ward, n in groups:
