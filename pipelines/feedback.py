@@ -240,8 +240,7 @@ def plan(wh: Warehouse, ledger: pa.Table | None = None) -> list[Pack]:
     for p in packs:
         keys = sorted(
             json.dumps([r.file_name, r.sha256, r.status, r.reason if isinstance(r.reason, str) else None,
-                        *(None if pd.isna(v) else int(v) for v in (r.rows_received, r.rows_quarantined,
-                                                                    r.rows_kept))])
+                        *(_int(v) for v in (r.rows_received, r.rows_quarantined, r.rows_kept))])
             for r in p.files.itertuples())
         p.digest = hashlib.sha256("\n".join([PACK_VERSION, p.folder, after_linkage[p.period], *keys])
                                   .encode()).hexdigest()
